@@ -1,0 +1,178 @@
+// Entry point of the hemato addon: per-environment state and runtime controls (threads, seeds, grad mode, autocast).
+#include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
+#include <ATen/Context.h>
+#include <dlfcn.h>
+
+#include "common.h"
+
+namespace hemato {
+namespace {
+
+// libtorch 2.4 replaced the per-device autocast setters with device-typed ones; this is the only version split.
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+void SetAutocast(at::DeviceType device, bool enabled, at::ScalarType dtype) {
+  at::autocast::set_autocast_enabled(device, enabled);
+  at::autocast::set_autocast_dtype(device, dtype);
+}
+bool AutocastEnabled(at::DeviceType device) { return at::autocast::is_autocast_enabled(device); }
+at::ScalarType AutocastDtype(at::DeviceType device) { return at::autocast::get_autocast_dtype(device); }
+#else
+void SetAutocast(at::DeviceType device, bool enabled, at::ScalarType dtype) {
+  if (device == at::kCPU) {
+    at::autocast::set_cpu_enabled(enabled);
+    at::autocast::set_autocast_cpu_dtype(dtype);
+  } else {
+    at::autocast::set_enabled(enabled);
+    at::autocast::set_autocast_gpu_dtype(dtype);
+  }
+}
+bool AutocastEnabled(at::DeviceType device) {
+  return device == at::kCPU ? at::autocast::is_cpu_enabled() : at::autocast::is_enabled();
+}
+at::ScalarType AutocastDtype(at::DeviceType device) {
+  return device == at::kCPU ? at::autocast::get_autocast_cpu_dtype() : at::autocast::get_autocast_gpu_dtype();
+}
+#endif
+
+at::DeviceType DeviceTypeArg(const Napi::Value& v) {
+  std::string name = v.As<Napi::String>().Utf8Value();
+  if (name == "cpu") return at::kCPU;
+  if (name == "cuda") return at::kCUDA;
+  throw Napi::TypeError::New(v.Env(), "device type must be 'cpu' or 'cuda', got '" + name + "'");
+}
+
+Napi::Value LiveTensors(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(*State(info.Env()).liveTensors));
+}
+
+Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
+  return Guard(info, [&](Napi::Env env) -> Napi::Value {
+    at::set_num_threads(info[0].As<Napi::Number>().Int32Value());
+    return env.Undefined();
+  });
+}
+
+Napi::Value GetNumThreads(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), at::get_num_threads());
+}
+
+Napi::Value ManualSeed(const Napi::CallbackInfo& info) {
+  return Guard(info, [&](Napi::Env env) -> Napi::Value {
+    torch::manual_seed(static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value()));
+    return env.Undefined();
+  });
+}
+
+// Grad mode is thread-local in libtorch; JS runs every op on its isolate's thread, so setting it here is enough.
+Napi::Value SetGradEnabled(const Napi::CallbackInfo& info) {
+  bool previous = at::GradMode::is_enabled();
+  at::GradMode::set_enabled(info[0].As<Napi::Boolean>().Value());
+  return Napi::Boolean::New(info.Env(), previous);
+}
+
+Napi::Value IsGradEnabled(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), at::GradMode::is_enabled());
+}
+
+// setAutocast(deviceType, enabled, dtype) -> [previousEnabled, previousDtype]. Leaving the outermost scope
+// clears the cache of casted weights, as torch.autocast does.
+Napi::Value SetAutocastJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&](Napi::Env env) -> Napi::Value {
+    at::DeviceType device = DeviceTypeArg(info[0]);
+    bool enabled = info[1].As<Napi::Boolean>().Value();
+    auto dtype = static_cast<at::ScalarType>(info[2].As<Napi::Number>().Int32Value());
+    Napi::Array previous = Napi::Array::New(env, 2);
+    previous.Set(0u, Napi::Boolean::New(env, AutocastEnabled(device)));
+    previous.Set(1u, Napi::Number::New(env, static_cast<int>(AutocastDtype(device))));
+    if (enabled) {
+      at::autocast::increment_nesting();
+    } else if (at::autocast::decrement_nesting() == 0) {
+      at::autocast::clear_cache();
+    }
+    SetAutocast(device, enabled, dtype);
+    return previous;
+  });
+}
+
+// restoreAutocast(deviceType, enabled, dtype) puts back a state returned by setAutocast.
+Napi::Value RestoreAutocast(const Napi::CallbackInfo& info) {
+  return Guard(info, [&](Napi::Env env) -> Napi::Value {
+    at::DeviceType device = DeviceTypeArg(info[0]);
+    bool enabled = info[1].As<Napi::Boolean>().Value();
+    auto dtype = static_cast<at::ScalarType>(info[2].As<Napi::Number>().Int32Value());
+    if (AutocastEnabled(device) && at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    if (enabled) at::autocast::increment_nesting();
+    SetAutocast(device, enabled, dtype);
+    return env.Undefined();
+  });
+}
+
+Napi::Value AutocastState(const Napi::CallbackInfo& info) {
+  return Guard(info, [&](Napi::Env env) -> Napi::Value {
+    at::DeviceType device = DeviceTypeArg(info[0]);
+    Napi::Array state = Napi::Array::New(env, 2);
+    state.Set(0u, Napi::Boolean::New(env, AutocastEnabled(device)));
+    state.Set(1u, Napi::Number::New(env, static_cast<int>(AutocastDtype(device))));
+    return state;
+  });
+}
+
+Napi::Value CudaSynchronize(const Napi::CallbackInfo& info) {
+  return Guard(info, [&](Napi::Env env) -> Napi::Value {
+    if (torch::cuda::is_available()) torch::cuda::synchronize();
+    return env.Undefined();
+  });
+}
+
+// The BLAS core OpenBLAS picked at load time: 'Prescott' on AMX CPUs it does not know.
+std::string OpenblasCore() {
+  using CoreName = char* (*)();
+  auto fn = reinterpret_cast<CoreName>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+  return fn ? std::string(fn()) : std::string();
+}
+
+Napi::Value Info(const Napi::CallbackInfo& info) {
+  return Guard(info, [&](Napi::Env env) -> Napi::Value {
+    Napi::Object out = Napi::Object::New(env);
+    out.Set("torchVersion", TORCH_VERSION);
+    out.Set("cudaAvailable", torch::cuda::is_available());
+    out.Set("cudaDeviceCount", static_cast<double>(torch::cuda::device_count()));
+    out.Set("mkldnn", at::hasMKLDNN());
+    out.Set("openblasCore", OpenblasCore());
+    out.Set("cxx11Abi", static_cast<bool>(_GLIBCXX_USE_CXX11_ABI));
+    out.Set("parallelInfo", at::get_parallel_info());
+    out.Set("interopThreads", at::get_num_interop_threads());
+    return out;
+  });
+}
+
+}  // namespace
+
+AddonState& State(Napi::Env env) { return *env.GetInstanceData<AddonState>(); }
+
+void InitRuntime(Napi::Env env, Napi::Object exports) {
+  exports.Set("liveTensors", Napi::Function::New(env, LiveTensors));
+  exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads));
+  exports.Set("getNumThreads", Napi::Function::New(env, GetNumThreads));
+  exports.Set("manualSeed", Napi::Function::New(env, ManualSeed));
+  exports.Set("setGradEnabled", Napi::Function::New(env, SetGradEnabled));
+  exports.Set("isGradEnabled", Napi::Function::New(env, IsGradEnabled));
+  exports.Set("setAutocast", Napi::Function::New(env, SetAutocastJs));
+  exports.Set("restoreAutocast", Napi::Function::New(env, RestoreAutocast));
+  exports.Set("autocastState", Napi::Function::New(env, AutocastState));
+  exports.Set("cudaSynchronize", Napi::Function::New(env, CudaSynchronize));
+  exports.Set("info", Napi::Function::New(env, Info));
+}
+
+}  // namespace hemato
+
+// Context-aware initialisation: every isolate (main thread or worker) gets its own state.
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  env.SetInstanceData(new hemato::AddonState());
+  hemato::InitTensorOps(env, exports);
+  hemato::InitRuntime(env, exports);
+  return exports;
+}
+
+NODE_API_MODULE(hemato_native, Init)

@@ -1,0 +1,35 @@
+import { Command, CommanderError } from 'commander';
+import { registerDoctor } from './commands/doctor.js';
+import { CliError } from './output.js';
+
+/** Builds the `hemato` program. Each command lives in its own module under commands/. */
+export function buildProgram(): Command {
+  const program = new Command('hemato')
+    .description('Classify single blood-cell images (8 classes) with a dual-path ConvNeXt + Swin network on libtorch.')
+    .version(packageVersion(), '-V, --version')
+    .showHelpAfterError('(run with --help for usage)')
+    .exitOverride();
+  registerDoctor(program);
+  return program;
+}
+
+/** Runs the CLI and returns the process exit code: 0 success, 1 failure, 2 usage error. */
+export async function main(argv: string[]): Promise<number> {
+  try {
+    await buildProgram().parseAsync(argv);
+    return typeof process.exitCode === 'number' ? process.exitCode : 0;
+  } catch (error) {
+    if (error instanceof CommanderError) return error.exitCode === 0 ? 0 : 2;
+    if (error instanceof CliError) {
+      process.stderr.write(`hemato: ${error.message}\n`);
+      return error.exitCode;
+    }
+    process.stderr.write(`hemato: ${error instanceof Error ? error.message : String(error)}\n`);
+    if (process.env.HEMATO_DEBUG && error instanceof Error) process.stderr.write(`${error.stack}\n`);
+    return 1;
+  }
+}
+
+function packageVersion(): string {
+  return process.env.npm_package_version ?? '0.1.0';
+}
