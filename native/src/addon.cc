@@ -75,8 +75,8 @@ Napi::Value IsGradEnabled(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), at::GradMode::is_enabled());
 }
 
-// setAutocast(deviceType, enabled, dtype) -> [previousEnabled, previousDtype]. Leaving the outermost scope
-// clears the cache of casted weights, as torch.autocast does.
+// setAutocast(deviceType, enabled, dtype) -> [previousEnabled, previousDtype]. Each enabling scope counts one
+// nesting level, so that leaving the outermost one clears the cache of casted weights, as torch.autocast does.
 Napi::Value SetAutocastJs(const Napi::CallbackInfo& info) {
   return Guard(info, [&](Napi::Env env) -> Napi::Value {
     at::DeviceType device = DeviceTypeArg(info[0]);
@@ -85,24 +85,20 @@ Napi::Value SetAutocastJs(const Napi::CallbackInfo& info) {
     Napi::Array previous = Napi::Array::New(env, 2);
     previous.Set(0u, Napi::Boolean::New(env, AutocastEnabled(device)));
     previous.Set(1u, Napi::Number::New(env, static_cast<int>(AutocastDtype(device))));
-    if (enabled) {
-      at::autocast::increment_nesting();
-    } else if (at::autocast::decrement_nesting() == 0) {
-      at::autocast::clear_cache();
-    }
+    if (enabled) at::autocast::increment_nesting();
     SetAutocast(device, enabled, dtype);
     return previous;
   });
 }
 
-// restoreAutocast(deviceType, enabled, dtype) puts back a state returned by setAutocast.
+// restoreAutocast(deviceType, scopeEnabled, previousEnabled, previousDtype) closes a scope opened by setAutocast.
 Napi::Value RestoreAutocast(const Napi::CallbackInfo& info) {
   return Guard(info, [&](Napi::Env env) -> Napi::Value {
     at::DeviceType device = DeviceTypeArg(info[0]);
-    bool enabled = info[1].As<Napi::Boolean>().Value();
-    auto dtype = static_cast<at::ScalarType>(info[2].As<Napi::Number>().Int32Value());
-    if (AutocastEnabled(device) && at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-    if (enabled) at::autocast::increment_nesting();
+    bool scopeEnabled = info[1].As<Napi::Boolean>().Value();
+    bool enabled = info[2].As<Napi::Boolean>().Value();
+    auto dtype = static_cast<at::ScalarType>(info[3].As<Napi::Number>().Int32Value());
+    if (scopeEnabled && at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
     SetAutocast(device, enabled, dtype);
     return env.Undefined();
   });

@@ -1,4 +1,5 @@
 // Tensor handles, the generic ATen operator call, host data transfer and autograd.
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include "common.h"
@@ -123,6 +124,14 @@ Napi::Value Meta(const Napi::CallbackInfo& info) {
   });
 }
 
+// isContiguous(tensor, memoryFormat): is the tensor dense in that layout (0 row-major, 2 channels-last)?
+Napi::Value IsContiguous(const Napi::CallbackInfo& info) {
+  return Guard(info, [&](Napi::Env env) -> Napi::Value {
+    auto format = static_cast<at::MemoryFormat>(info[1].As<Napi::Number>().Int32Value());
+    return Napi::Boolean::New(env, UnwrapTensor(info[0]).is_contiguous(format));
+  });
+}
+
 Napi::Value SetRequiresGrad(const Napi::CallbackInfo& info) {
   return Guard(info, [&](Napi::Env env) -> Napi::Value {
     UnwrapTensor(info[0]).requires_grad_(info[1].As<Napi::Boolean>().Value());
@@ -154,6 +163,21 @@ Napi::Value Backward(const Napi::CallbackInfo& info) {
     bool retain = info[2].ToBoolean().Value();
     t.backward(grad, retain);
     return env.Undefined();
+  });
+}
+
+// randomSeeded(kind, shape, dtype, seed): 'rand' or 'randn' from a private generator, leaving the global one alone.
+Napi::Value RandomSeeded(const Napi::CallbackInfo& info) {
+  return Guard(info, [&](Napi::Env env) -> Napi::Value {
+    std::string kind = info[0].As<Napi::String>().Utf8Value();
+    Napi::Array shapeJs = info[1].As<Napi::Array>();
+    std::vector<int64_t> shape(shapeJs.Length());
+    for (uint32_t i = 0; i < shapeJs.Length(); ++i) shape[i] = shapeJs.Get(i).As<Napi::Number>().Int64Value();
+    auto options = torch::TensorOptions().dtype(static_cast<at::ScalarType>(info[2].As<Napi::Number>().Int32Value()));
+    auto generator = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(info[3].As<Napi::Number>().Int64Value()));
+    if (kind == "rand") return WrapTensor(env, at::rand(shape, generator, options));
+    if (kind == "randn") return WrapTensor(env, at::randn(shape, generator, options));
+    throw Napi::TypeError::New(env, "randomSeeded: kind must be 'rand' or 'randn'");
   });
 }
 
@@ -190,10 +214,12 @@ void InitTensorOps(Napi::Env env, Napi::Object exports) {
   exports.Set("dispose", Napi::Function::New(env, Dispose));
   exports.Set("isDisposed", Napi::Function::New(env, IsDisposed));
   exports.Set("meta", Napi::Function::New(env, Meta));
+  exports.Set("isContiguous", Napi::Function::New(env, IsContiguous));
   exports.Set("setRequiresGrad", Napi::Function::New(env, SetRequiresGrad));
   exports.Set("grad", Napi::Function::New(env, Grad));
   exports.Set("setGrad", Napi::Function::New(env, SetGrad));
   exports.Set("backward", Napi::Function::New(env, Backward));
+  exports.Set("randomSeeded", Napi::Function::New(env, RandomSeeded));
 }
 
 }  // namespace hemato

@@ -1,0 +1,66 @@
+// Process-level controls: threads, seeds, devices and what libtorch this is.
+import { readFileSync } from 'node:fs';
+import { defaultThreads, native, type NativeInfo } from './native.js';
+import type { Device } from './tensor.js';
+
+export { defaultThreads };
+
+/** Sets libtorch's intra-op CPU thread count (defaults to the number of cores, or HEMATO_NUM_THREADS). */
+export function setNumThreads(n: number): void {
+  if (!Number.isInteger(n) || n < 1) throw new RangeError(`setNumThreads: need a positive integer, got ${n}`);
+  native.setNumThreads(n);
+}
+
+export function numThreads(): number {
+  return native.getNumThreads();
+}
+
+/** Seeds libtorch's global generators (CPU and CUDA): CPU runs repeat exactly at a fixed thread count. */
+export function manualSeed(seed: number): void {
+  if (!Number.isSafeInteger(seed) || seed < 0) throw new RangeError(`manualSeed: need a non-negative integer, got ${seed}`);
+  native.manualSeed(seed);
+}
+
+export function cudaAvailable(): boolean {
+  return native.info().cudaAvailable;
+}
+
+/** Waits for queued CUDA work; timing GPU code needs it. A no-op without CUDA. */
+export function synchronize(): void {
+  native.cudaSynchronize();
+}
+
+/** 'auto' picks CUDA when it is there. */
+export function resolveDevice(requested: Device | 'auto' = 'auto'): Device {
+  if (requested === 'auto') return cudaAvailable() ? 'cuda' : 'cpu';
+  if (requested.startsWith('cuda') && !cudaAvailable()) {
+    throw new Error(`device '${requested}' was requested, but this libtorch sees no CUDA device (run 'hemato doctor' for details)`);
+  }
+  return requested;
+}
+
+export interface CpuFeatures {
+  model: string;
+  amx: boolean;
+  avx512bf16: boolean;
+}
+
+/** The CPU flags that decide whether bf16 autocast pays off: AMX-BF16 and AVX-512-BF16. */
+export function cpuFeatures(): CpuFeatures {
+  let text = '';
+  try {
+    text = readFileSync('/proc/cpuinfo', 'utf8');
+  } catch {
+    // not Linux: report no special features
+  }
+  const flags = new Set((/^flags\s*:\s*(.*)$/m.exec(text)?.[1] ?? '').split(/\s+/));
+  return {
+    model: /^model name\s*:\s*(.*)$/m.exec(text)?.[1]?.trim() ?? 'unknown',
+    amx: flags.has('amx_bf16'),
+    avx512bf16: flags.has('avx512_bf16'),
+  };
+}
+
+export function libtorchInfo(): NativeInfo {
+  return native.info();
+}
