@@ -47,8 +47,9 @@ export function parseSafetensors(bytes: Uint8Array, source = 'safetensors data')
       if (!(begin >= 0 && end >= begin && end <= dataLength) || end - begin !== expected) {
         throw new Error(`${source}: tensor '${name}' has offsets [${begin}, ${end}] that do not fit its shape [${shape}] or the file`);
       }
-      // Copy into an aligned buffer: the file's offsets need not be aligned for typed-array views.
-      const raw = bytes.slice(dataStart + begin, dataStart + end);
+      // Copy into a fresh, aligned buffer: the file's offsets need not be aligned for typed-array views
+      // (and Buffer#slice would share the file's memory rather than copy it).
+      const raw = Uint8Array.prototype.slice.call(bytes, dataStart + begin, dataStart + end);
       tensors.set(name, tensor(viewAs(dtype, raw.buffer), shape, { dtype }));
     }
   } catch (error) {

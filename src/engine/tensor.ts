@@ -483,10 +483,20 @@ export function tensor(values: AnyTypedArray | readonly number[], shape?: Shape,
   const dims = checkShape(shape ?? [array.length]);
   const expected = dims.reduce((a, b) => a * b, 1);
   if (expected !== array.length) throw new RangeError(`tensor: ${array.length} values do not fill shape ${shapeString(dims)} (${expected})`);
-  if (array.BYTES_PER_ELEMENT !== typedArrayOf(dtype, new ArrayBuffer(0)).BYTES_PER_ELEMENT) {
+  // The bytes are copied as they are, so the array must be the kind that holds this dtype (a Float32Array
+  // read as int32 would give bit patterns, not values).
+  if (!(array instanceof typedArrayOf(dtype, new ArrayBuffer(0)).constructor)) {
     throw new TypeError(`tensor: a ${array.constructor.name} cannot hold ${dtype} values`);
   }
-  let t = new Tensor(native.fromBuffer(array, dims, dtypeCode(dtype)));
+  let t: Tensor;
+  if (dtype === 'bool') {
+    // libtorch assumes bool bytes are 0 or 1; any other byte would make comparisons and sums wrong.
+    const bytes = new Tensor(native.fromBuffer(array, dims, dtypeCode('uint8')));
+    t = bytes.ne(0);
+    bytes.dispose();
+  } else {
+    t = new Tensor(native.fromBuffer(array, dims, dtypeCode(dtype)));
+  }
   if (options.device && options.device !== 'cpu') {
     const moved = t.to(options.device);
     t.dispose();
@@ -495,12 +505,24 @@ export function tensor(values: AnyTypedArray | readonly number[], shape?: Shape,
   return finish(t, options);
 }
 
+const INTEGER_RANGES: Partial<Record<DType, [number, number]>> = {
+  int64: [Number.MIN_SAFE_INTEGER, Number.MAX_SAFE_INTEGER], int32: [-(2 ** 31), 2 ** 31 - 1], uint8: [0, 255],
+};
+
 function toTypedArray(values: number[], dtype: DType): AnyTypedArray {
+  const range = INTEGER_RANGES[dtype];
+  if (range) {
+    // Typed arrays would silently wrap 256 to 0 and turn NaN into 0.
+    for (const v of values) {
+      if (!Number.isInteger(v) || v < range[0] || v > range[1]) throw new RangeError(`tensor: ${v} is not a valid ${dtype} value`);
+    }
+  }
   switch (dtype) {
     case 'float64': return Float64Array.from(values);
-    case 'int64': return BigInt64Array.from(values, (v) => BigInt(Math.trunc(v)));
+    case 'int64': return BigInt64Array.from(values, (v) => BigInt(v));
     case 'int32': return Int32Array.from(values);
-    case 'uint8': case 'bool': return Uint8Array.from(values);
+    case 'uint8': return Uint8Array.from(values);
+    case 'bool': return Uint8Array.from(values, (v) => (v ? 1 : 0));
     case 'float32': return Float32Array.from(values);
     default: throw new TypeError(`tensor: build ${dtype} tensors from float32 values and convert with .to('${dtype}')`);
   }
@@ -559,6 +581,9 @@ export function randn(shape: Shape, options: CreateOptions & { seed?: number } =
 function random(kind: 'rand' | 'randn', shape: Shape, options: CreateOptions & { seed?: number }): Tensor {
   const dtype = options.dtype ?? 'float32';
   if (!isFloating(dtype)) throw new TypeError(`${kind}: dtype must be floating point, got ${dtype}`);
+  if (options.seed !== undefined && !(Number.isSafeInteger(options.seed) && options.seed >= 0)) {
+    throw new RangeError(`${kind}: seed must be a non-negative integer, got ${options.seed}`);
+  }
   let t = options.seed === undefined
     ? call(kind, '', checkShape(shape), ...creationArgs(options))
     : new Tensor(native.randomSeeded(kind, checkShape(shape), dtypeCode(dtype), options.seed));

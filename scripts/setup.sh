@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One-step set-up on Debian 12 as root: system packages (libtorch, OpenBLAS, a C++ toolchain), npm packages,
+# then the native addon and the TypeScript build. Safe to run again; it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=()
+if [ -z "${LIBTORCH:-}" ]; then
+  for pkg in libtorch-dev libopenblas0-pthread; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || packages+=("$pkg")
+  done
+fi
+command -v g++ >/dev/null 2>&1 || packages+=(g++)
+command -v make >/dev/null 2>&1 || packages+=(make)
+command -v python3 >/dev/null 2>&1 || packages+=(python3)
+
+if [ ${#packages[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "hemato setup: missing system packages: ${packages[*]}" >&2
+    echo "Install them as root: apt-get update && apt-get install -y ${packages[*]}" >&2
+    exit 1
+  fi
+  echo "hemato setup: installing ${packages[*]} with apt-get" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+fi
+
+npm ci --no-audit --no-fund --loglevel=error
+npm run --silent build
+echo "hemato setup: done" >&2

@@ -1,0 +1,2 @@
+// hemato's library entry point.
+export * as engine from './engine/index.js';
