@@ -11,20 +11,22 @@ namespace {
 
 // libtorch 2.4 replaced the per-device autocast setters with device-typed ones; this is the only version split.
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+// The dtype goes first: when libtorch rejects it, nothing has changed yet.
 void SetAutocast(at::DeviceType device, bool enabled, at::ScalarType dtype) {
-  at::autocast::set_autocast_enabled(device, enabled);
   at::autocast::set_autocast_dtype(device, dtype);
+  at::autocast::set_autocast_enabled(device, enabled);
 }
 bool AutocastEnabled(at::DeviceType device) { return at::autocast::is_autocast_enabled(device); }
 at::ScalarType AutocastDtype(at::DeviceType device) { return at::autocast::get_autocast_dtype(device); }
 #else
+// The dtype goes first: when libtorch rejects it (1.13's CPU autocast takes only bf16), nothing has changed yet.
 void SetAutocast(at::DeviceType device, bool enabled, at::ScalarType dtype) {
   if (device == at::kCPU) {
-    at::autocast::set_cpu_enabled(enabled);
     at::autocast::set_autocast_cpu_dtype(dtype);
+    at::autocast::set_cpu_enabled(enabled);
   } else {
-    at::autocast::set_enabled(enabled);
     at::autocast::set_autocast_gpu_dtype(dtype);
+    at::autocast::set_enabled(enabled);
   }
 }
 bool AutocastEnabled(at::DeviceType device) {
@@ -81,12 +83,14 @@ Napi::Value SetAutocastJs(const Napi::CallbackInfo& info) {
   return Guard(info, [&](Napi::Env env) -> Napi::Value {
     at::DeviceType device = DeviceTypeArg(info[0]);
     bool enabled = info[1].As<Napi::Boolean>().Value();
-    auto dtype = static_cast<at::ScalarType>(info[2].As<Napi::Number>().Int32Value());
+    at::ScalarType previousDtype = AutocastDtype(device);
+    // A disabling scope keeps the dtype, so that it cannot fail on a dtype it does not use.
+    auto dtype = enabled ? static_cast<at::ScalarType>(info[2].As<Napi::Number>().Int32Value()) : previousDtype;
     Napi::Array previous = Napi::Array::New(env, 2);
     previous.Set(0u, Napi::Boolean::New(env, AutocastEnabled(device)));
-    previous.Set(1u, Napi::Number::New(env, static_cast<int>(AutocastDtype(device))));
+    previous.Set(1u, Napi::Number::New(env, static_cast<int>(previousDtype)));
+    SetAutocast(device, enabled, dtype);  // throws before changing anything on a bad dtype
     if (enabled) at::autocast::increment_nesting();
-    SetAutocast(device, enabled, dtype);
     return previous;
   });
 }

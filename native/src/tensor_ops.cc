@@ -150,7 +150,21 @@ Napi::Value Grad(const Napi::CallbackInfo& info) {
 Napi::Value SetGrad(const Napi::CallbackInfo& info) {
   return Guard(info, [&](Napi::Env env) -> Napi::Value {
     at::Tensor& t = UnwrapTensor(info[0]);
-    t.mutable_grad() = info[1].IsUndefined() ? at::Tensor() : UnwrapTensor(info[1], "grad");
+    if (info[1].IsUndefined()) {
+      t.mutable_grad() = at::Tensor();
+      return env.Undefined();
+    }
+    const at::Tensor& grad = UnwrapTensor(info[1], "grad");
+    // libtorch's C++ setter checks nothing; a mismatched gradient would corrupt later accumulation and updates.
+    // These are the checks of PyTorch's Python `.grad` setter.
+    if (!grad.options().type_equal(t.options()) || grad.device() != t.device())
+      throw Napi::TypeError::New(env, "setGrad: the gradient is " + std::string(c10::toString(grad.scalar_type())) + " on " +
+                                          grad.device().str() + ", the tensor is " + c10::toString(t.scalar_type()) + " on " +
+                                          t.device().str());
+    if (!grad.sizes().equals(t.sizes()))
+      throw Napi::RangeError::New(env, "setGrad: the gradient's shape " + c10::str(grad.sizes()) + " differs from the tensor's " +
+                                           c10::str(t.sizes()));
+    t.mutable_grad() = grad;
     return env.Undefined();
   });
 }
