@@ -485,7 +485,8 @@ export function tensor(values: AnyTypedArray | readonly number[], shape?: Shape,
   if (expected !== array.length) throw new RangeError(`tensor: ${array.length} values do not fill shape ${shapeString(dims)} (${expected})`);
   // The bytes are copied as they are, so the array must be the kind that holds this dtype (a Float32Array
   // read as int32 would give bit patterns, not values).
-  if (!(array instanceof typedArrayOf(dtype, new ArrayBuffer(0)).constructor)) {
+  const holder = typedArrayOf(dtype, new ArrayBuffer(0)).constructor as new () => ArrayBufferView;
+  if (!(array instanceof holder || (holder === Uint8Array && array instanceof Uint8ClampedArray))) {
     throw new TypeError(`tensor: a ${array.constructor.name} cannot hold ${dtype} values`);
   }
   let t: Tensor;
@@ -512,14 +513,15 @@ const INTEGER_RANGES: Partial<Record<DType, [number, number]>> = {
 function toTypedArray(values: number[], dtype: DType): AnyTypedArray {
   const range = INTEGER_RANGES[dtype];
   if (range) {
-    // Typed arrays would silently wrap 256 to 0 and turn NaN into 0.
+    // Fractions truncate toward zero, as in PyTorch; typed arrays would also wrap 256 to 0 and turn NaN into 0.
     for (const v of values) {
-      if (!Number.isInteger(v) || v < range[0] || v > range[1]) throw new RangeError(`tensor: ${v} is not a valid ${dtype} value`);
+      const whole = Math.trunc(v);
+      if (!Number.isFinite(v) || whole < range[0] || whole > range[1]) throw new RangeError(`tensor: ${v} cannot be converted to ${dtype}`);
     }
   }
   switch (dtype) {
     case 'float64': return Float64Array.from(values);
-    case 'int64': return BigInt64Array.from(values, (v) => BigInt(v));
+    case 'int64': return BigInt64Array.from(values, (v) => BigInt(Math.trunc(v)));
     case 'int32': return Int32Array.from(values);
     case 'uint8': return Uint8Array.from(values);
     case 'bool': return Uint8Array.from(values, (v) => (v ? 1 : 0));
