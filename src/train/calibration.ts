@@ -1,0 +1,69 @@
+// Temperature scaling (Guo et al. 2017): one scalar T divides the logits so that validation NLL is lowest.
+// It changes confidence, never the ranking, so accuracy is untouched.
+
+export function softmaxRows(logits: ArrayLike<number>, n: number, k: number, temperature = 1): Float64Array {
+  const out = new Float64Array(n * k);
+  for (let i = 0; i < n; i++) {
+    let max = -Infinity;
+    for (let c = 0; c < k; c++) max = Math.max(max, logits[i * k + c] / temperature);
+    let total = 0;
+    for (let c = 0; c < k; c++) total += out[i * k + c] = Math.exp(logits[i * k + c] / temperature - max);
+    for (let c = 0; c < k; c++) out[i * k + c] /= total;
+  }
+  return out;
+}
+
+export function nllAt(logits: ArrayLike<number>, labels: ArrayLike<number>, k: number, temperature: number): number {
+  const n = labels.length;
+  let total = 0;
+  for (let i = 0; i < n; i++) {
+    let max = -Infinity;
+    for (let c = 0; c < k; c++) max = Math.max(max, logits[i * k + c] / temperature);
+    let z = 0;
+    for (let c = 0; c < k; c++) z += Math.exp(logits[i * k + c] / temperature - max);
+    total += Math.log(z) + max - logits[i * k + labels[i]] / temperature;
+  }
+  return total / n;
+}
+
+/** Finds T in [0.05, 20] minimising NLL by golden-section search on log T (NLL is unimodal in T). */
+export function fitTemperature(logits: ArrayLike<number>, labels: ArrayLike<number>, k: number): number {
+  if (labels.length === 0) throw new RangeError('fitTemperature: no validation samples');
+  const f = (logT: number) => nllAt(logits, labels, k, Math.exp(logT));
+  let lo = Math.log(0.05);
+  let hi = Math.log(20);
+  const ratio = (Math.sqrt(5) - 1) / 2;
+  let a = hi - ratio * (hi - lo);
+  let b = lo + ratio * (hi - lo);
+  let fa = f(a);
+  let fb = f(b);
+  for (let i = 0; i < 60; i++) {
+    if (fa < fb) { hi = b; b = a; fb = fa; a = hi - ratio * (hi - lo); fa = f(a); }
+    else { lo = a; a = b; fa = fb; b = lo + ratio * (hi - lo); fb = f(b); }
+  }
+  return Math.exp((lo + hi) / 2);
+}
+
+/**
+ * The confidence below which a prediction is flagged uncertain: the lowest threshold at which the
+ * validation predictions kept reach targetAccuracy, and never below `floor`. Cells outside the 8 classes
+ * (blasts, smudge cells, artefacts) tend to fall under it.
+ */
+export function chooseUncertaintyThreshold(probs: ArrayLike<number>, labels: ArrayLike<number>, k: number, targetAccuracy = 0.995, floor = 0.5): number {
+  const n = labels.length;
+  const scored: { confidence: number; correct: boolean }[] = [];
+  for (let i = 0; i < n; i++) {
+    let best = 0;
+    for (let c = 1; c < k; c++) if (probs[i * k + c] > probs[i * k + best]) best = c;
+    scored.push({ confidence: probs[i * k + best], correct: best === labels[i] });
+  }
+  scored.sort((x, y) => y.confidence - x.confidence);
+  // Walk from the most confident down; keep the lowest confidence at which the kept set is still accurate enough.
+  let correct = 0;
+  let threshold = 1;
+  scored.forEach((s, i) => {
+    if (s.correct) correct++;
+    if (correct / (i + 1) >= targetAccuracy) threshold = s.confidence;
+  });
+  return Math.max(floor, threshold);
+}
