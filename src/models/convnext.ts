@@ -1,0 +1,135 @@
+// ConvNeXt v1 (Liu et al. 2022) with timm's semantics and parameter names, so timm checkpoints load by name.
+import * as E from '../engine/index.js';
+import { Conv2d, DropPath, Identity, LayerNorm, LayerNorm2d, Linear, Module, ModuleList, Sequential, dropPathRates, type UnaryModule } from '../nn/index.js';
+import { ClassifierHead, ImageClassifier } from './classifier.js';
+
+type Tensor = E.Tensor;
+
+export interface ConvNeXtConfig {
+  depths: readonly number[];
+  dims: readonly number[];
+  /**
+   * timm's conv_mlp: the MLP is stored as 1×1 convs and the block norm as LayerNorm2d (atto…nano); otherwise as
+   * Linear layers and LayerNorm (tiny, small). Only the stored shapes differ; both compute the same function.
+   */
+  convMlp: boolean;
+  /** 0 builds a backbone without a head (the dual-path network's ConvNeXt path). */
+  numClasses: number;
+  inChannels?: number;
+  dropPathRate?: number;
+  /** Dropout before the classifier. */
+  dropRate?: number;
+  /** The layer scale's initial value (timm: 1e-6). */
+  layerScaleInit?: number;
+  /** The side of the square inputs this model is meant for; any multiple of 32 works. */
+  inputSize?: number;
+}
+
+const NORM_EPS = 1e-6;
+
+/** A pointwise layer in the block's MLP: Linear, or a 1×1 conv applied as Linear on NHWC (same math, no copies). */
+function pointwise(layer: Linear | Conv2d, x: Tensor): Tensor {
+  if (layer instanceof Linear) return layer.forward(x);
+  return E.tidy(() => E.F.linear(x, layer.weight.view([layer.outChannels, layer.inChannels]), layer.bias));
+}
+
+class ConvNeXtMlp extends Module {
+  readonly fc1: Linear | Conv2d;
+  readonly fc2: Linear | Conv2d;
+
+  constructor(dim: number, hidden: number, convMlp: boolean) {
+    super();
+    this.fc1 = this.registerModule('fc1', convMlp ? new Conv2d(dim, hidden, 1) : new Linear(dim, hidden));
+    this.fc2 = this.registerModule('fc2', convMlp ? new Conv2d(hidden, dim, 1) : new Linear(hidden, dim));
+  }
+
+  /** On NHWC maps. */
+  forward(x: Tensor): Tensor {
+    return E.tidy(() => pointwise(this.fc2, E.F.gelu(pointwise(this.fc1, x))));
+  }
+}
+
+/** Depthwise 7×7 conv, norm, MLP (4×), layer scale, drop path and the residual. */
+export class ConvNeXtBlock extends Module implements UnaryModule {
+  readonly convDw: Conv2d;
+  readonly norm: LayerNorm;
+  readonly mlp: ConvNeXtMlp;
+  readonly dropPath: UnaryModule;
+
+  constructor(readonly dim: number, options: { convMlp: boolean; dropPath: number; layerScaleInit: number }) {
+    super();
+    // timm registers gamma first; the order only shows in namedParameters().
+    E.noGrad(() => this.registerParameter('gamma', E.full([dim], options.layerScaleInit)));
+    this.convDw = this.registerModule('conv_dw', new Conv2d(dim, dim, 7, { padding: 3, groups: dim }));
+    this.norm = this.registerModule('norm', options.convMlp ? new LayerNorm2d(dim, NORM_EPS) : new LayerNorm(dim, NORM_EPS));
+    this.mlp = this.registerModule('mlp', new ConvNeXtMlp(dim, 4 * dim, options.convMlp));
+    this.dropPath = this.registerModule('drop_path', options.dropPath > 0 ? new DropPath(options.dropPath) : new Identity());
+  }
+
+  get gamma(): Tensor { return this.parameter('gamma'); }
+
+  forward(x: Tensor): Tensor {
+    return E.tidy(() => {
+      // Channels last from here: on a channels-last map this permute is free and LayerNorm and the MLP need no copy.
+      const nhwc = this.convDw.forward(x).permute([0, 2, 3, 1]);
+      // LayerNorm2d's weights are LayerNorm's over the channel dim; apply them as such on NHWC.
+      const normed = E.F.layerNorm(nhwc, [this.dim], this.norm.weight, this.norm.bias, this.norm.eps);
+      const branch = this.mlp.forward(normed).mul(this.gamma).permute([0, 3, 1, 2]);
+      return this.dropPath.forward(branch).add(x);
+    });
+  }
+}
+
+class ConvNeXtStage extends Module implements UnaryModule {
+  readonly downsample: UnaryModule;
+  readonly blocks: Sequential<ConvNeXtBlock>;
+
+  constructor(inDim: number, outDim: number, downsample: boolean, blocks: ConvNeXtBlock[]) {
+    super();
+    this.downsample = this.registerModule('downsample', downsample
+      ? new Sequential([new LayerNorm2d(inDim, NORM_EPS), new Conv2d(inDim, outDim, 2, { stride: 2 })])
+      : new Identity());
+    this.blocks = this.registerModule('blocks', new Sequential(blocks));
+  }
+
+  forward(x: Tensor): Tensor {
+    return E.tidy(() => this.blocks.forward(this.downsample.forward(x)));
+  }
+}
+
+export class ConvNeXt extends ImageClassifier {
+  readonly stem: Sequential;
+  readonly stages: ModuleList<ConvNeXtStage>;
+  readonly head: ClassifierHead | undefined;
+  readonly numClasses: number;
+  readonly numFeatures: number;
+  readonly inputSize: number;
+
+  constructor(readonly config: ConvNeXtConfig) {
+    super();
+    const { depths, dims } = config;
+    if (depths.length !== dims.length || depths.length === 0) throw new RangeError(`ConvNeXt: depths [${depths}] and dims [${dims}] must have the same, non-zero length`);
+    this.numClasses = config.numClasses;
+    this.numFeatures = dims[dims.length - 1];
+    this.inputSize = config.inputSize ?? 224;
+    this.stem = this.registerModule('stem', new Sequential([new Conv2d(config.inChannels ?? 3, dims[0], 4, { stride: 4 }), new LayerNorm2d(dims[0], NORM_EPS)]));
+    const rates = dropPathRates(depths, config.dropPathRate ?? 0);
+    const stages = depths.map((depth, i) => new ConvNeXtStage(
+      i === 0 ? dims[0] : dims[i - 1], dims[i], i > 0,
+      rates[i].map((rate) => new ConvNeXtBlock(dims[i], { convMlp: config.convMlp, dropPath: rate, layerScaleInit: config.layerScaleInit ?? 1e-6 })),
+    ));
+    this.stages = this.registerModule('stages', new ModuleList(stages));
+    this.head = config.numClasses > 0
+      ? this.registerModule('head', new ClassifierHead(this.numFeatures, config.numClasses, { inputFormat: 'NCHW', norm: true, normEps: NORM_EPS, dropRate: config.dropRate }))
+      : undefined;
+  }
+
+  /** NCHW features at stride 32, in channels-last memory. */
+  forwardFeatures(x: Tensor): Tensor {
+    return E.tidy(() => {
+      let out = this.stem.forward(x.channelsLast());
+      for (const stage of this.stages) out = stage.forward(out);
+      return out;
+    });
+  }
+}

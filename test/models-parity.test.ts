@@ -1,0 +1,45 @@
+// Parity with timm 1.0.29: the fixtures hold timm's state dicts, inputs, features and logits (float32, eval mode).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import * as E from '../src/engine/index.js';
+import { ConvNeXt } from '../src/models/convnext.js';
+import { SwinTransformer } from '../src/models/swin.js';
+import type { ImageClassifier } from '../src/models/classifier.js';
+import { SHARED, maxAbsDiff } from './helpers.js';
+
+const FIXTURES = path.join(SHARED, 'fixtures/timm');
+const TOLERANCE = 1e-4;
+
+const cases: Record<string, () => ImageClassifier> = {
+  convnext_d16_convmlp_128: () => new ConvNeXt({ depths: [1, 1, 2, 1], dims: [16, 32, 64, 128], convMlp: true, numClasses: 8, inputSize: 128 }),
+  convnext_d16_linear_128: () => new ConvNeXt({ depths: [1, 1, 2, 1], dims: [16, 32, 64, 128], convMlp: false, numClasses: 8, inputSize: 128 }),
+  swin_e16_w7_224: () => new SwinTransformer({ inputSize: 224, embedDim: 16, depths: [2, 2, 2, 2], numHeads: [1, 2, 4, 8], windowSize: 7, numClasses: 8 }),
+  swin_e16_w8_128: () => new SwinTransformer({ inputSize: 128, embedDim: 16, depths: [2, 2, 2, 2], numHeads: [1, 2, 4, 8], windowSize: 8, numClasses: 8 }),
+};
+
+for (const [name, build] of Object.entries(cases)) {
+  test(`timm parity: ${name} (features and logits within ${TOLERANCE})`, async () => {
+    const weights = await E.loadSafetensors(path.join(FIXTURES, `${name}.safetensors`));
+    const io = await E.loadSafetensors(path.join(FIXTURES, `${name}.io.safetensors`));
+    const model = build().eval();
+    try {
+      model.loadStateDict(weights.tensors);
+      const { features, logits } = E.noGrad(() => E.tidy(() => {
+        const f = model.forwardFeatures(io.tensors.get('input')!);
+        return { features: f, logits: model.forwardHead(f) };
+      }));
+      const expectedFeatures = io.tensors.get('features')!;
+      assert.deepEqual(features.shape, expectedFeatures.shape);
+      const featureError = maxAbsDiff(features.toArray(), expectedFeatures.toArray());
+      const logitError = maxAbsDiff(logits.toArray(), io.tensors.get('logits')!.toArray());
+      console.log(`${name}: features max abs error ${featureError.toExponential(2)}, logits ${logitError.toExponential(2)}`);
+      assert.ok(featureError <= TOLERANCE, `features differ from timm by ${featureError}`);
+      assert.ok(logitError <= TOLERANCE, `logits differ from timm by ${logitError}`);
+      E.dispose([features, logits]);
+    } finally {
+      model.dispose();
+      E.dispose([...weights.tensors.values(), ...io.tensors.values()]);
+    }
+  });
+}
