@@ -256,3 +256,20 @@ export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, optio
     return weights.to(v.dtype).matmul(v);
   });
 }
+
+/** Sampling grid [N, H, W, 2] for the affine maps theta [N, 2, 3] (normalised coordinates, as F.affine_grid). */
+export function affineGrid(theta: Tensor, size: readonly [number, number, number, number], alignCorners = false): Tensor {
+  if (theta.ndim !== 3 || theta.shape[1] !== 2 || theta.shape[2] !== 3) throw new RangeError(`affineGrid: theta must be [N, 2, 3], got ${shapeOf(theta)}`);
+  if (size[0] !== theta.shape[0]) throw new RangeError(`affineGrid: size batch ${size[0]} differs from theta's ${theta.shape[0]}`);
+  return call('affine_grid_generator', '', theta, [...size], alignCorners);
+}
+
+const GRID_INTERPOLATION = { bilinear: 0, nearest: 1, bicubic: 2 } as const;
+const GRID_PADDING = { zeros: 0, border: 1, reflection: 2 } as const;
+
+/** Samples input [N, C, H, W] at grid [N, h, w, 2] (normalised coordinates), as F.grid_sample. */
+export function gridSample(input: Tensor, grid: Tensor, options: { mode?: keyof typeof GRID_INTERPOLATION; padding?: keyof typeof GRID_PADDING; alignCorners?: boolean } = {}): Tensor {
+  check4d(input, 'gridSample');
+  if (grid.ndim !== 4 || grid.shape[3] !== 2 || grid.shape[0] !== input.shape[0]) throw new RangeError(`gridSample: grid must be [${input.shape[0]}, h, w, 2], got ${shapeOf(grid)}`);
+  return call('grid_sampler', '', input, grid, GRID_INTERPOLATION[options.mode ?? 'bilinear'], GRID_PADDING[options.padding ?? 'zeros'], options.alignCorners ?? false);
+}

@@ -1,0 +1,70 @@
+// Turning decoded images (N × S × S × 3 uint8, HWC) into normalised NCHW batches, with a seeded epoch order.
+import * as E from '../engine/index.js';
+import { type AugmentConfig, augmentBatch, seededRandom } from './augment.js';
+
+/** Images already decoded, cropped and resized to one square size, with their labels. */
+export interface ImageSet {
+  images: Uint8Array;
+  size: number;
+  labels: Int32Array;
+  classes: string[];
+}
+
+export interface Normalization {
+  mean: [number, number, number];
+  std: [number, number, number];
+}
+
+/** ImageNet statistics, as timm's ConvNeXt and Swin use; recorded in every model's metadata. */
+export const IMAGENET_NORMALIZATION: Normalization = { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
+
+export interface BatchOptions {
+  normalization: Normalization;
+  augment?: AugmentConfig;
+  /** The seed for this batch's augmentation draws. */
+  seed?: number;
+  device?: E.Device;
+}
+
+/** Normalised float32 [N, 3, S, S] images and int64 labels for the given sample indices. */
+export function makeBatch(set: ImageSet, indices: ArrayLike<number>, options: BatchOptions): { x: E.Tensor; y: E.Tensor } {
+  const pixels = set.size * set.size * 3;
+  const bytes = new Uint8Array(indices.length * pixels);
+  const labels = new BigInt64Array(indices.length);
+  for (let i = 0; i < indices.length; i++) {
+    const index = indices[i];
+    bytes.set(set.images.subarray(index * pixels, (index + 1) * pixels), i * pixels);
+    labels[i] = BigInt(set.labels[index]);
+  }
+  return E.tidy(() => {
+    let x = E.tensor(bytes, [indices.length, set.size, set.size, 3]).permute([0, 3, 1, 2]).float().div(255);
+    if (options.augment) x = augmentBatch(x, options.augment, seededRandom(options.seed ?? 0));
+    const { mean, std } = options.normalization;
+    x = x.sub(E.tensor(mean, [1, 3, 1, 1])).div(E.tensor(std, [1, 3, 1, 1])).contiguous();
+    let y = E.tensor(labels, [indices.length]);
+    if (options.device && options.device !== 'cpu') [x, y] = [x.to(options.device), y.to(options.device)];
+    return { x, y };
+  });
+}
+
+/** A seeded shuffle (Fisher–Yates) of the indices: the same seed gives the same epoch order. */
+export function shuffled(indices: ArrayLike<number>, seed: number): Int32Array {
+  const out = Int32Array.from(indices);
+  const random = seededRandom(seed);
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(random() * (i + 1));
+    [out[i], out[j]] = [out[j], out[i]];
+  }
+  return out;
+}
+
+/** Splits an epoch's order into batches; the last, short batch is dropped when dropLast is set. */
+export function batchIndices(order: Int32Array, batchSize: number, dropLast: boolean): Int32Array[] {
+  const batches: Int32Array[] = [];
+  for (let start = 0; start < order.length; start += batchSize) {
+    const batch = order.subarray(start, Math.min(order.length, start + batchSize));
+    if (batch.length < batchSize && dropLast && batches.length > 0) break;
+    batches.push(batch);
+  }
+  return batches;
+}
