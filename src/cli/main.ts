@@ -1,5 +1,6 @@
 import { Command, CommanderError } from 'commander';
 import { registerDoctor } from './commands/doctor.js';
+import { registerScan } from './commands/scan.js';
 import { CliError } from './output.js';
 
 /** Builds the `hemato` program. Each command lives in its own module under commands/. */
@@ -10,6 +11,7 @@ export function buildProgram(): Command {
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
   registerDoctor(program);
+  registerScan(program);
   return program;
 }
 

@@ -1,0 +1,58 @@
+import { access } from 'node:fs/promises';
+import type { Command } from 'commander';
+import { type DatasetSource, PBC_CLASSES } from '../../data/dataset.js';
+import { DEFAULT_MAX_PIXELS } from '../../data/image.js';
+import { progressBar } from '../../data/progress.js';
+import { formatScanReport, scanDataset } from '../../data/scan.js';
+import { CliError, printJson } from '../output.js';
+
+/** Options shared by the commands that read a labelled data set. */
+export interface SourceOptions {
+  csv?: string;
+  classes?: string;
+  maxPixels?: string;
+}
+
+export function addSourceOptions(command: Command): Command {
+  return command
+    .option('--csv <file>', 'read labels from a CSV with columns file,label (paths relative to DIR) instead of class folders')
+    .option('--classes <list>', `comma-separated class names, in index order (default: ${PBC_CLASSES.join(',')})`)
+    .option('--max-pixels <n>', `refuse images declaring more pixels than this (default: ${DEFAULT_MAX_PIXELS})`);
+}
+
+export async function resolveSource(dir: string, options: SourceOptions) {
+  try {
+    await access(dir);
+    if (options.csv) await access(options.csv);
+  } catch (error) {
+    throw new CliError(`${(error as Error).message.replace(/^[A-Z]+: /, '')}; give an existing data set folder${options.csv ? ' and CSV' : ''}`);
+  }
+  const source: DatasetSource = options.csv ? { csv: options.csv, images: dir } : { dir };
+  const classes = options.classes?.split(',').map((c) => c.trim().toLowerCase()).filter((c) => c !== '');
+  if (classes && (classes.length < 2 || new Set(classes).size !== classes.length)) {
+    throw new CliError(`--classes needs at least two distinct names, got "${options.classes}"`, 2);
+  }
+  const maxPixels = options.maxPixels === undefined ? undefined : Number(options.maxPixels);
+  if (maxPixels !== undefined && !(Number.isInteger(maxPixels) && maxPixels > 0)) {
+    throw new CliError(`--max-pixels must be a positive integer, got "${options.maxPixels}"`, 2);
+  }
+  return { source, classes, maxPixels };
+}
+
+export function registerScan(program: Command): void {
+  addSourceOptions(
+    program
+      .command('scan')
+      .argument('<dir>', 'data set folder: one sub-folder per class, or the images folder of --csv')
+      .description('report what a data set holds: images per class, skipped files and why, duplicates, label conflicts, sizes per class'),
+  )
+    .option('--json', 'print one JSON document on stdout')
+    .action(async (dir: string, options: SourceOptions & { json?: boolean }) => {
+      const { source, classes, maxPixels } = await resolveSource(dir, options);
+      const progress = progressBar('scan');
+      const report = await scanDataset(source, { classes, maxPixels, onProgress: progress.update }).finally(() => progress.stop());
+      const { entries: _entries, ...summary } = report;
+      if (options.json) printJson(summary);
+      else process.stdout.write(`${formatScanReport(report)}\n`);
+    });
+}

@@ -1,0 +1,135 @@
+// Listing a labelled data set from its two layouts: ImageFolder (one folder per class) or a CSV of file,label.
+import { readdir, readFile, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { parseCsv } from './csv.js';
+import type { DecodeErrorCode } from './errors.js';
+
+/** hemato's classes, in the index order every model and pack uses. */
+export const PBC_CLASSES: readonly string[] = [
+  'basophil', 'eosinophil', 'erythroblast', 'ig', 'lymphocyte', 'monocyte', 'neutrophil', 'platelet',
+];
+
+export interface DatasetItem {
+  /** Path relative to the data set's root, with '/' separators: the stable name used in splits and packs. */
+  file: string;
+  /** Absolute path on this machine. */
+  path: string;
+  label: string;
+}
+
+export type SkipReason = 'hidden' | 'unknown-label' | 'missing' | 'no-class-folder' | DecodeErrorCode;
+
+export interface SkippedFile {
+  path: string;
+  reason: SkipReason;
+  detail: string;
+}
+
+export interface DatasetListing {
+  root: string;
+  layout: 'imagefolder' | 'csv';
+  classes: string[];
+  items: DatasetItem[];
+  skipped: SkippedFile[];
+}
+
+export interface ListOptions {
+  /** The known labels, in index order; defaults to PBC_CLASSES. Anything else is reported, not guessed. */
+  classes?: readonly string[];
+}
+
+/** Where a data set comes from: a folder of class folders, or a CSV with paths relative to an images folder. */
+export type DatasetSource = { dir: string } | { csv: string; images: string };
+
+export function listDataset(source: DatasetSource, options: ListOptions = {}): Promise<DatasetListing> {
+  return 'dir' in source ? listImageFolder(source.dir, options) : listCsvDataset(source.csv, source.images, options);
+}
+
+/** One folder per class; class folders are searched recursively; hidden files and folders are skipped and reported. */
+export async function listImageFolder(root: string, options: ListOptions = {}): Promise<DatasetListing> {
+  const classes = [...(options.classes ?? PBC_CLASSES)];
+  const absRoot = path.resolve(root);
+  const entries = await readDirectory(absRoot);
+  const items: DatasetItem[] = [];
+  const skipped: SkippedFile[] = [];
+  for (const entry of entries) {
+    const rel = entry.name;
+    if (entry.name.startsWith('.')) {
+      skipped.push({ path: rel, reason: 'hidden', detail: `hidden ${entry.isDirectory() ? 'folder' : 'file'}` });
+    } else if (!entry.isDirectory()) {
+      skipped.push({ path: rel, reason: 'no-class-folder', detail: 'file at the top level; ImageFolder expects <class>/<file>' });
+    } else if (!classes.includes(entry.name)) {
+      skipped.push({ path: rel, reason: 'unknown-label', detail: `folder "${entry.name}" is not a known class (${classes.join(', ')}); pass --classes to use your own` });
+    } else {
+      await walk(absRoot, rel, entry.name, items, skipped);
+    }
+  }
+  items.sort((a, b) => compareStrings(a.file, b.file));
+  return { root: absRoot, layout: 'imagefolder', classes, items, skipped };
+}
+
+async function walk(root: string, rel: string, label: string, items: DatasetItem[], skipped: SkippedFile[]): Promise<void> {
+  for (const entry of await readDirectory(path.join(root, rel))) {
+    const child = `${rel}/${entry.name}`;
+    if (entry.name.startsWith('.')) skipped.push({ path: child, reason: 'hidden', detail: `hidden ${entry.isDirectory() ? 'folder' : 'file'}` });
+    else if (entry.isDirectory()) await walk(root, child, label, items, skipped);
+    else items.push({ file: child, path: path.join(root, child), label });
+  }
+}
+
+/**
+ * A CSV with a header naming `file` and `label` columns (other columns are ignored); paths are relative to `imagesDir`.
+ * Labels are matched after trimming and lower-casing. Bad rows are reported one by one; the rest are listed.
+ */
+export async function listCsvDataset(csvPath: string, imagesDir: string, options: ListOptions = {}): Promise<DatasetListing> {
+  const classes = [...(options.classes ?? PBC_CLASSES)];
+  const root = path.resolve(imagesDir);
+  let rows: string[][];
+  try {
+    rows = parseCsv(await readFile(csvPath, 'utf8')).filter((row) => row.some((cell) => cell.trim() !== ''));
+  } catch (error) {
+    throw new Error(`cannot read CSV ${csvPath}: ${(error as Error).message}`);
+  }
+  const header = (rows[0] ?? []).map((name) => name.trim().toLowerCase());
+  const fileColumn = header.indexOf('file');
+  const labelColumn = header.indexOf('label');
+  if (fileColumn < 0 || labelColumn < 0) {
+    throw new Error(`CSV ${csvPath} needs a header row naming the columns "file" and "label" (found: ${header.join(', ') || 'nothing'})`);
+  }
+  const items: DatasetItem[] = [];
+  const skipped: SkippedFile[] = [];
+  for (let r = 1; r < rows.length; r++) {
+    const line = r + 1;
+    const file = (rows[r][fileColumn] ?? '').trim().replace(/\\/g, '/');
+    const label = (rows[r][labelColumn] ?? '').trim().toLowerCase();
+    if (file === '') {
+      skipped.push({ path: `${path.basename(csvPath)}:${line}`, reason: 'missing', detail: `row ${line} has no file` });
+    } else if (!classes.includes(label)) {
+      skipped.push({ path: file, reason: 'unknown-label', detail: `row ${line}: unknown label "${rows[r][labelColumn] ?? ''}" (known: ${classes.join(', ')})` });
+    } else if (!(await isFile(path.resolve(root, file)))) {
+      skipped.push({ path: file, reason: 'missing', detail: `row ${line}: no such file under ${root}` });
+    } else {
+      items.push({ file, path: path.resolve(root, file), label });
+    }
+  }
+  items.sort((a, b) => compareStrings(a.file, b.file));
+  return { root, layout: 'csv', classes, items, skipped };
+}
+
+async function readDirectory(dir: string) {
+  const entries = await readdir(dir, { withFileTypes: true });
+  return entries.sort((a, b) => compareStrings(a.name, b.name));
+}
+
+async function isFile(file: string): Promise<boolean> {
+  try {
+    return (await stat(file)).isFile();
+  } catch {
+    return false;
+  }
+}
+
+/** Code-unit order, the same on every machine and locale. */
+export function compareStrings(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}

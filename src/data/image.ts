@@ -1,0 +1,103 @@
+// Decoding any image file a lab exports into 8-bit RGB, with one clear error per bad file.
+import { readFile } from 'node:fs/promises';
+import sharp, { type Metadata } from 'sharp';
+import { decodeBmp } from './bmp.js';
+import { checkPixelLimit, DecodeError } from './errors.js';
+
+export { DecodeError, type DecodeErrorCode } from './errors.js';
+
+/** An 8-bit RGB image, rows top to bottom, pixels interleaved (HWC). */
+export interface RgbImage {
+  width: number;
+  height: number;
+  data: Uint8Array;
+}
+
+export type ImageFormat = 'jpeg' | 'png' | 'tiff' | 'webp' | 'bmp';
+
+export interface DecodeOptions {
+  /** Refuse images whose declared width × height exceeds this (decompression bombs). */
+  maxPixels?: number;
+}
+
+/** 64 MP: far above any microscope field, far below what would exhaust memory. */
+export const DEFAULT_MAX_PIXELS = 64_000_000;
+
+/** Recognises the formats we decode by their magic bytes, never by the file name. */
+export function sniffFormat(bytes: Uint8Array): ImageFormat | null {
+  const at = (offset: number, ...values: number[]) => values.every((v, i) => bytes[offset + i] === v);
+  if (at(0, 0xff, 0xd8, 0xff)) return 'jpeg';
+  if (at(0, 0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a)) return 'png';
+  if (at(0, 0x49, 0x49, 0x2a, 0x00) || at(0, 0x4d, 0x4d, 0x00, 0x2a) || at(0, 0x49, 0x49, 0x2b, 0x00) || at(0, 0x4d, 0x4d, 0x00, 0x2b)) return 'tiff';
+  if (at(0, 0x52, 0x49, 0x46, 0x46) && at(8, 0x57, 0x45, 0x42, 0x50)) return 'webp';
+  if (at(0, 0x42, 0x4d)) return 'bmp';
+  return null;
+}
+
+/** A short description of what a non-image file seems to be, for the skip reason. */
+export function describeNonImage(bytes: Uint8Array): string {
+  const at = (offset: number, ...values: number[]) => values.every((v, i) => bytes[offset + i] === v);
+  if (at(0, 0x00, 0x00, 0x00, 0x01, 0x42, 0x75, 0x64, 0x31)) return 'not an image: macOS .DS_Store folder metadata';
+  if (at(0, 0x47, 0x49, 0x46, 0x38)) return 'unsupported image format: GIF (convert it to PNG)';
+  if (at(4, 0x66, 0x74, 0x79, 0x70)) return 'unsupported image format: HEIF/AVIF or video container (convert it to PNG or JPEG)';
+  if (at(0, 0x25, 0x50, 0x44, 0x46)) return 'not an image: PDF document';
+  if (at(0, 0x50, 0x4b, 0x03, 0x04)) return 'not an image: ZIP archive';
+  const head = bytes.subarray(0, 512);
+  let printable = 0;
+  for (const b of head) if (b === 9 || b === 10 || b === 13 || (b >= 32 && b < 127) || b >= 128) printable++;
+  if (head.length > 0 && printable === head.length) return 'not an image: text file';
+  const hex = [...bytes.subarray(0, 4)].map((b) => b.toString(16).padStart(2, '0')).join(' ');
+  return `not an image: unknown content (first bytes ${hex})`;
+}
+
+/** Decodes JPEG (incl. CMYK, progressive), PNG (8/16-bit, grey, alpha), TIFF, WebP and BMP into 8-bit sRGB. */
+export async function decodeImage(bytes: Uint8Array, options: DecodeOptions = {}): Promise<RgbImage> {
+  const maxPixels = options.maxPixels ?? DEFAULT_MAX_PIXELS;
+  if (bytes.length === 0) throw new DecodeError('empty', 'empty file (0 bytes)');
+  const format = sniffFormat(bytes);
+  if (format === null) {
+    const what = describeNonImage(bytes);
+    throw new DecodeError(what.startsWith('unsupported') ? 'unsupported' : 'not-image', what);
+  }
+  if (format === 'bmp') return decodeBmp(bytes, maxPixels);
+
+  // Check the declared size from the header before any pixel is decoded.
+  let declared: Metadata;
+  try {
+    declared = await sharp(bytes, { limitInputPixels: false }).metadata();
+  } catch (error) {
+    throw new DecodeError('corrupt', `corrupt ${format.toUpperCase()} header: ${sharpMessage(error)}`);
+  }
+  checkPixelLimit(declared.width ?? 0, declared.height ?? 0, maxPixels);
+
+  try {
+    // failOn 'truncated' rejects cut-off files (libjpeg only warns on them) yet accepts harmless warnings.
+    const { data, info } = await sharp(bytes, { limitInputPixels: maxPixels, failOn: 'truncated', pages: 1 })
+      .autoOrient()
+      .flatten({ background: '#ffffff' })
+      .toColourspace('srgb')
+      .raw({ depth: 'uchar' })
+      .toBuffer({ resolveWithObject: true });
+    if (info.channels !== 3) throw new Error(`expected 3 channels after conversion, got ${info.channels}`);
+    return { width: info.width, height: info.height, data: new Uint8Array(data.buffer, data.byteOffset, data.length) };
+  } catch (error) {
+    const message = sharpMessage(error);
+    const truncated = /premature end|truncat|unexpected end|end of (file|stream)|read error|short read/i.test(message);
+    throw new DecodeError(truncated ? 'truncated' : 'corrupt', `${truncated ? 'truncated' : 'corrupt'} ${format.toUpperCase()}: ${message}`);
+  }
+}
+
+/** Reads and decodes one file; every failure is a DecodeError naming what is wrong. */
+export async function readImageFile(path: string, options: DecodeOptions = {}): Promise<RgbImage> {
+  let bytes: Buffer;
+  try {
+    bytes = await readFile(path);
+  } catch (error) {
+    throw new DecodeError('unreadable', `cannot read file: ${(error as Error).message}`);
+  }
+  return decodeImage(bytes, options);
+}
+
+function sharpMessage(error: unknown): string {
+  return (error instanceof Error ? error.message : String(error)).split('\n')[0].trim();
+}
