@@ -8,6 +8,7 @@ import { weightDecayGroups } from '../nn/index.js';
 import type { ImageClassifier } from '../models/classifier.js';
 import { type AugmentConfig } from '../data/augment.js';
 import { type ImageSet, type Normalization, batchIndices, makeBatch, shuffled } from '../data/batches.js';
+import { type BatchSource, inlineBatches, workerBatches } from '../data/prefetch.js';
 import { cosineLr } from './schedule.js';
 import { computeMetrics, type Metrics } from './metrics.js';
 import { softmaxRows } from './calibration.js';
@@ -60,7 +61,12 @@ export interface TrainRun {
   onBest?: (model: ImageClassifier, epoch: number, val: Metrics) => Promise<void>;
   /** Returns true to stop after the current step, with a checkpoint (e.g. on SIGINT). */
   shouldStop?: () => boolean;
+  /** Worker threads that prepare batches ahead of the training step; 0 prepares them inline. */
+  workers?: number;
 }
+
+/** How many batches are prepared ahead of the one being trained on. */
+const PREFETCH_DEPTH = 2;
 
 export class NonFiniteLossError extends Error {
   constructor(epoch: number, batch: number, loss: number) {
@@ -129,6 +135,9 @@ export async function train(run: TrainRun): Promise<{ loop: LoopState; stoppedEa
   let lastSave = Date.now();
   let stoppedEarly = false;
   let interrupted = false;
+  const recipe = { normalization: config.normalization, augment: config.augment };
+  const source: BatchSource = run.workers ? workerBatches(data, recipe, { workers: run.workers, device }) : inlineBatches(data, recipe, device);
+  const inflight = new Map<number, Promise<{ x: E.Tensor; y: E.Tensor }>>();
   model.train();
   try {
     while (loop.epoch < config.epochs && !stoppedEarly) {
@@ -138,17 +147,22 @@ export async function train(run: TrainRun): Promise<{ loop: LoopState; stoppedEa
       let lossCount = 0;
       for (; loop.batch < batches.length; loop.batch++) {
         const started = performance.now();
-        const seed = stepSeed(config.seed, loop.epoch, loop.batch);
-        E.manualSeed(seed);  // dropout and drop path draw from libtorch's generator
+        for (let ahead = 0; ahead <= PREFETCH_DEPTH; ahead++) {
+          const b = loop.batch + ahead;
+          if (b < batches.length && !inflight.has(b)) inflight.set(b, source.request(batches[b], stepSeed(config.seed, loop.epoch, b)));
+        }
+        const { x, y } = await inflight.get(loop.batch)!;
+        inflight.delete(loop.batch);
+        E.manualSeed(stepSeed(config.seed, loop.epoch, loop.batch));  // dropout and drop path draw from libtorch's generator
         const lr = cosineLr(loop.globalStep, schedule);
         optimizer.setLr(lr);
         const loss = E.tidy(() => {
-          const { x, y } = makeBatch(data, batches[loop.batch], { normalization: config.normalization, augment: config.augment, seed, device });
           const logits = withPrecision(config.precision, device, () => model.forward(x));
           const value = E.F.crossEntropy(logits.float(), y, { labelSmoothing: config.labelSmoothing });
           value.backward();
           return value.item();
         });
+        E.dispose([x, y]);
         if (!Number.isFinite(loss)) throw new NonFiniteLossError(loop.epoch, loop.batch, loss);
         if (config.clipGrad !== null) E.clipGradNorm(model.parameters(), config.clipGrad);
         optimizer.step();
@@ -196,6 +210,8 @@ export async function train(run: TrainRun): Promise<{ loop: LoopState; stoppedEa
     }
     return { loop, stoppedEarly, interrupted };
   } finally {
+    for (const batch of inflight.values()) E.dispose(await batch.catch(() => undefined));
+    await source.close();
     optimizer.dispose();
     if (ema) E.dispose([...ema.values()]);
   }
