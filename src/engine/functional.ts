@@ -103,7 +103,12 @@ export function groupNorm(input: Tensor, numGroups: number, weight?: Tensor, bia
 
 /** GELU, exact (erf) by default as in timm, or the tanh approximation. */
 export function gelu(input: Tensor, approximate: 'none' | 'tanh' = 'none'): Tensor {
-  return call('gelu', '', input, approximate);
+  const out = call<Tensor>('gelu', '', input, approximate);
+  if (approximate !== 'none' || !out.requiresGrad || !out.isContiguous()) return out;
+  // libtorch 1.13's CPU kernel for exact gelu_backward (float32 and bfloat16) returns garbage when its input is
+  // contiguous and the incoming gradient is not, e.g. when a permute follows the GELU. Passing the output through
+  // two reshapes costs nothing going forward (they are views) and makes the gradient contiguous going back.
+  return tidy(() => out.reshape([-1]).reshape(out.shape));
 }
 
 export function relu(input: Tensor): Tensor {
