@@ -1,0 +1,96 @@
+// The dual-path network, our reading of Kılıç (2026): one input through a ConvNeXt path (local texture) and a Swin
+// path (global context), both to stride 32; ECA on each map, a projection to a common width, AFF to fuse, then
+// pooling, LayerNorm, dropout and a Linear classifier. The ablations drop a path or replace ECA+AFF by concatenation.
+import * as E from '../engine/index.js';
+import { Module } from '../nn/index.js';
+import { ClassifierHead, ImageClassifier } from './classifier.js';
+import { ConvNeXt, type ConvNeXtConfig } from './convnext.js';
+import { SwinTransformer, type SwinConfig } from './swin.js';
+import { AttentionalFeatureFusion, EfficientChannelAttention, Projection } from './fusion.js';
+
+type Tensor = E.Tensor;
+
+/** How the paths' maps become one: ECA + projection + AFF (or iAFF), plain channel concatenation, or one path only. */
+export type FusionKind = 'aff' | 'iaff' | 'concat' | 'single';
+
+export interface DualPathConfig {
+  /** Path configs without a head (numClasses is forced to 0); leave one out for a single-path ablation. */
+  convnext?: Omit<ConvNeXtConfig, 'numClasses'>;
+  swin?: Omit<SwinConfig, 'numClasses'>;
+  fusion: FusionKind;
+  /** Width both paths are projected to before AFF. */
+  fusionDim?: number;
+  /** AFF's bottleneck ratio. */
+  affReduction?: number;
+  numClasses: number;
+  inputSize: number;
+  dropRate?: number;
+}
+
+/** One path's attention and projection before AFF: keys eca_<path>.*, proj_<path>.*. */
+class PathAdapter extends Module {
+  readonly eca: EfficientChannelAttention;
+  readonly proj: Projection;
+
+  constructor(inDim: number, outDim: number) {
+    super();
+    this.eca = this.registerModule('eca', new EfficientChannelAttention(inDim));
+    this.proj = this.registerModule('proj', new Projection(inDim, outDim));
+  }
+
+  forward(x: Tensor): Tensor {
+    return E.tidy(() => this.proj.forward(this.eca.forward(x)));
+  }
+}
+
+export class DualPathNet extends ImageClassifier {
+  readonly convnext: ConvNeXt | undefined;
+  readonly swin: SwinTransformer | undefined;
+  readonly adaptConvnext: PathAdapter | undefined;
+  readonly adaptSwin: PathAdapter | undefined;
+  readonly fusion: AttentionalFeatureFusion | undefined;
+  readonly head: ClassifierHead;
+  readonly numClasses: number;
+  readonly numFeatures: number;
+  readonly inputSize: number;
+
+  constructor(readonly config: DualPathConfig) {
+    super();
+    const { fusion, inputSize } = config;
+    const paths = [config.convnext, config.swin].filter((p) => p !== undefined).length;
+    if (fusion === 'single' ? paths !== 1 : paths !== 2) {
+      throw new RangeError(`DualPathNet: fusion '${fusion}' needs ${fusion === 'single' ? 'exactly one path' : 'both a ConvNeXt and a Swin path'}, got ${paths}`);
+    }
+    if (inputSize % 32 !== 0) throw new RangeError(`DualPathNet: inputSize must be a multiple of 32 (both paths reach stride 32), got ${inputSize}`);
+    this.inputSize = inputSize;
+    this.numClasses = config.numClasses;
+    this.convnext = config.convnext ? this.registerModule('convnext', new ConvNeXt({ ...config.convnext, numClasses: 0, inputSize })) : undefined;
+    this.swin = config.swin ? this.registerModule('swin', new SwinTransformer({ ...config.swin, numClasses: 0, inputSize })) : undefined;
+    const widths = [this.convnext?.numFeatures, this.swin?.numFeatures].filter((w): w is number => w !== undefined);
+    if (fusion === 'aff' || fusion === 'iaff') {
+      const dim = config.fusionDim ?? Math.min(...widths);
+      this.adaptConvnext = this.registerModule('adapt_convnext', new PathAdapter(this.convnext!.numFeatures, dim));
+      this.adaptSwin = this.registerModule('adapt_swin', new PathAdapter(this.swin!.numFeatures, dim));
+      this.fusion = this.registerModule('fusion', new AttentionalFeatureFusion(dim, { reduction: config.affReduction, iterative: fusion === 'iaff' }));
+      this.numFeatures = dim;
+    } else {
+      this.numFeatures = widths.reduce((a, b) => a + b, 0);
+    }
+    this.head = this.registerModule('head', new ClassifierHead(this.numFeatures, config.numClasses, { inputFormat: 'NHWC', norm: true, normEps: 1e-6, dropRate: config.dropRate }));
+  }
+
+  /** The fused NHWC map [B, H/32, W/32, numFeatures]. */
+  forwardFeatures(x: Tensor): Tensor {
+    return E.tidy(() => {
+      // ConvNeXt's NCHW output lives in channels-last memory, so this permute is a free view.
+      const local = this.convnext?.forwardFeatures(x).permute([0, 2, 3, 1]);
+      const global = this.swin?.forwardFeatures(x);
+      if (!local || !global) return (local ?? global)!;
+      if (local.shape.join() !== global.shape.slice(0, 3).concat(local.shape[3]).join()) {
+        throw new RangeError(`DualPathNet: the paths' maps differ in size ([${local.shape}] vs [${global.shape}])`);
+      }
+      if (this.fusion) return this.fusion.forward(this.adaptConvnext!.forward(local), this.adaptSwin!.forward(global));
+      return E.cat([local, global], 3);
+    });
+  }
+}
