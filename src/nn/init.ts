@@ -11,13 +11,16 @@ function normalCdf(x: number): number {
 }
 
 /**
- * Fills t with a normal(mean, std) truncated to the absolute bounds [a, b], by inverse-CDF sampling. The defaults
- * are timm's: with std 0.02 the bounds ±2 are 100 standard deviations away, so it is a plain normal in practice.
+ * Fills t with a normal(mean, std) truncated to the absolute bounds [a, b]. The defaults are timm's: with std 0.02
+ * the bounds ±2 lie 100 standard deviations out, where a plain normal sample (clamped for form) has the same law
+ * to within 1e-9 and costs a tenth of the inverse-CDF method, which libtorch's slow erfinv dominates.
  */
 export function truncNormal_(t: E.Tensor, std = 0.02, mean = 0, a = -2, b = 2): E.Tensor {
+  if (!(std > 0) || !(a < b)) throw new RangeError(`truncNormal_: need std > 0 and a < b, got std=${std}, [${a}, ${b}]`);
   const lower = normalCdf((a - mean) / std);
   const upper = normalCdf((b - mean) / std);
   return E.noGrad(() => {
+    if ((a - mean) / std <= -6 && (b - mean) / std >= 6) return t.normal_(mean, std).clamp_(a, b);
     t.uniform_(2 * lower - 1, 2 * upper - 1);
     E.call<E.Tensor>('erfinv_', '', t).dispose();  // the in-place op returns a second handle to t
     return t.mul_(std * Math.SQRT2).add_(mean).clamp_(a, b);

@@ -1,0 +1,104 @@
+// Every registered variant: output shapes, and a training step's gradient reaching every parameter, at the input
+// sizes the project uses. Batches are small and the heaviest models run at one size to keep the suite fast.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as E from '../src/engine/index.js';
+import { createModel, listModels, type ImageClassifier, type ModelOptions } from '../src/models/index.js';
+
+const SIZES = [64, 96, 128, 224];
+const NUM_CLASSES = 8;
+
+/** The features each variant returns: [channels, layout]. */
+const FEATURES: Record<string, [number, 'NCHW' | 'NHWC']> = {
+  'dualpath-atto': [256, 'NHWC'],
+  'dualpath-tiny': [768, 'NHWC'],
+  'dualpath-concat': [320 + 256, 'NHWC'],
+  'convnext-only': [320, 'NHWC'],
+  'swin-only': [256, 'NHWC'],
+  convnext_atto: [320, 'NCHW'],
+  convnext_femto: [384, 'NCHW'],
+  convnext_pico: [512, 'NCHW'],
+  convnext_nano: [640, 'NCHW'],
+  convnext_tiny: [768, 'NCHW'],
+  convnext_small: [768, 'NCHW'],
+  swin_tiny_patch4_window7_224: [768, 'NHWC'],
+  swin_small_patch4_window7_224: [768, 'NHWC'],
+};
+
+/** The small models train at every size; the large ones at the smallest only (each takes seconds on 2 cores). */
+const SMALL = new Set(['dualpath-atto', 'dualpath-concat', 'convnext-only', 'swin-only', 'convnext_atto']);
+
+function expectedFeatureShape(name: string, batch: number, size: number): number[] {
+  const [channels, layout] = FEATURES[name];
+  const side = size / 32;
+  return layout === 'NCHW' ? [batch, channels, side, side] : [batch, side, side, channels];
+}
+
+/**
+ * One training step's forward and backward at batch size `batch`. Checks the feature and logit shapes on the way
+ * and returns the names of parameters whose gradient is missing, zero or not finite.
+ */
+function parametersWithoutGradient(name: string, model: ImageClassifier, batch: number, size: number): string[] {
+  model.train();
+  const x = E.randn([batch, 3, size, size], { seed: size });
+  const target = E.tensor(Array.from({ length: batch }, (_, i) => i % NUM_CLASSES), [batch], { dtype: 'int64' });
+  const loss = E.tidy(() => {
+    const features = model.forwardFeatures(x);
+    assert.deepEqual(features.shape, expectedFeatureShape(name, batch, size), `${name} features at ${size} px`);
+    const logits = model.forwardHead(features);
+    assert.deepEqual(logits.shape, [batch, NUM_CLASSES]);
+    return E.F.crossEntropy(logits, target);
+  });
+  loss.backward();
+  E.dispose([x, target, loss]);
+  const named = model.namedParameters();
+  const grads = named.map(([, p]) => p.grad);
+  const magnitudes = E.tidy(() => E.stack(grads.map((g) => (g ? g.abs().sum() : E.scalar(0)))).toArray());
+  E.dispose(grads);
+  for (const [, p] of named) p.grad = undefined;
+  return named.filter((_, i) => !(magnitudes[i] > 0 && Number.isFinite(magnitudes[i]))).map(([key]) => key);
+}
+
+function check(name: string, size: number, batch: number, options: Partial<ModelOptions> = {}): void {
+  E.manualSeed(0);
+  const model = createModel(name, { numClasses: NUM_CLASSES, inputSize: size, ...options });
+  try {
+    const live = E.liveTensors();
+    assert.deepEqual(parametersWithoutGradient(name, model, batch, size), [], `${name} at ${size} px: parameters without gradient`);
+    assert.equal(E.liveTensors(), live, `${name}: no tensor outlives the forward and backward passes`);
+  } finally {
+    model.dispose();
+  }
+}
+
+test('the registry lists every variant this test covers', () => {
+  assert.deepEqual(listModels().sort(), Object.keys(FEATURES).sort());
+  assert.throws(() => createModel('convnext_huge', { numClasses: 2 }), /unknown model 'convnext_huge'; choose one of: dualpath-atto/);
+  assert.throws(() => createModel('dualpath-atto', { numClasses: 2, inputSize: 100 }), /multiple of 32/);
+});
+
+for (const name of SMALL) {
+  for (const size of SIZES) {
+    test(`${name} at ${size} px: shapes and gradients`, () => check(name, size, size <= 96 ? 2 : 1));
+  }
+}
+
+for (const name of Object.keys(FEATURES).filter((n) => !SMALL.has(n))) {
+  test(`${name} at 64 px: shapes and gradients`, () => check(name, 64, 1));
+}
+
+test('dualpath-atto with iterative AFF at 128 px: shapes and gradients', () => check('dualpath-atto', 128, 1, { iterativeAff: true }));
+
+test('ablations can use the tiny paths', () => {
+  const model = createModel('dualpath-concat', { numClasses: 3, inputSize: 64, scale: 'tiny' });
+  assert.equal(model.head!.inFeatures, 768 + 768);
+  model.dispose();
+});
+
+test('Swin models refuse inputs of another size than they were built for, saying what to do', () => {
+  const model = createModel('swin-only', { numClasses: 2, inputSize: 128 }).eval();
+  const x = E.zeros([1, 3, 96, 96]);
+  assert.throws(() => E.noGrad(() => model.forward(x)), /built for 128×128 inputs and got 96×96; create the model with inputSize 96/);
+  x.dispose();
+  model.dispose();
+});
