@@ -1,0 +1,61 @@
+// Crop and resize that never let the file's pixel size reach the model.
+// PBC's image size varies with the class (360×363, 366×369, 360×360, …) at one magnification, so every image is
+// cut to the same physical field, centred, before it is resized: a border of any width changes nothing.
+import sharp from 'sharp';
+import type { RgbImage } from './image.js';
+
+export interface GeometryConfig {
+  /** Side of the square field, in source pixels, cut from the centre; null cuts the largest centred square. */
+  field: number | null;
+  /** Side of the square the model sees. */
+  size: number;
+}
+
+/** PBC (CellaVision DM96): every image holds a centred 360 px field; 128 px is the working size. */
+export const DEFAULT_GEOMETRY: GeometryConfig = { field: 360, size: 128 };
+
+export function validateGeometry(config: GeometryConfig): GeometryConfig {
+  const { field, size } = config;
+  if (!Number.isInteger(size) || size < 8 || size > 4096) throw new Error(`geometry.size must be an integer in 8..4096, got ${size}`);
+  if (field !== null && (!Number.isInteger(field) || field < 8)) throw new Error(`geometry.field must be an integer ≥ 8 or null, got ${field}`);
+  return { field, size };
+}
+
+/**
+ * Cuts the centred field×field square. A side shorter than the field (PBC has a few 359 px images) is padded by
+ * repeating its edge pixels, which keeps the scale; the offset rounds down, so adding k pixels on every side
+ * moves the window by exactly k.
+ */
+export function cropToField(image: RgbImage, field: number | null): RgbImage {
+  const side = field ?? Math.min(image.width, image.height);
+  const left = Math.floor((image.width - side) / 2);
+  const top = Math.floor((image.height - side) / 2);
+  const out = new Uint8Array(side * side * 3);
+  for (let y = 0; y < side; y++) {
+    const sy = Math.min(image.height - 1, Math.max(0, top + y));
+    for (let x = 0; x < side; x++) {
+      const sx = Math.min(image.width - 1, Math.max(0, left + x));
+      const s = (sy * image.width + sx) * 3;
+      const d = (y * side + x) * 3;
+      out[d] = image.data[s];
+      out[d + 1] = image.data[s + 1];
+      out[d + 2] = image.data[s + 2];
+    }
+  }
+  return { width: side, height: side, data: out };
+}
+
+/** Resizes with libvips' Lanczos-3 (antialiased when shrinking); raw input, so no decoder shortcut depends on file size. */
+export async function resizeRgb(image: RgbImage, width: number, height = width): Promise<RgbImage> {
+  if (image.width === width && image.height === height) return image;
+  const data = await sharp(image.data, { raw: { width: image.width, height: image.height, channels: 3 } })
+    .resize(width, height, { fit: 'fill', kernel: 'lanczos3' })
+    .raw()
+    .toBuffer();
+  return { width, height, data: new Uint8Array(data.buffer, data.byteOffset, data.length) };
+}
+
+/** The model's view of a decoded image: the centred field, resized to size×size. */
+export async function toModelGeometry(image: RgbImage, config: GeometryConfig = DEFAULT_GEOMETRY): Promise<RgbImage> {
+  return resizeRgb(cropToField(image, config.field), config.size);
+}
