@@ -1,6 +1,7 @@
 import { Command, CommanderError } from 'commander';
 import { registerDoctor } from './commands/doctor.js';
 import { registerScan } from './commands/scan.js';
+import { registerPreprocess } from './commands/preprocess.js';
 import { CliError } from './output.js';
 
 /** Builds the `hemato` program. Each command lives in its own module under commands/. */
@@ -12,6 +13,7 @@ export function buildProgram(): Command {
     .exitOverride();
   registerDoctor(program);
   registerScan(program);
+  registerPreprocess(program);
   return program;
 }
 

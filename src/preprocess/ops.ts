@@ -130,6 +130,17 @@ function makeOps(cv: OpenCv) {
       });
     },
 
+    /** resize() of a float plane: INTER_AREA when shrinking (a true average), INTER_LINEAR when enlarging. */
+    resizeFloat(image: FloatImage, width: number, height: number): FloatImage {
+      return withMats(2, (src, dst) => {
+        src.create(image.height, image.width, cv.CV_32FC1);
+        src.data32F.set(image.data);
+        const shrinking = width <= image.width && height <= image.height;
+        cv.resize(src, dst, new cv.Size(width, height), 0, 0, shrinking ? cv.INTER_AREA : cv.INTER_LINEAR);
+        return { width, height, data: dst.data32F.slice() };
+      });
+    },
+
     /** morphologyEx(MORPH_TOPHAT) with an ellipse: src − opening(src), the bright details smaller than the element. */
     topHat: (image: GrayImage, size: number) => morphology(image, cv.MORPH_TOPHAT, size),
 
