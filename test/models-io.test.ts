@@ -204,3 +204,15 @@ test('timm checkpoints load into the paths of a dual-path network, which then ma
   await assert.rejects(importTimmCheckpoint(model, fixture('swin_e16_w8_128'), { path: 'convnext' }), StateDictError);
   model.dispose();
 });
+
+test("the registry's timm variants have exactly the keys and shapes of timm's ImageNet checkpoints", async () => {
+  const { readFile } = await import('node:fs/promises');
+  const expected = JSON.parse(await readFile(path.join(FIXTURES, 'timm_fixtures.json'), 'utf8')).state_dict_shapes as Record<string, Record<string, number[]>>;
+  assert.deepEqual(Object.keys(expected).sort(), ['convnext_atto', 'convnext_nano', 'convnext_tiny', 'swin_tiny_patch4_window7_224']);
+  for (const [name, shapes] of Object.entries(expected)) {
+    const model = createModel(name, { numClasses: 1000, inputSize: 224 });
+    const actual = Object.fromEntries([...model.stateDict()].map(([key, t]) => [key, t.shape]));
+    assert.deepEqual(actual, shapes, name);
+    model.dispose();
+  }
+});
