@@ -2,6 +2,8 @@ import { Command, CommanderError } from 'commander';
 import { registerDoctor } from './commands/doctor.js';
 import { registerScan } from './commands/scan.js';
 import { registerPreprocess } from './commands/preprocess.js';
+import { registerSplit } from './commands/split.js';
+import { registerPack } from './commands/pack.js';
 import { CliError } from './output.js';
 
 /** Builds the `hemato` program. Each command lives in its own module under commands/. */
@@ -14,6 +16,8 @@ export function buildProgram(): Command {
   registerDoctor(program);
   registerScan(program);
   registerPreprocess(program);
+  registerSplit(program);
+  registerPack(program);
   return program;
 }
 

@@ -1,0 +1,101 @@
+import { readFile, stat } from 'node:fs/promises';
+import path from 'node:path';
+import type { Command } from 'commander';
+import { listDataset, PBC_CLASSES, type SkippedFile } from '../../data/dataset.js';
+import { DEFAULT_GEOMETRY } from '../../data/geometry.js';
+import { type PackItem, writePack } from '../../data/pack.js';
+import type { BlobCodec } from '../../data/prepare.js';
+import { progressBar } from '../../data/progress.js';
+import { readSplit } from '../../data/split.js';
+import { type MpmConfigInput, resolveMpmConfig } from '../../preprocess/mpm.js';
+import { CliError, printJson } from '../output.js';
+import { parseGeometry } from './preprocess.js';
+import { addSourceOptions, resolveSource, type SourceOptions } from './scan.js';
+
+interface PackOptions extends SourceOptions {
+  out: string;
+  split?: string;
+  size: string;
+  field: string;
+  mpm?: boolean;
+  mpmConfig?: string;
+  codec: string;
+  quality: string;
+  threads?: string;
+  json?: boolean;
+}
+
+export function registerPack(program: Command): void {
+  addSourceOptions(
+    program
+      .command('pack')
+      .argument('<dir>', 'data set folder: one sub-folder per class, or the images folder of --csv / --split')
+      .description('decode, cut the centred field, resize (and optionally apply MPM) once, and write one compact pack file to train from'),
+  )
+    .requiredOption('--out <file>', 'the pack file to write')
+    .option('--split <file.csv>', 'a split from hemato split: its files, labels and parts, and its hash, go into the pack')
+    .option('--size <px>', 'side of the square images in the pack', String(DEFAULT_GEOMETRY.size))
+    .option('--field <px|none>', 'centred square field cut before resizing; "none" takes the largest centred square', String(DEFAULT_GEOMETRY.field))
+    .option('--mpm', 'apply the Multi-scale Preprocessing Module before encoding')
+    .option('--mpm-config <file>', 'JSON file with MPM settings (implies --mpm)')
+    .option('--codec <webp|jpeg|png>', 'how each image is stored', 'webp')
+    .option('--quality <q>', 'WebP/JPEG quality, 1..100', '85')
+    .option('--threads <n>', 'worker threads (default: the core count)')
+    .option('--json', 'print one JSON document on stdout')
+    .action(async (dir: string, options: PackOptions) => {
+      const { source, classes: classOption, maxPixels } = await resolveSource(dir, options);
+      const geometry = parseGeometry(options.size, options.field);
+      const codec = options.codec as BlobCodec;
+      if (!['webp', 'jpeg', 'png'].includes(codec)) throw new CliError(`--codec must be webp, jpeg or png, got "${options.codec}"`, 2);
+      const quality = Number(options.quality);
+      if (!(Number.isInteger(quality) && quality >= 1 && quality <= 100)) throw new CliError(`--quality must be an integer in 1..100, got "${options.quality}"`, 2);
+      const threads = options.threads === undefined ? undefined : Number(options.threads);
+      if (threads !== undefined && !(Number.isInteger(threads) && threads >= 1)) throw new CliError(`--threads must be a positive integer, got "${options.threads}"`, 2);
+      const mpm = options.mpm || options.mpmConfig ? resolveMpmConfig(await readMpmConfig(options.mpmConfig)) : null;
+      const classes = classOption ?? [...PBC_CLASSES];
+
+      let items: PackItem[];
+      let skipped: SkippedFile[];
+      let splitHash: string | null = null;
+      if (options.split) {
+        const split = await readSplit(options.split).catch((error: Error) => {
+          throw new CliError(error.message);
+        });
+        const root = path.resolve(dir);
+        items = split.rows.map((r) => ({ file: r.file, path: path.join(root, r.file), label: r.label, part: r.part }));
+        splitHash = split.hash;
+        skipped = [];
+      } else {
+        const listing = await listDataset(source, { classes });
+        items = listing.items;
+        skipped = listing.skipped;
+      }
+      const unknown = items.find((i) => !classes.includes(i.label));
+      if (unknown) throw new CliError(`${unknown.file}: label "${unknown.label}" is not one of the classes (${classes.join(', ')}); pass --classes`);
+
+      const progress = progressBar('pack');
+      const started = performance.now();
+      const header = await writePack(items, options.out, {
+        classes, geometry, mpm, codec, quality, threads, maxPixels, splitHash, source: path.resolve(dir), skipped, onProgress: progress.update,
+      }).finally(() => progress.stop());
+      const bytes = (await stat(options.out)).size;
+      const summary = {
+        pack: options.out, bytes, mib: Math.round((bytes / 2 ** 20) * 100) / 100, images: header.count, size: header.size, codec, quality,
+        mpm: header.mpm !== null, splitHash, seconds: Math.round((performance.now() - started) / 100) / 10, skipped: header.skipped,
+      };
+      if (options.json) printJson(summary);
+      else {
+        process.stdout.write(`${options.out}: ${header.count} images at ${header.size} px, ${codec} q${quality}${mpm ? ', MPM' : ''}, ${summary.mib} MiB in ${summary.seconds} s\n`);
+        for (const s of header.skipped) process.stdout.write(`  skipped ${s.path}  [${s.reason}] ${s.detail}\n`);
+      }
+    });
+}
+
+async function readMpmConfig(file: string | undefined): Promise<MpmConfigInput> {
+  if (!file) return {};
+  try {
+    return JSON.parse(await readFile(file, 'utf8')) as MpmConfigInput;
+  } catch (error) {
+    throw new CliError(`cannot read MPM config ${file}: ${(error as Error).message}`);
+  }
+}

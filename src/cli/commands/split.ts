@@ -1,0 +1,57 @@
+import type { Command } from 'commander';
+import { progressBar } from '../../data/progress.js';
+import { scanDataset } from '../../data/scan.js';
+import { makeSplit, type Part, writeSplit } from '../../data/split.js';
+import { CliError, printJson } from '../output.js';
+import { addSourceOptions, resolveSource, type SourceOptions } from './scan.js';
+
+interface SplitCommandOptions extends SourceOptions {
+  out: string;
+  seed: string;
+  val: string;
+  test: string;
+  keepConflicts?: boolean;
+  json?: boolean;
+}
+
+export function registerSplit(program: Command): void {
+  addSourceOptions(
+    program
+      .command('split')
+      .argument('<dir>', 'data set folder: one sub-folder per class, or the images folder of --csv')
+      .description('write a seeded, stratified train/val(/test) split as CSV (file,label,part) and report its sha256; duplicates stay in one part'),
+  )
+    .requiredOption('--out <file.csv>', 'where to write the split; <name>.json beside it records hash, settings and counts')
+    .option('--seed <n>', 'seed; the same seed and files give the same split on any machine', '0')
+    .option('--val <fraction>', 'fraction of each class for validation', '0.15')
+    .option('--test <fraction>', 'fraction of each class for test', '0')
+    .option('--keep-conflicts', 'keep identical files filed under different labels (each in one part) instead of excluding them')
+    .option('--json', 'print one JSON document on stdout')
+    .action(async (dir: string, options: SplitCommandOptions) => {
+      const { source, classes, maxPixels } = await resolveSource(dir, options);
+      const [seed, val, test] = [Number(options.seed), Number(options.val), Number(options.test)];
+      const progress = progressBar('scan');
+      const report = await scanDataset(source, { classes, maxPixels, onProgress: progress.update }).finally(() => progress.stop());
+      let split;
+      try {
+        split = makeSplit(report.entries, { seed, val, test, conflicts: options.keepConflicts ? 'keep' : 'exclude' });
+      } catch (error) {
+        throw new CliError(`${(error as Error).message} (--seed, --val, --test)`, 2);
+      }
+      const meta = await writeSplit(split, options.out, report.root);
+      const { rows: _rows, csv: _csv, ...summary } = split;
+      if (options.json) {
+        printJson({ csv: options.out, meta, ...summary, skipped: report.skipped });
+        return;
+      }
+      const lines = [`${options.out}  sha256 ${split.hash}`, `seed ${seed}, val ${val}, test ${test}; details in ${meta}`];
+      for (const part of ['train', 'val', 'test'] as Part[]) {
+        const counts = split.counts[part];
+        const total = Object.values(counts).reduce((a, b) => a + b, 0);
+        if (total > 0) lines.push(`${part.padEnd(5)} ${String(total).padStart(6)}  ${Object.entries(counts).map(([c, n]) => `${c} ${n}`).join(', ')}`);
+      }
+      for (const g of split.excluded) lines.push(`excluded (same bytes, different labels): ${g.paths.map((p, i) => `${p} (${g.labels[i]})`).join(', ')}`);
+      if (report.skipped.length > 0) lines.push(`skipped ${report.skipped.length} files that are not usable images; run hemato scan for the list`);
+      process.stdout.write(`${lines.join('\n')}\n`);
+    });
+}

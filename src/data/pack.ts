@@ -1,0 +1,215 @@
+// A pack: a whole data set decoded, cut to the field, resized (and optionally MPM-processed) once, stored as one
+// file that travels with the code. Layout: 8-byte magic, u32 LE header length, the JSON header, then one encoded
+// image per entry (offsets in the header, relative to the end of the header).
+import { open, readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import sharp from 'sharp';
+import type { MpmConfig } from '../preprocess/mpm.js';
+import type { SkippedFile } from './dataset.js';
+import { DEFAULT_GEOMETRY, type GeometryConfig } from './geometry.js';
+import { mapLimit } from './pool.js';
+import { type BlobCodec, PreparePool } from './prepare.js';
+import type { Part } from './split.js';
+
+const MAGIC = 'HMTPACK1';
+
+export interface PackItem {
+  file: string;
+  path: string;
+  label: string;
+  part?: Part;
+}
+
+export interface PackEntry {
+  file: string;
+  label: number;
+  part: Part | null;
+  offset: number;
+  length: number;
+}
+
+export interface PackHeader {
+  format: 'hemato-pack';
+  version: 1;
+  /** Images are size × size × 3, uint8, HWC. */
+  size: number;
+  classes: string[];
+  count: number;
+  codec: BlobCodec;
+  quality: number;
+  geometry: GeometryConfig;
+  /** The MPM config applied before encoding, or null. */
+  mpm: MpmConfig | null;
+  /** sha256 of the split CSV the parts came from. */
+  splitHash: string | null;
+  source: string | null;
+  entries: PackEntry[];
+  skipped: SkippedFile[];
+}
+
+export interface WritePackOptions {
+  classes: readonly string[];
+  geometry?: GeometryConfig;
+  mpm?: MpmConfig | null;
+  /** WebP at quality 85 keeps PBC at 128 px under 40 MiB (docs/data.md has the size/fidelity measurements). */
+  codec?: BlobCodec;
+  quality?: number;
+  threads?: number;
+  maxPixels?: number;
+  splitHash?: string | null;
+  source?: string | null;
+  /** Files already known to be unusable (from listing), carried into the header. */
+  skipped?: SkippedFile[];
+  onProgress?: (done: number, total: number) => void;
+}
+
+/** Prepares every item on worker threads and writes the pack; files that fail are skipped and listed in the header. */
+export async function writePack(items: readonly PackItem[], outPath: string, options: WritePackOptions): Promise<PackHeader> {
+  const classes = [...options.classes];
+  for (const item of items) {
+    if (!classes.includes(item.label)) throw new Error(`${item.file}: label "${item.label}" is not one of the classes (${classes.join(', ')})`);
+  }
+  const geometry = options.geometry ?? DEFAULT_GEOMETRY;
+  const codec = options.codec ?? 'webp';
+  const quality = options.quality ?? 85;
+  const pool = await PreparePool.start({ geometry, mpm: options.mpm ?? null, maxPixels: options.maxPixels, encode: { codec, quality } }, options.threads);
+  let results;
+  try {
+    options.onProgress?.(0, items.length);
+    results = await pool.map(items.map((i) => i.path), (done) => options.onProgress?.(done, items.length));
+  } finally {
+    await pool.close();
+  }
+  const entries: PackEntry[] = [];
+  const blobs: Uint8Array[] = [];
+  const skipped = [...(options.skipped ?? [])];
+  let offset = 0;
+  results.forEach((result, i) => {
+    const item = items[i];
+    if (!result.ok) {
+      skipped.push({ path: item.file, reason: result.code, detail: result.message });
+      return;
+    }
+    entries.push({ file: item.file, label: classes.indexOf(item.label), part: item.part ?? null, offset, length: result.data.length });
+    blobs.push(result.data);
+    offset += result.data.length;
+  });
+  const header: PackHeader = {
+    format: 'hemato-pack', version: 1, size: geometry.size, classes, count: entries.length, codec, quality, geometry,
+    mpm: options.mpm ?? null, splitHash: options.splitHash ?? null, source: options.source ?? null, entries, skipped,
+  };
+  const json = Buffer.from(JSON.stringify(header), 'utf8');
+  const length = Buffer.alloc(4);
+  length.writeUInt32LE(json.length);
+  await writeFile(outPath, Buffer.concat([Buffer.from(MAGIC, 'ascii'), length, json, ...blobs]));
+  return header;
+}
+
+export interface PackData {
+  /** n × size × size × 3, uint8, HWC, contiguous. */
+  images: Uint8Array;
+  n: number;
+  size: number;
+  labels: Int32Array;
+  classes: string[];
+  files: string[];
+  parts: (Part | null)[];
+  header: PackHeader;
+}
+
+export interface ReadPackOptions {
+  /** Only entries of these parts (e.g. ['train']); entries without a part are kept only when this is absent. */
+  parts?: Part[];
+  /** Images decoded at once (sharp decodes on its own threads). */
+  concurrency?: number;
+}
+
+/** Reads the header without touching the images. */
+export async function readPackHeader(packPath: string): Promise<{ header: PackHeader; dataOffset: number }> {
+  const handle = await open(packPath);
+  try {
+    const prefix = Buffer.alloc(12);
+    await handle.read(prefix, 0, 12, 0);
+    checkMagic(prefix, packPath);
+    const length = prefix.readUInt32LE(8);
+    const json = Buffer.alloc(length);
+    const { bytesRead } = await handle.read(json, 0, length, 12);
+    if (bytesRead !== length) throw new Error(`${packPath}: truncated pack header; write the pack again with hemato pack`);
+    return { header: JSON.parse(json.toString('utf8')) as PackHeader, dataOffset: 12 + length };
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Decodes a whole pack (or some parts of it) into one contiguous buffer with its labels. */
+export async function readPack(packPath: string, options: ReadPackOptions = {}): Promise<PackData> {
+  const bytes = await readFile(packPath);
+  checkMagic(bytes, packPath);
+  const headerLength = bytes.readUInt32LE(8);
+  const header = JSON.parse(bytes.subarray(12, 12 + headerLength).toString('utf8')) as PackHeader;
+  const dataOffset = 12 + headerLength;
+  const entries = selectEntries(header, options.parts);
+  const pixels = header.size * header.size * 3;
+  const images = new Uint8Array(entries.length * pixels);
+  await mapLimit(entries, options.concurrency ?? 8, async (entry, i) => {
+    const start = dataOffset + entry.offset;
+    if (start + entry.length > bytes.length) throw new Error(`${packPath}: truncated pack (entry ${entry.file} ends past the file); write it again`);
+    images.set(await decodeBlob(bytes.subarray(start, start + entry.length), header.size, entry.file), i * pixels);
+  });
+  return {
+    images, n: entries.length, size: header.size, labels: Int32Array.from(entries, (e) => e.label), classes: header.classes,
+    files: entries.map((e) => e.file), parts: entries.map((e) => e.part), header,
+  };
+}
+
+export interface PackBatch {
+  /** Positions of these images among the selected entries. */
+  start: number;
+  n: number;
+  images: Uint8Array;
+  labels: Int32Array;
+  files: string[];
+}
+
+/** Streams a pack in order, batch by batch, reading only what each batch needs: for sets larger than memory. */
+export async function* streamPack(packPath: string, options: ReadPackOptions & { batchSize?: number } = {}): AsyncGenerator<PackBatch> {
+  const { header, dataOffset } = await readPackHeader(packPath);
+  const entries = selectEntries(header, options.parts);
+  const batchSize = options.batchSize ?? 256;
+  const pixels = header.size * header.size * 3;
+  const handle = await open(packPath);
+  try {
+    for (let start = 0; start < entries.length; start += batchSize) {
+      const batch = entries.slice(start, start + batchSize);
+      const blobs = await Promise.all(batch.map(async (entry) => {
+        const blob = Buffer.alloc(entry.length);
+        const { bytesRead } = await handle.read(blob, 0, entry.length, dataOffset + entry.offset);
+        if (bytesRead !== entry.length) throw new Error(`${packPath}: truncated pack (entry ${entry.file}); write it again`);
+        return blob;
+      }));
+      const images = new Uint8Array(batch.length * pixels);
+      await mapLimit(blobs, options.concurrency ?? 8, async (blob, i) => images.set(await decodeBlob(blob, header.size, batch[i].file), i * pixels));
+      yield { start, n: batch.length, images, labels: Int32Array.from(batch, (e) => e.label), files: batch.map((e) => e.file) };
+    }
+  } finally {
+    await handle.close();
+  }
+}
+
+function selectEntries(header: PackHeader, parts: Part[] | undefined): PackEntry[] {
+  return parts ? header.entries.filter((e) => e.part !== null && parts.includes(e.part)) : header.entries;
+}
+
+async function decodeBlob(blob: Uint8Array, size: number, file: string): Promise<Uint8Array> {
+  const { data, info } = await sharp(blob).raw().toBuffer({ resolveWithObject: true });
+  if (info.width !== size || info.height !== size || info.channels !== 3) {
+    throw new Error(`pack entry ${file} decodes to ${info.width}×${info.height}×${info.channels}, expected ${size}×${size}×3; the pack is damaged`);
+  }
+  return data;
+}
+
+function checkMagic(bytes: Uint8Array, packPath: string): void {
+  if (Buffer.from(bytes.subarray(0, 8)).toString('ascii') !== MAGIC) {
+    throw new Error(`${path.basename(packPath)} is not a hemato pack (bad magic); make one with hemato pack`);
+  }
+}

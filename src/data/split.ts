@@ -1,0 +1,107 @@
+// Deterministic, seeded, stratified train/val(/test) splits, keyed on file content so that byte-identical files
+// always land in one part, and renaming or moving files changes nothing.
+import { createHash } from 'node:crypto';
+import { readFile, writeFile } from 'node:fs/promises';
+import { formatCsv, parseCsv } from './csv.js';
+import { compareStrings } from './dataset.js';
+import type { DuplicateGroup, ScannedImage } from './scan.js';
+
+export type Part = 'train' | 'val' | 'test';
+
+export interface SplitOptions {
+  seed?: number;
+  /** Fractions of each class's images for validation and test; the rest is training. */
+  val?: number;
+  test?: number;
+  /** Duplicate groups whose labels differ: left out (default) or kept, each file with its own label, in one part. */
+  conflicts?: 'exclude' | 'keep';
+}
+
+export interface SplitRow {
+  file: string;
+  label: string;
+  part: Part;
+}
+
+export interface Split {
+  rows: SplitRow[];
+  /** The CSV exactly as written: header file,label,part, rows in file order. */
+  csv: string;
+  /** sha256 of the CSV text; training and evaluation record it. */
+  hash: string;
+  seed: number;
+  val: number;
+  test: number;
+  counts: Record<Part, Record<string, number>>;
+  /** Conflicting duplicate groups left out of every part. */
+  excluded: DuplicateGroup[];
+}
+
+export function makeSplit(entries: readonly ScannedImage[], options: SplitOptions = {}): Split {
+  const seed = options.seed ?? 0;
+  const val = options.val ?? 0.15;
+  const test = options.test ?? 0;
+  if (!Number.isInteger(seed)) throw new Error(`seed must be an integer, got ${seed}`);
+  if (!(val >= 0 && test >= 0 && val + test < 1)) throw new Error(`val and test fractions must be ≥ 0 and sum to less than 1, got ${val} and ${test}`);
+
+  const groups = new Map<string, ScannedImage[]>();
+  for (const entry of entries) groups.set(entry.sha256, [...(groups.get(entry.sha256) ?? []), entry]);
+
+  // A unit is one group of identical files; it is drawn as a whole, within the stratum of its (first) label.
+  const strata = new Map<string, { key: string; members: ScannedImage[] }[]>();
+  const excluded: DuplicateGroup[] = [];
+  for (const [sha256, members] of groups) {
+    members.sort((a, b) => compareStrings(a.file, b.file));
+    const labels = members.map((m) => m.label);
+    if (new Set(labels).size > 1 && (options.conflicts ?? 'exclude') === 'exclude') {
+      excluded.push({ sha256, paths: members.map((m) => m.file), labels });
+      continue;
+    }
+    const key = createHash('sha256').update(`${seed}:${sha256}`).digest('hex');
+    strata.set(labels[0], [...(strata.get(labels[0]) ?? []), { key, members }]);
+  }
+
+  const rows: SplitRow[] = [];
+  for (const units of strata.values()) {
+    units.sort((a, b) => compareStrings(a.key, b.key));
+    const nVal = Math.round(units.length * val);
+    const nTest = Math.round(units.length * test);
+    units.forEach((unit, i) => {
+      const part: Part = i < nVal ? 'val' : i < nVal + nTest ? 'test' : 'train';
+      for (const m of unit.members) rows.push({ file: m.file, label: m.label, part });
+    });
+  }
+  rows.sort((a, b) => compareStrings(a.file, b.file));
+  excluded.sort((a, b) => compareStrings(a.paths[0], b.paths[0]));
+
+  const csv = formatCsv([['file', 'label', 'part'], ...rows.map((r) => [r.file, r.label, r.part])]);
+  const counts: Record<Part, Record<string, number>> = { train: {}, val: {}, test: {} };
+  for (const r of rows) counts[r.part][r.label] = (counts[r.part][r.label] ?? 0) + 1;
+  return { rows, csv, hash: sha256Text(csv), seed, val, test, counts, excluded };
+}
+
+export function sha256Text(text: string): string {
+  return createHash('sha256').update(text, 'utf8').digest('hex');
+}
+
+/** Writes the CSV, and beside it `<name>.json` with the hash, the settings, the counts and what was excluded. */
+export async function writeSplit(split: Split, csvPath: string, source?: string): Promise<string> {
+  const metaPath = csvPath.replace(/\.csv$/i, '') + '.json';
+  const { rows: _rows, csv: _csv, ...meta } = split;
+  await writeFile(csvPath, split.csv);
+  await writeFile(metaPath, `${JSON.stringify({ csv: csvPath, source, ...meta }, null, 2)}\n`);
+  return metaPath;
+}
+
+/** Reads a split CSV back; the hash is recomputed from the bytes, so it names exactly this file's content. */
+export async function readSplit(csvPath: string): Promise<{ rows: SplitRow[]; hash: string }> {
+  const text = await readFile(csvPath, 'utf8');
+  const [header, ...body] = parseCsv(text);
+  if (header?.join(',') !== 'file,label,part') throw new Error(`${csvPath} is not a split CSV (its header must be file,label,part); make one with hemato split`);
+  const rows = body.map((cells, i): SplitRow => {
+    const [file, label, part] = cells;
+    if (part !== 'train' && part !== 'val' && part !== 'test') throw new Error(`${csvPath}:${i + 2}: part must be train, val or test, got "${part}"`);
+    return { file, label, part };
+  });
+  return { rows, hash: sha256Text(text) };
+}
