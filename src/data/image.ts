@@ -66,7 +66,7 @@ export async function decodeImage(bytes: Uint8Array, options: DecodeOptions = {}
   try {
     declared = await sharp(bytes, { limitInputPixels: false }).metadata();
   } catch (error) {
-    throw new DecodeError('corrupt', `corrupt ${format.toUpperCase()} header: ${sharpMessage(error)}`);
+    throw failure(format, bytes, `header: ${sharpMessage(error)}`);
   }
   checkPixelLimit(declared.width ?? 0, declared.height ?? 0, maxPixels);
 
@@ -81,9 +81,7 @@ export async function decodeImage(bytes: Uint8Array, options: DecodeOptions = {}
     if (info.channels !== 3) throw new Error(`expected 3 channels after conversion, got ${info.channels}`);
     return { width: info.width, height: info.height, data: new Uint8Array(data.buffer, data.byteOffset, data.length) };
   } catch (error) {
-    const message = sharpMessage(error);
-    const truncated = /premature end|truncat|unexpected end|end of (file|stream)|read error|short read/i.test(message);
-    throw new DecodeError(truncated ? 'truncated' : 'corrupt', `${truncated ? 'truncated' : 'corrupt'} ${format.toUpperCase()}: ${message}`);
+    throw failure(format, bytes, sharpMessage(error));
   }
 }
 
@@ -98,6 +96,26 @@ export async function readImageFile(path: string, options: DecodeOptions = {}): 
   return decodeImage(bytes, options);
 }
 
+/**
+ * Names a cut-off file as truncated (the usual cause: an interrupted copy), anything else as corrupt. The file's
+ * own structure decides first, since libvips' message can be lost when several files fail at once.
+ */
+function failure(format: ImageFormat, bytes: Uint8Array, message: string): DecodeError {
+  const truncated = endsEarly(format, bytes) || /premature end|truncat|unexpected end|end of (file|stream|data)|short read/i.test(message);
+  const kind = truncated ? 'truncated' : 'corrupt';
+  return new DecodeError(kind, `${kind} ${format.toUpperCase()}: ${message}${truncated ? '; copy the file again from its source' : ''}`);
+}
+
+/** Whether the file stops before its format's end marker (JPEG EOI, PNG IEND, the RIFF length of WebP). */
+function endsEarly(format: ImageFormat, bytes: Uint8Array): boolean {
+  const n = bytes.length;
+  if (format === 'jpeg') return !(bytes[n - 2] === 0xff && bytes[n - 1] === 0xd9);
+  if (format === 'png') return Buffer.from(bytes.subarray(Math.max(0, n - 8), n - 4)).toString('latin1') !== 'IEND';
+  if (format === 'webp') return n < 8 || new DataView(bytes.buffer, bytes.byteOffset, n).getUint32(4, true) + 8 > n;
+  return false;
+}
+
 function sharpMessage(error: unknown): string {
-  return (error instanceof Error ? error.message : String(error)).split('\n')[0].trim();
+  const message = (error instanceof Error ? error.message : String(error)).split('\n')[0].trim();
+  return message === 'Unknown error' ? 'the decoder failed without saying why' : message;
 }
