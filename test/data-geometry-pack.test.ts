@@ -1,0 +1,116 @@
+// No size leak through geometry, and packs that read back exactly what was packed.
+import assert from 'node:assert/strict';
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { test } from 'node:test';
+import sharp from 'sharp';
+import { listImageFolder } from '../src/data/dataset.js';
+import { cropToField, toModelGeometry } from '../src/data/geometry.js';
+import { decodeImage, type RgbImage, readImageFile } from '../src/data/image.js';
+import { readPack, readPackHeader, streamPack, writePack } from '../src/data/pack.js';
+import { resolveMpmConfig } from '../src/preprocess/mpm.js';
+
+const PBC = path.resolve('../shared/data/pbc');
+
+function maxDiff(a: Uint8Array, b: Uint8Array): number {
+  assert.equal(a.length, b.length);
+  let max = 0;
+  for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i] - b[i]));
+  return max;
+}
+
+async function withBorder(image: RgbImage, border: number, colour: { r: number; g: number; b: number }): Promise<RgbImage> {
+  const png = await sharp(image.data, { raw: { width: image.width, height: image.height, channels: 3 } })
+    .extend({ top: border, bottom: border, left: border, right: border, background: colour })
+    .png()
+    .toBuffer();
+  return decodeImage(png);
+}
+
+test('size-leak property: a 360×363 PBC image and the same with a 3 px border (366×369) give the same model input', async () => {
+  for (const file of ['basophil/BA_100102.jpg', 'platelet/PLATELET_100161.jpg', 'eosinophil/EO_10150.jpg']) {
+    const original = await readImageFile(path.join(PBC, file));
+    assert.deepEqual([original.width, original.height], [360, 363]);
+    for (const colour of [{ r: 0, g: 0, b: 0 }, { r: 255, g: 255, b: 255 }, { r: 200, g: 30, b: 160 }]) {
+      const bordered = await withBorder(original, 3, colour);
+      assert.deepEqual([bordered.width, bordered.height], [366, 369]);
+      const a = await toModelGeometry(original);
+      const b = await toModelGeometry(bordered);
+      assert.deepEqual([a.width, a.height], [128, 128]);
+      assert.ok(maxDiff(a.data, b.data) <= 1, `${file} with a ${JSON.stringify(colour)} border differs`);
+    }
+  }
+});
+
+test('size-leak property on random content, for any border from 0 to 6 px', async () => {
+  const base: RgbImage = { width: 360, height: 363, data: new Uint8Array(360 * 363 * 3) };
+  let state = 12345;
+  for (let i = 0; i < base.data.length; i++) base.data[i] = (state = (Math.imul(state, 1103515245) + 12345) >>> 0) >>> 24;
+  const reference = await toModelGeometry(base);
+  for (let border = 0; border <= 6; border++) {
+    const bordered = await withBorder(base, border, { r: 17, g: 99, b: 230 });
+    assert.ok(maxDiff(reference.data, (await toModelGeometry(bordered)).data) <= 1, `border ${border}`);
+  }
+});
+
+test('fields: 360×360 is cut without loss, a 359 px side is padded by repeating its edge', () => {
+  const image = (w: number, h: number): RgbImage => ({ width: w, height: h, data: Uint8Array.from({ length: w * h * 3 }, (_, i) => i % 251) });
+  const square = image(360, 360);
+  assert.deepEqual(cropToField(square, 360).data, square.data);
+  const narrow = cropToField(image(359, 360), 360);
+  assert.deepEqual([narrow.width, narrow.height], [360, 360]);
+  const src = image(359, 360);
+  assert.deepEqual([...narrow.data.subarray(359 * 3, 360 * 3)], [...src.data.subarray(358 * 3, 359 * 3)], 'last column repeats the edge');
+  assert.deepEqual(cropToField(image(40, 30), null).width, 30);
+});
+
+async function makeFolder(): Promise<string> {
+  const root = mkdtempSync(path.join(tmpdir(), 'hemato-pack-'));
+  for (const [c, files] of Object.entries({ basophil: ['BA_100102.jpg', 'BA_127671.jpg'], platelet: ['PLATELET_100161.jpg'], lymphocyte: ['LY_100275.jpg'] })) {
+    mkdirSync(path.join(root, c));
+    for (const f of files) writeFileSync(path.join(root, c, f), readFileSync(path.join(PBC, c, f)));
+  }
+  writeFileSync(path.join(root, 'platelet/broken.jpg'), 'not an image');
+  return root;
+}
+
+test('pack (PNG blobs) reads back exactly the model inputs, with labels, files and skips', async () => {
+  const root = await makeFolder();
+  const listing = await listImageFolder(root);
+  const out = path.join(root, 'set.pack');
+  const header = await writePack(listing.items, out, { classes: listing.classes, codec: 'png', threads: 2, source: root });
+  assert.equal(header.count, 4);
+  assert.deepEqual(header.skipped.map((s) => [s.path, s.reason]), [['platelet/broken.jpg', 'not-image']]);
+  const pack = await readPack(out);
+  assert.equal(pack.n, 4);
+  assert.equal(pack.images.length, 4 * 128 * 128 * 3);
+  assert.deepEqual(pack.files, ['basophil/BA_100102.jpg', 'basophil/BA_127671.jpg', 'lymphocyte/LY_100275.jpg', 'platelet/PLATELET_100161.jpg']);
+  assert.deepEqual([...pack.labels], [0, 0, 4, 7]);
+  for (let i = 0; i < pack.n; i++) {
+    const expected = await toModelGeometry(await readImageFile(path.join(root, pack.files[i])));
+    assert.deepEqual(pack.images.subarray(i * 128 * 128 * 3, (i + 1) * 128 * 128 * 3), expected.data, pack.files[i]);
+  }
+  const streamed: Uint8Array[] = [];
+  for await (const batch of streamPack(out, { batchSize: 3 })) streamed.push(batch.images);
+  assert.deepEqual(Buffer.concat(streamed), Buffer.from(pack.images));
+});
+
+test('pack with WebP and MPM: compact, close to its source, config and parts recorded', async () => {
+  const root = await makeFolder();
+  const listing = await listImageFolder(root);
+  const items = listing.items.map((item, i) => ({ ...item, part: i === 0 ? ('val' as const) : ('train' as const) }));
+  const mpm = resolveMpmConfig();
+  const out = path.join(root, 'mpm.pack');
+  await writePack(items, out, { classes: listing.classes, mpm, splitHash: 'abc', threads: 1 });
+  const { header } = await readPackHeader(out);
+  assert.deepEqual(header.mpm, mpm);
+  assert.equal(header.codec, 'webp');
+  assert.equal(header.splitHash, 'abc');
+  const pack = await readPack(out, { parts: ['val'] });
+  assert.equal(pack.n, 1);
+  assert.deepEqual(pack.parts, ['val']);
+  const blobBytes = header.entries.reduce((n, e) => n + e.length, 0) / header.count;
+  assert.ok(blobBytes < 12_000, `mean blob ${blobBytes} bytes`);
+  await assert.rejects(readPack(path.join(root, 'basophil/BA_100102.jpg')), /not a hemato pack/);
+});
