@@ -4,6 +4,9 @@ import { registerScan } from './commands/scan.js';
 import { registerPreprocess } from './commands/preprocess.js';
 import { registerSplit } from './commands/split.js';
 import { registerPack } from './commands/pack.js';
+import { registerPredict } from './commands/predict.js';
+import { registerEval } from './commands/eval.js';
+import { registerTrain } from './commands/train.js';
 import { CliError } from './output.js';
 
 /** Builds the `hemato` program. Each command lives in its own module under commands/. */
@@ -18,6 +21,9 @@ export function buildProgram(): Command {
   registerPreprocess(program);
   registerSplit(program);
   registerPack(program);
+  registerPredict(program);
+  registerEval(program);
+  registerTrain(program);
   return program;
 }
 

@@ -1,0 +1,94 @@
+// `npm run bench:predict [-- --quick]`: classification latency and throughput of dualpath-atto at 128 px, end to end
+// (decode, crop/resize, MPM when the model uses it, forward) and the model alone, plus training throughput with
+// the data pipeline. Progress goes to stderr; the last line on stdout is one JSON document.
+import { mkdtempSync, readdirSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import * as E from '../src/engine/index.js';
+import { createModel } from '../src/models/registry.js';
+import { saveModel } from '../src/models/io.js';
+import { defaultPrecision, loadClassifier } from '../src/api/classifier.js';
+import { DEFAULT_AUGMENT } from '../src/data/augment.js';
+import { IMAGENET_NORMALIZATION, type ImageSet } from '../src/data/batches.js';
+import { PBC_CLASSES } from '../src/data/dataset.js';
+import { train } from '../src/train/trainer.js';
+
+const quick = process.argv.includes('--quick');
+const size = 128;
+const log = (message: string) => process.stderr.write(`${message}\n`);
+const pbc = path.resolve('../shared/data/pbc');
+const precision = defaultPrecision('cpu');
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[sorted.length >> 1];
+}
+
+async function main(): Promise<void> {
+  const dir = mkdtempSync(path.join(tmpdir(), 'hemato-bench-'));
+  const modelFile = path.join(dir, 'dualpath-atto.safetensors');
+  E.manualSeed(0);
+  const fresh = createModel('dualpath-atto', { numClasses: 8, inputSize: size });
+  await saveModel(modelFile, fresh, { classes: [...PBC_CLASSES], normalization: IMAGENET_NORMALIZATION, preprocessing: { geometry: { field: 360, size }, mpm: null } });
+  fresh.dispose();
+  const files = PBC_CLASSES.flatMap((c) => readdirSync(path.join(pbc, c)).slice(0, quick ? 8 : 16).map((f) => path.join(pbc, c, f)));
+  const buffers = await Promise.all(files.map((f) => readFile(f)));
+  const classifier = await loadClassifier(modelFile, { device: 'cpu', precision });
+
+  log(`single-image latency (${precision})`);
+  const single: number[] = [];
+  for (let i = 0; i < (quick ? 12 : 40); i++) {
+    const start = performance.now();
+    await classifier.classify(buffers[i % buffers.length]);
+    single.push(performance.now() - start);
+  }
+  const singleMs = median(single.slice(2));
+
+  log('model forward, batch 64');
+  const prepared = await Promise.all(buffers.slice(0, 64).map((b) => classifier.prepare(b)));
+  while (prepared.length < 64) prepared.push(prepared[prepared.length % buffers.length]);
+  classifier.logits(prepared);
+  const forwardTimes: number[] = [];
+  for (let i = 0; i < (quick ? 2 : 5); i++) {
+    const start = performance.now();
+    classifier.logits(prepared);
+    forwardTimes.push(performance.now() - start);
+  }
+  const forwardImgS = 64 / (median(forwardTimes) / 1000);
+
+  log('end to end, batches of 64');
+  const inputs = Array.from({ length: 64 }, (_, i) => buffers[i % buffers.length]);
+  await classifier.classifyBatch(inputs, { batchSize: 64 });
+  const batchTimes: number[] = [];
+  for (let i = 0; i < (quick ? 2 : 4); i++) {
+    const start = performance.now();
+    await classifier.classifyBatch(inputs, { batchSize: 64 });
+    batchTimes.push(performance.now() - start);
+  }
+  const batchImgS = 64 / (median(batchTimes) / 1000);
+
+  log('training steps, batch 32, with the data pipeline (augmentation, prefetch worker)');
+  const pixels = size * size * 3;
+  const set: ImageSet = { images: new Uint8Array(prepared.length * pixels), size, labels: new Int32Array(prepared.length), classes: [...PBC_CLASSES] };
+  prepared.forEach((image, i) => { set.images.set(image.data, i * pixels); set.labels[i] = i % 8; });
+  const model = createModel('dualpath-atto', { numClasses: 8, inputSize: size });
+  const steps: number[] = [];
+  await train({
+    model, data: set, trainIndices: Int32Array.from(set.labels.keys()), valIndices: Int32Array.from([0, 1]), runDir: path.join(dir, 'run'), device: 'cpu', resume: false, workers: 1,
+    config: { epochs: quick ? 1 : 2, batchSize: 32, lr: 1e-3, minLr: 0, weightDecay: 0.05, warmupFraction: 0, labelSmoothing: 0.1, emaDecay: null, precision, clipGrad: 1, seed: 0, patience: null, augment: DEFAULT_AUGMENT, normalization: IMAGENET_NORMALIZATION, evalBatchSize: 64, checkpointMinutes: 60 },
+    onEvent: (event) => { if (event.type === 'step') steps.push(32 / event.imagesPerSecond); },
+  });
+  model.dispose();
+  const trainImgS = 32 / median(steps.slice(1));
+  classifier.dispose();
+  const cpu = E.cpuFeatures();
+  console.log(JSON.stringify({
+    bench: 'predict', quick, model: 'dualpath-atto', input_size: size, threads: E.numThreads(), precision,
+    cpu: { model: cpu.model, amx: cpu.amx, avx512_bf16: cpu.avx512bf16 },
+    single_image_ms: +singleMs.toFixed(1), forward_img_s: +forwardImgS.toFixed(1), batch_img_s: +batchImgS.toFixed(1), train_img_s: +trainImgS.toFixed(1),
+    goals: { single_image_ms: 35, forward_img_s: 95, batch_img_s: 60, train_img_s: 30 },
+  }));
+}
+
+await main();

@@ -1,0 +1,43 @@
+// The end of a run: reload the best weights, fit the temperature and the uncertainty threshold on validation,
+// save the calibrated model and write the report.
+import { readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import type * as E from '../engine/index.js';
+import { loadModel, saveModel } from '../models/io.js';
+import { Classifier } from './classifier.js';
+import { evaluateScores, type Evaluation, writeReport } from './evaluate.js';
+import { chooseUncertaintyThreshold, fitTemperature, softmaxRows } from '../train/calibration.js';
+import { curvesSvg } from '../train/report.js';
+import { LOG_FILE, predictLogits, type TrainConfig } from '../train/trainer.js';
+import type { TrainingData } from '../train/data.js';
+
+export interface RunSummary {
+  model: string;
+  report: string;
+  temperature: number;
+  uncertainty_threshold: number;
+  split_hash: string;
+  validation: Evaluation;
+}
+
+export async function finishRun(options: { runDir: string; data: TrainingData; config: TrainConfig; device: E.Device; provenance: Record<string, unknown> }): Promise<RunSummary> {
+  const { runDir, data, config, device } = options;
+  const { model, metadata } = await loadModel(path.join(runDir, 'best.safetensors'), { device });
+  try {
+    const k = metadata.classes.length;
+    const logits = predictLogits(model, data.set, data.val, { batchSize: config.evalBatchSize, normalization: config.normalization, precision: config.precision, device });
+    const labels = Int32Array.from(data.val, (i) => data.set.labels[i]);
+    const temperature = fitTemperature(logits, labels, k);
+    const threshold = chooseUncertaintyThreshold(softmaxRows(logits, labels.length, k, temperature), labels, k);
+    const file = path.join(runDir, 'model.safetensors');
+    await saveModel(file, model, { ...metadata, temperature, uncertaintyThreshold: threshold, provenance: { ...options.provenance, split_hash: data.splitHash } });
+    const classifier = new Classifier(model, { ...metadata, temperature, uncertaintyThreshold: threshold }, device, config.precision);
+    const validation = evaluateScores({ logits, labels, files: Array.from(data.val, (i) => data.files[i]), failed: [] }, classifier);
+    const history = (await readFile(path.join(runDir, LOG_FILE), 'utf8')).trim().split('\n').map((line) => JSON.parse(line));
+    await writeFile(path.join(runDir, 'curves.svg'), curvesSvg(history));
+    const report = await writeReport(runDir, `Validation of ${metadata.architecture} (split ${data.splitHash.slice(0, 12)})`, validation, ['![training curves](curves.svg)']);
+    return { model: file, report, temperature, uncertainty_threshold: threshold, split_hash: data.splitHash, validation };
+  } finally {
+    model.dispose();
+  }
+}

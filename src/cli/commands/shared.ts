@@ -1,0 +1,51 @@
+// Options several commands share, parsed and validated once.
+import { type Command, InvalidArgumentError } from 'commander';
+import type { ClassifierOptions } from '../../api/classifier.js';
+import type { DatasetSource } from '../../data/dataset.js';
+import { CliError } from '../output.js';
+
+export function parsePositiveInt(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('expected a positive integer');
+  return n;
+}
+
+export function parseNumber(value: string): number {
+  const n = Number(value);
+  if (!Number.isFinite(n)) throw new InvalidArgumentError('expected a number');
+  return n;
+}
+
+export function parseFraction(value: string): number {
+  const n = Number(value);
+  if (!(n >= 0 && n <= 1)) throw new InvalidArgumentError('expected a number in [0, 1]');
+  return n;
+}
+
+export function parseChoice<T extends string>(choices: readonly T[]) {
+  return (value: string): T => {
+    if (!choices.includes(value as T)) throw new InvalidArgumentError(`expected one of ${choices.join(', ')}`);
+    return value as T;
+  };
+}
+
+/** --model, --device, --precision and --threshold, for commands that run a trained model. */
+export function modelOption(command: Command): Command {
+  return command
+    .option('-m, --model <file>', 'a hemato model file (default: the bundled model)')
+    .option('--device <device>', 'auto, cpu or cuda', parseChoice(['auto', 'cpu', 'cuda'] as const), 'auto')
+    .option('--precision <precision>', 'auto (bf16 on CUDA and AMX CPUs), fp32 or bf16', parseChoice(['auto', 'fp32', 'bf16'] as const), 'auto')
+    .option('--threshold <p>', "override the model's uncertainty threshold", parseFraction);
+}
+
+export function classifierOptions(options: { device: ClassifierOptions['device']; precision: ClassifierOptions['precision']; threshold?: number }): ClassifierOptions {
+  return { device: options.device, precision: options.precision, uncertaintyThreshold: options.threshold };
+}
+
+/** A labelled data set from an ImageFolder argument or --images DIR --labels CSV. */
+export function datasetSource(dir: string | undefined, options: { images?: string; labels?: string }): DatasetSource {
+  if (dir && (options.images || options.labels)) throw new CliError('give either a folder of class folders, or --images DIR --labels CSV, not both', 2);
+  if (dir) return { dir };
+  if (options.images && options.labels) return { csv: options.labels, images: options.images };
+  throw new CliError('no data: give a folder of class folders (ImageFolder), or --images DIR --labels CSV (file,label)', 2);
+}

@@ -1,0 +1,100 @@
+// Training data in memory: from a pack (fast, made once by `hemato pack --split`), or straight from a data set
+// folder with a split file, or with a split made now (seeded, stratified, duplicate-aware).
+import path from 'node:path';
+import { availableParallelism } from 'node:os';
+import type { ImageSet } from '../data/batches.js';
+import { type DatasetSource, listDataset, PBC_CLASSES, type SkippedFile } from '../data/dataset.js';
+import { DEFAULT_GEOMETRY, type GeometryConfig } from '../data/geometry.js';
+import { readPack } from '../data/pack.js';
+import { PreparePool } from '../data/prepare.js';
+import { scanDataset } from '../data/scan.js';
+import { makeSplit, readSplit, type Split, type SplitRow } from '../data/split.js';
+import { type MpmConfig, resolveMpmConfig } from '../preprocess/mpm.js';
+
+export interface TrainingDataOptions {
+  source: DatasetSource | { pack: string };
+  /** A split CSV from `hemato split`; null makes one now from `seed` and `valFraction`. */
+  split: string | null;
+  /** Apply the Multi-scale Preprocessing Module (default settings) to every image. */
+  mpm: boolean;
+  seed: number;
+  valFraction?: number;
+  /** The centred field cut before resizing (source pixels); null takes the largest centred square. */
+  field?: number | null;
+}
+
+export interface TrainingData {
+  set: ImageSet;
+  files: string[];
+  train: Int32Array;
+  val: Int32Array;
+  splitHash: string;
+  /** Made now (not read from a file): the caller saves it with the run. */
+  madeSplit: Split | null;
+  preprocessing: { geometry: GeometryConfig; mpm: MpmConfig | null };
+  skipped: SkippedFile[];
+}
+
+export interface LoadProgress {
+  (stage: string, done: number, total: number): void;
+}
+
+export async function loadTrainingData(options: TrainingDataOptions, inputSize: number, onProgress?: LoadProgress): Promise<TrainingData> {
+  if ('pack' in options.source) return fromPack(options.source.pack, inputSize);
+  const source = options.source;
+  const classes = (await listDataset(source, { classes: PBC_CLASSES })).classes;
+  let rows: SplitRow[];
+  let splitHash: string;
+  let madeSplit: Split | null = null;
+  let skipped: SkippedFile[] = [];
+  if (options.split) {
+    ({ rows, hash: splitHash } = await readSplit(options.split));
+  } else {
+    const scan = await scanDataset(source, { classes, onProgress: (done, total) => onProgress?.('scanning', done, total) });
+    madeSplit = makeSplit(scan.entries, { seed: options.seed, val: options.valFraction ?? 0.15 });
+    ({ rows, hash: splitHash } = madeSplit);
+    skipped = scan.skipped;
+  }
+  const root = 'dir' in source ? source.dir : source.images;
+  rows = rows.filter((r) => r.part === 'train' || r.part === 'val');
+  const geometry: GeometryConfig = { field: options.field === undefined ? DEFAULT_GEOMETRY.field : options.field, size: inputSize };
+  const mpm = options.mpm ? resolveMpmConfig() : null;
+  const pool = await PreparePool.start({ geometry, mpm }, availableParallelism());
+  let results;
+  try {
+    results = await pool.map(rows.map((r) => path.join(root, r.file)), (done) => onProgress?.('decoding', done, rows.length));
+  } finally {
+    await pool.close();
+  }
+  const pixels = inputSize * inputSize * 3;
+  const kept = rows.flatMap((row, i) => {
+    const result = results[i];
+    if (result.ok) return [{ row, data: result.data }];
+    skipped.push({ path: row.file, reason: result.code, detail: result.message });
+    return [];
+  });
+  const images = new Uint8Array(kept.length * pixels);
+  kept.forEach(({ data }, i) => images.set(data, i * pixels));
+  const labels = Int32Array.from(kept, ({ row }) => {
+    const label = classes.indexOf(row.label);
+    if (label < 0) throw new Error(`${row.file}: label '${row.label}' is not one of ${classes.join(', ')}`);
+    return label;
+  });
+  const indicesOf = (part: string) => Int32Array.from(kept.flatMap(({ row }, i) => (row.part === part ? [i] : [])));
+  return {
+    set: { images, size: inputSize, labels, classes }, files: kept.map(({ row }) => row.file),
+    train: indicesOf('train'), val: indicesOf('val'), splitHash, madeSplit, preprocessing: { geometry, mpm }, skipped,
+  };
+}
+
+async function fromPack(file: string, inputSize: number): Promise<TrainingData> {
+  const pack = await readPack(file);
+  if (pack.size !== inputSize) throw new Error(`${file} holds ${pack.size} px images, but the run asks for ${inputSize} px; pack again with --size ${inputSize} or train with --size ${pack.size}`);
+  if (!pack.header.splitHash) throw new Error(`${file} was packed without a split; make one with 'hemato split' and pack with --split`);
+  const indicesOf = (part: string) => Int32Array.from(pack.parts.flatMap((p, i) => (p === part ? [i] : [])));
+  return {
+    set: { images: pack.images, size: pack.size, labels: pack.labels, classes: pack.classes }, files: pack.files,
+    train: indicesOf('train'), val: indicesOf('val'), splitHash: pack.header.splitHash, madeSplit: null,
+    preprocessing: { geometry: pack.header.geometry, mpm: pack.header.mpm }, skipped: pack.header.skipped,
+  };
+}

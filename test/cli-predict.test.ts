@@ -1,0 +1,80 @@
+// predict and eval from the CLI with a small model: bad files get per-file errors and the rest are classified.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import sharp from 'sharp';
+import * as E from '../src/engine/index.js';
+import { createModel } from '../src/models/registry.js';
+import { saveModel } from '../src/models/io.js';
+import { loadClassifier } from '../src/api/classifier.js';
+import { IMAGENET_NORMALIZATION } from '../src/data/batches.js';
+import { PBC_CLASSES } from '../src/data/dataset.js';
+
+const run = promisify(execFile);
+const dir = mkdtempSync(path.join(tmpdir(), 'hemato-predict-'));
+const modelFile = path.join(dir, 'model.safetensors');
+
+async function fixtures(): Promise<{ good: string[]; bad: string[]; folder: string }> {
+  E.manualSeed(0);
+  const model = createModel('convnext-only', { numClasses: 8, inputSize: 64 });
+  await saveModel(modelFile, model, { classes: [...PBC_CLASSES], normalization: IMAGENET_NORMALIZATION, temperature: 1.5, uncertaintyThreshold: 0.9, preprocessing: { geometry: { field: null, size: 64 }, mpm: null } }, { dtype: 'float16' });
+  model.dispose();
+  const folder = path.join(dir, 'data');
+  const good: string[] = [];
+  for (const label of ['neutrophil', 'platelet']) {
+    mkdirSync(path.join(folder, label), { recursive: true });
+    for (let i = 0; i < 2; i++) {
+      const file = path.join(folder, label, `${label}_${i}.png`);
+      await sharp({ create: { width: 90 + i, height: 80, channels: 3, background: { r: 200, g: 100 + 50 * i, b: 150 } } }).png().toFile(file);
+      good.push(file);
+    }
+  }
+  const bad = [path.join(folder, 'neutrophil', 'empty.jpg'), path.join(folder, 'neutrophil', 'text.jpg')];
+  writeFileSync(bad[0], '');
+  writeFileSync(bad[1], 'this is not an image');
+  return { good, bad, folder };
+}
+
+const ready = fixtures();
+
+test('loadClassifier().classify returns top-k labels with probabilities and an uncertain flag', async () => {
+  const { good } = await ready;
+  const classifier = await loadClassifier(modelFile);
+  const result = await classifier.classify(good[0], { topK: 3 });
+  assert.equal(result.predictions.length, 3);
+  assert.ok(result.predictions.every((p) => PBC_CLASSES.includes(p.label) && p.score >= 0 && p.score <= 1));
+  assert.ok(result.predictions[0].score >= result.predictions[1].score);
+  assert.equal(result.uncertain, result.predictions[0].score < 0.9);
+  const batch = await classifier.classifyBatch([good[1], new Uint8Array([1, 2, 3])]);
+  assert.ok('predictions' in batch[0]);
+  assert.ok('error' in batch[1]);
+  await assert.rejects(classifier.classify(path.join(dir, 'missing.png')), /missing.png/);
+  classifier.dispose();
+});
+
+test('hemato predict --json classifies good files and reports bad ones without stopping', async () => {
+  const { good, bad } = await ready;
+  const outcome = await run(process.execPath, ['bin/hemato.js', 'predict', '--model', modelFile, '--json', ...good, ...bad]).catch((e) => e);
+  assert.equal(outcome.code, 1);  // some files failed
+  const report = JSON.parse(outcome.stdout);
+  assert.equal(report.results.length, 6);
+  assert.equal(report.failed, 2);
+  for (const r of report.results.slice(0, 4)) assert.ok(r.predictions && typeof r.uncertain === 'boolean', JSON.stringify(r));
+  assert.match(report.results[4].error, /empty/i);
+  assert.match(report.results[5].error, /not an image|text/i);
+});
+
+test('hemato eval --json reports the required keys on a folder with bad files', async () => {
+  const { folder } = await ready;
+  const { stdout } = await run(process.execPath, ['bin/hemato.js', 'eval', folder, '--model', modelFile, '--json', '--report', path.join(dir, 'report')]);
+  const report = JSON.parse(stdout);
+  for (const key of ['n', 'accuracy', 'balanced_accuracy', 'macro_f1', 'per_class', 'confusion_matrix', 'ece', 'ece_uncalibrated', 'nll']) assert.ok(key in report, key);
+  assert.equal(report.n, 4);
+  assert.deepEqual(report.classes_evaluated, ['neutrophil', 'platelet']);
+  assert.equal(report.skipped.length, 2);
+  for (const rate of [report.accuracy, report.balanced_accuracy, report.macro_f1, report.ece]) assert.ok(rate >= 0 && rate <= 1);
+});
