@@ -68,6 +68,27 @@ test('hemato predict --json classifies good files and reports bad ones without s
   assert.match(report.results[5].error, /not an image|text/i);
 });
 
+test('hemato calibrate fits a temperature and a threshold and stores them in a new model file', async () => {
+  const { folder } = await ready;
+  const calibration = path.join(dir, 'calibration');
+  for (const label of ['eosinophil', 'monocyte']) {
+    mkdirSync(path.join(calibration, label), { recursive: true });
+    for (let i = 0; i < 12; i++) {
+      await sharp({ create: { width: 70, height: 70, channels: 3, background: { r: 10 * i, g: label === 'monocyte' ? 200 : 40, b: 90 } } }).png().toFile(path.join(calibration, label, `${i}.png`));
+    }
+  }
+  const out = path.join(dir, 'calibrated.safetensors');
+  const { stdout } = await run(process.execPath, ['bin/hemato.js', 'calibrate', calibration, '--model', modelFile, '--out', out, '--json']);
+  const summary = JSON.parse(stdout);
+  assert.equal(summary.n, 24);
+  assert.ok(summary.temperature > 0 && summary.nll_after <= summary.nll_before + 1e-9);
+  const calibrated = await loadClassifier(out);
+  assert.equal(calibrated.temperature, summary.temperature);
+  assert.equal(calibrated.uncertaintyThreshold, summary.uncertainty_threshold);
+  calibrated.dispose();
+  await assert.rejects(run(process.execPath, ['bin/hemato.js', 'calibrate', folder, '--model', modelFile]), /calibration needs a real validation set/);
+});
+
 test('hemato eval --json reports the required keys on a folder with bad files', async () => {
   const { folder } = await ready;
   const { stdout } = await run(process.execPath, ['bin/hemato.js', 'eval', folder, '--model', modelFile, '--json', '--report', path.join(dir, 'report')]);

@@ -7,6 +7,7 @@ import { registerPack } from './commands/pack.js';
 import { registerPredict } from './commands/predict.js';
 import { registerEval } from './commands/eval.js';
 import { registerTrain } from './commands/train.js';
+import { registerCalibrate } from './commands/calibrate.js';
 import { CliError } from './output.js';
 
 /** Builds the `hemato` program. Each command lives in its own module under commands/. */
@@ -24,6 +25,7 @@ export function buildProgram(): Command {
   registerPredict(program);
   registerEval(program);
   registerTrain(program);
+  registerCalibrate(program);
   return program;
 }
 
