@@ -211,8 +211,8 @@ export class Mpm {
 
 /**
  * A Gaussian of large σ computed on a reduced copy: the result is so smooth that averaging down by f, blurring
- * with σ/f and interpolating back differs from the full-size blur by well under one grey level (measured in
- * bench/data.ts), at a fraction of the cost (8σ+1 taps per pixel become 8σ/f+1 on 1/f² of the pixels).
+ * with σ/f and interpolating back differs from the full-size blur by well under one grey level (checked in
+ * test/preprocess-mpm.test.ts), at a fraction of the cost (8σ+1 taps per pixel become 8σ/f+1 on 1/f² of the pixels).
  */
 export function reductionFactor(sigma: number, width: number, height: number): number {
   let factor = 1;
