@@ -1,6 +1,6 @@
 // Decoding: unusual but valid files become the right 8-bit RGB; broken files give one clear error each.
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
@@ -132,4 +132,5 @@ test('readImageFile names a missing file as unreadable', async () => {
   writeFileSync(path.join(dir, 'ok.png'), await raw(RED_BLUE, 3).png().toBuffer());
   assert.equal((await readImageFile(path.join(dir, 'ok.png'))).width, W);
   await assert.rejects(readImageFile(path.join(dir, 'missing.png')), (e: unknown) => e instanceof DecodeError && e.code === 'unreadable');
+  rmSync(dir, { recursive: true, force: true });
 });

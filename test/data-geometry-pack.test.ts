@@ -1,9 +1,9 @@
 // No size leak through geometry, and packs that read back exactly what was packed.
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import sharp from 'sharp';
 import { listImageFolder } from '../src/data/dataset.js';
 import { cropToField, toModelGeometry } from '../src/data/geometry.js';
@@ -65,8 +65,12 @@ test('fields: 360×360 is cut without loss, a 359 px side is padded by repeating
   assert.deepEqual(cropToField(image(40, 30), null).width, 30);
 });
 
+const folders: string[] = [];
+after(() => folders.forEach((f) => rmSync(f, { recursive: true, force: true })));
+
 async function makeFolder(): Promise<string> {
   const root = mkdtempSync(path.join(tmpdir(), 'hemato-pack-'));
+  folders.push(root);
   for (const [c, files] of Object.entries({ basophil: ['BA_100102.jpg', 'BA_127671.jpg'], platelet: ['PLATELET_100161.jpg'], lymphocyte: ['LY_100275.jpg'] })) {
     mkdirSync(path.join(root, c));
     for (const f of files) writeFileSync(path.join(root, c, f), readFileSync(path.join(PBC, c, f)));

@@ -1,10 +1,10 @@
 // scan and split on a small synthetic data set holding every defect real data has.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import { promisify } from 'node:util';
 import sharp from 'sharp';
 import { listCsvDataset } from '../src/data/dataset.js';
@@ -42,6 +42,7 @@ async function makeDataset(): Promise<string> {
 }
 
 const datasetReady = makeDataset();
+after(async () => rmSync(await datasetReady, { recursive: true, force: true }));
 
 test('scan reports images, classes, skips with reasons, duplicates, conflicts and sizes', async () => {
   const root = await datasetReady;
