@@ -34,3 +34,15 @@ export function progressBar(label: string, total: number, format = '{bar} {perce
     stop() {},
   };
 }
+
+/** A (done, total) callback for library code that reports progress: it starts the bar on the first report. */
+export function progressReporter(label: string): { update: (done: number, total: number) => void; stop: () => void } {
+  let bar: Progress | undefined;
+  return {
+    update(done, total) {
+      bar ??= progressBar(label, total);
+      bar.update(done);
+    },
+    stop: () => bar?.stop(),
+  };
+}

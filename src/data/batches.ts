@@ -1,6 +1,9 @@
 // Turning decoded images (N × S × S × 3 uint8, HWC) into normalised NCHW batches, with a seeded epoch order.
 import * as E from '../engine/index.js';
+import type { Normalization } from '../models/io.js';
 import { type AugmentConfig, augmentBatch, seededRandom } from './augment.js';
+
+export type { Normalization };
 
 /** Images already decoded, cropped and resized to one square size, with their labels. */
 export interface ImageSet {
@@ -8,11 +11,6 @@ export interface ImageSet {
   size: number;
   labels: Int32Array;
   classes: string[];
-}
-
-export interface Normalization {
-  mean: [number, number, number];
-  std: [number, number, number];
 }
 
 /** ImageNet statistics, as timm's ConvNeXt and Swin use; recorded in every model's metadata. */

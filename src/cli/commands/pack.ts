@@ -5,7 +5,7 @@ import { listDataset, PBC_CLASSES, type SkippedFile } from '../../data/dataset.j
 import { DEFAULT_GEOMETRY } from '../../data/geometry.js';
 import { type PackItem, writePack } from '../../data/pack.js';
 import type { BlobCodec } from '../../data/prepare.js';
-import { progressBar } from '../../data/progress.js';
+import { progressReporter } from '../progress.js';
 import { readSplit } from '../../data/split.js';
 import { type MpmConfigInput, resolveMpmConfig } from '../../preprocess/mpm.js';
 import { CliError, printJson } from '../output.js';
@@ -73,7 +73,7 @@ export function registerPack(program: Command): void {
       const unknown = items.find((i) => !classes.includes(i.label));
       if (unknown) throw new CliError(`${unknown.file}: label "${unknown.label}" is not one of the classes (${classes.join(', ')}); pass --classes`);
 
-      const progress = progressBar('pack');
+      const progress = progressReporter('pack');
       const started = performance.now();
       const header = await writePack(items, options.out, {
         classes, geometry, mpm, codec, quality, threads, maxPixels, splitHash, source: path.resolve(dir), skipped, onProgress: progress.update,

@@ -2,7 +2,7 @@ import { access } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { type DatasetSource, PBC_CLASSES } from '../../data/dataset.js';
 import { DEFAULT_MAX_PIXELS } from '../../data/image.js';
-import { progressBar } from '../../data/progress.js';
+import { progressReporter } from '../progress.js';
 import { formatScanReport, scanDataset } from '../../data/scan.js';
 import { CliError, printJson } from '../output.js';
 
@@ -49,7 +49,7 @@ export function registerScan(program: Command): void {
     .option('--json', 'print one JSON document on stdout')
     .action(async (dir: string, options: SourceOptions & { json?: boolean }) => {
       const { source, classes, maxPixels } = await resolveSource(dir, options);
-      const progress = progressBar('scan');
+      const progress = progressReporter('scan');
       const report = await scanDataset(source, { classes, maxPixels, onProgress: progress.update }).finally(() => progress.stop());
       const { entries: _entries, ...summary } = report;
       if (options.json) printJson(summary);

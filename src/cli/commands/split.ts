@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { progressBar } from '../../data/progress.js';
+import { progressReporter } from '../progress.js';
 import { scanDataset } from '../../data/scan.js';
 import { makeSplit, type Part, writeSplit } from '../../data/split.js';
 import { CliError, printJson } from '../output.js';
@@ -30,7 +30,7 @@ export function registerSplit(program: Command): void {
     .action(async (dir: string, options: SplitCommandOptions) => {
       const { source, classes, maxPixels } = await resolveSource(dir, options);
       const [seed, val, test] = [Number(options.seed), Number(options.val), Number(options.test)];
-      const progress = progressBar('scan');
+      const progress = progressReporter('scan');
       const report = await scanDataset(source, { classes, maxPixels, onProgress: progress.update }).finally(() => progress.stop());
       let split;
       try {

@@ -15,7 +15,7 @@ import { provenance } from '../../train/provenance.js';
 import { defaultPrecision } from '../../api/classifier.js';
 import { writeSplit } from '../../data/split.js';
 import { CliError, printJson } from '../output.js';
-import { progressBar, type Progress } from '../progress.js';
+import { progressBar, progressReporter, type Progress } from '../progress.js';
 import { parseChoice, parseFraction, parseNumber, parsePositiveInt } from './shared.js';
 
 /** Everything a run is configured by; a --config JSON file supplies any of it, flags override. */
@@ -106,16 +106,12 @@ export function registerTrain(program: Command): void {
       else if (!flags.resume) config.precision = defaultPrecision(device);
       if (!flags.resume && existsSync(path.join(runDir, CHECKPOINT_FILE))) throw new CliError(`${runDir} already holds a training run; continue it with --resume, or choose another --out`);
       await mkdir(runDir, { recursive: true });
-      const loading: { bar?: Progress; stage?: string } = {};
+      const stages = new Map<string, ReturnType<typeof progressReporter>>();
       const data = await loadTrainingData(config.data, config.inputSize, (stage, done, total) => {
-        if (loading.stage !== stage) {
-          loading.bar?.stop();
-          loading.bar = progressBar(stage, total);
-          loading.stage = stage;
-        }
-        loading.bar!.update(done);
+        if (!stages.has(stage)) stages.set(stage, progressReporter(stage));
+        stages.get(stage)!.update(done, total);
       });
-      loading.bar?.stop();
+      for (const reporter of stages.values()) reporter.stop();
       if (data.madeSplit) {
         config.data.split = path.join(runDir, 'split.csv');
         await writeSplit(data.madeSplit, config.data.split, JSON.stringify(config.data.source));
