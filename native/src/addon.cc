@@ -3,6 +3,15 @@
 #include <ATen/autocast_mode.h>
 #include <ATen/Context.h>
 #include <dlfcn.h>
+#include <torch/version.h>
+
+// The device-generic allocator interface (c10::DeviceAllocator, PyTorch 2.9+) reads the CUDA caching allocator's
+// figures without CUDA headers; older libtorch (Debian's 1.13) builds without them and reports none.
+#if (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 9)) && \
+    __has_include(<c10/core/CachingDeviceAllocator.h>)
+#include <c10/core/CachingDeviceAllocator.h>
+#define HEMATO_DEVICE_ALLOCATOR 1
+#endif
 
 #include "common.h"
 
@@ -125,6 +134,38 @@ Napi::Value CudaSynchronize(const Napi::CallbackInfo& info) {
   });
 }
 
+// cudaMemory(index) -> [allocated, reserved, peakAllocated] bytes of the CUDA caching allocator, zeros before the
+// first CUDA allocation, or undefined where this build cannot read them (no CUDA, or libtorch older than 2.9).
+Napi::Value CudaMemory(const Napi::CallbackInfo& info) {
+  return Guard(info, [&](Napi::Env env) -> Napi::Value {
+#ifdef HEMATO_DEVICE_ALLOCATOR
+    auto index = static_cast<c10::DeviceIndex>(info[0].As<Napi::Number>().Int32Value());
+    if (!torch::cuda::is_available() || index < 0 || index >= static_cast<c10::DeviceIndex>(torch::cuda::device_count()))
+      return env.Undefined();
+    // GetAllocator throws where no CUDA allocator is registered; the cast fails where it is no DeviceAllocator.
+    c10::DeviceAllocator* allocator = nullptr;
+    try {
+      allocator = dynamic_cast<c10::DeviceAllocator*>(c10::GetAllocator(at::kCUDA));
+    } catch (const c10::Error&) {
+    }
+    if (allocator == nullptr) return env.Undefined();
+    Napi::Array out = Napi::Array::New(env, 3);
+    if (!allocator->initialized()) {
+      for (uint32_t i = 0; i < 3; ++i) out.Set(i, Napi::Number::New(env, 0));
+      return out;
+    }
+    const auto stats = allocator->getDeviceStats(index);
+    // Index 0 of each StatArray is the aggregate over the small and large pools.
+    out.Set(0u, Napi::Number::New(env, static_cast<double>(stats.allocated_bytes[0].current)));
+    out.Set(1u, Napi::Number::New(env, static_cast<double>(stats.reserved_bytes[0].current)));
+    out.Set(2u, Napi::Number::New(env, static_cast<double>(stats.allocated_bytes[0].peak)));
+    return out;
+#else
+    return env.Undefined();
+#endif
+  });
+}
+
 // The BLAS core OpenBLAS picked at load time: 'Prescott' on AMX CPUs it does not know.
 std::string OpenblasCore() {
   using CoreName = char* (*)();
@@ -141,6 +182,11 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
     out.Set("mkldnn", at::hasMKLDNN());
     out.Set("openblasCore", OpenblasCore());
     out.Set("cxx11Abi", static_cast<bool>(_GLIBCXX_USE_CXX11_ABI));
+#ifdef HEMATO_DEVICE_ALLOCATOR
+    out.Set("cudaMemoryStats", true);
+#else
+    out.Set("cudaMemoryStats", false);
+#endif
     out.Set("parallelInfo", at::get_parallel_info());
     out.Set("interopThreads", at::get_num_interop_threads());
     return out;
@@ -162,6 +208,7 @@ void InitRuntime(Napi::Env env, Napi::Object exports) {
   exports.Set("restoreAutocast", Napi::Function::New(env, RestoreAutocast));
   exports.Set("autocastState", Napi::Function::New(env, AutocastState));
   exports.Set("cudaSynchronize", Napi::Function::New(env, CudaSynchronize));
+  exports.Set("cudaMemory", Napi::Function::New(env, CudaMemory));
   exports.Set("info", Napi::Function::New(env, Info));
 }
 

@@ -16,6 +16,8 @@ export interface NativeInfo {
   mkldnn: boolean;
   openblasCore: string;
   cxx11Abi: boolean;
+  /** Whether this build can read the CUDA caching allocator's figures (libtorch 2.9 and newer). */
+  cudaMemoryStats: boolean;
   parallelInfo: string;
   interopThreads: number;
 }
@@ -44,6 +46,8 @@ export interface NativeAddon {
   restoreAutocast(device: 'cpu' | 'cuda', scopeEnabled: boolean, previousEnabled: boolean, previousDtype: number): void;
   autocastState(device: 'cpu' | 'cuda'): [boolean, number];
   cudaSynchronize(): void;
+  /** [allocated, reserved, peakAllocated] bytes of the CUDA caching allocator; undefined where unreadable. */
+  cudaMemory(index: number): [number, number, number] | undefined;
   info(): NativeInfo;
 }
 

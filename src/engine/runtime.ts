@@ -30,6 +30,34 @@ export function synchronize(): void {
   native.cudaSynchronize();
 }
 
+export interface CudaMemory {
+  device: string;
+  /** Bytes held by live tensors. */
+  allocatedBytes: number;
+  /** Bytes the caching allocator holds from the driver (allocated plus cached). */
+  reservedBytes: number;
+  peakAllocatedBytes: number;
+}
+
+/**
+ * The live-tensor report: the count of live tensor handles and, per CUDA device, the caching allocator's figures.
+ * `cuda` is empty without CUDA; `cudaMemoryReadable` is false where this libtorch cannot report them (before 2.9).
+ */
+export function memoryReport(): { liveTensors: number; cuda: CudaMemory[]; cudaMemoryReadable: boolean } {
+  const info = native.info();
+  const cuda: CudaMemory[] = [];
+  let readable = info.cudaAvailable && info.cudaMemoryStats;
+  for (let i = 0; i < (info.cudaAvailable ? info.cudaDeviceCount : 0); i++) {
+    const figures = native.cudaMemory(i);
+    if (!figures) {
+      readable = false;
+      break;
+    }
+    cuda.push({ device: `cuda:${i}`, allocatedBytes: figures[0], reservedBytes: figures[1], peakAllocatedBytes: figures[2] });
+  }
+  return { liveTensors: native.liveTensors(), cuda: readable ? cuda : [], cudaMemoryReadable: readable };
+}
+
 /** 'auto' picks CUDA when it is there. */
 export function resolveDevice(requested: Device | 'auto' = 'auto'): Device {
   if (requested === 'auto') return cudaAvailable() ? 'cuda' : 'cpu';
