@@ -8,6 +8,7 @@ import { registerPredict } from './commands/predict.js';
 import { registerEval } from './commands/eval.js';
 import { registerTrain } from './commands/train.js';
 import { registerCalibrate } from './commands/calibrate.js';
+import { registerBundle } from './commands/bundle.js';
 import { CliError } from './output.js';
 
 /** Builds the `hemato` program. Each command lives in its own module under commands/. */
@@ -26,6 +27,7 @@ export function buildProgram(): Command {
   registerEval(program);
   registerTrain(program);
   registerCalibrate(program);
+  registerBundle(program);
   return program;
 }
 

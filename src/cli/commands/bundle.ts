@@ -1,0 +1,63 @@
+import type { Command } from 'commander';
+import { BUNDLE_DIR, makeBundle, type BundleStage } from '../../bundle/bundle.js';
+import { CliError, printJson } from '../output.js';
+import { progressBar, type Progress } from '../progress.js';
+
+const MiB = 2 ** 20;
+const mib = (bytes: number) => `${(bytes / MiB).toFixed(1)} MiB`;
+
+const LABELS: Record<BundleStage, string> = { copy: 'copying files ', node: 'compressing node', archive: 'writing archive' };
+
+export function registerBundle(program: Command): void {
+  program
+    .command('bundle')
+    .description('write one .tar.xz that runs hemato on an offline machine with g++ and PyTorch (node, JS, addon sources, run.sh)')
+    .requiredOption('--out <file>', 'the archive to write, e.g. hemato-bundle.tar.xz')
+    .option('--model <file>', 'a model file to carry (lands in app/models/)')
+    .option('--pack <file>', 'a packed data set (file or directory) to carry (lands in data/)')
+    .option('--xz-level <n>', 'xz preset 0-9 for node and the archive (0 is fastest)', '6')
+    .option('--json', 'print one JSON document on stdout')
+    .action(async (options: { out: string; model?: string; pack?: string; xzLevel: string; json?: boolean }) => {
+      const xzLevel = Number(options.xzLevel);
+      if (!/^\d$/.test(options.xzLevel)) throw new CliError(`--xz-level takes a digit 0-9, got '${options.xzLevel}'`, 2);
+      let stage: BundleStage | undefined;
+      let bar: Progress | undefined;
+      let barTotal = 0;
+      // Each stage's bar ends at its total, so that a log shows every stage complete.
+      const finish = () => {
+        bar?.update(barTotal);
+        bar?.stop();
+      };
+      const result = await makeBundle({
+        out: options.out,
+        model: options.model,
+        pack: options.pack,
+        xzLevel,
+        onProgress: (next, done, total) => {
+          if (next !== stage) {
+            finish();
+            stage = next;
+            barTotal = next === 'copy' ? total : Math.ceil(total / MiB);
+            bar = next === 'copy'
+              ? progressBar(LABELS[next], barTotal, '{bar} {percentage}% | {value}/{total} parts')
+              : progressBar(LABELS[next], barTotal, '{bar} {percentage}% | {value}/{total} MiB | ETA {eta_formatted}');
+          }
+          bar!.update(next === 'copy' ? done : Math.min(barTotal, Math.floor(done / MiB)));
+        },
+      }).catch((error: unknown) => {
+        bar?.stop();
+        throw new CliError(`bundle: ${error instanceof Error ? error.message : String(error)}`);
+      });
+      finish();
+      process.stderr.write(`bundle: ${result.out}: ${mib(result.bytes)} (${result.bytes} bytes) in ${result.seconds} s\n`);
+      if (!result.underSizeTarget) process.stderr.write(`bundle: warning: over the 40 MiB target without data\n`);
+      if (!result.fitsOneCall) process.stderr.write(`bundle: warning: over 64 MiB, too big for one call to the GPU machine: carry the data set in a second call\n`);
+      if (options.json) {
+        printJson(result);
+      } else {
+        process.stdout.write(`${result.out}  ${mib(result.bytes)}\n`);
+        for (const [part, bytes] of Object.entries(result.parts)) process.stdout.write(`  ${part.padEnd(13)} ${mib(bytes)}${part === 'node' ? ` (xz of ${mib(result.node.bytes)}, node ${result.node.version})` : ''}\n`);
+        process.stdout.write(`run it: tar -xJf ${result.out} && ./${BUNDLE_DIR}/run.sh doctor --json\n`);
+      }
+    });
+}
