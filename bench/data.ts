@@ -8,6 +8,11 @@ import path from 'node:path';
 import sharp from 'sharp';
 import { DEFAULT_GEOMETRY, toModelGeometry } from '../src/data/geometry.js';
 import { readImageFile, type RgbImage } from '../src/data/image.js';
+import * as E from '../src/engine/index.js';
+import { createModel } from '../src/models/registry.js';
+import { DEFAULT_AUGMENT } from '../src/data/augment.js';
+import { IMAGENET_NORMALIZATION, type ImageSet, makeBatch } from '../src/data/batches.js';
+import { workerBatches } from '../src/data/prefetch.js';
 import { parseNpy } from '../src/data/npy.js';
 import { readPack, writePack } from '../src/data/pack.js';
 import { PreparePool } from '../src/data/prepare.js';
@@ -115,7 +120,10 @@ async function packStats(files: { file: string; label: string }[]) {
     const readStarted = performance.now();
     const pack = await readPack(out);
     const readSeconds = (performance.now() - readStarted) / 1000;
+    log('training throughput: the real loader (pack → augment → worker prefetch) against batches already in memory');
+    const loader = await loaderThroughput({ images: pack.images, size: pack.size, labels: pack.labels, classes: pack.classes });
     return {
+      ...loader,
       images: pack.n, bytes_per_image: Math.round(bytes / pack.n),
       mib_for_pbc_14527: round((bytes / pack.n) * 14527 / 2 ** 20, 1),
       pack_img_per_s: round(pack.n / packSeconds, 1), read_img_per_s: round(pack.n / readSeconds, 1),
@@ -123,6 +131,48 @@ async function packStats(files: { file: string; label: string }[]) {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** Trains a small model for a few steps on pre-made batches, then on batches from the prefetching loader. */
+async function loaderThroughput(set: ImageSet) {
+  const steps = quick ? 4 : 12;
+  const batchSize = 32;
+  const model = createModel('convnext-only', { numClasses: set.classes.length, inputSize: set.size });
+  const optimizer = new E.AdamW(model.parameters(), { lr: 1e-3 });
+  const order = Int32Array.from({ length: steps * batchSize }, (_, i) => i % (set.labels.length));
+  const recipe = { normalization: IMAGENET_NORMALIZATION, augment: DEFAULT_AUGMENT };
+  const step = (x: E.Tensor, y: E.Tensor) => {
+    E.tidy(() => E.F.crossEntropy(model.forward(x), y).backward());
+    optimizer.step();
+    optimizer.zeroGrad();
+  };
+  const inMemory = Array.from({ length: steps }, (_, s) => makeBatch(set, order.subarray(s * batchSize, (s + 1) * batchSize), { ...recipe, seed: s }));
+  step(inMemory[0].x, inMemory[0].y);  // warm-up
+  let started = performance.now();
+  for (const { x, y } of inMemory) step(x, y);
+  const memoryImgS = (steps * batchSize) / ((performance.now() - started) / 1000);
+  E.dispose(inMemory);
+  const source = workerBatches(set, recipe, { workers: 1 });
+  try {
+    const pending = new Map<number, Promise<{ x: E.Tensor; y: E.Tensor }>>();
+    const request = (s: number) => { if (s < steps && !pending.has(s)) pending.set(s, source.request(order.subarray(s * batchSize, (s + 1) * batchSize), s)); };
+    E.dispose(await source.request(order.subarray(0, batchSize), 0));  // warm-up: the worker loads the addon
+    started = performance.now();
+    for (let s = 0; s < steps; s++) {
+      request(s);
+      request(s + 1);
+      request(s + 2);
+      const { x, y } = await pending.get(s)!;
+      step(x, y);
+      E.dispose([x, y]);
+    }
+  } finally {
+    await source.close();
+  }
+  const loaderImgS = (steps * batchSize) / ((performance.now() - started) / 1000);
+  optimizer.dispose();
+  model.dispose();
+  return { train_img_per_s_in_memory: round(memoryImgS, 1), train_img_per_s_loader: round(loaderImgS, 1), loader_ratio: round(loaderImgS / memoryImgS, 2), loader_goal_ratio: 0.9 };
 }
 
 function round(value: number, digits: number): number {

@@ -33,6 +33,11 @@ export interface ClassifierOptions {
   precision?: Precision | 'auto';
   /** Override the model's uncertainty threshold (a probability in [0, 1]). */
   uncertaintyThreshold?: number;
+  /**
+   * Override the centred field cut before resizing (source pixels; null: the largest centred square), for images
+   * from a scanner whose magnification differs from the training data's.
+   */
+  field?: number | null;
 }
 
 export type ImageInput = string | Uint8Array | RgbImage;
@@ -62,11 +67,12 @@ export class Classifier {
   readonly uncertaintyThreshold: number;
   readonly recipe: InputRecipe;
 
-  constructor(readonly model: ImageClassifier, readonly metadata: ModelMetadata, readonly device: E.Device, readonly precision: Precision, threshold?: number) {
+  constructor(readonly model: ImageClassifier, readonly metadata: ModelMetadata, readonly device: E.Device, readonly precision: Precision, overrides: Pick<ClassifierOptions, 'uncertaintyThreshold' | 'field'> = {}) {
     this.classes = metadata.classes;
     this.temperature = metadata.temperature ?? 1;
-    this.uncertaintyThreshold = threshold ?? metadata.uncertaintyThreshold ?? 0.5;
-    this.recipe = inputRecipe(metadata);
+    this.uncertaintyThreshold = overrides.uncertaintyThreshold ?? metadata.uncertaintyThreshold ?? 0.5;
+    const recipe = inputRecipe(metadata);
+    this.recipe = overrides.field === undefined ? recipe : { ...recipe, geometry: { ...recipe.geometry, field: overrides.field } };
   }
 
   /** Decodes (when needed) and brings one image to the model's input: the centred field, resized, with MPM if trained so. */
@@ -145,5 +151,5 @@ export async function loadClassifier(file: string = BUNDLED_MODEL, options: Clas
     throw error;
   });
   const precision = options.precision && options.precision !== 'auto' ? options.precision : defaultPrecision(device);
-  return new Classifier(model, metadata, device, precision, options.uncertaintyThreshold);
+  return new Classifier(model, metadata, device, precision, options);
 }

@@ -35,11 +35,19 @@ export function modelOption(command: Command): Command {
     .option('-m, --model <file>', 'a hemato model file (default: the bundled model)')
     .option('--device <device>', 'auto, cpu or cuda', parseChoice(['auto', 'cpu', 'cuda'] as const), 'auto')
     .option('--precision <precision>', 'auto (bf16 on CUDA and AMX CPUs), fp32 or bf16', parseChoice(['auto', 'fp32', 'bf16'] as const), 'auto')
-    .option('--threshold <p>', "override the model's uncertainty threshold", parseFraction);
+    .option('--threshold <p>', "override the model's uncertainty threshold", parseFraction)
+    .option('--field <px|none>', "override the model's centred field (source pixels; none: the largest centred square), for other scanners", parseField);
 }
 
-export function classifierOptions(options: { device: ClassifierOptions['device']; precision: ClassifierOptions['precision']; threshold?: number }): ClassifierOptions {
-  return { device: options.device, precision: options.precision, uncertaintyThreshold: options.threshold };
+function parseField(value: string): number | null {
+  if (value === 'none') return null;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 8) throw new InvalidArgumentError("expected a whole number of pixels (at least 8) or 'none'");
+  return n;
+}
+
+export function classifierOptions(options: { device: ClassifierOptions['device']; precision: ClassifierOptions['precision']; threshold?: number; field?: number | null }): ClassifierOptions {
+  return { device: options.device, precision: options.precision, uncertaintyThreshold: options.threshold, field: options.field };
 }
 
 /** A labelled data set from an ImageFolder argument or --images DIR --labels CSV. */
