@@ -9,7 +9,7 @@ import { chooseUncertaintyThreshold, fitTemperature, nllAt, softmaxRows } from '
 import { expectedCalibrationError } from '../../train/metrics.js';
 import { CliError, printJson } from '../output.js';
 import { progressBar } from '../progress.js';
-import { classifierOptions, datasetSource, modelOption, parseFraction, parsePositiveInt } from './shared.js';
+import { classifierOptions, datasetSource, modelOption, parseChoice, parseFraction, parsePositiveInt } from './shared.js';
 
 export function registerCalibrate(program: Command): void {
   const command = program
@@ -21,6 +21,7 @@ export function registerCalibrate(program: Command): void {
     .option('--split <csv>', "a split from 'hemato split': its validation part is used (paths relative to the folder or --images)")
     .option('-o, --out <file>', 'where to write the calibrated model (default: next to the model, *.calibrated.safetensors)')
     .option('--target-accuracy <p>', 'the accuracy that predictions above the uncertainty threshold must reach on this data', parseFraction, 0.995)
+    .option('--dtype <dtype>', "how the weights are stored: float32, float16 (half the size, for bundled models) or bfloat16 (default: as in --model)", parseChoice(['float32', 'float16', 'bfloat16'] as const))
     .option('--batch-size <n>', 'images per forward pass', parsePositiveInt, 64)
     .option('--json', 'print one JSON document on stdout');
   modelOption(command).action(async (dir: string | undefined, options) => {
@@ -46,7 +47,7 @@ export function registerCalibrate(program: Command): void {
     const calibrated = softmaxRows(scored.logits, n, k, temperature);
     const threshold = chooseUncertaintyThreshold(calibrated, scored.labels, k, options.targetAccuracy);
     const out = options.out ?? options.model.replace(/(\.safetensors)?$/, '.calibrated.safetensors');
-    await saveModel(out, classifier.model, { ...classifier.metadata, temperature, uncertaintyThreshold: threshold }, { dtype: classifier.metadata.dtype });
+    await saveModel(out, classifier.model, { ...classifier.metadata, temperature, uncertaintyThreshold: threshold }, { dtype: options.dtype ?? classifier.metadata.dtype });
     const summary = {
       model: out, n, temperature, uncertainty_threshold: threshold,
       nll_before: nllAt(scored.logits, scored.labels, k, 1), nll_after: nllAt(scored.logits, scored.labels, k, temperature),
