@@ -3,23 +3,12 @@
 // the message names the seed, the iteration and the case.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { seededRandom } from '../src/data/augment.js';
 import * as E from '../src/engine/index.js';
 import { native } from '../src/engine/native.js';
 
 const { F } = E;
 type T = E.Tensor;
-
-/** mulberry32: small, fast and good enough to pick cases and shapes. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 class Gen {
   constructor(readonly next: () => number) {}
@@ -196,7 +185,7 @@ const SEED = Number(process.env.HEMATO_FUZZ_SEED ?? 20261126);
 
 test(`${ITERATIONS} random invalid calls each throw a JS Error, and the live-tensor count stays bounded (seed ${SEED})`, () => {
   const names = Object.keys(cases);
-  const g = new Gen(prng(SEED));
+  const g = new Gen(seededRandom(SEED));
   const threadsBefore = E.numThreads();
   const baseline = E.liveTensors();
   let peak = baseline;
