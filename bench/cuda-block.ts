@@ -3,8 +3,8 @@
 // bench/peers/torch_cuda_block.py, which does the same ops in PyTorch). Prints one JSON document on stdout.
 //   node dist/bench/cuda-block.js [--device cuda|cpu] [--batch 128] [--size 56] [--channels 96] [--reps 10] [--fp32] [--channels-last]
 import * as E from '../src/engine/index.js';
+import { convnextBlock } from './blocks.js';
 
-const { F } = E;
 
 function arg(name: string, fallback: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -23,25 +23,9 @@ const autocastDevice = device.startsWith('cuda') ? 'cuda' : 'cpu';
 const log = (message: string) => process.stderr.write(`${message}\n`);
 
 E.manualSeed(0);
-const param = (shape: number[], scale: number, offset = 0) =>
-  E.keep(E.tidy(() => E.randn(shape).mul(scale).add(offset).to(device)).requiresGrad_());
-const p = {
-  dw: param([c, 1, 7, 7], 0.1), dwb: param([c], 0), nw: param([c], 0, 1), nb: param([c], 0),
-  w1: param([4 * c, c], 0.05), b1: param([4 * c], 0), w2: param([c, 4 * c], 0.05), b2: param([c], 0), gamma: param([c], 0, 0.1),
-};
-const x = E.keep(E.tidy(() => {
-  const t = E.randn([batch, c, size, size], { device });
-  return channelsLast ? t.channelsLast() : t;
-}));
-
-// The same ops, in the same order, as bench/engine.ts's convnextBlock and the PyTorch peer.
-const forward = () => {
-  let y = F.conv2d(x, p.dw, p.dwb, { padding: 3, groups: c }).permute([0, 2, 3, 1]);
-  y = F.layerNorm(y, [c], p.nw, p.nb, 1e-6);
-  y = F.linear(F.gelu(F.linear(y, p.w1, p.b1)), p.w2, p.b2);
-  y = y.mul(p.gamma).permute([0, 3, 1, 2]);
-  return x.add(y).float().pow(2).mean();
-};
+const block = convnextBlock({ batch, channels: c, size }, { device, channelsLast });
+const p = block.params;
+const forward = block.forward;
 
 const optimizer = new E.AdamW(Object.values(p), { lr: 1e-4 });
 let loss = NaN;
@@ -69,7 +53,7 @@ times.sort((a, b) => a - b);
 const median = times.length % 2 ? times[times.length >> 1] : (times[times.length / 2 - 1] + times[times.length / 2]) / 2;
 const memory = E.memoryReport();
 optimizer.dispose();
-E.dispose([Object.values(p), x]);
+block.free();
 
 process.stdout.write(`${JSON.stringify({
   impl: 'hemato',

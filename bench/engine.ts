@@ -5,6 +5,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as E from '../src/engine/index.js';
+import { type BlockShape, convnextBlock, param, type Params } from './blocks.js';
 
 const { F } = E;
 const quick = process.argv.includes('--quick');
@@ -12,7 +13,6 @@ const threads = E.numThreads();
 const log = (message: string) => process.stderr.write(`${message}\n`);
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
-interface BlockShape { batch: number; channels: number; size: number; heads?: number; window?: number }
 
 // Shapes. The issue's ConvNeXt block is batch 8, 96 channels, 56×56; tfjs needs far smaller ones to finish.
 const convnextShape: BlockShape = quick ? { batch: 4, channels: 96, size: 28 } : { batch: 8, channels: 96, size: 56 };
@@ -47,29 +47,6 @@ const matmulFlop = (n: number) => 2 * n ** 3;
 const convFlop = (c: { input: number[]; weight: number[] }) => 2 * c.input[0] * c.weight[0] * c.weight[1] * 9 * c.input[2] * c.input[3];
 
 // ---- hemato blocks (the same ops, in the same order, as bench/peers/torch_engine.py)
-
-type Params = Record<string, E.Tensor>;
-
-function param(shape: number[], scale = 1, offset = 0): E.Tensor {
-  return E.keep(E.tidy(() => E.randn(shape).mul(scale).add(offset)).requiresGrad_());
-}
-
-function convnextBlock(s: BlockShape): { params: Params; forward: () => E.Tensor; free: () => void } {
-  const c = s.channels;
-  const p: Params = {
-    dw: param([c, 1, 7, 7], 0.1), dwb: param([c], 0), nw: param([c], 0, 1), nb: param([c], 0),
-    w1: param([4 * c, c], 0.05), b1: param([4 * c], 0), w2: param([c, 4 * c], 0.05), b2: param([c], 0), gamma: param([c], 0, 0.1),
-  };
-  const x = E.keep(E.randn([s.batch, c, s.size, s.size]));
-  const forward = () => {
-    let y = F.conv2d(x, p.dw, p.dwb, { padding: 3, groups: c }).permute([0, 2, 3, 1]);
-    y = F.layerNorm(y, [c], p.nw, p.nb, 1e-6);
-    y = F.linear(F.gelu(F.linear(y, p.w1, p.b1)), p.w2, p.b2);
-    y = y.mul(p.gamma).permute([0, 3, 1, 2]);
-    return x.add(y).float().pow(2).mean();
-  };
-  return { params: p, forward, free: () => E.dispose([p, x]) };
-}
 
 function swinBlock(s: BlockShape): { params: Params; forward: () => E.Tensor; free: () => void } {
   const { channels: c, batch: b, size } = s;
