@@ -66,6 +66,8 @@ test('hemato predict --json classifies good files and reports bad ones without s
   for (const r of report.results.slice(0, 4)) assert.ok(r.predictions && typeof r.uncertain === 'boolean', JSON.stringify(r));
   assert.match(report.results[4].error, /empty/i);
   assert.match(report.results[5].error, /not an image|text/i);
+  const whole = JSON.parse((await run(process.execPath, ['bin/hemato.js', 'predict', '--model', modelFile, '--json', '--field', 'none', good[0]])).stdout);
+  assert.equal(whole.failed, 0);
 });
 
 test('hemato calibrate fits a temperature and a threshold and stores them in a new model file', async () => {

@@ -39,15 +39,16 @@ export function modelOption(command: Command): Command {
     .option('--field <px|none>', "override the model's centred field (source pixels; none: the largest centred square), for other scanners", parseField);
 }
 
-function parseField(value: string): number | null {
-  if (value === 'none') return null;
+// 'none' stays a string here: commander stores a parser's null as ''.
+function parseField(value: string): number | 'none' {
+  if (value === 'none') return value;
   const n = Number(value);
   if (!Number.isInteger(n) || n < 8) throw new InvalidArgumentError("expected a whole number of pixels (at least 8) or 'none'");
   return n;
 }
 
-export function classifierOptions(options: { device: ClassifierOptions['device']; precision: ClassifierOptions['precision']; threshold?: number; field?: number | null }): ClassifierOptions {
-  return { device: options.device, precision: options.precision, uncertaintyThreshold: options.threshold, field: options.field };
+export function classifierOptions(options: { device: ClassifierOptions['device']; precision: ClassifierOptions['precision']; threshold?: number; field?: number | 'none' }): ClassifierOptions {
+  return { device: options.device, precision: options.precision, uncertaintyThreshold: options.threshold, field: options.field === 'none' ? null : options.field };
 }
 
 /** A labelled data set from an ImageFolder argument or --images DIR --labels CSV. */
