@@ -32,7 +32,7 @@ async function main(): Promise<void> {
   const fresh = createModel('dualpath-atto', { numClasses: 8, inputSize: size });
   await saveModel(modelFile, fresh, { classes: [...PBC_CLASSES], normalization: IMAGENET_NORMALIZATION, preprocessing: { geometry: { field: 360, size }, mpm: null } });
   fresh.dispose();
-  const files = PBC_CLASSES.flatMap((c) => readdirSync(path.join(pbc, c)).slice(0, quick ? 8 : 16).map((f) => path.join(pbc, c, f)));
+  const files = PBC_CLASSES.flatMap((c) => readdirSync(path.join(pbc, c)).filter((f) => !f.startsWith('.')).slice(0, quick ? 8 : 16).map((f) => path.join(pbc, c, f)));
   const buffers = await Promise.all(files.map((f) => readFile(f)));
   const classifier = await loadClassifier(modelFile, { device: 'cpu', precision });
 
@@ -76,7 +76,7 @@ async function main(): Promise<void> {
   const steps: number[] = [];
   await train({
     model, data: set, trainIndices: Int32Array.from(set.labels.keys()), valIndices: Int32Array.from([0, 1]), runDir: path.join(dir, 'run'), device: 'cpu', resume: false, workers: 1,
-    config: { epochs: quick ? 1 : 2, batchSize: 32, lr: 1e-3, minLr: 0, weightDecay: 0.05, warmupFraction: 0, labelSmoothing: 0.1, emaDecay: null, precision, clipGrad: 1, seed: 0, patience: null, augment: DEFAULT_AUGMENT, normalization: IMAGENET_NORMALIZATION, evalBatchSize: 64, checkpointMinutes: 60 },
+    config: { epochs: quick ? 2 : 4, batchSize: 32, lr: 1e-3, minLr: 0, weightDecay: 0.05, warmupFraction: 0, labelSmoothing: 0.1, emaDecay: null, precision, clipGrad: 1, seed: 0, patience: null, augment: DEFAULT_AUGMENT, normalization: IMAGENET_NORMALIZATION, evalBatchSize: 64, checkpointMinutes: 60 },
     onEvent: (event) => { if (event.type === 'step') steps.push(32 / event.imagesPerSecond); },
   });
   model.dispose();
