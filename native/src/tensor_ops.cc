@@ -103,13 +103,6 @@ Napi::Value Dispose(const Napi::CallbackInfo& info) {
   });
 }
 
-Napi::Value IsDisposed(const Napi::CallbackInfo& info) {
-  return Guard(info, [&](Napi::Env env) -> Napi::Value {
-    if (!IsTensorHandle(info[0])) throw Napi::TypeError::New(env, "isDisposed: not a tensor handle");
-    return Napi::Boolean::New(env, !info[0].As<Napi::External<at::Tensor>>().Data()->defined());
-  });
-}
-
 // meta(tensor) -> [dtype code, device string, requiresGrad, ...shape]: one call instead of four.
 Napi::Value Meta(const Napi::CallbackInfo& info) {
   return Guard(info, [&](Napi::Env env) -> Napi::Value {
@@ -226,7 +219,6 @@ void InitTensorOps(Napi::Env env, Napi::Object exports) {
   exports.Set("fromBuffer", Napi::Function::New(env, FromBuffer));
   exports.Set("toBuffer", Napi::Function::New(env, ToBuffer));
   exports.Set("dispose", Napi::Function::New(env, Dispose));
-  exports.Set("isDisposed", Napi::Function::New(env, IsDisposed));
   exports.Set("meta", Napi::Function::New(env, Meta));
   exports.Set("isContiguous", Napi::Function::New(env, IsContiguous));
   exports.Set("setRequiresGrad", Napi::Function::New(env, SetRequiresGrad));

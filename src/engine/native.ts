@@ -28,7 +28,6 @@ export interface NativeAddon {
   fromBuffer(data: ArrayBufferView, shape: number[], dtype: number): NativeTensor;
   toBuffer(tensor: NativeTensor): ArrayBuffer;
   dispose(tensor: NativeTensor): void;
-  isDisposed(tensor: NativeTensor): boolean;
   meta(tensor: NativeTensor): [number, string, boolean, ...number[]];
   isContiguous(tensor: NativeTensor, memoryFormat: number): boolean;
   setRequiresGrad(tensor: NativeTensor, value: boolean): void;

@@ -202,7 +202,7 @@ export class Tensor {
 
   /** Converts to a dtype, or moves to a device. Returns a new handle even when nothing changes. */
   to(target: DType | Device, options: { nonBlocking?: boolean } = {}): Tensor {
-    if (target === 'cpu' || target.startsWith('cuda')) return call('to', 'device', this, target, this.dtype === 'bool' ? 11 : dtypeCode(this.dtype), options.nonBlocking ?? false);
+    if (target === 'cpu' || target.startsWith('cuda')) return call('to', 'device', this, target, dtypeCode(this.dtype), options.nonBlocking ?? false);
     return call('to', 'dtype', this, dtypeCode(target as DType));
   }
   float(): Tensor { return this.to('float32'); }

@@ -78,6 +78,13 @@ export class NonFiniteLossError extends Error {
 export const CHECKPOINT_FILE = 'checkpoint.safetensors';
 export const LOG_FILE = 'log.jsonl';
 
+/** A new run must not overwrite a checkpoint, and a resumed one needs one; the errors say what to do. */
+export function checkRunDir(runDir: string, resume: boolean): void {
+  const checkpointFile = path.join(runDir, CHECKPOINT_FILE);
+  if (resume && !existsSync(checkpointFile)) throw new Error(`--resume: no checkpoint at ${checkpointFile}; start without --resume`);
+  if (!resume && existsSync(checkpointFile)) throw new Error(`${runDir} already holds a training run; continue it with --resume, or choose another --out`);
+}
+
 /** Seeds derived from (run seed, epoch, batch): every step's randomness is fixed, which is what makes resuming exact. */
 function stepSeed(seed: number, epoch: number, batch: number): number {
   return (Math.imul(seed + 1, 0x9e3779b1) ^ Math.imul(epoch + 1, 0x85ebca6b) ^ Math.imul(batch + 1, 0xc2b2ae35)) >>> 0;
@@ -120,12 +127,8 @@ export async function train(run: TrainRun): Promise<{ loop: LoopState; stoppedEa
   const schedule = { peakLr: config.lr, minLr: config.minLr, totalSteps: config.epochs * stepsPerEpoch, warmupSteps: Math.round(config.warmupFraction * config.epochs * stepsPerEpoch) };
 
   let loop: LoopState = { epoch: 0, batch: 0, globalStep: 0, bestScore: -1, bestEpoch: -1, history: [] };
-  if (run.resume) {
-    if (!existsSync(checkpointFile)) throw new Error(`--resume: no checkpoint at ${checkpointFile}; start without --resume`);
-    loop = (await loadCheckpoint(checkpointFile, { model, optimizer, ema })).loop;
-  } else if (existsSync(checkpointFile)) {
-    throw new Error(`${runDir} already holds a training run; continue it with --resume, or choose another --out`);
-  }
+  checkRunDir(runDir, run.resume);
+  if (run.resume) loop = (await loadCheckpoint(checkpointFile, { model, optimizer, ema })).loop;
   emit({ type: 'start', epochs: config.epochs, stepsPerEpoch, resumedAt: run.resume ? { epoch: loop.epoch, batch: loop.batch } : undefined });
 
   const save = async () => {

@@ -1,5 +1,4 @@
 import { readFile, writeFile, mkdir } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
 import * as E from '../../engine/index.js';
@@ -8,7 +7,7 @@ import { loadModel, saveModel } from '../../models/io.js';
 import type { ImageClassifier } from '../../models/classifier.js';
 import { DEFAULT_AUGMENT, NO_AUGMENT } from '../../data/augment.js';
 import { IMAGENET_NORMALIZATION } from '../../data/batches.js';
-import { CHECKPOINT_FILE, type TrainConfig, type TrainEvent, train } from '../../train/trainer.js';
+import { checkRunDir, type TrainConfig, type TrainEvent, train } from '../../train/trainer.js';
 import { finishRun } from '../../api/finish.js';
 import { loadTrainingData, type TrainingDataOptions } from '../../train/data.js';
 import { provenance } from '../../train/provenance.js';
@@ -94,8 +93,13 @@ export function registerTrain(program: Command): void {
       const runDir = path.resolve(flags.out);
       const configFile = path.join(runDir, 'config.json');
       let config: RunConfig;
+      // Checked before the data loads, which takes minutes on a large set.
+      try {
+        checkRunDir(runDir, Boolean(flags.resume));
+      } catch (error) {
+        throw new CliError((error as Error).message);
+      }
       if (flags.resume) {
-        if (!existsSync(path.join(runDir, CHECKPOINT_FILE))) throw new CliError(`--resume: ${runDir} has no ${CHECKPOINT_FILE}; start a new run without --resume`);
         config = JSON.parse(await readFile(configFile, 'utf8')) as RunConfig;
       } else {
         const fromFile = flags.config ? (JSON.parse(await readFile(flags.config, 'utf8')) as Partial<RunConfig>) : {};
@@ -104,7 +108,6 @@ export function registerTrain(program: Command): void {
       const device = E.resolveDevice(config.device);
       if (flags.precision !== 'auto') config.precision = flags.precision;
       else if (!flags.resume) config.precision = defaultPrecision(device);
-      if (!flags.resume && existsSync(path.join(runDir, CHECKPOINT_FILE))) throw new CliError(`${runDir} already holds a training run; continue it with --resume, or choose another --out`);
       await mkdir(runDir, { recursive: true });
       const stages = new Map<string, ReturnType<typeof progressReporter>>();
       const data = await loadTrainingData(config.data, config.inputSize, (stage, done, total) => {
