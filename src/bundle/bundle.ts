@@ -56,6 +56,7 @@ const EXTRA_FILES = [
   'dist/test/engine-cuda.test.js',
   'dist/test/helpers.js',
   'dist/bench/cuda-block.js',
+  'dist/bench/blocks.js',
   'bench/peers/torch_cuda_block.py',
   'native/binding.gyp',
   'native/locate-libtorch.mjs',

@@ -37,9 +37,10 @@ export function seededRandom(seed: number): () => number {
   };
 }
 
+const deviceOf = (x: E.Tensor) => x.device as E.Device;
 const uniform = (random: () => number, lo: number, hi: number) => lo + (hi - lo) * random();
 
-/** Augments x [N, 3, H, W] with values in [0, 1]; returns a new tensor in [0, 1]. */
+/** Augments x [N, 3, H, W] with values in [0, 1], on x's device; returns a new tensor in [0, 1]. */
 export function augmentBatch(x: E.Tensor, config: AugmentConfig, random: () => number): E.Tensor {
   return E.tidy(() => {
     let out = x;
@@ -47,7 +48,7 @@ export function augmentBatch(x: E.Tensor, config: AugmentConfig, random: () => n
     if (config.brightness || config.saturation || config.hue) out = augmentColour(out, config, random);
     if (config.contrast) {
       const n = out.shape[0];
-      const factors = E.tensor(Float32Array.from({ length: n }, () => uniform(random, 1 - config.contrast, 1 + config.contrast)), [n, 1, 1, 1]);
+      const factors = E.tensor(Float32Array.from({ length: n }, () => uniform(random, 1 - config.contrast, 1 + config.contrast)), [n, 1, 1, 1], { device: deviceOf(x) });
       const meanGrey = greyscale(out).mean([1, 2, 3], true);
       out = out.sub(meanGrey).mul(factors).add(meanGrey);
     }
@@ -75,7 +76,7 @@ function augmentGeometry(x: E.Tensor, config: AugmentConfig, random: () => numbe
     }
     theta.set([sx * a, sx * b, tx, sy * d, sy * e, ty], i * 6);
   }
-  const grid = E.F.affineGrid(E.tensor(theta, [n, 2, 3]), [n, c, h, w]);
+  const grid = E.F.affineGrid(E.tensor(theta, [n, 2, 3], { device: deviceOf(x) }), [n, c, h, w]);
   return E.F.gridSample(x, grid, { padding: 'reflection' });
 }
 
@@ -85,7 +86,7 @@ const TO_YIQ = [0.299, 0.587, 0.114, 0.596, -0.274, -0.322, 0.211, -0.523, 0.312
 const FROM_YIQ = [1, 0.956171, 0.621433, 1, -0.272689, -0.646813, 1, -1.103744, 1.700623];  // the inverse of TO_YIQ
 
 function greyscale(x: E.Tensor): E.Tensor {
-  return E.tidy(() => x.mul(E.tensor(LUMA, [1, 3, 1, 1])).sum(1, true));
+  return E.tidy(() => x.mul(E.tensor(LUMA, [1, 3, 1, 1], { device: deviceOf(x) })).sum(1, true));
 }
 
 function multiply3(p: number[], q: number[]): number[] {
@@ -105,5 +106,5 @@ function augmentColour(x: E.Tensor, config: AugmentConfig, random: () => number)
     const inYiq = [brightness, 0, 0, 0, brightness * saturation * cos, -brightness * saturation * sin, 0, brightness * saturation * sin, brightness * saturation * cos];
     matrices.set(multiply3(FROM_YIQ, multiply3(inYiq, TO_YIQ)), i * 9);
   }
-  return E.tensor(matrices, [n, 3, 3]).bmm(x.reshape([n, c, h * w])).reshape([n, c, h, w]);
+  return E.tensor(matrices, [n, 3, 3], { device: deviceOf(x) }).bmm(x.reshape([n, c, h * w])).reshape([n, c, h, w]);
 }

@@ -34,14 +34,14 @@ export function makeBatch(set: ImageSet, indices: ArrayLike<number>, options: Ba
     bytes.set(set.images.subarray(index * pixels, (index + 1) * pixels), i * pixels);
     labels[i] = BigInt(set.labels[index]);
   }
+  // The uint8 bytes go to the device first: a quarter of the float32 traffic, and augmentation runs there too.
+  const device = options.device ?? 'cpu';
   return E.tidy(() => {
-    let x = E.tensor(bytes, [indices.length, set.size, set.size, 3]).permute([0, 3, 1, 2]).float().div(255);
+    let x = E.tensor(bytes, [indices.length, set.size, set.size, 3], { device }).permute([0, 3, 1, 2]).float().div(255);
     if (options.augment) x = augmentBatch(x, options.augment, seededRandom(options.seed ?? 0));
     const { mean, std } = options.normalization;
-    x = x.sub(E.tensor(mean, [1, 3, 1, 1])).div(E.tensor(std, [1, 3, 1, 1])).contiguous();
-    let y = E.tensor(labels, [indices.length]);
-    if (options.device && options.device !== 'cpu') [x, y] = [x.to(options.device), y.to(options.device)];
-    return { x, y };
+    x = x.sub(E.tensor(mean, [1, 3, 1, 1], { device })).div(E.tensor(std, [1, 3, 1, 1], { device })).contiguous();
+    return { x, y: E.tensor(labels, [indices.length], { device }) };
   });
 }
 

@@ -84,7 +84,7 @@ export function registerTrain(program: Command): void {
     .option('--device <d>', 'auto (CUDA when present), cpu or cuda (default auto)', parseChoice(['auto', 'cpu', 'cuda'] as const))
     .option('--seed <n>', `seed for the split, initialisation, order and augmentation (default ${DEFAULT_RUN.seed})`, parseNumber)
     .option('--patience <epochs>', `stop after this many epochs without a better validation macro-F1 (default ${DEFAULT_RUN.patience})`, parsePositiveInt)
-    .option('--workers <n>', `batch-preparing worker threads, 0 for inline (default ${DEFAULT_RUN.workers})`, parseNumber)
+    .option('--workers <n>', `CPU threads that prepare batches ahead, 0 for inline (default ${DEFAULT_RUN.workers}); on CUDA batches are made on the GPU`, parseNumber)
     .option('--no-augment', 'train without augmentation')
     .option('--mpm', 'apply the Multi-scale Preprocessing Module to every image')
     .option('--init <file>', 'start from a trained hemato model (fine-tuning); the head is re-initialised if the classes differ')
@@ -140,7 +140,7 @@ export function registerTrain(program: Command): void {
       try {
         const outcome = await train({
           model, data: data.set, trainIndices: data.train, valIndices: data.val, runDir, config, device, resume: Boolean(flags.resume),
-          workers: config.workers, shouldStop: () => stopRequested,
+          workers: device === 'cpu' ? config.workers : 0, shouldStop: () => stopRequested,
           onEvent: (event) => describeEvent(bar, event, config.epochs),
           onBest: async (best) => { await saveModel(path.join(runDir, 'best.safetensors'), best, { ...info, provenance: runProvenance }); },
         });
