@@ -9,6 +9,7 @@
 #             instead of decoding ../shared/data/pbc in every run
 #   JOBS      runs at once (default 1; on a GPU several small runs share it well)
 #   RUNS      where the runs go (default runs/ablations)
+#   MODELS, MPM  a subset of the grid (default: all four models; off on)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size=${1:-64}
@@ -34,8 +35,8 @@ one_run() {
   "${hemato[@]}" train "${flags[@]}" > "$out/train.out" 2> "$out/train.err" || echo "ablations: $out failed (exit $?); see $out/train.err" >&2
 }
 
-for model in convnext-only swin-only dualpath-concat dualpath-atto; do
-  for mpm in off on; do
+for model in ${MODELS:-convnext-only swin-only dualpath-concat dualpath-atto}; do
+  for mpm in ${MPM:-off on}; do
     for seed in 1 2; do
       while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
       one_run "$model" "$mpm" "$seed" "$@" &

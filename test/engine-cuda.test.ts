@@ -94,8 +94,9 @@ test('a bf16 autocast training step on cuda matches fp32 on the CPU', { skip }, 
     const w1 = E.randn([24, 16, 3, 3], { seed: 8 }).mul(0.1);
     const w2 = E.randn([10, 24], { seed: 9 }).mul(0.1);
     const step = (device: 'cpu' | 'cuda', bf16: boolean) => {
-      const p1 = w1.to(device).requiresGrad_();
-      const p2 = w2.to(device).requiresGrad_();
+      // detach(): on the CPU, to() returns w1 itself, which must not become a leaf that the CUDA copy derives from.
+      const p1 = w1.to(device).detach().requiresGrad_();
+      const p2 = w2.to(device).detach().requiresGrad_();
       const forward = () => {
         const h = F.gelu(F.conv2d(x.to(device), p1, undefined, { padding: 1 })).mean([2, 3]);
         return F.linear(h, p2);
@@ -115,6 +116,28 @@ test('a bf16 autocast training step on cuda matches fp32 on the CPU', { skip }, 
     assert.ok(relError(amp.out.float().cpu(), ref.out) < 2e-2);
     assert.ok(relError(amp.g1.cpu(), ref.g1) < 3e-2);
     assert.ok(relError(amp.g2.cpu(), ref.g2) < 3e-2);
+  });
+});
+
+test('an optimizer state restored from CPU tensors follows its parameters to CUDA', { skip }, () => {
+  E.tidy(() => {
+    const p = E.randn([4, 3], { seed: 1 }).to('cuda').detach().requiresGrad_();
+    const stepOnce = (optimizer: E.AdamW) => {
+      E.tidy(() => p.pow(2).sum().backward());
+      optimizer.step();
+      optimizer.zeroGrad();
+    };
+    const first = new E.AdamW([p], { lr: 0.1 });
+    stepOnce(first);
+    const saved = first.stateDict();
+    // As a checkpoint loads: every tensor on the CPU.
+    const onHost = new Map([...saved.tensors].map(([key, t]) => [key, t.cpu()]));
+    const second = new E.AdamW([p], { lr: 0.1 });
+    second.loadStateDict({ tensors: onHost, json: saved.json });
+    for (const [key, t] of second.stateDict().tensors) assert.equal(t.device, 'cuda:0', key);
+    stepOnce(second);
+    first.dispose();
+    second.dispose();
   });
 });
 

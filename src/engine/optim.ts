@@ -1,7 +1,7 @@
 // Optimizers with parameter groups, following PyTorch's update rules exactly so results can be compared.
 import { noGrad } from './autograd.js';
 import { dispose, keep, tidy } from './scope.js';
-import { stack, type Tensor, zerosLike } from './tensor.js';
+import { type Device, stack, type Tensor, zerosLike } from './tensor.js';
 
 export interface ParamGroup {
   params: Tensor[];
@@ -68,12 +68,19 @@ abstract class Optimizer {
     return { tensors: new Map(this.buffers()), json: { step: this.stepCount, lrs: this.groups.map((g) => g.lr) } };
   }
 
-  /** Restores a state from stateDict(); the tensors are copied, so the caller still owns them. */
+  /**
+   * Restores a state from stateDict(); the tensors are copied, so the caller still owns them. Each buffer goes to
+   * its parameter's device (a checkpoint loads on the CPU; its model may train on CUDA).
+   */
   loadStateDict(state: OptimizerState): void {
     const buffers = this.buffers();
     dispose([...buffers.values()]);
     buffers.clear();
-    for (const [key, t] of state.tensors) buffers.set(key, keep(t.clone()));
+    for (const [key, t] of state.tensors) {
+      const [group, index] = key.split('.').map(Number);
+      const device = this.groups[group]?.params[index]?.device ?? t.device;
+      buffers.set(key, keep(device === t.device ? t.clone() : t.to(device as Device)));
+    }
     this.stepCount = state.json.step;
     state.json.lrs.forEach((lr, i) => { if (this.groups[i]) this.groups[i].lr = lr; });
   }
