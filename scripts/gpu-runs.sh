@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Issue 12's training on the GPU machine, run from the repository root there. One device call carries 64 MiB, so
 # the packs are staged first by calls that carry them (.gpudata64: the 64 px packs, then .gpudata: the 128 px pack)
-# and do nothing; this script then runs in one call that carries .bundle:
+# and do nothing; this script then runs in one call that carries .bundle. The packs are lossy, to fit a call:
+#   hemato pack ../shared/data/pbc --split runs/pbc-split.csv --codec webp --quality 85 --size 128 --out .gpudata/pbc-128-mpm-off.pack
+#   the same at --size 64 into .gpudata64/pbc-64-mpm-off.pack, and with --mpm into .gpudata64/pbc-64-mpm-on.pack
+# The steps:
 #   1. unpack the bundle, build the addon, the GPU check (engine CUDA tests, ConvNeXt block step against PyTorch);
 #   2. a one-epoch smoke run; if it fails, stop here and keep the device time;
 #   3. the reproduction run, two dualpath runs at 128 px (default and stain/scale augmentation) and the 64 px

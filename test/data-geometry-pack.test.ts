@@ -100,13 +100,25 @@ test('pack (PNG blobs) reads back exactly the model inputs, with labels, files a
   assert.deepEqual(Buffer.concat(streamed), Buffer.from(pack.images));
 });
 
+test('the default pack codec is lossless: the same pixels as PNG, in fewer bytes', async () => {
+  const root = await makeFolder();
+  const listing = await listImageFolder(root);
+  const png = await writePack(listing.items, path.join(root, 'png.pack'), { classes: listing.classes, codec: 'png', threads: 1 });
+  const byDefault = await writePack(listing.items, path.join(root, 'default.pack'), { classes: listing.classes, threads: 1 });
+  assert.equal(byDefault.codec, 'webp-lossless');
+  const [a, b] = [await readPack(path.join(root, 'png.pack')), await readPack(path.join(root, 'default.pack'))];
+  assert.deepEqual(Buffer.from(b.images), Buffer.from(a.images));
+  const bytes = (h: typeof png) => h.entries.reduce((n, e) => n + e.length, 0);
+  assert.ok(bytes(byDefault) < bytes(png), `${bytes(byDefault)} bytes against PNG's ${bytes(png)}`);
+});
+
 test('pack with WebP and MPM: compact, close to its source, config and parts recorded', async () => {
   const root = await makeFolder();
   const listing = await listImageFolder(root);
   const items = listing.items.map((item, i) => ({ ...item, part: i === 0 ? ('val' as const) : ('train' as const) }));
   const mpm = resolveMpmConfig();
   const out = path.join(root, 'mpm.pack');
-  await writePack(items, out, { classes: listing.classes, mpm, splitHash: 'abc', threads: 1 });
+  await writePack(items, out, { classes: listing.classes, mpm, codec: 'webp', splitHash: 'abc', threads: 1 });
   const { header } = await readPackHeader(out);
   assert.deepEqual(header.mpm, mpm);
   assert.equal(header.codec, 'webp');

@@ -51,7 +51,10 @@ export interface WritePackOptions {
   classes: readonly string[];
   geometry?: GeometryConfig;
   mpm?: MpmConfig | null;
-  /** WebP at quality 85 keeps PBC at 128 px under 40 MiB (docs/data.md has the size/fidelity measurements). */
+  /**
+   * Lossless WebP by default: a model trained on lossy images loses accuracy on the originals (docs/data.md).
+   * Lossy WebP at quality 85 keeps PBC at 128 px under 40 MiB, for carrying a pack to another machine.
+   */
   codec?: BlobCodec;
   quality?: number;
   threads?: number;
@@ -70,7 +73,7 @@ export async function writePack(items: readonly PackItem[], outPath: string, opt
     if (!classes.includes(item.label)) throw new Error(`${item.file}: label "${item.label}" is not one of the classes (${classes.join(', ')})`);
   }
   const geometry = options.geometry ?? DEFAULT_GEOMETRY;
-  const codec = options.codec ?? 'webp';
+  const codec = options.codec ?? 'webp-lossless';
   const quality = options.quality ?? 85;
   const pool = await PreparePool.start({ geometry, mpm: options.mpm ?? null, maxPixels: options.maxPixels, encode: { codec, quality } }, options.threads);
   let results;

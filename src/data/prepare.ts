@@ -8,7 +8,9 @@ import { DecodeError, type DecodeErrorCode } from './errors.js';
 import { type GeometryConfig, toModelGeometry } from './geometry.js';
 import { type RgbImage, readImageFile } from './image.js';
 
-export type BlobCodec = 'webp' | 'jpeg' | 'png';
+/** How a pack stores each image: lossless (webp-lossless, png) or lossy at a quality (webp, jpeg). */
+export type BlobCodec = 'webp-lossless' | 'webp' | 'jpeg' | 'png';
+export const BLOB_CODECS: readonly BlobCodec[] = ['webp-lossless', 'webp', 'jpeg', 'png'];
 
 export interface PrepareRecipe {
   geometry: GeometryConfig;
@@ -35,7 +37,9 @@ export async function prepareFile(path: string, recipe: PrepareRecipe, mpm: Mpm 
 export async function encodeRgb(image: RgbImage, codec: BlobCodec, quality: number): Promise<Uint8Array> {
   const input = sharp(image.data, { raw: { width: image.width, height: image.height, channels: 3 } });
   const encoded =
-    codec === 'webp' ? input.webp({ quality }) : codec === 'jpeg' ? input.jpeg({ quality, mozjpeg: true }) : input.png({ compressionLevel: 9 });
+    codec === 'webp-lossless' ? input.webp({ lossless: true })
+      : codec === 'webp' ? input.webp({ quality })
+        : codec === 'jpeg' ? input.jpeg({ quality, mozjpeg: true }) : input.png({ compressionLevel: 9 });
   const buffer = await encoded.toBuffer();
   return new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.length);
 }

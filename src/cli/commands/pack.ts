@@ -4,7 +4,7 @@ import type { Command } from 'commander';
 import { listDataset, PBC_CLASSES, type SkippedFile } from '../../data/dataset.js';
 import { DEFAULT_GEOMETRY } from '../../data/geometry.js';
 import { type PackItem, writePack } from '../../data/pack.js';
-import type { BlobCodec } from '../../data/prepare.js';
+import { BLOB_CODECS, type BlobCodec } from '../../data/prepare.js';
 import { progressReporter } from '../progress.js';
 import { readSplit } from '../../data/split.js';
 import { type MpmConfigInput, resolveMpmConfig } from '../../preprocess/mpm.js';
@@ -38,15 +38,15 @@ export function registerPack(program: Command): void {
     .option('--field <px|none>', 'centred square field cut before resizing; "none" takes the largest centred square', String(DEFAULT_GEOMETRY.field))
     .option('--mpm', 'apply the Multi-scale Preprocessing Module before encoding')
     .option('--mpm-config <file>', 'JSON file with MPM settings (implies --mpm)')
-    .option('--codec <webp|jpeg|png>', 'how each image is stored', 'webp')
-    .option('--quality <q>', 'WebP/JPEG quality, 1..100', '85')
+    .option('--codec <codec>', 'how each image is stored: webp-lossless, or webp/jpeg at --quality (smaller, but a model trained on them loses accuracy on originals), or png', 'webp-lossless')
+    .option('--quality <q>', 'quality of the lossy codecs (webp, jpeg), 1..100', '85')
     .option('--threads <n>', 'worker threads (default: the core count)')
     .option('--json', 'print one JSON document on stdout')
     .action(async (dir: string, options: PackOptions) => {
       const { source, classes: classOption, maxPixels } = await resolveSource(dir, options);
       const geometry = parseGeometry(options.size, options.field);
       const codec = options.codec as BlobCodec;
-      if (!['webp', 'jpeg', 'png'].includes(codec)) throw new CliError(`--codec must be webp, jpeg or png, got "${options.codec}"`, 2);
+      if (!BLOB_CODECS.includes(codec)) throw new CliError(`--codec must be one of ${BLOB_CODECS.join(', ')}, got "${options.codec}"`, 2);
       const quality = Number(options.quality);
       if (!(Number.isInteger(quality) && quality >= 1 && quality <= 100)) throw new CliError(`--quality must be an integer in 1..100, got "${options.quality}"`, 2);
       const threads = options.threads === undefined ? undefined : Number(options.threads);
@@ -85,7 +85,7 @@ export function registerPack(program: Command): void {
       };
       if (options.json) printJson(summary);
       else {
-        process.stdout.write(`${options.out}: ${header.count} images at ${header.size} px, ${codec} q${quality}${mpm ? ', MPM' : ''}, ${summary.mib} MiB in ${summary.seconds} s\n`);
+        process.stdout.write(`${options.out}: ${header.count} images at ${header.size} px, ${codec}${codec === 'webp' || codec === 'jpeg' ? ` q${quality}` : ''}${mpm ? ', MPM' : ''}, ${summary.mib} MiB in ${summary.seconds} s\n`);
         for (const s of header.skipped) process.stdout.write(`  skipped ${s.path}  [${s.reason}] ${s.detail}\n`);
       }
     });
