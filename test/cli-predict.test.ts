@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -13,6 +13,7 @@ import { saveModel } from '../src/models/io.js';
 import { loadClassifier } from '../src/api/classifier.js';
 import { IMAGENET_NORMALIZATION } from '../src/data/batches.js';
 import { PBC_CLASSES } from '../src/data/dataset.js';
+import { SHARED } from './helpers.js';
 
 const run = promisify(execFile);
 const dir = mkdtempSync(path.join(tmpdir(), 'hemato-predict-'));
@@ -100,4 +101,21 @@ test('hemato eval --json reports the required keys on a folder with bad files', 
   assert.deepEqual(report.classes_evaluated, ['neutrophil', 'platelet']);
   assert.equal(report.skipped.length, 2);
   for (const rate of [report.accuracy, report.balanced_accuracy, report.macro_f1, report.ece]) assert.ok(rate >= 0 && rate <= 1);
+});
+
+test('the bundled model loads and classifies PBC cells, one of each class', async (t) => {
+  const pbc = path.join(SHARED, 'data/pbc');
+  if (!existsSync(pbc)) return t.skip('../shared/data/pbc is not here');
+  const classifier = await loadClassifier();
+  assert.deepEqual(classifier.metadata.classes, [...PBC_CLASSES]);
+  assert.ok((classifier.metadata.temperature ?? 0) > 0 && (classifier.metadata.uncertaintyThreshold ?? 0) > 0, 'calibrated');
+  // The first images of each class folder; most of them were training images, so this checks the file and the
+  // pipeline end to end, not accuracy (docs/results.md has that).
+  const files = PBC_CLASSES.map((label) => {
+    const name = readdirSync(path.join(pbc, label)).filter((f) => !f.startsWith('.')).sort()[0];
+    return path.join(pbc, label, name);
+  });
+  const results = await classifier.classifyBatch(files);
+  const right = results.filter((r, i) => 'predictions' in r && r.predictions[0].label === PBC_CLASSES[i]).length;
+  assert.ok(right >= 7, `${right} of 8 right: ${JSON.stringify(results.map((r) => ('predictions' in r ? r.predictions[0].label : r.error)))}`);
 });

@@ -14,7 +14,7 @@ import { softmaxRows } from '../train/calibration.js';
 import { type Precision, withPrecision } from '../train/trainer.js';
 
 /** The model shipped in the package, trained on PBC (see docs/results.md). */
-export const BUNDLED_MODEL = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../models/hemato-dualpath-atto.safetensors');
+export const BUNDLED_MODEL = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../models/hemato-convnext-atto.safetensors');
 
 export interface Prediction {
   label: string;
