@@ -21,7 +21,7 @@ for (const root of roots) {
     }
     const last = epochs[epochs.length - 1];
     const key = `${match[1]} | ${match[2]}`;
-    groups.set(key, [...(groups.get(key) ?? []), { accuracy: last.val_accuracy, f1: last.val_macro_f1, epochs: epochs.length }]);
+    groups.set(key, [...(groups.get(key) ?? []), { accuracy: last.val_accuracy, f1: last.val_macro_f1 }]);
   }
 }
 const stat = (values) => {

@@ -33,8 +33,8 @@ interface Reply {
   error?: string;
 }
 
-/** Prepares batches in `workers` worker threads. The images are shared with them, not copied. */
-export function workerBatches(set: ImageSet, recipe: BatchRecipe, options: { workers?: number; device?: E.Device } = {}): BatchSource {
+/** Prepares CPU batches in `workers` worker threads. The images are shared with them, not copied. */
+export function workerBatches(set: ImageSet, recipe: BatchRecipe, options: { workers?: number } = {}): BatchSource {
   const shared = new SharedArrayBuffer(set.images.byteLength);
   new Uint8Array(shared).set(set.images);
   const workerUrl = new URL('./prefetch-worker.js', import.meta.url);
@@ -49,14 +49,7 @@ export function workerBatches(set: ImageSet, recipe: BatchRecipe, options: { wor
       if (!waiter) return;
       pending.delete(reply.id);
       if (reply.error) return waiter.reject(new Error(`batch worker: ${reply.error}`));
-      let x = E.tensor(new Float32Array(reply.x!), reply.shape!);
-      let y = E.tensor(new BigInt64Array(reply.y!), [reply.shape![0]]);
-      if (options.device && options.device !== 'cpu') {
-        const [dx, dy] = [x.to(options.device), y.to(options.device)];
-        E.dispose([x, y]);
-        [x, y] = [dx, dy];
-      }
-      waiter.resolve({ x, y });
+      waiter.resolve({ x: E.tensor(new Float32Array(reply.x!), reply.shape!), y: E.tensor(new BigInt64Array(reply.y!), [reply.shape![0]]) });
     });
     worker.on('error', (error) => {
       for (const waiter of pending.values()) waiter.reject(error);

@@ -11,6 +11,7 @@ import { type RgbImage, readImageFile } from './image.js';
 /** How a pack stores each image: lossless (webp-lossless, png) or lossy at a quality (webp, jpeg). */
 export type BlobCodec = 'webp-lossless' | 'webp' | 'jpeg' | 'png';
 export const BLOB_CODECS: readonly BlobCodec[] = ['webp-lossless', 'webp', 'jpeg', 'png'];
+export const isLossy = (codec: BlobCodec): boolean => codec === 'webp' || codec === 'jpeg';
 
 export interface PrepareRecipe {
   geometry: GeometryConfig;

@@ -61,7 +61,10 @@ export interface TrainRun {
   onBest?: (model: ImageClassifier, epoch: number, val: Metrics) => Promise<void>;
   /** Returns true to stop after the current step, with a checkpoint (e.g. on SIGINT). */
   shouldStop?: () => boolean;
-  /** Worker threads that prepare batches ahead of the training step; 0 prepares them inline. */
+  /**
+   * CPU worker threads that prepare batches ahead of the training step; 0 prepares them inline. On CUDA, batches
+   * are always made inline, on the GPU.
+   */
   workers?: number;
 }
 
@@ -139,7 +142,7 @@ export async function train(run: TrainRun): Promise<{ loop: LoopState; stoppedEa
   let stoppedEarly = false;
   let interrupted = false;
   const recipe = { normalization: config.normalization, augment: config.augment };
-  const source: BatchSource = run.workers ? workerBatches(data, recipe, { workers: run.workers, device }) : inlineBatches(data, recipe, device);
+  const source: BatchSource = run.workers && device === 'cpu' ? workerBatches(data, recipe, { workers: run.workers }) : inlineBatches(data, recipe, device);
   const inflight = new Map<number, Promise<{ x: E.Tensor; y: E.Tensor }>>();
   model.train();
   try {

@@ -4,7 +4,7 @@ import type { Command } from 'commander';
 import { listDataset, PBC_CLASSES, type SkippedFile } from '../../data/dataset.js';
 import { DEFAULT_GEOMETRY } from '../../data/geometry.js';
 import { type PackItem, writePack } from '../../data/pack.js';
-import { BLOB_CODECS, type BlobCodec } from '../../data/prepare.js';
+import { BLOB_CODECS, type BlobCodec, isLossy } from '../../data/prepare.js';
 import { progressReporter } from '../progress.js';
 import { readSplit } from '../../data/split.js';
 import { type MpmConfigInput, resolveMpmConfig } from '../../preprocess/mpm.js';
@@ -85,7 +85,7 @@ export function registerPack(program: Command): void {
       };
       if (options.json) printJson(summary);
       else {
-        process.stdout.write(`${options.out}: ${header.count} images at ${header.size} px, ${codec}${codec === 'webp' || codec === 'jpeg' ? ` q${quality}` : ''}${mpm ? ', MPM' : ''}, ${summary.mib} MiB in ${summary.seconds} s\n`);
+        process.stdout.write(`${options.out}: ${header.count} images at ${header.size} px, ${codec}${isLossy(codec) ? ` q${quality}` : ''}${mpm ? ', MPM' : ''}, ${summary.mib} MiB in ${summary.seconds} s\n`);
         for (const s of header.skipped) process.stdout.write(`  skipped ${s.path}  [${s.reason}] ${s.detail}\n`);
       }
     });

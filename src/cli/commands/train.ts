@@ -140,7 +140,7 @@ export function registerTrain(program: Command): void {
       try {
         const outcome = await train({
           model, data: data.set, trainIndices: data.train, valIndices: data.val, runDir, config, device, resume: Boolean(flags.resume),
-          workers: device === 'cpu' ? config.workers : 0, shouldStop: () => stopRequested,
+          workers: config.workers, shouldStop: () => stopRequested,
           onEvent: (event) => describeEvent(bar, event, config.epochs),
           onBest: async (best) => { await saveModel(path.join(runDir, 'best.safetensors'), best, { ...info, provenance: runProvenance }); },
         });
