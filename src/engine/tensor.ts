@@ -2,7 +2,7 @@
 // Every operation goes through one generic dispatcher call, so autograd and autocast behave as in PyTorch.
 import { native, type NativeOp, type NativeTensor } from './native.js';
 import { type AnyTypedArray, type DType, dtypeCode, dtypeFromCode, dtypeOfArray, isFloating, typedArrayOf, type TypedArrayFor } from './dtype.js';
-import { track } from './scope.js';
+import { tidy, track } from './scope.js';
 
 export type Device = 'cpu' | 'cuda' | `cuda:${number}`;
 export type Shape = readonly number[];
@@ -45,7 +45,83 @@ function wrapResult(value: unknown): unknown {
 export function call<T = Tensor>(name: string, overload: string, ...args: unknown[]): T {
   const op = findOp(name, overload);
   if (!op) throw new Error(`this libtorch has no operator aten::${name}${overload ? `.${overload}` : ''}`);
-  return wrapResult(native.callOp(op, args.map(unwrapArg))) as T;
+  const division = INTEGER_DIVISION.get(name);
+  if (!division) return wrapResult(native.callOp(op, args.map(unwrapArg))) as T;
+  const divisor = guardIntegerDivision(name, division, args);
+  try {
+    return wrapResult(native.callOp(op, (divisor ? [args[0], divisor, ...args.slice(2)] : args).map(unwrapArg))) as T;
+  } finally {
+    if (divisor instanceof Tensor) divisor.dispose();
+  }
+}
+
+// The minimum of a signed integer type divided by -1 overflows, and on x86 the CPU traps it (SIGFPE), which kills
+// the process: libtorch's CPU kernels do not check for it. Quotients throw instead; remainders by -1 are 0 anyway,
+// so the divisor -1 becomes 1, which gives the same result without the trap. The divisor is always argument 1.
+const INTEGER_DIVISION = new Map<string, 'quotient' | 'remainder'>([
+  ['div', 'quotient'], ['div_', 'quotient'], ['divide', 'quotient'], ['divide_', 'quotient'],
+  ['floor_divide', 'quotient'], ['floor_divide_', 'quotient'],
+  ['remainder', 'remainder'], ['remainder_', 'remainder'], ['fmod', 'remainder'], ['fmod_', 'remainder'],
+]);
+
+/** The minimum of each signed integer type, by libtorch's type code (int8, int16, int32, int64). */
+const SIGNED_MINIMUM = new Map<number, { name: string; minimum: () => ArrayBufferView }>([
+  [1, { name: 'int8', minimum: () => Int8Array.of(-128) }],
+  [2, { name: 'int16', minimum: () => Int16Array.of(-32768) }],
+  [3, { name: 'int32', minimum: () => Int32Array.of(-(2 ** 31)) }],
+  [4, { name: 'int64', minimum: () => BigInt64Array.of(-(2n ** 63n)) }],
+]);
+
+/**
+ * Checks a division before libtorch runs it. Only CPU divisions in a signed integer type need it, so floating-point
+ * and CUDA tensors pass without any host read. Returns a replacement divisor for remainders, else undefined.
+ */
+function guardIntegerDivision(name: string, kind: 'quotient' | 'remainder', args: unknown[]): Tensor | number | undefined {
+  const [dividend, divisor] = args;
+  // div without a rounding mode is true division, which computes in floating point.
+  if (kind === 'quotient' && name.startsWith('div') && typeof args[2] !== 'string') return undefined;
+  const code = signedCpuDivisionType(dividend, divisor);
+  if (code === undefined) return undefined;
+  if (kind === 'remainder') {
+    if (divisor instanceof Tensor) return tidy(() => { const d = asType(divisor, code); return d.maskedFill(d.eq(-1), 1); });
+    return divisor === -1 ? 1 : undefined;
+  }
+  const mayOverflow = dividend instanceof Tensor && (divisor instanceof Tensor || divisor === -1);
+  if (mayOverflow && dividesMinimumByMinusOne(dividend, divisor, code)) {
+    const type = SIGNED_MINIMUM.get(code)!.name;
+    throw new RangeError(`${name}: dividing the ${type} minimum by -1 overflows ${type} (the quotient is one past its maximum); convert to a wider type first, e.g. .to('float64')`);
+  }
+  return undefined;
+}
+
+/** The type code a division computes in when all its tensors are on the CPU and that type is a signed integer. */
+function signedCpuDivisionType(dividend: unknown, divisor: unknown): number | undefined {
+  const operands = [dividend, divisor];
+  if (!operands.every((x) => x instanceof Tensor || typeof x === 'number' || typeof x === 'boolean')) return undefined;
+  const tensors = operands.filter((x): x is Tensor => x instanceof Tensor);
+  // The device straight from libtorch: Tensor.device would also name the dtype, and int8 and int16 have no name here.
+  if (tensors.length === 0 || tensors.some((t) => native.meta(t.handle)[1] !== 'cpu')) return undefined;
+  const overload = !(dividend instanceof Tensor) ? 'Scalar_Tensor' : divisor instanceof Tensor ? 'Tensor' : 'Scalar';
+  const code = call<number>('result_type', overload, dividend, divisor);
+  return SIGNED_MINIMUM.has(code) ? code : undefined;
+}
+
+function dividesMinimumByMinusOne(dividend: Tensor, divisor: Tensor | number, code: number): boolean {
+  try {
+    return tidy(() => {
+      const minimum = new Tensor(native.fromBuffer(SIGNED_MINIMUM.get(code)!.minimum(), [], code));
+      const atMinimum = asType(dividend, code).eq(minimum);
+      const hits = divisor instanceof Tensor ? atMinimum.logicalAnd(asType(divisor, code).eq(-1)) : atMinimum;
+      return call<Tensor>('any', '', hits).item() !== 0;
+    });
+  } catch {
+    // Operands that do not broadcast: the division itself reports that, under its own name, before any kernel runs.
+    return false;
+  }
+}
+
+function asType(t: Tensor, code: number): Tensor {
+  return call('to', 'dtype', t, code);
 }
 
 /** Throws unless dim indexes a tensor of rank ndim; returns it as a non-negative index. */
