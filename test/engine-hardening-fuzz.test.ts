@@ -190,7 +190,8 @@ const cases: Record<string, Case> = {
   'an operator this libtorch lacks': expect(/this libtorch has no operator/, (g) => E.call(g.pick(['no_such_op', 'conv7d', '']), '')),
   'too many arguments': (g) => E.call('relu', '', g.float([2]), 1, 2),
   'a missing required argument': () => E.call('add', 'Tensor'),
-  'setNumThreads with a non-positive count': (g) => E.setNumThreads(g.pick([0, -1, 1.5])),
+  'setNumThreads with a non-positive count': expect(/setNumThreads must be a positive integer in 1\.\.\d+/, (g) => E.setNumThreads(g.pick([0, -1, 1.5]))),
+  'setNumThreads above 4 threads per core': expect(/setNumThreads must be a positive integer in 1\.\.\d+ .*got \d+/, (g) => E.setNumThreads(E.maxThreads() + g.pick([1, 99999, 1e9]))),
 
   // ---- integer overflow: the minimum of a signed type divided by -1 would trap (SIGFPE) in the CPU kernel
   'integer quotient of the minimum by -1': expect(/dividing the int(32|64) minimum by -1 overflows int(32|64)/, (g) => {

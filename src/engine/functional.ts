@@ -241,14 +241,16 @@ export interface AttentionOptions {
 }
 
 /** Whether this libtorch has a fused scaled_dot_product_attention (2.x); 1.13 falls back to matmul + softmax. */
-export const hasFusedAttention = findOp('scaled_dot_product_attention') !== undefined;
+export function hasFusedAttention(): boolean {
+  return findOp('scaled_dot_product_attention') !== undefined;
+}
 
 /** softmax(q kᵀ · scale + mask) v over [..., L, D] tensors. */
 export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, options: AttentionOptions = {}): Tensor {
   const d = q.shape[q.ndim - 1];
   if (k.shape[k.ndim - 1] !== d) throw new RangeError(`attention: query ${shapeOf(q)} and key ${shapeOf(k)} differ in their last dim`);
   const scale = options.scale ?? 1 / Math.sqrt(d);
-  if (hasFusedAttention) {
+  if (hasFusedAttention()) {
     return call('scaled_dot_product_attention', '', q, k, v, options.attnMask, options.dropoutP ?? 0, false, scale);
   }
   return tidy(() => {

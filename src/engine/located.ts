@@ -1,7 +1,15 @@
-// Where the build found libtorch, as recorded by `npm run build:native` next to the addon.
+// Where the addon is, and the libtorch it was built against, as recorded by `npm run build:native` next to it.
 import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import path from 'node:path';
-import { addonPath } from './native.js';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+
+/** The addon `npm run build:native` makes. */
+export const builtAddonPath = path.join(root, 'native/build/Release/hemato_native.node');
+
+/** The addon hemato loads: HEMATO_ADDON when set, else the one the build makes. */
+export const addonPath = process.env.HEMATO_ADDON || builtAddonPath;
 
 export interface LibtorchLocation {
   source: string;

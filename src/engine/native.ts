@@ -1,8 +1,9 @@
-// Loads the libtorch addon and describes its surface. Everything above this file talks to libtorch through it.
+// Loads the libtorch addon on first use and describes its surface. Everything above this file talks to libtorch
+// through it. Loading late lets commands that never touch a tensor (help, scan, split) run without libtorch.
+import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
-import { fileURLToPath } from 'node:url';
-import path from 'node:path';
+import { addonPath, builtAddonPath, located } from './located.js';
 
 /** An opaque handle to a native at::Tensor. */
 export type NativeTensor = { readonly __nativeTensor: unique symbol };
@@ -50,25 +51,112 @@ export interface NativeAddon {
   info(): NativeInfo;
 }
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
-export const addonPath = path.join(root, 'native/build/Release/hemato_native.node');
+/** The most CPU threads hemato accepts: 4 per core. More only oversubscribes, and huge counts make libgomp abort. */
+export function maxThreads(): number {
+  return 4 * availableParallelism();
+}
 
-function load(): NativeAddon {
-  const require = createRequire(import.meta.url);
-  try {
-    return require(addonPath) as NativeAddon;
-  } catch (error) {
-    const reason = error instanceof Error ? error.message : String(error);
-    throw new Error(
-      `hemato's native addon could not be loaded from ${addonPath}: ${reason}\n` +
-        'Build it with: bash scripts/setup.sh   (or, when libtorch is already installed: npm run build:native)',
-    );
+/**
+ * A thread count from a setting (an environment variable, a CLI flag or an argument, named by `setting`), as a
+ * number; anything but an integer in 1..maxThreads() throws before libtorch sees it.
+ */
+export function checkThreadCount(value: number | string, setting: string): number {
+  const n = typeof value === 'string' ? (/^\s*\d+\s*$/.test(value) ? Number(value) : NaN) : value;
+  if (!Number.isInteger(n) || n < 1 || n > maxThreads()) {
+    const shown = typeof value === 'string' ? `'${value}'` : String(value);
+    throw new RangeError(`${setting} must be a positive integer in 1..${maxThreads()} (up to 4 threads per core; ${availableParallelism()} cores here), got ${shown}`);
+  }
+  return n;
+}
+
+const threadSetting = process.env.HEMATO_NUM_THREADS || undefined;
+
+/**
+ * The CPU thread count libtorch starts with: HEMATO_NUM_THREADS, else the number of cores (Debian's libtorch
+ * would start with one, which leaves cores idle). An invalid HEMATO_NUM_THREADS fails the addon's load.
+ */
+export const defaultThreads = threadSetting ? Number(threadSetting) : availableParallelism();
+
+/** The addon could not be loaded: `reason` says why, `fixes` what to do, most likely first. */
+export class AddonLoadError extends Error {
+  constructor(readonly reason: string, readonly fixes: string[], loaderMessage?: string, options?: ErrorOptions) {
+    const loader = loaderMessage ? `\n  loader: ${loaderMessage.split('\n')[0]}` : '';
+    super(`the native addon ${addonPath} could not be loaded: ${reason}${loader}\nPossible fixes:\n${fixes.map((f) => `  - ${f}`).join('\n')}`, options);
+    this.name = 'AddonLoadError';
   }
 }
 
-export const native: NativeAddon = load();
+const SETUP = 'bash scripts/setup.sh   (installs libtorch-dev and libopenblas0-pthread with apt, then builds the addon)';
+const BUILD_COMMAND = 'npm run build:native';
+const BUILD = `${BUILD_COMMAND}   (builds the addon against the libtorch installed; LIBTORCH=/path/to/libtorch picks another)`;
+const LIBDIR = located?.libdir ?? '/path/to/libtorch/lib';
 
-/** The CPU thread count in effect when hemato started: HEMATO_NUM_THREADS, else the number of cores. */
-export const defaultThreads = Number(process.env.HEMATO_NUM_THREADS) || availableParallelism();
-// Debian's libtorch starts with one thread, which leaves a core idle.
-native.setNumThreads(defaultThreads);
+/** Why the loader refused the addon, from its message, and the fixes for that cause. */
+export function explainLoadFailure(message: string): { reason: string; fixes: string[] } {
+  const library = /([\w.+-]+\.so[.\d]*): cannot open shared object file/.exec(message)?.[1];
+  if (library && /^lib(torch|c10)/.test(library)) {
+    return {
+      reason: `libtorch's ${library} was not found`,
+      fixes: [
+        "apt-get install libtorch-dev libopenblas0-pthread   (Debian's libtorch, as bash scripts/setup.sh installs it)",
+        `LD_LIBRARY_PATH=${LIBDIR}   (the lib folder of the libtorch the addon was built against)`,
+        `LIBTORCH=/path/to/libtorch ${BUILD_COMMAND}   (to build against the libtorch you have)`,
+      ],
+    };
+  }
+  if (library) {
+    return {
+      reason: `${library}, which the addon or libtorch needs, was not found`,
+      fixes: [`install the package that provides ${library} (for libopenblas: apt-get install libopenblas0-pthread)`, `LD_LIBRARY_PATH=/folder/holding/${library}`],
+    };
+  }
+  const symbol = /undefined symbol: (\S+)/.exec(message)?.[1];
+  if (symbol) {
+    return {
+      reason: `it was built against another libtorch than the one that loaded (undefined symbol ${symbol})`,
+      fixes: [`${BUILD_COMMAND}   (rebuilds it against the libtorch in use)`, `point LD_LIBRARY_PATH at the libtorch it was built against (${LIBDIR}), not another one`],
+    };
+  }
+  if (/NODE_MODULE_VERSION|different Node\.js version/.test(message)) {
+    return { reason: `it was built for another version of Node.js than this one (${process.version})`, fixes: [`${BUILD_COMMAND}   (rebuilds it for this Node.js)`] };
+  }
+  if (/invalid ELF header|wrong ELF class|file too short|not a dynamic/.test(message)) {
+    return { reason: `the file is not an addon built for this platform (${process.platform}-${process.arch})`, fixes: [BUILD, SETUP] };
+  }
+  return { reason: message.split('\n')[0], fixes: [SETUP, BUILD] };
+}
+
+function requireAddon(): NativeAddon {
+  if (!existsSync(addonPath)) {
+    const override = process.env.HEMATO_ADDON ? [`point HEMATO_ADDON at a built hemato_native.node, or unset it to use ${builtAddonPath}`] : [];
+    throw new AddonLoadError(process.env.HEMATO_ADDON ? 'HEMATO_ADDON names a file that does not exist' : 'the addon is not built', [...override, SETUP, BUILD]);
+  }
+  try {
+    return createRequire(import.meta.url)(addonPath) as NativeAddon;
+  } catch (error) {
+    const message = error instanceof Error ? error.message : String(error);
+    const { reason, fixes } = explainLoadFailure(message);
+    throw new AddonLoadError(reason, fixes, message, { cause: error });
+  }
+}
+
+let loaded: NativeAddon | undefined;
+
+/** Loads the addon once, and starts libtorch with the configured thread count. Throws AddonLoadError or RangeError. */
+export function loadAddon(): NativeAddon {
+  if (loaded) return loaded;
+  // Checked before libtorch sees it: a huge count makes libgomp abort, a large one hangs.
+  if (threadSetting) checkThreadCount(threadSetting, 'HEMATO_NUM_THREADS');
+  const addon = requireAddon();
+  addon.setNumThreads(defaultThreads);
+  loaded = native = addon;
+  return addon;
+}
+
+/**
+ * The addon. Until first use this is a stand-in that loads it; from then on the binding is the addon itself,
+ * so a call costs no more than a property lookup.
+ */
+export let native: NativeAddon = new Proxy({} as NativeAddon, {
+  get: (_, key) => loadAddon()[key as keyof NativeAddon],
+});

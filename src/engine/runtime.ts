@@ -1,14 +1,13 @@
 // Process-level controls: threads, seeds, devices and what libtorch this is.
 import { readFileSync } from 'node:fs';
-import { defaultThreads, native, type NativeInfo } from './native.js';
+import { checkThreadCount, native, type NativeInfo } from './native.js';
 import type { Device } from './tensor.js';
 
-export { defaultThreads };
+export { AddonLoadError, checkThreadCount, defaultThreads, loadAddon, maxThreads } from './native.js';
 
-/** Sets libtorch's intra-op CPU thread count (defaults to the number of cores, or HEMATO_NUM_THREADS). */
+/** Sets libtorch's intra-op CPU thread count (defaults to the number of cores, or HEMATO_NUM_THREADS), 1..maxThreads(). */
 export function setNumThreads(n: number): void {
-  if (!Number.isInteger(n) || n < 1) throw new RangeError(`setNumThreads: need a positive integer, got ${n}`);
-  native.setNumThreads(n);
+  native.setNumThreads(checkThreadCount(n, 'setNumThreads'));
 }
 
 export function numThreads(): number {
