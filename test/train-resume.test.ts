@@ -9,6 +9,7 @@ import { ConvNeXt } from '../src/models/convnext.js';
 import { DEFAULT_AUGMENT } from '../src/data/augment.js';
 import { IMAGENET_NORMALIZATION, type ImageSet } from '../src/data/batches.js';
 import { NonFiniteLossError, type TrainConfig, train } from '../src/train/trainer.js';
+import { NonFiniteModelError } from '../src/train/finite.js';
 
 function tinySet(): ImageSet {
   // Two classes a tiny network can tell apart: bright and dark images, with noise.
@@ -84,6 +85,31 @@ test('a diverging run stops with a clear message', async () => {
   const runDir = mkdtempSync(path.join(tmpdir(), 'hemato-nan-'));
   E.noGrad(() => model.parameters()[0].fill_(NaN));
   await assert.rejects(train({ model, data, trainIndices: indices, valIndices: indices, runDir, config, device: 'cpu', resume: false }),
-    (error: Error) => error instanceof NonFiniteLossError && /loss became NaN/.test(error.message) && /--resume/.test(error.message));
+    (error: Error) => error instanceof NonFiniteLossError && /loss became NaN/.test(error.message) && /lower learning rate \(--lr\)/.test(error.message));
+  model.dispose();
+});
+
+test('weights that turn NaN at the last step of an epoch are never kept as the best, nor checkpointed', async () => {
+  const data = tinySet();
+  const model = tinyModel();
+  const runDir = mkdtempSync(path.join(tmpdir(), 'hemato-nan-'));
+  const trainIndices = Int32Array.from({ length: 18 }, (_, i) => i);
+  const valIndices = Int32Array.from({ length: 6 }, (_, i) => 18 + i);
+  const bestEpochs: number[] = [];
+  const checkpoints: number[] = [];
+  let epoch = 0;
+  const outcome = train({
+    model, data, trainIndices, valIndices, runDir, config: { ...config, emaDecay: null }, device: 'cpu', resume: false,
+    onBest: async (_, e) => { bestEpochs.push(e); },
+    onEvent: (event) => {
+      if (event.type === 'epoch') epoch = event.epoch + 1;
+      if (event.type === 'checkpoint') checkpoints.push(epoch);
+      // The second epoch's last step leaves NaN weights behind; its loss was still finite.
+      if (event.type === 'step' && event.epoch === 1 && event.batch === event.batches - 1) E.noGrad(() => model.parameters()[0].fill_(NaN));
+    },
+  });
+  await assert.rejects(outcome, (error: Error) => error instanceof NonFiniteModelError && /validation outputs after epoch 2 are NaN or infinite/.test(error.message));
+  assert.deepEqual(bestEpochs, [0], 'only the first epoch was the best');
+  assert.deepEqual(checkpoints, [1], 'the checkpoint stays at the end of the first epoch');
   model.dispose();
 });

@@ -1,5 +1,10 @@
 // Temperature scaling (Guo et al. 2017): one scalar T divides the logits so that validation NLL is lowest.
 // It changes confidence, never the ranking, so accuracy is untouched.
+import { assertFiniteOutputs } from './finite.js';
+import { expectedCalibrationError } from './metrics.js';
+
+/** The range fitTemperature searches. */
+export const TEMPERATURE_RANGE = { min: 0.05, max: 20 } as const;
 
 export function softmaxRows(logits: ArrayLike<number>, n: number, k: number, temperature = 1): Float64Array {
   const out = new Float64Array(n * k);
@@ -26,12 +31,12 @@ export function nllAt(logits: ArrayLike<number>, labels: ArrayLike<number>, k: n
   return total / n;
 }
 
-/** Finds T in [0.05, 20] minimising NLL by golden-section search on log T (NLL is unimodal in T). */
+/** Finds T in TEMPERATURE_RANGE minimising NLL by golden-section search on log T (NLL is unimodal in T). */
 export function fitTemperature(logits: ArrayLike<number>, labels: ArrayLike<number>, k: number): number {
   if (labels.length === 0) throw new RangeError('fitTemperature: no validation samples');
   const f = (logT: number) => nllAt(logits, labels, k, Math.exp(logT));
-  let lo = Math.log(0.05);
-  let hi = Math.log(20);
+  let lo = Math.log(TEMPERATURE_RANGE.min);
+  let hi = Math.log(TEMPERATURE_RANGE.max);
   const ratio = (Math.sqrt(5) - 1) / 2;
   let a = hi - ratio * (hi - lo);
   let b = lo + ratio * (hi - lo);
@@ -66,4 +71,40 @@ export function chooseUncertaintyThreshold(probs: ArrayLike<number>, labels: Arr
     if (correct / (i + 1) >= targetAccuracy) threshold = s.confidence;
   });
   return Math.max(floor, threshold);
+}
+
+export interface Calibration {
+  temperature: number;
+  uncertaintyThreshold: number;
+  nllBefore: number;
+  nllAfter: number;
+  eceBefore: number;
+  eceAfter: number;
+  /** What the user should know before trusting the result. */
+  warnings: string[];
+}
+
+/** The search stops at its limits; a fit there means the optimum lies beyond them. */
+const AT_LIMIT = 1.001;
+
+/** Fits the temperature and the uncertainty threshold on labelled logits, and says when the result is doubtful. */
+export function calibrate(logits: ArrayLike<number>, labels: ArrayLike<number>, k: number, targetAccuracy: number): Calibration {
+  const n = labels.length;
+  assertFiniteOutputs(logits, 'model outputs on the calibration images');
+  const temperature = fitTemperature(logits, labels, k);
+  const calibrated = softmaxRows(logits, n, k, temperature);
+  const result = {
+    temperature, uncertaintyThreshold: chooseUncertaintyThreshold(calibrated, labels, k, targetAccuracy),
+    nllBefore: nllAt(logits, labels, k, 1), nllAfter: nllAt(logits, labels, k, temperature),
+    eceBefore: expectedCalibrationError(softmaxRows(logits, n, k, 1), labels, n, k), eceAfter: expectedCalibrationError(calibrated, labels, n, k),
+  };
+  const warnings: string[] = [];
+  if (temperature >= TEMPERATURE_RANGE.max / AT_LIMIT || temperature <= TEMPERATURE_RANGE.min * AT_LIMIT) {
+    const limit = temperature > 1 ? `upper limit (${TEMPERATURE_RANGE.max}): the model is far more confident` : `lower limit (${TEMPERATURE_RANGE.min}): the model is far less confident`;
+    warnings.push(`T = ${temperature.toFixed(3)} sits at the search's ${limit} than it is right on these images; are they like its training data (classes, stain, scanner)? The calibration is unreliable.`);
+  }
+  if (result.eceAfter > result.eceBefore) {
+    warnings.push(`ECE got worse: ${result.eceBefore.toFixed(4)} → ${result.eceAfter.toFixed(4)}. Temperature scaling minimises NLL, and on these images that raises the calibration error; use a larger or more representative validation set, or keep the uncalibrated model.`);
+  }
+  return { ...result, warnings };
 }

@@ -8,15 +8,15 @@ import { DEFAULT_GEOMETRY, type GeometryConfig } from '../data/geometry.js';
 import { readPack } from '../data/pack.js';
 import { PreparePool } from '../data/prepare.js';
 import { scanDataset } from '../data/scan.js';
-import { makeSplit, readSplit, type Split, type SplitRow } from '../data/split.js';
-import { type MpmConfig, resolveMpmConfig } from '../preprocess/mpm.js';
+import { makeSplit, readSplit, sha256Text, type Split, type SplitRow } from '../data/split.js';
+import { type MpmConfig, type MpmConfigInput, resolveMpmConfig } from '../preprocess/mpm.js';
 
 export interface TrainingDataOptions {
   source: DatasetSource | { pack: string };
   /** A split CSV from `hemato split`; null makes one now from `seed` and `valFraction`. */
   split: string | null;
-  /** Apply the Multi-scale Preprocessing Module (default settings) to every image. */
-  mpm: boolean;
+  /** Apply the Multi-scale Preprocessing Module to every image: true with its defaults, or with these settings. */
+  mpm: boolean | MpmConfigInput;
   seed: number;
   valFraction?: number;
   /** The centred field cut before resizing (source pixels); null takes the largest centred square. */
@@ -40,7 +40,7 @@ export interface LoadProgress {
 }
 
 export async function loadTrainingData(options: TrainingDataOptions, inputSize: number, onProgress?: LoadProgress): Promise<TrainingData> {
-  if ('pack' in options.source) return fromPack(options.source.pack, inputSize);
+  if ('pack' in options.source) return fromPack(options.source.pack, inputSize, Boolean(options.mpm));
   const source = options.source;
   const classes = (await listDataset(source, { classes: PBC_CLASSES })).classes;
   let rows: SplitRow[];
@@ -58,7 +58,7 @@ export async function loadTrainingData(options: TrainingDataOptions, inputSize: 
   const root = 'dir' in source ? source.dir : source.images;
   rows = rows.filter((r) => r.part === 'train' || r.part === 'val');
   const geometry: GeometryConfig = { field: options.field === undefined ? DEFAULT_GEOMETRY.field : options.field, size: inputSize };
-  const mpm = options.mpm ? resolveMpmConfig() : null;
+  const mpm = options.mpm ? resolveMpmConfig(options.mpm === true ? {} : options.mpm) : null;
   const pool = await PreparePool.start({ geometry, mpm }, availableParallelism());
   let results;
   try {
@@ -87,9 +87,11 @@ export async function loadTrainingData(options: TrainingDataOptions, inputSize: 
   };
 }
 
-async function fromPack(file: string, inputSize: number): Promise<TrainingData> {
+async function fromPack(file: string, inputSize: number, mpm: boolean): Promise<TrainingData> {
   const pack = await readPack(file);
   if (pack.size !== inputSize) throw new Error(`${file} holds ${pack.size} px images, but the run asks for ${inputSize} px; pack again with --size ${inputSize} or train with --size ${pack.size}`);
+  // A pack's images are preprocessed already; MPM asked of the run cannot be applied to them.
+  if (mpm && !pack.header.mpm) throw new Error(`${file} was packed without MPM, but the run asks for it; pack with --mpm, or train without it`);
   if (!pack.header.splitHash) throw new Error(`${file} was packed without a split; make one with 'hemato split' and pack with --split`);
   const indicesOf = (part: string) => Int32Array.from(pack.parts.flatMap((p, i) => (p === part ? [i] : [])));
   return {
@@ -97,4 +99,32 @@ async function fromPack(file: string, inputSize: number): Promise<TrainingData> 
     train: indicesOf('train'), val: indicesOf('val'), splitHash: pack.header.splitHash, madeSplit: null,
     preprocessing: { geometry: pack.header.geometry, mpm: pack.header.mpm }, skipped: pack.header.skipped,
   };
+}
+
+/** What a run trained on: every image kept, with its label and part, in training order. */
+export interface DataManifest {
+  hash: string;
+  rows: [file: string, label: string, part: 'train' | 'val'][];
+}
+
+export function dataManifest(data: TrainingData): DataManifest {
+  const part = new Map<number, 'train' | 'val'>([...Array.from(data.train, (i) => [i, 'train'] as const), ...Array.from(data.val, (i) => [i, 'val'] as const)]);
+  const rows = data.files.flatMap((file, i): DataManifest['rows'] => {
+    const p = part.get(i);
+    return p ? [[file, data.set.classes[data.set.labels[i]], p]] : [];
+  });
+  return { hash: sha256Text(JSON.stringify(rows)), rows };
+}
+
+/** How two manifests differ, as lines for the user: files added, removed, relabelled or moved, a few of each. */
+export function manifestChanges(before: DataManifest, after: DataManifest, shown = 5): string[] {
+  const old = new Map(before.rows.map(([file, label, part]) => [file, `${label}/${part}`]));
+  const now = new Map(after.rows.map(([file, label, part]) => [file, `${label}/${part}`]));
+  const list = (what: string, files: string[]) => (files.length === 0 ? [] : [`${files.length} ${what}: ${files.slice(0, shown).join(', ')}${files.length > shown ? ', …' : ''}`]);
+  const changes = [
+    ...list('added', [...now.keys()].filter((f) => !old.has(f))),
+    ...list('removed', [...old.keys()].filter((f) => !now.has(f))),
+    ...list('with another label or part', [...now].filter(([f, v]) => old.has(f) && old.get(f) !== v).map(([f, v]) => `${f} (${old.get(f)} → ${v})`)),
+  ];
+  return changes.length > 0 || before.hash === after.hash ? changes : ['the same files and labels, in another order'];
 }

@@ -13,6 +13,7 @@ import { cosineLr } from './schedule.js';
 import { computeMetrics, type Metrics } from './metrics.js';
 import { softmaxRows } from './calibration.js';
 import { type LoopState, loadCheckpoint, saveCheckpoint } from './checkpoint.js';
+import { NonFiniteModelError, assertFiniteWeights, countNonFinite } from './finite.js';
 
 export type Precision = 'fp32' | 'bf16';
 
@@ -71,10 +72,13 @@ export interface TrainRun {
 /** How many batches are prepared ahead of the one being trained on. */
 const PREFETCH_DEPTH = 2;
 
+// Resuming would repeat the same steps exactly, so the way out of a divergence is a new start with other settings.
+const RESTART_ADVICE = 'Start again with a lower learning rate (--lr), gradient clipping on, or --precision fp32 ' +
+  '(in another --out, or with --overwrite); the last checkpoint and the best model so far are intact.';
+
 export class NonFiniteLossError extends Error {
   constructor(epoch: number, batch: number, loss: number) {
-    super(`training diverged: the loss became ${loss} at epoch ${epoch + 1}, batch ${batch + 1}. ` +
-      'Lower the learning rate (--lr), keep gradient clipping on, or try --precision fp32; the last checkpoint is intact for --resume.');
+    super(`training diverged: the loss became ${loss} at epoch ${epoch + 1}, batch ${batch + 1}. ${RESTART_ADVICE}`);
   }
 }
 
@@ -191,15 +195,21 @@ export async function train(run: TrainRun): Promise<{ loop: LoopState; stoppedEa
           lastSave = Date.now();
         }
       }
-      const val = evaluateWith(ema, model, () => {
-        const logits = predictLogits(model, data, run.valIndices, { batchSize: config.evalBatchSize, normalization: config.normalization, precision: config.precision, device });
-        return computeMetrics(softmaxRows(logits, run.valIndices.length, model.numClasses), Array.from(run.valIndices, (i) => data.labels[i]), data.classes);
-      });
+      const logits = evaluateWith(ema, model, () => predictLogits(model, data, run.valIndices, { batchSize: config.evalBatchSize, normalization: config.normalization, precision: config.precision, device }));
+      // Scores of NaN outputs look like a real macro-F1 (argmax picks some class), so they must never be compared.
+      const nonFinite = countNonFinite(logits);
+      if (nonFinite > 0) throw new NonFiniteModelError(`training diverged: ${nonFinite} of ${logits.length} validation outputs after epoch ${loop.epoch + 1} are NaN or infinite; that model is neither kept as the best nor checkpointed. ${RESTART_ADVICE}`);
+      const val = computeMetrics(softmaxRows(logits, run.valIndices.length, model.numClasses), Array.from(run.valIndices, (i) => data.labels[i]), data.classes);
       const best = val.macro_f1 > loop.bestScore;
       if (best) {
         loop.bestScore = val.macro_f1;
         loop.bestEpoch = loop.epoch;
-        if (run.onBest) await evaluateWith(ema, model, () => run.onBest!(model, loop.epoch, val));
+        if (run.onBest) {
+          await evaluateWith(ema, model, () => {
+            assertFiniteWeights(model, `the best model (epoch ${loop.epoch + 1})`);
+            return run.onBest!(model, loop.epoch, val);
+          });
+        }
       }
       const entry = { epoch: loop.epoch + 1, train_loss: lossSum / Math.max(1, lossCount), lr: cosineLr(loop.globalStep - 1, schedule), seconds: (Date.now() - epochStart) / 1000, val_accuracy: val.accuracy, val_macro_f1: val.macro_f1, val_nll: val.nll, best };
       loop.history.push(entry);

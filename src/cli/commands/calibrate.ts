@@ -1,12 +1,12 @@
 import path from 'node:path';
 import type { Command } from 'commander';
-import { loadClassifier } from '../../api/classifier.js';
+import { BUNDLED_MODEL, loadClassifier } from '../../api/classifier.js';
 import { scoreItems } from '../../api/evaluate.js';
 import { listDataset } from '../../data/dataset.js';
 import { readSplit } from '../../data/split.js';
 import { saveModel } from '../../models/io.js';
-import { chooseUncertaintyThreshold, fitTemperature, nllAt, softmaxRows } from '../../train/calibration.js';
-import { expectedCalibrationError } from '../../train/metrics.js';
+import { calibrate } from '../../train/calibration.js';
+import { assertFiniteWeights } from '../../train/finite.js';
 import { CliError, printJson } from '../output.js';
 import { progressBar } from '../progress.js';
 import { classifierOptions, datasetSource, modelOption, parseChoice, parseFraction, parsePositiveInt } from './shared.js';
@@ -19,14 +19,15 @@ export function registerCalibrate(program: Command): void {
     .option('--images <dir>', 'the images folder, with --labels or --split')
     .option('--labels <csv>', 'a CSV of file,label (paths relative to --images)')
     .option('--split <csv>', "a split from 'hemato split': its validation part is used (paths relative to the folder or --images)")
-    .option('-o, --out <file>', 'where to write the calibrated model (default: next to the model, *.calibrated.safetensors)')
+    .option('-o, --out <file>', 'where to write the calibrated model (default: <model>.calibrated.safetensors, next to --model, or in the current folder for the bundled model)')
     .option('--target-accuracy <p>', 'the accuracy that predictions above the uncertainty threshold must reach on this data', parseFraction, 0.995)
     .option('--dtype <dtype>', "how the weights are stored: float32, float16 (half the size, for bundled models) or bfloat16 (default: as in --model)", parseChoice(['float32', 'float16', 'bfloat16'] as const))
     .option('--batch-size <n>', 'images per forward pass', parsePositiveInt, 64)
     .option('--json', 'print one JSON document on stdout');
   modelOption(command).action(async (dir: string | undefined, options) => {
-    if (!options.model) throw new CliError('--model is required: the model file to calibrate', 2);
-    const classifier = await loadClassifier(options.model, classifierOptions(options));
+    const modelFile: string = options.model ?? BUNDLED_MODEL;
+    const classifier = await loadClassifier(modelFile, classifierOptions(options));
+    assertFiniteWeights(classifier.model, modelFile);
     let items;
     if (options.split) {
       const root = dir ?? options.images;
@@ -43,19 +44,18 @@ export function registerCalibrate(program: Command): void {
     const n = scored.labels.length;
     const k = classifier.classes.length;
     if (n < 20) throw new CliError(`only ${n} images could be scored; calibration needs a real validation set (hundreds of images)`);
-    const temperature = fitTemperature(scored.logits, scored.labels, k);
-    const calibrated = softmaxRows(scored.logits, n, k, temperature);
-    const threshold = chooseUncertaintyThreshold(calibrated, scored.labels, k, options.targetAccuracy);
-    const out = options.out ?? options.model.replace(/(\.safetensors)?$/, '.calibrated.safetensors');
-    await saveModel(out, classifier.model, { ...classifier.metadata, temperature, uncertaintyThreshold: threshold }, { dtype: options.dtype ?? classifier.metadata.dtype });
+    const fit = calibrate(scored.logits, scored.labels, k, options.targetAccuracy);
+    // Never write into the installed package: the bundled model's calibration goes to the current folder.
+    const out = options.out ?? (options.model ? options.model.replace(/(\.safetensors)?$/, '.calibrated.safetensors') : path.basename(BUNDLED_MODEL, '.safetensors') + '.calibrated.safetensors');
+    await saveModel(out, classifier.model, { ...classifier.metadata, temperature: fit.temperature, uncertaintyThreshold: fit.uncertaintyThreshold }, { dtype: options.dtype ?? classifier.metadata.dtype });
+    for (const warning of fit.warnings) process.stderr.write(`warning: ${warning}\n`);
     const summary = {
-      model: out, n, temperature, uncertainty_threshold: threshold,
-      nll_before: nllAt(scored.logits, scored.labels, k, 1), nll_after: nllAt(scored.logits, scored.labels, k, temperature),
-      ece_before: expectedCalibrationError(softmaxRows(scored.logits, n, k, 1), scored.labels, n, k), ece_after: expectedCalibrationError(calibrated, scored.labels, n, k),
-      failed: scored.failed,
+      model: out, n, temperature: fit.temperature, uncertainty_threshold: fit.uncertaintyThreshold,
+      nll_before: fit.nllBefore, nll_after: fit.nllAfter, ece_before: fit.eceBefore, ece_after: fit.eceAfter,
+      warnings: fit.warnings, failed: scored.failed,
     };
     if (options.json) printJson(summary);
-    else process.stdout.write(`${out}: T = ${temperature.toFixed(3)}, NLL ${summary.nll_before.toFixed(4)} → ${summary.nll_after.toFixed(4)}, ECE ${summary.ece_before.toFixed(4)} → ${summary.ece_after.toFixed(4)}, uncertainty threshold ${threshold.toFixed(3)} (on ${n} images)\n`);
+    else process.stdout.write(`${out}: T = ${fit.temperature.toFixed(3)}, NLL ${fit.nllBefore.toFixed(4)} → ${fit.nllAfter.toFixed(4)}, ECE ${fit.eceBefore.toFixed(4)} → ${fit.eceAfter.toFixed(4)}, uncertainty threshold ${fit.uncertaintyThreshold.toFixed(3)} (on ${n} images)\n`);
     classifier.dispose();
   });
 }

@@ -1,0 +1,202 @@
+// One training run, from settings to a calibrated model: checked settings, a locked run folder that never
+// overwrites earlier results unasked, the data (skipped files reported, identity recorded and checked on --resume),
+// the training loop, and the final calibration and report.
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import * as E from '../engine/index.js';
+import { defaultPrecision } from '../api/classifier.js';
+import { finishRun, type RunSummary } from '../api/finish.js';
+import type { SkippedFile } from '../data/dataset.js';
+import { writeSplit } from '../data/split.js';
+import type { ImageClassifier } from '../models/classifier.js';
+import { loadModel, saveModel } from '../models/io.js';
+import { createModel } from '../models/registry.js';
+import { type ConfigLayer, type RunConfig, type RunConfigInput, RunConfigError, type RunSettings, describeChange, resolveRunSettings, settingsChanges } from './config.js';
+import { type DataManifest, dataManifest, type LoadProgress, loadTrainingData, manifestChanges, type TrainingData } from './data.js';
+import { lockRunDir } from './lock.js';
+import { provenance } from './provenance.js';
+import { CHECKPOINT_FILE, checkRunDir, LOG_FILE, type TrainEvent, train } from './trainer.js';
+
+export const CONFIG_FILE = 'config.json';
+export const DATA_FILE = 'data.json';
+export const SKIPPED_FILE = 'skipped.json';
+const BEST_FILE = 'best.safetensors';
+const MODEL_FILE = 'model.safetensors';
+
+/** Files that hold a run's results: a new run refuses to start over any of them unless told to overwrite. */
+const RESULTS = [CHECKPOINT_FILE, BEST_FILE, MODEL_FILE, LOG_FILE];
+/** Everything a run writes, removed before an overwriting run so that nothing of the old run is left to mix in. */
+const OUTPUTS = [...RESULTS, CONFIG_FILE, DATA_FILE, SKIPPED_FILE, 'provenance.json', 'split.csv', 'split.json', 'curves.svg', 'report.md', 'confusion.svg', 'reliability.svg'];
+/** Settings that may differ on --resume: they change how fast, not what is computed. */
+const FREE_ON_RESUME = new Set(['workers']);
+/** How many skipped files are named on stderr; the run folder lists them all. */
+const SKIPPED_SHOWN = 5;
+
+export interface TrainingRequest {
+  /** The run folder (--out). */
+  runDir: string;
+  /** A JSON file of settings (--config). */
+  configFile?: string;
+  /** Settings given explicitly on the command line: they win over the file, and the file over the defaults. */
+  overrides?: RunConfigInput;
+  /** Continue the run in runDir from its checkpoint, with its settings and its data. */
+  resume?: boolean;
+  /** Replace the results of an earlier run in runDir. */
+  overwrite?: boolean;
+  /** With resume: continue although the data differ from the run's (the differences are noted). */
+  allowChangedData?: boolean;
+  onEvent?: (event: TrainEvent) => void;
+  onLoadProgress?: LoadProgress;
+  /** Returns true to stop after the current step, with a checkpoint. */
+  shouldStop?: () => boolean;
+  /** Messages for the user (stderr by default). */
+  note?: (message: string) => void;
+}
+
+export type TrainingOutcome = { config: RunConfig; interrupted: true } | { config: RunConfig; interrupted: false; summary: RunSummary };
+
+async function readJson(file: string, what: string): Promise<unknown> {
+  try {
+    return JSON.parse(await readFile(file, 'utf8'));
+  } catch (error) {
+    throw new RunConfigError(`cannot read ${what} ${file}: ${(error as Error).message}`);
+  }
+}
+
+function fixPrecision(settings: RunSettings): RunConfig {
+  return { ...settings, precision: settings.precision === 'auto' ? defaultPrecision(E.resolveDevice(settings.device)) : settings.precision };
+}
+
+/** A run's recorded settings; config.json files written before the split's seed was the run's carry it twice. */
+async function storedLayer(runDir: string): Promise<ConfigLayer> {
+  const file = path.join(runDir, CONFIG_FILE);
+  const settings = await readJson(file, "the run's settings");
+  const data = (settings as { data?: Record<string, unknown> }).data;
+  if (data && data.seed === (settings as { seed?: unknown }).seed) delete data.seed;
+  return { source: file, settings };
+}
+
+/**
+ * The settings a request runs with. On resume they are the run's own; any requested setting that differs from them
+ * is an error that lists the differences, since a resumed run must compute what the interrupted one would have.
+ */
+export async function resolveTrainingConfig(request: TrainingRequest): Promise<RunConfig> {
+  const layers: ConfigLayer[] = [];
+  if (request.configFile) layers.push({ source: request.configFile, settings: await readJson(request.configFile, 'the settings file') });
+  if (request.overrides) layers.push({ source: 'the command line', settings: request.overrides });
+  if (!request.resume) return fixPrecision(resolveRunSettings(layers));
+  const runDir = path.resolve(request.runDir);
+  checkRunDir(runDir, true);
+  const stored = await storedLayer(runDir);
+  const before = fixPrecision(resolveRunSettings([stored]));
+  const after = fixPrecision(resolveRunSettings([stored, ...layers]));
+  const changes = settingsChanges(before, after).filter((change) => !FREE_ON_RESUME.has(change.key));
+  if (changes.length > 0) {
+    throw new RunConfigError(`--resume continues a run with its own settings, and these differ from ${stored.source}:\n  ${changes.map(describeChange).join('\n  ')}\n` +
+      'Leave them out to resume, or start a new run (another --out, or --overwrite).');
+  }
+  return after;
+}
+
+/** A new run must not start over an earlier run's results, unless asked to, and then nothing of them is left. */
+async function prepareRunDir(runDir: string, config: RunConfig, request: TrainingRequest): Promise<void> {
+  if (request.resume) return;
+  const found = RESULTS.filter((file) => existsSync(path.join(runDir, file)));
+  if (found.length === 0) return;
+  if (!request.overwrite) {
+    const finished = found.includes(MODEL_FILE);
+    const what = finished ? "a finished run's model" : found.includes(CHECKPOINT_FILE) ? 'an unfinished run' : "an earlier run's results";
+    const resume = !finished && found.includes(CHECKPOINT_FILE) ? 'continue it with --resume, ' : '';
+    throw new Error(`${runDir} holds ${what} (${found.join(', ')}); ${resume}choose another --out, or pass --overwrite to replace it`);
+  }
+  // A split the new run reads from this folder is its input, not an old output.
+  const input = config.data.split && path.resolve(config.data.split);
+  await Promise.all(OUTPUTS.map((file) => path.join(runDir, file)).filter((file) => file !== input).map((file) => rm(file, { force: true })));
+}
+
+async function reportSkipped(runDir: string, skipped: SkippedFile[], note: (message: string) => void): Promise<void> {
+  const file = path.join(runDir, SKIPPED_FILE);
+  if (skipped.length === 0) return rm(file, { force: true });
+  await writeFile(file, `${JSON.stringify(skipped, null, 2)}\n`);
+  const shown = skipped.slice(0, SKIPPED_SHOWN).map((s) => `  ${s.path}: ${s.detail}`);
+  if (skipped.length > SKIPPED_SHOWN) shown.push(`  … and ${skipped.length - SKIPPED_SHOWN} more`);
+  note(`skipped ${skipped.length} file${skipped.length === 1 ? '' : 's'} that cannot be used:\n${shown.join('\n')}\nthe full list is in ${file}`);
+}
+
+/** Records what the run trains on; on resume, refuses other data unless allowed, and then says what changed. */
+async function checkData(runDir: string, data: TrainingData, request: TrainingRequest, note: (message: string) => void): Promise<void> {
+  const file = path.join(runDir, DATA_FILE);
+  const now = dataManifest(data);
+  if (request.resume) {
+    if (!existsSync(file)) {
+      note(`${file} is missing (a run from an older hemato): the data cannot be checked against the run's`);
+    } else {
+      const before = (await readJson(file, "the run's data record")) as DataManifest;
+      if (before.hash === now.hash) return;
+      const changes = manifestChanges(before, now).join('\n  ');
+      if (!request.allowChangedData) throw new Error(`--resume: the training data differ from the run's (${file}):\n  ${changes}\nResume with the run's data, or pass --allow-changed-data to continue on these`);
+      note(`--allow-changed-data: continuing on training data that differ from the run's:\n  ${changes}`);
+    }
+  }
+  await writeFile(file, `${JSON.stringify(now)}\n`);
+}
+
+/** Loads a trained hemato model's weights into a fresh model; a head with other classes is left freshly initialised. */
+async function initialiseFrom(model: ImageClassifier, file: string, classes: string[], device: E.Device, note: (message: string) => void): Promise<void> {
+  const { model: source, metadata } = await loadModel(file, { device });
+  try {
+    const sameClasses = metadata.classes.join() === classes.join();
+    const state = new Map([...source.stateDict()].filter(([key]) => sameClasses || !key.startsWith('head.fc.')));
+    model.loadStateDict(state, { strict: sameClasses });
+    if (!sameClasses) note(`--init: classes differ from ${file}'s; the classifier head starts fresh`);
+  } finally {
+    source.dispose();
+  }
+}
+
+/** Trains (or resumes) a run in request.runDir, then calibrates the best model and writes the report. */
+export async function runTraining(request: TrainingRequest): Promise<TrainingOutcome> {
+  const note = request.note ?? ((message: string) => process.stderr.write(`${message}\n`));
+  const runDir = path.resolve(request.runDir);
+  const config = await resolveTrainingConfig(request);
+  await mkdir(runDir, { recursive: true });
+  const lock = await lockRunDir(runDir, note);
+  try {
+    await prepareRunDir(runDir, config, request);
+    return await trainLocked(runDir, config, request, note);
+  } finally {
+    await lock.release();
+  }
+}
+
+async function trainLocked(runDir: string, config: RunConfig, request: TrainingRequest, note: (message: string) => void): Promise<TrainingOutcome> {
+  const resume = Boolean(request.resume);
+  const device = E.resolveDevice(config.device);
+  const data = await loadTrainingData({ ...config.data, seed: config.seed }, config.inputSize, request.onLoadProgress);
+  await reportSkipped(runDir, data.skipped, note);
+  await checkData(runDir, data, request, note);
+  if (data.madeSplit) {
+    config.data.split = path.join(runDir, 'split.csv');
+    await writeSplit(data.madeSplit, config.data.split, JSON.stringify(config.data.source));
+  }
+  if (!resume) await writeFile(path.join(runDir, CONFIG_FILE), `${JSON.stringify(config, null, 2)}\n`);
+  E.manualSeed(config.seed);
+  const model = createModel(config.model, { numClasses: data.set.classes.length, inputSize: config.inputSize, dropPathRate: config.dropPathRate, device });
+  try {
+    if (config.init && !resume) await initialiseFrom(model, config.init, data.set.classes, device, note);
+    const runProvenance = { ...provenance(device), split_hash: data.splitHash, precision: config.precision, model: config.model };
+    await writeFile(path.join(runDir, 'provenance.json'), `${JSON.stringify(runProvenance, null, 2)}\n`);
+    note(`training ${config.model} at ${config.inputSize} px on ${device} (${config.precision}); ${data.train.length} train / ${data.val.length} validation images; split ${data.splitHash.slice(0, 12)}`);
+    const info = { classes: data.set.classes, normalization: config.normalization, preprocessing: data.preprocessing };
+    const outcome = await train({
+      model, data: data.set, trainIndices: data.train, valIndices: data.val, runDir, config, device, resume,
+      workers: config.workers, shouldStop: request.shouldStop, onEvent: request.onEvent,
+      onBest: async (best) => { await saveModel(path.join(runDir, BEST_FILE), best, { ...info, provenance: runProvenance }); },
+    });
+    if (outcome.interrupted) return { config, interrupted: true };
+    return { config, interrupted: false, summary: await finishRun({ runDir, data, config, device, provenance: runProvenance }) };
+  } finally {
+    model.dispose();
+  }
+}

@@ -1,0 +1,101 @@
+// Run settings: defaults < config file < explicit flags, one schema for all of them, errors that name their source.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { DEFAULT_AUGMENT } from '../src/data/augment.js';
+import { DEFAULT_RUN, RunConfigError, resolveRunSettings, settingsChanges } from '../src/train/config.js';
+
+const run = promisify(execFile);
+const dir = mkdtempSync(path.join(tmpdir(), 'hemato-config-'));
+const data = { data: { source: { dir: 'cells' } } };
+const resolve = (...layers: unknown[]) => resolveRunSettings(layers.map((settings, i) => ({ source: `layer${i}.json`, settings })));
+
+function configFile(name: string, settings: unknown): string {
+  const file = path.join(dir, name);
+  writeFileSync(file, JSON.stringify(settings));
+  return file;
+}
+
+async function hemato(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return run(process.execPath, ['bin/hemato.js', ...args], { timeout: 60_000 }).then((r) => ({ code: 0, ...r }), (e) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }));
+}
+
+test('layers merge over the defaults in order, nested settings key by key', () => {
+  const settings = resolve(
+    { ...data, batchSize: 8, lr: 0.01, augment: { hue: 0.05 }, data: { source: { dir: 'cells' }, mpm: { contrast: { clipLimit: 3 } } } },
+    { batchSize: 4, augment: { crop: { scale: [0.5, 1], ratio: [0.8, 1.25] } }, data: { mpm: true } },
+  );
+  assert.equal(settings.batchSize, 4);
+  assert.equal(settings.lr, 0.01);
+  assert.equal(settings.epochs, DEFAULT_RUN.epochs);
+  assert.deepEqual(settings.augment, { ...DEFAULT_AUGMENT, hue: 0.05, crop: { scale: [0.5, 1], ratio: [0.8, 1.25] } });
+  assert.deepEqual(settings.data.mpm, { contrast: { clipLimit: 3 } }, "a bare --mpm keeps the file's MPM settings");
+  assert.equal(settings.data.split, null);
+  assert.deepEqual(DEFAULT_RUN.augment, DEFAULT_AUGMENT, 'the defaults are not modified');
+});
+
+test('unknown settings are errors naming the source and the nearest known key', () => {
+  assert.throws(() => resolve({ ...data, bachSize: 8 }), /layer0\.json: unknown setting 'bachSize'; did you mean 'batchSize'\?/);
+  assert.throws(() => resolve({ ...data, warmup_epochs: 3 }), (e: Error) => e instanceof RunConfigError && /layer0\.json: unknown setting 'warmup_epochs'; known ones: .*warmupFraction/.test(e.message));
+  assert.throws(() => resolve({ data: { source: { dir: 'cells' }, mpm: { contrast: { clipLimt: 3 } } } }), /unknown setting 'data\.mpm\.contrast\.clipLimt'; did you mean 'clipLimit'\?/);
+  assert.throws(() => resolve(data, { augment: { flip: true } }), /layer1\.json: unknown setting 'augment\.flip'/);
+});
+
+test('types and ranges are checked', () => {
+  for (const batchSize of [0, -1, 0.5, 'abc', null, 1e9]) assert.throws(() => resolve({ ...data, batchSize }), /batchSize must be an integer from 1 to 4096/, String(batchSize));
+  assert.throws(() => resolve({ ...data, evalBatchSize: 0 }), /evalBatchSize must be an integer from 1/);
+  assert.throws(() => resolve(data, { batchSize: Number.NaN }), /layer1\.json: batchSize must be an integer/);
+  assert.throws(() => resolve({ ...data, lr: 'abc' }), /lr must be a finite number above 0, not "abc"/);
+  assert.throws(() => resolve({ ...data, lr: 0 }), /lr must be a finite number above 0/);
+  assert.throws(() => resolve({ ...data, epochs: 2.5 }), /epochs must be an integer from 1/);
+  assert.throws(() => resolve({ ...data, inputSize: 100 }), /inputSize must be a multiple of 32/);
+  assert.throws(() => resolve({ ...data, precision: 'fp16' }), /precision must be one of "auto", "fp32", "bf16"/);
+  assert.throws(() => resolve({ ...data, model: 'resnet' }), /model must be one of/);
+  assert.throws(() => resolve({ ...data, augment: { crop: { scale: [1, 0.5], ratio: [1, 1] } } }), /augment\.crop\.scale must be \[min, max\]/);
+  assert.throws(() => resolve({ ...data, augment: { crop: { scale: [0.5, 1] } } }), /augment\.crop needs 'ratio'/);
+  assert.throws(() => resolve({ ...data, minLr: 0.1 }), /minLr \(0\.1\) is above lr/);
+  assert.throws(() => resolve({ data: { source: { dir: 'cells' }, mpm: { contrast: { tiles: 0 } } } }), /data\.mpm: .*contrast\.tiles/);
+  assert.throws(() => resolve({ data: { source: { folder: 'cells' } } }), /data\.source must be/);
+  assert.throws(() => resolve({}), /no data/);
+  assert.throws(() => resolve([1]), /expected a JSON object of settings/);
+});
+
+test('settingsChanges lists what differs, a data source as one setting', () => {
+  const before = resolve(data);
+  const after = resolve(data, { epochs: 40, augment: { hue: 0.1 }, data: { source: { pack: 'cells.pack' } } });
+  assert.deepEqual(settingsChanges(before, after).map((c) => c.key), ['epochs', 'augment.hue', 'data.source']);
+  assert.deepEqual(settingsChanges(before, resolve(data)), []);
+});
+
+test('hemato train: a config file beats the flags\' defaults, and explicit flags beat the file', async () => {
+  const file = configFile('run.json', { precision: 'bf16', batchSize: 8, epochs: 3, device: 'cpu', augment: { hue: 0.05 } });
+  const fromFile = JSON.parse((await hemato('train', 'cells', '--config', file, '--print-config')).stdout);
+  assert.equal(fromFile.precision, 'bf16', "--precision's default must not replace the file's");
+  assert.equal(fromFile.batchSize, 8);
+  assert.equal(fromFile.augment.hue, 0.05);
+  assert.equal(fromFile.augment.hflip, true);
+  assert.deepEqual(fromFile.data.source, { dir: 'cells' });
+  const flagged = JSON.parse((await hemato('train', 'cells', '--config', file, '--precision', 'fp32', '--batch-size', '4', '--no-augment', '--print-config')).stdout);
+  assert.equal(flagged.precision, 'fp32');
+  assert.equal(flagged.batchSize, 4);
+  assert.equal(flagged.epochs, 3);
+  assert.equal(flagged.augment.hflip, false);
+  assert.equal(flagged.augment.hue, 0);
+});
+
+test('hemato train: a bad config file is a usage error that names the file and the key', async () => {
+  const typo = configFile('typo.json', { epochs: 3, lerning_rate: 0.1 });
+  const outcome = await hemato('train', 'cells', '--config', typo, '--print-config');
+  assert.equal(outcome.code, 2);
+  assert.match(outcome.stderr, new RegExp(`${typo.replace(/[.\\]/g, '\\$&')}: unknown setting 'lerning_rate'`));
+  const range = await hemato('train', 'cells', '--config', configFile('range.json', { batchSize: 0 }), '--print-config');
+  assert.equal(range.code, 2);
+  assert.match(range.stderr, /batchSize must be an integer from 1 to 4096, not 0/);
+  const flag = await hemato('train', 'cells', '--workers', '-1', '--print-config');
+  assert.equal(flag.code, 2);
+  assert.match(flag.stderr, /the command line: workers must be an integer from 0 to 64/);
+});
