@@ -115,9 +115,12 @@ export class Classifier {
 
   /** Classifies many images in batches; a bad image gets { error } in its place and the rest go on. */
   async classifyBatch(inputs: ImageInput[], options: { topK?: number; batchSize?: number } = {}): Promise<(Classification | { error: string })[]> {
-    const topK = Math.min(options.topK ?? 3, this.classes.length);
-    if (!Number.isInteger(topK) || topK < 1) throw new RangeError(`topK must be a positive integer, got ${options.topK}`);
+    const requestedTopK = options.topK ?? 3;
+    if (!Number.isInteger(requestedTopK) || requestedTopK < 1) throw new RangeError(`topK must be a positive integer, got ${options.topK}`);
+    const topK = Math.min(requestedTopK, this.classes.length);
+    // 0 or NaN would never advance the loop, a fraction would skip images; the bound keeps one batch in memory.
     const batchSize = options.batchSize ?? 32;
+    if (!Number.isInteger(batchSize) || batchSize < 1 || batchSize > 4096) throw new RangeError(`batchSize must be an integer in 1..4096, got ${options.batchSize}`);
     const results: (Classification | { error: string })[] = new Array(inputs.length);
     for (let start = 0; start < inputs.length; start += batchSize) {
       const chunk = inputs.slice(start, start + batchSize);

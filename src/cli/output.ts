@@ -1,3 +1,7 @@
+import { lstat, mkdir, realpath, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { fsReason } from '../data/files.js';
+
 /** An error meant for the user: its message says what went wrong and what to do. */
 export class CliError extends Error {
   constructor(message: string, readonly exitCode = 1) {
@@ -9,4 +13,49 @@ export class CliError extends Error {
 /** Prints one JSON document on stdout, the contract of every `--json` flag. */
 export function printJson(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+}
+
+// Kernel file systems, not places for output: Node's recursive mkdir loops forever under /proc. /dev/shm is tmpfs.
+const SYSTEM_FOLDERS = ['/proc', '/sys', '/dev'];
+const SYSTEM_EXCEPTIONS = ['/dev/shm'];
+
+/**
+ * Creates the output folder `dir` (for the option `what`) after checking it can be one: not under /proc, /sys or
+ * /dev (links resolved), and no existing part of the path a file or a dangling link. Returns its absolute path.
+ */
+export async function prepareOutputDir(dir: string, what: string): Promise<string> {
+  const target = path.resolve(dir);
+  const fail = (reason: string) => new CliError(`${what} ${dir}: ${reason}; choose another folder`);
+  // The deepest part of the path that exists, and the parts to create below it.
+  let existing = target;
+  const missing: string[] = [];
+  for (;;) {
+    try {
+      if (!(await stat(existing)).isDirectory()) throw fail(`${existing} exists and is not a folder`);
+      break;
+    } catch (error) {
+      if (error instanceof CliError) throw error;
+      const code = (error as NodeJS.ErrnoException).code;
+      const isLink = await lstat(existing).then((info) => info.isSymbolicLink(), () => false);
+      if ((code !== 'ENOENT' && code !== 'ENOTDIR') || isLink) throw fail(`${existing}: ${await fsReason(existing, error)}`);
+      missing.unshift(path.basename(existing));
+      existing = path.dirname(existing);
+    }
+  }
+  const real = path.join(await realpath(existing), ...missing);
+  const under = (root: string) => real === root || real.startsWith(`${root}/`);
+  if (SYSTEM_FOLDERS.some(under) && !SYSTEM_EXCEPTIONS.some(under)) throw fail(`${real} is inside ${SYSTEM_FOLDERS.find(under)}, a kernel file system, not a place for output`);
+  // One level at a time: a recursive mkdir can retry forever where the kernel refuses in odd ways.
+  let current = existing;
+  for (const part of missing) {
+    current = path.join(current, part);
+    try {
+      await mkdir(current);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST' || !(await stat(current).then((i) => i.isDirectory(), () => false))) {
+        throw fail(`cannot create ${current}: ${await fsReason(current, error)}`);
+      }
+    }
+  }
+  return target;
 }

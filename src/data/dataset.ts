@@ -1,8 +1,9 @@
 // Listing a labelled data set from its two layouts: ImageFolder (one folder per class) or a CSV of file,label.
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseCsv } from './csv.js';
 import type { DecodeErrorCode } from './errors.js';
+import { fsReason, inspectPath, readFolder, walkFolder } from './files.js';
 
 /** hemato's classes, in the index order every model and pack uses. */
 export const PBC_CLASSES: readonly string[] = [
@@ -17,7 +18,7 @@ export interface DatasetItem {
   label: string;
 }
 
-export type SkipReason = 'hidden' | 'unknown-label' | 'missing' | 'no-class-folder' | DecodeErrorCode;
+export type SkipReason = 'hidden' | 'unknown-label' | 'missing' | 'no-class-folder' | 'repeated-folder' | DecodeErrorCode;
 
 export interface SkippedFile {
   path: string;
@@ -36,6 +37,8 @@ export interface DatasetListing {
 export interface ListOptions {
   /** The known labels, in index order; defaults to PBC_CLASSES. Anything else is reported, not guessed. */
   classes?: readonly string[];
+  /** Files larger than this many bytes are skipped (default 256 MiB); special files (FIFOs, devices) always are. */
+  maxFileBytes?: number;
 }
 
 /** Where a data set comes from: a folder of class folders, or a CSV with paths relative to an images folder. */
@@ -45,36 +48,40 @@ export function listDataset(source: DatasetSource, options: ListOptions = {}): P
   return 'dir' in source ? listImageFolder(source.dir, options) : listCsvDataset(source.csv, source.images, options);
 }
 
-/** One folder per class; class folders are searched recursively; hidden files and folders are skipped and reported. */
+/**
+ * One folder per class; class folders are searched recursively (links followed); hidden entries, special files,
+ * files over the size limit and entries that cannot be read (dangling links, link loops) are skipped and reported.
+ */
 export async function listImageFolder(root: string, options: ListOptions = {}): Promise<DatasetListing> {
   const classes = [...(options.classes ?? PBC_CLASSES)];
   const absRoot = path.resolve(root);
-  const entries = await readDirectory(absRoot);
+  const entries = await readFolder(absRoot).catch(async (error: unknown) => {
+    throw new Error(`cannot list ${absRoot}: ${await fsReason(absRoot, error)}`);
+  });
   const items: DatasetItem[] = [];
   const skipped: SkippedFile[] = [];
+  const seen = new Set<string>();
   for (const entry of entries) {
     const rel = entry.name;
     if (entry.name.startsWith('.')) {
       skipped.push({ path: rel, reason: 'hidden', detail: `hidden ${entry.isDirectory() ? 'folder' : 'file'}` });
-    } else if (!entry.isDirectory()) {
+      continue;
+    }
+    const info = await inspectPath(path.join(absRoot, rel), options.maxFileBytes);
+    if (info.kind === 'skip') {
+      skipped.push({ path: rel, reason: info.error.code, detail: info.error.message });
+    } else if (info.kind === 'file') {
       skipped.push({ path: rel, reason: 'no-class-folder', detail: 'file at the top level; ImageFolder expects <class>/<file>' });
     } else if (!classes.includes(entry.name)) {
       skipped.push({ path: rel, reason: 'unknown-label', detail: `folder "${entry.name}" is not a known class (${classes.join(', ')}); pass --classes to use your own` });
     } else {
-      await walk(absRoot, rel, entry.name, items, skipped);
+      const found = await walkFolder(path.join(absRoot, rel), rel, { maxBytes: options.maxFileBytes, reportHidden: true, seen });
+      for (const file of found.files) items.push({ file: file.rel, path: file.path, label: entry.name });
+      for (const skip of found.skipped) skipped.push({ path: skip.rel, reason: skip.code, detail: skip.detail });
     }
   }
   items.sort((a, b) => compareStrings(a.file, b.file));
   return { root: absRoot, layout: 'imagefolder', classes, items, skipped };
-}
-
-async function walk(root: string, rel: string, label: string, items: DatasetItem[], skipped: SkippedFile[]): Promise<void> {
-  for (const entry of await readDirectory(path.join(root, rel))) {
-    const child = `${rel}/${entry.name}`;
-    if (entry.name.startsWith('.')) skipped.push({ path: child, reason: 'hidden', detail: `hidden ${entry.isDirectory() ? 'folder' : 'file'}` });
-    else if (entry.isDirectory()) await walk(root, child, label, items, skipped);
-    else items.push({ file: child, path: path.join(root, child), label });
-  }
 }
 
 /**
@@ -106,27 +113,16 @@ export async function listCsvDataset(csvPath: string, imagesDir: string, options
       skipped.push({ path: `${path.basename(csvPath)}:${line}`, reason: 'missing', detail: `row ${line} has no file` });
     } else if (!classes.includes(label)) {
       skipped.push({ path: file, reason: 'unknown-label', detail: `row ${line}: unknown label "${rows[r][labelColumn] ?? ''}" (known: ${classes.join(', ')})` });
-    } else if (!(await isFile(path.resolve(root, file)))) {
-      skipped.push({ path: file, reason: 'missing', detail: `row ${line}: no such file under ${root}` });
     } else {
-      items.push({ file, path: path.resolve(root, file), label });
+      const info = await inspectPath(path.resolve(root, file), options.maxFileBytes);
+      if (info.kind === 'file') items.push({ file, path: path.resolve(root, file), label });
+      else if (info.kind === 'folder') skipped.push({ path: file, reason: 'not-a-file', detail: `row ${line}: a folder, not a file` });
+      else if (info.missing) skipped.push({ path: file, reason: 'missing', detail: `row ${line}: no such file under ${root}` });
+      else skipped.push({ path: file, reason: info.error.code, detail: `row ${line}: ${info.error.message}` });
     }
   }
   items.sort((a, b) => compareStrings(a.file, b.file));
   return { root, layout: 'csv', classes, items, skipped };
-}
-
-async function readDirectory(dir: string) {
-  const entries = await readdir(dir, { withFileTypes: true });
-  return entries.sort((a, b) => compareStrings(a.name, b.name));
-}
-
-async function isFile(file: string): Promise<boolean> {
-  try {
-    return (await stat(file)).isFile();
-  } catch {
-    return false;
-  }
 }
 
 /** Code-unit order, the same on every machine and locale. */

@@ -1,7 +1,7 @@
 // The one error type every per-file decoding failure becomes.
 
 /** Why a file could not become an image; `code` is stable, `message` is for people. */
-export type DecodeErrorCode = 'empty' | 'not-image' | 'unsupported' | 'too-large' | 'truncated' | 'corrupt' | 'unreadable';
+export type DecodeErrorCode = 'empty' | 'not-image' | 'unsupported' | 'too-large' | 'truncated' | 'corrupt' | 'unreadable' | 'not-a-file';
 
 export class DecodeError extends Error {
   constructor(readonly code: DecodeErrorCode, message: string) {

@@ -1,8 +1,8 @@
 // Decoding any image file a lab exports into 8-bit RGB, with one clear error per bad file.
-import { readFile } from 'node:fs/promises';
 import sharp, { type Metadata } from 'sharp';
 import { decodeBmp } from './bmp.js';
 import { checkPixelLimit, DecodeError } from './errors.js';
+import { readRegularFile } from './files.js';
 
 export { DecodeError, type DecodeErrorCode } from './errors.js';
 
@@ -85,15 +85,14 @@ export async function decodeImage(bytes: Uint8Array, options: DecodeOptions = {}
   }
 }
 
-/** Reads and decodes one file; every failure is a DecodeError naming what is wrong. */
-export async function readImageFile(path: string, options: DecodeOptions = {}): Promise<RgbImage> {
-  let bytes: Buffer;
-  try {
-    bytes = await readFile(path);
-  } catch (error) {
-    throw new DecodeError('unreadable', `cannot read file: ${(error as Error).message}`);
-  }
-  return decodeImage(bytes, options);
+export interface ReadOptions extends DecodeOptions {
+  /** Refuse files larger than this many bytes (default DEFAULT_MAX_FILE_BYTES, 256 MiB). */
+  maxFileBytes?: number;
+}
+
+/** Reads (regular files only, of bounded size) and decodes one file; every failure is a DecodeError naming what is wrong. */
+export async function readImageFile(path: string, options: ReadOptions = {}): Promise<RgbImage> {
+  return decodeImage(await readRegularFile(path, options.maxFileBytes), options);
 }
 
 /**

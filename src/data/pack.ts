@@ -1,11 +1,12 @@
 // A pack: a whole data set decoded, cut to the field, resized (and optionally MPM-processed) once, stored as one
 // file that travels with the code. Layout: 8-byte magic, u32 LE header length, the JSON header, then one encoded
 // image per entry (offsets in the header, relative to the end of the header).
-import { open, readFile, writeFile } from 'node:fs/promises';
+import { open, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import sharp from 'sharp';
 import type { MpmConfig } from '../preprocess/mpm.js';
 import type { SkippedFile } from './dataset.js';
+import { inspectPath, writeFileAtomic } from './files.js';
 import { DEFAULT_GEOMETRY, type GeometryConfig } from './geometry.js';
 import { mapLimit } from './pool.js';
 import { type BlobCodec, PreparePool } from './prepare.js';
@@ -59,6 +60,8 @@ export interface WritePackOptions {
   quality?: number;
   threads?: number;
   maxPixels?: number;
+  /** Files larger than this many bytes are skipped (default 256 MiB); special files (FIFOs, devices) always are. */
+  maxFileBytes?: number;
   splitHash?: string | null;
   source?: string | null;
   /** Files already known to be unusable (from listing), carried into the header. */
@@ -66,11 +69,23 @@ export interface WritePackOptions {
   onProgress?: (done: number, total: number) => void;
 }
 
-/** Prepares every item on worker threads and writes the pack; files that fail are skipped and listed in the header. */
-export async function writePack(items: readonly PackItem[], outPath: string, options: WritePackOptions): Promise<PackHeader> {
+/**
+ * Prepares every item on worker threads and writes the pack whole or not at all (an existing pack stays intact until
+ * the new one is complete); files that fail are skipped and listed in the header.
+ */
+export async function writePack(allItems: readonly PackItem[], outPath: string, options: WritePackOptions): Promise<PackHeader> {
   const classes = [...options.classes];
-  for (const item of items) {
+  for (const item of allItems) {
     if (!classes.includes(item.label)) throw new Error(`${item.file}: label "${item.label}" is not one of the classes (${classes.join(', ')})`);
+  }
+  const skipped = [...(options.skipped ?? [])];
+  // Items from a split were never listed: special files and files over the limit are skipped here, unopened.
+  const items: PackItem[] = [];
+  for (const item of allItems) {
+    const info = await inspectPath(item.path, options.maxFileBytes);
+    if (info.kind === 'file') items.push(item);
+    else if (info.kind === 'skip') skipped.push({ path: item.file, reason: info.error.code, detail: info.error.message });
+    else skipped.push({ path: item.file, reason: 'not-a-file', detail: 'not a regular file: a folder' });
   }
   const geometry = options.geometry ?? DEFAULT_GEOMETRY;
   const codec = options.codec ?? 'webp-lossless';
@@ -85,7 +100,6 @@ export async function writePack(items: readonly PackItem[], outPath: string, opt
   }
   const entries: PackEntry[] = [];
   const blobs: Uint8Array[] = [];
-  const skipped = [...(options.skipped ?? [])];
   let offset = 0;
   results.forEach((result, i) => {
     const item = items[i];
@@ -104,7 +118,7 @@ export async function writePack(items: readonly PackItem[], outPath: string, opt
   const json = Buffer.from(JSON.stringify(header), 'utf8');
   const length = Buffer.alloc(4);
   length.writeUInt32LE(json.length);
-  await writeFile(outPath, Buffer.concat([Buffer.from(MAGIC, 'ascii'), length, json, ...blobs]));
+  await writeFileAtomic(outPath, [Buffer.from(MAGIC, 'ascii'), length, json, ...blobs]);
   return header;
 }
 

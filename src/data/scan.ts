@@ -1,10 +1,10 @@
 // What a data set really holds: decodable images per class, what was skipped and why, byte-identical duplicates
 // (also across labels) and the image sizes per class, which must not be able to reveal the label.
 import { createHash } from 'node:crypto';
-import { open, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { type DatasetListing, type DatasetSource, type ListOptions, type SkippedFile, compareStrings, listDataset } from './dataset.js';
 import { DecodeError } from './errors.js';
+import { escapeControl, readFileHead, readRegularFile } from './files.js';
 import { type DecodeOptions, decodeImage, describeNonImage, sniffFormat } from './image.js';
 import { mapLimit } from './pool.js';
 
@@ -57,7 +57,7 @@ export async function scanDataset(source: DatasetSource, options: ScanOptions = 
   options.onProgress?.(0, listing.items.length);
   const results = await mapLimit(listing.items, options.concurrency ?? 8, async (item): Promise<ScannedImage | SkippedFile> => {
     try {
-      const bytes = await readFile(item.path);
+      const bytes = await readRegularFile(item.path, options.maxFileBytes);
       const sha256 = createHash('sha256').update(bytes).digest('hex');
       const image = await decodeImage(bytes, options);
       return {
@@ -108,38 +108,36 @@ async function describeHiddenFiles(root: string, skipped: SkippedFile[]): Promis
   for (const entry of skipped) {
     if (entry.reason !== 'hidden' || entry.detail !== 'hidden file') continue;
     try {
-      const handle = await open(path.join(root, entry.path));
-      const head = new Uint8Array(512);
-      const { bytesRead } = await handle.read(head, 0, head.length, 0);
-      await handle.close();
-      const bytes = head.subarray(0, bytesRead);
-      const kind = bytesRead === 0 ? 'empty' : sniffFormat(bytes) ? `a ${sniffFormat(bytes)!.toUpperCase()} image` : describeNonImage(bytes);
+      const bytes = await readFileHead(path.join(root, entry.path), 512);
+      const kind = bytes.length === 0 ? 'empty' : sniffFormat(bytes) ? `a ${sniffFormat(bytes)!.toUpperCase()} image` : describeNonImage(bytes);
       entry.detail = `hidden file (${kind})`;
-    } catch {
-      // Unreadable: the plain reason stands.
+    } catch (error) {
+      // Not a regular file, or unreadable: say so, without ever opening a FIFO or a device.
+      if (error instanceof DecodeError) entry.detail = `hidden file (${error.message})`;
     }
   }
 }
 
-/** The summary as people read it: counts, skips, duplicates, conflicts and sizes. */
+/** The summary as people read it: counts, skips, duplicates, conflicts and sizes; control characters in names escaped. */
 export function formatScanReport(report: ScanReport): string {
   const lines: string[] = [];
   const pad = (s: string | number, n: number) => String(s).padStart(n);
-  lines.push(`${report.root} (${report.layout})`);
+  const show = escapeControl;
+  lines.push(`${show(report.root)} (${report.layout})`);
   lines.push(`${report.files} files: ${report.images} images, ${report.skipped.length} skipped`);
   lines.push('', 'class            images  sizes');
   for (const [label, count] of Object.entries(report.classes)) {
     const sizes = Object.entries(report.sizes[label] ?? {}).sort((a, b) => b[1] - a[1]).map(([s, n]) => `${s}: ${n}`).join(', ');
-    lines.push(`${label.padEnd(16)} ${pad(count, 6)}  ${sizes}`);
+    lines.push(`${show(label).padEnd(16)} ${pad(count, 6)}  ${sizes}`);
   }
   if (report.skipped.length > 0) {
     lines.push('', `skipped (${report.skipped.length}):`);
-    for (const s of report.skipped) lines.push(`  ${s.path}  [${s.reason}] ${s.detail}`);
+    for (const s of report.skipped) lines.push(`  ${show(s.path)}  [${s.reason}] ${show(s.detail)}`);
   }
   const dupFiles = report.duplicates.reduce((n, g) => n + g.paths.length, 0);
   lines.push('', `duplicates: ${report.duplicates.length} groups of byte-identical files (${dupFiles} files)`);
-  for (const g of report.duplicates) lines.push(`  ${g.sha256.slice(0, 12)}  ${g.paths.join('  ')}`);
+  for (const g of report.duplicates) lines.push(`  ${g.sha256.slice(0, 12)}  ${g.paths.map(show).join('  ')}`);
   lines.push(`conflicts: ${report.conflicts.length} duplicate groups whose labels differ`);
-  for (const g of report.conflicts) lines.push(`  ${g.sha256.slice(0, 12)}  ${g.paths.map((p, i) => `${p} (${g.labels[i]})`).join('  ')}`);
+  for (const g of report.conflicts) lines.push(`  ${g.sha256.slice(0, 12)}  ${g.paths.map((p, i) => `${show(p)} (${show(g.labels[i])})`).join('  ')}`);
   return lines.join('\n');
 }

@@ -1,5 +1,7 @@
 // Training checkpoints: model weights, optimizer state, EMA weights and the loop's position in one
-// safetensors file, written atomically (write, then rename) so an interruption never leaves half a file.
+// safetensors file, written atomically (write, then rename) so an interruption never leaves half a file, nor a
+// temporary: one from a write that was killed outright is removed at the next load or save.
+import { removeStaleTemporaries, writeFileAtomic } from '../data/files.js';
 import * as E from '../engine/index.js';
 import type { Module } from '../nn/index.js';
 
@@ -19,12 +21,12 @@ export async function saveCheckpoint(file: string, parts: { model: Module; optim
   const optimizerState = parts.optimizer.stateDict();
   for (const [key, t] of optimizerState.tensors) tensors.set(`optimizer.${key}`, t);
   for (const [key, t] of parts.ema ?? []) tensors.set(`ema.${key}`, t);
-  await E.saveSafetensors(file, tensors, {
+  await writeFileAtomic(file, [E.serializeSafetensors(tensors, {
     format: 'hemato-checkpoint',
     loop: JSON.stringify(loop),
     optimizer: JSON.stringify(optimizerState.json),
     config: JSON.stringify(config),
-  });
+  })]);
 }
 
 export interface LoadedCheckpoint {
@@ -34,6 +36,7 @@ export interface LoadedCheckpoint {
 
 /** Restores a checkpoint into the given model, optimizer and EMA; their tensors keep their identities. */
 export async function loadCheckpoint(file: string, parts: { model: Module; optimizer: E.AdamW; ema?: Map<string, E.Tensor> }): Promise<LoadedCheckpoint> {
+  await removeStaleTemporaries(file);
   const { tensors, metadata } = await E.loadSafetensors(file);
   try {
     if (metadata.format !== 'hemato-checkpoint') throw new Error(`${file} is not a hemato training checkpoint`);

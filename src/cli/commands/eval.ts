@@ -3,9 +3,9 @@ import type { Command } from 'commander';
 import { loadClassifier } from '../../api/classifier.js';
 import { evaluateScores, scoreItems, writeReport } from '../../api/evaluate.js';
 import { listDataset } from '../../data/dataset.js';
-import { CliError, printJson } from '../output.js';
+import { CliError, prepareOutputDir, printJson } from '../output.js';
 import { progressBar } from '../progress.js';
-import { classifierOptions, datasetSource, modelOption, parsePositiveInt } from './shared.js';
+import { classifierOptions, datasetSource, MAX_FILE_SIZE_HELP, modelOption, parseFileSize, parsePositiveInt } from './shared.js';
 
 const pct = (x: number) => `${(100 * x).toFixed(2)}%`;
 
@@ -18,10 +18,13 @@ export function registerEval(program: Command): void {
     .option('--labels <csv>', 'a CSV of file,label (paths relative to --images)')
     .option('--report <dir>', 'write report.md with a confusion matrix and a reliability diagram there')
     .option('--batch-size <n>', 'images per forward pass', parsePositiveInt, 64)
+    .option('--max-file-size <size>', MAX_FILE_SIZE_HELP, parseFileSize)
     .option('--json', 'print one JSON document on stdout');
   modelOption(command).action(async (dir: string | undefined, options) => {
+    // Checked before the model loads and the images are scored, not after.
+    if (options.report) await prepareOutputDir(options.report, '--report');
     const classifier = await loadClassifier(options.model, classifierOptions(options));
-    const listing = await listDataset(datasetSource(dir, options), { classes: classifier.classes });
+    const listing = await listDataset(datasetSource(dir, options), { classes: classifier.classes, maxFileBytes: options.maxFileSize });
     if (listing.items.length === 0) throw new CliError(`no labelled images found in ${listing.root} (skipped ${listing.skipped.length}); labels must be among: ${classifier.classes.join(', ')}`);
     const bar = progressBar('evaluating', listing.items.length);
     const scored = await scoreItems(classifier, listing.items, { batchSize: options.batchSize, onProgress: (done) => bar.update(done) });

@@ -3,14 +3,16 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { listDataset, PBC_CLASSES, type SkippedFile } from '../../data/dataset.js';
 import { DEFAULT_GEOMETRY } from '../../data/geometry.js';
+import { escapeControl } from '../../data/files.js';
 import { type PackItem, writePack } from '../../data/pack.js';
 import { BLOB_CODECS, type BlobCodec, isLossy } from '../../data/prepare.js';
 import { progressReporter } from '../progress.js';
 import { readSplit } from '../../data/split.js';
 import { type MpmConfigInput, resolveMpmConfig } from '../../preprocess/mpm.js';
-import { CliError, printJson } from '../output.js';
+import { CliError, prepareOutputDir, printJson } from '../output.js';
 import { parseGeometry } from './preprocess.js';
 import { addSourceOptions, resolveSource, type SourceOptions } from './scan.js';
+import { parseThreadCount } from './shared.js';
 
 interface PackOptions extends SourceOptions {
   out: string;
@@ -21,7 +23,7 @@ interface PackOptions extends SourceOptions {
   mpmConfig?: string;
   codec: string;
   quality: string;
-  threads?: string;
+  threads?: number;
   json?: boolean;
 }
 
@@ -32,7 +34,7 @@ export function registerPack(program: Command): void {
       .argument('<dir>', 'data set folder: one sub-folder per class, or the images folder of --csv / --split')
       .description('decode, cut the centred field, resize (and optionally apply MPM) once, and write one compact pack file to train from'),
   )
-    .requiredOption('--out <file>', 'the pack file to write')
+    .requiredOption('--out <file>', 'the pack file to write; an existing one is replaced only once the new one is complete')
     .option('--split <file.csv>', 'a split from hemato split: its files, labels and parts, and its hash, go into the pack')
     .option('--size <px>', 'side of the square images in the pack', String(DEFAULT_GEOMETRY.size))
     .option('--field <px|none>', 'centred square field cut before resizing; "none" takes the largest centred square', String(DEFAULT_GEOMETRY.field))
@@ -40,18 +42,19 @@ export function registerPack(program: Command): void {
     .option('--mpm-config <file>', 'JSON file with MPM settings (implies --mpm)')
     .option('--codec <codec>', 'how each image is stored: webp-lossless, or webp/jpeg at --quality (smaller, but a model trained on them loses accuracy on originals), or png', 'webp-lossless')
     .option('--quality <q>', 'quality of the lossy codecs (webp, jpeg), 1..100', '85')
-    .option('--threads <n>', 'worker threads (default: the core count)')
+    .option('--threads <n>', 'worker threads, up to 4 × the core count (default: the core count)', parseThreadCount('--threads'))
     .option('--json', 'print one JSON document on stdout')
     .action(async (dir: string, options: PackOptions) => {
-      const { source, classes: classOption, maxPixels } = await resolveSource(dir, options);
+      const { source, classes: classOption, maxPixels, maxFileBytes } = await resolveSource(dir, options);
       const geometry = parseGeometry(options.size, options.field);
       const codec = options.codec as BlobCodec;
       if (!BLOB_CODECS.includes(codec)) throw new CliError(`--codec must be one of ${BLOB_CODECS.join(', ')}, got "${options.codec}"`, 2);
       const quality = Number(options.quality);
       if (!(Number.isInteger(quality) && quality >= 1 && quality <= 100)) throw new CliError(`--quality must be an integer in 1..100, got "${options.quality}"`, 2);
-      const threads = options.threads === undefined ? undefined : Number(options.threads);
-      if (threads !== undefined && !(Number.isInteger(threads) && threads >= 1)) throw new CliError(`--threads must be a positive integer, got "${options.threads}"`, 2);
       const mpm = options.mpm || options.mpmConfig ? resolveMpmConfig(await readMpmConfig(options.mpmConfig)) : null;
+      // Checked now, not after minutes of decoding.
+      await prepareOutputDir(path.dirname(path.resolve(options.out)), 'the folder of --out');
+      if (await stat(options.out).then((info) => info.isDirectory(), () => false)) throw new CliError(`--out ${options.out} is a folder; give the pack's file name`);
       const classes = classOption ?? [...PBC_CLASSES];
 
       let items: PackItem[];
@@ -66,7 +69,7 @@ export function registerPack(program: Command): void {
         splitHash = split.hash;
         skipped = [];
       } else {
-        const listing = await listDataset(source, { classes });
+        const listing = await listDataset(source, { classes, maxFileBytes });
         items = listing.items;
         skipped = listing.skipped;
       }
@@ -76,7 +79,7 @@ export function registerPack(program: Command): void {
       const progress = progressReporter('pack');
       const started = performance.now();
       const header = await writePack(items, options.out, {
-        classes, geometry, mpm, codec, quality, threads, maxPixels, splitHash, source: path.resolve(dir), skipped, onProgress: progress.update,
+        classes, geometry, mpm, codec, quality, threads: options.threads, maxPixels, maxFileBytes, splitHash, source: path.resolve(dir), skipped, onProgress: progress.update,
       }).finally(() => progress.stop());
       const bytes = (await stat(options.out)).size;
       const summary = {
@@ -85,8 +88,8 @@ export function registerPack(program: Command): void {
       };
       if (options.json) printJson(summary);
       else {
-        process.stdout.write(`${options.out}: ${header.count} images at ${header.size} px, ${codec}${isLossy(codec) ? ` q${quality}` : ''}${mpm ? ', MPM' : ''}, ${summary.mib} MiB in ${summary.seconds} s\n`);
-        for (const s of header.skipped) process.stdout.write(`  skipped ${s.path}  [${s.reason}] ${s.detail}\n`);
+        process.stdout.write(`${escapeControl(options.out)}: ${header.count} images at ${header.size} px, ${codec}${isLossy(codec) ? ` q${quality}` : ''}${mpm ? ', MPM' : ''}, ${summary.mib} MiB in ${summary.seconds} s\n`);
+        for (const s of header.skipped) process.stdout.write(`  skipped ${escapeControl(s.path)}  [${s.reason}] ${escapeControl(s.detail)}\n`);
       }
     });
 }

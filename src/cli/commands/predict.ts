@@ -1,28 +1,38 @@
-import { readdir, stat } from 'node:fs/promises';
-import path from 'node:path';
 import type { Command } from 'commander';
 import { type Classification, loadClassifier } from '../../api/classifier.js';
+import { escapeControl, inspectPath, walkFolder } from '../../data/files.js';
 import { CliError, printJson } from '../output.js';
 import { progressBar } from '../progress.js';
-import { classifierOptions, modelOption, parsePositiveInt } from './shared.js';
+import { classifierOptions, MAX_FILE_SIZE_HELP, modelOption, parseFileSize, parsePositiveInt } from './shared.js';
 
-/** Expands directories (recursively, skipping hidden entries) into files; files are kept as given. */
-export async function expandInputs(inputs: string[]): Promise<string[]> {
-  const files: string[] = [];
-  for (const input of inputs) {
-    const info = await stat(input).catch(() => undefined);
-    if (!info) throw new CliError(`${input}: no such file or directory`);
-    if (!info.isDirectory()) {
-      files.push(input);
-      continue;
-    }
-    const entries = (await readdir(input, { withFileTypes: true })).filter((e) => !e.name.startsWith('.')).sort((a, b) => (a.name < b.name ? -1 : 1));
-    files.push(...(await expandInputs(entries.map((e) => path.join(input, e.name)))));
-  }
-  return files;
+export interface ExpandedInputs {
+  files: string[];
+  /** Inputs or folder entries that cannot be read as files, with the real reason. */
+  skipped: { file: string; error: string }[];
 }
 
-const csvField = (value: string) => (/[",\n]/.test(value) ? `"${value.replace(/"/g, '""')}"` : value);
+/**
+ * Expands folders (recursively, links followed, hidden entries passed over) into regular files; files are kept as
+ * given. An input or entry that cannot be used (missing, a FIFO or device, over the size limit, a dangling link, a
+ * link loop, an unreadable folder, a path too long) is skipped with its reason, and the rest go on.
+ */
+export async function expandInputs(inputs: string[], options: { maxFileBytes?: number } = {}): Promise<ExpandedInputs> {
+  const expanded: ExpandedInputs = { files: [], skipped: [] };
+  for (const input of inputs) {
+    const info = await inspectPath(input, options.maxFileBytes);
+    if (info.kind === 'file') expanded.files.push(input);
+    else if (info.kind === 'skip') expanded.skipped.push({ file: input, error: info.error.message });
+    else {
+      const found = await walkFolder(input, input, { maxBytes: options.maxFileBytes });
+      expanded.files.push(...found.files.map((f) => f.path));
+      expanded.skipped.push(...found.skipped.map((s) => ({ file: s.path, error: s.detail })));
+    }
+  }
+  return expanded;
+}
+
+// CSV and JSON keep names exactly (quoted); only the table for people escapes control characters.
+const csvField = (value: string) => (/[",\r\n]/.test(value) ? `"${value.replace(/"/g, '""')}"` : value);
 
 export function registerPredict(program: Command): void {
   const command = program
@@ -32,11 +42,13 @@ export function registerPredict(program: Command): void {
     .option('-k, --top-k <k>', 'labels to report per image', parsePositiveInt, 3)
     .option('--batch-size <n>', 'images per forward pass', parsePositiveInt, 32)
     .option('--json', 'print one JSON document on stdout')
-    .option('--csv', 'print CSV on stdout');
+    .option('--csv', 'print CSV on stdout')
+    .option('--max-file-size <size>', MAX_FILE_SIZE_HELP, parseFileSize);
   modelOption(command).action(async (inputs: string[], options) => {
     if (options.json && options.csv) throw new CliError('choose one of --json and --csv', 2);
-    const files = await expandInputs(inputs);
-    if (files.length === 0) throw new CliError('no files to classify in the given folders');
+    const { files, skipped } = await expandInputs(inputs, { maxFileBytes: options.maxFileSize });
+    for (const s of skipped) process.stderr.write(`hemato: skipped ${escapeControl(s.file)}: ${escapeControl(s.error)}\n`);
+    if (files.length === 0) throw new CliError('no files to classify in the given inputs');
     const classifier = await loadClassifier(options.model, classifierOptions(options));
     const bar = progressBar('classifying', files.length);
     const results: (Classification | { error: string })[] = [];
@@ -48,23 +60,25 @@ export function registerPredict(program: Command): void {
     const rows = files.map((file, i) => ({ file, ...results[i] }));
     const failed = rows.filter((r) => 'error' in r).length;
     if (options.json) {
-      printJson({ model: classifier.metadata.architecture, uncertainty_threshold: classifier.uncertaintyThreshold, results: rows, failed });
+      printJson({ model: classifier.metadata.architecture, uncertainty_threshold: classifier.uncertaintyThreshold, results: rows, failed, skipped });
     } else if (options.csv) {
       process.stdout.write(`file,label,score,uncertain,top_k,error\n`);
       for (const r of rows) {
         if ('error' in r) process.stdout.write(`${csvField(r.file)},,,,,${csvField(r.error)}\n`);
         else process.stdout.write(`${csvField(r.file)},${r.predictions[0].label},${r.predictions[0].score.toFixed(4)},${r.uncertain},${csvField(r.predictions.map((p) => `${p.label}:${p.score.toFixed(4)}`).join(' '))},\n`);
       }
+      for (const s of skipped) process.stdout.write(`${csvField(s.file)},,,,,${csvField(`skipped: ${s.error}`)}\n`);
     } else {
-      const width = Math.min(60, Math.max(4, ...files.map((f) => f.length)));
-      for (const r of rows) {
-        const name = r.file.length > width ? `…${r.file.slice(-width + 1)}` : r.file.padEnd(width);
-        if ('error' in r) process.stdout.write(`${name}  ERROR ${r.error}\n`);
+      const shown = files.map(escapeControl);
+      const width = Math.min(60, Math.max(4, ...shown.map((f) => f.length)));
+      for (const [i, r] of rows.entries()) {
+        const name = shown[i].length > width ? `…${shown[i].slice(-width + 1)}` : shown[i].padEnd(width);
+        if ('error' in r) process.stdout.write(`${name}  ERROR ${escapeControl(r.error)}\n`);
         else process.stdout.write(`${name}  ${r.predictions.map((p) => `${p.label} ${(100 * p.score).toFixed(1)}%`).join('  ')}${r.uncertain ? '  [uncertain]' : ''}\n`);
       }
     }
-    if (failed > 0) {
-      process.stderr.write(`hemato: ${failed} of ${files.length} files could not be classified (see their errors)\n`);
+    if (failed + skipped.length > 0) {
+      process.stderr.write(`hemato: ${failed + skipped.length} of ${files.length + skipped.length} files could not be classified (see their errors)\n`);
       process.exitCode = 1;
     }
     classifier.dispose();

@@ -5,19 +5,23 @@ import { DEFAULT_MAX_PIXELS } from '../../data/image.js';
 import { progressReporter } from '../progress.js';
 import { formatScanReport, scanDataset } from '../../data/scan.js';
 import { CliError, printJson } from '../output.js';
+import { MAX_FILE_SIZE_HELP, parseFileSize } from './shared.js';
 
 /** Options shared by the commands that read a labelled data set. */
 export interface SourceOptions {
   csv?: string;
   classes?: string;
   maxPixels?: string;
+  /** Bytes, from parseFileSize. */
+  maxFileSize?: number;
 }
 
 export function addSourceOptions(command: Command): Command {
   return command
     .option('--csv <file>', 'read labels from a CSV with columns file,label (paths relative to DIR) instead of class folders')
     .option('--classes <list>', `comma-separated class names, in index order (default: ${PBC_CLASSES.join(',')})`)
-    .option('--max-pixels <n>', `refuse images declaring more pixels than this (default: ${DEFAULT_MAX_PIXELS})`);
+    .option('--max-pixels <n>', `refuse images declaring more pixels than this (default: ${DEFAULT_MAX_PIXELS})`)
+    .option('--max-file-size <size>', MAX_FILE_SIZE_HELP, parseFileSize);
 }
 
 export async function resolveSource(dir: string, options: SourceOptions) {
@@ -36,7 +40,7 @@ export async function resolveSource(dir: string, options: SourceOptions) {
   if (maxPixels !== undefined && !(Number.isInteger(maxPixels) && maxPixels > 0)) {
     throw new CliError(`--max-pixels must be a positive integer, got "${options.maxPixels}"`, 2);
   }
-  return { source, classes, maxPixels };
+  return { source, classes, maxPixels, maxFileBytes: options.maxFileSize };
 }
 
 export function registerScan(program: Command): void {
@@ -48,9 +52,9 @@ export function registerScan(program: Command): void {
   )
     .option('--json', 'print one JSON document on stdout')
     .action(async (dir: string, options: SourceOptions & { json?: boolean }) => {
-      const { source, classes, maxPixels } = await resolveSource(dir, options);
+      const { source, classes, maxPixels, maxFileBytes } = await resolveSource(dir, options);
       const progress = progressReporter('scan');
-      const report = await scanDataset(source, { classes, maxPixels, onProgress: progress.update }).finally(() => progress.stop());
+      const report = await scanDataset(source, { classes, maxPixels, maxFileBytes, onProgress: progress.update }).finally(() => progress.stop());
       const { entries: _entries, ...summary } = report;
       if (options.json) printJson(summary);
       else process.stdout.write(`${formatScanReport(report)}\n`);

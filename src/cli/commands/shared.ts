@@ -1,7 +1,9 @@
 // Options several commands share, parsed and validated once.
+import { availableParallelism } from 'node:os';
 import { type Command, InvalidArgumentError } from 'commander';
 import type { ClassifierOptions } from '../../api/classifier.js';
 import type { DatasetSource } from '../../data/dataset.js';
+import { DEFAULT_MAX_FILE_BYTES } from '../../data/files.js';
 import { CliError } from '../output.js';
 
 export function parsePositiveInt(value: string): number {
@@ -9,6 +11,34 @@ export function parsePositiveInt(value: string): number {
   if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('expected a positive integer');
   return n;
 }
+
+/**
+ * A parser for a thread-count flag: an integer from `min` (1; 0 where it means "none") to 4 × the cores. More
+ * threads than that only cost memory and start-up time; a typo like 100000 would start them all.
+ */
+export function parseThreadCount(flag: string, min = 1): (value: string) => number {
+  return (value: string) => {
+    const cores = availableParallelism();
+    const n = Number(value);
+    if (value.trim() === '' || !Number.isInteger(n) || n < min || n > 4 * cores) {
+      throw new InvalidArgumentError(`${flag} must be an integer in ${min}..${4 * cores} (up to 4 × the ${cores} cores)`);
+    }
+    return n;
+  };
+}
+
+const SIZE_UNITS: Record<string, number> = { b: 1, k: 2 ** 10, kib: 2 ** 10, m: 2 ** 20, mib: 2 ** 20, g: 2 ** 30, gib: 2 ** 30 };
+
+/** --max-file-size: a number of MiB, or a size with a unit (B, K, M, G, KiB, MiB, GiB); returns bytes. */
+export function parseFileSize(value: string): number {
+  const match = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(value);
+  const unit = match ? SIZE_UNITS[match[2].toLowerCase() || 'm'] : undefined;
+  const bytes = match && unit ? Math.floor(Number(match[1]) * unit) : NaN;
+  if (!(bytes >= 1 && Number.isSafeInteger(bytes))) throw new InvalidArgumentError('expected a size in MiB, or with a unit: 100K, 64M, 1G, 5000000B');
+  return bytes;
+}
+
+export const MAX_FILE_SIZE_HELP = `skip files larger than this, in MiB or with a unit (B, K, M, G); FIFOs, devices and other special files are always skipped (default: ${DEFAULT_MAX_FILE_BYTES / 2 ** 20})`;
 
 export function parseNumber(value: string): number {
   const n = Number(value);

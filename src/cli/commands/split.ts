@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { escapeControl } from '../../data/files.js';
 import { progressReporter } from '../progress.js';
 import { scanDataset } from '../../data/scan.js';
 import { makeSplit, type Part, writeSplit } from '../../data/split.js';
@@ -28,10 +29,10 @@ export function registerSplit(program: Command): void {
     .option('--keep-conflicts', 'keep identical files filed under different labels (each in one part) instead of excluding them')
     .option('--json', 'print one JSON document on stdout')
     .action(async (dir: string, options: SplitCommandOptions) => {
-      const { source, classes, maxPixels } = await resolveSource(dir, options);
+      const { source, classes, maxPixels, maxFileBytes } = await resolveSource(dir, options);
       const [seed, val, test] = [Number(options.seed), Number(options.val), Number(options.test)];
       const progress = progressReporter('scan');
-      const report = await scanDataset(source, { classes, maxPixels, onProgress: progress.update }).finally(() => progress.stop());
+      const report = await scanDataset(source, { classes, maxPixels, maxFileBytes, onProgress: progress.update }).finally(() => progress.stop());
       let split;
       try {
         split = makeSplit(report.entries, { seed, val, test, conflicts: options.keepConflicts ? 'keep' : 'exclude' });
@@ -44,13 +45,13 @@ export function registerSplit(program: Command): void {
         printJson({ csv: options.out, meta, ...summary, skipped: report.skipped });
         return;
       }
-      const lines = [`${options.out}  sha256 ${split.hash}`, `seed ${seed}, val ${val}, test ${test}; details in ${meta}`];
+      const lines = [`${escapeControl(options.out)}  sha256 ${split.hash}`, `seed ${seed}, val ${val}, test ${test}; details in ${escapeControl(meta)}`];
       for (const part of ['train', 'val', 'test'] as Part[]) {
         const counts = split.counts[part];
         const total = Object.values(counts).reduce((a, b) => a + b, 0);
         if (total > 0) lines.push(`${part.padEnd(5)} ${String(total).padStart(6)}  ${Object.entries(counts).map(([c, n]) => `${c} ${n}`).join(', ')}`);
       }
-      for (const g of split.excluded) lines.push(`excluded (same bytes, different labels): ${g.paths.map((p, i) => `${p} (${g.labels[i]})`).join(', ')}`);
+      for (const g of split.excluded) lines.push(`excluded (same bytes, different labels): ${g.paths.map((p, i) => `${escapeControl(p)} (${g.labels[i]})`).join(', ')}`);
       if (report.skipped.length > 0) lines.push(`skipped ${report.skipped.length} files that are not usable images; run hemato scan for the list`);
       process.stdout.write(`${lines.join('\n')}\n`);
     });

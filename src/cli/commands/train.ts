@@ -5,9 +5,9 @@ import type { DatasetSource } from '../../data/dataset.js';
 import type { TrainEvent } from '../../train/trainer.js';
 import { DEFAULT_RUN, RunConfigError, type RunConfigInput } from '../../train/config.js';
 import { resolveTrainingConfig, runTraining, type TrainingRequest } from '../../train/run.js';
-import { CliError, printJson } from '../output.js';
+import { CliError, prepareOutputDir, printJson } from '../output.js';
 import { progressBar, progressReporter, type Progress } from '../progress.js';
-import { parseChoice, parseFraction, parseNumber, parsePositiveInt } from './shared.js';
+import { parseChoice, parseFraction, parseNumber, parsePositiveInt, parseThreadCount } from './shared.js';
 
 /** Flags that set one run setting each, by commander's option name. */
 const FLAG_SETTINGS: Record<string, keyof RunConfigInput> = {
@@ -100,7 +100,7 @@ export function registerTrain(program: Command): void {
     .option('--device <d>', 'auto (CUDA when present), cpu or cuda (default auto)', parseChoice(['auto', 'cpu', 'cuda'] as const))
     .option('--seed <n>', `seed for the split, initialisation, order and augmentation (default ${DEFAULT_RUN.seed})`, parseNumber)
     .option('--patience <epochs>', `stop after this many epochs without a better validation macro-F1 (default ${DEFAULT_RUN.patience})`, parsePositiveInt)
-    .option('--workers <n>', `CPU threads that prepare batches ahead, 0 for inline (default ${DEFAULT_RUN.workers}); on CUDA batches are made on the GPU`, parseNumber)
+    .option('--workers <n>', `CPU threads that prepare batches ahead, 0 for inline (default ${DEFAULT_RUN.workers}); on CUDA batches are made on the GPU; at most 4 × the cores`, parseThreadCount('--workers', 0))
     .option('--no-augment', 'train without augmentation')
     .option('--mpm', 'apply the Multi-scale Preprocessing Module to every image')
     .option('--init <file>', 'start from a trained hemato model (fine-tuning); the head is re-initialised if the classes differ')
@@ -116,6 +116,8 @@ export function registerTrain(program: Command): void {
         printJson(await usage(resolveTrainingConfig(request)));
         return;
       }
+      // Checked here: a recursive mkdir under /proc never returns.
+      await prepareOutputDir(flags.out, '--out');
       let stopRequested = false;
       const onSignal = () => {
         if (stopRequested) process.exit(130);

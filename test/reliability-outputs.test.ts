@@ -1,0 +1,246 @@
+// Outputs and limits: output folders in kernel file systems are refused instead of hanging, thread counts and batch
+// sizes are bounded, packs and checkpoints are written whole or not at all with no temporary left behind, and
+// contact sheets never overwrite one another. Child processes run with a time limit, so a hang fails.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile, execFileSync } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { availableParallelism, tmpdir } from 'node:os';
+import path from 'node:path';
+import sharp from 'sharp';
+import * as E from '../src/engine/index.js';
+import { ConvNeXt } from '../src/models/convnext.js';
+import { createModel } from '../src/models/registry.js';
+import { saveModel } from '../src/models/io.js';
+import { IMAGENET_NORMALIZATION } from '../src/data/batches.js';
+import { PBC_CLASSES } from '../src/data/dataset.js';
+import { writeFileAtomic } from '../src/data/files.js';
+import { loadCheckpoint, saveCheckpoint } from '../src/train/checkpoint.js';
+import { parseFileSize, parseThreadCount } from '../src/cli/commands/shared.js';
+import { sheetNames } from '../src/cli/commands/preprocess.js';
+import { CliError, prepareOutputDir } from '../src/cli/output.js';
+import { SHARED } from './helpers.js';
+
+interface Outcome { code: number | null; signal: string | null; stdout: string; stderr: string }
+
+/** Runs a node program; a run past 20 s is killed and shows as code null. */
+function node(args: string[]): Promise<Outcome> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, args, { timeout: 20_000, maxBuffer: 64 * 2 ** 20 }, (error, stdout, stderr) => {
+      const failure = error as (Error & { code?: number; signal?: string }) | null;
+      resolve({ code: failure ? (typeof failure.code === 'number' ? failure.code : null) : 0, signal: failure?.signal ?? null, stdout, stderr });
+    });
+  });
+}
+const hemato = (...args: string[]) => node(['bin/hemato.js', ...args]);
+
+const linux = process.platform === 'linux';
+const dir = mkdtempSync(path.join(tmpdir(), 'hemato-outputs-'));
+const modelFile = path.join(dir, 'model.safetensors');
+
+async function png(file: string, shade: number): Promise<void> {
+  mkdirSync(path.dirname(file), { recursive: true });
+  await sharp({ create: { width: 70, height: 70, channels: 3, background: { r: 200, g: shade, b: 150 } } }).png().toFile(file);
+}
+
+async function fixtures() {
+  E.manualSeed(0);
+  const model = createModel('convnext-only', { numClasses: 8, inputSize: 64 });
+  await saveModel(modelFile, model, { classes: [...PBC_CLASSES], normalization: IMAGENET_NORMALIZATION, temperature: 1, uncertaintyThreshold: 0.5, preprocessing: { geometry: { field: null, size: 64 }, mpm: null } }, { dtype: 'float16' });
+  model.dispose();
+  const ds = path.join(dir, 'ds');
+  for (const label of ['neutrophil', 'platelet']) for (let i = 0; i < 2; i++) await png(path.join(ds, label, `${i}.png`), 40 * i + (label === 'platelet' ? 100 : 0));
+  // Real cells for pack, which measures the slide's scale from them; copied outside the repository.
+  const pbc = path.join(SHARED, 'data/pbc/neutrophil');
+  const cells = path.join(dir, 'cells');
+  if (!existsSync(pbc)) return { ds, cells: null };
+  mkdirSync(path.join(cells, 'neutrophil'), { recursive: true });
+  for (const name of readdirSync(pbc).filter((n) => n.endsWith('.jpg') && !n.startsWith('.')).sort().slice(0, 3)) copyFileSync(path.join(pbc, name), path.join(cells, 'neutrophil', name));
+  return { ds, cells };
+}
+const ready = fixtures();
+
+test('output folders under /proc, /sys and /dev are refused at once, not created forever', { skip: !linux }, async () => {
+  const { ds } = await ready;
+  const cases: [string[], RegExp][] = [
+    [['train', ds, '--out', '/proc/hemato-run'], /--out \/proc\/hemato-run: .*inside \/proc/],
+    [['preprocess', path.join(ds, 'neutrophil', '0.png'), '--out', '/proc/hemato/sheets'], /--out \/proc\/hemato\/sheets: .*inside \/proc/],
+    [['eval', ds, '--model', modelFile, '--report', '/sys/hemato'], /--report \/sys\/hemato: .*inside \/sys/],
+    [['pack', ds, '--out', '/proc/hemato/p.hpk'], /the folder of --out \/proc\/hemato: .*inside \/proc/],
+  ];
+  for (const [args, message] of cases) {
+    const outcome = await hemato(...args);
+    assert.equal(outcome.code, 1, `${args.join(' ')}: ${outcome.stderr}`);
+    assert.match(outcome.stderr, message);
+  }
+});
+
+test('prepareOutputDir creates nested folders and refuses files, dangling links and links into /proc on the way', async () => {
+  const base = path.join(dir, 'prepare');
+  assert.equal(await prepareOutputDir(path.join(base, 'a', 'b'), '--out'), path.join(base, 'a', 'b'));
+  assert.ok(readdirSync(path.join(base, 'a')).includes('b'));
+  assert.equal(await prepareOutputDir(path.join(base, 'a'), '--out'), path.join(base, 'a')); // existing: fine
+  writeFileSync(path.join(base, 'file'), '');
+  const refused = (dirName: string, message: RegExp) => assert.rejects(prepareOutputDir(dirName, '--out'), (e: unknown) => e instanceof CliError && message.test(e.message));
+  await refused(path.join(base, 'file', 'x'), /file exists and is not a folder/);
+  await refused(path.join(base, 'file'), /file exists and is not a folder/);
+  if (linux) {
+    symlinkSync('nowhere', path.join(base, 'dangling'));
+    await refused(path.join(base, 'dangling', 'x'), /dangling symbolic link/);
+    symlinkSync('/proc/self', path.join(base, 'kernel'));
+    await refused(path.join(base, 'kernel', 'x'), /inside \/proc/);
+    await refused('/dev/hemato', /inside \/dev/);
+  }
+});
+
+test('--threads and --workers take 1..4 × the cores (workers also 0); anything else is a usage error', async () => {
+  const { ds } = await ready;
+  const max = 4 * availableParallelism();
+  for (const value of ['100000', '0', '1.5', 'two', String(max + 1)]) {
+    const outcome = await hemato('pack', ds, '--out', path.join(dir, 'never.hpk'), '--threads', value);
+    assert.equal(outcome.code, 2, outcome.stderr);
+    assert.ok(outcome.stderr.includes(`--threads must be an integer in 1..${max}`), outcome.stderr);
+  }
+  const workers = await hemato('train', ds, '--out', path.join(dir, 'never-run'), '--workers', '100000');
+  assert.equal(workers.code, 2, workers.stderr);
+  assert.ok(workers.stderr.includes(`--workers must be an integer in 0..${max}`), workers.stderr);
+  assert.ok(!existsSync(path.join(dir, 'never.hpk')) && !existsSync(path.join(dir, 'never-run')));
+  assert.equal(parseThreadCount('--threads')(String(max)), max);
+  assert.equal(parseThreadCount('--workers', 0)('0'), 0);
+  assert.throws(() => parseThreadCount('--threads')(''), /--threads must be an integer/);
+});
+
+test('--max-file-size takes MiB or a size with a unit', () => {
+  assert.equal(parseFileSize('256'), 256 * 2 ** 20);
+  assert.equal(parseFileSize('100K'), 100 * 2 ** 10);
+  assert.equal(parseFileSize('1.5GiB'), 1.5 * 2 ** 30);
+  assert.equal(parseFileSize('5000000B'), 5_000_000);
+  for (const bad of ['', '0', '-1', 'big', '1T', '0.1B']) assert.throws(() => parseFileSize(bad), /expected a size/, bad);
+});
+
+test('classifyBatch rejects a batchSize or topK that is not a usable positive integer, naming it', async () => {
+  const { ds } = await ready;
+  // In a child process: before the check, batchSize 0 looped forever.
+  const script = `
+    import { loadClassifier } from './dist/src/api/classifier.js';
+    const classifier = await loadClassifier(${JSON.stringify(modelFile)});
+    const image = ${JSON.stringify(path.join(ds, 'neutrophil', '0.png'))};
+    const outcomes = [];
+    for (const options of [{ batchSize: 0 }, { batchSize: NaN }, { batchSize: 0.5 }, { batchSize: 5000 }, { topK: 0.5 }, { topK: 9.5 }, { batchSize: 4096, topK: 20 }]) {
+      outcomes.push(await classifier.classifyBatch([image], options).then((r) => 'predictions' in r[0] ? r[0].predictions.length : r[0].error, (e) => e.name + ': ' + e.message));
+    }
+    console.log(JSON.stringify(outcomes));
+    classifier.dispose();`;
+  const outcome = await node(['--input-type=module', '-e', script]);
+  assert.equal(outcome.code, 0, outcome.stderr);
+  const [zero, nan, half, huge, halfK, bigFractionK, fine] = JSON.parse(outcome.stdout) as (string | number)[];
+  assert.equal(zero, 'RangeError: batchSize must be an integer in 1..4096, got 0');
+  assert.equal(nan, 'RangeError: batchSize must be an integer in 1..4096, got NaN');
+  assert.equal(half, 'RangeError: batchSize must be an integer in 1..4096, got 0.5');
+  assert.equal(huge, 'RangeError: batchSize must be an integer in 1..4096, got 5000');
+  assert.equal(halfK, 'RangeError: topK must be a positive integer, got 0.5');
+  assert.equal(bigFractionK, 'RangeError: topK must be a positive integer, got 9.5');
+  assert.equal(fine, 8); // topK beyond the classes gives them all
+});
+
+test('writeFileAtomic replaces a file only when the new one is complete, and removes its temporary on failure', async () => {
+  const file = path.join(dir, 'atomic', 'data.bin');
+  mkdirSync(path.dirname(file));
+  await writeFileAtomic(file, [Buffer.from('old')]);
+  assert.equal(readFileSync(file, 'utf8'), 'old');
+  async function* failing() {
+    yield Buffer.from('half of the new');
+    throw new Error('disk full');
+  }
+  await assert.rejects(writeFileAtomic(file, failing()), /disk full/);
+  assert.equal(readFileSync(file, 'utf8'), 'old');
+  assert.deepEqual(readdirSync(path.dirname(file)), ['data.bin']);
+  await writeFileAtomic(file, [Buffer.from('n'), Buffer.from('ew')]);
+  assert.equal(readFileSync(file, 'utf8'), 'new');
+  assert.deepEqual(readdirSync(path.dirname(file)), ['data.bin']);
+});
+
+test('a write stopped by SIGTERM or SIGINT leaves the old file and no temporary; one killed outright is cleaned up next time', { skip: !linux }, async () => {
+  const file = path.join(dir, 'signals', 'data.bin');
+  mkdirSync(path.dirname(file));
+  writeFileSync(file, 'old');
+  const writer = (signal: string) => `
+    import { writeFileAtomic } from './dist/src/data/files.js';
+    async function* chunks() {
+      yield Buffer.from('half of the new');
+      process.kill(process.pid, '${signal}');
+      await new Promise((resolve) => setTimeout(resolve, 15000));
+      yield Buffer.from('never');
+    }
+    await writeFileAtomic(${JSON.stringify(file)}, chunks());`;
+  for (const signal of ['SIGTERM', 'SIGINT']) {
+    const outcome = await node(['--input-type=module', '-e', writer(signal)]);
+    assert.equal(outcome.signal, signal, `ended by ${signal}, as without the handler: ${JSON.stringify(outcome)}`);
+    assert.equal(readFileSync(file, 'utf8'), 'old');
+    assert.deepEqual(readdirSync(path.dirname(file)), ['data.bin']);
+  }
+  const killed = await node(['--input-type=module', '-e', writer('SIGKILL')]);
+  assert.equal(killed.signal, 'SIGKILL');
+  assert.equal(readdirSync(path.dirname(file)).length, 2, 'SIGKILL leaves its temporary');
+  const live = path.join(path.dirname(file), `data.bin.${process.ppid}.tmp`); // a running writer's: kept
+  writeFileSync(live, '');
+  await writeFileAtomic(file, [Buffer.from('new')]);
+  assert.deepEqual(readdirSync(path.dirname(file)).sort(), ['data.bin', path.basename(live)]);
+  assert.equal(readFileSync(file, 'utf8'), 'new');
+});
+
+test('hemato pack over an existing pack replaces it whole and leaves nothing else in the folder', async (t) => {
+  const { cells: ds } = await ready;
+  if (!ds) return t.skip('../shared/data/pbc is not here');
+  const packs = path.join(dir, 'packs');
+  const out = path.join(packs, 'ds.hpk');
+  for (const size of ['32', '64']) {
+    const outcome = await hemato('pack', ds, '--out', out, '--size', size, '--field', 'none', '--threads', '1', '--json');
+    assert.equal(outcome.code, 0, outcome.stderr);
+    assert.equal(JSON.parse(outcome.stdout).size, Number(size));
+    assert.deepEqual(readdirSync(packs), ['ds.hpk']);
+  }
+  const folder = await hemato('pack', ds, '--out', packs);
+  assert.equal(folder.code, 1);
+  assert.match(folder.stderr, /is a folder/);
+});
+
+test('a checkpoint temporary left by a killed write is removed when the run resumes', async () => {
+  const runDir = path.join(dir, 'checkpoint');
+  mkdirSync(runDir);
+  const file = path.join(runDir, 'checkpoint.safetensors');
+  E.manualSeed(1);
+  const model = new ConvNeXt({ depths: [1, 1, 1, 1], dims: [8, 16, 24, 32], convMlp: true, numClasses: 2, dropPathRate: 0, inputSize: 32 });
+  const optimizer = new E.AdamW(model.parameters());
+  const loop = { epoch: 1, batch: 0, globalStep: 3, bestScore: 0.5, bestEpoch: 0, history: [] };
+  try {
+    await saveCheckpoint(file, { model, optimizer }, loop, {});
+    const stale = `${file}.${deadPid()}.tmp`;
+    writeFileSync(stale, '');
+    assert.deepEqual((await loadCheckpoint(file, { model, optimizer })).loop, loop);
+    assert.ok(!existsSync(stale));
+    assert.deepEqual(readdirSync(runDir), ['checkpoint.safetensors']);
+  } finally {
+    model.dispose();
+  }
+});
+
+/** The pid of a process that has ended. */
+function deadPid(): number {
+  return Number(execFileSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))']).toString());
+}
+
+test('preprocess gives inputs with the same base name their own sheets and says when it replaces one', async () => {
+  const { ds } = await ready;
+  assert.deepEqual(sheetNames(['a/cell.png', 'b/cell.jpg', 'c/Cell.png', 'cell-2.png']), ['cell.mpm.png', 'cell-2.mpm.png', 'Cell-3.mpm.png', 'cell-2-2.mpm.png']);
+  const out = path.join(dir, 'sheets');
+  const inputs = [path.join(ds, 'neutrophil', '0.png'), path.join(ds, 'platelet', '0.png')];
+  const first = await hemato('preprocess', ...inputs, '--out', out, '--size', '64', '--field', 'none', '--json');
+  assert.equal(first.code, 0, first.stderr);
+  const written = JSON.parse(first.stdout).written as { sheet: string; replaced: boolean }[];
+  assert.deepEqual(written.map((w) => [path.basename(w.sheet), w.replaced]), [['0.mpm.png', false], ['0-2.mpm.png', false]]);
+  assert.deepEqual(readdirSync(out).sort(), ['0-2.mpm.png', '0.mpm.png']);
+  const again = await hemato('preprocess', inputs[0], '--out', out, '--size', '64', '--field', 'none');
+  assert.equal(again.code, 0, again.stderr);
+  assert.match(again.stdout, /0\.mpm\.png {2}\(replaced the earlier sheet\)/);
+});
