@@ -46,7 +46,7 @@ async function main(): Promise<void> {
   const singleMs = median(single.slice(2));
 
   log('model forward, batch 64');
-  const prepared = await Promise.all(buffers.slice(0, 64).map((b) => classifier.prepare(b)));
+  const prepared = await Promise.all(buffers.slice(0, 64).map(async (b) => (await classifier.prepare(b)).image));
   while (prepared.length < 64) prepared.push(prepared[prepared.length % buffers.length]);
   classifier.logits(prepared);
   const forwardTimes: number[] = [];

@@ -9,6 +9,7 @@ import { listImageFolder } from '../src/data/dataset.js';
 import { cropToField, toModelGeometry } from '../src/data/geometry.js';
 import { decodeImage, type RgbImage, readImageFile } from '../src/data/image.js';
 import { readPack, readPackHeader, streamPack, writePack } from '../src/data/pack.js';
+import { prepareImage } from '../src/data/prepare.js';
 import { resolveMpmConfig } from '../src/preprocess/mpm.js';
 
 const PBC = path.resolve('../shared/data/pbc');
@@ -54,14 +55,15 @@ test('size-leak property on random content, for any border from 0 to 6 px', asyn
   }
 });
 
-test('fields: 360×360 is cut without loss, a 359 px side is padded by repeating its edge', () => {
+test('fields: 360×360 is cut without loss, a 359 px side is padded with the background colour, never its edge', () => {
   const image = (w: number, h: number): RgbImage => ({ width: w, height: h, data: Uint8Array.from({ length: w * h * 3 }, (_, i) => i % 251) });
   const square = image(360, 360);
   assert.deepEqual(cropToField(square, 360).data, square.data);
-  const narrow = cropToField(image(359, 360), 360);
+  const narrow = cropToField(image(359, 360), 360, [240, 220, 200]);
   assert.deepEqual([narrow.width, narrow.height], [360, 360]);
-  const src = image(359, 360);
-  assert.deepEqual([...narrow.data.subarray(359 * 3, 360 * 3)], [...src.data.subarray(358 * 3, 359 * 3)], 'last column repeats the edge');
+  // The offset rounds down, so the one missing column is added on the left.
+  for (let y = 0; y < 360; y++) assert.deepEqual([...narrow.data.subarray(y * 360 * 3, (y * 360 + 1) * 3)], [240, 220, 200], 'first column is background');
+  assert.deepEqual([...narrow.data.subarray(3, 6)], [...image(359, 360).data.subarray(0, 3)], 'the image starts in the second column');
   assert.deepEqual(cropToField(image(40, 30), null).width, 30);
 });
 
@@ -79,7 +81,7 @@ async function makeFolder(): Promise<string> {
   return root;
 }
 
-test('pack (PNG blobs) reads back exactly the model inputs, with labels, files and skips', async () => {
+test('pack (PNG blobs) reads back exactly the model inputs, with labels, files, skips and the measured reference', async () => {
   const root = await makeFolder();
   const listing = await listImageFolder(root);
   const out = path.join(root, 'set.pack');
@@ -91,9 +93,13 @@ test('pack (PNG blobs) reads back exactly the model inputs, with labels, files a
   assert.equal(pack.images.length, 4 * 128 * 128 * 3);
   assert.deepEqual(pack.files, ['basophil/BA_100102.jpg', 'basophil/BA_127671.jpg', 'lymphocyte/LY_100275.jpg', 'platelet/PLATELET_100161.jpg']);
   assert.deepEqual([...pack.labels], [0, 0, 4, 7]);
+  // PBC's red cells are about 75 px across at 360 px, on a cream background.
+  assert.ok(header.scale && header.scale.rbcDiameter > 60 && header.scale.rbcDiameter < 90, JSON.stringify(header.scale));
+  assert.ok(header.background && header.background[0] > 200 && header.background[2] < header.background[0], JSON.stringify(header.background));
+  const recipe = { geometry: header.geometry, mpm: null, scale: header.scale ?? null, background: header.background ?? null };
   for (let i = 0; i < pack.n; i++) {
-    const expected = await toModelGeometry(await readImageFile(path.join(root, pack.files[i])));
-    assert.deepEqual(pack.images.subarray(i * 128 * 128 * 3, (i + 1) * 128 * 128 * 3), expected.data, pack.files[i]);
+    const expected = await prepareImage(await readImageFile(path.join(root, pack.files[i])), recipe);
+    assert.deepEqual(pack.images.subarray(i * 128 * 128 * 3, (i + 1) * 128 * 128 * 3), expected.image.data, pack.files[i]);
   }
   const streamed: Uint8Array[] = [];
   for await (const batch of streamPack(out, { batchSize: 3 })) streamed.push(batch.images);

@@ -97,5 +97,8 @@ test('hemato train: a bad config file is a usage error that names the file and t
   assert.match(range.stderr, /batchSize must be an integer from 1 to 4096, not 0/);
   const flag = await hemato('train', 'cells', '--workers', '-1', '--print-config');
   assert.equal(flag.code, 2);
-  assert.match(flag.stderr, /the command line: workers must be an integer from 0 to 64/);
+  assert.match(flag.stderr, /--workers must be an integer in 0\.\.\d+ \(up to 4 × the \d+ cores\)/);
+  const fromConfig = await hemato('train', 'cells', '--config', configFile('workers.json', { workers: 100_000 }), '--print-config');
+  assert.equal(fromConfig.code, 2);
+  assert.match(fromConfig.stderr, /workers must be an integer from 0 to \d+/);
 });

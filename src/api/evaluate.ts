@@ -5,6 +5,9 @@ import type { DatasetItem } from '../data/dataset.js';
 import { computeMetrics, type Metrics, expectedCalibrationError, reliabilityBins } from '../train/metrics.js';
 import { softmaxRows } from '../train/calibration.js';
 import { confusionSvg, markdownReport, reliabilitySvg } from '../train/report.js';
+import { type RgbImage, readImageFile } from '../data/image.js';
+import type { ScaleReport } from '../data/prepare.js';
+import type { Shift } from '../eval/shifts.js';
 import type { Classifier } from './classifier.js';
 
 export interface ScoredItems {
@@ -12,24 +15,40 @@ export interface ScoredItems {
   logits: Float32Array;
   labels: Int32Array;
   files: string[];
+  /** The scale each readable image was brought to, where known. */
+  scales?: ScaleReport[];
+  /** Each readable image's out-of-distribution distance, where the model has a detector. */
+  distances?: Float64Array;
   failed: { path: string; reason: string }[];
 }
 
+export interface ScoreOptions {
+  batchSize?: number;
+  onProgress?: (done: number, total: number) => void;
+  /** Applied to each decoded image before the classifier prepares it (the shift suite). */
+  transform?: (image: RgbImage) => Promise<RgbImage>;
+}
+
 /** Runs the classifier over labelled items in batches; unreadable files are reported, not fatal. */
-export async function scoreItems(classifier: Classifier, items: DatasetItem[], options: { batchSize?: number; onProgress?: (done: number, total: number) => void } = {}): Promise<ScoredItems> {
+export async function scoreItems(classifier: Classifier, items: DatasetItem[], options: ScoreOptions = {}): Promise<ScoredItems> {
   const k = classifier.classes.length;
   const batchSize = options.batchSize ?? 64;
   const logits: number[] = [];
   const labels: number[] = [];
   const files: string[] = [];
+  const scales: ScaleReport[] = [];
+  const distances: number[] = [];
   const failed: ScoredItems['failed'] = [];
   for (let start = 0; start < items.length; start += batchSize) {
     const chunk = items.slice(start, start + batchSize);
-    const prepared = await Promise.all(chunk.map((item) => classifier.prepare(item.path).then((image) => ({ item, image }), (error: Error) => ({ item, error }))));
+    const { transform } = options;
+    const input = (item: DatasetItem) => (transform ? readImageFile(item.path).then(transform) : Promise.resolve(item.path));
+    const prepared = await Promise.all(chunk.map((item) => input(item).then((i) => classifier.prepare(i)).then((image) => ({ item, image }), (error: Error) => ({ item, error }))));
     const good = prepared.filter((p): p is { item: DatasetItem; image: Awaited<ReturnType<Classifier['prepare']>> } => 'image' in p);
     for (const p of prepared) if ('error' in p) failed.push({ path: p.item.path, reason: (p.error as Error).message });
     if (good.length) {
-      const batch = classifier.logits(good.map((g) => g.image));
+      const { logits: batch, distances: batchDistances } = classifier.score(good.map((g) => g.image.image));
+      if (batchDistances) distances.push(...batchDistances);
       for (let i = 0; i < batch.length; i++) logits.push(batch[i]);
       for (const { item } of good) {
         const label = classifier.classes.indexOf(item.label);
@@ -37,11 +56,12 @@ export async function scoreItems(classifier: Classifier, items: DatasetItem[], o
         labels.push(label);
         files.push(item.file);
       }
+      scales.push(...good.map((g) => g.image.scale));
     }
     options.onProgress?.(Math.min(items.length, start + batchSize), items.length);
   }
   if (logits.length !== labels.length * k) throw new Error('internal: logits and labels disagree');
-  return { logits: Float32Array.from(logits), labels: Int32Array.from(labels), files, failed };
+  return { logits: Float32Array.from(logits), labels: Int32Array.from(labels), files, scales, distances: classifier.ood ? Float64Array.from(distances) : undefined, failed };
 }
 
 export interface SubtypeErrors {
@@ -87,7 +107,7 @@ export function evaluateScores(scored: ScoredItems, classifier: Classifier): Eva
   const probs = softmaxRows(scored.logits, n, k, classifier.temperature);
   const metrics = computeMetrics(probs, scored.labels, classifier.classes);
   let uncertain = 0;
-  for (let i = 0; i < n; i++) if (Math.max(...probs.subarray(i * k, (i + 1) * k)) < classifier.uncertaintyThreshold) uncertain++;
+  for (let i = 0; i < n; i++) if (classifier.reasons(Math.max(...probs.subarray(i * k, (i + 1) * k)), scored.scales?.[i], scored.distances?.[i]).length) uncertain++;
   return {
     ...metrics,
     ece_uncalibrated: expectedCalibrationError(softmaxRows(scored.logits, n, k, 1), scored.labels, n, k),
@@ -96,6 +116,37 @@ export function evaluateScores(scored: ScoredItems, classifier: Classifier): Eva
     reliability: reliabilityBins(probs, scored.labels, n, k),
     by_subtype: errorsBySubtype(scored.files, scored.labels, probs, classifier.classes),
   };
+}
+
+export interface ShiftResult {
+  params: Record<string, number | number[]>;
+  n: number;
+  accuracy: number;
+  balanced_accuracy: number;
+  uncertain_fraction: number;
+}
+
+/** Scores the items once per shift; the figures say how the model holds up on images unlike its training data's. */
+export async function evaluateShifts(classifier: Classifier, items: DatasetItem[], shifts: readonly Shift[], options: { batchSize?: number; onProgress?: (shift: string, done: number, total: number) => void } = {}): Promise<Record<string, ShiftResult>> {
+  const results: Record<string, ShiftResult> = {};
+  for (const shift of shifts) {
+    const scored = await scoreItems(classifier, items, { batchSize: options.batchSize, transform: shift.apply, onProgress: (done, total) => options.onProgress?.(shift.name, done, total) });
+    const evaluation = evaluateScores(scored, classifier);
+    results[shift.name] = { params: shift.params, n: evaluation.n, accuracy: evaluation.accuracy, balanced_accuracy: evaluation.balanced_accuracy, uncertain_fraction: evaluation.uncertain_fraction };
+  }
+  return results;
+}
+
+/** The shift table for a report, with the unshifted figures first. */
+export function shiftTable(baseline: Evaluation, shifts: Record<string, ShiftResult>): string[] {
+  const values = Object.values(shifts);
+  const mean = values.reduce((total, r) => total + r.accuracy, 0) / values.length;
+  return [
+    '## Shift suite', '', `Mean accuracy over the ${values.length} shifts: ${pct(mean)}.`, '',
+    '| shift | parameters | n | accuracy | balanced accuracy | uncertain |', '|---|---|---|---|---|---|',
+    `| none | | ${baseline.n} | ${pct(baseline.accuracy)} | ${pct(baseline.balanced_accuracy)} | ${pct(baseline.uncertain_fraction)} |`,
+    ...Object.entries(shifts).map(([name, r]) => `| ${name} | ${JSON.stringify(r.params)} | ${r.n} | ${pct(r.accuracy)} | ${pct(r.balanced_accuracy)} | ${pct(r.uncertain_fraction)} |`),
+  ];
 }
 
 const pct = (x: number) => `${(100 * x).toFixed(2)}%`;

@@ -1,6 +1,8 @@
 // Batch augmentations on tensors, drawn from a seeded generator so that a run repeats exactly.
-// Geometry (flips, 90° rotations, random resized crops) is one affine map per image and one grid-sample call;
-// colour (brightness, saturation, hue) is one 3×3 matrix per image, then contrast about each image's mean grey.
+// Geometry (flips, 90° rotations, random resized crops, zoom) is one affine map per image and one grid-sample
+// call, filling what lies outside with the image's background colour as scale normalisation does; colour
+// (brightness, saturation, hue) is one 3×3 matrix per image, then contrast about each image's mean grey. What other
+// labs' images differ in follows: stain strength in haematoxylin–eosin space, colour temperature, blur and noise.
 import * as E from '../engine/index.js';
 
 export interface AugmentConfig {
@@ -15,6 +17,16 @@ export interface AugmentConfig {
   saturation: number;
   /** Maximum hue rotation, as a fraction of a full turn (0.5 = ±180°). */
   hue: number;
+  /** Zoom about the centre, drawn log-uniformly from [lo, hi] (below 1 the cell shrinks in its background); null: none. */
+  scale?: [number, number] | null;
+  /** Maximum relative change of each stain's optical density (haematoxylin, eosin), as HED jitter. */
+  stain?: number;
+  /** Maximum red/blue gain shift: gains (1 + t, 1, 1 − t), t drawn from [−x, x]. */
+  temperature?: number;
+  /** Maximum Gaussian blur sigma, in model pixels, applied to half of the images. */
+  blur?: number;
+  /** Maximum standard deviation of additive Gaussian noise (intensity in [0, 1]). */
+  noise?: number;
 }
 
 export const DEFAULT_AUGMENT: AugmentConfig = {
@@ -22,7 +34,12 @@ export const DEFAULT_AUGMENT: AugmentConfig = {
 };
 
 export const NO_AUGMENT: AugmentConfig = {
-  hflip: false, vflip: false, rot90: false, crop: null, brightness: 0, contrast: 0, saturation: 0, hue: 0,
+  hflip: false, vflip: false, rot90: false, crop: null, brightness: 0, contrast: 0, saturation: 0, hue: 0, scale: null, stain: 0, temperature: 0, blur: 0, noise: 0,
+};
+
+/** What images from other microscopes and stains differ in: scale, stain strength, colour, focus and noise. */
+export const ROBUST_AUGMENT: AugmentConfig = {
+  ...DEFAULT_AUGMENT, scale: [0.7, 1.4], stain: 0.3, temperature: 0.08, blur: 1, noise: 0.02,
 };
 
 /** mulberry32: a small, well-distributed 32-bit generator; enough for augmentation draws. */
@@ -44,7 +61,10 @@ const uniform = (random: () => number, lo: number, hi: number) => lo + (hi - lo)
 export function augmentBatch(x: E.Tensor, config: AugmentConfig, random: () => number): E.Tensor {
   return E.tidy(() => {
     let out = x;
-    if (config.hflip || config.vflip || config.rot90 || config.crop) out = augmentGeometry(out, config, random);
+    const background = config.scale || config.stain ? backgroundOf(x) : null;
+    if (config.hflip || config.vflip || config.rot90 || config.crop || config.scale) out = augmentGeometry(out, config, random, background);
+    if (config.stain) out = augmentStain(out, config.stain, random, background!);
+    if (config.temperature) out = augmentTemperature(out, config.temperature, random);
     if (config.brightness || config.saturation || config.hue) out = augmentColour(out, config, random);
     if (config.contrast) {
       const n = out.shape[0];
@@ -52,11 +72,27 @@ export function augmentBatch(x: E.Tensor, config: AugmentConfig, random: () => n
       const meanGrey = greyscale(out).mean([1, 2, 3], true);
       out = out.sub(meanGrey).mul(factors).add(meanGrey);
     }
+    if (config.blur) out = augmentBlur(out, config.blur, random);
+    if (config.noise) {
+      const n = out.shape[0];
+      const sigmas = E.tensor(Float32Array.from({ length: n }, () => uniform(random, 0, config.noise!)), [n, 1, 1, 1], { device: deviceOf(x) });
+      out = out.add(E.randn(out.shape, { seed: Math.floor(random() * 2 ** 31), device: deviceOf(x) }).mul(sigmas));
+    }
     return out === x ? x.clone() : out.clamp(0, 1);
   });
 }
 
-function augmentGeometry(x: E.Tensor, config: AugmentConfig, random: () => number): E.Tensor {
+/** Each image's background colour [N, 3, 1, 1]: the mean of the pixels brighter than halfway from its mean to its maximum. */
+export function backgroundOf(x: E.Tensor): E.Tensor {
+  return E.tidy(() => {
+    const grey = greyscale(x);
+    const mean = grey.mean([1, 2, 3], true);
+    const mask = grey.gt(mean.add(grey.amax([1, 2, 3], true)).div(2)).float();
+    return x.mul(mask).sum([2, 3], true).div(mask.sum([2, 3], true).clamp(1, Infinity)).clamp(0.3, 1);
+  });
+}
+
+function augmentGeometry(x: E.Tensor, config: AugmentConfig, random: () => number, background: E.Tensor | null): E.Tensor {
   const [n, c, h, w] = x.shape;
   const theta = new Float32Array(n * 6);
   for (let i = 0; i < n; i++) {
@@ -74,10 +110,75 @@ function augmentGeometry(x: E.Tensor, config: AugmentConfig, random: () => numbe
       tx = uniform(random, -(1 - sx), 1 - sx);
       ty = uniform(random, -(1 - sy), 1 - sy);
     }
+    if (config.scale) {
+      const zoom = Math.exp(uniform(random, Math.log(config.scale[0]), Math.log(config.scale[1])));
+      [sx, sy, tx, ty] = [sx / zoom, sy / zoom, tx / zoom, ty / zoom];
+    }
     theta.set([sx * a, sx * b, tx, sy * d, sy * e, ty], i * 6);
   }
   const grid = E.F.affineGrid(E.tensor(theta, [n, 2, 3], { device: deviceOf(x) }), [n, c, h, w]);
-  return E.F.gridSample(x, grid, { padding: 'reflection' });
+  if (!background) return E.F.gridSample(x, grid, { padding: 'reflection' });
+  // Sampled about the background, zeros outside: what lies beyond the image becomes the background colour.
+  return E.F.gridSample(x.sub(background), grid, { padding: 'zeros' }).add(background);
+}
+
+// Ruifrok & Johnston's optical-density vectors of haematoxylin, eosin and DAB (rows), and their inverse.
+const RGB_FROM_HED = [0.65, 0.7, 0.29, 0.07, 0.99, 0.11, 0.27, 0.57, 0.78];
+const HED_FROM_RGB = invert3(RGB_FROM_HED);
+
+function invert3(m: number[]): number[] {
+  const [a, b, c, d, e, f, g, h, i] = m;
+  const det = a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g);
+  return [e * i - f * h, c * h - b * i, b * f - c * e, f * g - d * i, a * i - c * g, c * d - a * f, d * h - e * g, b * g - a * h, a * e - b * d].map((v) => v / det);
+}
+
+/** Stain strength: optical density relative to the background, scaled per stain in HED space and mapped back. */
+function augmentStain(x: E.Tensor, amount: number, random: () => number, background: E.Tensor): E.Tensor {
+  const [n, c, h, w] = x.shape;
+  const matrices = new Float32Array(n * 9);
+  for (let i = 0; i < n; i++) {
+    const gains = [uniform(random, 1 - amount, 1 + amount), uniform(random, 1 - amount, 1 + amount), 1];
+    // OD' = OD · HED_FROM_RGB · diag(gains) · RGB_FROM_HED, with OD as row vectors; stored transposed for bmm.
+    const scaled = HED_FROM_RGB.map((v, k) => v * gains[k % 3]);
+    matrices.set(transpose3(multiply3(scaled, RGB_FROM_HED)), i * 9);
+  }
+  const density = x.div(background).clamp(1 / 255, 1).log().neg();
+  const changed = E.tensor(matrices, [n, 3, 3], { device: deviceOf(x) }).bmm(density.reshape([n, c, h * w])).reshape([n, c, h, w]);
+  return changed.neg().exp().mul(background);
+}
+
+function transpose3(m: number[]): number[] {
+  return [m[0], m[3], m[6], m[1], m[4], m[7], m[2], m[5], m[8]];
+}
+
+/** Colour temperature: red and blue gains in opposite directions. */
+function augmentTemperature(x: E.Tensor, amount: number, random: () => number): E.Tensor {
+  const n = x.shape[0];
+  const gains = new Float32Array(n * 3);
+  for (let i = 0; i < n; i++) {
+    const t = uniform(random, -amount, amount);
+    gains.set([1 + t, 1, 1 - t], i * 3);
+  }
+  return x.mul(E.tensor(gains, [n, 3, 1, 1], { device: deviceOf(x) }));
+}
+
+/** Gaussian blur of half of the images, sigma drawn up to maxSigma; one grouped convolution for the batch. */
+function augmentBlur(x: E.Tensor, maxSigma: number, random: () => number): E.Tensor {
+  const [n, c, h, w] = x.shape;
+  const radius = Math.max(1, Math.ceil(2 * maxSigma));
+  const side = 2 * radius + 1;
+  const kernels = new Float32Array(n * c * side * side);
+  for (let i = 0; i < n; i++) {
+    const sigma = random() < 0.5 ? uniform(random, 0.3, maxSigma) : 0;
+    const weights = Array.from({ length: side }, (_, k) => (sigma ? Math.exp(-((k - radius) ** 2) / (2 * sigma * sigma)) : k === radius ? 1 : 0));
+    const total = weights.reduce((p, q) => p + q, 0);
+    for (let ch = 0; ch < c; ch++) {
+      for (let y = 0; y < side; y++) for (let z = 0; z < side; z++) kernels[((i * c + ch) * side + y) * side + z] = (weights[y] * weights[z]) / (total * total);
+    }
+  }
+  const padded = E.F.pad(x.reshape([1, n * c, h, w]), [radius, radius, radius, radius], 'reflect');
+  const weight = E.tensor(kernels, [n * c, 1, side, side], { device: deviceOf(x) });
+  return E.F.conv2d(padded, weight, undefined, { groups: n * c }).reshape([n, c, h, w]);
 }
 
 // Luma weights (ITU-R BT.601) and the RGB → YIQ transform, whose I/Q plane a hue change rotates.

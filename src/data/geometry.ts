@@ -22,24 +22,32 @@ export function validateGeometry(config: GeometryConfig): GeometryConfig {
 }
 
 /**
- * Cuts the centred field×field square. A side shorter than the field (PBC has a few 359 px images) is padded by
- * repeating its edge pixels, which keeps the scale; the offset rounds down, so adding k pixels on every side
- * moves the window by exactly k.
+ * Cuts the centred side×side square. Where the square reaches past the image (a side shorter than the field, or
+ * an image shrunk to the training scale), it is filled with `fill`, the slide's background colour: repeating or
+ * reflecting edges would invent cell parts. The offset rounds down, so adding k pixels on every side moves the
+ * window by exactly k.
  */
-export function cropToField(image: RgbImage, field: number | null): RgbImage {
+export function cropToField(image: RgbImage, field: number | null, fill: readonly [number, number, number] = [255, 255, 255]): RgbImage {
   const side = field ?? Math.min(image.width, image.height);
   const left = Math.floor((image.width - side) / 2);
   const top = Math.floor((image.height - side) / 2);
   const out = new Uint8Array(side * side * 3);
   for (let y = 0; y < side; y++) {
-    const sy = Math.min(image.height - 1, Math.max(0, top + y));
+    const sy = top + y;
+    const inside = sy >= 0 && sy < image.height;
     for (let x = 0; x < side; x++) {
-      const sx = Math.min(image.width - 1, Math.max(0, left + x));
-      const s = (sy * image.width + sx) * 3;
+      const sx = left + x;
       const d = (y * side + x) * 3;
-      out[d] = image.data[s];
-      out[d + 1] = image.data[s + 1];
-      out[d + 2] = image.data[s + 2];
+      if (inside && sx >= 0 && sx < image.width) {
+        const s = (sy * image.width + sx) * 3;
+        out[d] = image.data[s];
+        out[d + 1] = image.data[s + 1];
+        out[d + 2] = image.data[s + 2];
+      } else {
+        out[d] = fill[0];
+        out[d + 1] = fill[1];
+        out[d + 2] = fill[2];
+      }
     }
   }
   return { width: side, height: side, data: out };
@@ -56,6 +64,6 @@ export async function resizeRgb(image: RgbImage, width: number, height = width):
 }
 
 /** The model's view of a decoded image: the centred field, resized to size×size. */
-export async function toModelGeometry(image: RgbImage, config: GeometryConfig = DEFAULT_GEOMETRY): Promise<RgbImage> {
-  return resizeRgb(cropToField(image, config.field), config.size);
+export async function toModelGeometry(image: RgbImage, config: GeometryConfig = DEFAULT_GEOMETRY, fill?: readonly [number, number, number]): Promise<RgbImage> {
+  return resizeRgb(cropToField(image, config.field, fill), config.size);
 }

@@ -9,7 +9,7 @@ import type { SkippedFile } from './dataset.js';
 import { inspectPath, writeFileAtomic } from './files.js';
 import { DEFAULT_GEOMETRY, type GeometryConfig } from './geometry.js';
 import { mapLimit } from './pool.js';
-import { type BlobCodec, PreparePool } from './prepare.js';
+import { type BlobCodec, measureReference, PreparePool, type ReferenceScale } from './prepare.js';
 import type { Part } from './split.js';
 
 const MAGIC = 'HMTPACK1';
@@ -41,6 +41,9 @@ export interface PackHeader {
   geometry: GeometryConfig;
   /** The MPM config applied before encoding, or null. */
   mpm: MpmConfig | null;
+  /** The reference scale and background the images were brought to (absent in packs made before them). */
+  scale?: ReferenceScale | null;
+  background?: [number, number, number] | null;
   /** sha256 of the split CSV the parts came from. */
   splitHash: string | null;
   source: string | null;
@@ -52,6 +55,8 @@ export interface WritePackOptions {
   classes: readonly string[];
   geometry?: GeometryConfig;
   mpm?: MpmConfig | null;
+  /** The scale and background to bring images to; absent: measured on the training part (or all items); null: none. */
+  reference?: { scale: ReferenceScale; background: [number, number, number] } | null;
   /**
    * Lossless WebP by default: a model trained on lossy images loses accuracy on the originals (docs/data.md).
    * Lossy WebP at quality 85 keeps PBC at 128 px under 40 MiB, for carrying a pack to another machine.
@@ -90,7 +95,10 @@ export async function writePack(allItems: readonly PackItem[], outPath: string, 
   const geometry = options.geometry ?? DEFAULT_GEOMETRY;
   const codec = options.codec ?? 'webp-lossless';
   const quality = options.quality ?? 85;
-  const pool = await PreparePool.start({ geometry, mpm: options.mpm ?? null, maxPixels: options.maxPixels, encode: { codec, quality } }, options.threads);
+  const trainItems = items.filter((i) => i.part === 'train');
+  const reference = options.reference !== undefined ? options.reference : await measureReference((trainItems.length ? trainItems : items).map((i) => i.path), { maxPixels: options.maxPixels });
+  const recipe = { geometry, mpm: options.mpm ?? null, scale: reference?.scale ?? null, background: reference?.background ?? null };
+  const pool = await PreparePool.start({ ...recipe, maxPixels: options.maxPixels, encode: { codec, quality } }, options.threads);
   let results;
   try {
     options.onProgress?.(0, items.length);
@@ -113,7 +121,7 @@ export async function writePack(allItems: readonly PackItem[], outPath: string, 
   });
   const header: PackHeader = {
     format: 'hemato-pack', version: 1, size: geometry.size, classes, count: entries.length, codec, quality, geometry,
-    mpm: options.mpm ?? null, splitHash: options.splitHash ?? null, source: options.source ?? null, entries, skipped,
+    mpm: options.mpm ?? null, scale: recipe.scale, background: recipe.background, splitHash: options.splitHash ?? null, source: options.source ?? null, entries, skipped,
   };
   const json = Buffer.from(JSON.stringify(header), 'utf8');
   const length = Buffer.alloc(4);

@@ -1,21 +1,167 @@
-// One image from file to model input (decode → centred field → resize → optional MPM → optional encode), and a
-// pool of worker threads that does it in parallel: MPM is JavaScript, so more cores need more threads.
+// One image from file to model input, the same way for training, packs and classification (decode → physical
+// scale → centred field → resize → background white balance → optional MPM → optional encode), and a pool of
+// worker threads that does it in parallel: MPM and the cell measurements are JavaScript, so more cores need more
+// threads.
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import sharp from 'sharp';
 import { type MpmConfig, Mpm } from '../preprocess/mpm.js';
 import { DecodeError, type DecodeErrorCode } from './errors.js';
-import { type GeometryConfig, toModelGeometry } from './geometry.js';
+import { cropToField, type GeometryConfig, resizeRgb, validateGeometry } from './geometry.js';
 import { type RgbImage, readImageFile } from './image.js';
+import { type CellMeasures, measureCells, RBC_DIAMETER_UM, type ScaleSource } from './scale.js';
 
 /** How a pack stores each image: lossless (webp-lossless, png) or lossy at a quality (webp, jpeg). */
 export type BlobCodec = 'webp-lossless' | 'webp' | 'jpeg' | 'png';
 export const BLOB_CODECS: readonly BlobCodec[] = ['webp-lossless', 'webp', 'jpeg', 'png'];
 export const isLossy = (codec: BlobCodec): boolean => codec === 'webp' || codec === 'jpeg';
 
-export interface PrepareRecipe {
+/** The training data's physical scale, measured on it: what every image is brought to before the field is cut. */
+export interface ReferenceScale {
+  /** Median red-cell diameter, in source pixels. */
+  rbcDiameter: number;
+  /** The physical diameter assumed for a red cell, in µm. */
+  rbcDiameterUm: number;
+  /** Median extent of the white cell's nucleus, in source pixels: the fallback where no red cells can be measured. */
+  nucleusExtent: number;
+}
+
+/** How an image becomes the model's input; stored in the model file, so that classification repeats training. */
+export interface InputRecipe {
+  /** The field is in source pixels at the reference scale (or of the file, without one). */
   geometry: GeometryConfig;
   mpm: MpmConfig | null;
+  /** null: the file's pixels are taken as they are (models made before scale normalisation). */
+  scale: ReferenceScale | null;
+  /** The training data's background colour: each image is white-balanced to it. null: colours as they are. */
+  background: [number, number, number] | null;
+}
+
+export interface ScaleReport {
+  source: ScaleSource;
+  /** µm per source pixel, as given or estimated; null when unknown. */
+  um_per_px: number | null;
+  /** The resize factor applied to bring the image to the model's scale (1 without one). */
+  factor: number;
+}
+
+/** Factors outside this range need more enlargement or reduction than training covered: the answer is flagged. */
+export const SCALE_RANGE: readonly [number, number] = [0.4, 2.5];
+/** The factor is clamped here, so that a wild estimate cannot allocate a huge field. */
+const FACTOR_LIMITS: readonly [number, number] = [0.1, 10];
+
+export interface PreparedImage {
+  image: RgbImage;
+  scale: ScaleReport;
+  /** What the cell measurements found; null where the recipe needs none. */
+  measures: CellMeasures | null;
+}
+
+export interface PrepareOptions {
+  /** The user's µm per pixel; it replaces the estimate. */
+  pixelSize?: number;
+  /** An MPM instance made from recipe.mpm (worker threads keep one); without it, one is made. */
+  mpm?: Mpm | null;
+}
+
+/** Validates a recipe read from a model file or a pack, with one message per problem. */
+export function validateInputRecipe(recipe: InputRecipe): InputRecipe {
+  validateGeometry(recipe.geometry);
+  const positive = (v: unknown) => typeof v === 'number' && Number.isFinite(v) && v > 0;
+  if (recipe.scale !== null && !(positive(recipe.scale.rbcDiameter) && positive(recipe.scale.rbcDiameterUm) && positive(recipe.scale.nucleusExtent))) {
+    throw new RangeError(`input recipe: scale needs positive rbcDiameter, rbcDiameterUm and nucleusExtent, got ${JSON.stringify(recipe.scale)}`);
+  }
+  if (recipe.background !== null && !(Array.isArray(recipe.background) && recipe.background.length === 3 && recipe.background.every((v) => Number.isFinite(v) && v > 0 && v <= 255))) {
+    throw new RangeError(`input recipe: background must be three numbers in (0, 255], got ${JSON.stringify(recipe.background)}`);
+  }
+  return recipe;
+}
+
+/** The scale to apply: the user's pixel size, else the red cells, else the white cell's nucleus, else none. */
+export function chooseScale(reference: ReferenceScale | null, measures: CellMeasures | null, pixelSize?: number): ScaleReport {
+  if (!reference) return { source: 'none', um_per_px: pixelSize ?? null, factor: 1 };
+  const referenceUm = reference.rbcDiameterUm / reference.rbcDiameter;
+  const clamp = (f: number) => Math.min(FACTOR_LIMITS[1], Math.max(FACTOR_LIMITS[0], f));
+  if (pixelSize !== undefined) return { source: 'given', um_per_px: pixelSize, factor: clamp(pixelSize / referenceUm) };
+  if (measures?.rbcDiameter) {
+    return { source: 'red-cells', um_per_px: reference.rbcDiameterUm / measures.rbcDiameter, factor: clamp(reference.rbcDiameter / measures.rbcDiameter) };
+  }
+  if (measures?.nucleusExtent) {
+    const factor = clamp(reference.nucleusExtent / measures.nucleusExtent);
+    return { source: 'white-cell', um_per_px: referenceUm * factor, factor };
+  }
+  return { source: 'none', um_per_px: null, factor: 1 };
+}
+
+/**
+ * Brings one decoded image to the model's input: measured (or given) scale → the centred field at that scale,
+ * padded with the image's own background colour → resized → white-balanced to the training background → MPM.
+ */
+export async function prepareImage(image: RgbImage, recipe: InputRecipe, options: PrepareOptions = {}): Promise<PreparedImage> {
+  const needsMeasures = (recipe.scale !== null && options.pixelSize === undefined) || recipe.background !== null;
+  const measures = needsMeasures || recipe.scale !== null ? measureCells(image) : null;
+  const scale = chooseScale(recipe.scale, measures, options.pixelSize);
+  const fill = measures?.background ?? [255, 255, 255];
+  const field = recipe.geometry.field === null ? null : Math.max(1, Math.round(recipe.geometry.field / scale.factor));
+  let prepared = await resizeRgb(cropToField(image, field, fill), recipe.geometry.size);
+  if (recipe.background && measures) prepared = whiteBalance(prepared, measures.background, recipe.background);
+  if (recipe.mpm) prepared = (options.mpm ?? (await Mpm.create(recipe.mpm))).apply(prepared);
+  return { image: prepared, scale, measures };
+}
+
+/** Per-channel gains that move the image's background to the reference's (limited to ×0.5–×2). */
+export function whiteBalance(image: RgbImage, background: readonly number[], reference: readonly number[]): RgbImage {
+  const gains = [0, 1, 2].map((c) => Math.min(2, Math.max(0.5, reference[c] / Math.max(1, background[c]))));
+  const out = new Uint8Array(image.data.length);
+  for (let i = 0; i < out.length; i += 3) {
+    out[i] = Math.min(255, Math.round(image.data[i] * gains[0]));
+    out[i + 1] = Math.min(255, Math.round(image.data[i + 1] * gains[1]));
+    out[i + 2] = Math.min(255, Math.round(image.data[i + 2] * gains[2]));
+  }
+  return { width: image.width, height: image.height, data: out };
+}
+
+/** The red-cell and nucleus sizes and the background colour of a data set: medians over its measurable images. */
+export function referenceFrom(measures: readonly CellMeasures[]): { scale: ReferenceScale; background: [number, number, number] } {
+  const median = (values: number[]) => {
+    if (!values.length) throw new Error('no image in the sample shows measurable red cells and a white cell; the data set\'s scale cannot be measured (train or pack with --no-scale)');
+    const sorted = [...values].sort((a, b) => a - b);
+    return sorted[sorted.length >> 1];
+  };
+  return {
+    scale: {
+      rbcDiameter: median(measures.flatMap((m) => (m.rbcDiameter ? [m.rbcDiameter] : []))),
+      rbcDiameterUm: RBC_DIAMETER_UM,
+      nucleusExtent: median(measures.flatMap((m) => (m.nucleusExtent ? [m.nucleusExtent] : []))),
+    },
+    background: [0, 1, 2].map((c) => median(measures.map((m) => m.background[c]))) as [number, number, number],
+  };
+}
+
+/** The reference of a data set, from a seeded sample of its (training) files; unreadable files are passed over. */
+export async function measureReference(paths: readonly string[], options: { sample?: number; seed?: number; maxPixels?: number } = {}): Promise<{ scale: ReferenceScale; background: [number, number, number] }> {
+  const sample = seededSample(paths, options.sample ?? 400, options.seed ?? 0);
+  const measures: CellMeasures[] = [];
+  for (const file of sample) {
+    const image = await readImageFile(file, { maxPixels: options.maxPixels }).catch(() => null);
+    if (image) measures.push(measureCells(image));
+  }
+  return referenceFrom(measures);
+}
+
+function seededSample<T>(items: readonly T[], n: number, seed: number): T[] {
+  if (items.length <= n) return [...items];
+  const order = items.map((_, i) => i);
+  let state = (seed ^ 0x9e3779b9) >>> 0;
+  for (let i = order.length - 1; i > 0; i--) {
+    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
+    const j = state % (i + 1);
+    [order[i], order[j]] = [order[j], order[i]];
+  }
+  return order.slice(0, n).sort((a, b) => a - b).map((i) => items[i]);
+}
+
+export interface PrepareRecipe extends InputRecipe {
   maxPixels?: number;
   /** Encode the result (for packs); without it the raw HWC pixels come back. */
   encode?: { codec: BlobCodec; quality: number };
@@ -26,8 +172,7 @@ export type PrepareResult = { ok: true; data: Uint8Array } | { ok: false; code: 
 /** Prepares images on the calling thread; `mpm` must have been created from recipe.mpm. */
 export async function prepareFile(path: string, recipe: PrepareRecipe, mpm: Mpm | null): Promise<PrepareResult> {
   try {
-    let image: RgbImage = await toModelGeometry(await readImageFile(path, { maxPixels: recipe.maxPixels }), recipe.geometry);
-    if (mpm) image = mpm.apply(image);
+    const { image } = await prepareImage(await readImageFile(path, { maxPixels: recipe.maxPixels }), recipe, { mpm });
     return { ok: true, data: recipe.encode ? await encodeRgb(image, recipe.encode.codec, recipe.encode.quality) : image.data };
   } catch (error) {
     if (error instanceof DecodeError) return { ok: false, code: error.code, message: error.message };

@@ -18,17 +18,35 @@ export interface Normalization {
 export interface ModelInfo {
   classes: string[];
   normalization: Normalization;
-  /** The preprocessing (MPM) settings the model was trained with, exactly as the preprocessing code records them. */
-  preprocessing?: Record<string, unknown> | null;
+  /** How an input becomes what the model saw in training (geometry, scale, background, MPM), as the data layer records it. */
+  preprocessing?: object | null;
   /** Softmax temperature from calibration, when there is one. */
   temperature?: number;
   /** Top probabilities below this are flagged uncertain (chosen on validation data). */
   uncertaintyThreshold?: number;
   /** Where the model came from: data set, training run, commit, dates, metrics. */
   provenance?: Record<string, unknown>;
+  /** The out-of-distribution detector fitted on the training data, when there is one. */
+  ood?: OodInfo | null;
 }
 
-export interface ModelMetadata extends Required<Omit<ModelInfo, 'temperature' | 'uncertaintyThreshold'>> {
+/** Mahalanobis distance on the pooled features: class means and the shared precision matrix, with a threshold. */
+export interface OodInfo {
+  kind: 'mahalanobis';
+  /** Distances above this are flagged (chosen on validation data). */
+  threshold: number;
+  /** The fraction of validation images the threshold flags. */
+  validationFlagged: number;
+  means: Float32Array;
+  precision: Float32Array;
+  features: number;
+}
+
+/** safetensors keys of the detector's arrays; they sit beside the state dict and never reach the network. */
+const OOD_MEANS = 'hemato.ood.means';
+const OOD_PRECISION = 'hemato.ood.precision';
+
+export interface ModelMetadata extends Required<Omit<ModelInfo, 'temperature' | 'uncertaintyThreshold' | 'ood'>> {
   format: typeof FORMAT;
   version: number;
   architecture: string;
@@ -38,6 +56,8 @@ export interface ModelMetadata extends Required<Omit<ModelInfo, 'temperature' | 
   dtype: 'float32' | 'float16' | 'bfloat16';
   temperature?: number;
   uncertaintyThreshold?: number;
+  /** The out-of-distribution detector's scalars; its arrays are tensors in the file. */
+  outOfDistribution?: Omit<OodInfo, 'means' | 'precision'>;
 }
 
 export interface SaveModelOptions {
@@ -72,11 +92,18 @@ export async function saveModel(file: string, model: ImageClassifier, info: Mode
     dtype,
     ...(info.temperature !== undefined ? { temperature: info.temperature } : {}),
     ...(info.uncertaintyThreshold !== undefined ? { uncertaintyThreshold: info.uncertaintyThreshold } : {}),
+    ...(info.ood ? { outOfDistribution: { kind: info.ood.kind, threshold: info.ood.threshold, validationFlagged: info.ood.validationFlagged, features: info.ood.features } } : {}),
   };
   const state = model.stateDict();
   const converted = new Map<string, E.Tensor>();
   try {
     for (const [key, t] of state) converted.set(key, E.noGrad(() => (t.dtype === dtype || !E.isFloating(t.dtype) ? t.detach() : t.to(dtype))));
+    if (info.ood) {
+      // Kept in float32 whatever the weights' dtype: distances are sums of hundreds of squared terms.
+      const { means, precision, features } = info.ood;
+      converted.set(OOD_MEANS, E.tensor(means, [means.length / features, features]));
+      converted.set(OOD_PRECISION, E.tensor(precision, [features, features]));
+    }
     await E.saveSafetensors(file, converted, { [METADATA_KEY]: JSON.stringify(metadata) });
   } finally {
     E.dispose([...converted.values()]);
@@ -87,6 +114,7 @@ export async function saveModel(file: string, model: ImageClassifier, info: Mode
 export interface LoadedModel {
   model: ImageClassifier;
   metadata: ModelMetadata;
+  ood: OodInfo | null;
 }
 
 /** Rebuilds a model saved by saveModel(), in eval mode with float32 weights. */
@@ -94,6 +122,7 @@ export async function loadModel(file: string, options: { device?: E.Device } = {
   const { tensors, metadata: raw } = await E.loadSafetensors(file);
   try {
     const metadata = parseMetadata(raw[METADATA_KEY], file);
+    const ood = readOod(tensors, metadata, file);
     const model = createModel(metadata.architecture, { ...metadata.options });
     try {
       model.loadStateDict(tensors);
@@ -103,9 +132,29 @@ export async function loadModel(file: string, options: { device?: E.Device } = {
     }
     model.eval();
     if (options.device && options.device !== 'cpu') model.to(options.device);
-    return { model, metadata };
+    return { model, metadata, ood };
   } finally {
     E.dispose([...tensors.values()]);
+  }
+}
+
+/** Takes the detector's arrays out of the tensors (so that the state dict is the network's alone) and checks them. */
+function readOod(tensors: Map<string, E.Tensor>, metadata: ModelMetadata, file: string): OodInfo | null {
+  const means = tensors.get(OOD_MEANS);
+  const precision = tensors.get(OOD_PRECISION);
+  tensors.delete(OOD_MEANS);
+  tensors.delete(OOD_PRECISION);
+  try {
+    if (!metadata.outOfDistribution) return null;
+    const { features, threshold } = metadata.outOfDistribution;
+    if (!means || !precision) throw new Error(`${file}: the metadata names an out-of-distribution detector, but its arrays are missing; the file is damaged`);
+    if (means.ndim !== 2 || means.shape[0] !== metadata.classes.length || means.shape[1] !== features || precision.ndim !== 2 || precision.shape[0] !== features || precision.shape[1] !== features) {
+      throw new Error(`${file}: the out-of-distribution arrays have shapes [${means.shape}] and [${precision.shape}], expected [${metadata.classes.length}, ${features}] and [${features}, ${features}]`);
+    }
+    if (!(Number.isFinite(threshold) && threshold > 0)) throw new Error(`${file}: the out-of-distribution threshold must be a positive number, got ${threshold}`);
+    return { ...metadata.outOfDistribution, means: means.float().data() as Float32Array, precision: precision.float().data() as Float32Array };
+  } finally {
+    E.dispose([means, precision].filter((t): t is E.Tensor => t !== undefined));
   }
 }
 

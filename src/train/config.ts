@@ -1,6 +1,7 @@
 // A training run's settings: the defaults, then a --config JSON file, then the flags given on the command line,
 // merged in that order (nested settings key by key) and checked against one schema, so that a typo, a wrong type
 // or a value out of range is an error naming where it came from instead of a silent default or an endless loop.
+import { availableParallelism } from 'node:os';
 import { DEFAULT_AUGMENT } from '../data/augment.js';
 import { IMAGENET_NORMALIZATION } from '../data/batches.js';
 import { DEFAULT_GEOMETRY } from '../data/geometry.js';
@@ -55,6 +56,8 @@ interface Field {
   fields?: Record<string, Field>;
   /** Nested settings whose missing keys are filled elsewhere (MPM's), so a complete run need not list them. */
   partial?: boolean;
+  /** A setting that may be absent from a complete run (the code has a default for it). */
+  optional?: boolean;
 }
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -65,6 +68,7 @@ const number = (expect: string, ok: (n: number) => boolean): Field => ({ expect,
 const numbers = (expect: string, ok: (values: number[]) => boolean): Field => ({ expect, accepts: (v) => Array.isArray(v) && v.every(isNumber) && ok(v) });
 const choice = (...values: string[]): Field => ({ expect: `one of ${values.map((v) => `"${v}"`).join(', ')}`, accepts: (v) => values.includes(v as string) });
 const orNull = (field: Field): Field => ({ ...field, expect: `${field.expect}, or null`, accepts: (v) => v === null || field.accepts(v) });
+const optional = (field: Field): Field => ({ ...field, optional: true });
 const group = (fields: Record<string, Field>, partial = false): Field => ({ expect: 'an object', accepts: isObject, fields, partial });
 const text: Field = { expect: 'a non-empty string', accepts: (v) => typeof v === 'string' && v.length > 0 };
 const bool: Field = { expect: 'true or false', accepts: (v) => typeof v === 'boolean' };
@@ -101,7 +105,8 @@ const SCHEMA = group({
   inputSize: { expect: 'a multiple of 32 from 32 to 1024', accepts: (v) => Number.isInteger(v) && (v as number) % 32 === 0 && (v as number) >= 32 && (v as number) <= 1024 },
   dropPathRate: belowOne,
   device: choice('auto', 'cpu', 'cuda'),
-  workers: integer(0, 64),
+  // As --workers: more threads than 4 × the cores only thrash.
+  workers: integer(0, 4 * availableParallelism()),
   init: orNull(text),
   epochs: integer(1, 100_000),
   batchSize: integer(1, MAX_BATCH),
@@ -125,12 +130,16 @@ const SCHEMA = group({
     })),
     brightness: fraction, contrast: fraction, saturation: fraction,
     hue: number('a number from 0 to 0.5 (a fraction of a full turn)', (n) => n >= 0 && n <= 0.5),
+    scale: optional(orNull(numbers('[min, max] zoom factors with 0 < min ≤ max ≤ 4', ([lo, hi, ...rest]) => rest.length === 0 && lo > 0 && lo <= hi && hi <= 4))),
+    stain: optional(fraction), temperature: optional(fraction),
+    blur: optional(number('a blur sigma from 0 to 4 model pixels', (n) => n >= 0 && n <= 4)),
+    noise: optional(fraction),
   }),
   normalization: group({
     mean: numbers('3 numbers (R, G, B)', (v) => v.length === 3),
     std: numbers('3 numbers above 0 (R, G, B)', (v) => v.length === 3 && v.every((x) => x > 0)),
   }),
-  data: group({ source: SOURCE, split: orNull(text), mpm: MPM, valFraction: openFraction, field: orNull(integer(8, 100_000)) }),
+  data: group({ source: SOURCE, split: orNull(text), mpm: MPM, valFraction: openFraction, field: orNull(integer(8, 100_000)), normalizeScale: optional(bool) }),
 });
 
 const show = (value: unknown) => (value === undefined ? 'nothing' : JSON.stringify(value));
@@ -164,7 +173,7 @@ function check(value: unknown, field: Field, at: string, source: string, complet
     check(v, sub, join(at, key), source, complete);
   }
   if (!complete || field.partial) return;
-  const missing = Object.keys(field.fields).filter((key) => !(key in value));
+  const missing = Object.entries(field.fields).filter(([key, sub]) => !sub.optional && !(key in value)).map(([key]) => key);
   if (missing.length > 0) throw new RunConfigError(`${source}: ${at ? `${at} needs` : 'the settings need'} ${missing.map((k) => `'${k}'`).join(', ')}`);
 }
 

@@ -6,7 +6,7 @@ import type { ImageSet } from '../data/batches.js';
 import { type DatasetSource, listDataset, PBC_CLASSES, type SkippedFile } from '../data/dataset.js';
 import { DEFAULT_GEOMETRY, type GeometryConfig } from '../data/geometry.js';
 import { readPack } from '../data/pack.js';
-import { PreparePool } from '../data/prepare.js';
+import { type InputRecipe, measureReference, PreparePool } from '../data/prepare.js';
 import { scanDataset } from '../data/scan.js';
 import { makeSplit, readSplit, sha256Text, type Split, type SplitRow } from '../data/split.js';
 import { type MpmConfig, type MpmConfigInput, resolveMpmConfig } from '../preprocess/mpm.js';
@@ -21,6 +21,8 @@ export interface TrainingDataOptions {
   valFraction?: number;
   /** The centred field cut before resizing (source pixels); null takes the largest centred square. */
   field?: number | null;
+  /** Bring every image to the training data's physical scale and background colour (default true). */
+  normalizeScale?: boolean;
 }
 
 export interface TrainingData {
@@ -31,7 +33,7 @@ export interface TrainingData {
   splitHash: string;
   /** Made now (not read from a file): the caller saves it with the run. */
   madeSplit: Split | null;
-  preprocessing: { geometry: GeometryConfig; mpm: MpmConfig | null };
+  preprocessing: InputRecipe;
   skipped: SkippedFile[];
 }
 
@@ -59,10 +61,14 @@ export async function loadTrainingData(options: TrainingDataOptions, inputSize: 
   rows = rows.filter((r) => r.part === 'train' || r.part === 'val');
   const geometry: GeometryConfig = { field: options.field === undefined ? DEFAULT_GEOMETRY.field : options.field, size: inputSize };
   const mpm = options.mpm ? resolveMpmConfig(options.mpm === true ? {} : options.mpm) : null;
-  const pool = await PreparePool.start({ geometry, mpm }, availableParallelism());
+  const paths = rows.map((r) => path.join(root, r.file));
+  // Measured on the training part only: the validation images must not shape their own preparation.
+  const reference = options.normalizeScale === false || geometry.field === null ? null : await measureReference(paths.filter((_, i) => rows[i].part === 'train'), { seed: options.seed });
+  const preprocessing: InputRecipe = { geometry, mpm, scale: reference?.scale ?? null, background: reference?.background ?? null };
+  const pool = await PreparePool.start(preprocessing, availableParallelism());
   let results;
   try {
-    results = await pool.map(rows.map((r) => path.join(root, r.file)), (done) => onProgress?.('decoding', done, rows.length));
+    results = await pool.map(paths, (done) => onProgress?.('decoding', done, rows.length));
   } finally {
     await pool.close();
   }
@@ -83,7 +89,7 @@ export async function loadTrainingData(options: TrainingDataOptions, inputSize: 
   const indicesOf = (part: string) => Int32Array.from(kept.flatMap(({ row }, i) => (row.part === part ? [i] : [])));
   return {
     set: { images, size: inputSize, labels, classes }, files: kept.map(({ row }) => row.file),
-    train: indicesOf('train'), val: indicesOf('val'), splitHash, madeSplit, preprocessing: { geometry, mpm }, skipped,
+    train: indicesOf('train'), val: indicesOf('val'), splitHash, madeSplit, preprocessing, skipped,
   };
 }
 
@@ -97,7 +103,8 @@ async function fromPack(file: string, inputSize: number, mpm: boolean): Promise<
   return {
     set: { images: pack.images, size: pack.size, labels: pack.labels, classes: pack.classes }, files: pack.files,
     train: indicesOf('train'), val: indicesOf('val'), splitHash: pack.header.splitHash, madeSplit: null,
-    preprocessing: { geometry: pack.header.geometry, mpm: pack.header.mpm }, skipped: pack.header.skipped,
+    preprocessing: { geometry: pack.header.geometry, mpm: pack.header.mpm, scale: pack.header.scale ?? null, background: pack.header.background ?? null },
+    skipped: pack.header.skipped,
   };
 }
 

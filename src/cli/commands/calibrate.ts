@@ -1,6 +1,7 @@
 import path from 'node:path';
 import type { Command } from 'commander';
 import { BUNDLED_MODEL, loadClassifier } from '../../api/classifier.js';
+import { fitDetector } from '../../api/detector.js';
 import { scoreItems } from '../../api/evaluate.js';
 import { listDataset } from '../../data/dataset.js';
 import { readSplit } from '../../data/split.js';
@@ -22,18 +23,30 @@ export function registerCalibrate(program: Command): void {
     .option('-o, --out <file>', 'where to write the calibrated model (default: <model>.calibrated.safetensors, next to --model, or in the current folder for the bundled model)')
     .option('--target-accuracy <p>', 'the accuracy that predictions above the uncertainty threshold must reach on this data', parseFraction, 0.995)
     .option('--dtype <dtype>', "how the weights are stored: float32, float16 (half the size, for bundled models) or bfloat16 (default: as in --model)", parseChoice(['float32', 'float16', 'bfloat16'] as const))
+    .option('--ood', "also fit the out-of-distribution detector: statistics on (a sample of) the split's training part, the threshold on its validation part; needs --split")
+    .option('--ood-sample <n>', 'training images the detector statistics are fitted on', parsePositiveInt, 3000)
     .option('--batch-size <n>', 'images per forward pass', parsePositiveInt, 64)
     .option('--json', 'print one JSON document on stdout');
   modelOption(command).action(async (dir: string | undefined, options) => {
     const modelFile: string = options.model ?? BUNDLED_MODEL;
     const classifier = await loadClassifier(modelFile, classifierOptions(options));
     assertFiniteWeights(classifier.model, modelFile);
+    if (options.ood && !options.split) throw new CliError('--ood needs --split: the detector is fitted on the training part and its threshold on the validation part', 2);
     let items;
+    let ood = classifier.ood;
     if (options.split) {
       const root = dir ?? options.images;
       if (!root) throw new CliError('--split needs the data folder (as the argument or --images)', 2);
       const { rows } = await readSplit(options.split);
-      items = rows.filter((r) => r.part === 'val').map((r) => ({ file: r.file, path: path.join(root, r.file), label: r.label }));
+      const itemsOf = (part: string) => rows.filter((r) => r.part === part).map((r) => ({ file: r.file, path: path.join(root, r.file), label: r.label }));
+      items = itemsOf('val');
+      if (options.ood) {
+        const train = itemsOf('train');
+        const sample = train.filter((_, i) => i % Math.max(1, Math.floor(train.length / options.oodSample)) === 0).slice(0, options.oodSample);
+        const detectorBar = progressBar('fitting the out-of-distribution detector', sample.length + items.length);
+        ood = await fitDetector(classifier, sample, items, { batchSize: options.batchSize, onProgress: (stage, done) => detectorBar.update(stage === 'training' ? done : sample.length + done) });
+        detectorBar.stop();
+      }
       if (items.length === 0) throw new CliError(`${options.split} has no validation part`);
     } else {
       items = (await listDataset(datasetSource(dir, options), { classes: classifier.classes })).items;
@@ -47,11 +60,12 @@ export function registerCalibrate(program: Command): void {
     const fit = calibrate(scored.logits, scored.labels, k, options.targetAccuracy);
     // Never write into the installed package: the bundled model's calibration goes to the current folder.
     const out = options.out ?? (options.model ? options.model.replace(/(\.safetensors)?$/, '.calibrated.safetensors') : path.basename(BUNDLED_MODEL, '.safetensors') + '.calibrated.safetensors');
-    await saveModel(out, classifier.model, { ...classifier.metadata, temperature: fit.temperature, uncertaintyThreshold: fit.uncertaintyThreshold }, { dtype: options.dtype ?? classifier.metadata.dtype });
+    await saveModel(out, classifier.model, { ...classifier.metadata, temperature: fit.temperature, uncertaintyThreshold: fit.uncertaintyThreshold, ood }, { dtype: options.dtype ?? classifier.metadata.dtype });
     for (const warning of fit.warnings) process.stderr.write(`warning: ${warning}\n`);
     const summary = {
       model: out, n, temperature: fit.temperature, uncertainty_threshold: fit.uncertaintyThreshold,
       nll_before: fit.nllBefore, nll_after: fit.nllAfter, ece_before: fit.eceBefore, ece_after: fit.eceAfter,
+      ood: ood ? { threshold: ood.threshold, validation_flagged: ood.validationFlagged } : null,
       warnings: fit.warnings, failed: scored.failed,
     };
     if (options.json) printJson(summary);

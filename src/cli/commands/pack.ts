@@ -21,6 +21,8 @@ interface PackOptions extends SourceOptions {
   field: string;
   mpm?: boolean;
   mpmConfig?: string;
+  /** false with --no-scale. */
+  scale: boolean;
   codec: string;
   quality: string;
   threads?: number;
@@ -39,6 +41,7 @@ export function registerPack(program: Command): void {
     .option('--size <px>', 'side of the square images in the pack', String(DEFAULT_GEOMETRY.size))
     .option('--field <px|none>', 'centred square field cut before resizing; "none" takes the largest centred square', String(DEFAULT_GEOMETRY.field))
     .option('--mpm', 'apply the Multi-scale Preprocessing Module before encoding')
+    .option('--no-scale', "take the files' pixels as they are, instead of bringing every image to the training part's red-cell scale and background colour")
     .option('--mpm-config <file>', 'JSON file with MPM settings (implies --mpm)')
     .option('--codec <codec>', 'how each image is stored: webp-lossless, or webp/jpeg at --quality (smaller, but a model trained on them loses accuracy on originals), or png', 'webp-lossless')
     .option('--quality <q>', 'quality of the lossy codecs (webp, jpeg), 1..100', '85')
@@ -79,7 +82,7 @@ export function registerPack(program: Command): void {
       const progress = progressReporter('pack');
       const started = performance.now();
       const header = await writePack(items, options.out, {
-        classes, geometry, mpm, codec, quality, threads: options.threads, maxPixels, maxFileBytes, splitHash, source: path.resolve(dir), skipped, onProgress: progress.update,
+        classes, geometry, mpm, ...(options.scale === false ? { reference: null } : {}), codec, quality, threads: options.threads, maxPixels, maxFileBytes, splitHash, source: path.resolve(dir), skipped, onProgress: progress.update,
       }).finally(() => progress.stop());
       const bytes = (await stat(options.out)).size;
       const summary = {

@@ -62,19 +62,24 @@ export function registerPredict(program: Command): void {
     if (options.json) {
       printJson({ model: classifier.metadata.architecture, uncertainty_threshold: classifier.uncertaintyThreshold, results: rows, failed, skipped });
     } else if (options.csv) {
-      process.stdout.write(`file,label,score,uncertain,top_k,error\n`);
+      process.stdout.write(`file,label,score,uncertain,top_k,error,reasons,scale_source,um_per_px,scale_factor\n`);
       for (const r of rows) {
-        if ('error' in r) process.stdout.write(`${csvField(r.file)},,,,,${csvField(r.error)}\n`);
-        else process.stdout.write(`${csvField(r.file)},${r.predictions[0].label},${r.predictions[0].score.toFixed(4)},${r.uncertain},${csvField(r.predictions.map((p) => `${p.label}:${p.score.toFixed(4)}`).join(' '))},\n`);
+        if ('error' in r) {
+          process.stdout.write(`${csvField(r.file)},,,,,${csvField(r.error)},,,,\n`);
+          continue;
+        }
+        const top = r.predictions.map((p) => `${p.label}:${p.score.toFixed(4)}`).join(' ');
+        const scale = `${r.scale.source},${r.scale.um_per_px?.toFixed(4) ?? ''},${r.scale.factor.toFixed(4)}`;
+        process.stdout.write(`${csvField(r.file)},${r.predictions[0].label},${r.predictions[0].score.toFixed(4)},${r.uncertain},${csvField(top)},,${r.reasons.join(' ')},${scale}\n`);
       }
-      for (const s of skipped) process.stdout.write(`${csvField(s.file)},,,,,${csvField(`skipped: ${s.error}`)}\n`);
+      for (const s of skipped) process.stdout.write(`${csvField(s.file)},,,,,${csvField(`skipped: ${s.error}`)},,,,\n`);
     } else {
       const shown = files.map(escapeControl);
       const width = Math.min(60, Math.max(4, ...shown.map((f) => f.length)));
       for (const [i, r] of rows.entries()) {
         const name = shown[i].length > width ? `…${shown[i].slice(-width + 1)}` : shown[i].padEnd(width);
         if ('error' in r) process.stdout.write(`${name}  ERROR ${escapeControl(r.error)}\n`);
-        else process.stdout.write(`${name}  ${r.predictions.map((p) => `${p.label} ${(100 * p.score).toFixed(1)}%`).join('  ')}${r.uncertain ? '  [uncertain]' : ''}\n`);
+        else process.stdout.write(`${name}  ${r.predictions.map((p) => `${p.label} ${(100 * p.score).toFixed(1)}%`).join('  ')}${r.uncertain ? `  [uncertain: ${r.reasons.join(', ')}]` : ''}\n`);
       }
     }
     if (failed + skipped.length > 0) {

@@ -66,7 +66,8 @@ export function modelOption(command: Command): Command {
     .option('--device <device>', 'auto, cpu or cuda', parseChoice(['auto', 'cpu', 'cuda'] as const), 'auto')
     .option('--precision <precision>', 'auto (bf16 on CUDA and AMX CPUs), fp32 or bf16', parseChoice(['auto', 'fp32', 'bf16'] as const), 'auto')
     .option('--threshold <p>', "override the model's uncertainty threshold", parseFraction)
-    .option('--field <px|none>', "override the model's centred field (source pixels; none: the largest centred square), for other scanners", parseField);
+    .option('--pixel-size <um>', 'the images\' pixel size in µm, where known (default: estimated from the red cells in each image)', parsePixelSize)
+    .option('--field <px|none>', "expert override of the model's centred field in source pixels, with no scale normalisation (none: the largest centred square)", parseField);
 }
 
 // 'none' stays a string here: commander stores a parser's null as ''.
@@ -77,8 +78,15 @@ function parseField(value: string): number | 'none' {
   return n;
 }
 
-export function classifierOptions(options: { device: ClassifierOptions['device']; precision: ClassifierOptions['precision']; threshold?: number; field?: number | 'none' }): ClassifierOptions {
-  return { device: options.device, precision: options.precision, uncertaintyThreshold: options.threshold, field: options.field === 'none' ? null : options.field };
+function parsePixelSize(value: string): number {
+  const n = Number(value);
+  if (!(n >= 0.01 && n <= 10)) throw new InvalidArgumentError('expected a pixel size in µm from 0.01 to 10 (a blood smear at 100× is about 0.1)');
+  return n;
+}
+
+export function classifierOptions(options: { device: ClassifierOptions['device']; precision: ClassifierOptions['precision']; threshold?: number; field?: number | 'none'; pixelSize?: number }): ClassifierOptions {
+  if (options.field !== undefined && options.pixelSize !== undefined) throw new CliError('give --pixel-size or --field, not both: --field turns scale normalisation off', 2);
+  return { device: options.device, precision: options.precision, uncertaintyThreshold: options.threshold, field: options.field === 'none' ? null : options.field, pixelSize: options.pixelSize };
 }
 
 /** A labelled data set from an ImageFolder argument or --images DIR --labels CSV. */

@@ -34,6 +34,7 @@ function explicitSettings(command: Command, dir: string | undefined, flags: Reco
   if (source) data.source = source;
   if (explicit('split')) data.split = flags.split;
   if (explicit('mpm')) data.mpm = true;
+  if (explicit('scale')) data.normalizeScale = flags.scale;
   if (Object.keys(data).length > 0) settings.data = data;
   return settings as RunConfigInput;
 }
@@ -103,6 +104,7 @@ export function registerTrain(program: Command): void {
     .option('--workers <n>', `CPU threads that prepare batches ahead, 0 for inline (default ${DEFAULT_RUN.workers}); on CUDA batches are made on the GPU; at most 4 × the cores`, parseThreadCount('--workers', 0))
     .option('--no-augment', 'train without augmentation')
     .option('--mpm', 'apply the Multi-scale Preprocessing Module to every image')
+    .option('--no-scale', "take the files' pixels as they are, instead of bringing every image to the training data's red-cell scale and background colour")
     .option('--init <file>', 'start from a trained hemato model (fine-tuning); the head is re-initialised if the classes differ')
     .option('--json', 'print one JSON document with the outcome on stdout')
     .action(async (dir: string | undefined, flags, command: Command) => {

@@ -1,0 +1,266 @@
+// An image's physical scale, read off the cells it shows. Red blood cells are close to 7.5 µm across on every
+// smear, so the median diameter of the isolated ones gives µm per pixel; where none can be measured (a tight crop),
+// the white cell's nucleus gives a rougher estimate. Plain typed-array passes: a few ms for a PBC-size image.
+import type { RgbImage } from './image.js';
+
+/** The mean diameter of a normal red blood cell, in µm. */
+export const RBC_DIAMETER_UM = 7.5;
+
+export type ScaleSource = 'given' | 'red-cells' | 'white-cell' | 'none';
+
+export interface CellMeasures {
+  /** Median diameter of isolated red cells, in source pixels; null when fewer than MIN_RED_CELLS were found. */
+  rbcDiameter: number | null;
+  redCells: number;
+  /** Extent of the central white cell's nucleus, in source pixels; null when there is none. */
+  nucleusExtent: number | null;
+  /** Separate nucleus-sized blobs: more than one suggests several cells, none an empty field. */
+  nuclei: number;
+  /** The background colour (RGB): the median of the brightest quarter of the pixels. */
+  background: [number, number, number];
+}
+
+const MIN_RED_CELLS = 2;
+/** Images larger than this (on the longer side) are measured on a box-filtered copy, then scaled back. */
+const MEASURE_SIDE = 256;
+
+/** Measures red cells, the white cell and the background of one image. */
+export function measureCells(image: RgbImage): CellMeasures {
+  const step = Math.max(1, Math.ceil(Math.max(image.width, image.height) / MEASURE_SIDE));
+  const small = step > 1 ? boxShrink(image, step) : image;
+  const measures = measureAtFullSize(small);
+  return step > 1
+    ? { ...measures, rbcDiameter: measures.rbcDiameter && measures.rbcDiameter * step, nucleusExtent: measures.nucleusExtent && measures.nucleusExtent * step }
+    : measures;
+}
+
+function measureAtFullSize(image: RgbImage): CellMeasures {
+  const { width, height, data } = image;
+  const n = width * height;
+  const background = backgroundColour(image);
+  const bgLum = Math.max(1, luma(background[0], background[1], background[2]));
+  // Darkness relative to the background: 0 on the background, about 0.2–0.4 on red cells, over 0.45 on nuclei.
+  const darkness = new Float32Array(n);
+  // Nuclei absorb most in green and are bluer than red cells: a purple/blue, dark pixel.
+  const nucleus = new Uint8Array(n);
+  for (let i = 0, p = 0; i < n; i++, p += 3) {
+    const [r, g, b] = [data[p], data[p + 1], data[p + 2]];
+    darkness[i] = 1 - luma(r, g, b) / bgLum;
+    const gDark = 1 - g / Math.max(1, background[1]);
+    nucleus[i] = gDark > 0.45 && b > r * 0.9 ? 1 : 0;
+  }
+  const threshold = otsu(darkness, 0, 0.35);
+  const cellMask = new Uint8Array(n);
+  for (let i = 0; i < n; i++) cellMask[i] = darkness[i] > threshold ? 1 : 0;
+  fillHoles(cellMask, width, height);
+  const diameters = roundCellDiameters(cellMask, nucleus, width, height);
+  const rbcDiameter = robustMedian(diameters);
+  const redCells = rbcDiameter === null ? 0 : diameters.filter((d) => Math.abs(d / rbcDiameter - 1) < 0.2).length;
+
+  const { extent, blobs } = nucleusExtent(nucleus, width, height);
+  return {
+    rbcDiameter: redCells >= MIN_RED_CELLS ? rbcDiameter : null,
+    redCells,
+    nucleusExtent: extent,
+    nuclei: blobs,
+    background,
+  };
+}
+
+function luma(r: number, g: number, b: number): number {
+  return 0.299 * r + 0.587 * g + 0.114 * b;
+}
+
+/** The median colour of the brightest quarter of the pixels: the slide's background wherever cells leave some. */
+export function backgroundColour(image: RgbImage): [number, number, number] {
+  const { data } = image;
+  const n = image.width * image.height;
+  const histogram = new Uint32Array(256);
+  for (let p = 0; p < data.length; p += 3) histogram[Math.round(luma(data[p], data[p + 1], data[p + 2]))]++;
+  let cut = 255;
+  for (let count = 0; cut > 0 && count + histogram[cut] < n / 4; cut--) count += histogram[cut];
+  const channels = [new Uint32Array(256), new Uint32Array(256), new Uint32Array(256)];
+  let kept = 0;
+  for (let p = 0; p < data.length; p += 3) {
+    if (Math.round(luma(data[p], data[p + 1], data[p + 2])) < cut) continue;
+    kept++;
+    for (let c = 0; c < 3; c++) channels[c][data[p + c]]++;
+  }
+  return channels.map((h) => {
+    let count = 0;
+    for (let v = 0; v < 256; v++) if ((count += h[v]) * 2 >= kept) return v;
+    return 255;
+  }) as [number, number, number];
+}
+
+/** Otsu's threshold over values clamped to [lo, hi]: the split between background and stained cells. */
+function otsu(values: Float32Array, lo: number, hi: number): number {
+  const bins = 64;
+  const histogram = new Float64Array(bins);
+  for (const v of values) histogram[Math.min(bins - 1, Math.max(0, Math.floor(((v - lo) / (hi - lo)) * bins)))]++;
+  let total = 0;
+  let sum = 0;
+  for (let b = 0; b < bins; b++) {
+    total += histogram[b];
+    sum += b * histogram[b];
+  }
+  let [best, bestScore, weight, partial] = [0, -1, 0, 0];
+  for (let b = 0; b < bins - 1; b++) {
+    weight += histogram[b];
+    partial += b * histogram[b];
+    if (weight === 0 || weight === total) continue;
+    const meanLow = partial / weight;
+    const meanHigh = (sum - partial) / (total - weight);
+    const score = weight * (total - weight) * (meanLow - meanHigh) ** 2;
+    if (score > bestScore) [best, bestScore] = [b, score];
+  }
+  return lo + ((best + 1) / bins) * (hi - lo);
+}
+
+interface Component {
+  area: number;
+  minX: number;
+  maxX: number;
+  minY: number;
+  maxY: number;
+  touchesBorder: boolean;
+  pixels: Int32Array;
+}
+
+/** 4-connected components of a binary mask, by a stack-based flood fill. */
+function components(mask: Uint8Array, width: number, height: number): Component[] {
+  const label = new Int32Array(mask.length);
+  const stack = new Int32Array(mask.length);
+  const found: Component[] = [];
+  for (let seed = 0; seed < mask.length; seed++) {
+    if (!mask[seed] || label[seed]) continue;
+    const id = found.length + 1;
+    let top = 0;
+    let count = 0;
+    stack[top++] = seed;
+    label[seed] = id;
+    const c = { area: 0, minX: width, maxX: 0, minY: height, maxY: 0, touchesBorder: false, pixels: new Int32Array(0) };
+    const pixels: number[] = [];
+    while (top > 0) {
+      const i = stack[--top];
+      pixels.push(i);
+      count++;
+      const x = i % width;
+      const y = (i - x) / width;
+      if (x < c.minX) c.minX = x;
+      if (x > c.maxX) c.maxX = x;
+      if (y < c.minY) c.minY = y;
+      if (y > c.maxY) c.maxY = y;
+      if (x === 0 || y === 0 || x === width - 1 || y === height - 1) c.touchesBorder = true;
+      if (x > 0 && mask[i - 1] && !label[i - 1]) (label[i - 1] = id), (stack[top++] = i - 1);
+      if (x < width - 1 && mask[i + 1] && !label[i + 1]) (label[i + 1] = id), (stack[top++] = i + 1);
+      if (y > 0 && mask[i - width] && !label[i - width]) (label[i - width] = id), (stack[top++] = i - width);
+      if (y < height - 1 && mask[i + width] && !label[i + width]) (label[i + width] = id), (stack[top++] = i + width);
+    }
+    c.area = count;
+    c.pixels = Int32Array.from(pixels);
+    found.push(c);
+  }
+  return found;
+}
+
+/**
+ * The median of the large circles: spurious maxima (concave corners of clumps, cells cut by the edge, specks) are
+ * all smaller than a whole cell, so only circles near the upper part of the distribution count.
+ */
+function robustMedian(values: number[]): number | null {
+  if (values.length === 0) return null;
+  const sorted = [...values].sort((a, b) => a - b);
+  const reference = sorted[Math.floor(0.8 * (sorted.length - 1))];
+  return median(sorted.filter((v) => v >= 0.65 * reference && v <= 1.35 * reference));
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
+/**
+ * The central white cell's nucleus: the bounding extent of nucleus-coloured blobs of meaningful size whose centre
+ * lies in the middle half of the image (lobes of one neutrophil count together). `blobs` counts the separate
+ * nucleus groups over the whole image, after joining pieces that lie within a nucleus's reach of each other.
+ */
+function nucleusExtent(nucleus: Uint8Array, width: number, height: number): { extent: number | null; blobs: number } {
+  const minArea = 0.0015 * width * height;
+  const blobs = components(nucleus, width, height).filter((c) => c.area >= minArea);
+  if (blobs.length === 0) return { extent: null, blobs: 0 };
+  const centre = (c: Component) => [(c.minX + c.maxX) / 2, (c.minY + c.maxY) / 2];
+  const central = blobs.filter((c) => {
+    const [x, y] = centre(c);
+    return Math.abs(x - width / 2) < width / 4 && Math.abs(y - height / 2) < height / 4;
+  });
+  let extent: number | null = null;
+  if (central.length) {
+    const minX = Math.min(...central.map((c) => c.minX));
+    const maxX = Math.max(...central.map((c) => c.maxX));
+    const minY = Math.min(...central.map((c) => c.minY));
+    const maxY = Math.max(...central.map((c) => c.maxY));
+    extent = Math.max(maxX - minX + 1, maxY - minY + 1);
+  }
+  // Group blobs whose centres are closer than the typical nucleus extent: one cell's lobes form one group.
+  const reach = extent ?? Math.max(...blobs.map((c) => Math.max(c.maxX - c.minX, c.maxY - c.minY)));
+  const group = blobs.map((_, i) => i);
+  const find = (i: number): number => (group[i] === i ? i : (group[i] = find(group[i])));
+  for (let i = 0; i < blobs.length; i++) {
+    for (let j = i + 1; j < blobs.length; j++) {
+      const [xi, yi] = centre(blobs[i]);
+      const [xj, yj] = centre(blobs[j]);
+      if (Math.hypot(xi - xj, yi - yj) < reach) group[find(i)] = find(j);
+    }
+  }
+  return { extent, blobs: new Set(blobs.map((_, i) => find(i))).size };
+}
+
+/** A box-filtered copy, step × smaller on each side. */
+function boxShrink(image: RgbImage, step: number): RgbImage {
+  const width = Math.floor(image.width / step);
+  const height = Math.floor(image.height / step);
+  const out = new Uint8Array(width * height * 3);
+  const area = step * step;
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      for (let c = 0; c < 3; c++) {
+        let sum = 0;
+        for (let dy = 0; dy < step; dy++) {
+          const row = ((y * step + dy) * image.width + x * step) * 3 + c;
+          for (let dx = 0; dx < step; dx++) sum += image.data[row + dx * 3];
+        }
+        out[(y * width + x) * 3 + c] = Math.round(sum / area);
+      }
+    }
+  }
+  return { width, height, data: out };
+}
+
+/**
+ * Equivalent diameters of the round, whole, isolated cells without nucleus pixels: red cells. Touching or
+ * overlapping cells make elongated or hollow-cornered blobs, and cells cut by the edge touch it; both are left out.
+ */
+function roundCellDiameters(mask: Uint8Array, nucleus: Uint8Array, width: number, height: number): number[] {
+  const diameters: number[] = [];
+  for (const c of components(mask, width, height)) {
+    if (c.touchesBorder) continue;
+    const w = c.maxX - c.minX + 1;
+    const h = c.maxY - c.minY + 1;
+    if (w < 8 || h < 8 || w / h < 0.8 || w / h > 1.25 || Math.max(w, h) > 0.6 * Math.min(width, height)) continue;
+    if (c.area < 0.85 * (Math.PI / 4) * w * h) continue;
+    let nucleusPixels = 0;
+    for (const i of c.pixels) nucleusPixels += nucleus[i];
+    if (nucleusPixels > 0.02 * c.area) continue;
+    diameters.push(2 * Math.sqrt(c.area / Math.PI));
+  }
+  return diameters;
+}
+
+/** Fills the background pockets that do not reach the image's edge: a red cell's pale centre belongs to the cell. */
+function fillHoles(mask: Uint8Array, width: number, height: number): void {
+  const inverse = mask.map((v) => 1 - v);
+  for (const c of components(inverse, width, height)) if (!c.touchesBorder) for (const i of c.pixels) mask[i] = 1;
+}
+

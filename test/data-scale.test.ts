@@ -1,0 +1,104 @@
+// Physical scale from red cells, the padding rule, background white balance, and inputs with nothing to measure.
+import assert from 'node:assert/strict';
+import { readdirSync } from 'node:fs';
+import path from 'node:path';
+import { test } from 'node:test';
+import { resizeRgb } from '../src/data/geometry.js';
+import { type RgbImage, readImageFile } from '../src/data/image.js';
+import { chooseScale, type InputRecipe, prepareImage, SCALE_RANGE } from '../src/data/prepare.js';
+import { measureCells } from '../src/data/scale.js';
+import { gains, magnify } from '../src/eval/shifts.js';
+
+const PBC = path.resolve('../shared/data/pbc');
+const median = (values: number[]) => [...values].sort((a, b) => a - b)[values.length >> 1];
+
+/** 25 images per class, spread evenly over each class folder's sorted listing. */
+function sample(perClass: number): string[] {
+  return readdirSync(PBC).filter((c) => !c.startsWith('.')).flatMap((c) => {
+    const files = readdirSync(path.join(PBC, c)).filter((f) => f.endsWith('.jpg')).sort();
+    return Array.from({ length: perClass }, (_, i) => path.join(PBC, c, files[Math.floor((i * files.length) / perClass)]));
+  });
+}
+
+const reference = { rbcDiameter: 73, rbcDiameterUm: 7.5, nucleusExtent: 114 };
+const recipe: InputRecipe = { geometry: { field: 360, size: 128 }, mpm: null, scale: reference, background: [255, 229, 202] };
+
+test('red-cell diameters over 200 PBC images: most images measured, estimates near their median, and they follow a resize', async () => {
+  const found: Record<'1' | '0.5' | '2', number[]> = { 1: [], 0.5: [], 2: [] };
+  const files = sample(25);
+  for (const file of files) {
+    // PBC holds one file named .jpg that is not an image.
+    const image = await readImageFile(file).catch(() => null);
+    if (!image) continue;
+    for (const s of [1, 0.5, 2] as const) {
+      const resized = s === 1 ? image : await resizeRgb(image, Math.round(image.width * s), Math.round(image.height * s));
+      const { rbcDiameter } = measureCells(resized);
+      if (rbcDiameter) found[s].push(rbcDiameter / s);
+    }
+  }
+  const centre = median(found[1]);
+  assert.ok(centre > 65 && centre < 85, `median red-cell diameter ${centre} px`);
+  assert.ok(found[1].length >= 0.7 * files.length, `${found[1].length} of ${files.length} images measured`);
+  const within = (tolerance: number) => found[1].filter((d) => Math.abs(d / centre - 1) <= tolerance).length / found[1].length;
+  // Red cells themselves vary by about ±10 % (RDW), and an image shows a handful: per-image estimates spread.
+  assert.ok(within(0.1) >= 0.85, `${within(0.1)} within ±10 %`);
+  assert.ok(within(0.05) >= 0.55, `${within(0.05)} within ±5 %`);
+  for (const s of ['0.5', '2'] as const) assert.ok(Math.abs(median(found[s]) / centre - 1) <= 0.05, `after resizing by ${s}: median ${median(found[s])} vs ${centre}`);
+});
+
+test('an image shown at twice the size is brought back to the model scale: the same input as the original, closely', async () => {
+  const image = await readImageFile(path.join(PBC, 'eosinophil/EO_101772.jpg'));
+  const doubled = await resizeRgb(image, image.width * 2, image.height * 2);
+  const a = await prepareImage(image, recipe);
+  const b = await prepareImage(doubled, recipe);
+  assert.equal(a.scale.source, 'red-cells');
+  assert.ok(Math.abs(b.scale.factor / a.scale.factor - 0.5) < 0.03, `factors ${a.scale.factor}, ${b.scale.factor}`);
+  let diff = 0;
+  for (let i = 0; i < a.image.data.length; i++) diff += Math.abs(a.image.data[i] - b.image.data[i]);
+  assert.ok(diff / a.image.data.length < 12, `mean absolute difference ${diff / a.image.data.length}`);
+  // A stated pixel size wins over the estimate.
+  const given = await prepareImage(image, recipe, { pixelSize: 0.2 });
+  assert.deepEqual(given.scale.source, 'given');
+  assert.ok(Math.abs(given.scale.factor - 0.2 / (7.5 / 73)) < 1e-9);
+});
+
+test('padding rule: a small image is padded with its own background colour, never with its edges', async () => {
+  const image = await readImageFile(path.join(PBC, 'platelet/PLATELET_100161.jpg'));
+  const shrunk = await magnify(image, 0.5);
+  const { background } = measureCells(image);
+  // The outer quarter of the shrunk image is pure background, whatever the original's edge pixels were.
+  for (const [x, y] of [[2, 2], [shrunk.width - 3, 5], [5, shrunk.height - 3]]) {
+    assert.deepEqual([...shrunk.data.subarray((y * shrunk.width + x) * 3, (y * shrunk.width + x) * 3 + 3)], background);
+  }
+  // A tiny crop of a cell, scaled to the training field, is surrounded by background in the model input.
+  const tiny: RgbImage = { width: 40, height: 40, data: new Uint8Array(40 * 40 * 3).fill(90) };
+  const prepared = await prepareImage(tiny, { ...recipe, background: null }, { pixelSize: 0.1 });
+  const corner = [...prepared.image.data.subarray(0, 3)];
+  assert.deepEqual(corner, [...measureCells(tiny).background], 'the corner is the background colour, not a repeated edge');
+});
+
+test('white balance: a yellow cast is taken out before the model sees the image', async () => {
+  const image = await readImageFile(path.join(PBC, 'neutrophil/BNE_101007.jpg'));
+  const cast = gains(image, [1, 0.95, 0.8]);
+  const a = await prepareImage(image, recipe);
+  const b = await prepareImage(cast, recipe);
+  const mean = (img: RgbImage, c: number) => img.data.filter((_, i) => i % 3 === c).reduce((p, q) => p + q, 0) / (img.data.length / 3);
+  for (const c of [0, 1, 2]) assert.ok(Math.abs(mean(a.image, c) - mean(b.image, c)) < 4, `channel ${c}: ${mean(a.image, c)} vs ${mean(b.image, c)}`);
+  assert.ok(Math.abs(mean(image, 2) - mean(cast, 2)) > 25, 'the cast itself is strong');
+});
+
+test('images with no red cells or only background get a clear scale source, never a crash', async () => {
+  const blank: RgbImage = { width: 300, height: 300, data: new Uint8Array(300 * 300 * 3).fill(235) };
+  const noise: RgbImage = { width: 64, height: 64, data: Uint8Array.from({ length: 64 * 64 * 3 }, (_, i) => (i * 7919) % 256) };
+  const black: RgbImage = { width: 16, height: 16, data: new Uint8Array(16 * 16 * 3) };
+  for (const image of [blank, noise, black]) {
+    const prepared = await prepareImage(image, recipe);
+    assert.ok(['white-cell', 'none', 'red-cells'].includes(prepared.scale.source));
+    assert.equal(prepared.image.width, 128);
+    assert.ok(Number.isFinite(prepared.scale.factor) && prepared.scale.factor > 0);
+  }
+  assert.equal((await prepareImage(blank, recipe)).scale.source, 'none');
+  // Without a recorded scale (older models) nothing is estimated or resized.
+  assert.deepEqual(chooseScale(null, null), { source: 'none', um_per_px: null, factor: 1 });
+  assert.ok(SCALE_RANGE[0] < 1 && SCALE_RANGE[1] > 1);
+});

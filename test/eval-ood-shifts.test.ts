@@ -1,0 +1,76 @@
+// The out-of-distribution score, the shift suite's transforms, and the robustness augmentations.
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { test } from 'node:test';
+import * as E from '../src/engine/index.js';
+import { augmentBatch, backgroundOf, NO_AUGMENT, seededRandom } from '../src/data/augment.js';
+import { readImageFile } from '../src/data/image.js';
+import { fitOodStatistics, oodDistances, oodThreshold } from '../src/eval/ood.js';
+import { magnify, selectShifts, SHIFTS, stain } from '../src/eval/shifts.js';
+
+const PBC = path.resolve('../shared/data/pbc');
+
+/** Gaussian clusters around class centres, from a seeded generator. */
+function clusters(n: number, d: number, classes: number, seed: number, offset = 0): { features: Float32Array; labels: Int32Array } {
+  const random = seededRandom(seed);
+  const normal = () => Math.sqrt(-2 * Math.log(1 - random())) * Math.cos(2 * Math.PI * random());
+  const features = new Float32Array(n * d);
+  const labels = Int32Array.from({ length: n }, (_, i) => i % classes);
+  for (let i = 0; i < n; i++) for (let j = 0; j < d; j++) features[i * d + j] = (j === labels[i] ? 5 : 0) + offset + normal() * (j % 2 ? 1 : 0.3);
+  return { features, labels };
+}
+
+test('Mahalanobis OOD: in-distribution points sit near their class, shifted points far; the threshold flags the chosen share', () => {
+  const train = clusters(600, 12, 3, 1);
+  const stats = fitOodStatistics(train.features, train.labels, 3);
+  assert.equal(stats.features, 12);
+  const inside = oodDistances(clusters(300, 12, 3, 2).features, stats);
+  const outside = oodDistances(clusters(300, 12, 3, 3, 4).features, stats);
+  // With a shared covariance, squared distances of in-distribution points average about the feature count.
+  const mean = (v: Float64Array) => v.reduce((p, q) => p + q, 0) / v.length;
+  assert.ok(mean(inside) > 6 && mean(inside) < 18, `mean in-distribution distance ${mean(inside)}`);
+  const threshold = oodThreshold(inside, 0.05);
+  const flaggedInside = inside.filter((v) => v > threshold).length / inside.length;
+  assert.ok(flaggedInside <= 0.05 && flaggedInside >= 0.03, `${flaggedInside}`);
+  assert.ok(outside.every((v) => v > threshold), 'every shifted point is flagged');
+  assert.throws(() => fitOodStatistics(new Float32Array(4), [0, 1], 3), /at least 6 images/);
+});
+
+test('shift suite: the named shifts, magnification about the centre, and a stain factor of 1 that changes nothing', async () => {
+  assert.equal(SHIFTS.length, 12);
+  assert.deepEqual(selectShifts(['blur-1', 'jpeg-30']).map((s) => s.name), ['blur-1', 'jpeg-30']);
+  assert.throws(() => selectShifts(['blurry']), /unknown shift 'blurry'; the shifts are magnification-0.5/);
+  const image = await readImageFile(path.join(PBC, 'lymphocyte/LY_102859.jpg'));
+  const doubled = await magnify(image, 2);
+  assert.deepEqual([doubled.width, doubled.height], [image.width, image.height]);
+  const same = stain(image, 1);
+  let diff = 0;
+  for (let i = 0; i < image.data.length; i++) diff = Math.max(diff, Math.abs(image.data[i] - same.data[i]));
+  assert.ok(diff <= 1, `stain ×1 changed a value by ${diff}`);
+  const paler = stain(image, 0.6);
+  const darkness = (img: typeof image) => img.data.reduce((p, q) => p + (255 - q), 0);
+  assert.ok(darkness(paler) < 0.95 * darkness(image), `paler stain lightens the image: ${darkness(paler) / darkness(image)}`);
+  assert.ok(darkness(stain(image, 1.4)) > 1.05 * darkness(image), 'darker stain darkens it');
+});
+
+test('robust augmentation: zooming out fills with the background colour (no reflected cells), stain 0 and blur 0 change nothing', () => {
+  const size = 32;
+  // A dark disc on a cream background.
+  const pixels = new Float32Array(3 * size * size);
+  for (let c = 0; c < 3; c++) for (let y = 0; y < size; y++) for (let x = 0; x < size; x++) {
+    const inside = (x - 16) ** 2 + (y - 16) ** 2 < 100;
+    pixels[(c * size + y) * size + x] = inside ? 0.3 : [0.98, 0.9, 0.8][c];
+  }
+  const x = E.tensor(pixels, [1, 3, size, size]);
+  const background = backgroundOf(x).data() as Float32Array;
+  assert.deepEqual([...background].map((v) => Math.round(v * 100)), [98, 90, 80]);
+  const zoomedOut = augmentBatch(x, { ...NO_AUGMENT, scale: [0.5, 0.5] }, seededRandom(1));
+  const out = zoomedOut.data() as Float32Array;
+  for (let c = 0; c < 3; c++) assert.ok(Math.abs(out[c * size * size] - background[c]) < 1e-5, 'the corner is background');
+  const unchanged = augmentBatch(x, { ...NO_AUGMENT, stain: 0, blur: 0, noise: 0, temperature: 0 }, seededRandom(2));
+  assert.deepEqual(unchanged.data(), x.data());
+  const stained = augmentBatch(x, { ...NO_AUGMENT, stain: 0.5 }, seededRandom(3)).data() as Float32Array;
+  assert.ok(Math.abs(stained[0] - pixels[0]) < 0.02, 'the background keeps its colour under a stain change');
+  assert.ok(Math.abs(stained[16 * size + 16] - pixels[16 * size + 16]) > 0.01, 'the stained disc changes');
+  E.dispose([x, zoomedOut, unchanged]);
+});
