@@ -22,6 +22,9 @@ export interface Prediction {
   score: number;
 }
 
+/** Separate nucleus groups beyond which an image shows several cells; 4 or more occur in under 1 % of PBC images. */
+const MAX_NUCLEI = 3;
+
 /** Why an answer is flagged uncertain; one list, documented in docs/reliability.md. */
 export type UncertainReason = 'low-confidence' | 'scale-out-of-range' | 'no-single-cell' | 'out-of-distribution' | 'decode-warning';
 
@@ -62,9 +65,9 @@ export function inputRecipe(metadata: ModelMetadata): InputRecipe {
   });
 }
 
-/** Bf16 autocast where it is fast (CUDA, or a CPU with AMX), fp32 elsewhere. */
-export function defaultPrecision(device: E.Device): Precision {
-  return device.startsWith('cuda') || E.cpuFeatures().amx ? 'bf16' : 'fp32';
+/** The engine's default precision for classifying on this device with this architecture (engine/precision.ts). */
+export function defaultPrecision(device: E.Device, architecture?: string): Precision {
+  return E.precisionFor({ device, family: architecture === undefined ? undefined : E.modelFamily(architecture) }).precision;
 }
 
 export class Classifier {
@@ -146,7 +149,7 @@ export class Classifier {
       good.forEach(({ p, i }, row) => {
         const scores = Array.from(probs.subarray(row * this.classes.length, (row + 1) * this.classes.length));
         const predictions = scores.map((score, c) => ({ label: this.classes[c], score })).sort((a, b) => b.score - a.score).slice(0, topK);
-        const reasons = this.reasons(predictions[0].score, p.scale, distances?.[row]);
+        const reasons = this.reasons(predictions[0].score, p.scale, distances?.[row], p.measures?.nuclei);
         results[start + i] = { predictions, uncertain: reasons.length > 0, reasons, scale: p.scale };
       });
     }
@@ -154,9 +157,11 @@ export class Classifier {
   }
 
   /** Why an answer with this top probability, from an image prepared at this scale, cannot be trusted as it is. */
-  reasons(topScore: number, scale?: ScaleReport, oodDistance?: number): UncertainReason[] {
+  reasons(topScore: number, scale?: ScaleReport, oodDistance?: number, nuclei?: number): UncertainReason[] {
     const reasons: UncertainReason[] = [];
     if (topScore < this.uncertaintyThreshold) reasons.push('low-confidence');
+    // No stained nucleus at all (an empty field, red cells only), or several cells' worth (a montage, a clump).
+    if (nuclei !== undefined && (nuclei === 0 || nuclei > MAX_NUCLEI)) reasons.push('no-single-cell');
     if (scale && scale.source !== 'none' && (scale.factor < SCALE_RANGE[0] || scale.factor > SCALE_RANGE[1])) reasons.push('scale-out-of-range');
     if (this.ood && oodDistance !== undefined && oodDistance > this.ood.threshold) reasons.push('out-of-distribution');
     return reasons;
@@ -178,6 +183,6 @@ export async function loadClassifier(file: string = BUNDLED_MODEL, options: Clas
     if (file === BUNDLED_MODEL && /no such file/.test(error.message)) throw new Error(`the bundled model is missing at ${file}; reinstall hemato or pass a model file`);
     throw error;
   });
-  const precision = options.precision && options.precision !== 'auto' ? options.precision : defaultPrecision(device);
+  const precision = options.precision && options.precision !== 'auto' ? options.precision : defaultPrecision(device, metadata.architecture);
   return new Classifier(model, metadata, device, precision, options, ood);
 }

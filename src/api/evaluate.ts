@@ -19,6 +19,8 @@ export interface ScoredItems {
   scales?: ScaleReport[];
   /** Each readable image's out-of-distribution distance, where the model has a detector. */
   distances?: Float64Array;
+  /** Each readable image's count of separate nucleus groups, where measured. */
+  nuclei?: (number | undefined)[];
   failed: { path: string; reason: string }[];
 }
 
@@ -38,6 +40,7 @@ export async function scoreItems(classifier: Classifier, items: DatasetItem[], o
   const files: string[] = [];
   const scales: ScaleReport[] = [];
   const distances: number[] = [];
+  const nuclei: (number | undefined)[] = [];
   const failed: ScoredItems['failed'] = [];
   for (let start = 0; start < items.length; start += batchSize) {
     const chunk = items.slice(start, start + batchSize);
@@ -57,11 +60,12 @@ export async function scoreItems(classifier: Classifier, items: DatasetItem[], o
         files.push(item.file);
       }
       scales.push(...good.map((g) => g.image.scale));
+      nuclei.push(...good.map((g) => g.image.measures?.nuclei));
     }
     options.onProgress?.(Math.min(items.length, start + batchSize), items.length);
   }
   if (logits.length !== labels.length * k) throw new Error('internal: logits and labels disagree');
-  return { logits: Float32Array.from(logits), labels: Int32Array.from(labels), files, scales, distances: classifier.ood ? Float64Array.from(distances) : undefined, failed };
+  return { logits: Float32Array.from(logits), labels: Int32Array.from(labels), files, scales, nuclei, distances: classifier.ood ? Float64Array.from(distances) : undefined, failed };
 }
 
 export interface SubtypeErrors {
@@ -107,7 +111,7 @@ export function evaluateScores(scored: ScoredItems, classifier: Classifier): Eva
   const probs = softmaxRows(scored.logits, n, k, classifier.temperature);
   const metrics = computeMetrics(probs, scored.labels, classifier.classes);
   let uncertain = 0;
-  for (let i = 0; i < n; i++) if (classifier.reasons(Math.max(...probs.subarray(i * k, (i + 1) * k)), scored.scales?.[i], scored.distances?.[i]).length) uncertain++;
+  for (let i = 0; i < n; i++) if (classifier.reasons(Math.max(...probs.subarray(i * k, (i + 1) * k)), scored.scales?.[i], scored.distances?.[i], scored.nuclei?.[i]).length) uncertain++;
   return {
     ...metrics,
     ece_uncalibrated: expectedCalibrationError(softmaxRows(scored.logits, n, k, 1), scored.labels, n, k),

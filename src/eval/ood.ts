@@ -113,3 +113,19 @@ function invertSymmetric(matrix: Float64Array, d: number): Float64Array {
   }
   return inverse;
 }
+
+/** The probability that a random outlier scores above a random inlier (ties count half): the detector's AUROC. */
+export function auroc(inliers: ArrayLike<number>, outliers: ArrayLike<number>): number {
+  const all = [...Array.from(inliers, (v) => ({ v, out: 0 })), ...Array.from(outliers, (v) => ({ v, out: 1 }))].sort((a, b) => a.v - b.v);
+  let rankSum = 0;
+  for (let i = 0; i < all.length;) {
+    let j = i;
+    while (j < all.length && all[j].v === all[i].v) j++;
+    const rank = (i + j + 1) / 2;
+    for (let k = i; k < j; k++) if (all[k].out) rankSum += rank;
+    i = j;
+  }
+  const nOut = outliers.length;
+  const nIn = inliers.length;
+  return (rankSum - (nOut * (nOut + 1)) / 2) / (nOut * nIn);
+}
