@@ -6,7 +6,7 @@ import type { ImageSet } from '../data/batches.js';
 import { type DatasetSource, listDataset, PBC_CLASSES, type SkippedFile } from '../data/dataset.js';
 import { DEFAULT_GEOMETRY, type GeometryConfig } from '../data/geometry.js';
 import { readPack } from '../data/pack.js';
-import { type InputRecipe, measureReference, PreparePool } from '../data/prepare.js';
+import { type InputRecipe, measureReference, PreparePool, type ReferenceScale } from '../data/prepare.js';
 import { scanDataset } from '../data/scan.js';
 import { makeSplit, readSplit, sha256Text, type Split, type SplitRow } from '../data/split.js';
 import { type MpmConfig, type MpmConfigInput, resolveMpmConfig } from '../preprocess/mpm.js';
@@ -23,6 +23,8 @@ export interface TrainingDataOptions {
   field?: number | null;
   /** Bring every image to the training data's physical scale and background colour (default true). */
   normalizeScale?: boolean;
+  /** The scale and background to bring images to (a fine-tuned model's starting point's); absent: measured here. */
+  reference?: { scale: ReferenceScale; background: [number, number, number] };
 }
 
 export interface TrainingData {
@@ -63,7 +65,7 @@ export async function loadTrainingData(options: TrainingDataOptions, inputSize: 
   const mpm = options.mpm ? resolveMpmConfig(options.mpm === true ? {} : options.mpm) : null;
   const paths = rows.map((r) => path.join(root, r.file));
   // Measured on the training part only: the validation images must not shape their own preparation.
-  const reference = options.normalizeScale === false || geometry.field === null ? null : await measureReference(paths.filter((_, i) => rows[i].part === 'train'), { seed: options.seed });
+  const reference = options.normalizeScale === false || geometry.field === null ? null : options.reference ?? await measureReference(paths.filter((_, i) => rows[i].part === 'train'), { seed: options.seed });
   const preprocessing: InputRecipe = { geometry, mpm, scale: reference?.scale ?? null, background: reference?.background ?? null };
   const pool = await PreparePool.start(preprocessing, availableParallelism());
   let results;

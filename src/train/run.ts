@@ -8,6 +8,7 @@ import * as E from '../engine/index.js';
 import { defaultPrecision } from '../api/classifier.js';
 import { finishRun, type RunSummary } from '../api/finish.js';
 import type { SkippedFile } from '../data/dataset.js';
+import type { InputRecipe, ReferenceScale } from '../data/prepare.js';
 import { writeSplit } from '../data/split.js';
 import type { ImageClassifier } from '../models/classifier.js';
 import { loadModel, saveModel } from '../models/io.js';
@@ -142,6 +143,14 @@ async function checkData(runDir: string, data: TrainingData, request: TrainingRe
   await writeFile(file, `${JSON.stringify(now)}\n`);
 }
 
+/** The scale and background a model file was trained at, where it records them. */
+async function referenceOf(file: string): Promise<{ scale: ReferenceScale; background: [number, number, number] } | null> {
+  const { metadata, tensors } = E.parseSafetensors(await readFile(file), file);
+  E.dispose([...tensors.values()]);
+  const recipe = JSON.parse(metadata.hemato ?? '{}').preprocessing as Partial<InputRecipe> | undefined;
+  return recipe?.scale && recipe.background ? { scale: recipe.scale, background: recipe.background } : null;
+}
+
 /** Loads a trained hemato model's weights into a fresh model; a head with other classes is left freshly initialised. */
 async function initialiseFrom(model: ImageClassifier, file: string, classes: string[], device: E.Device, note: (message: string) => void): Promise<void> {
   const { model: source, metadata } = await loadModel(file, { device });
@@ -173,7 +182,10 @@ export async function runTraining(request: TrainingRequest): Promise<TrainingOut
 async function trainLocked(runDir: string, config: RunConfig, request: TrainingRequest, note: (message: string) => void): Promise<TrainingOutcome> {
   const resume = Boolean(request.resume);
   const device = E.resolveDevice(config.device);
-  const data = await loadTrainingData({ ...config.data, seed: config.seed }, config.inputSize, request.onLoadProgress);
+  // A fine-tuned model keeps its starting point's scale and colour, so the weights see cells as they learned them.
+  const reference = config.init && config.data.normalizeScale !== false ? await referenceOf(config.init) : null;
+  if (reference) note(`--init: images are brought to ${config.init}'s red-cell scale (${reference.scale.rbcDiameter.toFixed(1)} px) and background`);
+  const data = await loadTrainingData({ ...config.data, seed: config.seed, ...(reference ? { reference } : {}) }, config.inputSize, request.onLoadProgress);
   await reportSkipped(runDir, data.skipped, note);
   await checkData(runDir, data, request, note);
   if (data.madeSplit) {
