@@ -6,6 +6,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import path from 'node:path';
+import * as E from '../src/engine/index.js';
 import { SHARED } from './helpers.js';
 
 interface Check { name: string; ok: boolean; detail: string; fixes?: string[] }
@@ -27,7 +28,11 @@ test('hemato doctor --json prints one document describing the installation', () 
   assert.equal(typeof report.cpu.amx, 'boolean');
   assert.ok(report.checks.every((c: Check) => c.ok && c.fixes === undefined));
   const names = report.checks.map((c: Check) => c.name);
-  for (const name of ['libtorch addon', 'libtorch', 'threads', 'cpu']) assert.ok(names.includes(name), name);
+  for (const name of ['libtorch addon', 'libtorch', 'threads', 'cpu', 'precision']) assert.ok(names.includes(name), name);
+  // The precision entries are the engine table's, for the device work would run on.
+  assert.deepEqual(report.precision, { device: report.precision.device, ...E.precisionEntries(report.precision.device) });
+  const precisionLine = report.checks.find((c: Check) => c.name === 'precision').detail;
+  assert.ok(precisionLine.includes(E.precisionEntries(report.precision.device).inference.convnext.why));
 });
 
 test('without a loadable addon, doctor exits 1 with a ✗ line and the commands that fix it', () => {

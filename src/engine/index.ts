@@ -8,3 +8,4 @@ export { autocast, isAutocastEnabled, type AutocastOptions } from './autocast.js
 export { AdamW, SGD, clipGradNorm, type ParamGroup, type OptimizerState } from './optim.js';
 export { loadSafetensors, saveSafetensors, parseSafetensors, serializeSafetensors, type SafetensorsFile } from './safetensors.js';
 export * from './runtime.js';
+export * from './precision.js';

@@ -52,13 +52,16 @@ function checkLibtorch(checks: Check[], report: Record<string, unknown>, device:
   }
   const info = E.libtorchInfo();
   const cpu = E.cpuFeatures();
-  const precision = cpu.amx ? 'bf16 autocast' : 'fp32';
+  // The device work would run on: the one asked for, else CUDA when present.
+  const target: E.Device = device === 'cuda' || (device === 'auto' && info.cudaAvailable) ? 'cuda' : 'cpu';
+  const precision = E.precisionEntries(target, cpu);
   Object.assign(report, {
     libtorch: { version: info.torchVersion, source: located?.source ?? 'unknown', libdir: located?.libdir, cxx11Abi: info.cxx11Abi },
     threads: E.numThreads(),
     devices: ['cpu', ...Array.from({ length: info.cudaDeviceCount }, (_, i) => `cuda:${i}`)],
     cuda: info.cudaAvailable,
-    cpu: { ...cpu, defaultPrecision: precision },
+    cpu: { ...cpu, kind: E.cpuKind(cpu) },
+    precision: { device: target, ...precision },
     mkldnn: info.mkldnn,
     openblasCore: info.openblasCore || 'not loaded',
   });
@@ -66,9 +69,31 @@ function checkLibtorch(checks: Check[], report: Record<string, unknown>, device:
   checks.push(versionCheck(info.torchVersion));
   checks.push(threadsCheck());
   const cpuRun = roundTrip('cpu');
-  const cpuDetail = `${cpu.model}; AMX-BF16 ${cpu.amx ? 'yes' : 'no'}, AVX-512-BF16 ${cpu.avx512bf16 ? 'yes' : 'no'}; default precision ${precision}`;
+  const cpuDetail = `${cpu.model}; AMX-BF16 ${cpu.amx ? 'yes' : 'no'}, AVX-512-BF16 ${cpu.avx512bf16 ? 'yes' : 'no'}`;
   checks.push({ name: 'cpu', ok: cpuRun.ok, detail: cpuRun.ok ? cpuDetail : cpuRun.detail, fixes: [REBUILD] });
-  checks.push(...cudaChecks(info, device));
+  const cuda = cudaChecks(info, device);
+  checks.push(...cuda);
+  if (target === 'cpu' || cuda.every((c) => c.ok)) checks.push(precisionCheck(target, precision));
+}
+
+const CPU_KINDS: Record<E.CpuKind, string> = { amx: 'AMX-BF16', avx512bf16: 'AVX-512-BF16 and no AMX', plain: 'neither AMX-BF16 nor AVX-512-BF16' };
+
+/** The precision table's entries for this device, and a bf16 autocast run where any of them picks bf16. */
+function precisionCheck(device: E.Device, entries: ReturnType<typeof E.precisionEntries>): Check {
+  const lines: string[] = [];
+  let usesBf16 = false;
+  for (const purpose of ['inference', 'training'] as const) {
+    const groups = new Map<E.PrecisionChoice, E.ModelFamily[]>();
+    for (const family of E.MODEL_FAMILIES) groups.set(entries[purpose][family], [...(groups.get(entries[purpose][family]) ?? []), family]);
+    for (const [choice, families] of groups) {
+      lines.push(`${purpose} ${families.join(', ')}: ${choice.precision} — ${choice.why}`);
+      usesBf16 ||= choice.precision === 'bf16';
+    }
+  }
+  const heading = `defaults on ${device === 'cpu' ? `a CPU with ${CPU_KINDS[E.cpuKind(E.cpuFeatures())]}` : device}:`;
+  const run = usesBf16 ? roundTrip(device, true) : { ok: true, detail: 'ok' };
+  const detail = run.ok ? [heading, ...lines].join('\n                  ') : `bf16 autocast: ${run.detail}`;
+  return { name: 'precision', ok: run.ok, detail, fixes: ['--precision fp32   (on predict, eval and train, until the addon works under autocast)', REBUILD] };
 }
 
 const REBUILD = 'npm run build:native   (rebuilds the addon against the libtorch installed)';
@@ -89,12 +114,13 @@ function threadsCheck(): Check {
   return { name: 'threads', ok, detail, fixes: [REBUILD] };
 }
 
-/** A small matmul on the device, read back on the host: proves that kernels run and copies work there. */
-function roundTrip(device: E.Device): Pick<Check, 'ok' | 'detail'> {
+/** A small matmul on the device (under bf16 autocast if asked), read back on the host: kernels run and copies work. */
+function roundTrip(device: E.Device, bf16 = false): Pick<Check, 'ok' | 'detail'> {
   try {
     const values = E.tidy(() => {
       const x = E.tensor([1, 2, 3, 4], [2, 2], { device });
-      return x.matmul(x).add(1).cpu().toArray();
+      const product = bf16 ? E.autocast(() => x.matmul(x), { device: device === 'cpu' ? 'cpu' : 'cuda' }) : x.matmul(x);
+      return product.float().add(1).cpu().toArray();
     });
     const expected = [8, 11, 16, 23];
     const ok = values.every((v, i) => v === expected[i]);
