@@ -3,5 +3,5 @@ export { loadClassifier, Classifier, BUNDLED_MODEL, type Classification, type Cl
 export { createModel, listModels } from './models/registry.js';
 export { loadModel, saveModel, type ModelMetadata } from './models/io.js';
 export { decodeImage, readImageFile, type RgbImage } from './data/image.js';
-export { computeMetrics, type Metrics } from './train/metrics.js';
+export { computeMetrics, type Metrics } from './eval/metrics.js';
 export * as engine from './engine/index.js';

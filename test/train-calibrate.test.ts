@@ -13,8 +13,8 @@ import { IMAGENET_NORMALIZATION } from '../src/data/batches.js';
 import { PBC_CLASSES } from '../src/data/dataset.js';
 import { saveModel } from '../src/models/io.js';
 import { createModel } from '../src/models/registry.js';
-import { calibrate, TEMPERATURE_RANGE } from '../src/train/calibration.js';
-import { NonFiniteModelError } from '../src/train/finite.js';
+import { calibrate, TEMPERATURE_RANGE } from '../src/eval/calibration.js';
+import { NonFiniteModelError } from '../src/eval/finite.js';
 
 const run = promisify(execFile);
 const dir = mkdtempSync(path.join(tmpdir(), 'hemato-calibrate-'));

@@ -1,8 +1,8 @@
 // Metrics and calibration against cases computed by hand.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { computeMetrics, expectedCalibrationError } from '../src/train/metrics.js';
-import { chooseUncertaintyThreshold, fitTemperature, nllAt, softmaxRows } from '../src/train/calibration.js';
+import { computeMetrics, expectedCalibrationError } from '../src/eval/metrics.js';
+import { chooseUncertaintyThreshold, fitTemperature, nllAt, softmaxRows } from '../src/eval/calibration.js';
 
 const close = (a: number, b: number, tol = 1e-9) => assert.ok(Math.abs(a - b) <= tol, `${a} ≠ ${b}`);
 

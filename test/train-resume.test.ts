@@ -9,7 +9,7 @@ import { ConvNeXt } from '../src/models/convnext.js';
 import { DEFAULT_AUGMENT } from '../src/data/augment.js';
 import { IMAGENET_NORMALIZATION, type ImageSet } from '../src/data/batches.js';
 import { NonFiniteLossError, type TrainConfig, train } from '../src/train/trainer.js';
-import { NonFiniteModelError } from '../src/train/finite.js';
+import { NonFiniteModelError } from '../src/eval/finite.js';
 
 function tinySet(): ImageSet {
   // Two classes a tiny network can tell apart: bright and dark images, with noise.

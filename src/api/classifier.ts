@@ -11,7 +11,7 @@ import { makeBatch } from '../data/batches.js';
 import { oodDistances } from '../eval/ood.js';
 import { loadModel, type ModelMetadata, type OodInfo } from '../models/io.js';
 import type { ImageClassifier } from '../models/classifier.js';
-import { softmaxRows } from '../train/calibration.js';
+import { softmaxRows } from '../eval/calibration.js';
 import { type Precision, withPrecision } from '../train/trainer.js';
 
 /** The model shipped in the package, trained on PBC (see docs/results.md). */

@@ -2,9 +2,9 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { DatasetItem } from '../data/dataset.js';
-import { computeMetrics, type Metrics, expectedCalibrationError, reliabilityBins } from '../train/metrics.js';
-import { softmaxRows } from '../train/calibration.js';
-import { confusionSvg, markdownReport, reliabilitySvg } from '../train/report.js';
+import { computeMetrics, type Metrics, expectedCalibrationError, reliabilityBins } from '../eval/metrics.js';
+import { softmaxRows } from '../eval/calibration.js';
+import { confusionSvg, markdownReport, reliabilitySvg } from '../eval/report.js';
 import { type RgbImage, readImageFile } from '../data/image.js';
 import type { ScaleReport } from '../data/prepare.js';
 import type { Shift } from '../eval/shifts.js';

@@ -6,8 +6,8 @@ import type * as E from '../engine/index.js';
 import { loadModel, saveModel } from '../models/io.js';
 import { Classifier } from './classifier.js';
 import { evaluateScores, type Evaluation, writeReport } from './evaluate.js';
-import { chooseUncertaintyThreshold, fitTemperature, softmaxRows } from '../train/calibration.js';
-import { curvesSvg } from '../train/report.js';
+import { chooseUncertaintyThreshold, fitTemperature, softmaxRows } from '../eval/calibration.js';
+import { curvesSvg } from '../eval/report.js';
 import { LOG_FILE, predictLogits, type TrainConfig } from '../train/trainer.js';
 import type { TrainingData } from '../train/data.js';
 

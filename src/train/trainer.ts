@@ -10,10 +10,10 @@ import { type AugmentConfig } from '../data/augment.js';
 import { type ImageSet, type Normalization, batchIndices, makeBatch, shuffled } from '../data/batches.js';
 import { type BatchSource, inlineBatches, workerBatches } from '../data/prefetch.js';
 import { cosineLr } from './schedule.js';
-import { computeMetrics, type Metrics } from './metrics.js';
-import { softmaxRows } from './calibration.js';
+import { computeMetrics, type Metrics } from '../eval/metrics.js';
+import { softmaxRows } from '../eval/calibration.js';
 import { type LoopState, loadCheckpoint, saveCheckpoint } from './checkpoint.js';
-import { NonFiniteModelError, assertFiniteWeights, countNonFinite } from './finite.js';
+import { NonFiniteModelError, assertFiniteWeights, countNonFinite } from '../eval/finite.js';
 
 export type Precision = 'fp32' | 'bf16';
 
