@@ -4,7 +4,7 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as E from '../engine/index.js';
-import { decodeImage, type RgbImage, readImageFile } from '../data/image.js';
+import { DEFAULT_MAX_PIXELS, type DecodedImage, DecodeError, type DecodeErrorCode, decodeImage, type RgbImage, readImageFile } from '../data/image.js';
 import { DEFAULT_GEOMETRY } from '../data/geometry.js';
 import { type InputRecipe, prepareImage, type PreparedImage, SCALE_RANGE, type ScaleReport, validateInputRecipe } from '../data/prepare.js';
 import { makeBatch } from '../data/batches.js';
@@ -12,7 +12,6 @@ import { oodDistances } from '../eval/ood.js';
 import { loadModel, type ModelMetadata, type OodInfo } from '../models/io.js';
 import type { ImageClassifier } from '../models/classifier.js';
 import { softmaxRows } from '../eval/calibration.js';
-import { type Precision, withPrecision } from '../train/trainer.js';
 
 /** The model shipped in the package, trained on PBC (see docs/results.md). */
 export const BUNDLED_MODEL = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../models/hemato-convnext-atto.safetensors');
@@ -38,9 +37,18 @@ export interface Classification {
   scale: ScaleReport;
 }
 
+/** Stable codes of a per-image failure: the DecodeError codes, and scores that are not finite numbers. */
+export type ClassificationErrorCode = DecodeErrorCode | 'non-finite-output';
+
+/** What classifyBatch gives in place of an image that could not be classified. */
+export interface ClassificationError {
+  error: string;
+  code?: ClassificationErrorCode;
+}
+
 export interface ClassifierOptions {
   device?: E.Device | 'auto';
-  precision?: Precision | 'auto';
+  precision?: E.Precision | 'auto';
   /** Override the model's uncertainty threshold (a probability in [0, 1]). */
   uncertaintyThreshold?: number;
   /**
@@ -52,7 +60,74 @@ export interface ClassifierOptions {
   pixelSize?: number;
 }
 
-export type ImageInput = string | Uint8Array | RgbImage;
+/** A file path, a file's bytes, or decoded pixels (with decodeImage's warnings, where it gave any). */
+export type ImageInput = string | Uint8Array | DecodedImage;
+
+/** A prepared image and what the decoder warned about its file. */
+export interface PreparedInput extends PreparedImage {
+  warnings: string[];
+}
+
+const OPTION_NAMES = ['device', 'precision', 'uncertaintyThreshold', 'field', 'pixelSize'];
+const PRECISIONS: readonly (E.Precision | 'auto')[] = ['auto', 'fp32', 'bf16'];
+/** The smallest field a geometry takes (data/geometry.ts). */
+const MIN_FIELD = 8;
+/** A field is a padded square of this side at most: that of the largest image decoded (DEFAULT_MAX_PIXELS). */
+const MAX_FIELD = Math.floor(Math.sqrt(DEFAULT_MAX_PIXELS));
+
+/** Checks every option before a model is loaded, with one TypeError or RangeError naming the option and what it takes. */
+export function validateClassifierOptions(options: ClassifierOptions): void {
+  if (typeof options !== 'object' || options === null || Array.isArray(options)) throw new TypeError(`classifier options must be an object, got ${shown(options)}`);
+  const unknown = Object.keys(options).find((key) => !OPTION_NAMES.includes(key));
+  if (unknown !== undefined) throw new TypeError(`unknown classifier option '${unknown}'; the options are ${OPTION_NAMES.join(', ')}`);
+  const { device, precision } = options;
+  if (device !== undefined && !(typeof device === 'string' && /^(auto|cpu|cuda(:\d+)?)$/.test(device))) {
+    throw invalid(device, `device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got ${shown(device)}`);
+  }
+  if (precision !== undefined && !PRECISIONS.includes(precision)) throw invalid(precision, `precision must be one of ${PRECISIONS.map((p) => `'${p}'`).join(', ')}, got ${shown(precision)}`);
+  checkOverrides(options);
+}
+
+function checkOverrides({ uncertaintyThreshold: threshold, field, pixelSize }: Pick<ClassifierOptions, 'uncertaintyThreshold' | 'field' | 'pixelSize'>): void {
+  if (threshold !== undefined && !(typeof threshold === 'number' && threshold >= 0 && threshold <= 1)) {
+    throw invalid(threshold, `uncertaintyThreshold must be a probability in [0, 1], got ${shown(threshold)}`);
+  }
+  // A huge field would allocate its padded square (gigabytes) before anything else failed.
+  if (field !== undefined && field !== null && !(Number.isInteger(field) && field >= MIN_FIELD && field <= MAX_FIELD)) {
+    throw invalid(field, `field must be null (the largest centred square) or a whole number of pixels in ${MIN_FIELD}..${MAX_FIELD}, got ${shown(field)}`);
+  }
+  if (pixelSize !== undefined && !(typeof pixelSize === 'number' && Number.isFinite(pixelSize) && pixelSize > 0)) {
+    throw invalid(pixelSize, `pixelSize must be a positive, finite number of µm per pixel, got ${shown(pixelSize)}`);
+  }
+}
+
+/** Throws for anything that is not a path, a file's bytes or an RgbImage whose data matches its size. */
+export function checkInput(input: unknown, name = 'input'): asserts input is ImageInput {
+  if (typeof input === 'string') {
+    if (input === '') throw new TypeError(`${name} is an empty file path`);
+    return;
+  }
+  if (input instanceof Uint8Array) return;
+  if (typeof input !== 'object' || input === null || Array.isArray(input) || !('data' in input)) {
+    throw new TypeError(`${name} must be a file path, an image file's bytes (Uint8Array) or an RgbImage { width, height, data }, got ${shown(input)}`);
+  }
+  const { width, height, data } = input as RgbImage;
+  if (!(Number.isInteger(width) && width > 0 && Number.isInteger(height) && height > 0)) {
+    throw invalid(typeof width === 'number' ? height : width, `${name}: an RgbImage's width and height must be positive integers, got ${shown(width)} × ${shown(height)}`);
+  }
+  if (!(data instanceof Uint8Array)) throw new TypeError(`${name}: an RgbImage's data must be a Uint8Array, got ${shown(data)}`);
+  if (data.length !== width * height * 3) throw new RangeError(`${name}: an RgbImage of ${width}×${height} needs ${width * height * 3} bytes (3 per pixel), got ${data.length}`);
+}
+
+/** A RangeError for a number outside its range, a TypeError for a value of the wrong kind. */
+const invalid = (value: unknown, message: string) => (typeof value === 'number' ? new RangeError(message) : new TypeError(message));
+
+function shown(value: unknown): string {
+  if (typeof value === 'string') return `'${value}'`;
+  if (Array.isArray(value)) return 'an array';
+  if (value instanceof Uint8Array) return `${value.length} bytes`;
+  return value !== null && typeof value === 'object' ? 'an object' : String(value);
+}
 
 /** What a model file says about preparing its input, with defaults for fields older files lack. */
 export function inputRecipe(metadata: ModelMetadata): InputRecipe {
@@ -66,7 +141,7 @@ export function inputRecipe(metadata: ModelMetadata): InputRecipe {
 }
 
 /** The engine's default precision for classifying on this device with this architecture (engine/precision.ts). */
-export function defaultPrecision(device: E.Device, architecture?: string): Precision {
+export function defaultPrecision(device: E.Device, architecture?: string): E.Precision {
   return E.precisionFor({ device, family: architecture === undefined ? undefined : E.modelFamily(architecture) }).precision;
 }
 
@@ -77,7 +152,8 @@ export class Classifier {
   readonly recipe: InputRecipe;
   readonly pixelSize: number | undefined;
 
-  constructor(readonly model: ImageClassifier, readonly metadata: ModelMetadata, readonly device: E.Device, readonly precision: Precision, overrides: Pick<ClassifierOptions, 'uncertaintyThreshold' | 'field' | 'pixelSize'> = {}, readonly ood: OodInfo | null = null) {
+  constructor(readonly model: ImageClassifier, readonly metadata: ModelMetadata, readonly device: E.Device, readonly precision: E.Precision, overrides: Pick<ClassifierOptions, 'uncertaintyThreshold' | 'field' | 'pixelSize'> = {}, readonly ood: OodInfo | null = null) {
+    checkOverrides(overrides);
     this.classes = metadata.classes;
     this.temperature = metadata.temperature ?? 1;
     this.uncertaintyThreshold = overrides.uncertaintyThreshold ?? metadata.uncertaintyThreshold ?? 0.5;
@@ -88,9 +164,10 @@ export class Classifier {
   }
 
   /** Decodes (when needed) and brings one image to the model's input, exactly as training did. */
-  async prepare(input: ImageInput): Promise<PreparedImage> {
-    const image = typeof input === 'string' ? await readImageFile(input) : input instanceof Uint8Array ? await decodeImage(input) : input;
-    return prepareImage(image, this.recipe, { pixelSize: this.pixelSize });
+  async prepare(input: ImageInput): Promise<PreparedInput> {
+    checkInput(input);
+    const image: DecodedImage = typeof input === 'string' ? await readImageFile(input) : input instanceof Uint8Array ? await decodeImage(input) : input;
+    return { ...(await prepareImage(image, this.recipe, { pixelSize: this.pixelSize })), warnings: image.warnings ?? [] };
   }
 
   /** Raw logits [n × classes] for images already prepared (before temperature scaling). */
@@ -113,7 +190,7 @@ export class Classifier {
     const set = { images: data, size, labels: new Int32Array(images.length), classes: this.classes };
     const { logits, features } = E.tidy(() => E.noGrad(() => {
       const { x } = makeBatch(set, Int32Array.from(images.keys()), { normalization: this.metadata.normalization, device: this.device });
-      return withPrecision(this.precision, this.device, () => {
+      return E.withPrecision(this.precision, this.device, () => {
         const pooled = this.model.forwardHead(this.model.forwardFeatures(x), true);
         return {
           logits: this.model.head!.fc.forward(pooled).float().data() as Float32Array,
@@ -124,32 +201,45 @@ export class Classifier {
     return { logits, features, distances: this.ood ? oodDistances(features, this.ood) : null };
   }
 
+  /** Classifies one image; a failure throws an Error carrying the ClassificationErrorCode as `code`, where there is one. */
   async classify(input: ImageInput, options: { topK?: number } = {}): Promise<Classification> {
+    checkInput(input);
     const [result] = await this.classifyBatch([input], options);
-    if ('error' in result) throw new Error(result.error);
+    if ('error' in result) throw Object.assign(new Error(result.error), result.code ? { code: result.code } : {});
     return result;
   }
 
-  /** Classifies many images in batches; a bad image gets { error } in its place and the rest go on. */
-  async classifyBatch(inputs: ImageInput[], options: { topK?: number; batchSize?: number } = {}): Promise<(Classification | { error: string })[]> {
+  /**
+   * Classifies many images in batches; a bad image, or one the model gives non-finite scores, gets { error, code }
+   * in its place and the rest go on. Inputs of the wrong kind are the caller's mistake and throw at once.
+   */
+  async classifyBatch(inputs: ImageInput[], options: { topK?: number; batchSize?: number } = {}): Promise<(Classification | ClassificationError)[]> {
+    if (!Array.isArray(inputs)) throw new TypeError(`classifyBatch takes an array of inputs, got ${shown(inputs)}`);
+    inputs.forEach((input, i) => checkInput(input, `inputs[${i}]`));
     const requestedTopK = options.topK ?? 3;
     if (!Number.isInteger(requestedTopK) || requestedTopK < 1) throw new RangeError(`topK must be a positive integer, got ${options.topK}`);
     const topK = Math.min(requestedTopK, this.classes.length);
     // 0 or NaN would never advance the loop, a fraction would skip images; the bound keeps one batch in memory.
     const batchSize = options.batchSize ?? 32;
     if (!Number.isInteger(batchSize) || batchSize < 1 || batchSize > 4096) throw new RangeError(`batchSize must be an integer in 1..4096, got ${options.batchSize}`);
-    const results: (Classification | { error: string })[] = new Array(inputs.length);
+    const results: (Classification | ClassificationError)[] = new Array(inputs.length);
     for (let start = 0; start < inputs.length; start += batchSize) {
       const chunk = inputs.slice(start, start + batchSize);
-      const prepared = await Promise.all(chunk.map((input) => this.prepare(input).then((p) => ({ p }), (error: Error) => ({ error: describe(input, error) }))));
+      const prepared = await Promise.all(chunk.map((input) => this.prepare(input).then((p) => ({ p }), (error: Error) => failure(input, error))));
       const good = prepared.flatMap((p, i) => ('p' in p ? [{ p: p.p, i }] : []));
       const { logits, distances } = good.length ? this.score(good.map((g) => g.p.image)) : { logits: new Float32Array(0), distances: null };
       const probs = softmaxRows(logits, good.length, this.classes.length, this.temperature);
       prepared.forEach((p, i) => { if ('error' in p) results[start + i] = p; });
       good.forEach(({ p, i }, row) => {
+        // NaN or infinite logits (damaged weights, an overflow) have no meaningful ranking: no label is better than one.
+        if (!logits.subarray(row * this.classes.length, (row + 1) * this.classes.length).every(Number.isFinite)) {
+          results[start + i] = { error: describe(chunk[i], NON_FINITE), code: 'non-finite-output' };
+          return;
+        }
         const scores = Array.from(probs.subarray(row * this.classes.length, (row + 1) * this.classes.length));
         const predictions = scores.map((score, c) => ({ label: this.classes[c], score })).sort((a, b) => b.score - a.score).slice(0, topK);
         const reasons = this.reasons(predictions[0].score, p.scale, distances?.[row], p.measures?.nuclei);
+        if (p.warnings.length > 0) reasons.push('decode-warning');
         results[start + i] = { predictions, uncertain: reasons.length > 0, reasons, scale: p.scale };
       });
     }
@@ -172,17 +262,31 @@ export class Classifier {
   }
 }
 
-function describe(input: ImageInput, error: Error): string {
-  return typeof input === 'string' ? `${input}: ${error.message}` : error.message;
+const NON_FINITE = 'the model gave scores that are not finite numbers (NaN or infinity), so there is no label; its weights may be damaged';
+
+function describe(input: ImageInput, message: string): string {
+  return typeof input === 'string' ? `${input}: ${message}` : message;
+}
+
+function failure(input: ImageInput, error: Error): ClassificationError {
+  return { error: describe(input, error.message), ...(error instanceof DecodeError ? { code: error.code } : {}) };
 }
 
 /** Loads a hemato model file (the bundled model by default) for classification. */
 export async function loadClassifier(file: string = BUNDLED_MODEL, options: ClassifierOptions = {}): Promise<Classifier> {
+  if (typeof file !== 'string' || file === '') throw new TypeError(`loadClassifier takes the path of a model file, got ${shown(file)}`);
+  validateClassifierOptions(options);
   const device = E.resolveDevice(options.device ?? 'auto');
   const { model, metadata, ood } = await loadModel(file, { device }).catch((error: Error) => {
     if (file === BUNDLED_MODEL && /no such file/.test(error.message)) throw new Error(`the bundled model is missing at ${file}; reinstall hemato or pass a model file`);
     throw error;
   });
   const precision = options.precision && options.precision !== 'auto' ? options.precision : defaultPrecision(device, metadata.architecture);
-  return new Classifier(model, metadata, device, precision, options, ood);
+  try {
+    return new Classifier(model, metadata, device, precision, options, ood);
+  } catch (error) {
+    // The file's preprocessing recipe is checked here: name the file, and free the model it came with.
+    model.dispose();
+    throw new Error(`${file}: ${(error as Error).message}`);
+  }
 }

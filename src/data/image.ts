@@ -3,17 +3,28 @@ import sharp, { type Metadata } from 'sharp';
 import { decodeBmp } from './bmp.js';
 import { checkPixelLimit, DecodeError } from './errors.js';
 import { readRegularFile } from './files.js';
+import type { RgbImage } from '../preprocess/image.js';
 
 export { DecodeError, type DecodeErrorCode } from './errors.js';
 
-/** An 8-bit RGB image, rows top to bottom, pixels interleaved (HWC). */
-export interface RgbImage {
-  width: number;
-  height: number;
-  data: Uint8Array;
+export type { RgbImage } from '../preprocess/image.js';
+
+/** A decoded file: its pixels, and what the decoder warned about when it could only decode them leniently. */
+export interface DecodedImage extends RgbImage {
+  /** libvips' warnings: the pixels may be damaged, so an answer from them must not be trusted as it is. */
+  warnings?: string[];
 }
 
 export type ImageFormat = 'jpeg' | 'png' | 'tiff' | 'webp' | 'bmp';
+
+type FailOn = 'truncated' | 'error' | 'warning';
+
+/**
+ * The sharp failOn level a file must pass to be decoded at all; anything it passes that fails 'warning' is decoded
+ * with a warning. JPEG: 'warning' itself, which no clean PBC image trips, while overwritten data only makes libjpeg
+ * warn (measured in docs/reliability.md). Other formats: 'truncated', since a bad PNG checksum is only a warning.
+ */
+const ACCEPT_AT: Record<Exclude<ImageFormat, 'bmp'>, FailOn> = { jpeg: 'warning', png: 'truncated', tiff: 'truncated', webp: 'truncated' };
 
 export interface DecodeOptions {
   /** Refuse images whose declared width × height exceeds this (decompression bombs). */
@@ -50,8 +61,11 @@ export function describeNonImage(bytes: Uint8Array): string {
   return `not an image: unknown content (first bytes ${hex})`;
 }
 
-/** Decodes JPEG (incl. CMYK, progressive), PNG (8/16-bit, grey, alpha), TIFF, WebP and BMP into 8-bit sRGB. */
-export async function decodeImage(bytes: Uint8Array, options: DecodeOptions = {}): Promise<RgbImage> {
+/**
+ * Decodes JPEG (incl. CMYK, progressive), PNG (8/16-bit, grey, alpha), TIFF, WebP and BMP into 8-bit sRGB. A file
+ * that decodes only below the strictest level comes back with `warnings`.
+ */
+export async function decodeImage(bytes: Uint8Array, options: DecodeOptions = {}): Promise<DecodedImage> {
   const maxPixels = options.maxPixels ?? DEFAULT_MAX_PIXELS;
   if (bytes.length === 0) throw new DecodeError('empty', 'empty file (0 bytes)');
   const format = sniffFormat(bytes);
@@ -70,19 +84,30 @@ export async function decodeImage(bytes: Uint8Array, options: DecodeOptions = {}
   }
   checkPixelLimit(declared.width ?? 0, declared.height ?? 0, maxPixels);
 
+  // Clean files decode once; only a file that fails the strict pass is decoded again, leniently.
+  let strictError: unknown;
   try {
-    // failOn 'truncated' rejects cut-off files (libjpeg only warns on them) yet accepts harmless warnings.
-    const { data, info } = await sharp(bytes, { limitInputPixels: maxPixels, failOn: 'truncated', pages: 1 })
-      .autoOrient()
-      .flatten({ background: '#ffffff' })
-      .toColourspace('srgb')
-      .raw({ depth: 'uchar' })
-      .toBuffer({ resolveWithObject: true });
-    if (info.channels !== 3) throw new Error(`expected 3 channels after conversion, got ${info.channels}`);
-    return { width: info.width, height: info.height, data: new Uint8Array(data.buffer, data.byteOffset, data.length) };
+    return await decodePixels(bytes, maxPixels, 'warning');
+  } catch (error) {
+    strictError = error;
+  }
+  if (ACCEPT_AT[format] === 'warning') throw failure(format, bytes, sharpMessage(strictError));
+  try {
+    return { ...(await decodePixels(bytes, maxPixels, ACCEPT_AT[format])), warnings: [sharpMessage(strictError)] };
   } catch (error) {
     throw failure(format, bytes, sharpMessage(error));
   }
+}
+
+async function decodePixels(bytes: Uint8Array, maxPixels: number, failOn: FailOn): Promise<RgbImage> {
+  const { data, info } = await sharp(bytes, { limitInputPixels: maxPixels, failOn, pages: 1 })
+    .autoOrient()
+    .flatten({ background: '#ffffff' })
+    .toColourspace('srgb')
+    .raw({ depth: 'uchar' })
+    .toBuffer({ resolveWithObject: true });
+  if (info.channels !== 3) throw new Error(`expected 3 channels after conversion, got ${info.channels}`);
+  return { width: info.width, height: info.height, data: new Uint8Array(data.buffer, data.byteOffset, data.length) };
 }
 
 export interface ReadOptions extends DecodeOptions {
@@ -91,7 +116,7 @@ export interface ReadOptions extends DecodeOptions {
 }
 
 /** Reads (regular files only, of bounded size) and decodes one file; every failure is a DecodeError naming what is wrong. */
-export async function readImageFile(path: string, options: ReadOptions = {}): Promise<RgbImage> {
+export async function readImageFile(path: string, options: ReadOptions = {}): Promise<DecodedImage> {
   return decodeImage(await readRegularFile(path, options.maxFileBytes), options);
 }
 
@@ -100,7 +125,8 @@ export async function readImageFile(path: string, options: ReadOptions = {}): Pr
  * own structure decides first, since libvips' message can be lost when several files fail at once.
  */
 function failure(format: ImageFormat, bytes: Uint8Array, message: string): DecodeError {
-  const truncated = endsEarly(format, bytes) || /premature end|truncat|unexpected end|end of (file|stream|data)|short read/i.test(message);
+  // libjpeg's "Corrupt JPEG data: premature end of data segment" is damage inside the file, not a cut-off one.
+  const truncated = endsEarly(format, bytes) || /premature end of (jpeg )?file|truncat|unexpected end|end of (file|stream)|short read/i.test(message);
   const kind = truncated ? 'truncated' : 'corrupt';
   return new DecodeError(kind, `${kind} ${format.toUpperCase()}: ${message}${truncated ? '; copy the file again from its source' : ''}`);
 }

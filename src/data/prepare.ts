@@ -77,16 +77,25 @@ export function validateInputRecipe(recipe: InputRecipe): InputRecipe {
   return recipe;
 }
 
-/** The scale to apply: the user's pixel size, else the red cells, else the white cell's nucleus, else none. */
+/**
+ * Per-image red-cell estimates scatter by about ±7 % on one scanner (cells vary, and an image shows a handful), so a
+ * smaller difference is noise: resampling by it would add as much error as it removes.
+ */
+const SCALE_NOISE = 0.1;
+const beyondNoise = (factor: number) => (Math.abs(Math.log(factor)) < Math.log(1 + SCALE_NOISE) ? 1 : factor);
+
+/** The scale to apply: the user's pixel size, else the red cells, else (in a tight crop) the white cell's nucleus, else none. */
 export function chooseScale(reference: ReferenceScale | null, measures: CellMeasures | null, pixelSize?: number): ScaleReport {
   if (!reference) return { source: 'none', um_per_px: pixelSize ?? null, factor: 1 };
   const referenceUm = reference.rbcDiameterUm / reference.rbcDiameter;
   const clamp = (f: number) => Math.min(FACTOR_LIMITS[1], Math.max(FACTOR_LIMITS[0], f));
   if (pixelSize !== undefined) return { source: 'given', um_per_px: pixelSize, factor: clamp(pixelSize / referenceUm) };
   if (measures?.rbcDiameter) {
-    return { source: 'red-cells', um_per_px: reference.rbcDiameterUm / measures.rbcDiameter, factor: clamp(reference.rbcDiameter / measures.rbcDiameter) };
+    return { source: 'red-cells', um_per_px: reference.rbcDiameterUm / measures.rbcDiameter, factor: clamp(beyondNoise(reference.rbcDiameter / measures.rbcDiameter)) };
   }
-  if (measures?.nucleusExtent) {
+  // The nucleus's size depends on the cell type, so it stands in for red cells only where nothing else can: in a
+  // tight crop. Elsewhere a missing red-cell estimate leaves the file's scale as it is.
+  if (measures?.nucleusExtent && measures.tightCrop) {
     const factor = clamp(reference.nucleusExtent / measures.nucleusExtent);
     return { source: 'white-cell', um_per_px: referenceUm * factor, factor };
   }

@@ -16,11 +16,15 @@ export interface CellMeasures {
   nucleusExtent: number | null;
   /** Separate nucleus-sized blobs: more than one suggests several cells, none an empty field. */
   nuclei: number;
+  /** The nucleus spans more than half the image: a tight crop, in which the white cell fills the frame. */
+  tightCrop: boolean;
   /** The background colour (RGB): the median of the brightest quarter of the pixels. */
   background: [number, number, number];
 }
 
 const MIN_RED_CELLS = 2;
+/** Nucleus extent over the image's shorter side from which an image counts as a tight crop (PBC: mostly 0.15–0.5). */
+const TIGHT_CROP = 0.55;
 /** Images larger than this (on the longer side) are measured on a box-filtered copy, then scaled back. */
 const MEASURE_SIDE = 256;
 
@@ -63,6 +67,7 @@ function measureAtFullSize(image: RgbImage): CellMeasures {
     redCells,
     nucleusExtent: extent,
     nuclei: blobs,
+    tightCrop: extent !== null && extent >= TIGHT_CROP * Math.min(width, height),
     background,
   };
 }

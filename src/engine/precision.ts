@@ -1,6 +1,8 @@
 // The default precision, in one table: by device, CPU kind, model family and purpose, each entry with its evidence.
 // docs/benchmarks.md ("Default precision") holds the measurements the AVX-512-BF16 entries rest on.
+import { autocast } from './autocast.js';
 import { cpuFeatures, type CpuFeatures } from './runtime.js';
+import type { Device } from './tensor.js';
 
 export type Precision = 'fp32' | 'bf16';
 export type ModelFamily = 'convnext' | 'swin' | 'dualpath';
@@ -87,4 +89,9 @@ export function precisionFor(query: PrecisionQuery): PrecisionChoice {
   if (choices.every((c) => c.precision === choices[0].precision)) return choices[0];
   const split = MODEL_FAMILIES.map((family) => `${family} ${byFamily[family].precision}`).join(', ');
   return fp32(`the families differ here (${split}); without the model's family, fp32`);
+}
+
+/** Runs fn under bf16 autocast on the device's kind (CPU or CUDA) when precision is bf16, as it is otherwise. */
+export function withPrecision<T>(precision: Precision, device: Device, fn: () => T): T {
+  return precision === 'bf16' ? autocast(fn, { device: device.startsWith('cuda') ? 'cuda' : 'cpu', dtype: 'bfloat16' }) : fn();
 }

@@ -2,7 +2,7 @@
 // (CLAHE) and morphological enhancement, all on L* of CIELAB, at the model's working size.
 // The order is deliberate: flatten the field first so CLAHE's tile histograms and the white reference see the
 // cell, not the lamp; enhance structure last, on the contrast the model will see.
-import type { RgbImage } from '../data/image.js';
+import type { RgbImage } from './image.js';
 import { type FloatImage, type GrayImage, type ImageOps, type LabImage, loadImageOps } from './ops.js';
 
 export interface MpmConfig {

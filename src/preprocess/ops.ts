@@ -1,7 +1,7 @@
 // The image operations MPM is built from, each one OpenCV call with OpenCV's defaults made explicit.
 // Inputs and outputs are plain typed arrays; every Mat is freed before returning, since the WebAssembly heap has no GC.
 import type { Mat } from '@techstark/opencv-js';
-import type { RgbImage } from '../data/image.js';
+import type { RgbImage } from './image.js';
 import { loadOpenCv, type OpenCv } from './opencv.js';
 
 export interface GrayImage {

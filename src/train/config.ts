@@ -8,7 +8,8 @@ import { DEFAULT_GEOMETRY } from '../data/geometry.js';
 import { listModels } from '../models/registry.js';
 import { resolveMpmConfig } from '../preprocess/mpm.js';
 import type { TrainingDataOptions } from './data.js';
-import type { Precision, TrainConfig } from './trainer.js';
+import type { Precision } from '../engine/index.js';
+import type { TrainConfig } from './trainer.js';
 
 /** Everything a run is configured by, as recorded in its config.json. */
 export interface RunConfig extends TrainConfig {

@@ -5,8 +5,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import * as E from '../engine/index.js';
-import { defaultPrecision } from '../api/classifier.js';
-import { finishRun, type RunSummary } from '../api/finish.js';
+import { finishRun, type RunSummary } from './finish.js';
 import type { SkippedFile } from '../data/dataset.js';
 import type { InputRecipe, ReferenceScale } from '../data/prepare.js';
 import { writeSplit } from '../data/split.js';
@@ -66,7 +65,7 @@ async function readJson(file: string, what: string): Promise<unknown> {
 }
 
 function fixPrecision(settings: RunSettings): RunConfig {
-  return { ...settings, precision: settings.precision === 'auto' ? defaultPrecision(E.resolveDevice(settings.device)) : settings.precision };
+  return { ...settings, precision: settings.precision === 'auto' ? E.precisionFor({ device: E.resolveDevice(settings.device), family: E.modelFamily(settings.model), purpose: 'training' }).precision : settings.precision };
 }
 
 /** A run's recorded settings; config.json files written before the split's seed was the run's carry it twice. */

@@ -15,7 +15,6 @@ import { softmaxRows } from '../eval/calibration.js';
 import { type LoopState, loadCheckpoint, saveCheckpoint } from './checkpoint.js';
 import { NonFiniteModelError, assertFiniteWeights, countNonFinite } from '../eval/finite.js';
 
-export type Precision = 'fp32' | 'bf16';
 
 export interface TrainConfig {
   epochs: number;
@@ -28,7 +27,7 @@ export interface TrainConfig {
   labelSmoothing: number;
   /** Decay of an exponential moving average of the weights, or null for none. */
   emaDecay: number | null;
-  precision: Precision;
+  precision: E.Precision;
   /** Maximum global gradient norm, or null for no clipping. */
   clipGrad: number | null;
   seed: number;
@@ -97,12 +96,8 @@ function stepSeed(seed: number, epoch: number, batch: number): number {
   return (Math.imul(seed + 1, 0x9e3779b1) ^ Math.imul(epoch + 1, 0x85ebca6b) ^ Math.imul(batch + 1, 0xc2b2ae35)) >>> 0;
 }
 
-export function withPrecision<T>(precision: Precision, device: E.Device, fn: () => T): T {
-  return precision === 'bf16' ? E.autocast(fn, { device: device.startsWith('cuda') ? 'cuda' : 'cpu', dtype: 'bfloat16' }) : fn();
-}
-
 /** Logits [n × classes] of the model (in eval mode) over the given samples, as float32 on the host. */
-export function predictLogits(model: ImageClassifier, data: ImageSet, indices: Int32Array, options: { batchSize: number; normalization: Normalization; precision: Precision; device: E.Device }): Float32Array {
+export function predictLogits(model: ImageClassifier, data: ImageSet, indices: Int32Array, options: { batchSize: number; normalization: Normalization; precision: E.Precision; device: E.Device }): Float32Array {
   const k = model.numClasses;
   const out = new Float32Array(indices.length * k);
   const wasTraining = model.training;
@@ -112,7 +107,7 @@ export function predictLogits(model: ImageClassifier, data: ImageSet, indices: I
       const batch = indices.subarray(start, Math.min(indices.length, start + options.batchSize));
       E.tidy(() => E.noGrad(() => {
         const { x } = makeBatch(data, batch, { normalization: options.normalization, device: options.device });
-        const logits = withPrecision(options.precision, options.device, () => model.forward(x));
+        const logits = E.withPrecision(options.precision, options.device, () => model.forward(x));
         out.set(logits.float().data() as Float32Array, start * k);
       }));
     }
@@ -167,7 +162,7 @@ export async function train(run: TrainRun): Promise<{ loop: LoopState; stoppedEa
         const lr = cosineLr(loop.globalStep, schedule);
         optimizer.setLr(lr);
         const loss = E.tidy(() => {
-          const logits = withPrecision(config.precision, device, () => model.forward(x));
+          const logits = E.withPrecision(config.precision, device, () => model.forward(x));
           const value = E.F.crossEntropy(logits.float(), y, { labelSmoothing: config.labelSmoothing });
           value.backward();
           return value.item();
