@@ -140,7 +140,7 @@ const SCHEMA = group({
     mean: numbers('3 numbers (R, G, B)', (v) => v.length === 3),
     std: numbers('3 numbers above 0 (R, G, B)', (v) => v.length === 3 && v.every((x) => x > 0)),
   }),
-  data: group({ source: SOURCE, split: orNull(text), mpm: MPM, valFraction: openFraction, field: orNull(integer(8, 100_000)), normalizeScale: optional(bool) }),
+  data: group({ source: SOURCE, split: orNull(text), mpm: MPM, valFraction: openFraction, field: orNull(integer(8, 100_000)), normalizeScale: optional(bool), whiteBalance: optional(bool) }),
 });
 
 const show = (value: unknown) => (value === undefined ? 'nothing' : JSON.stringify(value));

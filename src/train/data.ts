@@ -23,6 +23,8 @@ export interface TrainingDataOptions {
   field?: number | null;
   /** Bring every image to the training data's physical scale and background colour (default true). */
   normalizeScale?: boolean;
+  /** With normalizeScale: also white-balance every image to the training background (default true). */
+  whiteBalance?: boolean;
   /** The scale and background to bring images to (a fine-tuned model's starting point's); absent: measured here. */
   reference?: { scale: ReferenceScale; background: [number, number, number] };
 }
@@ -66,7 +68,7 @@ export async function loadTrainingData(options: TrainingDataOptions, inputSize: 
   const paths = rows.map((r) => path.join(root, r.file));
   // Measured on the training part only: the validation images must not shape their own preparation.
   const reference = options.normalizeScale === false || geometry.field === null ? null : options.reference ?? await measureReference(paths.filter((_, i) => rows[i].part === 'train'), { seed: options.seed });
-  const preprocessing: InputRecipe = { geometry, mpm, scale: reference?.scale ?? null, background: reference?.background ?? null };
+  const preprocessing: InputRecipe = { geometry, mpm, scale: reference?.scale ?? null, background: options.whiteBalance === false ? null : reference?.background ?? null };
   const pool = await PreparePool.start(preprocessing, availableParallelism());
   let results;
   try {
