@@ -123,8 +123,8 @@ function augmentGeometry(x: E.Tensor, config: AugmentConfig, random: () => numbe
 }
 
 // Ruifrok & Johnston's optical-density vectors of haematoxylin, eosin and DAB (rows), and their inverse.
-const RGB_FROM_HED = [0.65, 0.7, 0.29, 0.07, 0.99, 0.11, 0.27, 0.57, 0.78];
-const HED_FROM_RGB = invert3(RGB_FROM_HED);
+export const RGB_FROM_HED = [0.65, 0.7, 0.29, 0.07, 0.99, 0.11, 0.27, 0.57, 0.78];
+export const HED_FROM_RGB = invert3(RGB_FROM_HED);
 
 function invert3(m: number[]): number[] {
   const [a, b, c, d, e, f, g, h, i] = m;

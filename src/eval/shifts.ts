@@ -1,6 +1,7 @@
 // The shift suite: what images from other microscopes, stains and scanners do to a PBC image, each applied to the
 // decoded source image before the classifier prepares it, with its parameters recorded.
 import sharp, { type Sharp } from 'sharp';
+import { HED_FROM_RGB, RGB_FROM_HED } from '../data/augment.js';
 import { cropToField, resizeRgb } from '../data/geometry.js';
 import type { RgbImage } from '../data/image.js';
 import { measureCells } from '../data/scale.js';
@@ -92,15 +93,10 @@ export function gains(image: RgbImage, rgb: readonly [number, number, number]): 
   return { width: image.width, height: image.height, data: out };
 }
 
-// Ruifrok & Johnston's haematoxylin, eosin and DAB optical-density vectors (rows).
-const RGB_FROM_HED = [0.65, 0.7, 0.29, 0.07, 0.99, 0.11, 0.27, 0.57, 0.78];
-
 /** Haematoxylin and eosin densities × factor, relative to the background (which stays as it is). */
 export function stain(image: RgbImage, factor: number): RgbImage {
   const background = measureCells(image).background;
-  const m = RGB_FROM_HED;
-  const det = m[0] * (m[4] * m[8] - m[5] * m[7]) - m[1] * (m[3] * m[8] - m[5] * m[6]) + m[2] * (m[3] * m[7] - m[4] * m[6]);
-  const inv = [m[4] * m[8] - m[5] * m[7], m[2] * m[7] - m[1] * m[8], m[1] * m[5] - m[2] * m[4], m[5] * m[6] - m[3] * m[8], m[0] * m[8] - m[2] * m[6], m[2] * m[3] - m[0] * m[5], m[3] * m[7] - m[4] * m[6], m[1] * m[6] - m[0] * m[7], m[0] * m[4] - m[1] * m[3]].map((v) => v / det);
+  const [m, inv] = [RGB_FROM_HED, HED_FROM_RGB];
   const out = new Uint8Array(image.data.length);
   const od = [0, 0, 0];
   for (let p = 0; p < out.length; p += 3) {
