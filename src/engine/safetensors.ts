@@ -16,9 +16,11 @@ export interface SafetensorsFile {
 }
 
 interface HeaderEntry {
-  dtype: string;
+  name: string;
+  dtype: DType;
   shape: number[];
-  data_offsets: [number, number];
+  begin: number;
+  end: number;
 }
 
 /** Parses a safetensors buffer into CPU tensors. Errors name the file's defect. */
@@ -27,26 +29,17 @@ export function parseSafetensors(bytes: Uint8Array, source = 'safetensors data')
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const headerLength = Number(view.getBigUint64(0, true));
   if (headerLength > bytes.length - 8 || headerLength > 100_000_000) throw new Error(`${source}: header length ${headerLength} exceeds the file`);
-  let header: Record<string, HeaderEntry | Record<string, string>>;
+  let header: unknown;
   try {
     header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + headerLength)));
   } catch {
     throw new Error(`${source}: the header is not valid JSON; the file is damaged or not safetensors`);
   }
   const dataStart = 8 + headerLength;
-  const dataLength = bytes.length - dataStart;
+  const { entries, metadata } = readHeader(header, bytes.length - dataStart, source);
   const tensors = new Map<string, Tensor>();
   try {
-    for (const [name, entry] of Object.entries(header)) {
-      if (name === '__metadata__') continue;
-      const { dtype: code, shape, data_offsets: offsets } = entry as HeaderEntry;
-      const dtype = FROM_FILE.get(code);
-      if (!dtype) throw new Error(`${source}: tensor '${name}' has dtype ${code}, which hemato does not read`);
-      const [begin, end] = offsets;
-      const expected = shape.reduce((a, b) => a * b, 1) * itemSize(dtype);
-      if (!(begin >= 0 && end >= begin && end <= dataLength) || end - begin !== expected) {
-        throw new Error(`${source}: tensor '${name}' has offsets [${begin}, ${end}] that do not fit its shape [${shape}] or the file`);
-      }
+    for (const { name, dtype, shape, begin, end } of entries) {
       // Copy into a fresh, aligned buffer: the file's offsets need not be aligned for typed-array views
       // (and Buffer#slice would share the file's memory rather than copy it).
       const raw = Uint8Array.prototype.slice.call(bytes, dataStart + begin, dataStart + end);
@@ -56,8 +49,47 @@ export function parseSafetensors(bytes: Uint8Array, source = 'safetensors data')
     dispose([...tensors.values()]);
     throw error;
   }
-  const metadata = (header.__metadata__ as Record<string, string> | undefined) ?? {};
   return { tensors, metadata };
+}
+
+const isObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value);
+const isIndex = (value: unknown): value is number => Number.isSafeInteger(value) && (value as number) >= 0;
+/** A value as JSON, cut short: a damaged header can hold anything. */
+const brief = (value: unknown): string => {
+  const text = JSON.stringify(value) ?? String(value);
+  return text.length > 80 ? `${text.slice(0, 77)}...` : text;
+};
+
+/** Checks the whole header before any tensor is made: every entry's form, dtype, size and place in the data. */
+function readHeader(header: unknown, dataLength: number, source: string): { entries: HeaderEntry[]; metadata: Record<string, string> } {
+  if (!isObject(header)) throw new Error(`${source}: the header is ${brief(header)}, not a JSON object`);
+  const { __metadata__: metadata = {}, ...described } = header;
+  if (!isObject(metadata) || !Object.values(metadata).every((v) => typeof v === 'string')) throw new Error(`${source}: __metadata__ must map names to strings`);
+  const entries = Object.entries(described).map(([name, entry]) => readEntry(name, entry, dataLength, source));
+  // Two tensors sharing bytes would load fine and silently alias each other's weights.
+  const placed = entries.filter((e) => e.end > e.begin).sort((a, b) => a.begin - b.begin);
+  for (let i = 1; i < placed.length; i++) {
+    const [a, b] = [placed[i - 1], placed[i]];
+    if (b.begin < a.end) throw new Error(`${source}: tensors '${a.name}' [${a.begin}, ${a.end}] and '${b.name}' [${b.begin}, ${b.end}] share bytes`);
+  }
+  return { entries, metadata: metadata as Record<string, string> };
+}
+
+function readEntry(name: string, entry: unknown, dataLength: number, source: string): HeaderEntry {
+  const what = `${source}: tensor '${name}'`;
+  if (!isObject(entry)) throw new Error(`${what} is described by ${brief(entry)}, not an object`);
+  const { dtype: code, shape, data_offsets: offsets } = entry;
+  const dtype = typeof code === 'string' ? FROM_FILE.get(code) : undefined;
+  if (!dtype) throw new Error(`${what} has dtype ${brief(code)}, which hemato does not read (${[...FROM_FILE.keys()].join(', ')})`);
+  if (!Array.isArray(shape) || !shape.every(isIndex)) throw new Error(`${what} has shape ${brief(shape)}, not a list of non-negative integers`);
+  if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isIndex) || offsets[0] > offsets[1]) {
+    throw new Error(`${what} has data_offsets ${brief(offsets)}, not [begin, end] with 0 ≤ begin ≤ end`);
+  }
+  const [begin, end] = offsets as [number, number];
+  if (end > dataLength) throw new Error(`${what} has offsets [${begin}, ${end}] beyond the ${dataLength} bytes of data; the file is cut short or damaged`);
+  const expected = shape.reduce((a: number, b: number) => a * b, 1) * itemSize(dtype);
+  if (end - begin !== expected) throw new Error(`${what} has offsets [${begin}, ${end}] (${end - begin} bytes), but shape [${shape}] of ${code} needs ${expected}`);
+  return { name, dtype, shape, begin, end };
 }
 
 function viewAs(dtype: DType, buffer: ArrayBuffer) {

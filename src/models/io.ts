@@ -2,7 +2,7 @@
 // rebuild and use the model (architecture, options, classes, input size, normalisation, preprocessing, provenance).
 import * as E from '../engine/index.js';
 import type { ImageClassifier } from './classifier.js';
-import { createModel, type ModelOptions } from './registry.js';
+import { createModel, listModels, type ModelOptions } from './registry.js';
 
 /** The metadata key that holds hemato's JSON document. */
 const METADATA_KEY = 'hemato';
@@ -123,9 +123,9 @@ export async function loadModel(file: string, options: { device?: E.Device } = {
   try {
     const metadata = parseMetadata(raw[METADATA_KEY], file);
     const ood = readOod(tensors, metadata, file);
-    const model = createModel(metadata.architecture, { ...metadata.options });
+    const model = named(file, () => createModel(metadata.architecture, { ...metadata.options }));
     try {
-      model.loadStateDict(tensors);
+      named(file, () => model.loadStateDict(tensors));
     } catch (error) {
       model.dispose();
       throw error;
@@ -146,27 +146,117 @@ function readOod(tensors: Map<string, E.Tensor>, metadata: ModelMetadata, file: 
   tensors.delete(OOD_PRECISION);
   try {
     if (!metadata.outOfDistribution) return null;
-    const { features, threshold } = metadata.outOfDistribution;
+    const { features } = metadata.outOfDistribution;
     if (!means || !precision) throw new Error(`${file}: the metadata names an out-of-distribution detector, but its arrays are missing; the file is damaged`);
     if (means.ndim !== 2 || means.shape[0] !== metadata.classes.length || means.shape[1] !== features || precision.ndim !== 2 || precision.shape[0] !== features || precision.shape[1] !== features) {
       throw new Error(`${file}: the out-of-distribution arrays have shapes [${means.shape}] and [${precision.shape}], expected [${metadata.classes.length}, ${features}] and [${features}, ${features}]`);
     }
-    if (!(Number.isFinite(threshold) && threshold > 0)) throw new Error(`${file}: the out-of-distribution threshold must be a positive number, got ${threshold}`);
     return { ...metadata.outOfDistribution, means: means.float().data() as Float32Array, precision: precision.float().data() as Float32Array };
   } finally {
     E.dispose([means, precision].filter((t): t is E.Tensor => t !== undefined));
   }
 }
 
-function parseMetadata(json: string | undefined, file: string): ModelMetadata {
-  if (json === undefined) throw new Error(`${file} has no hemato metadata; it is not a model saved by hemato (a timm checkpoint? load it with importTimmCheckpoint)`);
-  let metadata: ModelMetadata;
+/** Runs a step of loading; its error (of whatever class) then names the file. */
+function named<T>(file: string, step: () => T): T {
   try {
-    metadata = JSON.parse(json) as ModelMetadata;
+    return step();
+  } catch (error) {
+    if (error instanceof Error && !error.message.startsWith(file)) error.message = `${file}: ${error.message}`;
+    throw error;
+  }
+}
+
+const DTYPES = ['float32', 'float16', 'bfloat16'];
+/** Beyond any model hemato trains; the bounds keep a damaged file from building a network of gigabytes. */
+const MAX_INPUT_SIZE = 1024;
+const MAX_CLASSES = 10_000;
+const MAX_WIDTH = 4096;
+
+type Json = Record<string, unknown>;
+const isObject = (value: unknown): value is Json => typeof value === 'object' && value !== null && !Array.isArray(value);
+const isNumber = (value: unknown): value is number => typeof value === 'number' && Number.isFinite(value);
+const inRange = (value: unknown, low: number, high: number): boolean => isNumber(value) && value >= low && value <= high;
+const isCount = (value: unknown, high: number): boolean => Number.isInteger(value) && inRange(value, 1, high);
+/** A value as JSON, cut short: a damaged file can hold anything. */
+const shown = (value: unknown): string => {
+  const text = value === undefined ? 'nothing' : JSON.stringify(value);
+  return text.length > 80 ? `${text.slice(0, 77)}...` : text;
+};
+
+/**
+ * Parses hemato's metadata document and checks every field a model is built and used from, so that a damaged or
+ * hand-edited file fails at load with one message naming the file and the field, never later with a wrong answer.
+ */
+export function parseMetadata(json: string | undefined, file: string): ModelMetadata {
+  if (json === undefined) throw new Error(`${file} has no hemato metadata; it is not a model saved by hemato (a timm checkpoint? load it with importTimmCheckpoint)`);
+  let metadata: unknown;
+  try {
+    metadata = JSON.parse(json);
   } catch {
     throw new Error(`${file}: the hemato metadata is not valid JSON; the file is damaged`);
   }
-  if (metadata.format !== FORMAT) throw new Error(`${file}: metadata format '${metadata.format}' is not '${FORMAT}'`);
-  if (metadata.version > VERSION) throw new Error(`${file} was saved by a newer hemato (model format ${metadata.version}); upgrade hemato to load it`);
-  return metadata;
+  const problem = metadataProblem(metadata);
+  if (problem !== null) throw new Error(`${file}: ${problem}`);
+  return metadata as ModelMetadata;
+}
+
+/** The first thing wrong with a metadata document, or null. */
+function metadataProblem(m: unknown): string | null {
+  if (!isObject(m)) return `the hemato metadata is ${shown(m)}, not an object; the file is damaged`;
+  if (m.format !== FORMAT) return `metadata format ${shown(m.format)} is not '${FORMAT}'`;
+  if (!isCount(m.version, Number.MAX_SAFE_INTEGER)) return `metadata version ${shown(m.version)} is not a positive integer`;
+  if ((m.version as number) > VERSION) return `it was saved by a newer hemato (model format ${m.version}); upgrade hemato to load it`;
+  if (typeof m.architecture !== 'string' || !listModels().includes(m.architecture)) return `architecture ${shown(m.architecture)} is not one of ${listModels().join(', ')}`;
+  return classesProblem(m.classes) ?? optionsProblem(m) ?? normalizationProblem(m.normalization) ?? usageProblem(m);
+}
+
+function classesProblem(classes: unknown): string | null {
+  if (!Array.isArray(classes) || !isCount(classes.length, MAX_CLASSES)) return `classes must be a list of 1 to ${MAX_CLASSES} names, got ${Array.isArray(classes) ? `${classes.length} names` : shown(classes)}`;
+  const bad = classes.find((name) => typeof name !== 'string' || name.trim() === '');
+  if (bad !== undefined) return `class name ${shown(bad)} is not a non-empty string`;
+  const repeated = classes.find((name, i) => classes.indexOf(name) !== i);
+  if (repeated !== undefined) return `class name ${shown(repeated)} appears twice; every output needs its own name`;
+  return null;
+}
+
+/** The architecture's options, which must agree with the class names and input size the file states. */
+function optionsProblem(m: Json): string | null {
+  const options = m.options;
+  if (!isObject(options)) return `options must be an object, got ${shown(options)}`;
+  const classes = (m.classes as string[]).length;
+  if (options.numClasses !== classes) return `${classes} class names for a model with ${shown(options.numClasses)} outputs (options.numClasses)`;
+  if (!(isCount(m.inputSize, MAX_INPUT_SIZE) && (m.inputSize as number) % 32 === 0)) return `inputSize must be a multiple of 32 in 32..${MAX_INPUT_SIZE}, got ${shown(m.inputSize)}`;
+  if (options.inputSize !== m.inputSize) return `options.inputSize ${shown(options.inputSize)} differs from inputSize ${m.inputSize}`;
+  for (const key of ['dropRate', 'dropPathRate']) if (options[key] !== undefined && !inRange(options[key], 0, 1)) return `options.${key} must be a number in [0, 1], got ${shown(options[key])}`;
+  for (const key of ['fusionDim', 'windowSize']) if (options[key] !== undefined && !isCount(options[key], MAX_WIDTH)) return `options.${key} must be an integer in 1..${MAX_WIDTH}, got ${shown(options[key])}`;
+  if (options.scale !== undefined && options.scale !== 'atto' && options.scale !== 'tiny') return `options.scale must be 'atto' or 'tiny', got ${shown(options.scale)}`;
+  if (options.iterativeAff !== undefined && typeof options.iterativeAff !== 'boolean') return `options.iterativeAff must be true or false, got ${shown(options.iterativeAff)}`;
+  return null;
+}
+
+function normalizationProblem(normalization: unknown): string | null {
+  if (!isObject(normalization)) return `normalization must be an object with mean and std, got ${shown(normalization)}`;
+  for (const key of ['mean', 'std']) {
+    const values = normalization[key];
+    const ok = Array.isArray(values) && values.length === 3 && values.every((v) => isNumber(v) && (key === 'mean' || v > 0));
+    if (!ok) return `normalization.${key} must be three finite numbers${key === 'std' ? ' above zero' : ''}, got ${shown(values)}`;
+  }
+  return null;
+}
+
+/** The fields that shape what the classifier does with the outputs. */
+function usageProblem(m: Json): string | null {
+  if (m.dtype !== undefined && !DTYPES.includes(m.dtype as string)) return `dtype ${shown(m.dtype)} is not one of ${DTYPES.join(', ')}`;
+  if (m.preprocessing !== undefined && m.preprocessing !== null && !isObject(m.preprocessing)) return `preprocessing must be an object or null, got ${shown(m.preprocessing)}`;
+  if (m.provenance !== undefined && !isObject(m.provenance)) return `provenance must be an object, got ${shown(m.provenance)}`;
+  if (m.temperature !== undefined && !(isNumber(m.temperature) && m.temperature > 0)) return `temperature must be a number above zero, got ${shown(m.temperature)}`;
+  if (m.uncertaintyThreshold !== undefined && !inRange(m.uncertaintyThreshold, 0, 1)) return `uncertaintyThreshold must be a probability in [0, 1], got ${shown(m.uncertaintyThreshold)}`;
+  const ood = m.outOfDistribution;
+  if (ood === undefined) return null;
+  if (!isObject(ood) || ood.kind !== 'mahalanobis') return `outOfDistribution must be a 'mahalanobis' detector, got ${shown(ood)}`;
+  if (!(isNumber(ood.threshold) && ood.threshold > 0)) return `the out-of-distribution threshold must be a number above zero, got ${shown(ood.threshold)}`;
+  if (!inRange(ood.validationFlagged, 0, 1)) return `outOfDistribution.validationFlagged must be a fraction in [0, 1], got ${shown(ood.validationFlagged)}`;
+  if (!isCount(ood.features, MAX_WIDTH)) return `outOfDistribution.features must be an integer in 1..${MAX_WIDTH}, got ${shown(ood.features)}`;
+  return null;
 }
