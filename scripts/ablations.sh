@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Ablations of issue 12 on our validation split, at a cheap input size: each path alone, plain concatenation,
-# and ECA + AFF fusion, with and without MPM, two seeds each. Every run resumes if it was interrupted.
+# The reproduction study's ablations (docs/results.md) on our validation split, at a cheap input size: each path
+# alone, plain concatenation, and ECA + AFF fusion, with and without MPM, two seeds each. Every run resumes if it was
+# interrupted.
 #   bash scripts/ablations.sh [SIZE] [EPOCHS] [extra train flags...]
 #   then: node scripts/ablation-table.mjs runs/ablations
 # Environment:
-#   HEMATO    the hemato command (default: node bin/hemato.js; on the GPU machine: the bundle's run.sh)
+#   HEMATO    the hemato command (default: node bin/hemato.js; on a GPU server: the bundle's run.sh)
 #   PACKS     a folder with pbc-SIZE-mpm-off.pack and pbc-SIZE-mpm-on.pack (hemato pack --split) to train from,
 #             instead of decoding ../shared/data/pbc in every run
 #   JOBS      runs at once (default 1; on a GPU several small runs share it well)

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Issue 12's training on the GPU machine, run from the repository root there. One device call carries 64 MiB, so
-# the packs are staged first by calls that carry them (.gpudata64: the 64 px packs, then .gpudata: the 128 px pack)
-# and do nothing; this script then runs in one call that carries .bundle. The packs are lossy, to fit a call:
+# The reproduction training on a GPU server without network access, run from the repository root there. The server
+# takes at most 64 MiB per transfer, so the packs are copied there first (.gpudata64: the 64 px packs, then
+# .gpudata: the 128 px pack); this script then runs once .bundle is there too. The packs are lossy, to fit a transfer:
 #   hemato pack ../shared/data/pbc --split runs/pbc-split.csv --codec webp --quality 85 --size 128 --out .gpudata/pbc-128-mpm-off.pack
 #   the same at --size 64 into .gpudata64/pbc-64-mpm-off.pack, and with --mpm into .gpudata64/pbc-64-mpm-on.pack
 # The steps:
 #   1. unpack the bundle, build the addon, the GPU check (engine CUDA tests, ConvNeXt block step against PyTorch);
-#   2. a one-epoch smoke run; if it fails, stop here and keep the device time;
+#   2. a one-epoch smoke run; if it fails, stop here and keep the GPU time;
 #   3. the reproduction run, two dualpath runs at 128 px (default and stain/scale augmentation) and the 64 px
 #      ablations, all at once on the one GPU, until a deadline that leaves time to collect;
 #   4. fp16 copies of the three models, the ablation table, and a tarball of it all (15 MiB parts) under $OUT.

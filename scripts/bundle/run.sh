@@ -3,7 +3,7 @@
 # machine's libtorch, then runs a hemato command. Nothing is downloaded.
 #
 #   ./run.sh doctor --json      prepare (once), then run `hemato doctor --json`
-#   ./run.sh --check            only check what this machine has, and say what is missing
+#   ./run.sh --check            only check this machine and the bundle's model, and say what is missing
 #   ./run.sh --prepare          check, unpack node and build the addon, run nothing
 #   ./run.sh --node FILE ARGS   prepare, then run a JS file with the bundled node (from the app directory)
 #   ./run.sh --rebuild ...      rebuild the addon even when its stamp matches
@@ -25,7 +25,7 @@ SYSTEM_LIBDIR=/usr/lib/x86_64-linux-gnu
 # HEMATO_RUN_QUIET=1 keeps only notes, what is missing and errors (gpu-check.sh sets it after its first call).
 say() { [ "${HEMATO_RUN_QUIET:-0}" = 1 ] || printf 'run.sh: %s\n' "$*" >&2; }
 note() { printf 'run.sh: %s\n' "$*" >&2; }
-die() { printf 'run.sh: error: %s\n' "$*" >&2; exit "${2:-1}"; }
+die() { printf 'run.sh: error: %s\n' "$1" >&2; exit "${2:-1}"; }
 
 mode=run
 rebuild=0
@@ -152,10 +152,20 @@ else
   warnings+=("no GPU found (nvidia-smi absent): hemato will run on the CPU")
 fi
 
+# The model: a bundle made with --no-model classifies nothing without a model file, so doctor and --check fail.
+models=("$APP"/models/*.safetensors)
+if [ -e "${models[0]}" ]; then
+  say "model: ${models[*]#"$HERE"/}"
+elif [ "$mode" = check ] || [ "${1:-}" = doctor ]; then
+  missing+=("a model: this bundle carries none (made with --no-model): make it again without --no-model, or with --model FILE")
+else
+  warnings+=("this bundle carries no model: give predict, eval and calibrate a model file")
+fi
+
 for w in "${warnings[@]+"${warnings[@]}"}"; do note "note: $w"; done
 if [ ${#missing[@]} -gt 0 ]; then
   for m in "${missing[@]}"; do note "missing: $m"; done
-  die "this machine lacks what the bundle needs (listed above)" 3
+  die "what the bundle needs is missing (listed above)" 3
 fi
 if [ "$mode" = check ]; then
   say "all checks passed"

@@ -1,14 +1,16 @@
 // The offline bundle: one .tar.xz that runs hemato on a machine without node or a package registry (the GPU target
 // in DESIGN.md). It holds the running node binary (xz-compressed), the compiled JS, the runtime node_modules, the
-// addon's sources with the N-API headers to build them with g++ alone, run.sh, and optionally a model and a data set.
+// addon's sources with the N-API headers to build them with g++ alone, run.sh, the bundled model (or another, or
+// none) and optionally a data set.
 import { spawn, spawnSync } from 'node:child_process';
-import { createReadStream, createWriteStream, existsSync, readdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
+import { createReadStream, createWriteStream, existsSync, readdirSync, readFileSync, realpathSync, rmSync, statSync } from 'node:fs';
 import { chmod, cp, mkdir, mkdtemp, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
+import { BUNDLED_MODEL } from '../api/classifier.js';
 
 /** The repository (or installed package) root: dist/src/bundle/ is three levels below it. */
 export const PACKAGE_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -16,13 +18,13 @@ export const PACKAGE_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.
 export const NAPI_HEADERS = ['node_api.h', 'node_api_types.h', 'js_native_api.h', 'js_native_api_types.h'];
 /** The top directory inside the archive. */
 export const BUNDLE_DIR = 'hemato-bundle';
-/** What one call to the GPU machine carries, and the issue's ceiling for an archive without data. */
-export const CARRY_LIMIT = 64 * 2 ** 20;
+/** The size an archive without a model or data should stay under. */
 export const SIZE_TARGET = 40 * 2 ** 20;
 
 export interface BundleOptions {
   out: string;
-  model?: string;
+  /** The model to carry into app/models/; default: the bundled model, false: none. */
+  model?: string | false;
   pack?: string;
   /** xz preset for the node binary and the archive, 0 (fast) to 9; default 6. */
   xzLevel?: number;
@@ -36,9 +38,8 @@ export type BundleStage = 'copy' | 'node' | 'archive';
 export interface BundleResult {
   out: string;
   bytes: number;
-  /** Whether the archive fits the issue's 40 MiB ceiling (data left out) and one 64 MiB device call. */
+  /** Whether the archive, less the model and data it carries, stays under SIZE_TARGET. */
   underSizeTarget: boolean;
-  fitsOneCall: boolean;
   node: { version: string; from: string; bytes: number; xzBytes: number };
   napiHeadersFrom: string;
   modules: string[];
@@ -69,52 +70,24 @@ export async function makeBundle(options: BundleOptions): Promise<BundleResult> 
   if (!Number.isInteger(level) || level < 0 || level > 9) throw new RangeError(`xz level must be an integer 0–9, got ${level}`);
   const progress = options.onProgress ?? (() => {});
   const out = path.resolve(options.out);
-  for (const [what, file] of [['model', options.model], ['data set', options.pack]] as const) {
-    if (file && !existsSync(file)) throw new Error(`the ${what} ${file} does not exist`);
-  }
+  const model = bundleModel(root, options.model);
+  if (options.pack && !existsSync(options.pack)) throw new Error(`the data set ${options.pack} does not exist`);
   for (const tool of ['tar', 'xz']) await run(tool, ['--version']).catch(() => { throw new Error(`${tool} is needed to write the bundle and was not found on PATH`); });
   const distEntry = path.join(root, 'dist/src/cli/main.js');
   if (!existsSync(distEntry)) throw new Error(`${distEntry} is missing: compile first (npx tsc -p tsconfig.json)`);
   const napiDir = findNapiHeaders();
+  const modules = runtimeModules(root);
+  const jobs = bundleJobs(root, { napiDir, modules, model, pack: options.pack });
 
   const staging = await mkdtemp(path.join(os.tmpdir(), 'hemato-bundle-'));
+  const partial = `${out}.partial`;
+  const release = removeOnSignal([staging, partial]);
   try {
     const top = path.join(staging, BUNDLE_DIR);
     const app = path.join(top, 'app');
-    const parts: Record<string, number> = {};
 
-    // ---- copy: JS, addon sources, headers, node_modules, scripts, data
-    const modules = runtimeModules(root);
-    const jobs: Array<[string, string, string]> = []; // [part, from, to]
-    jobs.push(['js', path.join(root, 'dist/src'), path.join(app, 'dist/src')]);
-    for (const file of EXTRA_FILES) {
-      const from = path.join(root, file);
-      if (!existsSync(from)) throw new Error(`${from} is missing: compile first (npx tsc -p tsconfig.json)`);
-      jobs.push([file.startsWith('native/') ? 'native' : 'js', from, path.join(app, file)]);
-    }
-    jobs.push(['native', path.join(root, 'native/src'), path.join(app, 'native/src')]);
-    for (const header of NAPI_HEADERS) jobs.push(['native', path.join(napiDir, header), path.join(app, 'native/napi-include', header)]);
-    for (const dir of modules) {
-      if (dir === 'node_modules/node-addon-api') {
-        // Only its headers are needed: the addon is compiled against them.
-        for (const name of readdirSync(path.join(root, dir)).filter((n) => n.endsWith('.h') || n === 'package.json' || n.startsWith('LICENSE'))) {
-          jobs.push(['node_modules', path.join(root, dir, name), path.join(app, dir, name)]);
-        }
-      } else {
-        jobs.push(['node_modules', path.join(root, dir), path.join(app, dir)]);
-      }
-    }
-    jobs.push(['scripts', path.join(root, 'scripts/bundle/run.sh'), path.join(top, 'run.sh')]);
-    jobs.push(['scripts', path.join(root, 'scripts/gpu-check.sh'), path.join(top, 'gpu-check.sh')]);
-    if (options.model) jobs.push(['model', options.model, path.join(app, 'models', path.basename(options.model))]);
-    if (options.pack) jobs.push(['pack', options.pack, path.join(top, 'data', path.basename(options.pack))]);
-
-    for (const [i, [part, from, to]] of jobs.entries()) {
-      await mkdir(path.dirname(to), { recursive: true });
-      await cp(from, to, { recursive: true, filter: (src) => keep(src, from) });
-      parts[part] = (parts[part] ?? 0) + (await sizeOf(to));
-      progress('copy', i + 1, jobs.length);
-    }
+    // ---- copy: JS, addon sources, headers, node_modules, scripts, model, data
+    const parts = await stage(jobs, staging, (done) => progress('copy', done, jobs.length));
     await writeFile(path.join(app, 'package.json'), `${JSON.stringify(runtimePackageJson(root), null, 2)}\n`);
     await chmod(path.join(top, 'run.sh'), 0o755);
     await chmod(path.join(top, 'gpu-check.sh'), 0o755);
@@ -136,7 +109,7 @@ export async function makeBundle(options: BundleOptions): Promise<BundleResult> 
       node: { version: process.version, platform: `${process.platform}-${process.arch}`, napi: process.versions.napi },
       napiHeadersFrom: napiDir,
       modules: modules.map((m) => m.replace(/^node_modules\//, '')),
-      model: options.model ? `app/models/${path.basename(options.model)}` : null,
+      model: model ? `app/models/${path.basename(model)}` : null,
       pack: options.pack ? `data/${path.basename(options.pack)}` : null,
     };
     await writeFile(path.join(top, 'MANIFEST.json'), `${JSON.stringify(manifest, null, 2)}\n`);
@@ -144,7 +117,6 @@ export async function makeBundle(options: BundleOptions): Promise<BundleResult> 
     // ---- archive: tar | xz, written beside the target and renamed into place
     const total = await sizeOf(top);
     await mkdir(path.dirname(out), { recursive: true });
-    const partial = `${out}.partial`;
     try {
       await tarXz(staging, BUNDLE_DIR, partial, level, (done) => progress('archive', Math.min(done, total), total));
       await rename(partial, out);
@@ -156,7 +128,6 @@ export async function makeBundle(options: BundleOptions): Promise<BundleResult> 
       out,
       bytes,
       underSizeTarget: bytes - (parts.model ?? 0) - (parts.pack ?? 0) <= SIZE_TARGET,
-      fitsOneCall: bytes <= CARRY_LIMIT,
       node: { version: process.version, from: nodeFrom, bytes: nodeBytes, xzBytes },
       napiHeadersFrom: napiDir,
       modules: manifest.modules,
@@ -167,8 +138,91 @@ export async function makeBundle(options: BundleOptions): Promise<BundleResult> 
       seconds: Math.round((Date.now() - started) / 100) / 10,
     };
   } finally {
+    release();
     await rm(staging, { recursive: true, force: true });
   }
+}
+
+/** The model file to carry: the one given, else the package's bundled model (which must then be there), or none. */
+export function bundleModel(root: string, model: string | false | undefined): string | undefined {
+  if (model === false) return undefined;
+  const file = model ?? path.join(root, 'models', path.basename(BUNDLED_MODEL));
+  if (!existsSync(file)) {
+    throw new Error(model === undefined
+      ? `the bundled model ${file} is missing: pass --model FILE, or --no-model for a bundle that carries none`
+      : `the model ${file} does not exist`);
+  }
+  return file;
+}
+
+/** One copy into the staging folder: a bundle part (for the size report), and where from and to (relative). */
+export interface BundleJob {
+  part: string;
+  from: string;
+  to: string;
+}
+
+/** Everything the archive holds besides node and the generated files, as copies to make. */
+export function bundleJobs(root: string, what: { napiDir: string; modules: string[]; model?: string; pack?: string }): BundleJob[] {
+  const app = path.join(BUNDLE_DIR, 'app');
+  const jobs: BundleJob[] = [{ part: 'js', from: path.join(root, 'dist/src'), to: path.join(app, 'dist/src') }];
+  for (const file of EXTRA_FILES) {
+    const from = path.join(root, file);
+    if (!existsSync(from)) throw new Error(`${from} is missing: compile first (npx tsc -p tsconfig.json)`);
+    jobs.push({ part: file.startsWith('native/') ? 'native' : 'js', from, to: path.join(app, file) });
+  }
+  jobs.push({ part: 'native', from: path.join(root, 'native/src'), to: path.join(app, 'native/src') });
+  for (const header of NAPI_HEADERS) jobs.push({ part: 'native', from: path.join(what.napiDir, header), to: path.join(app, 'native/napi-include', header) });
+  for (const dir of what.modules) {
+    if (dir === 'node_modules/node-addon-api') {
+      // Only its headers are needed: the addon is compiled against them.
+      for (const name of readdirSync(path.join(root, dir)).filter((n) => n.endsWith('.h') || n === 'package.json' || n.startsWith('LICENSE'))) {
+        jobs.push({ part: 'node_modules', from: path.join(root, dir, name), to: path.join(app, dir, name) });
+      }
+    } else {
+      jobs.push({ part: 'node_modules', from: path.join(root, dir), to: path.join(app, dir) });
+    }
+  }
+  jobs.push({ part: 'scripts', from: path.join(root, 'scripts/bundle/run.sh'), to: path.join(BUNDLE_DIR, 'run.sh') });
+  jobs.push({ part: 'scripts', from: path.join(root, 'scripts/gpu-check.sh'), to: path.join(BUNDLE_DIR, 'gpu-check.sh') });
+  if (what.model) jobs.push({ part: 'model', from: what.model, to: path.join(app, 'models', path.basename(what.model)) });
+  if (what.pack) jobs.push({ part: 'pack', from: what.pack, to: path.join(BUNDLE_DIR, 'data', path.basename(what.pack)) });
+  return jobs;
+}
+
+/**
+ * Copies the jobs under `staging` and returns the bytes staged per part. Links are resolved: the archive must hold
+ * the files themselves, since a link's target does not travel with it.
+ */
+export async function stage(jobs: BundleJob[], staging: string, onJob: (done: number) => void = () => {}): Promise<Record<string, number>> {
+  const parts: Record<string, number> = {};
+  for (const [i, { part, from, to }] of jobs.entries()) {
+    const target = path.join(staging, to);
+    await mkdir(path.dirname(target), { recursive: true });
+    await cp(from, target, { recursive: true, dereference: true, filter: (src) => keep(src, from) });
+    parts[part] = (parts[part] ?? 0) + (await sizeOf(target));
+    onJob(i + 1);
+  }
+  return parts;
+}
+
+const SIGNALS = ['SIGINT', 'SIGTERM'] as const;
+
+/**
+ * Interrupted (Ctrl-C, kill), node exits without running finally blocks: remove these paths on SIGINT and SIGTERM
+ * first. With another listener for the signal, that listener decides what follows; alone, do what the default would.
+ * Returns the function that detaches the listeners.
+ */
+function removeOnSignal(paths: string[]): () => void {
+  const onSignal = (signal: NodeJS.Signals) => {
+    for (const p of paths) rmSync(p, { recursive: true, force: true });
+    if (process.listenerCount(signal) > 1) return;
+    detach();
+    process.kill(process.pid, signal);
+  };
+  const detach = () => { for (const signal of SIGNALS) process.off(signal, onSignal); };
+  for (const signal of SIGNALS) process.on(signal, onSignal);
+  return detach;
 }
 
 /** What a portable node links: glibc, libstdc++ and libgcc, which every Linux target has. */

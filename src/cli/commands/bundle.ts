@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { BUNDLE_DIR, makeBundle, type BundleStage } from '../../bundle/bundle.js';
+import { BUNDLE_DIR, makeBundle, SIZE_TARGET, type BundleStage } from '../../bundle/bundle.js';
 import { CliError, printJson } from '../output.js';
 import { progressBar, type Progress } from '../progress.js';
 
@@ -11,13 +11,14 @@ const LABELS: Record<BundleStage, string> = { copy: 'copying files ', node: 'com
 export function registerBundle(program: Command): void {
   program
     .command('bundle')
-    .description('write one .tar.xz that runs hemato on an offline machine with g++ and PyTorch (node, JS, addon sources, run.sh)')
+    .description('write one .tar.xz that runs hemato on an offline machine with g++ and PyTorch (node, JS, addon sources, run.sh, the bundled model)')
     .requiredOption('--out <file>', 'the archive to write, e.g. hemato-bundle.tar.xz')
-    .option('--model <file>', 'a model file to carry (lands in app/models/)')
+    .option('--model <file>', 'the model file to carry instead of the bundled model (lands in app/models/)')
+    .option('--no-model', 'carry no model: every command that classifies then needs a model file')
     .option('--pack <file>', 'a packed data set (file or directory) to carry (lands in data/)')
     .option('--xz-level <n>', 'xz preset 0-9 for node and the archive (0 is fastest)', '6')
     .option('--json', 'print one JSON document on stdout')
-    .action(async (options: { out: string; model?: string; pack?: string; xzLevel: string; json?: boolean }) => {
+    .action(async (options: { out: string; model?: string | false; pack?: string; xzLevel: string; json?: boolean }) => {
       const xzLevel = Number(options.xzLevel);
       if (!/^\d$/.test(options.xzLevel)) throw new CliError(`--xz-level takes a digit 0-9, got '${options.xzLevel}'`, 2);
       let stage: BundleStage | undefined;
@@ -50,8 +51,7 @@ export function registerBundle(program: Command): void {
       });
       finish();
       process.stderr.write(`bundle: ${result.out}: ${mib(result.bytes)} (${result.bytes} bytes) in ${result.seconds} s\n`);
-      if (!result.underSizeTarget) process.stderr.write(`bundle: warning: over the 40 MiB target without data\n`);
-      if (!result.fitsOneCall) process.stderr.write(`bundle: warning: over 64 MiB, too big for one call to the GPU machine: carry the data set in a second call\n`);
+      if (!result.underSizeTarget) process.stderr.write(`bundle: warning: over ${mib(SIZE_TARGET)} without the model and data\n`);
       if (options.json) {
         printJson(result);
       } else {
