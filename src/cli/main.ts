@@ -9,6 +9,7 @@ import { registerEval } from './commands/eval.js';
 import { registerTrain } from './commands/train.js';
 import { registerCalibrate } from './commands/calibrate.js';
 import { registerBundle } from './commands/bundle.js';
+import { registerInfo } from './commands/info.js';
 import { CliError } from './output.js';
 
 /** Builds the `hemato` program. Each command lives in its own module under commands/. */
@@ -28,6 +29,7 @@ export function buildProgram(): Command {
   registerTrain(program);
   registerCalibrate(program);
   registerBundle(program);
+  registerInfo(program);
   return program;
 }
 

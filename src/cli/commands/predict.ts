@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
-import { type Classification, loadClassifier } from '../../api/classifier.js';
+import { BUNDLED_MODEL, type Classification, loadClassifier } from '../../api/classifier.js';
+import { modelInfo } from '../../api/model-info.js';
 import { escapeControl, inspectPath, walkFolder } from '../../data/files.js';
 import { CliError, printJson } from '../output.js';
 import { progressBar } from '../progress.js';
@@ -60,7 +61,7 @@ export function registerPredict(program: Command): void {
     const rows = files.map((file, i) => ({ file, ...results[i] }));
     const failed = rows.filter((r) => 'error' in r).length;
     if (options.json) {
-      printJson({ model: classifier.metadata.architecture, uncertainty_threshold: classifier.uncertaintyThreshold, results: rows, failed, skipped });
+      printJson({ model: classifier.metadata.architecture, model_info: await modelInfo(options.model ?? BUNDLED_MODEL), uncertainty_threshold: classifier.uncertaintyThreshold, results: rows, failed, skipped });
     } else if (options.csv) {
       process.stdout.write(`file,label,score,uncertain,top_k,error,reasons,scale_source,um_per_px,scale_factor\n`);
       for (const r of rows) {

@@ -1,0 +1,75 @@
+import type { Command } from 'commander';
+import { BUNDLED_MODEL, inputRecipe } from '../../api/classifier.js';
+import { type ModelFile, readModelFile } from '../../api/model-info.js';
+import { fsReason } from '../../data/files.js';
+import { CliError, printJson } from '../output.js';
+
+export function registerInfo(program: Command): void {
+  program
+    .command('info')
+    .description("show a model file's card: architecture, classes, input and preprocessing, calibration, out-of-distribution detector, provenance, size and sha256")
+    .argument('[model]', 'a hemato model file (default: the bundled model)')
+    .option('--json', 'print one JSON document on stdout')
+    .action(async (file: string | undefined, options: { json?: boolean }) => {
+      const card = modelCard(await readCard(file ?? BUNDLED_MODEL));
+      if (options.json) printJson(card);
+      else printCard(card);
+    });
+}
+
+async function readCard(file: string): Promise<ModelFile> {
+  try {
+    return await readModelFile(file);
+  } catch (error) {
+    if (!(error as NodeJS.ErrnoException).code) throw error;
+    const bundled = file === BUNDLED_MODEL ? 'the bundled model ' : '';
+    throw new CliError(`cannot read ${bundled}${file}: ${await fsReason(file, error)}`);
+  }
+}
+
+type Card = ReturnType<typeof modelCard>;
+
+/** What `info --json` prints: the identity, then the metadata with the defaults that loading fills in. */
+function modelCard({ file, bytes, identity, metadata }: ModelFile) {
+  const recipe = inputRecipe(metadata);
+  const ood = metadata.outOfDistribution;
+  return {
+    file,
+    bytes,
+    model_info: identity,
+    architecture: metadata.architecture,
+    options: metadata.options,
+    dtype: metadata.dtype,
+    classes: metadata.classes,
+    input_size: metadata.inputSize,
+    normalization: metadata.normalization,
+    preprocessing: { field: recipe.geometry.field, size: recipe.geometry.size, scale: recipe.scale, background: recipe.background, mpm: recipe.mpm },
+    temperature: metadata.temperature ?? null,
+    uncertainty_threshold: metadata.uncertaintyThreshold ?? null,
+    out_of_distribution: ood ? { kind: ood.kind, threshold: ood.threshold, validation_flagged: ood.validationFlagged, features: ood.features } : null,
+    provenance: metadata.provenance ?? {},
+  };
+}
+
+function printCard(card: Card): void {
+  const { preprocessing: p, out_of_distribution: ood } = card;
+  const lines: [string, string][] = [
+    ['model', `${card.model_info.name} (${card.file})`],
+    ['architecture', `${card.architecture}, ${card.dtype} weights`],
+    ['classes', `${card.classes.length}: ${card.classes.join(', ')}`],
+    ['input', `${card.input_size} px from ${p.field === null ? 'the largest centred square' : `a centred ${p.field} px field`}`],
+    ['scale', p.scale ? `brought to the training data's: red cell ${p.scale.rbcDiameter.toFixed(1)} px (${p.scale.rbcDiameterUm} µm), nucleus ${p.scale.nucleusExtent.toFixed(1)} px` : "none: the file's pixels as they are"],
+    ['background', p.background ? `white-balanced to rgb(${p.background.map((v) => Math.round(v)).join(', ')})` : 'none: colours as they are'],
+    ['MPM', p.mpm ? 'on' : 'off'],
+    ['temperature', card.temperature === null ? 'none (not calibrated)' : card.temperature.toFixed(4)],
+    ['uncertainty', card.uncertainty_threshold === null ? 'no threshold stored (0.5 applies)' : `flagged below ${card.uncertainty_threshold.toFixed(4)}`],
+    ['out-of-distribution', ood ? `${ood.kind} detector, threshold ${ood.threshold.toFixed(2)} (flags ${(100 * ood.validation_flagged).toFixed(1)} % of validation images)` : 'no detector'],
+    ['size', `${(card.bytes / 2 ** 20).toFixed(1)} MiB (${card.bytes} bytes)`],
+    ['sha256', card.model_info.sha256],
+    ['created', card.model_info.created],
+  ];
+  for (const [key, value] of lines) process.stdout.write(`${key.padEnd(20)} ${value}\n`);
+  const provenance = Object.entries(card.provenance);
+  process.stdout.write(`provenance${provenance.length ? '' : '           none recorded'}\n`);
+  for (const [key, value] of provenance) process.stdout.write(`  ${key.padEnd(18)} ${typeof value === 'string' ? value : JSON.stringify(value)}\n`);
+}

@@ -1,0 +1,119 @@
+// `hemato eval` with a tiny model on a few PBC images: one part of a split, a split refused as --labels, the exit
+// status when files could not be evaluated, and the model named in the output.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import * as E from '../src/engine/index.js';
+import { IMAGENET_NORMALIZATION } from '../src/data/batches.js';
+import { PBC_CLASSES } from '../src/data/dataset.js';
+import { saveModel } from '../src/models/io.js';
+import { createModel } from '../src/models/registry.js';
+import { SHARED } from './helpers.js';
+
+const BIN = path.resolve('bin/hemato.js');
+const dir = mkdtempSync(path.join(tmpdir(), 'hemato-eval-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+const modelFile = path.join(dir, 'tiny.safetensors');
+const data = path.join(dir, 'data');
+const splitFile = path.join(dir, 'split.csv');
+const CREATED = '2026-02-03T04:05:06.000Z';
+
+// train: 2 neutrophils, 1 platelet and a row whose file is gone; val: one of each; test: 2 platelets.
+const PARTS = { neutrophil: ['train', 'train', 'val'], platelet: ['train', 'val', 'test', 'test'] } as const;
+
+async function fixtures(): Promise<void> {
+  E.manualSeed(0);
+  const model = createModel('convnext-only', { numClasses: 8, inputSize: 64 });
+  await saveModel(modelFile, model, { classes: [...PBC_CLASSES], normalization: IMAGENET_NORMALIZATION, preprocessing: { geometry: { field: null, size: 64 }, mpm: null }, provenance: { date: CREATED } });
+  model.dispose();
+  const rows = ['file,label,part'];
+  for (const [label, parts] of Object.entries(PARTS)) {
+    mkdirSync(path.join(data, label), { recursive: true });
+    const names = readdirSync(path.join(SHARED, 'data/pbc', label)).filter((n) => n.endsWith('.jpg') && !n.startsWith('.')).sort().slice(0, parts.length);
+    names.forEach((name, i) => {
+      copyFileSync(path.join(SHARED, 'data/pbc', label, name), path.join(data, label, name));
+      rows.push(`${label}/${name},${label},${parts[i]}`);
+    });
+  }
+  rows.push('neutrophil/gone.jpg,neutrophil,train');
+  writeFileSync(splitFile, `${rows.join('\n')}\n`);
+}
+const ready = fixtures();
+
+function hemato(args: string[]) {
+  return spawnSync(process.execPath, [BIN, 'eval', '--model', modelFile, ...args], { encoding: 'utf8', timeout: 120_000 });
+}
+
+interface Report {
+  n: number;
+  per_class: Record<string, { support: number }>;
+  skipped: { path: string; reason: string }[];
+  model_info: Record<string, string>;
+}
+const supports = (report: Report) => Object.fromEntries(Object.entries(report.per_class).filter(([, m]) => m.support > 0).map(([c, m]) => [c, m.support]));
+
+test('eval --split scores the validation part by default, and names the model', async () => {
+  await ready;
+  const run = hemato([data, '--split', splitFile, '--json']);
+  assert.equal(run.status, 0, run.stderr);
+  const report = JSON.parse(run.stdout) as Report;
+  assert.equal(report.n, 2);
+  assert.deepEqual(supports(report), { neutrophil: 1, platelet: 1 });
+  assert.deepEqual(report.skipped, [], 'the training part, with its missing file, is not looked at');
+  const version = (JSON.parse(readFileSync('package.json', 'utf8')) as { version: string }).version;
+  const sha256 = createHash('sha256').update(readFileSync(modelFile)).digest('hex');
+  assert.deepEqual(report.model_info, { name: 'tiny.safetensors', architecture: 'convnext-only', sha256, hemato_version: version, created: CREATED });
+});
+
+test('eval --part picks the rows of one part, with paths relative to --images', async () => {
+  await ready;
+  const testPart = hemato(['--images', data, '--split', splitFile, '--part', 'test', '--json']);
+  assert.equal(testPart.status, 0, testPart.stderr);
+  assert.deepEqual(supports(JSON.parse(testPart.stdout) as Report), { platelet: 2 });
+
+  // The training part's missing file is reported, after the results, and the run fails.
+  const train = hemato(['--images', data, '--split', splitFile, '--part', 'train', '--json']);
+  assert.equal(train.status, 1, train.stderr);
+  const report = JSON.parse(train.stdout) as Report;
+  assert.deepEqual(supports(report), { neutrophil: 2, platelet: 1 });
+  assert.deepEqual(report.skipped.map((s) => s.path), ['neutrophil/gone.jpg']);
+  assert.match(train.stderr, /1 files could not be evaluated/);
+});
+
+test('eval exits 1 when a file could not be read, after printing its results', async () => {
+  await ready;
+  const folder = path.join(dir, 'folder');
+  for (const label of Object.keys(PARTS)) mkdirSync(path.join(folder, label), { recursive: true });
+  const image = readdirSync(path.join(data, 'platelet'))[0];
+  copyFileSync(path.join(data, 'platelet', image), path.join(folder, 'platelet', image));
+  writeFileSync(path.join(folder, 'neutrophil', 'empty.jpg'), '');
+  const run = hemato([folder]);
+  assert.equal(run.status, 1, run.stderr);
+  assert.match(run.stdout, /^model tiny\.safetensors \(convnext-only, sha256 [0-9a-f]{12}…, made 2026-02-03T04:05:06\.000Z\)$/m);
+  assert.match(run.stdout, /^images 1 /m);
+  assert.match(run.stdout, /accuracy/);
+  assert.match(run.stdout, /skipped 1 files/);
+  assert.match(run.stderr, /1 files could not be evaluated/);
+});
+
+test('a split given as --labels is refused, and --split and --part are checked before the model loads', async () => {
+  await ready;
+  // A model that does not exist: were it loaded first, that would be the error.
+  const noModel = ['--model', path.join(dir, 'no-such-model.safetensors')];
+  const asLabels = hemato(['--images', data, '--labels', splitFile, ...noModel]);
+  assert.equal(asLabels.status, 2);
+  assert.match(asLabels.stderr, /is a split \(it has a part column\).*--split .*split\.csv --part val/);
+  for (const [args, message] of [
+    [['--images', data, '--labels', splitFile, '--part', 'val'], /--part needs --split/],
+    [['--images', data, '--labels', splitFile, '--split', splitFile], /--labels or --split, not both/],
+    [['--split', splitFile], /--split needs the data folder/],
+  ] as const) {
+    const run = hemato([...args, ...noModel]);
+    assert.equal(run.status, 2, run.stderr);
+    assert.match(run.stderr, message);
+  }
+});
