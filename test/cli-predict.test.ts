@@ -94,8 +94,10 @@ test('hemato calibrate fits a temperature and a threshold and stores them in a n
 
 test('hemato eval --json reports the required keys on a folder with bad files', async () => {
   const { folder } = await ready;
-  const { stdout } = await run(process.execPath, ['bin/hemato.js', 'eval', folder, '--model', modelFile, '--json', '--report', path.join(dir, 'report')]);
-  const report = JSON.parse(stdout);
+  // Two files cannot be read: the figures are printed, and the exit code says that some were left out.
+  const failed = await run(process.execPath, ['bin/hemato.js', 'eval', folder, '--model', modelFile, '--json', '--report', path.join(dir, 'report')]).then(() => null, (error: { code: number; stdout: string }) => error);
+  assert.equal(failed?.code, 1);
+  const report = JSON.parse(failed!.stdout);
   for (const key of ['n', 'accuracy', 'balanced_accuracy', 'macro_f1', 'per_class', 'confusion_matrix', 'ece', 'ece_uncalibrated', 'nll']) assert.ok(key in report, key);
   assert.equal(report.n, 4);
   assert.deepEqual(report.classes_evaluated, ['neutrophil', 'platelet']);

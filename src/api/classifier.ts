@@ -58,6 +58,8 @@ export interface ClassifierOptions {
   field?: number | null;
   /** The images' pixel size in µm, where it is known; otherwise it is estimated from the red cells. */
   pixelSize?: number;
+  /** Test-time augmentation: average the logits over the 8 flips and 90° rotations (8× the compute). */
+  tta?: boolean;
 }
 
 /** A file path, a file's bytes, or decoded pixels (with decodeImage's warnings, where it gave any). */
@@ -68,7 +70,14 @@ export interface PreparedInput extends PreparedImage {
   warnings: string[];
 }
 
-const OPTION_NAMES = ['device', 'precision', 'uncertaintyThreshold', 'field', 'pixelSize'];
+/** The dihedral group of the square on NCHW batches: 4 rotations, each with and without a mirror. */
+const DIHEDRAL: ((x: E.Tensor) => E.Tensor)[] = [0, 1, 2, 3].flatMap((turns) => [false, true].map((mirror) => (x: E.Tensor) => {
+  let out = mirror ? x.flip([3]) : x;
+  for (let k = 0; k < turns; k++) out = out.transpose(2, 3).flip([3]);
+  return out;
+}));
+
+const OPTION_NAMES = ['device', 'precision', 'uncertaintyThreshold', 'field', 'pixelSize', 'tta'];
 const PRECISIONS: readonly (E.Precision | 'auto')[] = ['auto', 'fp32', 'bf16'];
 /** The smallest field a geometry takes (data/geometry.ts). */
 const MIN_FIELD = 8;
@@ -85,6 +94,7 @@ export function validateClassifierOptions(options: ClassifierOptions): void {
     throw invalid(device, `device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got ${shown(device)}`);
   }
   if (precision !== undefined && !PRECISIONS.includes(precision)) throw invalid(precision, `precision must be one of ${PRECISIONS.map((p) => `'${p}'`).join(', ')}, got ${shown(precision)}`);
+  if (options.tta !== undefined && typeof options.tta !== 'boolean') throw new TypeError(`tta must be true or false, got ${shown(options.tta)}`);
   checkOverrides(options);
 }
 
@@ -151,13 +161,15 @@ export class Classifier {
   readonly uncertaintyThreshold: number;
   readonly recipe: InputRecipe;
   readonly pixelSize: number | undefined;
+  readonly tta: boolean;
 
-  constructor(readonly model: ImageClassifier, readonly metadata: ModelMetadata, readonly device: E.Device, readonly precision: E.Precision, overrides: Pick<ClassifierOptions, 'uncertaintyThreshold' | 'field' | 'pixelSize'> = {}, readonly ood: OodInfo | null = null) {
+  constructor(readonly model: ImageClassifier, readonly metadata: ModelMetadata, readonly device: E.Device, readonly precision: E.Precision, overrides: Pick<ClassifierOptions, 'uncertaintyThreshold' | 'field' | 'pixelSize' | 'tta'> = {}, readonly ood: OodInfo | null = null) {
     checkOverrides(overrides);
     this.classes = metadata.classes;
     this.temperature = metadata.temperature ?? 1;
     this.uncertaintyThreshold = overrides.uncertaintyThreshold ?? metadata.uncertaintyThreshold ?? 0.5;
     this.pixelSize = overrides.pixelSize;
+    this.tta = overrides.tta ?? false;
     const recipe = inputRecipe(metadata);
     // A field given by hand is the expert's own geometry: the file's pixels are then taken as they are.
     this.recipe = overrides.field === undefined ? recipe : { ...recipe, scale: null, geometry: { ...recipe.geometry, field: overrides.field } };
@@ -191,7 +203,10 @@ export class Classifier {
     const { logits, features } = E.tidy(() => E.noGrad(() => {
       const { x } = makeBatch(set, Int32Array.from(images.keys()), { normalization: this.metadata.normalization, device: this.device });
       return E.withPrecision(this.precision, this.device, () => {
-        const pooled = this.model.forwardHead(this.model.forwardFeatures(x), true);
+        // Under test-time augmentation the pooled features are averaged over the views; the head is linear, so
+        // the logits are the views' mean logits.
+        const views = this.tta ? DIHEDRAL.map((view) => this.model.forwardHead(this.model.forwardFeatures(view(x)), true)) : [this.model.forwardHead(this.model.forwardFeatures(x), true)];
+        const pooled = views.length === 1 ? views[0] : E.stack(views).mean(0);
         return {
           logits: this.model.head!.fc.forward(pooled).float().data() as Float32Array,
           features: pooled.float().data() as Float32Array,
