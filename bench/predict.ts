@@ -21,7 +21,7 @@ const quick = process.argv.includes('--quick');
 const size = 128;
 const log = (message: string) => process.stderr.write(`${message}\n`);
 const pbc = path.resolve('../shared/data/pbc');
-const precision = defaultPrecision('cpu');
+const precision = defaultPrecision('cpu', 'dualpath-atto');
 
 function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);

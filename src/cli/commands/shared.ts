@@ -64,7 +64,7 @@ export function modelOption(command: Command): Command {
   return command
     .option('-m, --model <file>', 'a hemato model file (default: the bundled model)')
     .option('--device <device>', 'auto, cpu or cuda', parseChoice(['auto', 'cpu', 'cuda'] as const), 'auto')
-    .option('--precision <precision>', 'auto (bf16 on CUDA and AMX CPUs), fp32 or bf16', parseChoice(['auto', 'fp32', 'bf16'] as const), 'auto')
+    .option('--precision <precision>', 'auto (the engine\'s table by device, CPU and model; hemato doctor shows it), fp32 or bf16', parseChoice(['auto', 'fp32', 'bf16'] as const), 'auto')
     .option('--threshold <p>', "override the model's uncertainty threshold", parseFraction)
     .option('--tta', 'test-time augmentation: average over the 8 flips and 90° rotations (8× slower)')
     .option('--pixel-size <um>', 'the images\' pixel size in µm, where known (default: estimated from the red cells in each image)', parsePixelSize)

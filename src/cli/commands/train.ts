@@ -97,7 +97,7 @@ export function registerTrain(program: Command): void {
     .option('--weight-decay <wd>', `AdamW weight decay, not on norms and biases (default ${DEFAULT_RUN.weightDecay})`, parseNumber)
     .option('--label-smoothing <eps>', `label smoothing (default ${DEFAULT_RUN.labelSmoothing})`, parseFraction)
     .option('--ema <decay>', 'keep an exponential moving average of the weights with this decay', parseFraction)
-    .option('--precision <p>', 'auto (bf16 on CUDA and on CPUs with AMX), fp32 or bf16', parseChoice(['auto', 'fp32', 'bf16'] as const), 'auto')
+    .option('--precision <p>', 'auto (the engine\'s training entry for the device, CPU and model; hemato doctor shows it), fp32 or bf16', parseChoice(['auto', 'fp32', 'bf16'] as const), 'auto')
     .option('--device <d>', 'auto (CUDA when present), cpu or cuda (default auto)', parseChoice(['auto', 'cpu', 'cuda'] as const))
     .option('--seed <n>', `seed for the split, initialisation, order and augmentation (default ${DEFAULT_RUN.seed})`, parseNumber)
     .option('--patience <epochs>', `stop after this many epochs without a better validation macro-F1 (default ${DEFAULT_RUN.patience})`, parsePositiveInt)
