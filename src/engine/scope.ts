@@ -26,6 +26,8 @@ export function keep<T extends Disposable>(item: T): T {
  * objects of them, also inside a promise-free return value), which move to the enclosing scope.
  */
 export function tidy<T>(fn: () => T): T {
+  // An async function's tensors would be made after the scope closed, outside any scope: refuse it before it runs.
+  if (fn.constructor.name === 'AsyncFunction') throw new TypeError('tidy() cannot wrap an async function: its tensors would outlive the scope; use tidy() inside it around synchronous work');
   const scope = new Set<Disposable>();
   scopes.push(scope);
   let result: T;
@@ -37,7 +39,10 @@ export function tidy<T>(fn: () => T): T {
     throw error;
   }
   scopes.pop();
-  if (result instanceof Promise) throw new TypeError('tidy() cannot wrap an async function: tensors would outlive it');
+  if (result instanceof Promise) {
+    for (const item of scope) item.dispose();
+    throw new TypeError('tidy() got a promise back: the function must be synchronous; what it made so far has been freed');
+  }
   const returned = new Set<Disposable>();
   collect(result, returned, 0);
   const parent = scopes[scopes.length - 1];
