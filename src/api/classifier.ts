@@ -3,11 +3,13 @@
 //   await clf.classify('cell.jpg', { topK: 3 });  // → { predictions: [{ label, score }], uncertain }
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { availableParallelism } from 'node:os';
 import * as E from '../engine/index.js';
 import { DEFAULT_MAX_PIXELS, type DecodedImage, DecodeError, type DecodeErrorCode, decodeImage, type RgbImage, readImageFile } from '../data/image.js';
 import { DEFAULT_GEOMETRY } from '../data/geometry.js';
 import { type InputRecipe, prepareImage, type PreparedImage, SCALE_RANGE, type ScaleReport, validateInputRecipe } from '../data/prepare.js';
 import { makeBatch } from '../data/batches.js';
+import { mapLimit } from '../data/pool.js';
 import { oodDistances } from '../eval/ood.js';
 import { loadModel, type ModelMetadata, type OodInfo } from '../models/io.js';
 import type { ImageClassifier } from '../models/classifier.js';
@@ -76,6 +78,9 @@ const DIHEDRAL: ((x: E.Tensor) => E.Tensor)[] = [0, 1, 2, 3].flatMap((turns) => 
   for (let k = 0; k < turns; k++) out = out.transpose(2, 3).flip([3]);
   return out;
 }));
+
+/** Images decoded and prepared at once: enough to keep the cores busy, few enough to bound memory. */
+const PREPARE_CONCURRENCY = Math.min(4, availableParallelism());
 
 const OPTION_NAMES = ['device', 'precision', 'uncertaintyThreshold', 'field', 'pixelSize', 'tta'];
 const PRECISIONS: readonly (E.Precision | 'auto')[] = ['auto', 'fp32', 'bf16'];
@@ -240,7 +245,8 @@ export class Classifier {
     const results: (Classification | ClassificationError)[] = new Array(inputs.length);
     for (let start = 0; start < inputs.length; start += batchSize) {
       const chunk = inputs.slice(start, start + batchSize);
-      const prepared = await Promise.all(chunk.map((input) => this.prepare(input).then((p) => ({ p }), (error: Error) => failure(input, error))));
+      // A few at a time: a 64-megapixel image decodes to about 200 MB, and a batch may hold dozens of them.
+      const prepared = await mapLimit(chunk, PREPARE_CONCURRENCY, (input) => this.prepare(input).then((p) => ({ p }), (error: Error) => failure(input, error)));
       const good = prepared.flatMap((p, i) => ('p' in p ? [{ p: p.p, i }] : []));
       const { logits, distances } = good.length ? this.score(good.map((g) => g.p.image)) : { logits: new Float32Array(0), distances: null };
       const probs = softmaxRows(logits, good.length, this.classes.length, this.temperature);

@@ -84,7 +84,19 @@ export async function decodeImage(bytes: Uint8Array, options: DecodeOptions = {}
   }
   checkPixelLimit(declared.width ?? 0, declared.height ?? 0, maxPixels);
 
-  // Clean files decode once; only a file that fails the strict pass is decoded again, leniently.
+  // Decoding takes its pixels from a budget shared by the process, so that many huge files at once cannot
+  // exhaust memory: one image of the largest allowed size, or many small ones, decode at a time.
+  const pixels = Math.min(DECODE_BUDGET, (declared.width ?? 0) * (declared.height ?? 0));
+  await decodeBudget.acquire(pixels);
+  try {
+    return await decodeWithin(bytes, format, maxPixels);
+  } finally {
+    decodeBudget.release(pixels);
+  }
+}
+
+/** Clean files decode once; only a file that fails the strict pass is decoded again, leniently. */
+async function decodeWithin(bytes: Uint8Array, format: Exclude<ImageFormat, 'bmp'>, maxPixels: number): Promise<DecodedImage> {
   let strictError: unknown;
   try {
     return await decodePixels(bytes, maxPixels, 'warning');
@@ -98,6 +110,38 @@ export async function decodeImage(bytes: Uint8Array, options: DecodeOptions = {}
     throw failure(format, bytes, sharpMessage(error));
   }
 }
+
+/** Pixels decoded at once, process-wide. */
+const DECODE_BUDGET = DEFAULT_MAX_PIXELS;
+
+/** A counting semaphore over pixels: waiters are served in order as earlier decodes finish. */
+class PixelBudget {
+  private available: number;
+  private readonly waiting: { pixels: number; resume: () => void }[] = [];
+
+  constructor(total: number) {
+    this.available = total;
+  }
+
+  acquire(pixels: number): Promise<void> {
+    if (this.waiting.length === 0 && pixels <= this.available) {
+      this.available -= pixels;
+      return Promise.resolve();
+    }
+    return new Promise((resume) => this.waiting.push({ pixels, resume }));
+  }
+
+  release(pixels: number): void {
+    this.available += pixels;
+    while (this.waiting.length && this.waiting[0].pixels <= this.available) {
+      const next = this.waiting.shift()!;
+      this.available -= next.pixels;
+      next.resume();
+    }
+  }
+}
+
+const decodeBudget = new PixelBudget(DECODE_BUDGET);
 
 async function decodePixels(bytes: Uint8Array, maxPixels: number, failOn: FailOn): Promise<RgbImage> {
   const { data, info } = await sharp(bytes, { limitInputPixels: maxPixels, failOn, pages: 1 })
