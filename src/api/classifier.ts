@@ -5,7 +5,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { availableParallelism } from 'node:os';
 import * as E from '../engine/index.js';
-import { DEFAULT_MAX_PIXELS, type DecodedImage, DecodeError, type DecodeErrorCode, decodeImage, type RgbImage, readImageFile } from '../data/image.js';
+import { DEFAULT_MAX_PIXELS, type DecodedImage, DecodeError, type DecodeErrorCode, decodeImage, type RgbImage, readImageFile, withPixelBudget } from '../data/image.js';
 import { DEFAULT_GEOMETRY } from '../data/geometry.js';
 import { type InputRecipe, prepareImage, type PreparedImage, SCALE_RANGE, type ScaleReport, validateInputRecipe } from '../data/prepare.js';
 import { makeBatch } from '../data/batches.js';
@@ -184,7 +184,8 @@ export class Classifier {
   async prepare(input: ImageInput): Promise<PreparedInput> {
     checkInput(input);
     const image: DecodedImage = typeof input === 'string' ? await readImageFile(input) : input instanceof Uint8Array ? await decodeImage(input) : input;
-    return { ...(await prepareImage(image, this.recipe, { pixelSize: this.pixelSize })), warnings: image.warnings ?? [] };
+    const prepared = await withPixelBudget(image.width * image.height, () => prepareImage(image, this.recipe, { pixelSize: this.pixelSize, measure: true }));
+    return { ...prepared, warnings: image.warnings ?? [] };
   }
 
   /** Raw logits [n × classes] for images already prepared (before temperature scaling). */

@@ -86,12 +86,20 @@ export async function decodeImage(bytes: Uint8Array, options: DecodeOptions = {}
 
   // Decoding takes its pixels from a budget shared by the process, so that many huge files at once cannot
   // exhaust memory: one image of the largest allowed size, or many small ones, decode at a time.
-  const pixels = Math.min(DECODE_BUDGET, (declared.width ?? 0) * (declared.height ?? 0));
-  await decodeBudget.acquire(pixels);
+  return withPixelBudget((declared.width ?? 0) * (declared.height ?? 0), () => decodeWithin(bytes, format, maxPixels));
+}
+
+/**
+ * Runs work on an image of this many pixels within the process-wide budget: one image of the largest allowed size,
+ * or many small ones, at a time. Decoding takes from it, and so should work on decoded pixels that allocates.
+ */
+export async function withPixelBudget<T>(pixels: number, work: () => Promise<T>): Promise<T> {
+  const share = Math.min(PIXEL_BUDGET, pixels);
+  await pixelBudget.acquire(share);
   try {
-    return await decodeWithin(bytes, format, maxPixels);
+    return await work();
   } finally {
-    decodeBudget.release(pixels);
+    pixelBudget.release(share);
   }
 }
 
@@ -111,8 +119,8 @@ async function decodeWithin(bytes: Uint8Array, format: Exclude<ImageFormat, 'bmp
   }
 }
 
-/** Pixels decoded at once, process-wide. */
-const DECODE_BUDGET = DEFAULT_MAX_PIXELS;
+/** Pixels decoded or prepared at once, process-wide. */
+const PIXEL_BUDGET = DEFAULT_MAX_PIXELS;
 
 /** A counting semaphore over pixels: waiters are served in order as earlier decodes finish. */
 class PixelBudget {
@@ -141,7 +149,7 @@ class PixelBudget {
   }
 }
 
-const decodeBudget = new PixelBudget(DECODE_BUDGET);
+const pixelBudget = new PixelBudget(PIXEL_BUDGET);
 
 async function decodePixels(bytes: Uint8Array, maxPixels: number, failOn: FailOn): Promise<RgbImage> {
   const { data, info } = await sharp(bytes, { limitInputPixels: maxPixels, failOn, pages: 1 })
