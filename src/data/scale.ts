@@ -23,8 +23,11 @@ export interface CellMeasures {
 }
 
 const MIN_RED_CELLS = 2;
-/** Nucleus extent over the image's shorter side from which an image counts as a tight crop (PBC: mostly 0.15–0.5). */
-const TIGHT_CROP = 0.55;
+/**
+ * Nucleus extent over the image's shorter side from which an image counts as a tight crop. PBC's large cells reach
+ * 0.6 (promyelocytes, monocytes), where the nucleus would wrongly shrink them.
+ */
+const TIGHT_CROP = 0.7;
 /** Images larger than this (on the longer side) are measured on a box-filtered copy, then scaled back. */
 const MEASURE_SIDE = 256;
 

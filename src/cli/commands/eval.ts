@@ -57,7 +57,7 @@ export function registerEval(program: Command): void {
     const notEvaluated = listing.skipped.filter((s) => s.reason !== 'hidden').length + scored.failed.length;
     const skipped = [...listing.skipped.map((s) => ({ path: s.path, reason: `${s.reason}: ${s.detail}` })), ...scored.failed];
     const model = await modelInfo(options.model ?? BUNDLED_MODEL);
-    const reportFile = options.report ? await writeReport(options.report, `Evaluation of ${path.basename(options.model ?? 'the bundled model')} on ${listing.root}`, evaluation, shiftResults ? shiftTable(evaluation, shiftResults) : []) : undefined;
+    const reportFile = options.report ? await writeReport(options.report, `Evaluation of ${path.basename(options.model ?? 'the bundled model')} on ${path.relative(process.cwd(), listing.root) || '.'}`, evaluation, shiftResults ? shiftTable(evaluation, shiftResults) : []) : undefined;
     if (options.json) {
       printJson({ data: listing.root, model: options.model ?? 'bundled', model_info: model, ...evaluation, ...(shiftResults ? { shifts: shiftResults } : {}), skipped, report: reportFile });
     } else {
