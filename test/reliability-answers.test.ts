@@ -12,6 +12,7 @@ import * as E from '../src/engine/index.js';
 import { createModel } from '../src/models/registry.js';
 import { loadModel, saveModel } from '../src/models/io.js';
 import { IMAGENET_NORMALIZATION } from '../src/data/batches.js';
+import { seededRandom } from '../src/data/augment.js';
 import { PBC_CLASSES } from '../src/data/dataset.js';
 import { DecodeError, decodeImage } from '../src/data/image.js';
 import { type Classification, type ClassificationError, loadClassifier } from '../src/api/classifier.js';
@@ -35,18 +36,6 @@ async function models(): Promise<void> {
 }
 const ready = models();
 
-/** A deterministic PRNG (mulberry32): the same 40 files and the same damage on every run. */
-function prng(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
-
 const isError = (r: Classification | ClassificationError): r is ClassificationError => 'error' in r;
 
 async function png(r: number, g: number, b: number): Promise<Buffer> {
@@ -55,7 +44,7 @@ async function png(r: number, g: number, b: number): Promise<Buffer> {
 
 test('40 PBC JPEGs with 4 KB overwritten in the middle each give an error or a flagged answer, their clean originals neither', { skip: !existsSync(PBC) }, async () => {
   await ready;
-  const random = prng(20_240_611);
+  const random = seededRandom(20_240_611);
   const classes = readdirSync(PBC).filter((c) => !c.startsWith('.')).sort();
   const originals = Array.from({ length: 40 }, (_, i) => {
     const names = readdirSync(path.join(PBC, classes[i % classes.length])).filter((n) => n.endsWith('.jpg') && !n.startsWith('.')).sort();
