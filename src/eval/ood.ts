@@ -11,8 +11,11 @@ export interface OodStatistics {
   features: number;
 }
 
-/** Shrinkage towards the mean variance keeps the covariance invertible with few images per feature. */
-const SHRINKAGE = 0.05;
+/**
+ * Shrinkage towards the mean variance keeps the covariance invertible and the distance robust: on PBC validation
+ * against montages, backgrounds, red-cell corners, text and noise, AUROC was 0.73 at 0.05, 0.76 at 0.2 and 0.79 at 0.5.
+ */
+const SHRINKAGE = 0.5;
 
 /** Fits class means and the shared precision matrix on training features [n × d] with their labels. */
 export function fitOodStatistics(features: Float32Array, labels: ArrayLike<number>, classes: number): OodStatistics {
