@@ -88,6 +88,10 @@ test('hemato calibrate fits a temperature and a threshold and stores them in a n
   const calibrated = await loadClassifier(out);
   assert.equal(calibrated.temperature, summary.temperature);
   assert.equal(calibrated.uncertaintyThreshold, summary.uncertainty_threshold);
+  // The file records what the model scored on the images it was calibrated on.
+  const validation = calibrated.metadata.provenance.validation as { n: number; accuracy: number; macro_f1: number };
+  assert.equal(validation.n, 24);
+  assert.ok(validation.accuracy >= 0 && validation.accuracy <= 1 && validation.macro_f1 >= 0);
   calibrated.dispose();
   await assert.rejects(run(process.execPath, ['bin/hemato.js', 'calibrate', folder, '--model', modelFile]), /calibration needs a real validation set/);
 });

@@ -10,6 +10,7 @@ import sharp from 'sharp';
 import type { RunConfigInput } from '../src/train/config.js';
 import { LOCK_FILE, lockRunDir } from '../src/train/lock.js';
 import { runTraining, type TrainingRequest } from '../src/train/run.js';
+import { loadModel } from '../src/models/io.js';
 
 const root = mkdtempSync(path.join(tmpdir(), 'hemato-run-'));
 const CLASSES = ['neutrophil', 'platelet'];
@@ -53,6 +54,11 @@ test('a run reports skipped files, keeps finished results unless told to overwri
   const outcome = await runTraining(first);
   assert.equal(outcome.interrupted, false);
   assert.ok(existsSync(path.join(runDir, 'model.safetensors')));
+  const { metadata, model } = await loadModel(path.join(runDir, 'model.safetensors'));
+  model.dispose();
+  const validation = metadata.provenance.validation as { n: number; accuracy: number; split: string };
+  assert.ok(validation.n > 0 && validation.accuracy >= 0 && validation.accuracy <= 1, JSON.stringify(validation));
+  assert.equal(validation.split, metadata.provenance.split_hash, 'the model file records its validation figures and split');
   assert.ok(!existsSync(path.join(runDir, LOCK_FILE)), 'the lock is released');
   const skippedNote = first.notes.find((n) => n.startsWith('skipped 1 file'));
   assert.ok(skippedNote?.includes('neutrophil/notes.png'), first.notes.join('\n'));

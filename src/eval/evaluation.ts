@@ -117,3 +117,8 @@ export async function writeReport(dir: string, title: string, evaluation: Evalua
   return file;
 }
 
+/** The figures a model file records about its validation: enough to say what it scored, and on how many images. */
+export function validationRecord(evaluation: Evaluation, split: string | null): Record<string, number | string | null> {
+  const { n, accuracy, balanced_accuracy, macro_f1, ece } = evaluation;
+  return { split, n, accuracy, balanced_accuracy, macro_f1, ece, date: new Date().toISOString() };
+}

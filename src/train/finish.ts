@@ -4,7 +4,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type * as E from '../engine/index.js';
 import { chooseUncertaintyThreshold, fitTemperature, softmaxRows } from '../eval/calibration.js';
-import { evaluateScores, type Evaluation, writeReport } from '../eval/evaluation.js';
+import { evaluateScores, type Evaluation, validationRecord, writeReport } from '../eval/evaluation.js';
 import { curvesSvg } from '../eval/report.js';
 import { loadModel, saveModel } from '../models/io.js';
 import type { TrainingData } from './data.js';
@@ -28,11 +28,12 @@ export async function finishRun(options: { runDir: string; data: TrainingData; c
     const labels = Int32Array.from(data.val, (i) => data.set.labels[i]);
     const temperature = fitTemperature(logits, labels, k);
     const threshold = chooseUncertaintyThreshold(softmaxRows(logits, labels.length, k, temperature), labels, k);
-    const file = path.join(runDir, 'model.safetensors');
-    await saveModel(file, model, { ...metadata, temperature, uncertaintyThreshold: threshold, provenance: { ...options.provenance, split_hash: data.splitHash } });
     // The validation images were prepared in memory: only the confidence threshold can flag them here.
     const judge = { classes: metadata.classes, temperature, reasons: (top: number) => (top < threshold ? ['low-confidence'] : []) };
     const validation = evaluateScores({ logits, labels, files: Array.from(data.val, (i) => data.files[i]), failed: [] }, judge);
+    const file = path.join(runDir, 'model.safetensors');
+    const provenance = { ...options.provenance, split_hash: data.splitHash, validation: validationRecord(validation, data.splitHash) };
+    await saveModel(file, model, { ...metadata, temperature, uncertaintyThreshold: threshold, provenance });
     const history = (await readFile(path.join(runDir, LOG_FILE), 'utf8')).trim().split('\n').map((line) => JSON.parse(line));
     await writeFile(path.join(runDir, 'curves.svg'), curvesSvg(history));
     const report = await writeReport(runDir, `Validation of ${metadata.architecture} (split ${data.splitHash.slice(0, 12)})`, validation, ['![training curves](curves.svg)']);

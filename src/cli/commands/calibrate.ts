@@ -2,7 +2,8 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { BUNDLED_MODEL, loadClassifier } from '../../api/classifier.js';
 import { fitDetector } from '../../api/detector.js';
-import { scoreItems } from '../../api/evaluate.js';
+import { evaluateScores, scoreItems } from '../../api/evaluate.js';
+import { validationRecord } from '../../eval/evaluation.js';
 import { listDataset } from '../../data/dataset.js';
 import { readSplit } from '../../data/split.js';
 import { saveModel } from '../../models/io.js';
@@ -60,7 +61,10 @@ export function registerCalibrate(program: Command): void {
     const fit = calibrate(scored.logits, scored.labels, k, options.targetAccuracy);
     // Never write into the installed package: the bundled model's calibration goes to the current folder.
     const out = options.out ?? (options.model ? options.model.replace(/(\.safetensors)?$/, '.calibrated.safetensors') : path.basename(BUNDLED_MODEL, '.safetensors') + '.calibrated.safetensors');
-    await saveModel(out, classifier.model, { ...classifier.metadata, temperature: fit.temperature, uncertaintyThreshold: fit.uncertaintyThreshold, ood }, { dtype: options.dtype ?? classifier.metadata.dtype });
+    const judge = { classes: classifier.classes, temperature: fit.temperature, reasons: (top: number) => (top < fit.uncertaintyThreshold ? ['low-confidence'] : []) };
+    const validation = validationRecord(evaluateScores(scored, judge), options.split ?? null);
+    const provenance = { ...classifier.metadata.provenance, validation };
+    await saveModel(out, classifier.model, { ...classifier.metadata, temperature: fit.temperature, uncertaintyThreshold: fit.uncertaintyThreshold, ood, provenance }, { dtype: options.dtype ?? classifier.metadata.dtype });
     for (const warning of fit.warnings) process.stderr.write(`warning: ${warning}\n`);
     const summary = {
       model: out, n, temperature: fit.temperature, uncertainty_threshold: fit.uncertaintyThreshold,
