@@ -35,10 +35,12 @@ export function registerCalibrate(program: Command): void {
     if (options.ood && !options.split) throw new CliError('--ood needs --split: the detector is fitted on the training part and its threshold on the validation part', 2);
     let items;
     let ood = classifier.ood;
+    let splitHash: string | null = null;
     if (options.split) {
       const root = dir ?? options.images;
       if (!root) throw new CliError('--split needs the data folder (as the argument or --images)', 2);
-      const { rows } = await readSplit(options.split);
+      const { rows, hash } = await readSplit(options.split);
+      splitHash = hash;
       const itemsOf = (part: string) => rows.filter((r) => r.part === part).map((r) => ({ file: r.file, path: path.join(root, r.file), label: r.label }));
       items = itemsOf('val');
       if (options.ood) {
@@ -62,7 +64,7 @@ export function registerCalibrate(program: Command): void {
     // Never write into the installed package: the bundled model's calibration goes to the current folder.
     const out = options.out ?? (options.model ? options.model.replace(/(\.safetensors)?$/, '.calibrated.safetensors') : path.basename(BUNDLED_MODEL, '.safetensors') + '.calibrated.safetensors');
     const judge = { classes: classifier.classes, temperature: fit.temperature, reasons: (top: number) => (top < fit.uncertaintyThreshold ? ['low-confidence'] : []) };
-    const validation = validationRecord(evaluateScores(scored, judge), options.split ?? null);
+    const validation = validationRecord(evaluateScores(scored, judge), splitHash);
     const provenance = { ...classifier.metadata.provenance, validation };
     await saveModel(out, classifier.model, { ...classifier.metadata, temperature: fit.temperature, uncertaintyThreshold: fit.uncertaintyThreshold, ood, provenance }, { dtype: options.dtype ?? classifier.metadata.dtype });
     for (const warning of fit.warnings) process.stderr.write(`warning: ${warning}\n`);
