@@ -92,6 +92,16 @@ test('hemato calibrate fits a temperature and a threshold and stores them in a n
   const validation = calibrated.metadata.provenance.validation as { n: number; accuracy: number; macro_f1: number };
   assert.equal(validation.n, 24);
   assert.ok(validation.accuracy >= 0 && validation.accuracy <= 1 && validation.macro_f1 >= 0);
+  // --tta fits the averaged views' calibration beside the single view's, which stays as it was.
+  const withTta = path.join(dir, 'calibrated-tta.safetensors');
+  const ttaSummary = JSON.parse((await run(process.execPath, ['bin/hemato.js', 'calibrate', calibration, '--model', out, '--out', withTta, '--tta', '--json'])).stdout);
+  const [single, averaged] = [await loadClassifier(withTta), await loadClassifier(withTta, { tta: true })];
+  assert.equal(single.temperature, summary.temperature);
+  assert.deepEqual(single.metadata.tta, { temperature: ttaSummary.temperature, uncertaintyThreshold: ttaSummary.uncertainty_threshold });
+  assert.equal(averaged.temperature, ttaSummary.temperature);
+  assert.equal(averaged.uncertaintyThreshold, ttaSummary.uncertainty_threshold);
+  single.dispose();
+  averaged.dispose();
   calibrated.dispose();
   await assert.rejects(run(process.execPath, ['bin/hemato.js', 'calibrate', folder, '--model', modelFile]), /calibration needs a real validation set/);
 });

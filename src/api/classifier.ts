@@ -171,8 +171,10 @@ export class Classifier {
   constructor(readonly model: ImageClassifier, readonly metadata: ModelMetadata, readonly device: E.Device, readonly precision: E.Precision, overrides: Pick<ClassifierOptions, 'uncertaintyThreshold' | 'field' | 'pixelSize' | 'tta'> = {}, readonly ood: OodInfo | null = null) {
     checkOverrides(overrides);
     this.classes = metadata.classes;
-    this.temperature = metadata.temperature ?? 1;
-    this.uncertaintyThreshold = overrides.uncertaintyThreshold ?? metadata.uncertaintyThreshold ?? 0.5;
+    // Averaged views are less spread than one: TTA has its own calibration where calibrate --tta fitted one.
+    const calibration = overrides.tta && metadata.tta ? metadata.tta : metadata;
+    this.temperature = calibration.temperature ?? 1;
+    this.uncertaintyThreshold = overrides.uncertaintyThreshold ?? calibration.uncertaintyThreshold ?? 0.5;
     this.pixelSize = overrides.pixelSize;
     this.tta = overrides.tta ?? false;
     const recipe = inputRecipe(metadata);

@@ -28,6 +28,13 @@ export interface ModelInfo {
   provenance?: Record<string, unknown>;
   /** The out-of-distribution detector fitted on the training data, when there is one. */
   ood?: OodInfo | null;
+  /** Calibration for test-time augmentation (its averaged logits are less spread than a single view's). */
+  tta?: TtaCalibration;
+}
+
+export interface TtaCalibration {
+  temperature: number;
+  uncertaintyThreshold: number;
 }
 
 /** Mahalanobis distance on the pooled features: class means and the shared precision matrix, with a threshold. */
@@ -46,7 +53,7 @@ export interface OodInfo {
 const OOD_MEANS = 'hemato.ood.means';
 const OOD_PRECISION = 'hemato.ood.precision';
 
-export interface ModelMetadata extends Required<Omit<ModelInfo, 'temperature' | 'uncertaintyThreshold' | 'ood'>> {
+export interface ModelMetadata extends Required<Omit<ModelInfo, 'temperature' | 'uncertaintyThreshold' | 'ood' | 'tta'>> {
   format: typeof FORMAT;
   version: number;
   architecture: string;
@@ -58,6 +65,7 @@ export interface ModelMetadata extends Required<Omit<ModelInfo, 'temperature' | 
   uncertaintyThreshold?: number;
   /** The out-of-distribution detector's scalars; its arrays are tensors in the file. */
   outOfDistribution?: Omit<OodInfo, 'means' | 'precision'>;
+  tta?: TtaCalibration;
 }
 
 export interface SaveModelOptions {
@@ -92,6 +100,7 @@ export async function saveModel(file: string, model: ImageClassifier, info: Mode
     dtype,
     ...(info.temperature !== undefined ? { temperature: info.temperature } : {}),
     ...(info.uncertaintyThreshold !== undefined ? { uncertaintyThreshold: info.uncertaintyThreshold } : {}),
+    ...(info.tta ? { tta: { temperature: info.tta.temperature, uncertaintyThreshold: info.tta.uncertaintyThreshold } } : {}),
     ...(info.ood ? { outOfDistribution: { kind: info.ood.kind, threshold: info.ood.threshold, validationFlagged: info.ood.validationFlagged, features: info.ood.features } } : {}),
   };
   const state = model.stateDict();
@@ -252,6 +261,10 @@ function usageProblem(m: Json): string | null {
   if (m.provenance !== undefined && !isObject(m.provenance)) return `provenance must be an object, got ${shown(m.provenance)}`;
   if (m.temperature !== undefined && !(isNumber(m.temperature) && m.temperature > 0)) return `temperature must be a number above zero, got ${shown(m.temperature)}`;
   if (m.uncertaintyThreshold !== undefined && !inRange(m.uncertaintyThreshold, 0, 1)) return `uncertaintyThreshold must be a probability in [0, 1], got ${shown(m.uncertaintyThreshold)}`;
+  const tta = m.tta;
+  if (tta !== undefined && !(isObject(tta) && isNumber(tta.temperature) && tta.temperature > 0 && inRange(tta.uncertaintyThreshold, 0, 1))) {
+    return `tta must hold a temperature above zero and an uncertaintyThreshold in [0, 1], got ${shown(tta)}`;
+  }
   const ood = m.outOfDistribution;
   if (ood === undefined) return null;
   if (!isObject(ood) || ood.kind !== 'mahalanobis') return `outOfDistribution must be a 'mahalanobis' detector, got ${shown(ood)}`;

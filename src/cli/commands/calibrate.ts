@@ -16,7 +16,7 @@ import { classifierOptions, datasetSource, modelOption, parseChoice, parseFracti
 export function registerCalibrate(program: Command): void {
   const command = program
     .command('calibrate')
-    .description('fit temperature scaling and the uncertainty threshold on labelled validation images, and store both in the model')
+    .description('fit temperature scaling and the uncertainty threshold on labelled validation images, and store both in the model (with --tta: those used under test-time augmentation)')
     .argument('[dir]', 'an ImageFolder of validation images (one folder per class)')
     .option('--images <dir>', 'the images folder, with --labels or --split')
     .option('--labels <csv>', 'a CSV of file,label (paths relative to --images)')
@@ -66,7 +66,10 @@ export function registerCalibrate(program: Command): void {
     const judge = { classes: classifier.classes, temperature: fit.temperature, reasons: (top: number) => (top < fit.uncertaintyThreshold ? ['low-confidence'] : []) };
     const validation = validationRecord(evaluateScores(scored, judge), splitHash);
     const provenance = { ...classifier.metadata.provenance, validation };
-    await saveModel(out, classifier.model, { ...classifier.metadata, temperature: fit.temperature, uncertaintyThreshold: fit.uncertaintyThreshold, ood, provenance }, { dtype: options.dtype ?? classifier.metadata.dtype });
+    // With --tta the fit belongs to the averaged views and is stored beside the single view's, which stays.
+    const fitted = { temperature: fit.temperature, uncertaintyThreshold: fit.uncertaintyThreshold };
+    const calibration = options.tta ? { tta: fitted } : { ...fitted, provenance };
+    await saveModel(out, classifier.model, { ...classifier.metadata, ...calibration, ood }, { dtype: options.dtype ?? classifier.metadata.dtype });
     for (const warning of fit.warnings) process.stderr.write(`warning: ${warning}\n`);
     const summary = {
       model: out, n, temperature: fit.temperature, uncertainty_threshold: fit.uncertaintyThreshold,
