@@ -46,6 +46,7 @@ function modelCard({ file, bytes, identity, metadata }: ModelFile) {
     preprocessing: { field: recipe.geometry.field, size: recipe.geometry.size, scale: recipe.scale, background: recipe.background, mpm: recipe.mpm },
     temperature: metadata.temperature ?? null,
     uncertainty_threshold: metadata.uncertaintyThreshold ?? null,
+    tta: metadata.tta ? { temperature: metadata.tta.temperature, uncertainty_threshold: metadata.tta.uncertaintyThreshold } : null,
     out_of_distribution: ood ? { kind: ood.kind, threshold: ood.threshold, validation_flagged: ood.validationFlagged, features: ood.features } : null,
     provenance: metadata.provenance ?? {},
   };
@@ -63,6 +64,7 @@ function printCard(card: Card): void {
     ['MPM', p.mpm ? 'on' : 'off'],
     ['temperature', card.temperature === null ? 'none (not calibrated)' : card.temperature.toFixed(4)],
     ['uncertainty', card.uncertainty_threshold === null ? 'no threshold stored (0.5 applies)' : `flagged below ${card.uncertainty_threshold.toFixed(4)}`],
+    ['test-time aug.', card.tta ? `temperature ${card.tta.temperature.toFixed(4)}, flagged below ${card.tta.uncertainty_threshold.toFixed(4)}` : 'the single view\'s calibration applies'],
     ['out-of-distribution', ood ? `${ood.kind} detector, threshold ${ood.threshold.toFixed(2)} (flags ${(100 * ood.validation_flagged).toFixed(1)} % of validation images)` : 'no detector'],
     ['size', `${(card.bytes / 2 ** 20).toFixed(1)} MiB (${card.bytes} bytes)`],
     ['sha256', card.model_info.sha256],
