@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check, run from inside an extracted hemato bundle on the GPU machine:
+# The GPU check, run from inside an extracted hemato bundle on a GPU server:
 #   1. prepare (checks, node, the addon built against this machine's PyTorch) and `hemato doctor --json`;
 #   2. the engine's CUDA tests (dist/test/engine-cuda.test.js);
 #   3. the ConvNeXt block training step with bf16 autocast at batch 128, in hemato and in PyTorch, same machine,

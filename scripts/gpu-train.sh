@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Trains on the GPU machine from an offline bundle and one pack, run from the repository root there:
+# Trains on a GPU server from an offline bundle and one pack, run from the repository root there:
 #   bash scripts/gpu-train.sh PACK CONFIG [CONFIG...]
 # It unpacks .bundle/hemato-bundle.tar.xz, builds the addon against the machine's PyTorch, runs a one-epoch smoke
 # run of the first config, then every config at once on the one GPU until DEADLINE seconds from the start (default
