@@ -12,6 +12,7 @@ import { resizeRgb } from '../src/data/geometry.js';
 import { type RgbImage, readImageFile } from '../src/data/image.js';
 import { measureCells } from '../src/data/scale.js';
 import { readSplit } from '../src/data/split.js';
+import { softmaxRows } from '../src/eval/calibration.js';
 import { auroc } from '../src/eval/ood.js';
 
 const args = process.argv.slice(2);
@@ -84,12 +85,11 @@ async function main(): Promise<void> {
     const prepared = await Promise.all(batch.map((c) => classifier.prepare(c.image)));
     const { logits, distances } = classifier.score(prepared.map((p) => p.image));
     const k = classifier.classes.length;
+    const probs = softmaxRows(logits, batch.length, k, classifier.temperature);
     batch.forEach((c, i) => {
-      const row = Array.from(logits.subarray(i * k, (i + 1) * k), (v) => v / classifier.temperature);
-      const max = Math.max(...row);
-      const total = row.reduce((s, v) => s + Math.exp(v - max), 0);
-      const best = row.indexOf(max);
-      const reasons = classifier.reasons(1 / total, prepared[i].scale, distances?.[i], prepared[i].measures?.nuclei);
+      const row = Array.from(probs.subarray(i * k, (i + 1) * k));
+      const best = row.indexOf(Math.max(...row));
+      const reasons = classifier.reasons(row[best], prepared[i].scale, distances?.[i], prepared[i].measures?.nuclei);
       const entry = outcome.get(c.kind) ?? { n: 0, flagged: 0, correct: 0, handled: 0, distances: [] };
       entry.n++;
       if (reasons.length) entry.flagged++;

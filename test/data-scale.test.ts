@@ -5,9 +5,9 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { resizeRgb } from '../src/data/geometry.js';
 import { type RgbImage, readImageFile } from '../src/data/image.js';
-import { chooseScale, type InputRecipe, prepareImage, SCALE_RANGE } from '../src/data/prepare.js';
+import { chooseScale, type InputRecipe, prepareImage, SCALE_RANGE, scaleChannels } from '../src/data/prepare.js';
 import { measureCells } from '../src/data/scale.js';
-import { gains, magnify } from '../src/eval/shifts.js';
+import { magnify } from '../src/eval/shifts.js';
 
 const PBC = path.resolve('../shared/data/pbc');
 const median = (values: number[]) => [...values].sort((a, b) => a - b)[values.length >> 1];
@@ -79,7 +79,7 @@ test('padding rule: a small image is padded with its own background colour, neve
 
 test('white balance: a yellow cast is taken out before the model sees the image', async () => {
   const image = await readImageFile(path.join(PBC, 'neutrophil/BNE_101007.jpg'));
-  const cast = gains(image, [1, 0.95, 0.8]);
+  const cast = scaleChannels(image, [1, 0.95, 0.8]);
   const a = await prepareImage(image, recipe);
   const b = await prepareImage(cast, recipe);
   const mean = (img: RgbImage, c: number) => img.data.filter((_, i) => i % 3 === c).reduce((p, q) => p + q, 0) / (img.data.length / 3);

@@ -4,6 +4,7 @@
 // (brightness, saturation, hue) is one 3×3 matrix per image, then contrast about each image's mean grey. What other
 // labs' images differ in follows: stain strength in haematoxylin–eosin space, colour temperature, blur and noise.
 import * as E from '../engine/index.js';
+import { seededRandom } from './random.js';
 
 export interface AugmentConfig {
   hflip: boolean;
@@ -37,22 +38,7 @@ export const NO_AUGMENT: AugmentConfig = {
   hflip: false, vflip: false, rot90: false, crop: null, brightness: 0, contrast: 0, saturation: 0, hue: 0, scale: null, stain: 0, temperature: 0, blur: 0, noise: 0,
 };
 
-/** What images from other microscopes and stains differ in: scale, stain strength, colour, focus and noise. */
-export const ROBUST_AUGMENT: AugmentConfig = {
-  ...DEFAULT_AUGMENT, scale: [0.7, 1.4], stain: 0.3, temperature: 0.08, blur: 1, noise: 0.02,
-};
-
-/** mulberry32: a small, well-distributed 32-bit generator; enough for augmentation draws. */
-export function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { seededRandom } from './random.js';
 
 const deviceOf = (x: E.Tensor) => x.device as E.Device;
 const uniform = (random: () => number, lo: number, hi: number) => lo + (hi - lo) * random();

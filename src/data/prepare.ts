@@ -9,6 +9,7 @@ import { type MpmConfig, Mpm } from '../preprocess/mpm.js';
 import { DecodeError, type DecodeErrorCode } from './errors.js';
 import { cropToField, type GeometryConfig, resizeRgb, validateGeometry } from './geometry.js';
 import { type RgbImage, readImageFile } from './image.js';
+import { seededRandom } from './random.js';
 import { type CellMeasures, measureCells, RBC_DIAMETER_UM, type ScaleSource } from './scale.js';
 
 /** How a pack stores each image: lossless (webp-lossless, png) or lossy at a quality (webp, jpeg). */
@@ -122,13 +123,13 @@ export async function prepareImage(image: RgbImage, recipe: InputRecipe, options
 
 /** Per-channel gains that move the image's background to the reference's (limited to ×0.5–×2). */
 export function whiteBalance(image: RgbImage, background: readonly number[], reference: readonly number[]): RgbImage {
-  const gains = [0, 1, 2].map((c) => Math.min(2, Math.max(0.5, reference[c] / Math.max(1, background[c]))));
+  return scaleChannels(image, [0, 1, 2].map((c) => Math.min(2, Math.max(0.5, reference[c] / Math.max(1, background[c])))));
+}
+
+/** Each channel times its gain, rounded and capped at 255. */
+export function scaleChannels(image: RgbImage, gains: readonly number[]): RgbImage {
   const out = new Uint8Array(image.data.length);
-  for (let i = 0; i < out.length; i += 3) {
-    out[i] = Math.min(255, Math.round(image.data[i] * gains[0]));
-    out[i + 1] = Math.min(255, Math.round(image.data[i + 1] * gains[1]));
-    out[i + 2] = Math.min(255, Math.round(image.data[i + 2] * gains[2]));
-  }
+  for (let i = 0; i < out.length; i++) out[i] = Math.min(255, Math.round(image.data[i] * gains[i % 3]));
   return { width: image.width, height: image.height, data: out };
 }
 
@@ -160,13 +161,13 @@ export async function measureReference(paths: readonly string[], options: { samp
   return referenceFrom(measures);
 }
 
+/** n items chosen by a seeded Fisher–Yates shuffle, kept in their original order. */
 function seededSample<T>(items: readonly T[], n: number, seed: number): T[] {
   if (items.length <= n) return [...items];
+  const random = seededRandom(seed);
   const order = items.map((_, i) => i);
-  let state = (seed ^ 0x9e3779b9) >>> 0;
   for (let i = order.length - 1; i > 0; i--) {
-    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
-    const j = state % (i + 1);
+    const j = Math.floor(random() * (i + 1));
     [order[i], order[j]] = [order[j], order[i]];
   }
   return order.slice(0, n).sort((a, b) => a - b).map((i) => items[i]);

@@ -16,7 +16,7 @@ export interface CellMeasures {
   nucleusExtent: number | null;
   /** Separate nucleus-sized blobs: more than one suggests several cells, none an empty field. */
   nuclei: number;
-  /** The nucleus spans more than half the image: a tight crop, in which the white cell fills the frame. */
+  /** The nucleus spans 70 % of the image's shorter side or more: a tight crop, in which the white cell fills the frame. */
   tightCrop: boolean;
   /** The background colour (RGB): the median of the brightest quarter of the pixels. */
   background: [number, number, number];
@@ -173,8 +173,8 @@ function components(mask: Uint8Array, width: number, height: number): Component[
 }
 
 /**
- * The median of the large circles: spurious maxima (concave corners of clumps, cells cut by the edge, specks) are
- * all smaller than a whole cell, so only circles near the upper part of the distribution count.
+ * The median of the diameters near the upper part of the distribution: what passes the shape test by mistake
+ * (specks, fragments of a ring-shaped cell) is smaller than a whole red cell, and a few merged cells larger.
  */
 function robustMedian(values: number[]): number | null {
   if (values.length === 0) return null;

@@ -4,6 +4,7 @@ import sharp, { type Sharp } from 'sharp';
 import { HED_FROM_RGB, RGB_FROM_HED } from '../data/augment.js';
 import { cropToField, resizeRgb } from '../data/geometry.js';
 import type { RgbImage } from '../data/image.js';
+import { scaleChannels } from '../data/prepare.js';
 import { measureCells } from '../data/scale.js';
 
 export interface Shift {
@@ -20,8 +21,8 @@ export const SHIFTS: readonly Shift[] = [
   { name: 'tight-crop', params: { side_per_cell_diameter: 1.2 }, apply: tightCrop },
   ...[1, 2].map((sigma) => ({ name: `blur-${sigma}`, params: { sigma_px: sigma }, apply: (image: RgbImage) => viaSharp(image, (s) => s.blur(sigma)) })),
   { name: 'jpeg-30', params: { quality: 30 }, apply: jpeg30 },
-  { name: 'yellow-cast', params: { rgb_gains: [1, 0.95, 0.8] }, apply: async (image: RgbImage) => gains(image, [1, 0.95, 0.8]) },
-  { name: 'blue-cast', params: { rgb_gains: [0.85, 0.92, 1] }, apply: async (image: RgbImage) => gains(image, [0.85, 0.92, 1]) },
+  { name: 'yellow-cast', params: { rgb_gains: [1, 0.95, 0.8] }, apply: async (image: RgbImage) => scaleChannels(image, [1, 0.95, 0.8]) },
+  { name: 'blue-cast', params: { rgb_gains: [0.85, 0.92, 1] }, apply: async (image: RgbImage) => scaleChannels(image, [0.85, 0.92, 1]) },
   { name: 'paler-stain', params: { hed_factor: 0.6 }, apply: async (image: RgbImage) => stain(image, 0.6) },
   { name: 'darker-stain', params: { hed_factor: 1.4 }, apply: async (image: RgbImage) => stain(image, 1.4) },
 ];
@@ -85,12 +86,6 @@ async function jpeg30(image: RgbImage): Promise<RgbImage> {
 async function viaSharp(image: RgbImage, op: (s: Sharp) => Sharp): Promise<RgbImage> {
   const data = await op(sharp(image.data, { raw: { width: image.width, height: image.height, channels: 3 } })).raw().toBuffer();
   return { width: image.width, height: image.height, data: new Uint8Array(data.buffer, data.byteOffset, data.length) };
-}
-
-export function gains(image: RgbImage, rgb: readonly [number, number, number]): RgbImage {
-  const out = new Uint8Array(image.data.length);
-  for (let i = 0; i < out.length; i++) out[i] = Math.min(255, Math.round(image.data[i] * rgb[i % 3]));
-  return { width: image.width, height: image.height, data: out };
 }
 
 /** Haematoxylin and eosin densities × factor, relative to the background (which stays as it is). */
