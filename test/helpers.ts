@@ -1,6 +1,12 @@
-// Shared test helpers: approximate comparison and the repository-relative path of ../shared.
+// Shared test helpers: approximate comparison, the repository-relative path of ../shared, and a small untrained
+// model file for tests that need one to classify with.
 import assert from 'node:assert/strict';
 import path from 'node:path';
+import * as E from '../src/engine/index.js';
+import { IMAGENET_NORMALIZATION } from '../src/data/batches.js';
+import { PBC_CLASSES } from '../src/data/dataset.js';
+import { saveModel } from '../src/models/io.js';
+import { createModel } from '../src/models/registry.js';
 
 export const SHARED = path.resolve('../shared');
 
@@ -19,4 +25,12 @@ export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let max = 0;
   for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i] - b[i]));
   return max;
+}
+
+/** Saves a seeded, untrained convnext-only model for the 8 PBC classes at 64 px, float16, calibrated as given. */
+export async function saveUntrainedModel(file: string): Promise<void> {
+  E.manualSeed(0);
+  const model = createModel('convnext-only', { numClasses: 8, inputSize: 64 });
+  await saveModel(file, model, { classes: [...PBC_CLASSES], normalization: IMAGENET_NORMALIZATION, temperature: 1, uncertaintyThreshold: 0.5, preprocessing: { geometry: { field: null, size: 64 }, mpm: null } }, { dtype: 'float16' });
+  model.dispose();
 }

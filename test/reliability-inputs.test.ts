@@ -9,15 +9,11 @@ import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSyn
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
-import * as E from '../src/engine/index.js';
-import { createModel } from '../src/models/registry.js';
-import { saveModel } from '../src/models/io.js';
-import { IMAGENET_NORMALIZATION } from '../src/data/batches.js';
-import { listCsvDataset, PBC_CLASSES } from '../src/data/dataset.js';
+import { listCsvDataset } from '../src/data/dataset.js';
 import { DecodeError } from '../src/data/errors.js';
 import { escapeControl, inspectPath, readRegularFile } from '../src/data/files.js';
 import { readImageFile } from '../src/data/image.js';
-import { SHARED } from './helpers.js';
+import { saveUntrainedModel, SHARED } from './helpers.js';
 
 interface Outcome { code: number | null; signal: string | null; stdout: string; stderr: string }
 
@@ -43,10 +39,7 @@ async function png(file: string, shade: number): Promise<void> {
 }
 
 async function fixtures() {
-  E.manualSeed(0);
-  const model = createModel('convnext-only', { numClasses: 8, inputSize: 64 });
-  await saveModel(modelFile, model, { classes: [...PBC_CLASSES], normalization: IMAGENET_NORMALIZATION, temperature: 1, uncertaintyThreshold: 0.5, preprocessing: { geometry: { field: null, size: 64 }, mpm: null } }, { dtype: 'float16' });
-  model.dispose();
+  await saveUntrainedModel(modelFile);
 
   const cells = path.join(dir, 'cells');
   await png(path.join(cells, 'a.png'), 10);

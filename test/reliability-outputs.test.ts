@@ -10,16 +10,12 @@ import path from 'node:path';
 import sharp from 'sharp';
 import * as E from '../src/engine/index.js';
 import { ConvNeXt } from '../src/models/convnext.js';
-import { createModel } from '../src/models/registry.js';
-import { saveModel } from '../src/models/io.js';
-import { IMAGENET_NORMALIZATION } from '../src/data/batches.js';
-import { PBC_CLASSES } from '../src/data/dataset.js';
 import { writeFileAtomic } from '../src/data/files.js';
 import { loadCheckpoint, saveCheckpoint } from '../src/train/checkpoint.js';
 import { parseFileSize, parseThreadCount } from '../src/cli/commands/shared.js';
 import { sheetNames } from '../src/cli/commands/preprocess.js';
 import { CliError, prepareOutputDir } from '../src/cli/output.js';
-import { SHARED } from './helpers.js';
+import { saveUntrainedModel, SHARED } from './helpers.js';
 
 interface Outcome { code: number | null; signal: string | null; stdout: string; stderr: string }
 
@@ -44,10 +40,7 @@ async function png(file: string, shade: number): Promise<void> {
 }
 
 async function fixtures() {
-  E.manualSeed(0);
-  const model = createModel('convnext-only', { numClasses: 8, inputSize: 64 });
-  await saveModel(modelFile, model, { classes: [...PBC_CLASSES], normalization: IMAGENET_NORMALIZATION, temperature: 1, uncertaintyThreshold: 0.5, preprocessing: { geometry: { field: null, size: 64 }, mpm: null } }, { dtype: 'float16' });
-  model.dispose();
+  await saveUntrainedModel(modelFile);
   const ds = path.join(dir, 'ds');
   for (const label of ['neutrophil', 'platelet']) for (let i = 0; i < 2; i++) await png(path.join(ds, label, `${i}.png`), 40 * i + (label === 'platelet' ? 100 : 0));
   // Real cells for pack, which measures the slide's scale from them; copied outside the repository.
