@@ -1,11 +1,12 @@
-// Why an answer is uncertain: each reason from its own cause, and the detector's arrays through a model file.
+// Why an answer is uncertain: each reason from its own cause, the detector's arrays through a model file, and fitting the detector.
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
 import * as E from '../src/engine/index.js';
 import { type Classification, loadClassifier } from '../src/api/classifier.js';
+import { fitDetector } from '../src/api/detector.js';
 import { IMAGENET_NORMALIZATION } from '../src/data/batches.js';
 import { PBC_CLASSES } from '../src/data/dataset.js';
 import { readImageFile, type RgbImage } from '../src/data/image.js';
@@ -69,4 +70,19 @@ test('each reason from its cause: an empty field has no single cell, a stated pi
   const strict = await loadClassifier(await modelFile(null), { device: 'cpu', precision: 'fp32', uncertaintyThreshold: 1 });
   assert.ok(classified((await strict.classifyBatch([cell]))[0]).reasons.includes('low-confidence'));
   strict.dispose();
+});
+
+test('fitDetector: statistics from training images, a threshold that flags the chosen share of validation images', async () => {
+  const classifier = await loadClassifier(await modelFile(null), { device: 'cpu', precision: 'fp32' });
+  const items = (per: number, offset: number) => PBC_CLASSES.flatMap((label) => {
+    const folder = path.join(PBC, label);
+    return readdirSync(folder).filter((f) => f.endsWith('.jpg')).sort().slice(offset, offset + per).map((file) => ({ file: `${label}/${file}`, path: path.join(folder, file), label }));
+  });
+  const ood = await fitDetector(classifier, items(3, 0), items(3, 3), { flagged: 0.25 });
+  assert.equal(ood.features, 320);
+  assert.equal(ood.means.length, 8 * 320);
+  assert.equal(ood.precision.length, 320 * 320);
+  assert.ok(ood.threshold > 0 && Number.isFinite(ood.threshold));
+  assert.ok(ood.validationFlagged > 0 && ood.validationFlagged <= 0.25, `${ood.validationFlagged}`);
+  classifier.dispose();
 });

@@ -13,6 +13,8 @@ export interface ScoreOptions {
   onProgress?: (done: number, total: number) => void;
   /** Applied to each decoded image before the classifier prepares it (the shift suite). */
   transform?: (image: RgbImage) => Promise<RgbImage>;
+  /** Keep each image's pooled features too (fitting the out-of-distribution detector). */
+  features?: boolean;
 }
 
 /** Runs the classifier over labelled items in batches; unreadable files are reported, not fatal. */
@@ -25,6 +27,7 @@ export async function scoreItems(classifier: Classifier, items: DatasetItem[], o
   const scales: ScaleReport[] = [];
   const distances: number[] = [];
   const nuclei: (number | undefined)[] = [];
+  const features: Float32Array[] = [];
   const failed: ScoredItems['failed'] = [];
   for (let start = 0; start < items.length; start += batchSize) {
     const chunk = items.slice(start, start + batchSize);
@@ -34,8 +37,9 @@ export async function scoreItems(classifier: Classifier, items: DatasetItem[], o
     const good = prepared.filter((p): p is { item: DatasetItem; image: Awaited<ReturnType<Classifier['prepare']>> } => 'image' in p);
     for (const p of prepared) if ('error' in p) failed.push({ path: p.item.path, reason: (p.error as Error).message });
     if (good.length) {
-      const { logits: batch, distances: batchDistances } = classifier.score(good.map((g) => g.image.image));
+      const { logits: batch, distances: batchDistances, features: batchFeatures } = classifier.score(good.map((g) => g.image.image));
       if (batchDistances) distances.push(...batchDistances);
+      if (options.features) features.push(batchFeatures);
       for (let i = 0; i < batch.length; i++) logits.push(batch[i]);
       for (const { item } of good) {
         const label = classifier.classes.indexOf(item.label);
@@ -49,7 +53,20 @@ export async function scoreItems(classifier: Classifier, items: DatasetItem[], o
     options.onProgress?.(Math.min(items.length, start + batchSize), items.length);
   }
   if (logits.length !== labels.length * k) throw new Error('internal: logits and labels disagree');
-  return { logits: Float32Array.from(logits), labels: Int32Array.from(labels), files, scales, nuclei, distances: classifier.ood ? Float64Array.from(distances) : undefined, failed };
+  return {
+    logits: Float32Array.from(logits), labels: Int32Array.from(labels), files, scales, nuclei,
+    distances: classifier.ood ? Float64Array.from(distances) : undefined, features: options.features ? concatenate(features) : undefined, failed,
+  };
+}
+
+function concatenate(rows: Float32Array[]): Float32Array {
+  const out = new Float32Array(rows.reduce((n, r) => n + r.length, 0));
+  let offset = 0;
+  for (const r of rows) {
+    out.set(r, offset);
+    offset += r.length;
+  }
+  return out;
 }
 
 /** Scores the items once per shift; the figures say how the model holds up on images unlike its training data's. */

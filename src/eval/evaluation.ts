@@ -17,6 +17,8 @@ export interface ScoredItems {
   distances?: Float64Array;
   /** Each readable image's count of separate nucleus groups, where measured. */
   nuclei?: (number | undefined)[];
+  /** Each readable image's pooled features [n × features], where asked for. */
+  features?: Float32Array;
   failed: { path: string; reason: string }[];
 }
 
