@@ -1,5 +1,6 @@
 // A whole model in one file: the state dict as safetensors, and in its metadata one JSON document that says how to
 // rebuild and use the model (architecture, options, classes, input size, normalisation, preprocessing, provenance).
+import { open } from 'node:fs/promises';
 import * as E from '../engine/index.js';
 import type { ImageClassifier } from './classifier.js';
 import { createModel, listModels, type ModelOptions } from './registry.js';
@@ -192,6 +193,32 @@ const shown = (value: unknown): string => {
   const text = value === undefined ? 'nothing' : JSON.stringify(value);
   return text.length > 80 ? `${text.slice(0, 77)}...` : text;
 };
+
+// The same bound the safetensors reader puts on a header.
+const MAX_HEADER_BYTES = 100_000_000;
+
+/** A model file's metadata, read from its header alone (no weights are loaded) and checked as loadModel checks it. */
+export async function readModelMetadata(file: string): Promise<ModelMetadata> {
+  const handle = await open(file, 'r');
+  try {
+    const { size } = await handle.stat();
+    const prefix = Buffer.alloc(8);
+    await handle.read(prefix, 0, 8, 0);
+    const length = Number(prefix.readBigUInt64LE(0));
+    if (size < 8 || length > size - 8 || length > MAX_HEADER_BYTES) throw new Error(`${file} is not a safetensors file (its header does not fit it)`);
+    const header = Buffer.alloc(length);
+    await handle.read(header, 0, length, 8);
+    let document: string | undefined;
+    try {
+      document = (JSON.parse(header.toString('utf8')) as { __metadata__?: Record<string, string> }).__metadata__?.[METADATA_KEY];
+    } catch {
+      throw new Error(`${file}: the safetensors header is not valid JSON; the file is damaged`);
+    }
+    return parseMetadata(document, file);
+  } finally {
+    await handle.close();
+  }
+}
 
 /**
  * Parses hemato's metadata document and checks every field a model is built and used from, so that a damaged or

@@ -26,7 +26,7 @@ export interface TrainingDataOptions {
   /** With normalizeScale: also white-balance every image to the training background (default true). */
   whiteBalance?: boolean;
   /** The scale and background to bring images to (a fine-tuned model's starting point's); absent: measured here. */
-  reference?: { scale: ReferenceScale; background: [number, number, number] };
+  reference?: { scale: ReferenceScale; background: [number, number, number] | null };
 }
 
 export interface TrainingData {

@@ -10,7 +10,7 @@ import type { SkippedFile } from '../data/dataset.js';
 import type { InputRecipe, ReferenceScale } from '../data/prepare.js';
 import { writeSplit } from '../data/split.js';
 import type { ImageClassifier } from '../models/classifier.js';
-import { loadModel, saveModel } from '../models/io.js';
+import { loadModel, readModelMetadata, saveModel } from '../models/io.js';
 import { createModel } from '../models/registry.js';
 import { type ConfigLayer, type RunConfig, type RunConfigInput, RunConfigError, type RunSettings, describeChange, resolveRunSettings, settingsChanges } from './config.js';
 import { type DataManifest, dataManifest, type LoadProgress, loadTrainingData, manifestChanges, type TrainingData } from './data.js';
@@ -143,11 +143,9 @@ async function checkData(runDir: string, data: TrainingData, request: TrainingRe
 }
 
 /** The scale and background a model file was trained at, where it records them. */
-async function referenceOf(file: string): Promise<{ scale: ReferenceScale; background: [number, number, number] } | null> {
-  const { metadata, tensors } = E.parseSafetensors(await readFile(file), file);
-  E.dispose([...tensors.values()]);
-  const recipe = JSON.parse(metadata.hemato ?? '{}').preprocessing as Partial<InputRecipe> | undefined;
-  return recipe?.scale && recipe.background ? { scale: recipe.scale, background: recipe.background } : null;
+async function referenceOf(file: string): Promise<{ scale: ReferenceScale; background: [number, number, number] | null } | null> {
+  const recipe = (await readModelMetadata(file)).preprocessing as Partial<InputRecipe> | null;
+  return recipe?.scale ? { scale: recipe.scale, background: recipe.background ?? null } : null;
 }
 
 /** Loads a trained hemato model's weights into a fresh model; a head with other classes is left freshly initialised. */
@@ -183,7 +181,7 @@ async function trainLocked(runDir: string, config: RunConfig, request: TrainingR
   const device = E.resolveDevice(config.device);
   // A fine-tuned model keeps its starting point's scale and colour, so the weights see cells as they learned them.
   const reference = config.init && config.data.normalizeScale !== false ? await referenceOf(config.init) : null;
-  if (reference) note(`--init: images are brought to ${config.init}'s red-cell scale (${reference.scale.rbcDiameter.toFixed(1)} px) and background`);
+  if (reference) note(`--init: images are brought to ${config.init}'s red-cell scale (${reference.scale.rbcDiameter.toFixed(1)} px)${reference.background ? ' and background' : ''}`);
   const data = await loadTrainingData({ ...config.data, seed: config.seed, ...(reference ? { reference } : {}) }, config.inputSize, request.onLoadProgress);
   await reportSkipped(runDir, data.skipped, note);
   await checkData(runDir, data, request, note);
