@@ -1,11 +1,11 @@
-// Layers import only downward: engine < nn < models < preprocess < data < eval < train < api < bundle < cli.
+// Layers import only downward: engine < nn < models < preprocess < data < eval < train < api < serve < bundle < cli.
 // Inference (api) never loads the trainer.
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 
-const LAYERS = ['engine', 'nn', 'models', 'preprocess', 'data', 'eval', 'train', 'api', 'bundle', 'cli'];
+const LAYERS = ['engine', 'nn', 'models', 'preprocess', 'data', 'eval', 'train', 'api', 'serve', 'bundle', 'cli'];
 const SRC = path.resolve('src');
 
 function sources(dir: string): string[] {

@@ -14,6 +14,7 @@ import { oodDistances } from '../eval/ood.js';
 import { loadModel, type ModelMetadata, type OodInfo } from '../models/io.js';
 import type { ImageClassifier } from '../models/classifier.js';
 import { softmaxRows } from '../eval/calibration.js';
+import { explainImage, type ExplainOptions, type Explanation } from './explain.js';
 
 /** The model shipped in the package, trained on PBC (see docs/results.md). */
 export const BUNDLED_MODEL = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../models/hemato-convnext-atto.safetensors');
@@ -62,7 +63,12 @@ export interface ClassifierOptions {
   pixelSize?: number;
   /** Test-time augmentation: average the logits over the 8 flips and 90° rotations (8× the compute). */
   tta?: boolean;
+  /** Refuse images declaring more pixels than this, with the code 'too-large' (default: 64 megapixels). */
+  maxPixels?: number;
 }
+
+/** The options a Classifier applies per image, as opposed to how its model is loaded. */
+export type ClassifierOverrides = Pick<ClassifierOptions, 'uncertaintyThreshold' | 'field' | 'pixelSize' | 'tta' | 'maxPixels'>;
 
 /** A file path, a file's bytes, or decoded pixels (with decodeImage's warnings, where it gave any). */
 export type ImageInput = string | Uint8Array | DecodedImage;
@@ -82,7 +88,7 @@ const DIHEDRAL: ((x: E.Tensor) => E.Tensor)[] = [0, 1, 2, 3].flatMap((turns) => 
 /** Images decoded and prepared at once: enough to keep the cores busy, few enough to bound memory. */
 const PREPARE_CONCURRENCY = Math.min(4, availableParallelism());
 
-const OPTION_NAMES = ['device', 'precision', 'uncertaintyThreshold', 'field', 'pixelSize', 'tta'];
+const OPTION_NAMES = ['device', 'precision', 'uncertaintyThreshold', 'field', 'pixelSize', 'tta', 'maxPixels'];
 const PRECISIONS: readonly (E.Precision | 'auto')[] = ['auto', 'fp32', 'bf16'];
 /** The smallest field a geometry takes (data/geometry.ts). */
 const MIN_FIELD = 8;
@@ -103,7 +109,7 @@ export function validateClassifierOptions(options: ClassifierOptions): void {
   checkOverrides(options);
 }
 
-function checkOverrides({ uncertaintyThreshold: threshold, field, pixelSize }: Pick<ClassifierOptions, 'uncertaintyThreshold' | 'field' | 'pixelSize'>): void {
+function checkOverrides({ uncertaintyThreshold: threshold, field, pixelSize, maxPixels }: ClassifierOverrides): void {
   if (threshold !== undefined && !(typeof threshold === 'number' && threshold >= 0 && threshold <= 1)) {
     throw invalid(threshold, `uncertaintyThreshold must be a probability in [0, 1], got ${shown(threshold)}`);
   }
@@ -113,6 +119,9 @@ function checkOverrides({ uncertaintyThreshold: threshold, field, pixelSize }: P
   }
   if (pixelSize !== undefined && !(typeof pixelSize === 'number' && Number.isFinite(pixelSize) && pixelSize > 0)) {
     throw invalid(pixelSize, `pixelSize must be a positive, finite number of µm per pixel, got ${shown(pixelSize)}`);
+  }
+  if (maxPixels !== undefined && !(Number.isInteger(maxPixels) && maxPixels >= 1 && maxPixels <= DEFAULT_MAX_PIXELS * 16)) {
+    throw invalid(maxPixels, `maxPixels must be a whole number of pixels in 1..${DEFAULT_MAX_PIXELS * 16}, got ${shown(maxPixels)}`);
   }
 }
 
@@ -167,9 +176,11 @@ export class Classifier {
   readonly recipe: InputRecipe;
   readonly pixelSize: number | undefined;
   readonly tta: boolean;
+  readonly maxPixels: number | undefined;
 
-  constructor(readonly model: ImageClassifier, readonly metadata: ModelMetadata, readonly device: E.Device, readonly precision: E.Precision, overrides: Pick<ClassifierOptions, 'uncertaintyThreshold' | 'field' | 'pixelSize' | 'tta'> = {}, readonly ood: OodInfo | null = null) {
+  constructor(readonly model: ImageClassifier, readonly metadata: ModelMetadata, readonly device: E.Device, readonly precision: E.Precision, readonly overrides: ClassifierOverrides = {}, readonly ood: OodInfo | null = null) {
     checkOverrides(overrides);
+    this.maxPixels = overrides.maxPixels;
     this.classes = metadata.classes;
     // Averaged views are less spread than one: TTA has its own calibration where calibrate --tta fitted one.
     const calibration = overrides.tta && metadata.tta ? metadata.tta : metadata;
@@ -185,7 +196,8 @@ export class Classifier {
   /** Decodes (when needed) and brings one image to the model's input, exactly as training did. */
   async prepare(input: ImageInput): Promise<PreparedInput> {
     checkInput(input);
-    const image: DecodedImage = typeof input === 'string' ? await readImageFile(input) : input instanceof Uint8Array ? await decodeImage(input) : input;
+    const decoding = { maxPixels: this.maxPixels };
+    const image: DecodedImage = typeof input === 'string' ? await readImageFile(input, decoding) : input instanceof Uint8Array ? await decodeImage(input, decoding) : input;
     const prepared = await withPixelBudget(image.width * image.height, () => prepareImage(image, this.recipe, { pixelSize: this.pixelSize, measure: true }));
     return { ...prepared, warnings: image.warnings ?? [] };
   }
@@ -230,6 +242,15 @@ export class Classifier {
     const [result] = await this.classifyBatch([input], options);
     if ('error' in result) throw Object.assign(new Error(result.error), result.code ? { code: result.code } : {});
     return result;
+  }
+
+  /**
+   * Where in the image the evidence for a label lies (default: the top predicted label): a Grad-CAM map over the
+   * last stage, with the label's calibrated probability and the prepared image it belongs to (api/explain.ts).
+   */
+  async explain(input: ImageInput, options: ExplainOptions = {}): Promise<Explanation> {
+    checkInput(input);
+    return explainImage(this, input, options);
   }
 
   /**
@@ -281,6 +302,14 @@ export class Classifier {
     return reasons;
   }
 
+  /**
+   * The same model with other per-image options (a pixel size, TTA): no copy of the weights is made, so only the
+   * classifier it came from is disposed.
+   */
+  withOverrides(overrides: ClassifierOverrides): Classifier {
+    return new Classifier(this.model, this.metadata, this.device, this.precision, { ...this.overrides, ...overrides }, this.ood);
+  }
+
   dispose(): void {
     this.model.dispose();
   }
@@ -307,7 +336,8 @@ export async function loadClassifier(file: string = BUNDLED_MODEL, options: Clas
   });
   const precision = options.precision && options.precision !== 'auto' ? options.precision : defaultPrecision(device, metadata.architecture);
   try {
-    return new Classifier(model, metadata, device, precision, options, ood);
+    const { uncertaintyThreshold, field, pixelSize, tta, maxPixels } = options;
+    return new Classifier(model, metadata, device, precision, { uncertaintyThreshold, field, pixelSize, tta, maxPixels }, ood);
   } catch (error) {
     // The file's preprocessing recipe is checked here: name the file, and free the model it came with.
     model.dispose();

@@ -6,6 +6,7 @@ import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { type ModelMetadata, readModelMetadata } from '../models/io.js';
+import { inputRecipe } from './classifier.js';
 
 /** The `model_info` of every output: enough to tell which model file, and which hemato, made it. */
 export interface ModelIdentity {
@@ -51,4 +52,32 @@ async function hashFile(file: string): Promise<string> {
   const hash = createHash('sha256');
   await pipeline(createReadStream(file), hash);
   return hash.digest('hex');
+}
+
+export type ModelCard = ReturnType<typeof modelCard>;
+
+/**
+ * A model file's card, as `hemato info --json` prints it and the HTTP service serves it: the identity, then the
+ * metadata with the defaults that loading fills in.
+ */
+export function modelCard({ file, bytes, identity, metadata }: ModelFile) {
+  const recipe = inputRecipe(metadata);
+  const ood = metadata.outOfDistribution;
+  return {
+    file,
+    bytes,
+    model_info: identity,
+    architecture: metadata.architecture,
+    options: metadata.options,
+    dtype: metadata.dtype,
+    classes: metadata.classes,
+    input_size: metadata.inputSize,
+    normalization: metadata.normalization,
+    preprocessing: { field: recipe.geometry.field, size: recipe.geometry.size, scale: recipe.scale, background: recipe.background, mpm: recipe.mpm },
+    temperature: metadata.temperature ?? null,
+    uncertainty_threshold: metadata.uncertaintyThreshold ?? null,
+    tta: metadata.tta ? { temperature: metadata.tta.temperature, uncertainty_threshold: metadata.tta.uncertaintyThreshold } : null,
+    out_of_distribution: ood ? { kind: ood.kind, threshold: ood.threshold, validation_flagged: ood.validationFlagged, features: ood.features } : null,
+    provenance: metadata.provenance ?? {},
+  };
 }

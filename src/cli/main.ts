@@ -10,6 +10,7 @@ import { registerTrain } from './commands/train.js';
 import { registerCalibrate } from './commands/calibrate.js';
 import { registerBundle } from './commands/bundle.js';
 import { registerInfo } from './commands/info.js';
+import { registerServe } from './commands/serve.js';
 import { CliError } from './output.js';
 
 /** Builds the `hemato` program. Each command lives in its own module under commands/. */
@@ -30,6 +31,7 @@ export function buildProgram(): Command {
   registerCalibrate(program);
   registerBundle(program);
   registerInfo(program);
+  registerServe(program);
   return program;
 }
 

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
-import { BUNDLED_MODEL, inputRecipe } from '../../api/classifier.js';
-import { type ModelFile, readModelFile } from '../../api/model-info.js';
+import { BUNDLED_MODEL } from '../../api/classifier.js';
+import { type ModelCard, modelCard, type ModelFile, readModelFile } from '../../api/model-info.js';
 import { fsReason } from '../../data/files.js';
 import { CliError, printJson } from '../output.js';
 
@@ -27,30 +27,7 @@ async function readCard(file: string): Promise<ModelFile> {
   }
 }
 
-type Card = ReturnType<typeof modelCard>;
-
-/** What `info --json` prints: the identity, then the metadata with the defaults that loading fills in. */
-function modelCard({ file, bytes, identity, metadata }: ModelFile) {
-  const recipe = inputRecipe(metadata);
-  const ood = metadata.outOfDistribution;
-  return {
-    file,
-    bytes,
-    model_info: identity,
-    architecture: metadata.architecture,
-    options: metadata.options,
-    dtype: metadata.dtype,
-    classes: metadata.classes,
-    input_size: metadata.inputSize,
-    normalization: metadata.normalization,
-    preprocessing: { field: recipe.geometry.field, size: recipe.geometry.size, scale: recipe.scale, background: recipe.background, mpm: recipe.mpm },
-    temperature: metadata.temperature ?? null,
-    uncertainty_threshold: metadata.uncertaintyThreshold ?? null,
-    tta: metadata.tta ? { temperature: metadata.tta.temperature, uncertainty_threshold: metadata.tta.uncertaintyThreshold } : null,
-    out_of_distribution: ood ? { kind: ood.kind, threshold: ood.threshold, validation_flagged: ood.validationFlagged, features: ood.features } : null,
-    provenance: metadata.provenance ?? {},
-  };
-}
+type Card = ModelCard;
 
 function printCard(card: Card): void {
   const { preprocessing: p, out_of_distribution: ood } = card;

@@ -1,0 +1,78 @@
+import { type Command, InvalidArgumentError } from 'commander';
+import { isIP } from 'node:net';
+import { DEFAULT_MAX_PIXELS } from '../../data/image.js';
+import { SERVE_DEFAULTS, type ServeOptions, startServer } from '../../serve/server.js';
+import { CliError } from '../output.js';
+import { classifierOptions, modelOption, parseFileSize, parsePositiveInt } from './shared.js';
+
+export function registerServe(program: Command): void {
+  const command = program
+    .command('serve')
+    .description('serve the model over HTTP (POST /v1/classify, /v1/classify/batch, /v1/explain; GET /v1/model, /healthz, /metrics) and the review page at /')
+    .argument('[folder]', 'a folder of images the review page may open (read-only)')
+    .option('--host <host>', 'address to listen on; anything but a loopback address should have a --token', SERVE_DEFAULTS.host)
+    .option('--port <port>', 'port to listen on (0: a free one)', parsePort, SERVE_DEFAULTS.port)
+    .option('--token <token>', 'require Authorization: Bearer TOKEN on /v1/* and /metrics (default: $HEMATO_TOKEN)')
+    .option('--cors <origin>', 'allow browser calls from this origin (default: none)')
+    .option('--max-batch <n>', 'images per forward pass at most', parsePositiveInt, SERVE_DEFAULTS.maxBatch)
+    .option('--batch-wait-ms <ms>', 'how long an image may wait for others to share its forward pass', parseNonNegativeInt, SERVE_DEFAULTS.batchWaitMs)
+    .option('--max-body <size>', 'largest request body, in MiB or with a unit (B, K, M, G)', parseFileSize, SERVE_DEFAULTS.maxBody)
+    .option('--max-parts <n>', 'images per batch request at most', parsePositiveInt, SERVE_DEFAULTS.maxParts)
+    .option('--max-pixels <n>', 'refuse images declaring more pixels than this', parsePositiveInt, DEFAULT_MAX_PIXELS)
+    .option('--max-queue <n>', 'images waiting for the model at most; more get 503 with Retry-After', parsePositiveInt, SERVE_DEFAULTS.maxQueue)
+    .option('--timeout <s>', 'seconds to receive a request, and again to answer it', parsePositiveInt, SERVE_DEFAULTS.timeoutMs / 1000)
+    .option('--json', 'print {url, model} as one JSON line on stdout once listening');
+  modelOption(command).action(async (folder: string | undefined, options) => {
+    const token: string | undefined = options.token ?? (process.env.HEMATO_TOKEN || undefined);
+    const serveOptions: ServeOptions = {
+      model: options.model,
+      classifier: { ...classifierOptions(options), maxPixels: options.maxPixels },
+      folder,
+      host: options.host,
+      port: options.port,
+      token,
+      cors: options.cors,
+      maxBatch: options.maxBatch,
+      batchWaitMs: options.batchWaitMs,
+      maxBody: options.maxBody,
+      maxParts: options.maxParts,
+      maxQueue: options.maxQueue,
+      timeoutMs: options.timeout * 1000,
+    };
+    if (!token && !isLoopback(options.host)) {
+      process.stderr.write(`\n  WARNING: hemato serve listens on ${options.host} without a token: anyone who can reach this machine can use it.\n  Set --token or HEMATO_TOKEN, and put a TLS reverse proxy in front of it.\n\n`);
+    }
+    const server = await startServer(serveOptions).catch((error: Error) => {
+      throw new CliError(error.message);
+    });
+    if (options.json) process.stdout.write(`${JSON.stringify({ url: server.url, model: server.identity.architecture })}\n`);
+    else process.stderr.write(`hemato: serving ${server.identity.name} (${server.identity.architecture}) at ${server.url}${folder ? ` with the folder ${folder}` : ''}; Ctrl-C stops\n`);
+    await new Promise<void>((resolve) => {
+      const stop = (signal: string) => {
+        process.stderr.write(`hemato: ${signal}: finishing accepted requests, then stopping\n`);
+        server.close().then(resolve, (error: Error) => {
+          process.stderr.write(`hemato: ${error.message}\n`);
+          resolve();
+        });
+      };
+      process.once('SIGTERM', () => stop('SIGTERM'));
+      process.once('SIGINT', () => stop('SIGINT'));
+    });
+  });
+}
+
+function parsePort(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new InvalidArgumentError('expected a port number in 0..65535');
+  return n;
+}
+
+function parseNonNegativeInt(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError('expected a whole number of milliseconds');
+  return n;
+}
+
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || (isIP(host) === 4 && host.startsWith('127.'));
+}

@@ -1,0 +1,39 @@
+// The messages between the HTTP server and the worker thread that holds the model.
+import type { Classification, ClassificationError, ClassifierOptions } from '../api/classifier.js';
+
+export interface WorkerSetup {
+  model: string;
+  options: ClassifierOptions;
+}
+
+/** One image to classify, with the options of the request it came in. */
+export interface ImageJob {
+  bytes: Uint8Array;
+  pixelSize?: number;
+  tta?: boolean;
+}
+
+export interface ExplainJob {
+  bytes: Uint8Array;
+  label?: string;
+  format: 'png' | 'json';
+}
+
+export type WorkerRequest = { id: number; kind: 'classify'; images: ImageJob[] } | { id: number; kind: 'explain'; job: ExplainJob };
+
+/** Every class's probability, most likely first: the server cuts each answer to its request's top-k. */
+export type JobResult = Classification | ClassificationError;
+
+export interface ExplainResult {
+  label: string;
+  score: number;
+  /** The overlay PNG, or the map's numbers. */
+  png?: Uint8Array;
+  grid?: [number, number];
+  cam?: number[];
+  size?: number;
+}
+
+export type WorkerReply = { id: number; ok: true; value: unknown } | { id: number; ok: false; error: string; code?: string; status?: number };
+
+export type WorkerStatus = { ready: true } | { ready: false; error: string };

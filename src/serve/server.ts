@@ -1,0 +1,357 @@
+// `hemato serve`: classification over HTTP on fastify, with the model in a worker thread, dynamic batching, limits
+// that answer with a clear 4xx, Prometheus metrics, an optional bearer token and the review page.
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import cors from '@fastify/cors';
+import multipart from '@fastify/multipart';
+import { BUNDLED_MODEL, type ClassifierOptions } from '../api/classifier.js';
+import { modelCard, type ModelIdentity, readModelFile } from '../api/model-info.js';
+import { Batcher } from './batcher.js';
+import { ServedFolder } from './folder.js';
+import { createMetrics } from './metrics.js';
+import { ModelWorker, ServeError } from './model-worker.js';
+import type { ExplainResult, ImageJob, JobResult } from './protocol.js';
+
+export interface ServeOptions {
+  /** A hemato model file (default: the bundled model). */
+  model?: string;
+  classifier?: ClassifierOptions;
+  /** A folder the review page may open, read-only. */
+  folder?: string;
+  host?: string;
+  /** 0 takes a free port. */
+  port?: number;
+  /** Required as `Authorization: Bearer TOKEN` on /v1/* and /metrics when set. */
+  token?: string;
+  /** The one origin allowed to call the API from a browser; CORS is off without it. */
+  cors?: string;
+  maxBatch?: number;
+  batchWaitMs?: number;
+  /** Bytes per request body. */
+  maxBody?: number;
+  /** Images per batch request. */
+  maxParts?: number;
+  /** Images waiting for the model; more get 503 with Retry-After. */
+  maxQueue?: number;
+  /** Milliseconds to receive a request, and again to answer it. */
+  timeoutMs?: number;
+}
+
+type Limits = Required<Pick<ServeOptions, 'host' | 'port' | 'maxBatch' | 'batchWaitMs' | 'maxBody' | 'maxParts' | 'maxQueue' | 'timeoutMs'>>;
+
+export const SERVE_DEFAULTS: Readonly<Limits> = { host: '127.0.0.1', port: 8080, maxBatch: 64, batchWaitMs: 5, maxBody: 32 * 2 ** 20, maxParts: 64, maxQueue: 256, timeoutMs: 30_000 };
+
+export interface RunningServer {
+  url: string;
+  app: FastifyInstance;
+  identity: ModelIdentity;
+  /** Stops taking requests, answers those accepted, then stops the model's worker. */
+  close(): Promise<void>;
+}
+
+const PAGE_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../src/serve/page');
+const PAGE_TYPES: Record<string, string> = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8', '.css': 'text/css; charset=utf-8', '.png': 'image/png', '.svg': 'image/svg+xml' };
+/** Seconds a client is asked to wait when the queue is full. */
+const RETRY_AFTER_S = 1;
+
+interface ClassifyQuery {
+  topK: number;
+  job: Omit<ImageJob, 'bytes'>;
+  name?: string;
+}
+
+export async function startServer(options: ServeOptions = {}): Promise<RunningServer> {
+  const settings = { ...SERVE_DEFAULTS, ...definedOnly(options) };
+  checkSettings(settings);
+  const modelFile = options.model ?? BUNDLED_MODEL;
+  const file = await readModelFile(modelFile);
+  const { file: _path, ...card } = modelCard(file);
+  const classes = file.metadata.classes;
+  const folder = options.folder === undefined ? null : await ServedFolder.open(options.folder);
+  const worker = await ModelWorker.start(modelFile, options.classifier ?? {});
+  const byField = options.classifier?.field !== undefined;
+
+  const batcher: Batcher<ImageJob, JobResult> = new Batcher({
+    maxBatch: settings.maxBatch,
+    waitMs: settings.batchWaitMs,
+    maxQueue: settings.maxQueue,
+    run: (jobs) => worker.call<JobResult[]>({ kind: 'classify', images: jobs }, jobs.map((j) => j.bytes.buffer as ArrayBuffer)),
+    onBatch: (size) => metrics.batchSize.observe(size),
+  });
+  const metrics = createMetrics(() => batcher.queued + worker.inFlight);
+  const answer = { model: card.architecture, model_info: card.model_info };
+
+  const app = Fastify({ bodyLimit: settings.maxBody, requestTimeout: settings.timeoutMs, connectionTimeout: settings.timeoutMs, return503OnClosing: true });
+  app.removeAllContentTypeParsers();
+  await app.register(multipart, { limits: { fileSize: settings.maxBody, files: settings.maxParts, fields: 16, parts: settings.maxParts + 16 } });
+  app.addContentTypeParser('*', { parseAs: 'buffer', bodyLimit: settings.maxBody }, (_request, body, done) => done(null, body));
+  if (options.cors) await app.register(cors, { origin: options.cors, methods: ['GET', 'POST'], allowedHeaders: ['authorization', 'content-type'] });
+
+  const token = options.token ? createHash('sha256').update(options.token).digest() : null;
+  app.addHook('onRequest', async (request, reply) => {
+    const declared = Number(request.headers['content-length']);
+    if (declared > settings.maxBody) throw tooLarge(settings.maxBody);
+    if (!token || request.method === 'OPTIONS' || !/^\/(v1\/|metrics(\?|$))/.test(request.url)) return;
+    const given = /^Bearer (.+)$/.exec(request.headers.authorization ?? '')?.[1];
+    if (!given || !timingSafeEqual(createHash('sha256').update(given).digest(), token)) {
+      reply.header('www-authenticate', 'Bearer');
+      throw new ServeError('this server needs its token: send the header Authorization: Bearer TOKEN', 'unauthorized', 401);
+    }
+  });
+  app.addHook('onResponse', async (request, reply) => {
+    const route = request.routeOptions.url ?? 'unmatched';
+    metrics.requests.inc({ route, status: reply.statusCode });
+    metrics.latency.observe({ route }, reply.elapsedTime / 1000);
+  });
+  app.setErrorHandler(async (error: Error & { statusCode?: number; code?: string }, _request, reply) => {
+    const { status, code, message } = describeError(error, settings);
+    metrics.errors.inc({ code });
+    if (status === 503) reply.header('retry-after', String(RETRY_AFTER_S));
+    return reply.code(status).send({ error: message, code });
+  });
+  app.setNotFoundHandler(async (request, reply) => reply.code(404).send({ error: `no route ${request.method} ${request.url.split('?')[0]}`, code: 'not-found' }));
+
+  /** Queues images and waits for their answers, within the time-out; images still waiting then are withdrawn. */
+  const classify = async (jobs: ImageJob[]): Promise<JobResult[]> => {
+    const pending = batcher.submit(jobs);
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        batcher.withdraw(jobs);
+        reject(new ServeError(`the images were not classified within ${settings.timeoutMs / 1000} s; the server is overloaded, retry later`, 'timeout', 503));
+      }, settings.timeoutMs);
+    });
+    try {
+      return await Promise.race([Promise.all(pending), deadline]);
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+
+  const parseQuery = (query: unknown): ClassifyQuery => {
+    const q = checkQuery(query, ['top_k', 'pixel_size', 'tta', 'name']);
+    if (q.pixel_size !== undefined && byField) throw badRequest('this server was started with --field, which turns scale normalisation off: pixel_size cannot apply');
+    return {
+      topK: q.top_k === undefined ? 3 : integerIn(q.top_k, 'top_k', 1, classes.length),
+      job: { ...(q.pixel_size !== undefined ? { pixelSize: numberIn(q.pixel_size, 'pixel_size', 0.01, 10) } : {}), ...(q.tta !== undefined ? { tta: flag(q.tta, 'tta') } : {}) },
+      name: q.name === undefined ? undefined : fileName(q.name),
+    };
+  };
+
+  const shown = (result: JobResult, topK: number, name: string | undefined) => {
+    const named = name === undefined ? {} : { file: name };
+    if ('error' in result) return { ...named, ...result };
+    return { ...named, ...result, predictions: result.predictions.slice(0, topK) };
+  };
+
+  app.post('/v1/classify', async (request, reply) => {
+    const query = parseQuery(request.query);
+    const [upload] = await readImages(request, 1, settings.maxBody);
+    const name = query.name ?? upload.name;
+    const [result] = await classify([{ bytes: upload.bytes, ...query.job }]);
+    if ('error' in result) {
+      metrics.errors.inc({ code: result.code ?? 'failed' });
+      return reply.code(statusOf(result.code)).send(shown(result, query.topK, name));
+    }
+    return { ...answer, result: shown(result, query.topK, name) };
+  });
+
+  app.post('/v1/classify/batch', async (request) => {
+    const query = parseQuery(request.query);
+    if (query.name !== undefined) throw badRequest('name applies to a single image; a batch takes each part\'s file name');
+    const uploads = await readImages(request, settings.maxParts, settings.maxBody);
+    const results = await classify(uploads.map((u) => ({ bytes: u.bytes, ...query.job })));
+    for (const r of results) if ('error' in r) metrics.errors.inc({ code: r.code ?? 'failed' });
+    return { ...answer, results: results.map((r, i) => shown(r, query.topK, uploads[i].name)) };
+  });
+
+  app.post('/v1/explain', async (request, reply) => {
+    const q = checkQuery(request.query, ['label', 'format']);
+    const format = q.format ?? 'png';
+    if (format !== 'png' && format !== 'json') throw badRequest(`format must be png or json, got '${format}'`);
+    if (q.label !== undefined && !classes.includes(q.label)) throw badRequest(`label must be one of the model's classes (${classes.join(', ')}), got '${q.label}'`);
+    const [upload] = await readImages(request, 1, settings.maxBody);
+    if (worker.inFlight + batcher.queued >= settings.maxQueue) throw new ServeError('the server is busy; retry shortly', 'queue-full', 503);
+    const result = await worker.call<ExplainResult>({ kind: 'explain', job: { bytes: upload.bytes, label: q.label, format } }, [upload.bytes.buffer as ArrayBuffer]);
+    if (format === 'png') return reply.type('image/png').header('x-hemato-label', result.label).header('x-hemato-score', result.score.toFixed(6)).send(Buffer.from(result.png!));
+    return { ...answer, label: result.label, score: result.score, size: result.size, grid: result.grid, cam: result.cam };
+  });
+
+  app.get('/v1/model', async () => ({ ...answer, card }));
+
+  app.get('/v1/folder', async () => {
+    if (!folder) throw new ServeError('this server was started without a folder (hemato serve FOLDER)', 'no-folder', 404);
+    return folder.list();
+  });
+
+  app.get('/v1/folder/file', async (request, reply) => {
+    if (!folder) throw new ServeError('this server was started without a folder (hemato serve FOLDER)', 'no-folder', 404);
+    const q = checkQuery(request.query, ['path']);
+    return reply.type('application/octet-stream').send(await folder.read(q.path));
+  });
+
+  app.get('/healthz', async (_request, reply) => {
+    if (!worker.alive) return reply.code(503).send({ status: 'unavailable', code: 'unavailable' });
+    return { status: 'ok', model: card.architecture };
+  });
+
+  app.get('/metrics', async (_request, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()));
+
+  const page = pageFiles();
+  app.get('/', async (_request, reply) => sendPage(reply, 'index.html'));
+  app.get<{ Params: { name: string } }>('/page/:name', async (request, reply) => {
+    if (!page.has(request.params.name)) throw new ServeError(`no page file '${request.params.name}'`, 'not-found', 404);
+    return sendPage(reply, request.params.name);
+  });
+  function sendPage(reply: FastifyReply, name: string) {
+    return reply.type(PAGE_TYPES[path.extname(name)] ?? 'application/octet-stream').header('cache-control', 'no-cache').send(readFileSync(path.join(PAGE_DIR, name)));
+  }
+
+  try {
+    await app.listen({ host: settings.host, port: settings.port });
+  } catch (error) {
+    await worker.close();
+    throw new Error(`cannot listen on ${settings.host}:${settings.port}: ${(error as Error).message}`);
+  }
+  const address = app.server.address();
+  const port = typeof address === 'object' && address ? address.port : settings.port;
+  const host = isIP(settings.host) === 6 ? `[${settings.host}]` : settings.host;
+  let closing: Promise<void> | null = null;
+  return {
+    url: `http://${host}:${port}`,
+    app,
+    identity: card.model_info,
+    close: () => (closing ??= (async () => {
+      await app.close();
+      await batcher.drain();
+      await worker.close();
+    })()),
+  };
+}
+
+/** Files of the page folder, listed once: only these names are served. */
+function pageFiles(): Set<string> {
+  try {
+    return new Set(readdirSync(PAGE_DIR).filter((name) => PAGE_TYPES[path.extname(name)] !== undefined));
+  } catch {
+    return new Set();
+  }
+}
+
+interface Upload {
+  bytes: Uint8Array;
+  name?: string;
+}
+
+/**
+ * The images of a request: its raw body, or the file parts of a multipart body (at most `maxParts`). Each image is
+ * copied into its own buffer, so that it can be handed to the worker thread.
+ */
+async function readImages(request: FastifyRequest, maxParts: number, maxBody: number): Promise<Upload[]> {
+  if (!request.isMultipart()) {
+    const body = request.body;
+    if (!Buffer.isBuffer(body) || body.length === 0) throw new ServeError('send the image as the request body, or as a multipart/form-data file part', 'empty', 400);
+    if (maxParts > 1) throw new ServeError('a batch is a multipart/form-data request with one file part per image', 'bad-request', 400);
+    return [{ bytes: new Uint8Array(body) }];
+  }
+  const uploads: Upload[] = [];
+  let total = 0;
+  for await (const part of request.parts()) {
+    if (part.type !== 'file') continue;
+    if (uploads.length === maxParts) {
+      throw new ServeError(maxParts === 1 ? 'this route takes one image; send several to /v1/classify/batch' : `a batch holds at most ${maxParts} images (--max-parts)`, 'too-many-parts', 413);
+    }
+    const bytes = new Uint8Array(await part.toBuffer());
+    total += bytes.length;
+    if (total > maxBody) throw tooLarge(maxBody);
+    uploads.push({ bytes, ...(part.filename ? { name: fileName(part.filename) } : {}) });
+  }
+  if (uploads.length === 0) throw new ServeError('the multipart body holds no file part', 'empty', 400);
+  return uploads;
+}
+
+const tooLarge = (maxBody: number) => new ServeError(`the request body is over the limit of ${maxBody / 2 ** 20} MiB (--max-body)`, 'body-too-large', 413);
+const badRequest = (message: string) => new ServeError(message, 'bad-request', 400);
+
+/** The HTTP status of a per-image failure: a file too large for the limits is 413, the model's own failure 500. */
+function statusOf(code: string | undefined): number {
+  if (code === 'too-large') return 413;
+  if (code === 'non-finite-output' || code === undefined) return 500;
+  return 422;
+}
+
+/** Fastify's, multipart's and our own errors as a status, a stable code and a message that says what to do. */
+function describeError(error: Error & { statusCode?: number; code?: string }, settings: { maxBody: number; maxParts: number }): { status: number; code: string; message: string } {
+  if (error instanceof ServeError) return { status: error.status, code: error.code, message: error.message };
+  switch (error.code) {
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+    case 'FST_REQ_FILE_TOO_LARGE':
+      return { status: 413, code: 'body-too-large', message: tooLarge(settings.maxBody).message };
+    case 'FST_FILES_LIMIT':
+    case 'FST_PARTS_LIMIT':
+      return { status: 413, code: 'too-many-parts', message: `a batch holds at most ${settings.maxParts} images (--max-parts)` };
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+    case 'FST_ERR_CTP_EMPTY_BODY':
+      return { status: 400, code: 'empty', message: 'the request body is empty: send an image' };
+    case 'FST_INVALID_MULTIPART_CONTENT_TYPE':
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+      return { status: 415, code: 'unsupported-media-type', message: 'send the image as the raw body or as multipart/form-data' };
+  }
+  const status = error.statusCode ?? 500;
+  if (status >= 400 && status < 500) return { status, code: 'bad-request', message: error.message };
+  // A multipart body that ends early (a dropped upload) surfaces as a stream error without a status.
+  if (/unexpected end|part terminated|malformed|boundary/i.test(error.message)) return { status: 400, code: 'bad-request', message: `the multipart body is malformed or cut short: ${error.message}` };
+  return { status: 500, code: 'failed', message: error.message };
+}
+
+function checkQuery(query: unknown, names: string[]): Record<string, string | undefined> {
+  const q = (query ?? {}) as Record<string, unknown>;
+  for (const [key, value] of Object.entries(q)) {
+    if (!names.includes(key)) throw badRequest(`unknown query parameter '${key}'; this route takes ${names.join(', ')}`);
+    if (typeof value !== 'string') throw badRequest(`give the query parameter '${key}' once`);
+  }
+  return q as Record<string, string | undefined>;
+}
+
+function integerIn(value: string, name: string, min: number, max: number): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < min || n > max) throw badRequest(`${name} must be an integer in ${min}..${max}, got '${value}'`);
+  return n;
+}
+
+function numberIn(value: string, name: string, min: number, max: number): number {
+  const n = Number(value);
+  if (value.trim() === '' || !(n >= min && n <= max)) throw badRequest(`${name} must be a number from ${min} to ${max}, got '${value}'`);
+  return n;
+}
+
+function flag(value: string, name: string): boolean {
+  if (value === 'true' || value === '1') return true;
+  if (value === 'false' || value === '0') return false;
+  throw badRequest(`${name} must be true or false, got '${value}'`);
+}
+
+/** A file name as a client gives it: echoed in answers, never used as a path, so it must be a plain base name. */
+function fileName(name: string): string {
+  if (name === '' || name === '.' || name === '..' || /[/\\\x00-\x1f\x7f]/.test(name) || Buffer.byteLength(name) > 255) {
+    throw new ServeError(`'${name.slice(0, 80).replace(/[\x00-\x1f\x7f]/g, '?')}' is not a plain file name (no folders, no control characters, at most 255 bytes)`, 'bad-file-name', 400);
+  }
+  return name;
+}
+
+function definedOnly<T extends object>(options: T): Partial<T> {
+  return Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
+
+function checkSettings(s: Limits): void {
+  const checks: [Exclude<keyof Limits, 'host'>, number, number][] = [['port', 0, 65535], ['maxBatch', 1, 4096], ['batchWaitMs', 0, 10_000], ['maxBody', 1, 2 ** 31], ['maxParts', 1, 4096], ['maxQueue', 1, 1_000_000], ['timeoutMs', 1, 3_600_000]];
+  for (const [key, min, max] of checks) {
+    const value = s[key];
+    if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) throw new RangeError(`${key} must be an integer in ${min}..${max}, got ${String(value)}`);
+  }
+  if (s.maxQueue < s.maxParts) throw new RangeError(`maxQueue (${s.maxQueue}) must hold at least one full batch request (maxParts ${s.maxParts})`);
+}

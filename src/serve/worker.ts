@@ -1,0 +1,53 @@
+// The worker thread that holds the model: the HTTP server's event loop never waits for a forward pass, a decode or
+// a scale measurement. Requests are answered one at a time, in the order they came.
+import { parentPort, workerData } from 'node:worker_threads';
+import { type Classifier, loadClassifier } from '../api/classifier.js';
+import type { ImageJob, JobResult, WorkerReply, WorkerRequest, WorkerSetup, WorkerStatus } from './protocol.js';
+
+const port = parentPort!;
+const setup = workerData as WorkerSetup;
+
+let classifier: Classifier;
+try {
+  classifier = await loadClassifier(setup.model, setup.options);
+  port.postMessage({ ready: true } satisfies WorkerStatus);
+} catch (error) {
+  port.postMessage({ ready: false, error: (error as Error).message } satisfies WorkerStatus);
+  process.exit(1);
+}
+
+let chain = Promise.resolve();
+port.on('message', (request: WorkerRequest) => {
+  chain = chain.then(() => answer(request));
+});
+
+async function answer(request: WorkerRequest): Promise<void> {
+  try {
+    const value = request.kind === 'classify' ? await classify(request.images) : await explain(request);
+    port.postMessage({ id: request.id, ok: true, value } satisfies WorkerReply);
+  } catch (error) {
+    const { message, code, status } = error as Error & { code?: string; status?: number };
+    port.postMessage({ id: request.id, ok: false, error: message, ...(typeof code === 'string' ? { code } : {}), ...(status ? { status } : {}) } satisfies WorkerReply);
+  }
+}
+
+/** Classifies a batch whose images may ask for different pixel sizes or TTA: one pass per distinct choice. */
+async function classify(images: ImageJob[]): Promise<JobResult[]> {
+  const results: JobResult[] = new Array(images.length);
+  const groups = new Map<string, number[]>();
+  images.forEach((image, i) => {
+    const key = `${image.pixelSize ?? ''}|${image.tta ?? ''}`;
+    groups.set(key, [...(groups.get(key) ?? []), i]);
+  });
+  for (const indices of groups.values()) {
+    const { pixelSize, tta } = images[indices[0]];
+    const variant = pixelSize === undefined && tta === undefined ? classifier : classifier.withOverrides({ ...(pixelSize !== undefined ? { pixelSize } : {}), ...(tta !== undefined ? { tta } : {}) });
+    const answers = await variant.classifyBatch(indices.map((i) => images[i].bytes), { topK: classifier.classes.length, batchSize: indices.length });
+    indices.forEach((image, k) => { results[image] = answers[k]; });
+  }
+  return results;
+}
+
+async function explain(request: Extract<WorkerRequest, { kind: 'explain' }>): Promise<never> {
+  throw Object.assign(new Error(`explanations are not available in this build (asked for ${request.job.format})`), { code: 'unsupported', status: 501 });
+}
