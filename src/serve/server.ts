@@ -85,9 +85,11 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
   const metrics = createMetrics(() => batcher.queued + worker.inFlight);
   const answer = { model: card.architecture, model_info: card.model_info };
 
-  const app = Fastify({ bodyLimit: settings.maxBody, requestTimeout: settings.timeoutMs, connectionTimeout: settings.timeoutMs, return503OnClosing: true });
+  // A client that sends its request too slowly gets 408; Node checks for them every connectionsCheckingInterval.
+  const app = Fastify({ bodyLimit: settings.maxBody, requestTimeout: settings.timeoutMs, return503OnClosing: true, http: { connectionsCheckingInterval: Math.min(1000, settings.timeoutMs) } });
+  app.server.headersTimeout = settings.timeoutMs;
   app.removeAllContentTypeParsers();
-  await app.register(multipart, { limits: { fileSize: settings.maxBody, files: settings.maxParts, fields: 16, parts: settings.maxParts + 16 } });
+  await app.register(multipart, { preservePath: true, limits: { fileSize: settings.maxBody, files: settings.maxParts, fields: 16, parts: settings.maxParts + 16 } });
   app.addContentTypeParser('*', { parseAs: 'buffer', bodyLimit: settings.maxBody }, (_request, body, done) => done(null, body));
   if (options.cors) await app.register(cors, { origin: options.cors, methods: ['GET', 'POST'], allowedHeaders: ['authorization', 'content-type'] });
 
@@ -111,7 +113,14 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
     const { status, code, message } = describeError(error, settings);
     metrics.errors.inc({ code });
     if (status === 503) reply.header('retry-after', String(RETRY_AFTER_S));
+    // The rest of a refused body would be read as the next request: close the connection instead.
+    if (code === 'body-too-large') reply.header('connection', 'close');
     return reply.code(status).send({ error: message, code });
+  });
+  // Once closing, each answer closes its connection: a kept-alive one would hold the shutdown for its idle time-out.
+  let closing: Promise<void> | null = null;
+  app.addHook('onSend', async (_request, reply) => {
+    if (closing) reply.header('connection', 'close');
   });
   app.setNotFoundHandler(async (request, reply) => reply.code(404).send({ error: `no route ${request.method} ${request.url.split('?')[0]}`, code: 'not-found' }));
 
@@ -220,7 +229,6 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
   const address = app.server.address();
   const port = typeof address === 'object' && address ? address.port : settings.port;
   const host = isIP(settings.host) === 6 ? `[${settings.host}]` : settings.host;
-  let closing: Promise<void> | null = null;
   return {
     url: `http://${host}:${port}`,
     app,
