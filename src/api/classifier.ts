@@ -245,8 +245,9 @@ export class Classifier {
   }
 
   /**
-   * Where in the image the evidence for a label lies (default: the top predicted label): a Grad-CAM map over the
-   * last stage, with the label's calibrated probability and the prepared image it belongs to (api/explain.ts).
+   * Where in the image the evidence for a label lies (default: the top predicted label): a class activation map
+   * (Grad-CAM with per-position gradients, at stride 8 by default), with the label's calibrated probability and the
+   * prepared image it belongs to (api/explain.ts).
    */
   async explain(input: ImageInput, options: ExplainOptions = {}): Promise<Explanation> {
     checkInput(input);

@@ -5,6 +5,7 @@ import { registerPreprocess } from './commands/preprocess.js';
 import { registerSplit } from './commands/split.js';
 import { registerPack } from './commands/pack.js';
 import { registerPredict } from './commands/predict.js';
+import { registerExplain } from './commands/explain.js';
 import { registerEval } from './commands/eval.js';
 import { registerTrain } from './commands/train.js';
 import { registerCalibrate } from './commands/calibrate.js';
@@ -26,6 +27,7 @@ export function buildProgram(): Command {
   registerSplit(program);
   registerPack(program);
   registerPredict(program);
+  registerExplain(program);
   registerEval(program);
   registerTrain(program);
   registerCalibrate(program);

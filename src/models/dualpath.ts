@@ -13,6 +13,12 @@ type Tensor = E.Tensor;
 /** How the paths' maps become one: ECA + projection + AFF (or iAFF), plain channel concatenation, or one path only. */
 export type FusionKind = 'aff' | 'iaff' | 'concat' | 'single';
 
+/** The paths' last-stage maps, NHWC; a single-path model has one of them. */
+export interface PathMaps {
+  convnext?: Tensor;
+  swin?: Tensor;
+}
+
 export interface DualPathConfig {
   /** Path configs without a head (numClasses is forced to 0); leave one out for a single-path ablation. */
   convnext?: Omit<ConvNeXtConfig, 'numClasses'>;
@@ -81,11 +87,26 @@ export class DualPathNet extends ImageClassifier {
 
   /** The fused NHWC map [B, H/32, W/32, numFeatures]. */
   forwardFeatures(x: Tensor): Tensor {
-    return E.tidy(() => {
+    return E.tidy(() => this.fusePaths(this.forwardPaths(x)));
+  }
+
+  /** Each path's last-stage map, NHWC [B, H/32, W/32, C]: what fusePaths() makes one (explanations need them apart). */
+  forwardPaths(x: Tensor): PathMaps {
+    return E.tidy(() => ({
       // ConvNeXt's NCHW output lives in channels-last memory, so this permute is a free view.
-      const local = this.convnext?.forwardFeatures(x).permute([0, 2, 3, 1]);
-      const global = this.swin?.forwardFeatures(x);
-      if (!local || !global) return (local ?? global)!;
+      convnext: this.convnext?.forwardFeatures(x).permute([0, 2, 3, 1]),
+      swin: this.swin?.forwardFeatures(x),
+    }));
+  }
+
+  /** The fused NHWC map [B, H/32, W/32, numFeatures] from the paths' maps; forwardHead() takes it to logits. */
+  fusePaths(maps: PathMaps): Tensor {
+    const { convnext: local, swin: global } = maps;
+    if (Boolean(local) !== Boolean(this.convnext) || Boolean(global) !== Boolean(this.swin)) {
+      throw new RangeError(`DualPathNet: fusePaths needs the map of each path the model has (${[this.convnext && 'convnext', this.swin && 'swin'].filter(Boolean).join(' and ')})`);
+    }
+    if (!local || !global) return (local ?? global)!;
+    return E.tidy(() => {
       if (local.shape.join() !== global.shape.slice(0, 3).concat(local.shape[3]).join()) {
         throw new RangeError(`DualPathNet: the paths' maps differ in size ([${local.shape}] vs [${global.shape}])`);
       }

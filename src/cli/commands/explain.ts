@@ -1,0 +1,118 @@
+import { stat, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { type Command, InvalidArgumentError, type Option } from 'commander';
+import { BUNDLED_MODEL, loadClassifier } from '../../api/classifier.js';
+import { checkExplainOptions, DEFAULT_EXPLAIN_STAGE, EXPLAIN_PATHS, type ExplainPath, overlayPng } from '../../api/explain.js';
+import { modelInfo } from '../../api/model-info.js';
+import { escapeControl } from '../../data/files.js';
+import { DecodeError } from '../../data/image.js';
+import { CliError, prepareOutputDir, printJson } from '../output.js';
+import { progressBar } from '../progress.js';
+import { expandInputs } from './predict.js';
+import { classifierOptions, MAX_FILE_SIZE_HELP, modelOption, parseChoice, parseFileSize } from './shared.js';
+
+type Row = { file: string; label: string; score: number; overlay: string } | { file: string; error: string; code?: string };
+
+/** Options of modelOption() that classification uses and an explanation does not: refused, and left out of --help. */
+const NOT_FOR_EXPLAIN: Record<string, string> = {
+  precision: '--precision does not apply: explanations always run in fp32',
+  threshold: '--threshold does not apply: explanations flag nothing',
+  tta: '--tta does not apply: an explanation is of one view',
+};
+
+export function registerExplain(program: Command): void {
+  const command = program
+    .command('explain')
+    .description('write, per image, a PNG of the model\'s input with a class activation map (Grad-CAM with per-position gradients) over it: where the evidence for the label lies')
+    .argument('<inputs...>', 'image files or folders of them')
+    .requiredOption('--out <dir>', 'folder for the overlays (created if missing): <name>.cam.png, <name>-2.cam.png, … when names repeat')
+    .option('--label <label>', 'the class to explain (default: each image\'s top predicted class)')
+    .option('--path <path>', 'dual-path models: the path to take gradients at, convnext, swin or fused (both)', parseChoice(EXPLAIN_PATHS), 'fused' as ExplainPath)
+    .option('--stage <n|last>', `the stage whose map is explained, from 0, or last (default: ${DEFAULT_EXPLAIN_STAGE}, stride 8)`, parseStage)
+    .option('--overwrite', 'replace overlays already in --out (otherwise their presence is an error)')
+    .option('--json', 'print one JSON document on stdout')
+    .option('--max-file-size <size>', MAX_FILE_SIZE_HELP, parseFileSize);
+  modelOption(command);
+  for (const option of command.options as Option[]) if (option.attributeName() in NOT_FOR_EXPLAIN) option.hideHelp();
+  command.action(async (inputs: string[], options) => {
+    for (const [name, message] of Object.entries(NOT_FOR_EXPLAIN)) {
+      if (command.getOptionValueSource(name) === 'cli') throw new CliError(message, 2);
+    }
+    const { files, skipped } = await expandInputs(inputs, { maxFileBytes: options.maxFileSize });
+    for (const s of skipped) process.stderr.write(`hemato: skipped ${escapeControl(s.file)}: ${escapeControl(s.error)}\n`);
+    if (files.length === 0) throw new CliError('no files to explain in the given inputs');
+    const out = await prepareOutputDir(options.out, '--out');
+    const targets = overlayNames(files).map((name) => path.join(out, name));
+    if (!options.overwrite) {
+      const existing = (await Promise.all(targets.map((t) => stat(t).then(() => t, () => null)))).filter((t): t is string => t !== null);
+      if (existing.length > 0) {
+        const shown = existing.slice(0, 3).map(escapeControl).join(', ') + (existing.length > 3 ? ` and ${existing.length - 3} more` : '');
+        throw new CliError(`--out already holds ${shown}; pass --overwrite to replace them, or choose another --out`);
+      }
+    }
+    const classifier = await loadClassifier(options.model, { ...classifierOptions(options), precision: 'fp32' });
+    try {
+      const explainOptions = { label: options.label as string | undefined, path: options.path as ExplainPath, stage: options.stage as number | undefined };
+      let resolved;
+      try {
+        resolved = checkExplainOptions(classifier, explainOptions);
+      } catch (error) {
+        if (error instanceof RangeError) throw new CliError(`${error.message} (--label, --path, --stage)`, 2);
+        throw error;
+      }
+      const bar = progressBar('explaining', files.length);
+      const rows: Row[] = [];
+      for (const [i, file] of files.entries()) {
+        try {
+          const explanation = await classifier.explain(file, explainOptions);
+          // 'wx' fails rather than replace a file that appeared since the check above.
+          await writeFile(targets[i], await overlayPng(explanation), { flag: options.overwrite ? 'w' : 'wx' });
+          rows.push({ file, label: explanation.label, score: explanation.score, overlay: targets[i] });
+        } catch (error) {
+          const code = (error as { code?: string }).code;
+          if (!(error instanceof DecodeError) && code !== 'non-finite-output') throw error;
+          rows.push({ file, error: (error as Error).message, code });
+        }
+        bar.update(i + 1);
+      }
+      bar.stop();
+      const failed = rows.filter((r) => 'error' in r).length;
+      if (options.json) {
+        printJson({ model: classifier.metadata.architecture, model_info: await modelInfo(options.model ?? BUNDLED_MODEL), path: resolved.path, stage: resolved.stage, results: rows, failed, skipped });
+      } else {
+        const shown = files.map(escapeControl);
+        const width = Math.min(60, Math.max(4, ...shown.map((f) => f.length)));
+        for (const [i, r] of rows.entries()) {
+          const name = shown[i].length > width ? `…${shown[i].slice(-width + 1)}` : shown[i].padEnd(width);
+          if ('error' in r) process.stdout.write(`${name}  ERROR ${escapeControl(r.error)}\n`);
+          else process.stdout.write(`${name}  ${r.label} ${(100 * r.score).toFixed(1)}%  → ${escapeControl(r.overlay)}\n`);
+        }
+      }
+      if (failed + skipped.length > 0) {
+        process.stderr.write(`hemato: ${failed + skipped.length} of ${files.length + skipped.length} files could not be explained (see their errors)\n`);
+        process.exitCode = 1;
+      }
+    } finally {
+      classifier.dispose();
+    }
+  });
+}
+
+function parseStage(value: string): number {
+  if (value === 'last') return -1;
+  const n = Number(value);
+  if (!/^\d+$/.test(value.trim()) || !Number.isSafeInteger(n)) throw new InvalidArgumentError("expected a stage number from 0, or 'last'");
+  return n;
+}
+
+/** One overlay name per input, <base>.cam.png, with -2, -3, … where bases repeat (also by case, for macOS and Windows). */
+export function overlayNames(files: readonly string[]): string[] {
+  const taken = new Set<string>();
+  return files.map((file) => {
+    const base = path.basename(file, path.extname(file));
+    let name = `${base}.cam.png`;
+    for (let n = 2; taken.has(name.toLowerCase()); n++) name = `${base}-${n}.cam.png`;
+    taken.add(name.toLowerCase());
+    return name;
+  });
+}
