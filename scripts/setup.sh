@@ -1,8 +1,18 @@
 #!/usr/bin/env bash
 # One-step set-up on Debian 12 as root: system packages (libtorch, OpenBLAS, a C++ toolchain), npm packages,
 # then the native addon and the TypeScript build. Safe to run again; it only installs what is missing.
+# --test also installs Chromium, which the review page's browser test drives.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+with_tests=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) with_tests=1 ;;
+    -h|--help) echo "usage: bash scripts/setup.sh [--test]   (--test: also Chromium, for the browser test)"; exit 0 ;;
+    *) echo "hemato setup: unknown option '$arg' (usage: bash scripts/setup.sh [--test])" >&2; exit 2 ;;
+  esac
+done
 
 packages=()
 if [ -z "${LIBTORCH:-}" ]; then
@@ -13,6 +23,9 @@ fi
 command -v g++ >/dev/null 2>&1 || packages+=(g++)
 command -v make >/dev/null 2>&1 || packages+=(make)
 command -v python3 >/dev/null 2>&1 || packages+=(python3)
+if [ "$with_tests" -eq 1 ] && [ ! -x /usr/bin/chromium ]; then
+  packages+=(chromium)
+fi
 
 if [ ${#packages[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
