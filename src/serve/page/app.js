@@ -469,7 +469,7 @@ function updateTile(cell) {
   meta.className = 'tile-meta';
   let label;
   if (cell.status === 'done') {
-    const pct = `${Math.round(topScore(cell) * 100)}%`;
+    const pct = `${Math.round(topScore(cell) * 100)}\u202f%`;
     meta.append(span('conf', pct));
     if (decision) meta.append(span('mark', changed ? `→ ${final}` : '✓'));
     label = `${cell.name}: ${cell.predicted} ${pct}`;
@@ -615,7 +615,7 @@ function renderDetail() {
   showCam(cell, final);
 }
 
-const percent = (score) => `${(score * 100).toFixed(1)} %`;
+const percent = (score) => `${(score * 100).toFixed(1)}\u202f%`;
 
 function scaleText(scale) {
   if (!scale) return '–';
@@ -662,10 +662,10 @@ function showCam(cell, label) {
       body: cell.blob,
     })
       .then(async (res) => (res.ok ? URL.createObjectURL(await res.blob()) : null))
-      .catch(() => null);
-    request.then((url) => {
-      if (url === null) state.cams.delete(key); // try again next time the cell is shown
-    });
+      .catch(() => {
+        state.cams.delete(key); // the connection failed: ask again next time the cell is shown
+        return null;
+      });
     state.cams.set(key, request);
     request.then(show);
   }, 150);
