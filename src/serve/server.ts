@@ -8,42 +8,16 @@ import { fileURLToPath } from 'node:url';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import cors from '@fastify/cors';
 import multipart from '@fastify/multipart';
-import { BUNDLED_MODEL, type ClassifierOptions } from '../api/classifier.js';
+import { BUNDLED_MODEL } from '../api/classifier.js';
 import { modelCard, type ModelIdentity, readModelFile } from '../api/model-info.js';
 import { Batcher } from './batcher.js';
 import { ServedFolder } from './folder.js';
 import { createMetrics } from './metrics.js';
 import { ModelWorker, ServeError } from './model-worker.js';
+import { type Limits, SERVE_DEFAULTS, type ServeOptions } from './options.js';
 import type { ExplainResult, ImageJob, JobResult } from './protocol.js';
 
-export interface ServeOptions {
-  /** A hemato model file (default: the bundled model). */
-  model?: string;
-  classifier?: ClassifierOptions;
-  /** A folder the review page may open, read-only. */
-  folder?: string;
-  host?: string;
-  /** 0 takes a free port. */
-  port?: number;
-  /** Required as `Authorization: Bearer TOKEN` on /v1/* and /metrics when set. */
-  token?: string;
-  /** The one origin allowed to call the API from a browser; CORS is off without it. */
-  cors?: string;
-  maxBatch?: number;
-  batchWaitMs?: number;
-  /** Bytes per request body. */
-  maxBody?: number;
-  /** Images per batch request. */
-  maxParts?: number;
-  /** Images waiting for the model; more get 503 with Retry-After. */
-  maxQueue?: number;
-  /** Milliseconds to receive a request, and again to answer it. */
-  timeoutMs?: number;
-}
-
-type Limits = Required<Pick<ServeOptions, 'host' | 'port' | 'maxBatch' | 'batchWaitMs' | 'maxBody' | 'maxParts' | 'maxQueue' | 'timeoutMs'>>;
-
-export const SERVE_DEFAULTS: Readonly<Limits> = { host: '127.0.0.1', port: 8080, maxBatch: 64, batchWaitMs: 5, maxBody: 32 * 2 ** 20, maxParts: 64, maxQueue: 256, timeoutMs: 30_000 };
+export { SERVE_DEFAULTS, type ServeOptions } from './options.js';
 
 export interface RunningServer {
   url: string;

@@ -1,7 +1,7 @@
 import { type Command, InvalidArgumentError } from 'commander';
 import { isIP } from 'node:net';
 import { DEFAULT_MAX_PIXELS } from '../../data/image.js';
-import { SERVE_DEFAULTS, type ServeOptions, startServer } from '../../serve/server.js';
+import { SERVE_DEFAULTS, type ServeOptions } from '../../serve/options.js';
 import { CliError } from '../output.js';
 import { classifierOptions, modelOption, parseFileSize, parsePositiveInt } from './shared.js';
 
@@ -42,6 +42,8 @@ export function registerServe(program: Command): void {
     if (!token && !isLoopback(options.host)) {
       process.stderr.write(`\n  WARNING: hemato serve listens on ${options.host} without a token: anyone who can reach this machine can use it.\n  Set --token or HEMATO_TOKEN, and put a TLS reverse proxy in front of it.\n\n`);
     }
+    // The HTTP stack loads only here: other commands start without it.
+    const { startServer } = await import('../../serve/server.js');
     const server = await startServer(serveOptions).catch((error: Error) => {
       throw new CliError(error.message);
     });
