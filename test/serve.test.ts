@@ -183,6 +183,23 @@ function rawRequest(head: string, body: Buffer, waitMs = 5000): Promise<{ status
   });
 }
 
+test('POST /v1/explain gives the class-activation map as a PNG overlay, or its numbers with ?format=json', async () => {
+  const png = await post('/v1/explain', basophil.bytes);
+  assert.equal(png.status, 200);
+  assert.equal(png.headers.get('content-type'), 'image/png');
+  assert.equal(png.headers.get('x-hemato-label'), 'basophil');
+  const bytes = Buffer.from(await png.arrayBuffer());
+  assert.deepEqual([...bytes.subarray(1, 4)], [...Buffer.from('PNG')]);
+  const json = await (await post('/v1/explain?format=json&label=ig', basophil.bytes)).json();
+  assert.equal(json.label, 'ig');
+  assert.ok(json.score < 0.5);
+  assert.equal(json.cam.length, json.grid[0] * json.grid[1]);
+  assert.equal(json.size, 128);
+  assert.ok(json.cam.every((v: number) => v >= 0 && v <= 1));
+  const bad = await post('/v1/explain', NOT_AN_IMAGE);
+  assert.deepEqual({ status: bad.status, code: (await bad.json()).code }, { status: 422, code: 'not-image' });
+});
+
 test('the served folder lists its images and reads them, and nothing outside it is reachable', async () => {
   const listing = await (await fetch(`${server.url}/v1/folder`)).json();
   assert.equal(listing.name, 'cells');

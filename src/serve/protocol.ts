@@ -30,6 +30,9 @@ export interface ExplainResult {
   /** The overlay PNG, or the map's numbers. */
   png?: Uint8Array;
   grid?: [number, number];
+  /** The network stage whose map it is (from 0). */
+  stage?: number;
+  /** rows × cols values in [0, 1], row-major, over the model's size × size input. */
   cam?: number[];
   size?: number;
 }

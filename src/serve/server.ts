@@ -165,7 +165,7 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
     if (worker.inFlight + batcher.queued >= settings.maxQueue) throw new ServeError('the server is busy; retry shortly', 'queue-full', 503);
     const result = await worker.call<ExplainResult>({ kind: 'explain', job: { bytes: upload.bytes, label: q.label, format } }, [upload.bytes.buffer as ArrayBuffer]);
     if (format === 'png') return reply.type('image/png').header('x-hemato-label', result.label).header('x-hemato-score', result.score.toFixed(6)).send(Buffer.from(result.png!));
-    return { ...answer, label: result.label, score: result.score, size: result.size, grid: result.grid, cam: result.cam };
+    return { ...answer, label: result.label, score: result.score, size: result.size, grid: result.grid, stage: result.stage, cam: result.cam };
   });
 
   app.get('/v1/model', async () => ({ ...answer, card }));

@@ -2,7 +2,8 @@
 // a scale measurement. Requests are answered one at a time, in the order they came.
 import { parentPort, workerData } from 'node:worker_threads';
 import { type Classifier, loadClassifier } from '../api/classifier.js';
-import type { ImageJob, JobResult, WorkerReply, WorkerRequest, WorkerSetup, WorkerStatus } from './protocol.js';
+import { overlayPng } from '../api/explain.js';
+import type { ExplainResult, ImageJob, JobResult, WorkerReply, WorkerRequest, WorkerSetup, WorkerStatus } from './protocol.js';
 
 const port = parentPort!;
 const setup = workerData as WorkerSetup;
@@ -48,6 +49,9 @@ async function classify(images: ImageJob[]): Promise<JobResult[]> {
   return results;
 }
 
-async function explain(request: Extract<WorkerRequest, { kind: 'explain' }>): Promise<never> {
-  throw Object.assign(new Error(`explanations are not available in this build (asked for ${request.job.format})`), { code: 'unsupported', status: 501 });
+async function explain({ job }: Extract<WorkerRequest, { kind: 'explain' }>): Promise<ExplainResult> {
+  const explanation = await classifier.explain(job.bytes, job.label === undefined ? {} : { label: job.label });
+  const { label, score, grid, stage } = explanation;
+  if (job.format === 'png') return { label, score, png: await overlayPng(explanation) };
+  return { label, score, grid, stage, size: explanation.image.width, cam: Array.from(explanation.cam) };
 }
