@@ -243,13 +243,13 @@ test('the review page classifies dropped images, takes keyboard decisions, expor
     await expectTile(page, b, 'data-final', predictedB);
     assert.equal(await text(page, '#changed-count'), '1');
 
-    // The detail pane of A, with its class-activation map or the note that there is none.
-    await tile(page, servedA).click();
+    // The detail pane of B, with its class-activation map or the note that there is none.
+    await tile(page, b).click();
     await page.waitForFunction((name) => {
       const note = document.querySelector('#detail-cam-note') as HTMLElement;
       return document.querySelector('#detail-heading')?.textContent === name && (note.hidden || note.textContent === 'No explanation available');
-    }, a, { timeout: 30_000 }).catch(() => {});
-    assert.equal(await text(page, '#detail-heading'), a, 'the detail pane shows the selected cell');
+    }, b, { timeout: 30_000 }).catch(() => {});
+    assert.equal(await text(page, '#detail-heading'), b, 'the detail pane shows the selected cell');
     assert.equal(await page.locator('#detail-bars li').count(), 8, 'all 8 probabilities are shown');
     const screenshot = process.env.HEMATO_SCREENSHOT ?? path.join(tmpdir(), 'hemato-review-page.png');
     // A palette PNG: about a third of the size, fit for the README.
