@@ -162,7 +162,7 @@ test('bundle: written, extracted outside the repository, checked, built and run'
     for (const file of ['run.sh', 'gpu-check.sh', 'MANIFEST.json', 'node/node.xz', 'app/bin/hemato.js', 'app/dist/src/cli/main.js',
       'app/native/src/addon.cc', 'app/native/napi-include/node_api.h', 'app/node_modules/node-addon-api/napi.h',
       'app/node_modules/commander/package.json', 'app/dist/test/engine-cuda.test.js', 'app/dist/bench/cuda-block.js', 'app/dist/bench/blocks.js',
-      'app/bench/peers/torch_cuda_block.py', 'app/models/hemato-convnext-atto.safetensors']) {
+      'app/bench/peers/torch_cuda_block.py', 'app/models/hemato-convnext-atto.safetensors', 'app/src/serve/page/index.html', 'app/node_modules/fastify/package.json']) {
       assert.ok(existsSync(path.join(top, file)), `${file} is in the bundle`);
     }
     assert.ok(!existsSync(path.join(top, 'app/node_modules/typescript')), 'no dev dependencies');

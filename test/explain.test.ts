@@ -39,10 +39,10 @@ async function pbcSplit(): Promise<string> {
 }
 
 /** n validation images spread evenly over each class's sorted files, the classes taking turns at the remainder. */
-async function validationImages(n: number): Promise<{ file: string; label: string }[]> {
+async function validationImages(n: number, only: readonly string[]): Promise<{ file: string; label: string }[]> {
   const { rows } = await readSplit(await pbcSplit());
   const byClass = new Map<string, string[]>();
-  for (const row of rows) if (row.part === 'val') byClass.set(row.label, [...(byClass.get(row.label) ?? []), row.file]);
+  for (const row of rows) if (row.part === 'val' && only.includes(row.label)) byClass.set(row.label, [...(byClass.get(row.label) ?? []), row.file]);
   const classes = [...byClass.keys()].sort();
   return classes.flatMap((label, c) => {
     const files = byClass.get(label)!.sort();
@@ -153,17 +153,23 @@ function spearman(a: ArrayLike<number>, b: ArrayLike<number>): number {
   return aa > 0 && bb > 0 ? ab / Math.sqrt(aa * bb) : 0;
 }
 
-// The bundled model and its maps of 100 validation images, shared by the sanity checks.
+/**
+ * The classes whose images show a white cell. An erythroblast is a nucleated red cell, with red cells pressed
+ * around it; a platelet image shows no white cell at all: for them the mask below marks no meaningful object.
+ */
+const WHITE_CELLS = ['basophil', 'eosinophil', 'ig', 'lymphocyte', 'monocyte', 'neutrophil'];
+
+// The bundled model and its maps of 100 validation images of white cells, shared by the sanity checks.
 const bundled = (async () => {
   const classifier = await loadClassifier(undefined, { device: 'cpu', precision: 'fp32' });
-  const images = await validationImages(100);
+  const images = await validationImages(100, WHITE_CELLS);
   const explanations: Explanation[] = [];
   for (const { file } of images) explanations.push(await classifier.explain(file));
   return { classifier, images, explanations };
 })();
 after(async () => (await bundled).classifier.dispose());
 
-test('the maps of 100 PBC validation images put most of their mass on the white cell', async (t) => {
+test('the maps of 100 PBC validation images of white cells put ≥ 60 % of their mass on the cell in ≥ 80 % of them', async (t) => {
   const { images, explanations } = await bundled;
   const masses = explanations.map((e) => massInside(e, whiteCellMask(e.image)));
   const passing = masses.filter((m) => m >= 0.6).length / masses.length;
@@ -171,10 +177,9 @@ test('the maps of 100 PBC validation images put most of their mass on the white 
     const own = masses.filter((_, i) => images[i].label === label);
     return [label, `${own.filter((m) => m >= 0.6).length}/${own.length}`];
   }));
-  // Measured: 75 % of the images hold at least 60 % of the map's mass on the cell (the aim was 80 %), with a mean
-  // share of 0.71 where the mask covers 16 % of the image; erythroblasts and platelets fall short (the map also
-  // covers the red cells beside an erythroblast, and a platelet image has no white cell to speak of).
-  assert.ok(passing >= 0.7, `only ${(100 * passing).toFixed(0)} % of the images hold ≥ 60 % of the map's mass on the white cell (${JSON.stringify(perClass)})`);
+  // Measured: 94 % of the images hold at least 60 % of the map's mass on the cell, with a mean share of 0.84;
+  // neutrophils fall short most often (their lobes are thin, so the nucleus mask misses part of the cell).
+  assert.ok(passing >= 0.8, `only ${(100 * passing).toFixed(0)} % of the images hold ≥ 60 % of the map's mass on the white cell (${JSON.stringify(perClass)})`);
   const mean = masses.reduce((a, b) => a + b, 0) / masses.length;
   t.diagnostic(`${(100 * passing).toFixed(0)} % of the images hold ≥ 60 % of the map's mass on the white cell; mean share ${mean.toFixed(3)}; by class ${JSON.stringify(perClass)}`);
   assert.ok(mean >= 0.6, `mean share of the map's mass on the white cell ${mean.toFixed(3)}`);

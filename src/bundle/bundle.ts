@@ -171,6 +171,8 @@ export function bundleJobs(root: string, what: { napiDir: string; modules: strin
     if (!existsSync(from)) throw new Error(`${from} is missing: compile first (npx tsc -p tsconfig.json)`);
     jobs.push({ part: file.startsWith('native/') ? 'native' : 'js', from, to: path.join(app, file) });
   }
+  // The review page's static files, which `hemato serve` reads from beside dist/.
+  jobs.push({ part: 'js', from: path.join(root, 'src/serve/page'), to: path.join(app, 'src/serve/page') });
   jobs.push({ part: 'native', from: path.join(root, 'native/src'), to: path.join(app, 'native/src') });
   for (const header of NAPI_HEADERS) jobs.push({ part: 'native', from: path.join(what.napiDir, header), to: path.join(app, 'native/napi-include', header) });
   for (const dir of what.modules) {
