@@ -3,6 +3,9 @@
 #include <ATen/autocast_mode.h>
 #include <ATen/Context.h>
 #include <dlfcn.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <torch/version.h>
 
 // The device-generic allocator interface (c10::DeviceAllocator, PyTorch 2.9+) reads the CUDA caching allocator's
@@ -62,6 +65,16 @@ Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
     at::set_num_threads(info[0].As<Napi::Number>().Int32Value());
     return env.Undefined();
   });
+}
+
+// Hands freed heap pages back to the system. glibc keeps what a thread frees in that thread's arena for reuse, so
+// a long-running process whose threads take turns (a server's decoders and model) grows without leaking.
+Napi::Value ReleaseFreeMemory(const Napi::CallbackInfo& info) {
+#ifdef __GLIBC__
+  return Napi::Boolean::New(info.Env(), malloc_trim(0) != 0);
+#else
+  return Napi::Boolean::New(info.Env(), false);
+#endif
 }
 
 Napi::Value GetNumThreads(const Napi::CallbackInfo& info) {
@@ -201,6 +214,7 @@ void InitRuntime(Napi::Env env, Napi::Object exports) {
   exports.Set("liveTensors", Napi::Function::New(env, LiveTensors));
   exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads));
   exports.Set("getNumThreads", Napi::Function::New(env, GetNumThreads));
+  exports.Set("releaseFreeMemory", Napi::Function::New(env, ReleaseFreeMemory));
   exports.Set("manualSeed", Napi::Function::New(env, ManualSeed));
   exports.Set("setGradEnabled", Napi::Function::New(env, SetGradEnabled));
   exports.Set("isGradEnabled", Napi::Function::New(env, IsGradEnabled));

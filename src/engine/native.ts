@@ -39,6 +39,7 @@ export interface NativeAddon {
   liveTensors(): number;
   setNumThreads(n: number): void;
   getNumThreads(): number;
+  releaseFreeMemory(): boolean;
   manualSeed(seed: number): void;
   setGradEnabled(enabled: boolean): boolean;
   isGradEnabled(): boolean;

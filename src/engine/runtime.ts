@@ -14,6 +14,14 @@ export function numThreads(): number {
   return native.getNumThreads();
 }
 
+/**
+ * Returns the C heap's free pages to the system (glibc's malloc_trim); true if any were. Long-running processes
+ * call it when idle: freed memory otherwise stays with the thread that freed it, and the resident size creeps up.
+ */
+export function releaseFreeMemory(): boolean {
+  return native.releaseFreeMemory();
+}
+
 /** Seeds libtorch's global generators (CPU and CUDA): CPU runs repeat exactly at a fixed thread count. */
 export function manualSeed(seed: number): void {
   if (!Number.isSafeInteger(seed) || seed < 0) throw new RangeError(`manualSeed: need a non-negative integer, got ${seed}`);

@@ -46,10 +46,6 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
   const { file: _path, ...card } = modelCard(file);
   const classes = file.metadata.classes;
   const folder = options.folder === undefined ? null : await ServedFolder.open(options.folder);
-  // libtorch's OpenMP threads spin after each forward pass by default, taking the cores the event loop and the
-  // decoders need; waiting passively doubled the service's throughput at 8 clients and more (docs/serve.md). It
-  // takes effect where the worker is the first to load libtorch, as in `hemato serve`.
-  process.env.OMP_WAIT_POLICY ??= 'PASSIVE';
   const worker = await ModelWorker.start(modelFile, options.classifier ?? {});
   const byField = options.classifier?.field !== undefined;
 

@@ -1,12 +1,17 @@
 // The worker thread that holds the model: the HTTP server's event loop never waits for a forward pass, a decode or
 // a scale measurement. Requests are answered one at a time, in the order they came.
 import { parentPort, workerData } from 'node:worker_threads';
+import sharp from 'sharp';
 import { type Classifier, loadClassifier } from '../api/classifier.js';
 import { overlayPng } from '../api/explain.js';
+import * as E from '../engine/index.js';
 import type { ExplainResult, ImageJob, JobResult, WorkerReply, WorkerRequest, WorkerSetup, WorkerStatus } from './protocol.js';
 
 const port = parentPort!;
 const setup = workerData as WorkerSetup;
+
+// libvips' operation cache keeps recent decodes for reuse; a service sees each image once, so it only holds memory.
+sharp.cache(false);
 
 let classifier: Classifier;
 try {
@@ -17,9 +22,25 @@ try {
   process.exit(1);
 }
 
+// What the decoders and the model free stays with their threads' heaps, and the resident size creeps up: it is
+// given back (E.releaseFreeMemory, some milliseconds) after a second without requests, and each second under load.
+const IDLE_RELEASE_MS = 1000;
+const BUSY_RELEASE_MS = 1000;
+let idleTimer: NodeJS.Timeout | undefined;
+let released = performance.now();
+const release = () => {
+  E.releaseFreeMemory();
+  released = performance.now();
+};
+
 let chain = Promise.resolve();
 port.on('message', (request: WorkerRequest) => {
-  chain = chain.then(() => answer(request));
+  clearTimeout(idleTimer);
+  chain = chain.then(() => answer(request)).finally(() => {
+    if (performance.now() - released > BUSY_RELEASE_MS) release();
+    clearTimeout(idleTimer);
+    idleTimer = setTimeout(release, IDLE_RELEASE_MS);
+  });
 });
 
 async function answer(request: WorkerRequest): Promise<void> {
