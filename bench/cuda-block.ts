@@ -5,7 +5,6 @@
 import * as E from '../src/engine/index.js';
 import { convnextBlock } from './blocks.js';
 
-
 function arg(name: string, fallback: string): string {
   const i = process.argv.indexOf(`--${name}`);
   return i > 0 && i + 1 < process.argv.length ? process.argv[i + 1] : fallback;
@@ -39,7 +38,9 @@ const step = () => {
   optimizer.zeroGrad();
 };
 
-log(`hemato ConvNeXt block step on ${device}: batch ${batch}, ${c}×${size}×${size}, ${bf16 ? 'bf16 autocast' : 'fp32'}${channelsLast ? ', channels_last' : ''}`);
+log(
+  `hemato ConvNeXt block step on ${device}: batch ${batch}, ${c}×${size}×${size}, ${bf16 ? 'bf16 autocast' : 'fp32'}${channelsLast ? ', channels_last' : ''}`,
+);
 for (let i = 0; i < warmup; i++) step();
 E.synchronize();
 const times: number[] = [];
@@ -55,14 +56,20 @@ const memory = E.memoryReport();
 optimizer.dispose();
 block.free();
 
-process.stdout.write(`${JSON.stringify({
-  impl: 'hemato',
-  torch: E.libtorchInfo().torchVersion,
-  device,
-  batch, channels: c, size, precision: bf16 ? 'bf16-autocast' : 'fp32', channels_last: channelsLast,
-  step_ms: Math.round(median * 100) / 100,
-  images_per_s: Math.round((batch / median) * 1000 * 10) / 10,
-  loss,
-  memory: memory.cuda.find((m) => m.device === (device === 'cuda' ? 'cuda:0' : device)) ?? null,
-  live_tensors_after: E.liveTensors(),
-})}\n`);
+process.stdout.write(
+  `${JSON.stringify({
+    impl: 'hemato',
+    torch: E.libtorchInfo().torchVersion,
+    device,
+    batch,
+    channels: c,
+    size,
+    precision: bf16 ? 'bf16-autocast' : 'fp32',
+    channels_last: channelsLast,
+    step_ms: Math.round(median * 100) / 100,
+    images_per_s: Math.round((batch / median) * 1000 * 10) / 10,
+    loss,
+    memory: memory.cuda.find((m) => m.device === (device === 'cuda' ? 'cuda:0' : device)) ?? null,
+    live_tensors_after: E.liveTensors(),
+  })}\n`,
+);

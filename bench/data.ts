@@ -30,7 +30,9 @@ async function sampleFiles(count: number): Promise<{ file: string; label: string
   const perClass = Math.ceil(count / classes.length);
   const picked: { file: string; label: string }[] = [];
   for (const label of classes) {
-    const names = readdirSync(path.join(PBC, label)).filter((n) => !n.startsWith('.')).sort();
+    const names = readdirSync(path.join(PBC, label))
+      .filter((n) => !n.startsWith('.'))
+      .sort();
     const step = Math.max(1, Math.floor(names.length / (perClass * 1.2)));
     let taken = 0;
     for (let i = 0; i < names.length && taken < perClass; i += step) {
@@ -128,10 +130,12 @@ async function packStats(files: { file: string; label: string }[]) {
     const loader = await loaderThroughput({ images: pack.images, size: pack.size, labels: pack.labels, classes: pack.classes });
     return {
       ...loader,
-      images: pack.n, bytes_per_image: Math.round(bytes / pack.n),
-      mib_for_pbc_14527: round((bytes / pack.n) * 14527 / 2 ** 20, 1),
-      mib_for_pbc_14527_lossless: round((losslessBytes / pack.n) * 14527 / 2 ** 20, 1),
-      pack_img_per_s: round(pack.n / packSeconds, 1), read_img_per_s: round(pack.n / readSeconds, 1),
+      images: pack.n,
+      bytes_per_image: Math.round(bytes / pack.n),
+      mib_for_pbc_14527: round(((bytes / pack.n) * 14527) / 2 ** 20, 1),
+      mib_for_pbc_14527_lossless: round(((losslessBytes / pack.n) * 14527) / 2 ** 20, 1),
+      pack_img_per_s: round(pack.n / packSeconds, 1),
+      read_img_per_s: round(pack.n / readSeconds, 1),
     };
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -144,7 +148,7 @@ async function loaderThroughput(set: ImageSet) {
   const batchSize = 32;
   const model = createModel('convnext-only', { numClasses: set.classes.length, inputSize: set.size });
   const optimizer = new E.AdamW(model.parameters(), { lr: 1e-3 });
-  const order = Int32Array.from({ length: steps * batchSize }, (_, i) => i % (set.labels.length));
+  const order = Int32Array.from({ length: steps * batchSize }, (_, i) => i % set.labels.length);
   const recipe = { normalization: IMAGENET_NORMALIZATION, augment: DEFAULT_AUGMENT };
   const step = (x: E.Tensor, y: E.Tensor) => {
     E.tidy(() => E.F.crossEntropy(model.forward(x), y).backward());
@@ -152,7 +156,7 @@ async function loaderThroughput(set: ImageSet) {
     optimizer.zeroGrad();
   };
   const inMemory = Array.from({ length: steps }, (_, s) => makeBatch(set, order.subarray(s * batchSize, (s + 1) * batchSize), { ...recipe, seed: s }));
-  step(inMemory[0].x, inMemory[0].y);  // warm-up
+  step(inMemory[0].x, inMemory[0].y); // warm-up
   let started = performance.now();
   for (const { x, y } of inMemory) step(x, y);
   const memoryImgS = (steps * batchSize) / ((performance.now() - started) / 1000);
@@ -160,8 +164,10 @@ async function loaderThroughput(set: ImageSet) {
   const source = workerBatches(set, recipe, { workers: 1 });
   try {
     const pending = new Map<number, Promise<{ x: E.Tensor; y: E.Tensor }>>();
-    const request = (s: number) => { if (s < steps && !pending.has(s)) pending.set(s, source.request(order.subarray(s * batchSize, (s + 1) * batchSize), s)); };
-    E.dispose(await source.request(order.subarray(0, batchSize), 0));  // warm-up: the worker loads the addon
+    const request = (s: number) => {
+      if (s < steps && !pending.has(s)) pending.set(s, source.request(order.subarray(s * batchSize, (s + 1) * batchSize), s));
+    };
+    E.dispose(await source.request(order.subarray(0, batchSize), 0)); // warm-up: the worker loads the addon
     started = performance.now();
     for (let s = 0; s < steps; s++) {
       request(s);
@@ -177,7 +183,12 @@ async function loaderThroughput(set: ImageSet) {
   const loaderImgS = (steps * batchSize) / ((performance.now() - started) / 1000);
   optimizer.dispose();
   model.dispose();
-  return { train_img_per_s_in_memory: round(memoryImgS, 1), train_img_per_s_loader: round(loaderImgS, 1), loader_ratio: round(loaderImgS / memoryImgS, 2), loader_goal_ratio: 0.9 };
+  return {
+    train_img_per_s_in_memory: round(memoryImgS, 1),
+    train_img_per_s_loader: round(loaderImgS, 1),
+    loader_ratio: round(loaderImgS / memoryImgS, 2),
+    loader_goal_ratio: 0.9,
+  };
 }
 
 function round(value: number, digits: number): number {
@@ -210,7 +221,11 @@ async function main(): Promise<void> {
   const pack = await packStats(files.slice(0, quick ? 120 : 800));
 
   const result = {
-    bench: 'data', quick, cpu: cpus()[0]?.model ?? 'unknown', cores: cpus().length, images: paths.length,
+    bench: 'data',
+    quick,
+    cpu: cpus()[0]?.model ?? 'unknown',
+    cores: cpus().length,
+    images: paths.length,
     geometry: DEFAULT_GEOMETRY,
     decode_crop_resize_img_per_s_1_thread: noMpm1,
     decode_crop_resize_mpm_img_per_s_1_thread: mpm1,

@@ -13,7 +13,6 @@ const threads = E.numThreads();
 const log = (message: string) => process.stderr.write(`${message}\n`);
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
-
 // Shapes. The issue's ConvNeXt block is batch 8, 96 channels, 56×56; tfjs needs far smaller ones to finish.
 const convnextShape: BlockShape = quick ? { batch: 4, channels: 96, size: 28 } : { batch: 8, channels: 96, size: 56 };
 const swinShape: BlockShape = quick ? { batch: 4, channels: 96, size: 28, heads: 3, window: 7 } : { batch: 8, channels: 96, size: 56, heads: 3, window: 7 };
@@ -55,19 +54,34 @@ function swinBlock(s: BlockShape): { params: Params; forward: () => E.Tensor; fr
   const n = ws * ws;
   const g = size / ws;
   const p: Params = {
-    n1w: param([c], 0, 1), n1b: param([c], 0), wqkv: param([3 * c, c], 0.05), bqkv: param([3 * c], 0),
-    bias: param([1, heads, n, n], 0.02), wproj: param([c, c], 0.05), bproj: param([c], 0),
-    n2w: param([c], 0, 1), n2b: param([c], 0), w1: param([4 * c, c], 0.05), b1: param([4 * c], 0), w2: param([c, 4 * c], 0.05), b2: param([c], 0),
+    n1w: param([c], 0, 1),
+    n1b: param([c], 0),
+    wqkv: param([3 * c, c], 0.05),
+    bqkv: param([3 * c], 0),
+    bias: param([1, heads, n, n], 0.02),
+    wproj: param([c, c], 0.05),
+    bproj: param([c], 0),
+    n2w: param([c], 0, 1),
+    n2b: param([c], 0),
+    w1: param([4 * c, c], 0.05),
+    b1: param([4 * c], 0),
+    w2: param([c, 4 * c], 0.05),
+    b2: param([c], 0),
   };
   const x = E.keep(E.randn([b, size * size, c]));
   const forward = () => {
     let y = F.layerNorm(x, [c], p.n1w, p.n1b);
     y = y.reshape([b, g, ws, g, ws, c]).permute([0, 1, 3, 2, 4, 5]).reshape([-1, n, c]);
-    const qkv = F.linear(y, p.wqkv, p.bqkv).reshape([-1, n, 3, heads, c / heads]).permute([2, 0, 3, 1, 4]);
+    const qkv = F.linear(y, p.wqkv, p.bqkv)
+      .reshape([-1, n, 3, heads, c / heads])
+      .permute([2, 0, 3, 1, 4]);
     const [q, k, v] = [0, 1, 2].map((i) => qkv.select(0, i));
     y = F.scaledDotProductAttention(q, k, v, { attnMask: p.bias });
     y = F.linear(y.transpose(1, 2).reshape([-1, n, c]), p.wproj, p.bproj);
-    y = y.reshape([b, g, g, ws, ws, c]).permute([0, 1, 3, 2, 4, 5]).reshape([b, size * size, c]);
+    y = y
+      .reshape([b, g, g, ws, ws, c])
+      .permute([0, 1, 3, 2, 4, 5])
+      .reshape([b, size * size, c]);
     y = x.add(y);
     const z = F.linear(F.gelu(F.linear(F.layerNorm(y, [c], p.n2w, p.n2b), p.w1, p.b1)), p.w2, p.b2);
     return y.add(z).float().pow(2).mean();
@@ -78,11 +92,15 @@ function swinBlock(s: BlockShape): { params: Params; forward: () => E.Tensor; fr
 function hematoStep(block: 'convnext' | 'swin', shape: BlockShape, bf16: boolean, count = reps): number {
   const { params, forward, free } = (block === 'convnext' ? convnextBlock : swinBlock)(shape);
   const optimizer = new E.AdamW(Object.values(params), { lr: 1e-4 });
-  const ms = timed(() => {
-    E.tidy(() => (bf16 ? E.autocast(forward) : forward()).backward());
-    optimizer.step();
-    optimizer.zeroGrad();
-  }, warmup, count);
+  const ms = timed(
+    () => {
+      E.tidy(() => (bf16 ? E.autocast(forward) : forward()).backward());
+      optimizer.step();
+      optimizer.zeroGrad();
+    },
+    warmup,
+    count,
+  );
   optimizer.dispose();
   free();
   return ms;
@@ -112,25 +130,37 @@ function tfjsBlockStep(tf: Tf, s: BlockShape, count: number): number {
   const c = s.channels;
   const v = (shape: number[], scale: number, offset = 0) => tf.variable(tf.tidy(() => tf.randomNormal(shape).mul(scale).add(offset)));
   const p = {
-    dw: v([7, 7, c, 1], 0.1), dwb: v([c], 0), nw: v([c], 0, 1), nb: v([c], 0),
-    w1: v([c, 4 * c], 0.05), b1: v([4 * c], 0), w2: v([4 * c, c], 0.05), b2: v([c], 0), gamma: v([c], 0, 0.1),
+    dw: v([7, 7, c, 1], 0.1),
+    dwb: v([c], 0),
+    nw: v([c], 0, 1),
+    nb: v([c], 0),
+    w1: v([c, 4 * c], 0.05),
+    b1: v([4 * c], 0),
+    w2: v([4 * c, c], 0.05),
+    b2: v([c], 0),
+    gamma: v([c], 0, 0.1),
   };
   const x = tf.randomNormal([s.batch, s.size, s.size, c]);
   const optimizer = tf.train.adam(1e-4); // tfjs has no AdamW; the update costs the same
-  const loss = () => tf.tidy(() => {
-    let y = tf.depthwiseConv2d(x as import('@tensorflow/tfjs').Tensor4D, p.dw as import('@tensorflow/tfjs').Tensor4D, 1, 'same').add(p.dwb);
-    const { mean, variance } = tf.moments(y, -1, true);
-    y = y.sub(mean).div(variance.add(1e-6).sqrt()).mul(p.nw).add(p.nb);
-    let h = y.reshape([-1, c]).matMul(p.w1).add(p.b1);
-    h = h.mul(tf.erf(h.div(Math.SQRT2)).add(1)).mul(0.5); // exact GELU
-    y = h.matMul(p.w2).add(p.b2).reshape(x.shape).mul(p.gamma);
-    return x.add(y).square().mean() as import('@tensorflow/tfjs').Scalar;
-  });
-  const ms = timed(() => {
-    const value = optimizer.minimize(loss, true, Object.values(p));
-    value?.dataSync();
-    value?.dispose();
-  }, 1, count);
+  const loss = () =>
+    tf.tidy(() => {
+      let y = tf.depthwiseConv2d(x as import('@tensorflow/tfjs').Tensor4D, p.dw as import('@tensorflow/tfjs').Tensor4D, 1, 'same').add(p.dwb);
+      const { mean, variance } = tf.moments(y, -1, true);
+      y = y.sub(mean).div(variance.add(1e-6).sqrt()).mul(p.nw).add(p.nb);
+      let h = y.reshape([-1, c]).matMul(p.w1).add(p.b1);
+      h = h.mul(tf.erf(h.div(Math.SQRT2)).add(1)).mul(0.5); // exact GELU
+      y = h.matMul(p.w2).add(p.b2).reshape(x.shape).mul(p.gamma);
+      return x.add(y).square().mean() as import('@tensorflow/tfjs').Scalar;
+    });
+  const ms = timed(
+    () => {
+      const value = optimizer.minimize(loss, true, Object.values(p));
+      value?.dataSync();
+      value?.dispose();
+    },
+    1,
+    count,
+  );
   optimizer.dispose();
   tf.dispose([...Object.values(p), x]);
   return ms;
@@ -139,7 +169,14 @@ function tfjsBlockStep(tf: Tf, s: BlockShape, count: number): number {
 function tfjsMatmul(tf: Tf, n: number): number {
   const a = tf.randomNormal([n, n]);
   const b = tf.randomNormal([n, n]);
-  const ms = timed(() => tf.tidy(() => { tf.matMul(a, b).dataSync(); }), 1, quick ? 2 : 3);
+  const ms = timed(
+    () =>
+      tf.tidy(() => {
+        tf.matMul(a, b).dataSync();
+      }),
+    1,
+    quick ? 2 : 3,
+  );
   tf.dispose([a, b]);
   return ms;
 }
@@ -149,7 +186,14 @@ function tfjsConv2d(tf: Tf, spec: { input: number[]; weight: number[] }): number
   const [co] = spec.weight;
   const x = tf.randomNormal([n, h, w, ci]) as import('@tensorflow/tfjs').Tensor4D;
   const k = tf.randomNormal([3, 3, ci, co]) as import('@tensorflow/tfjs').Tensor4D;
-  const ms = timed(() => tf.tidy(() => { tf.conv2d(x, k, 1, 'same').dataSync(); }), 1, quick ? 2 : 3);
+  const ms = timed(
+    () =>
+      tf.tidy(() => {
+        tf.conv2d(x, k, 1, 'same').dataSync();
+      }),
+    1,
+    quick ? 2 : 3,
+  );
   tf.dispose([x, k]);
   return ms;
 }
@@ -162,21 +206,39 @@ function ensureTorch(): string | undefined {
   const probe = () => spawnSync(debianPython, ['-c', 'import torch'], { stdio: 'ignore' }).status === 0;
   if (probe()) return undefined;
   if (process.getuid?.() !== 0) return 'python3-torch is missing; install it with: apt-get install -y python3-torch';
-  log('installing Debian\'s python3-torch (the same libtorch 1.13) for the side-by-side run…');
-  const install = spawnSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', 'python3-torch'], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
+  log("installing Debian's python3-torch (the same libtorch 1.13) for the side-by-side run…");
+  const install = spawnSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', 'python3-torch'], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+    env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' },
+  });
   if (install.status !== 0) spawnSync('apt-get', ['update', '-qq'], { stdio: 'ignore' });
-  if (install.status !== 0) spawnSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', 'python3-torch'], { stdio: 'ignore', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
+  if (install.status !== 0)
+    spawnSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', 'python3-torch'], {
+      stdio: 'ignore',
+      env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' },
+    });
   return probe() ? undefined : 'python3-torch could not be installed with apt-get';
 }
 
-interface TorchResult { version: string; threads: number; steps: Record<string, number>; matmul_ms: number; conv_ms: number; call_us: number }
+interface TorchResult {
+  version: string;
+  threads: number;
+  steps: Record<string, number>;
+  matmul_ms: number;
+  conv_ms: number;
+  call_us: number;
+}
 
 function runTorch(steps: Record<string, { block: string; shape: BlockShape; bf16: boolean }>, calls: number): TorchResult | string {
   const missing = ensureTorch();
   if (missing) return missing;
   const config = { threads, warmup, reps, steps, matmul: matmulSize, conv, calls };
   try {
-    const out = execFileSync(debianPython, [path.join(root, 'bench/peers/torch_engine.py'), JSON.stringify(config)], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 1 << 20 });
+    const out = execFileSync(debianPython, [path.join(root, 'bench/peers/torch_engine.py'), JSON.stringify(config)], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'inherit'],
+      maxBuffer: 1 << 20,
+    });
     return JSON.parse(out.trim().split('\n').pop()!) as TorchResult;
   } catch (error) {
     return `the PyTorch peer failed: ${(error as Error).message.split('\n')[0]}`;
@@ -206,17 +268,31 @@ async function main(): Promise<void> {
   const started = performance.now();
   const cpu = E.cpuFeatures();
   const info = E.libtorchInfo();
-  log(`hemato bench:engine${quick ? ' --quick' : ''}: ${threads} threads, ${cpu.model}, AMX ${cpu.amx}, AVX-512-BF16 ${cpu.avx512bf16}, OpenBLAS core ${info.openblasCore || 'n/a'}`);
+  log(
+    `hemato bench:engine${quick ? ' --quick' : ''}: ${threads} threads, ${cpu.model}, AMX ${cpu.amx}, AVX-512-BF16 ${cpu.avx512bf16}, OpenBLAS core ${info.openblasCore || 'n/a'}`,
+  );
   const calls = quick ? 20000 : 100000;
 
   // Matmul and conv rates.
   const a = E.keep(E.randn([matmulSize, matmulSize]));
   const b = E.keep(E.randn([matmulSize, matmulSize]));
-  const matmulMs = timed(() => E.tidy(() => { a.matmul(b); }));
+  const matmulMs = timed(() =>
+    E.tidy(() => {
+      a.matmul(b);
+    }),
+  );
   const image = E.keep(E.randn(conv.input));
   const kernel = E.keep(E.randn(conv.weight));
-  const convMs = timed(() => E.tidy(() => { F.conv2d(image, kernel, undefined, { padding: 1 }); }));
-  const matmulBf16Ms = timed(() => E.tidy(() => { E.autocast(() => a.matmul(b)); }));
+  const convMs = timed(() =>
+    E.tidy(() => {
+      F.conv2d(image, kernel, undefined, { padding: 1 });
+    }),
+  );
+  const matmulBf16Ms = timed(() =>
+    E.tidy(() => {
+      E.autocast(() => a.matmul(b));
+    }),
+  );
   E.dispose([a, b, image, kernel]);
   log(`hemato matmul ${matmulSize}²: ${matmulMs.toFixed(1)} ms fp32, ${matmulBf16Ms.toFixed(1)} ms bf16; conv2d: ${convMs.toFixed(1)} ms`);
 
@@ -254,9 +330,16 @@ async function main(): Promise<void> {
 
   const pt = typeof torch === 'string' ? undefined : torch;
   const ratio = (name: string) => (pt ? round(ours[name] / pt.steps[name]) : null);
-  const steps = Object.fromEntries(Object.keys(cases).map((name) => [name, {
-    hemato_ms: round(ours[name], 4), pytorch_ms: pt ? round(pt.steps[name], 4) : null, ratio_vs_pytorch: ratio(name),
-  }]));
+  const steps = Object.fromEntries(
+    Object.keys(cases).map((name) => [
+      name,
+      {
+        hemato_ms: round(ours[name], 4),
+        pytorch_ms: pt ? round(pt.steps[name], 4) : null,
+        ratio_vs_pytorch: ratio(name),
+      },
+    ]),
+  );
   const bf16Ratios = [ratio('convnext_bf16'), ratio('swin_bf16')].filter((r): r is number => r !== null);
   const result = {
     bench: 'engine',
@@ -267,7 +350,15 @@ async function main(): Promise<void> {
     libtorch: info.torchVersion,
     pytorch: pt ? { version: pt.version, threads: pt.threads } : { error: torch },
     tfjs: tf ? { version: tf.version.tfjs, backend: tf.getBackend(), threads: 1 } : null,
-    shapes: { convnext: convnextShape, swin: swinShape, tfjs_block: tfjsBlockShape, matmul: matmulSize, tfjs_matmul: tfjsMatmulSize, conv, tfjs_conv: tfjsConv },
+    shapes: {
+      convnext: convnextShape,
+      swin: swinShape,
+      tfjs_block: tfjsBlockShape,
+      matmul: matmulSize,
+      tfjs_matmul: tfjsMatmulSize,
+      conv,
+      tfjs_conv: tfjsConv,
+    },
     gflops: {
       hemato_matmul: round(gflops(matmulFlop(matmulSize), matmulMs)),
       hemato_matmul_bf16: round(gflops(matmulFlop(matmulSize), matmulBf16Ms)),

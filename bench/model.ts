@@ -8,7 +8,13 @@ import { weightDecayGroups } from '../src/nn/index.js';
 const quick = process.argv.includes('--quick');
 const log = (message: string) => process.stderr.write(`${message}\n`);
 
-interface Case { model: string; inputSize: number; batch: number; warmup: number; reps: number }
+interface Case {
+  model: string;
+  inputSize: number;
+  batch: number;
+  warmup: number;
+  reps: number;
+}
 
 const CASES: Case[] = [
   { model: 'dualpath-atto', inputSize: 128, batch: 16, warmup: 1, reps: quick ? 3 : 5 },
@@ -59,23 +65,37 @@ function measure(c: Case, precision: Precision): Result {
   const groups = weightDecayGroups(model, 0.05);
   const optimizer = new E.AdamW([groups.decay, groups.noDecay], { lr: 1e-4 });
   const x = E.randn([c.batch, 3, c.inputSize, c.inputSize], { seed: 1 });
-  const target = E.tensor(Array.from({ length: c.batch }, (_, i) => i % 8), [c.batch], { dtype: 'int64' });
+  const target = E.tensor(
+    Array.from({ length: c.batch }, (_, i) => i % 8),
+    [c.batch],
+    { dtype: 'int64' },
+  );
   try {
     model.eval();
     const forward = timed(() => E.noGrad(() => withPrecision(precision, () => model.forward(x).dispose())), c.warmup, c.reps);
     model.train();
-    const train = timed(() => {
-      const loss = withPrecision(precision, () => E.tidy(() => E.F.crossEntropy(model.forward(x), target, { labelSmoothing: 0.1 })));
-      loss.backward();
-      loss.dispose();
-      optimizer.step();
-      optimizer.zeroGrad();
-    }, c.warmup, c.reps);
+    const train = timed(
+      () => {
+        const loss = withPrecision(precision, () => E.tidy(() => E.F.crossEntropy(model.forward(x), target, { labelSmoothing: 0.1 })));
+        loss.backward();
+        loss.dispose();
+        optimizer.step();
+        optimizer.zeroGrad();
+      },
+      c.warmup,
+      c.reps,
+    );
     const perSecond = (ms: number) => Math.round((c.batch / ms) * 1000 * 10) / 10;
     const ms = (t: { medianMs: number; bestMs: number }) => ({ median: Math.round(t.medianMs), best: Math.round(t.bestMs) });
     const result: Result = {
-      model: c.model, inputSize: c.inputSize, batch: c.batch, precision,
-      forwardMs: ms(forward), trainStepMs: ms(train), forwardImgPerS: perSecond(forward.bestMs), trainImgPerS: perSecond(train.bestMs),
+      model: c.model,
+      inputSize: c.inputSize,
+      batch: c.batch,
+      precision,
+      forwardMs: ms(forward),
+      trainStepMs: ms(train),
+      forwardImgPerS: perSecond(forward.bestMs),
+      trainImgPerS: perSecond(train.bestMs),
     };
     log(`${c.model} ${c.inputSize}px batch ${c.batch} ${precision}: forward ${result.forwardImgPerS} img/s, training step ${result.trainImgPerS} img/s`);
     return result;
@@ -91,14 +111,16 @@ const results: Result[] = [];
 for (const c of CASES) for (const precision of PRECISIONS) results.push(measure(c, precision));
 const info = E.libtorchInfo();
 const cpu = E.cpuFeatures();
-process.stdout.write(`${JSON.stringify({
-  bench: 'model',
-  quick,
-  device: 'cpu',
-  cpu: cpu.model,
-  amx: cpu.amx,
-  threads: E.numThreads(),
-  torch: info.torchVersion,
-  results,
-  seconds: Math.round((performance.now() - started) / 100) / 10,
-})}\n`);
+process.stdout.write(
+  `${JSON.stringify({
+    bench: 'model',
+    quick,
+    device: 'cpu',
+    cpu: cpu.model,
+    amx: cpu.amx,
+    threads: E.numThreads(),
+    torch: info.torchVersion,
+    results,
+    seconds: Math.round((performance.now() - started) / 100) / 10,
+  })}\n`,
+);

@@ -38,7 +38,11 @@ async function montage(images: RgbImage[]): Promise<RgbImage> {
 
 function background(image: RgbImage, random: () => number): RgbImage {
   const colour = measureCells(image).background;
-  return { width: image.width, height: image.height, data: Uint8Array.from({ length: image.data.length }, (_, i) => Math.max(0, Math.min(255, colour[i % 3] + Math.round((random() - 0.5) * 6)))) };
+  return {
+    width: image.width,
+    height: image.height,
+    data: Uint8Array.from({ length: image.data.length }, (_, i) => Math.max(0, Math.min(255, colour[i % 3] + Math.round((random() - 0.5) * 6)))),
+  };
 }
 
 function corner(image: RgbImage, which: number): RgbImage {
@@ -102,17 +106,27 @@ async function main(): Promise<void> {
     });
     log(`${Math.min(cases.length, start + 32)}/${cases.length}`);
   }
-  const byKind = Object.fromEntries([...outcome].map(([kind, e]) => [kind, { n: e.n, flagged: e.flagged / e.n, accuracy: e.correct / e.n, handled: e.handled / e.n }]));
+  const byKind = Object.fromEntries(
+    [...outcome].map(([kind, e]) => [kind, { n: e.n, flagged: e.flagged / e.n, accuracy: e.correct / e.n, handled: e.handled / e.n }]),
+  );
   const altered = [...outcome].filter(([kind]) => kind !== 'original').map(([, e]) => e);
   const good = altered.reduce((sum, e) => sum + e.handled, 0);
   const total = altered.reduce((sum, e) => sum + e.n, 0);
   const inliers = outcome.get('original')!.distances;
   const outliers = NEGATIVES.flatMap((kind) => outcome.get(kind)!.distances);
-  console.log(JSON.stringify({
-    bench: 'out-of-spec', model: path.basename(modelFile), images: originals.length, cases: cases.length,
-    flagged_or_correct: good / total, uncertain_original: byKind.original.flagged, accuracy_original: byKind.original.accuracy,
-    ood_auroc: classifier.ood ? auroc(inliers, outliers) : null, by_kind: byKind,
-  }));
+  console.log(
+    JSON.stringify({
+      bench: 'out-of-spec',
+      model: path.basename(modelFile),
+      images: originals.length,
+      cases: cases.length,
+      flagged_or_correct: good / total,
+      uncertain_original: byKind.original.flagged,
+      accuracy_original: byKind.original.accuracy,
+      ood_auroc: classifier.ood ? auroc(inliers, outliers) : null,
+      by_kind: byKind,
+    }),
+  );
   classifier.dispose();
 }
 

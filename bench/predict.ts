@@ -33,9 +33,18 @@ async function main(): Promise<void> {
   const modelFile = path.join(dir, 'dualpath-atto.safetensors');
   E.manualSeed(0);
   const fresh = createModel('dualpath-atto', { numClasses: 8, inputSize: size });
-  await saveModel(modelFile, fresh, { classes: [...PBC_CLASSES], normalization: IMAGENET_NORMALIZATION, preprocessing: { geometry: { field: 360, size }, mpm: null } });
+  await saveModel(modelFile, fresh, {
+    classes: [...PBC_CLASSES],
+    normalization: IMAGENET_NORMALIZATION,
+    preprocessing: { geometry: { field: 360, size }, mpm: null },
+  });
   fresh.dispose();
-  const files = PBC_CLASSES.flatMap((c) => readdirSync(path.join(pbc, c)).filter((f) => !f.startsWith('.')).slice(0, quick ? 8 : 16).map((f) => path.join(pbc, c, f)));
+  const files = PBC_CLASSES.flatMap((c) =>
+    readdirSync(path.join(pbc, c))
+      .filter((f) => !f.startsWith('.'))
+      .slice(0, quick ? 8 : 16)
+      .map((f) => path.join(pbc, c, f)),
+  );
   const buffers = await Promise.all(files.map((f) => readFile(f)));
   const classifier = await loadClassifier(modelFile, { device: 'cpu', precision });
 
@@ -74,13 +83,42 @@ async function main(): Promise<void> {
   log('training steps, batch 32, with the data pipeline (augmentation, prefetch worker)');
   const pixels = size * size * 3;
   const set: ImageSet = { images: new Uint8Array(prepared.length * pixels), size, labels: new Int32Array(prepared.length), classes: [...PBC_CLASSES] };
-  prepared.forEach((image, i) => { set.images.set(image.data, i * pixels); set.labels[i] = i % 8; });
+  prepared.forEach((image, i) => {
+    set.images.set(image.data, i * pixels);
+    set.labels[i] = i % 8;
+  });
   const model = createModel('dualpath-atto', { numClasses: 8, inputSize: size });
   const steps: number[] = [];
   await train({
-    model, data: set, trainIndices: Int32Array.from(set.labels.keys()), valIndices: Int32Array.from([0, 1]), runDir: path.join(dir, 'run'), device: 'cpu', resume: false, workers: 1,
-    config: { epochs: quick ? 2 : 4, batchSize: 32, lr: 1e-3, minLr: 0, weightDecay: 0.05, warmupFraction: 0, labelSmoothing: 0.1, emaDecay: null, precision, clipGrad: 1, seed: 0, patience: null, augment: DEFAULT_AUGMENT, normalization: IMAGENET_NORMALIZATION, evalBatchSize: 64, checkpointMinutes: 60 },
-    onEvent: (event) => { if (event.type === 'step') steps.push(32 / event.imagesPerSecond); },
+    model,
+    data: set,
+    trainIndices: Int32Array.from(set.labels.keys()),
+    valIndices: Int32Array.from([0, 1]),
+    runDir: path.join(dir, 'run'),
+    device: 'cpu',
+    resume: false,
+    workers: 1,
+    config: {
+      epochs: quick ? 2 : 4,
+      batchSize: 32,
+      lr: 1e-3,
+      minLr: 0,
+      weightDecay: 0.05,
+      warmupFraction: 0,
+      labelSmoothing: 0.1,
+      emaDecay: null,
+      precision,
+      clipGrad: 1,
+      seed: 0,
+      patience: null,
+      augment: DEFAULT_AUGMENT,
+      normalization: IMAGENET_NORMALIZATION,
+      evalBatchSize: 64,
+      checkpointMinutes: 60,
+    },
+    onEvent: (event) => {
+      if (event.type === 'step') steps.push(32 / event.imagesPerSecond);
+    },
   });
   model.dispose();
   const trainImgS = 32 / median(steps.slice(1));
@@ -95,16 +133,31 @@ async function main(): Promise<void> {
     return (performance.now() - start) / decoded.length;
   };
   await perImage(normalised);
-  const [plainMs, normalisedMs] = [median([await perImage(plain), await perImage(plain), await perImage(plain)]), median([await perImage(normalised), await perImage(normalised), await perImage(normalised)])];
+  const [plainMs, normalisedMs] = [
+    median([await perImage(plain), await perImage(plain), await perImage(plain)]),
+    median([await perImage(normalised), await perImage(normalised), await perImage(normalised)]),
+  ];
   classifier.dispose();
   const cpu = E.cpuFeatures();
-  console.log(JSON.stringify({
-    bench: 'predict', quick, model: 'dualpath-atto', input_size: size, threads: E.numThreads(), precision,
-    cpu: { model: cpu.model, amx: cpu.amx, avx512_bf16: cpu.avx512bf16 },
-    prepare_ms: +plainMs.toFixed(2), prepare_scale_normalised_ms: +normalisedMs.toFixed(2), scale_ms: +(normalisedMs - plainMs).toFixed(2),
-    single_image_ms: +singleMs.toFixed(1), forward_img_s: +forwardImgS.toFixed(1), batch_img_s: +batchImgS.toFixed(1), train_img_s: +trainImgS.toFixed(1),
-    goals: { scale_ms: 10, single_image_ms: 35, forward_img_s: 95, batch_img_s: 60, train_img_s: 30 },
-  }));
+  console.log(
+    JSON.stringify({
+      bench: 'predict',
+      quick,
+      model: 'dualpath-atto',
+      input_size: size,
+      threads: E.numThreads(),
+      precision,
+      cpu: { model: cpu.model, amx: cpu.amx, avx512_bf16: cpu.avx512bf16 },
+      prepare_ms: +plainMs.toFixed(2),
+      prepare_scale_normalised_ms: +normalisedMs.toFixed(2),
+      scale_ms: +(normalisedMs - plainMs).toFixed(2),
+      single_image_ms: +singleMs.toFixed(1),
+      forward_img_s: +forwardImgS.toFixed(1),
+      batch_img_s: +batchImgS.toFixed(1),
+      train_img_s: +trainImgS.toFixed(1),
+      goals: { scale_ms: 10, single_image_ms: 35, forward_img_s: 95, batch_img_s: 60, train_img_s: 30 },
+    }),
+  );
 }
 
 await main();

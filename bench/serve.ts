@@ -51,7 +51,9 @@ async function inProcess(images: Buffer[]): Promise<{ singleMs: number; batchImg
 }
 
 async function startServer(): Promise<{ child: ChildProcess; url: string }> {
-  const child = spawn(process.execPath, ['bin/hemato.js', 'serve', '--host', '127.0.0.1', '--port', '0', '--json', '--timeout', '5'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, ['bin/hemato.js', 'serve', '--host', '127.0.0.1', '--port', '0', '--json', '--timeout', '5'], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   const line = await new Promise<string>((resolve, reject) => {
     child.stdout!.once('data', (data) => resolve(String(data)));
     child.once('exit', (code) => reject(new Error(`hemato serve exited with code ${code}`)));
@@ -85,17 +87,46 @@ async function load(url: string, images: Buffer[], clients: number, amount: numb
 
 /** Each abuse's status, and whether a good request right after it succeeded. */
 async function abuse(url: string, good: Buffer): Promise<Record<string, { status: number; next_ok: boolean }>> {
-  const post = (route: string, body: Uint8Array, type = 'application/octet-stream') => fetch(`${url}${route}`, { method: 'POST', body: body as BodyInit, headers: { 'content-type': type } }).then(async (r) => { await r.arrayBuffer(); return r.status; });
+  const post = (route: string, body: Uint8Array, type = 'application/octet-stream') =>
+    fetch(`${url}${route}`, { method: 'POST', body: body as BodyInit, headers: { 'content-type': type } }).then(async (r) => {
+      await r.arrayBuffer();
+      return r.status;
+    });
   const truncated = multipartBody([{ name: 'image', filename: 'cell.jpg', bytes: good }], { truncate: true });
   const traversal = multipartBody([{ name: 'image', filename: '../../etc/passwd', bytes: good }]);
   const cases: [string, () => Promise<number>][] = [
     ['truncated_multipart', () => post('/v1/classify', truncated.body, truncated.contentType)],
-    ['body_100mb', () => rawStatus(url, `POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: ${100 * 2 ** 20}\r\n\r\n`, Buffer.alloc(16 * 1024), 10_000)],
+    [
+      'body_100mb',
+      () =>
+        rawStatus(
+          url,
+          `POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: ${100 * 2 ** 20}\r\n\r\n`,
+          Buffer.alloc(16 * 1024),
+          10_000,
+        ),
+    ],
     ['decompression_bomb', async () => post('/v1/classify', await pngBomb())],
     ['non_image', () => post('/v1/classify', NOT_AN_IMAGE)],
     ['path_traversal_name', () => post('/v1/classify', traversal.body, traversal.contentType)],
-    ['path_traversal_folder', () => fetch(`${url}/v1/folder/file?path=..%2F..%2Fetc%2Fpasswd`).then(async (r) => { await r.arrayBuffer(); return r.status; })],
-    ['slow_client', () => rawStatus(url, 'POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\n', Buffer.alloc(100), 20_000)],
+    [
+      'path_traversal_folder',
+      () =>
+        fetch(`${url}/v1/folder/file?path=..%2F..%2Fetc%2Fpasswd`).then(async (r) => {
+          await r.arrayBuffer();
+          return r.status;
+        }),
+    ],
+    [
+      'slow_client',
+      () =>
+        rawStatus(
+          url,
+          'POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\n',
+          Buffer.alloc(100),
+          20_000,
+        ),
+    ],
   ];
   const outcome: Record<string, { status: number; next_ok: boolean }> = {};
   for (const [name, run] of cases) {
@@ -113,7 +144,9 @@ function rawStatus(url: string, head: string, body: Buffer, waitMs: number): Pro
     const socket = net.connect(Number(port), '127.0.0.1');
     let received = '';
     const timer = setTimeout(() => socket.destroy(), waitMs);
-    socket.on('data', (data) => { received += data.toString('latin1'); });
+    socket.on('data', (data) => {
+      received += data.toString('latin1');
+    });
     socket.on('error', () => undefined);
     socket.on('close', () => {
       clearTimeout(timer);
@@ -125,7 +158,13 @@ function rawStatus(url: string, head: string, body: Buffer, waitMs: number): Pro
 }
 
 async function main(): Promise<void> {
-  const files = PBC_CLASSES.flatMap((c) => readdirSync(path.join(pbc, c)).filter((f) => f.endsWith('.jpg') && !f.startsWith('.')).sort().slice(0, 4).map((f) => path.join(pbc, c, f)));
+  const files = PBC_CLASSES.flatMap((c) =>
+    readdirSync(path.join(pbc, c))
+      .filter((f) => f.endsWith('.jpg') && !f.startsWith('.'))
+      .sort()
+      .slice(0, 4)
+      .map((f) => path.join(pbc, c, f)),
+  );
   const images = files.map((f) => readFileSync(f));
   log(`in-process: single image and classifyBatch of 64 (${images.length} PBC images)`);
   const peer = await inProcess(images);
@@ -139,7 +178,11 @@ async function main(): Promise<void> {
     const idle: number[] = [];
     for (let i = 0; i < (quick ? 12 : 40); i++) {
       const start = performance.now();
-      const response = await fetch(`${url}/v1/classify?top_k=1`, { method: 'POST', body: images[i % images.length] as BodyInit, headers: { 'content-type': 'application/octet-stream' } });
+      const response = await fetch(`${url}/v1/classify?top_k=1`, {
+        method: 'POST',
+        body: images[i % images.length] as BodyInit,
+        headers: { 'content-type': 'application/octet-stream' },
+      });
       await response.arrayBuffer();
       idle.push(performance.now() - start);
     }
@@ -158,29 +201,35 @@ async function main(): Promise<void> {
     const at32 = phases[2];
     const at8 = phases[1];
     const cpu = E.cpuFeatures();
-    console.log(JSON.stringify({
-      bench: 'serve', quick, model: 'bundled convnext-atto', precision: peer.precision, threads: E.numThreads(),
-      cpu: { model: cpu.model, amx: cpu.amx, avx512_bf16: cpu.avx512bf16 },
-      peer_in_process: { single_image_ms: +peer.singleMs.toFixed(1), batch_img_s: +peer.batchImgS.toFixed(1) },
-      idle_single_request_ms: +idleMs.toFixed(1),
-      idle_ratio_vs_single_image: +(idleMs / peer.singleMs).toFixed(2),
-      phases,
-      throughput_ratio_vs_batch_32_clients: +(at32.img_s / peer.batchImgS).toFixed(2),
-      p99_limit_32_clients_ms: +((2 * 32 * 1000) / at32.img_s).toFixed(0),
-      requests_total: phases.reduce((sum, p) => sum + p.requests, 0),
-      rss_mb: { before: +(rssBefore / 2 ** 20).toFixed(1), after: +(rssAfter / 2 ** 20).toFixed(1), growth: +((rssAfter - rssBefore) / 2 ** 20).toFixed(1) },
-      abuse: abuses,
-      abuse_all_4xx_and_recovered: Object.values(abuses).every((a) => a.status >= 400 && a.status < 500 && a.next_ok),
-      goals: { throughput_ratio_vs_batch_32_clients: 0.8, errors_32_clients: 0, rss_growth_mb: 50, p99_8_clients_ms: 250, idle_ratio_vs_single_image: 1.5 },
-      met: {
-        throughput: at32.img_s >= 0.8 * peer.batchImgS,
-        errors: at32.errors === 0,
-        rss: (rssAfter - rssBefore) / 2 ** 20 <= 50,
-        p99_8_clients: at8.p99_ms <= 250,
-        p99_32_clients: at32.p99_ms <= (2 * 32 * 1000) / at32.img_s,
-        idle: idleMs <= 1.5 * peer.singleMs,
-      },
-    }));
+    console.log(
+      JSON.stringify({
+        bench: 'serve',
+        quick,
+        model: 'bundled convnext-atto',
+        precision: peer.precision,
+        threads: E.numThreads(),
+        cpu: { model: cpu.model, amx: cpu.amx, avx512_bf16: cpu.avx512bf16 },
+        peer_in_process: { single_image_ms: +peer.singleMs.toFixed(1), batch_img_s: +peer.batchImgS.toFixed(1) },
+        idle_single_request_ms: +idleMs.toFixed(1),
+        idle_ratio_vs_single_image: +(idleMs / peer.singleMs).toFixed(2),
+        phases,
+        throughput_ratio_vs_batch_32_clients: +(at32.img_s / peer.batchImgS).toFixed(2),
+        p99_limit_32_clients_ms: +((2 * 32 * 1000) / at32.img_s).toFixed(0),
+        requests_total: phases.reduce((sum, p) => sum + p.requests, 0),
+        rss_mb: { before: +(rssBefore / 2 ** 20).toFixed(1), after: +(rssAfter / 2 ** 20).toFixed(1), growth: +((rssAfter - rssBefore) / 2 ** 20).toFixed(1) },
+        abuse: abuses,
+        abuse_all_4xx_and_recovered: Object.values(abuses).every((a) => a.status >= 400 && a.status < 500 && a.next_ok),
+        goals: { throughput_ratio_vs_batch_32_clients: 0.8, errors_32_clients: 0, rss_growth_mb: 50, p99_8_clients_ms: 250, idle_ratio_vs_single_image: 1.5 },
+        met: {
+          throughput: at32.img_s >= 0.8 * peer.batchImgS,
+          errors: at32.errors === 0,
+          rss: (rssAfter - rssBefore) / 2 ** 20 <= 50,
+          p99_8_clients: at8.p99_ms <= 250,
+          p99_32_clients: at32.p99_ms <= (2 * 32 * 1000) / at32.img_s,
+          idle: idleMs <= 1.5 * peer.singleMs,
+        },
+      }),
+    );
   } finally {
     child.kill('SIGTERM');
   }

@@ -18,7 +18,9 @@ function fromRoot(root, source) {
 function fromPython() {
   try {
     const out = execFileSync('python3', ['-c', 'import os, torch; print(os.path.dirname(torch.__file__))'], {
-      encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 60_000,
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+      timeout: 60_000,
     }).trim();
     return out ? fromRoot(out, `python3 torch package (${out})`) : undefined;
   } catch {
@@ -44,8 +46,10 @@ export function locateLibtorch() {
   }
   const found = fromPython() ?? fromSystem();
   if (!found) {
-    throw new Error('libtorch not found. Install it with: apt-get install -y libtorch-dev libopenblas0-pthread ' +
-      '(or point LIBTORCH at a libtorch directory or a PyTorch installation).');
+    throw new Error(
+      'libtorch not found. Install it with: apt-get install -y libtorch-dev libopenblas0-pthread ' +
+        '(or point LIBTORCH at a libtorch directory or a PyTorch installation).',
+    );
   }
   return withLibs(found);
 }

@@ -1,5 +1,16 @@
 // hemato's library entry point: classification first, then the layers beneath it for those who build on them.
-export { loadClassifier, Classifier, BUNDLED_MODEL, type Classification, type ClassificationError, type ClassificationErrorCode, type ClassifierOptions, type Prediction, type ImageInput, type UncertainReason } from './api/classifier.js';
+export {
+  loadClassifier,
+  Classifier,
+  BUNDLED_MODEL,
+  type Classification,
+  type ClassificationError,
+  type ClassificationErrorCode,
+  type ClassifierOptions,
+  type Prediction,
+  type ImageInput,
+  type UncertainReason,
+} from './api/classifier.js';
 export { overlayPng, camValues, type Explanation, type ExplainOptions, type ExplainPath, type OverlayOptions } from './api/explain.js';
 export type { ScaleReport } from './data/prepare.js';
 export { createModel, listModels } from './models/registry.js';

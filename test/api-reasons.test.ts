@@ -23,9 +23,23 @@ async function modelFile(ood: { threshold: number } | null): Promise<string> {
   const features = 320;
   const file = path.join(dir, `model-${ood ? ood.threshold : 'plain'}.safetensors`);
   await saveModel(file, model, {
-    classes: [...PBC_CLASSES], normalization: IMAGENET_NORMALIZATION, uncertaintyThreshold: 0,
-    preprocessing: { geometry: { field: 360, size: 64 }, mpm: null, scale: { rbcDiameter: 73, rbcDiameterUm: 7.5, nucleusExtent: 114 }, background: [255, 229, 202] },
-    ood: ood && { kind: 'mahalanobis', threshold: ood.threshold, validationFlagged: 0.04, features, means: new Float32Array(8 * features), precision: Float32Array.from({ length: features * features }, (_, i) => (i % (features + 1) === 0 ? 1 : 0)) },
+    classes: [...PBC_CLASSES],
+    normalization: IMAGENET_NORMALIZATION,
+    uncertaintyThreshold: 0,
+    preprocessing: {
+      geometry: { field: 360, size: 64 },
+      mpm: null,
+      scale: { rbcDiameter: 73, rbcDiameterUm: 7.5, nucleusExtent: 114 },
+      background: [255, 229, 202],
+    },
+    ood: ood && {
+      kind: 'mahalanobis',
+      threshold: ood.threshold,
+      validationFlagged: 0.04,
+      features,
+      means: new Float32Array(8 * features),
+      precision: Float32Array.from({ length: features * features }, (_, i) => (i % (features + 1) === 0 ? 1 : 0)),
+    },
   });
   model.dispose();
   return file;
@@ -74,10 +88,15 @@ test('each reason from its cause: an empty field has no single cell, a stated pi
 
 test('fitDetector: statistics from training images, a threshold that flags the chosen share of validation images', async () => {
   const classifier = await loadClassifier(await modelFile(null), { device: 'cpu', precision: 'fp32' });
-  const items = (per: number, offset: number) => PBC_CLASSES.flatMap((label) => {
-    const folder = path.join(PBC, label);
-    return readdirSync(folder).filter((f) => f.endsWith('.jpg')).sort().slice(offset, offset + per).map((file) => ({ file: `${label}/${file}`, path: path.join(folder, file), label }));
-  });
+  const items = (per: number, offset: number) =>
+    PBC_CLASSES.flatMap((label) => {
+      const folder = path.join(PBC, label);
+      return readdirSync(folder)
+        .filter((f) => f.endsWith('.jpg'))
+        .sort()
+        .slice(offset, offset + per)
+        .map((file) => ({ file: `${label}/${file}`, path: path.join(folder, file), label }));
+    });
   const ood = await fitDetector(classifier, items(3, 0), items(3, 3), { flagged: 0.25 });
   assert.equal(ood.features, 320);
   assert.equal(ood.means.length, 8 * 320);

@@ -9,13 +9,18 @@ const LAYERS = ['engine', 'nn', 'models', 'preprocess', 'data', 'eval', 'train',
 const SRC = path.resolve('src');
 
 function sources(dir: string): string[] {
-  return readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? sources(path.join(dir, e.name)) : e.name.endsWith('.ts') ? [path.join(dir, e.name)] : []));
+  return readdirSync(dir, { withFileTypes: true }).flatMap((e) =>
+    e.isDirectory() ? sources(path.join(dir, e.name)) : e.name.endsWith('.ts') ? [path.join(dir, e.name)] : [],
+  );
 }
 
 const layerOf = (file: string) => path.relative(SRC, file).split(path.sep)[0];
 
 function imports(file: string, text = readFileSync(file, 'utf8')): { target: string; specifier: string }[] {
-  return [...text.matchAll(/(?:\bfrom\s+|\bimport\s*\(\s*|^import\s+)'(\.{1,2}\/[^']+)'/gm)].map((m) => ({ specifier: m[1], target: path.resolve(path.dirname(file), m[1]) }));
+  return [...text.matchAll(/(?:\bfrom\s+|\bimport\s*\(\s*|^import\s+)'(\.{1,2}\/[^']+)'/gm)].map((m) => ({
+    specifier: m[1],
+    target: path.resolve(path.dirname(file), m[1]),
+  }));
 }
 
 test('no module imports from a layer above its own', () => {
@@ -46,6 +51,10 @@ test('the classifier does not load the trainer, directly or through what it impo
 
 test('the check itself sees static, type-only and dynamic imports', () => {
   const file = path.join(SRC, 'engine/example.ts');
-  const text = "import { a } from '../api/classifier.js';\nimport type { B } from '../train/trainer.js';\nconst c = await import('../cli/main.js');\nimport './tensor.js';\n";
-  assert.deepEqual(imports(file, text).map((i) => layerOf(i.target)), ['api', 'train', 'cli', 'engine']);
+  const text =
+    "import { a } from '../api/classifier.js';\nimport type { B } from '../train/trainer.js';\nconst c = await import('../cli/main.js');\nimport './tensor.js';\n";
+  assert.deepEqual(
+    imports(file, text).map((i) => layerOf(i.target)),
+    ['api', 'train', 'cli', 'engine'],
+  );
 });

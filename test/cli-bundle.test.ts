@@ -19,12 +19,18 @@ const MODEL = path.join(ROOT, 'models/hemato-convnext-atto.safetensors');
 
 test('the runtime modules are the dependency closure, without dev dependencies', () => {
   const modules = runtimeModules(ROOT);
-  const pkg = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { dependencies: Record<string, string>; devDependencies: Record<string, string> };
+  const pkg = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as {
+    dependencies: Record<string, string>;
+    devDependencies: Record<string, string>;
+  };
   for (const dep of Object.keys(pkg.dependencies)) assert.ok(modules.includes(`node_modules/${dep}`), `${dep} is bundled`);
   for (const dep of Object.keys(pkg.devDependencies)) assert.ok(!modules.includes(`node_modules/${dep}`), `${dep} (dev) stays out`);
   // sharp's own needs come along: its dependencies and the prebuilt libvips of this platform.
   assert.ok(modules.includes('node_modules/detect-libc'));
-  assert.ok(modules.some((m) => m.startsWith(`node_modules/@img/sharp-${process.platform}-${process.arch}`)), modules.join());
+  assert.ok(
+    modules.some((m) => m.startsWith(`node_modules/@img/sharp-${process.platform}-${process.arch}`)),
+    modules.join(),
+  );
   for (const m of modules) assert.ok(existsSync(path.join(ROOT, m, 'package.json')), m);
 });
 
@@ -71,10 +77,13 @@ test('links are staged as the files they point to, and counted at their size', a
     mkdirSync(pack);
     symlinkSync(weights, path.join(pack, 'part.bin'));
     const staging = path.join(work, 'staging');
-    const parts = await stage([
-      { part: 'model', from: link, to: `${BUNDLE_DIR}/app/models/model.safetensors` },
-      { part: 'pack', from: pack, to: `${BUNDLE_DIR}/data/pack` },
-    ], staging);
+    const parts = await stage(
+      [
+        { part: 'model', from: link, to: `${BUNDLE_DIR}/app/models/model.safetensors` },
+        { part: 'pack', from: pack, to: `${BUNDLE_DIR}/data/pack` },
+      ],
+      staging,
+    );
     for (const staged of ['app/models/model.safetensors', 'data/pack/part.bin']) {
       const file = path.join(staging, BUNDLE_DIR, staged);
       assert.ok(lstatSync(file).isFile(), `${staged} is a file, not a link`);
@@ -103,7 +112,12 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     const tmp = path.join(work, 'tmp');
     mkdirSync(tmp);
     const out = path.join(work, 'hemato.tar.xz');
-    const child = spawn(process.execPath, [BIN, 'bundle', '--out', out, '--xz-level', '0'], { cwd: ROOT, env: { ...process.env, TMPDIR: tmp }, stdio: 'ignore', timeout: 120_000 });
+    const child = spawn(process.execPath, [BIN, 'bundle', '--out', out, '--xz-level', '0'], {
+      cwd: ROOT,
+      env: { ...process.env, TMPDIR: tmp },
+      stdio: 'ignore',
+      timeout: 120_000,
+    });
     try {
       const ended = new Promise<NodeJS.Signals | null>((resolve) => child.on('exit', (_code, sig) => resolve(sig)));
       // Copying has begun once the staging folder holds the bundle's top folder.
@@ -129,7 +143,12 @@ test('a bundle that fails part-way removes its staging folder', { timeout: 120_0
     mkdirSync(pack);
     symlinkSync(path.join(work, 'gone.bin'), path.join(pack, 'part.bin'));
     const out = path.join(work, 'hemato.tar.xz');
-    const run = spawnSync(process.execPath, [BIN, 'bundle', '--out', out, '--no-model', '--pack', pack, '--xz-level', '0'], { cwd: ROOT, env: { ...process.env, TMPDIR: tmp }, encoding: 'utf8', timeout: 120_000 });
+    const run = spawnSync(process.execPath, [BIN, 'bundle', '--out', out, '--no-model', '--pack', pack, '--xz-level', '0'], {
+      cwd: ROOT,
+      env: { ...process.env, TMPDIR: tmp },
+      encoding: 'utf8',
+      timeout: 120_000,
+    });
     assert.equal(run.status, 1, run.stderr);
     assert.match(run.stderr, /hemato: bundle: .*part\.bin/);
     assert.deepEqual(stagingFolders(tmp), []);
@@ -159,10 +178,25 @@ test('bundle: written, extracted outside the repository, checked, built and run'
     const untar = spawnSync('tar', ['-xJf', archive, '-C', clean], { encoding: 'utf8', timeout: 60_000 });
     assert.equal(untar.status, 0, untar.stderr);
     const top = path.join(clean, BUNDLE_DIR);
-    for (const file of ['run.sh', 'gpu-check.sh', 'MANIFEST.json', 'node/node.xz', 'app/bin/hemato.js', 'app/dist/src/cli/main.js',
-      'app/native/src/addon.cc', 'app/native/napi-include/node_api.h', 'app/node_modules/node-addon-api/napi.h',
-      'app/node_modules/commander/package.json', 'app/dist/test/engine-cuda.test.js', 'app/dist/bench/cuda-block.js', 'app/dist/bench/blocks.js',
-      'app/bench/peers/torch_cuda_block.py', 'app/models/hemato-convnext-atto.safetensors', 'app/src/serve/page/index.html', 'app/node_modules/fastify/package.json']) {
+    for (const file of [
+      'run.sh',
+      'gpu-check.sh',
+      'MANIFEST.json',
+      'node/node.xz',
+      'app/bin/hemato.js',
+      'app/dist/src/cli/main.js',
+      'app/native/src/addon.cc',
+      'app/native/napi-include/node_api.h',
+      'app/node_modules/node-addon-api/napi.h',
+      'app/node_modules/commander/package.json',
+      'app/dist/test/engine-cuda.test.js',
+      'app/dist/bench/cuda-block.js',
+      'app/dist/bench/blocks.js',
+      'app/bench/peers/torch_cuda_block.py',
+      'app/models/hemato-convnext-atto.safetensors',
+      'app/src/serve/page/index.html',
+      'app/node_modules/fastify/package.json',
+    ]) {
       assert.ok(existsSync(path.join(top, file)), `${file} is in the bundle`);
     }
     assert.ok(!existsSync(path.join(top, 'app/node_modules/typescript')), 'no dev dependencies');
@@ -175,7 +209,12 @@ test('bundle: written, extracted outside the repository, checked, built and run'
       const found = spawnSync('bash', ['-c', `command -v ${tool}`], { encoding: 'utf8', timeout: 10_000 }).stdout.trim();
       if (found) symlinkSync(found, path.join(bin, tool));
     }
-    const bare = spawnSync(path.join(bin, 'bash'), [path.join(top, 'run.sh'), '--check'], { cwd: clean, encoding: 'utf8', env: { PATH: bin, LIBTORCH: '' }, timeout: 60_000 });
+    const bare = spawnSync(path.join(bin, 'bash'), [path.join(top, 'run.sh'), '--check'], {
+      cwd: clean,
+      encoding: 'utf8',
+      env: { PATH: bin, LIBTORCH: '' },
+      timeout: 60_000,
+    });
     assert.equal(bare.status, 3, bare.stderr);
     assert.match(bare.stderr, /missing: g\+\+/);
     assert.match(bare.stderr, /python3 not found/);

@@ -9,7 +9,12 @@ import path from 'node:path';
 import * as E from '../src/engine/index.js';
 import { SHARED } from './helpers.js';
 
-interface Check { name: string; ok: boolean; detail: string; fixes?: string[] }
+interface Check {
+  name: string;
+  ok: boolean;
+  detail: string;
+  fixes?: string[];
+}
 
 function hemato(args: string[], env: Record<string, string> = {}) {
   return spawnSync(process.execPath, ['bin/hemato.js', ...args], { encoding: 'utf8', env: { ...process.env, ...env }, timeout: 120_000 });
@@ -78,7 +83,10 @@ test('an invalid HEMATO_NUM_THREADS stops a command with one clear line, not a s
     const run = hemato(['predict', image], { HEMATO_NUM_THREADS: value });
     assert.equal(run.signal, null, `${value}: killed by ${run.signal}`);
     assert.equal(run.status, 1, value);
-    assert.equal(run.stderr, `hemato: HEMATO_NUM_THREADS must be a positive integer in 1..${MAX_THREADS} (up to 4 threads per core; ${availableParallelism()} cores here), got '${value}'\n`);
+    assert.equal(
+      run.stderr,
+      `hemato: HEMATO_NUM_THREADS must be a positive integer in 1..${MAX_THREADS} (up to 4 threads per core; ${availableParallelism()} cores here), got '${value}'\n`,
+    );
   }
 });
 
@@ -94,7 +102,8 @@ test('help and commands that need no libtorch run without the addon', (t) => {
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   for (const label of ['basophil', 'eosinophil']) {
     mkdirSync(path.join(dir, 'data', label), { recursive: true });
-    for (const file of readdirSync(path.join(SHARED, 'data/pbc', label)).slice(0, 2)) copyFileSync(path.join(SHARED, 'data/pbc', label, file), path.join(dir, 'data', label, file));
+    for (const file of readdirSync(path.join(SHARED, 'data/pbc', label)).slice(0, 2))
+      copyFileSync(path.join(SHARED, 'data/pbc', label, file), path.join(dir, 'data', label, file));
   }
   const split = hemato(['split', path.join(dir, 'data'), '--classes', 'basophil,eosinophil', '--val', '0.5', '--out', path.join(dir, 'split.csv')], noAddon);
   assert.equal(split.status, 0, split.stderr);
@@ -103,10 +112,16 @@ test('help and commands that need no libtorch run without the addon', (t) => {
   // A command that needs libtorch says so in one message with its fixes.
   const predict = hemato(['predict', path.join(dir, 'data')], noAddon);
   assert.equal(predict.status, 1);
-  assert.match(predict.stderr, /^hemato: the native addon \/nonexistent\/hemato_native\.node could not be loaded: HEMATO_ADDON names a file that does not exist\nPossible fixes:\n/);
+  assert.match(
+    predict.stderr,
+    /^hemato: the native addon \/nonexistent\/hemato_native\.node could not be loaded: HEMATO_ADDON names a file that does not exist\nPossible fixes:\n/,
+  );
   assert.doesNotMatch(predict.stderr, /^\s+at /m);
 });
 
 test('unknown commands are usage errors with exit code 2', () => {
-  assert.throws(() => execFileSync(process.execPath, ['bin/hemato.js', 'frobnicate'], { stdio: 'pipe' }), (error: { status: number }) => error.status === 2);
+  assert.throws(
+    () => execFileSync(process.execPath, ['bin/hemato.js', 'frobnicate'], { stdio: 'pipe' }),
+    (error: { status: number }) => error.status === 2,
+  );
 });

@@ -28,12 +28,20 @@ const PARTS = { neutrophil: ['train', 'train', 'val'], platelet: ['train', 'val'
 async function fixtures(): Promise<void> {
   E.manualSeed(0);
   const model = createModel('convnext-only', { numClasses: 8, inputSize: 64 });
-  await saveModel(modelFile, model, { classes: [...PBC_CLASSES], normalization: IMAGENET_NORMALIZATION, preprocessing: { geometry: { field: null, size: 64 }, mpm: null }, provenance: { date: CREATED } });
+  await saveModel(modelFile, model, {
+    classes: [...PBC_CLASSES],
+    normalization: IMAGENET_NORMALIZATION,
+    preprocessing: { geometry: { field: null, size: 64 }, mpm: null },
+    provenance: { date: CREATED },
+  });
   model.dispose();
   const rows = ['file,label,part'];
   for (const [label, parts] of Object.entries(PARTS)) {
     mkdirSync(path.join(data, label), { recursive: true });
-    const names = readdirSync(path.join(SHARED, 'data/pbc', label)).filter((n) => n.endsWith('.jpg') && !n.startsWith('.')).sort().slice(0, parts.length);
+    const names = readdirSync(path.join(SHARED, 'data/pbc', label))
+      .filter((n) => n.endsWith('.jpg') && !n.startsWith('.'))
+      .sort()
+      .slice(0, parts.length);
     names.forEach((name, i) => {
       copyFileSync(path.join(SHARED, 'data/pbc', label, name), path.join(data, label, name));
       rows.push(`${label}/${name},${label},${parts[i]}`);
@@ -54,7 +62,12 @@ interface Report {
   skipped: { path: string; reason: string }[];
   model_info: Record<string, string>;
 }
-const supports = (report: Report) => Object.fromEntries(Object.entries(report.per_class).filter(([, m]) => m.support > 0).map(([c, m]) => [c, m.support]));
+const supports = (report: Report) =>
+  Object.fromEntries(
+    Object.entries(report.per_class)
+      .filter(([, m]) => m.support > 0)
+      .map(([c, m]) => [c, m.support]),
+  );
 
 test('eval --split scores the validation part by default, and names the model', async () => {
   await ready;
@@ -80,7 +93,10 @@ test('eval --part picks the rows of one part, with paths relative to --images', 
   assert.equal(train.status, 1, train.stderr);
   const report = JSON.parse(train.stdout) as Report;
   assert.deepEqual(supports(report), { neutrophil: 2, platelet: 1 });
-  assert.deepEqual(report.skipped.map((s) => s.path), ['neutrophil/gone.jpg']);
+  assert.deepEqual(
+    report.skipped.map((s) => s.path),
+    ['neutrophil/gone.jpg'],
+  );
   assert.match(train.stderr, /1 files could not be evaluated/);
 });
 

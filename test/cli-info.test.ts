@@ -23,7 +23,12 @@ after(() => rmSync(dir, { recursive: true, force: true }));
 
 const FEATURES = 320;
 const PROVENANCE = { date: '2026-01-02T03:04:05.000Z', git_commit: 'abc123', validation: { accuracy: 0.97 } };
-const RECIPE = { geometry: { field: 300, size: 64 }, mpm: null, scale: { rbcDiameter: 73, rbcDiameterUm: 7.5, nucleusExtent: 114 }, background: [250, 230, 200] };
+const RECIPE = {
+  geometry: { field: 300, size: 64 },
+  mpm: null,
+  scale: { rbcDiameter: 73, rbcDiameterUm: 7.5, nucleusExtent: 114 },
+  background: [250, 230, 200],
+};
 
 /** A tiny calibrated model with a detector and provenance, and one with none of them. */
 async function models(): Promise<{ full: string; bare: string }> {
@@ -31,9 +36,33 @@ async function models(): Promise<{ full: string; bare: string }> {
   const model = createModel('convnext-only', { numClasses: 8, inputSize: 64 });
   const full = path.join(dir, 'full.safetensors');
   const bare = path.join(dir, 'bare.safetensors');
-  const ood = { kind: 'mahalanobis' as const, threshold: 123.5, validationFlagged: 0.05, features: FEATURES, means: new Float32Array(8 * FEATURES), precision: new Float32Array(FEATURES * FEATURES) };
-  await saveModel(full, model, { classes: [...PBC_CLASSES], normalization: IMAGENET_NORMALIZATION, temperature: 1.25, uncertaintyThreshold: 0.8, preprocessing: RECIPE, provenance: PROVENANCE, ood }, { dtype: 'float16' });
-  await saveModel(bare, model, { classes: [...PBC_CLASSES], normalization: IMAGENET_NORMALIZATION, preprocessing: { geometry: { field: null, size: 64 }, mpm: null } });
+  const ood = {
+    kind: 'mahalanobis' as const,
+    threshold: 123.5,
+    validationFlagged: 0.05,
+    features: FEATURES,
+    means: new Float32Array(8 * FEATURES),
+    precision: new Float32Array(FEATURES * FEATURES),
+  };
+  await saveModel(
+    full,
+    model,
+    {
+      classes: [...PBC_CLASSES],
+      normalization: IMAGENET_NORMALIZATION,
+      temperature: 1.25,
+      uncertaintyThreshold: 0.8,
+      preprocessing: RECIPE,
+      provenance: PROVENANCE,
+      ood,
+    },
+    { dtype: 'float16' },
+  );
+  await saveModel(bare, model, {
+    classes: [...PBC_CLASSES],
+    normalization: IMAGENET_NORMALIZATION,
+    preprocessing: { geometry: { field: null, size: 64 }, mpm: null },
+  });
   model.dispose();
   return { full, bare };
 }
@@ -51,7 +80,13 @@ test('info --json prints the card: identity, input and preprocessing, calibratio
   const run = hemato(['info', full, '--json'], { HEMATO_ADDON: '/nonexistent/hemato_native.node' });
   assert.equal(run.status, 0, run.stderr);
   const card = JSON.parse(run.stdout);
-  assert.deepEqual(card.model_info, { name: 'full.safetensors', architecture: 'convnext-only', sha256: sha256(full), hemato_version: VERSION, created: PROVENANCE.date });
+  assert.deepEqual(card.model_info, {
+    name: 'full.safetensors',
+    architecture: 'convnext-only',
+    sha256: sha256(full),
+    hemato_version: VERSION,
+    created: PROVENANCE.date,
+  });
   assert.equal(card.file, full);
   assert.equal(card.bytes, statSync(full).size);
   assert.equal(card.dtype, 'float16');
@@ -78,7 +113,13 @@ test('info prints the card for people, and says what a model lacks', async () =>
 
   const plain = hemato(['info', bare]);
   assert.equal(plain.status, 0, plain.stderr);
-  for (const line of [/^input +64 px from the largest centred square$/m, /^scale +none/m, /^temperature +none \(not calibrated\)$/m, /^out-of-distribution +no detector$/m]) assert.match(plain.stdout, line);
+  for (const line of [
+    /^input +64 px from the largest centred square$/m,
+    /^scale +none/m,
+    /^temperature +none \(not calibrated\)$/m,
+    /^out-of-distribution +no detector$/m,
+  ])
+    assert.match(plain.stdout, line);
 });
 
 test('model_info takes the date from the provenance, else the file time', async () => {
@@ -106,10 +147,18 @@ test('info without a model shows the bundled one; a file that is no model is ref
 test('predict --json names the model that made it', async () => {
   const { full } = await ready;
   const image = path.join(dir, 'cell.png');
-  await sharp({ create: { width: 80, height: 80, channels: 3, background: { r: 200, g: 120, b: 160 } } }).png().toFile(image);
+  await sharp({ create: { width: 80, height: 80, channels: 3, background: { r: 200, g: 120, b: 160 } } })
+    .png()
+    .toFile(image);
   const run = hemato(['predict', '--model', full, '--json', image]);
   assert.equal(run.status, 0, run.stderr);
   const report = JSON.parse(run.stdout);
   assert.equal(report.model, 'convnext-only');
-  assert.deepEqual(report.model_info, { name: 'full.safetensors', architecture: 'convnext-only', sha256: sha256(full), hemato_version: VERSION, created: PROVENANCE.date });
+  assert.deepEqual(report.model_info, {
+    name: 'full.safetensors',
+    architecture: 'convnext-only',
+    sha256: sha256(full),
+    hemato_version: VERSION,
+    created: PROVENANCE.date,
+  });
 });

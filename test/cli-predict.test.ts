@@ -22,7 +22,18 @@ const modelFile = path.join(dir, 'model.safetensors');
 async function fixtures(): Promise<{ good: string[]; bad: string[]; folder: string }> {
   E.manualSeed(0);
   const model = createModel('convnext-only', { numClasses: 8, inputSize: 64 });
-  await saveModel(modelFile, model, { classes: [...PBC_CLASSES], normalization: IMAGENET_NORMALIZATION, temperature: 1.5, uncertaintyThreshold: 0.9, preprocessing: { geometry: { field: null, size: 64 }, mpm: null } }, { dtype: 'float16' });
+  await saveModel(
+    modelFile,
+    model,
+    {
+      classes: [...PBC_CLASSES],
+      normalization: IMAGENET_NORMALIZATION,
+      temperature: 1.5,
+      uncertaintyThreshold: 0.9,
+      preprocessing: { geometry: { field: null, size: 64 }, mpm: null },
+    },
+    { dtype: 'float16' },
+  );
   model.dispose();
   const folder = path.join(dir, 'data');
   const good: string[] = [];
@@ -30,7 +41,9 @@ async function fixtures(): Promise<{ good: string[]; bad: string[]; folder: stri
     mkdirSync(path.join(folder, label), { recursive: true });
     for (let i = 0; i < 2; i++) {
       const file = path.join(folder, label, `${label}_${i}.png`);
-      await sharp({ create: { width: 90 + i, height: 80, channels: 3, background: { r: 200, g: 100 + 50 * i, b: 150 } } }).png().toFile(file);
+      await sharp({ create: { width: 90 + i, height: 80, channels: 3, background: { r: 200, g: 100 + 50 * i, b: 150 } } })
+        .png()
+        .toFile(file);
       good.push(file);
     }
   }
@@ -60,7 +73,7 @@ test('loadClassifier().classify returns top-k labels with probabilities and an u
 test('hemato predict --json classifies good files and reports bad ones without stopping', async () => {
   const { good, bad } = await ready;
   const outcome = await run(process.execPath, ['bin/hemato.js', 'predict', '--model', modelFile, '--json', ...good, ...bad]).catch((e) => e);
-  assert.equal(outcome.code, 1);  // some files failed
+  assert.equal(outcome.code, 1); // some files failed
   const report = JSON.parse(outcome.stdout);
   assert.equal(report.results.length, 6);
   assert.equal(report.failed, 2);
@@ -77,7 +90,9 @@ test('hemato calibrate fits a temperature and a threshold and stores them in a n
   for (const label of ['eosinophil', 'monocyte']) {
     mkdirSync(path.join(calibration, label), { recursive: true });
     for (let i = 0; i < 12; i++) {
-      await sharp({ create: { width: 70, height: 70, channels: 3, background: { r: 10 * i, g: label === 'monocyte' ? 200 : 40, b: 90 } } }).png().toFile(path.join(calibration, label, `${i}.png`));
+      await sharp({ create: { width: 70, height: 70, channels: 3, background: { r: 10 * i, g: label === 'monocyte' ? 200 : 40, b: 90 } } })
+        .png()
+        .toFile(path.join(calibration, label, `${i}.png`));
     }
   }
   const out = path.join(dir, 'calibrated.safetensors');
@@ -94,7 +109,9 @@ test('hemato calibrate fits a temperature and a threshold and stores them in a n
   assert.ok(validation.accuracy >= 0 && validation.accuracy <= 1 && validation.macro_f1 >= 0);
   // --tta fits the averaged views' calibration beside the single view's, which stays as it was.
   const withTta = path.join(dir, 'calibrated-tta.safetensors');
-  const ttaSummary = JSON.parse((await run(process.execPath, ['bin/hemato.js', 'calibrate', calibration, '--model', out, '--out', withTta, '--tta', '--json'])).stdout);
+  const ttaSummary = JSON.parse(
+    (await run(process.execPath, ['bin/hemato.js', 'calibrate', calibration, '--model', out, '--out', withTta, '--tta', '--json'])).stdout,
+  );
   const [single, averaged] = [await loadClassifier(withTta), await loadClassifier(withTta, { tta: true })];
   assert.equal(single.temperature, summary.temperature);
   assert.deepEqual(single.metadata.tta, { temperature: ttaSummary.temperature, uncertaintyThreshold: ttaSummary.uncertainty_threshold });
@@ -109,10 +126,14 @@ test('hemato calibrate fits a temperature and a threshold and stores them in a n
 test('hemato eval --json reports the required keys on a folder with bad files', async () => {
   const { folder } = await ready;
   // Two files cannot be read: the figures are printed, and the exit code says that some were left out.
-  const failed = await run(process.execPath, ['bin/hemato.js', 'eval', folder, '--model', modelFile, '--json', '--report', path.join(dir, 'report')]).then(() => null, (error: { code: number; stdout: string }) => error);
+  const failed = await run(process.execPath, ['bin/hemato.js', 'eval', folder, '--model', modelFile, '--json', '--report', path.join(dir, 'report')]).then(
+    () => null,
+    (error: { code: number; stdout: string }) => error,
+  );
   assert.equal(failed?.code, 1);
   const report = JSON.parse(failed!.stdout);
-  for (const key of ['n', 'accuracy', 'balanced_accuracy', 'macro_f1', 'per_class', 'confusion_matrix', 'ece', 'ece_uncalibrated', 'nll']) assert.ok(key in report, key);
+  for (const key of ['n', 'accuracy', 'balanced_accuracy', 'macro_f1', 'per_class', 'confusion_matrix', 'ece', 'ece_uncalibrated', 'nll'])
+    assert.ok(key in report, key);
   assert.equal(report.n, 4);
   assert.deepEqual(report.classes_evaluated, ['neutrophil', 'platelet']);
   assert.equal(report.skipped.length, 2);
@@ -128,7 +149,9 @@ test('the bundled model loads and classifies PBC cells, one of each class', asyn
   // The first images of each class folder; most of them were training images, so this checks the file and the
   // pipeline end to end, not accuracy (docs/results.md has that).
   const files = PBC_CLASSES.map((label) => {
-    const name = readdirSync(path.join(pbc, label)).filter((f) => !f.startsWith('.')).sort()[0];
+    const name = readdirSync(path.join(pbc, label))
+      .filter((f) => !f.startsWith('.'))
+      .sort()[0];
     return path.join(pbc, label, name);
   });
   const results = await classifier.classifyBatch(files);

@@ -7,7 +7,11 @@ import { promisify } from 'node:util';
 
 const run = promisify(execFile);
 const cell = path.resolve('../shared/data/pbc/eosinophil/EO_101772.jpg');
-const hemato = (...args: string[]) => run(process.execPath, ['bin/hemato.js', ...args], { timeout: 60_000 }).then((r) => ({ code: 0, ...r }), (e: { code: number; stdout: string; stderr: string }) => e);
+const hemato = (...args: string[]) =>
+  run(process.execPath, ['bin/hemato.js', ...args], { timeout: 60_000 }).then(
+    (r) => ({ code: 0, ...r }),
+    (e: { code: number; stdout: string; stderr: string }) => e,
+  );
 
 test('predict reports the scale used: estimated from red cells by default, given with --pixel-size', async () => {
   const estimated = JSON.parse((await hemato('predict', cell, '--json')).stdout).results[0];

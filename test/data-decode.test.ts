@@ -24,7 +24,10 @@ function pixel(image: { width: number; data: Uint8Array }, x: number, y: number)
   return [...image.data.subarray((y * image.width + x) * 3, (y * image.width + x) * 3 + 3)];
 }
 function near(actual: number[], expected: number[], tolerance: number, what: string): void {
-  assert.ok(actual.every((v, i) => Math.abs(v - expected[i]) <= tolerance), `${what}: got ${actual}, expected ${expected} ±${tolerance}`);
+  assert.ok(
+    actual.every((v, i) => Math.abs(v - expected[i]) <= tolerance),
+    `${what}: got ${actual}, expected ${expected} ±${tolerance}`,
+  );
 }
 async function rejects(bytes: Uint8Array, code: string, message: RegExp, maxPixels?: number): Promise<void> {
   await assert.rejects(decodeImage(bytes, { maxPixels }), (error: unknown) => {
@@ -50,7 +53,10 @@ test('8-bit PNG, progressive JPEG, TIFF and WebP decode to RGB with the right co
 });
 
 test('16-bit PNG becomes 8-bit', async () => {
-  const bytes = await raw(halves([255, 128, 0], [0, 64, 255]), 3).toColourspace('rgb16').png().toBuffer();
+  const bytes = await raw(halves([255, 128, 0], [0, 64, 255]), 3)
+    .toColourspace('rgb16')
+    .png()
+    .toBuffer();
   assert.equal((await sharp(bytes).metadata()).depth, 'ushort', 'the test file must really be 16-bit');
   const image = await decodeImage(bytes);
   near(pixel(image, 1, 1), [255, 128, 0], 1, '16-bit png left');
@@ -58,7 +64,10 @@ test('16-bit PNG becomes 8-bit', async () => {
 });
 
 test('greyscale PNG becomes three equal channels', async () => {
-  const bytes = await raw(halves([50], [200], 1), 1).toColourspace('b-w').png().toBuffer();
+  const bytes = await raw(halves([50], [200], 1), 1)
+    .toColourspace('b-w')
+    .png()
+    .toBuffer();
   assert.equal((await sharp(bytes).metadata()).channels, 1);
   const image = await decodeImage(bytes);
   assert.deepEqual(pixel(image, 1, 1), [50, 50, 50]);
@@ -66,7 +75,9 @@ test('greyscale PNG becomes three equal channels', async () => {
 });
 
 test('RGBA PNG is flattened onto white', async () => {
-  const bytes = await raw(halves([0, 0, 0, 0], [0, 0, 255, 255], 4), 4).png().toBuffer();
+  const bytes = await raw(halves([0, 0, 0, 0], [0, 0, 255, 255], 4), 4)
+    .png()
+    .toBuffer();
   const image = await decodeImage(bytes);
   assert.deepEqual(pixel(image, 1, 1), [255, 255, 255], 'transparent becomes white');
   assert.deepEqual(pixel(image, W - 1, 1), [0, 0, 255], 'opaque keeps its colour');

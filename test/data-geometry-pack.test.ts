@@ -33,7 +33,11 @@ test('size-leak property: a 360×363 PBC image and the same with a 3 px border (
   for (const file of ['basophil/BA_100102.jpg', 'platelet/PLATELET_100161.jpg', 'eosinophil/EO_10150.jpg']) {
     const original = await readImageFile(path.join(PBC, file));
     assert.deepEqual([original.width, original.height], [360, 363]);
-    for (const colour of [{ r: 0, g: 0, b: 0 }, { r: 255, g: 255, b: 255 }, { r: 200, g: 30, b: 160 }]) {
+    for (const colour of [
+      { r: 0, g: 0, b: 0 },
+      { r: 255, g: 255, b: 255 },
+      { r: 200, g: 30, b: 160 },
+    ]) {
       const bordered = await withBorder(original, 3, colour);
       assert.deepEqual([bordered.width, bordered.height], [366, 369]);
       const a = await toModelGeometry(original);
@@ -87,7 +91,10 @@ test('pack (PNG blobs) reads back exactly the model inputs, with labels, files, 
   const out = path.join(root, 'set.pack');
   const header = await writePack(listing.items, out, { classes: listing.classes, codec: 'png', threads: 2, source: root });
   assert.equal(header.count, 4);
-  assert.deepEqual(header.skipped.map((s) => [s.path, s.reason]), [['platelet/broken.jpg', 'not-image']]);
+  assert.deepEqual(
+    header.skipped.map((s) => [s.path, s.reason]),
+    [['platelet/broken.jpg', 'not-image']],
+  );
   const pack = await readPack(out);
   assert.equal(pack.n, 4);
   assert.equal(pack.images.length, 4 * 128 * 128 * 3);

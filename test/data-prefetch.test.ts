@@ -12,7 +12,10 @@ test('worker-prepared batches match inline ones', async () => {
   const size = 16;
   const images = Uint8Array.from({ length: n * size * size * 3 }, (_, i) => (i * 37) % 256);
   const set: ImageSet = { images, size, labels: Int32Array.from({ length: n }, (_, i) => i % 3), classes: ['a', 'b', 'c'] };
-  const recipe = { normalization: IMAGENET_NORMALIZATION, augment: { ...DEFAULT_AUGMENT, crop: { scale: [0.5, 1] as [number, number], ratio: [0.8, 1.25] as [number, number] } } };
+  const recipe = {
+    normalization: IMAGENET_NORMALIZATION,
+    augment: { ...DEFAULT_AUGMENT, crop: { scale: [0.5, 1] as [number, number], ratio: [0.8, 1.25] as [number, number] } },
+  };
   const before = E.liveTensors();
   const inline = inlineBatches(set, recipe);
   const workers = workerBatches(set, recipe, { workers: 2 });

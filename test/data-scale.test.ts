@@ -14,10 +14,14 @@ const median = (values: number[]) => [...values].sort((a, b) => a - b)[values.le
 
 /** 25 images per class, spread evenly over each class folder's sorted listing. */
 function sample(perClass: number): string[] {
-  return readdirSync(PBC).filter((c) => !c.startsWith('.')).flatMap((c) => {
-    const files = readdirSync(path.join(PBC, c)).filter((f) => f.endsWith('.jpg')).sort();
-    return Array.from({ length: perClass }, (_, i) => path.join(PBC, c, files[Math.floor((i * files.length) / perClass)]));
-  });
+  return readdirSync(PBC)
+    .filter((c) => !c.startsWith('.'))
+    .flatMap((c) => {
+      const files = readdirSync(path.join(PBC, c))
+        .filter((f) => f.endsWith('.jpg'))
+        .sort();
+      return Array.from({ length: perClass }, (_, i) => path.join(PBC, c, files[Math.floor((i * files.length) / perClass)]));
+    });
 }
 
 const reference = { rbcDiameter: 73, rbcDiameterUm: 7.5, nucleusExtent: 114 };
@@ -43,7 +47,8 @@ test('red-cell diameters over 200 PBC images: most images measured, estimates ne
   // Red cells themselves vary by about ±10 % (RDW), and an image shows a handful: per-image estimates spread.
   assert.ok(within(0.1) >= 0.85, `${within(0.1)} within ±10 %`);
   assert.ok(within(0.05) >= 0.55, `${within(0.05)} within ±5 %`);
-  for (const s of ['0.5', '2'] as const) assert.ok(Math.abs(median(found[s]) / centre - 1) <= 0.05, `after resizing by ${s}: median ${median(found[s])} vs ${centre}`);
+  for (const s of ['0.5', '2'] as const)
+    assert.ok(Math.abs(median(found[s]) / centre - 1) <= 0.05, `after resizing by ${s}: median ${median(found[s])} vs ${centre}`);
 });
 
 test('an image shown at twice the size is brought back to the model scale: the same input as the original, closely', async () => {
@@ -67,7 +72,11 @@ test('padding rule: a small image is padded with its own background colour, neve
   const shrunk = await magnify(image, 0.5);
   const { background } = measureCells(image);
   // The outer quarter of the shrunk image is pure background, whatever the original's edge pixels were.
-  for (const [x, y] of [[2, 2], [shrunk.width - 3, 5], [5, shrunk.height - 3]]) {
+  for (const [x, y] of [
+    [2, 2],
+    [shrunk.width - 3, 5],
+    [5, shrunk.height - 3],
+  ]) {
     assert.deepEqual([...shrunk.data.subarray((y * shrunk.width + x) * 3, (y * shrunk.width + x) * 3 + 3)], background);
   }
   // A tiny crop of a cell, scaled to the training field, is surrounded by background in the model input.

@@ -17,14 +17,17 @@ const CLASSES = ['basophil', 'eosinophil', 'neutrophil'];
 async function jpeg(seed: number, width = 36, height = 36): Promise<Buffer> {
   const data = Buffer.alloc(width * height * 3);
   for (let i = 0; i < data.length; i++) data[i] = (i * (seed + 3) * 7 + seed * 131) % 251;
-  return sharp(data, { raw: { width, height, channels: 3 } }).jpeg({ quality: 90 }).toBuffer();
+  return sharp(data, { raw: { width, height, channels: 3 } })
+    .jpeg({ quality: 90 })
+    .toBuffer();
 }
 
 async function makeDataset(): Promise<string> {
   const root = mkdtempSync(path.join(tmpdir(), 'hemato-scan-'));
   for (const c of CLASSES) mkdirSync(path.join(root, c));
   let seed = 0;
-  for (const c of CLASSES) for (let i = 0; i < 20; i++) writeFileSync(path.join(root, c, `${c}_${i}.jpg`), await jpeg(seed++, c === 'basophil' && i < 5 ? 42 : 36, 36));
+  for (const c of CLASSES)
+    for (let i = 0; i < 20; i++) writeFileSync(path.join(root, c, `${c}_${i}.jpg`), await jpeg(seed++, c === 'basophil' && i < 5 ? 42 : 36, 36));
   const twin = await jpeg(1000);
   writeFileSync(path.join(root, 'basophil/dup_a.jpg'), twin); // duplicate within a class
   writeFileSync(path.join(root, 'basophil/dup_b.jpg'), twin);
@@ -60,8 +63,17 @@ test('scan reports images, classes, skips with reasons, duplicates, conflicts an
   });
   assert.match(report.skipped.find((s) => s.reason === 'hidden')!.detail, /DS_Store/);
   assert.equal(report.files, report.images + report.skipped.length);
-  assert.deepEqual(report.duplicates.map((g) => g.paths), [['basophil/dup_a.jpg', 'basophil/dup_b.jpg'], ['eosinophil/clash.jpg', 'neutrophil/clash.jpg']]);
-  assert.deepEqual(report.conflicts.map((g) => g.labels), [['eosinophil', 'neutrophil']]);
+  assert.deepEqual(
+    report.duplicates.map((g) => g.paths),
+    [
+      ['basophil/dup_a.jpg', 'basophil/dup_b.jpg'],
+      ['eosinophil/clash.jpg', 'neutrophil/clash.jpg'],
+    ],
+  );
+  assert.deepEqual(
+    report.conflicts.map((g) => g.labels),
+    [['eosinophil', 'neutrophil']],
+  );
   assert.deepEqual(report.sizes.basophil, { '42x36': 5, '36x36': 17 });
 });
 
@@ -77,10 +89,19 @@ test('hemato scan --json prints one document with the required keys', async () =
 test('CSV layout: extra columns ignored, unknown labels and missing files reported per row', async () => {
   const root = await datasetReady;
   const csv = path.join(root, 'labels.csv');
-  writeFileSync(csv, 'id,file,label,comment\n1,basophil/basophil_0.jpg,Basophil,ok\n2,eosinophil/eosinophil_0.jpg,plasma cell,"odd, quoted"\n3,nowhere.jpg,neutrophil,\n');
+  writeFileSync(
+    csv,
+    'id,file,label,comment\n1,basophil/basophil_0.jpg,Basophil,ok\n2,eosinophil/eosinophil_0.jpg,plasma cell,"odd, quoted"\n3,nowhere.jpg,neutrophil,\n',
+  );
   const listing = await listCsvDataset(csv, root, { classes: CLASSES });
-  assert.deepEqual(listing.items.map((i) => [i.file, i.label]), [['basophil/basophil_0.jpg', 'basophil']]);
-  assert.deepEqual(listing.skipped.map((s) => s.reason), ['unknown-label', 'missing']);
+  assert.deepEqual(
+    listing.items.map((i) => [i.file, i.label]),
+    [['basophil/basophil_0.jpg', 'basophil']],
+  );
+  assert.deepEqual(
+    listing.skipped.map((s) => s.reason),
+    ['unknown-label', 'missing'],
+  );
   assert.match(listing.skipped[0].detail, /row 3: unknown label "plasma cell" \(known: basophil, eosinophil, neutrophil\)/);
   writeFileSync(csv, 'path,class\nx.jpg,basophil\n');
   await assert.rejects(listCsvDataset(csv, root), /header row naming the columns "file" and "label"/);
@@ -106,7 +127,10 @@ test('split: duplicates share a part; conflicts are excluded by default, or kept
     const part = (file: string) => split.rows.find((r) => r.file === file)?.part;
     assert.equal(part('basophil/dup_a.jpg'), part('basophil/dup_b.jpg'));
     assert.equal(part('eosinophil/clash.jpg'), undefined);
-    assert.deepEqual(split.excluded.map((g) => g.paths), [['eosinophil/clash.jpg', 'neutrophil/clash.jpg']]);
+    assert.deepEqual(
+      split.excluded.map((g) => g.paths),
+      [['eosinophil/clash.jpg', 'neutrophil/clash.jpg']],
+    );
     const kept = makeSplit(report.entries, { seed, val: 0.5, conflicts: 'keep' });
     const keptPart = (file: string) => kept.rows.find((r) => r.file === file)?.part;
     assert.ok(keptPart('eosinophil/clash.jpg'));

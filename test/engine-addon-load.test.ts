@@ -11,7 +11,12 @@ import { explainLoadFailure } from '../src/engine/native.js';
 
 const ENGINE = path.resolve('dist/src/engine/index.js');
 
-interface Outcome { loadedAtImport: boolean; loadedAfterUse?: boolean; threads?: number; error?: { name: string; message: string; reason?: string; fixes?: string[] } }
+interface Outcome {
+  loadedAtImport: boolean;
+  loadedAfterUse?: boolean;
+  threads?: number;
+  error?: { name: string; message: string; reason?: string; fixes?: string[] };
+}
 
 /** Imports the engine in a fresh process with env, then makes a tensor; reports what happened. */
 function firstUse(env: Record<string, string>): Outcome {
@@ -37,7 +42,11 @@ test('thread counts must be integers in 1..4 × the cores, from numbers or strin
   assert.equal(E.checkThreadCount(' 3 ', 'x'), 3);
   assert.equal(E.checkThreadCount(max, 'x'), max);
   for (const bad of [0, -3, 0.5, NaN, max + 1, 1e9, '0.5', '-3', '1e3', 'abc', '', String(max + 1)]) {
-    assert.throws(() => E.checkThreadCount(bad, '--threads'), { name: 'RangeError', message: new RegExp(`^--threads must be a positive integer in 1\\.\\.${max} .*got`) }, String(bad));
+    assert.throws(
+      () => E.checkThreadCount(bad, '--threads'),
+      { name: 'RangeError', message: new RegExp(`^--threads must be a positive integer in 1\\.\\.${max} .*got`) },
+      String(bad),
+    );
   }
 });
 
@@ -70,7 +79,9 @@ test('a missing or broken addon fails the first use with the cause and its fixes
   const missing = firstUse({ HEMATO_ADDON: path.join(dir, 'nowhere.node') });
   assert.equal(missing.error?.name, 'AddonLoadError');
   assert.match(missing.error!.reason!, /HEMATO_ADDON names a file that does not exist/);
-  assert.ok(missing.error!.fixes!.some((f) => f.startsWith('bash scripts/setup.sh')) && missing.error!.fixes!.some((f) => f.startsWith('npm run build:native')));
+  assert.ok(
+    missing.error!.fixes!.some((f) => f.startsWith('bash scripts/setup.sh')) && missing.error!.fixes!.some((f) => f.startsWith('npm run build:native')),
+  );
   assert.match(missing.error!.message, /Possible fixes:\n {2}- point HEMATO_ADDON at a built hemato_native\.node/);
 
   writeFileSync(path.join(dir, 'junk.node'), 'not an addon');
@@ -104,10 +115,22 @@ test('real loader failures: a missing libtorch library and an undefined symbol',
 
 test('loader messages map to cause-specific fixes', () => {
   const cases: [string, RegExp, RegExp][] = [
-    ['libc10.so: cannot open shared object file: No such file or directory', /libtorch's libc10\.so was not found/, /apt-get install libtorch-dev[^]*LD_LIBRARY_PATH[^]*LIBTORCH=/],
-    ['libopenblas.so.0: cannot open shared object file: No such file or directory', /libopenblas\.so\.0, which the addon or libtorch needs/, /apt-get install libopenblas0-pthread/],
+    [
+      'libc10.so: cannot open shared object file: No such file or directory',
+      /libtorch's libc10\.so was not found/,
+      /apt-get install libtorch-dev[^]*LD_LIBRARY_PATH[^]*LIBTORCH=/,
+    ],
+    [
+      'libopenblas.so.0: cannot open shared object file: No such file or directory',
+      /libopenblas\.so\.0, which the addon or libtorch needs/,
+      /apt-get install libopenblas0-pthread/,
+    ],
     ['/x/hemato_native.node: undefined symbol: _ZN2at4_ops3add4callE', /another libtorch .*undefined symbol _ZN2at4_ops3add4callE/, /^npm run build:native/],
-    ["The module '/x/hemato_native.node' was compiled against a different Node.js version using NODE_MODULE_VERSION 108. This version of Node.js requires NODE_MODULE_VERSION 115.", /another version of Node\.js/, /^npm run build:native .*this Node\.js/],
+    [
+      "The module '/x/hemato_native.node' was compiled against a different Node.js version using NODE_MODULE_VERSION 108. This version of Node.js requires NODE_MODULE_VERSION 115.",
+      /another version of Node\.js/,
+      /^npm run build:native .*this Node\.js/,
+    ],
     ['/x/hemato_native.node: invalid ELF header', /not an addon built for this platform/, /npm run build:native/],
     ['something else entirely', /^something else entirely$/, /^bash scripts\/setup\.sh[^]*npm run build:native/],
   ];

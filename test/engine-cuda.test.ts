@@ -144,9 +144,11 @@ test('an optimizer state restored from CPU tensors follows its parameters to CUD
 test('the CUDA memory figures follow an allocation and its release', { skip }, (t) => {
   if (!E.memoryReport().cudaMemoryReadable) {
     const info = E.libtorchInfo();
-    t.skip(info.cudaMemoryStats
-      ? `libtorch ${info.torchVersion}'s CUDA allocator is not a c10::DeviceAllocator: no memory figures`
-      : `this build (libtorch ${info.torchVersion}) cannot read CUDA memory figures (needs 2.9 or newer)`);
+    t.skip(
+      info.cudaMemoryStats
+        ? `libtorch ${info.torchVersion}'s CUDA allocator is not a c10::DeviceAllocator: no memory figures`
+        : `this build (libtorch ${info.torchVersion}) cannot read CUDA memory figures (needs 2.9 or newer)`,
+    );
     return;
   }
   const bytes = 64 * 2 ** 20;

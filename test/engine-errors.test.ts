@@ -52,7 +52,14 @@ test('after a scope closes, the live-tensor count returns to its previous value'
   assert.equal(E.liveTensors(), before + 3);
   E.dispose(kept);
   assert.equal(E.liveTensors(), before);
-  assert.throws(() => E.tidy(() => { E.ones([3]); throw new Error('boom'); }), /boom/);
+  assert.throws(
+    () =>
+      E.tidy(() => {
+        E.ones([3]);
+        throw new Error('boom');
+      }),
+    /boom/,
+  );
   assert.equal(E.liveTensors(), before);
   const outer = E.tidy(() => E.tidy(() => E.ones([1])));
   assert.equal(E.liveTensors(), before + 1);

@@ -51,8 +51,11 @@ test('matmul, linear and conv2d run in bf16 under autocast, close to fp32', () =
     const [product, projected, convolved, dw, batched] = E.autocast(() => {
       assert.equal(E.isAutocastEnabled(), true);
       return [
-        a.matmul(b), F.linear(a, weight, bias), F.conv2d(image, kernel, kernelBias, { padding: 1 }),
-        F.conv2d(image, depthwise, undefined, { padding: 3, groups: 16 }), a.reshape([4, 16, 256]).matmul(b),
+        a.matmul(b),
+        F.linear(a, weight, bias),
+        F.conv2d(image, kernel, kernelBias, { padding: 1 }),
+        F.conv2d(image, depthwise, undefined, { padding: 3, groups: 16 }),
+        a.reshape([4, 16, 256]).matmul(b),
       ];
     });
     for (const t of [product, projected, convolved, dw, batched]) assert.equal(t.dtype, 'bfloat16');
@@ -123,10 +126,14 @@ test('autocast is off again after the scope, also when the scope throws', () => 
   assert.equal(E.isAutocastEnabled(), false);
   E.autocast(() => undefined);
   assert.equal(E.isAutocastEnabled(), false);
-  assert.throws(() => E.autocast(() => {
-    assert.equal(E.isAutocastEnabled(), true);
-    throw new Error('boom');
-  }), /boom/);
+  assert.throws(
+    () =>
+      E.autocast(() => {
+        assert.equal(E.isAutocastEnabled(), true);
+        throw new Error('boom');
+      }),
+    /boom/,
+  );
   assert.equal(E.isAutocastEnabled(), false);
   // A libtorch error inside the scope, and a rejected dtype at the scope's start.
   assert.throws(() => E.autocast(() => E.tidy(() => E.ones([2, 3]).matmul(E.ones([4, 5])))), /matmul/);
@@ -146,18 +153,30 @@ test('a nested enabled:false scope runs fp32 and restores autocast for the rest 
     const trace: string[] = [];
     E.autocast(() => {
       trace.push(a.matmul(b).dtype);
-      const inner = E.autocast(() => {
-        trace.push(String(E.isAutocastEnabled()));
-        // Three levels: on inside off inside on.
-        E.autocast(() => trace.push(a.matmul(b).dtype));
-        trace.push(String(E.isAutocastEnabled()));
-        return a.matmul(b);
-      }, { enabled: false });
+      const inner = E.autocast(
+        () => {
+          trace.push(String(E.isAutocastEnabled()));
+          // Three levels: on inside off inside on.
+          E.autocast(() => trace.push(a.matmul(b).dtype));
+          trace.push(String(E.isAutocastEnabled()));
+          return a.matmul(b);
+        },
+        { enabled: false },
+      );
       assert.equal(inner.dtype, 'float32');
       assert.deepEqual(inner.toArray(), reference.toArray(), 'the fp32 part computes exactly what fp32 computes');
       trace.push(a.matmul(b).dtype);
       // An exception in a nested scope restores the outer state, not "off".
-      assert.throws(() => E.autocast(() => { throw new Error('inner'); }, { enabled: false }), /inner/);
+      assert.throws(
+        () =>
+          E.autocast(
+            () => {
+              throw new Error('inner');
+            },
+            { enabled: false },
+          ),
+        /inner/,
+      );
       trace.push(String(E.isAutocastEnabled()));
     });
     trace.push(String(E.isAutocastEnabled()));

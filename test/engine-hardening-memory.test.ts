@@ -23,15 +23,25 @@ test('500 training steps keep the live-tensor count at its baseline and RSS leve
   E.manualSeed(7);
   const param = (shape: number[], scale: number, offset = 0) => E.keep(E.randn(shape).mul_(scale).add_(offset).requiresGrad_());
   const params = {
-    conv1: param([8, 3, 3, 3], 0.2), bias1: param([8], 0),
-    conv2: param([16, 8, 3, 3], 0.1), bias2: param([16], 0),
-    norm: param([16], 0, 1), shift: param([16], 0),
-    fc: param([4, 16], 0.2), fcBias: param([4], 0),
+    conv1: param([8, 3, 3, 3], 0.2),
+    bias1: param([8], 0),
+    conv2: param([16, 8, 3, 3], 0.1),
+    bias2: param([16], 0),
+    norm: param([16], 0, 1),
+    shift: param([16], 0),
+    fc: param([4, 16], 0.2),
+    fcBias: param([4], 0),
   };
   const optimizer = new E.AdamW(Object.values(params), { lr: 1e-3 });
   const batch = 16;
   const images = E.keep(E.randn([batch, 3, 32, 32], { seed: 1 }));
-  const labels = E.keep(E.tensor(Array.from({ length: batch }, (_, i) => i % 4), [batch], { dtype: 'int64' }));
+  const labels = E.keep(
+    E.tensor(
+      Array.from({ length: batch }, (_, i) => i % 4),
+      [batch],
+      { dtype: 'int64' },
+    ),
+  );
 
   const forward = (): E.Tensor => {
     let x = F.conv2d(images, params.conv1, params.bias1, { padding: 1 }).relu();
@@ -67,7 +77,10 @@ test('500 training steps keep the live-tensor count at its baseline and RSS leve
   // Leaking one activation per step (the smallest is 16·16·16·16·4 bytes = 256 KiB; the first conv's is 512 KiB)
   // would add about 100 MiB over these 400 steps. Allocator noise after warm-up is a few MiB.
   const growth = rss[499] - rss[100];
-  assert.ok(growth < 40, `RSS grew by ${growth.toFixed(1)} MiB from step 100 to 500 (${rss[100].toFixed(0)} → ${rss[300].toFixed(0)} → ${rss[499].toFixed(0)} MiB)`);
+  assert.ok(
+    growth < 40,
+    `RSS grew by ${growth.toFixed(1)} MiB from step 100 to 500 (${rss[100].toFixed(0)} → ${rss[300].toFixed(0)} → ${rss[499].toFixed(0)} MiB)`,
+  );
 
   optimizer.dispose();
   E.dispose([Object.values(params), images, labels]);

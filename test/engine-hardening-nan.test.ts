@@ -122,7 +122,10 @@ test('a NaN loss gives NaN gradients; AdamW then writes NaN into the weights as 
   const other = E.keep(E.tensor([1, 2]).requiresGrad_());
   try {
     E.tidy(() => {
-      const loss = w.mul(E.tensor([nan, 1])).sum().add(other.sum());
+      const loss = w
+        .mul(E.tensor([nan, 1]))
+        .sum()
+        .add(other.sum());
       assert.ok(Number.isNaN(loss.item()));
       loss.backward();
     });

@@ -15,7 +15,9 @@ function runWorker<R>(body: string, workerData: unknown = {}, transferList: Arra
   return new Promise<R>((resolve, reject) => {
     const worker = new Worker(url, { workerData, transferList });
     let result: { value: R } | undefined;
-    worker.once('message', (value: R) => { result = { value }; });
+    worker.once('message', (value: R) => {
+      result = { value };
+    });
     worker.once('error', reject);
     worker.once('exit', (code) => {
       if (result) resolve(result.value);
@@ -32,14 +34,18 @@ test('a worker computes a matmul and a conv on data sent as ArrayBuffers, and th
   try {
     // Copies made for the worker; transferring them detaches them here.
     const buffers = [a, b, image, kernel].map((t) => (t.data() as Float32Array).buffer as ArrayBuffer);
-    const answer = await runWorker<{ product: ArrayBuffer; conv: ArrayBuffer; live: number; liveAtStart: number }>(`
+    const answer = await runWorker<{ product: ArrayBuffer; conv: ArrayBuffer; live: number; liveAtStart: number }>(
+      `
       const liveAtStart = E.liveTensors();
       const [a, b, image, kernel] = workerData.buffers.map((buffer, i) => E.tensor(new Float32Array(buffer), workerData.shapes[i]));
       const product = a.matmul(b).data().buffer;
       const conv = E.F.conv2d(image, kernel, undefined, { padding: 1 }).data().buffer;
       E.dispose([a, b, image, kernel]);
       parentPort.postMessage({ product, conv, liveAtStart, live: E.liveTensors() }, [product, conv]);
-    `, { buffers, shapes: [a.shape, b.shape, image.shape, kernel.shape] }, buffers);
+    `,
+      { buffers, shapes: [a.shape, b.shape, image.shape, kernel.shape] },
+      buffers,
+    );
     assert.equal(buffers[0].byteLength, 0, 'the buffer was transferred, not copied');
     assert.equal(answer.liveAtStart, 0, 'the worker starts with its own, empty tensor count');
     assert.equal(answer.live, 2, 'the worker counts only its own tensors (the two results it had not freed)');
@@ -56,22 +62,34 @@ test('a worker computes a matmul and a conv on data sent as ArrayBuffers, and th
 test('tensors cannot be posted to another isolate; a Tensor object arrives without a usable handle', async () => {
   const t = E.ones([3]);
   try {
-    assert.throws(() => structuredClone(t.handle), (error: Error) => error.name === 'DataCloneError');
+    assert.throws(
+      () => structuredClone(t.handle),
+      (error: Error) => error.name === 'DataCloneError',
+    );
     const { port1, port2 } = new MessageChannel();
     try {
-      assert.throws(() => port1.postMessage(t.handle), (error: Error) => error.name === 'DataCloneError');
-      assert.throws(() => port1.postMessage({ nested: [t.handle] }), (error: Error) => error.name === 'DataCloneError');
+      assert.throws(
+        () => port1.postMessage(t.handle),
+        (error: Error) => error.name === 'DataCloneError',
+      );
+      assert.throws(
+        () => port1.postMessage({ nested: [t.handle] }),
+        (error: Error) => error.name === 'DataCloneError',
+      );
     } finally {
       port1.close();
       port2.close();
     }
     // The class instance itself clones into a plain object: its private handle does not travel.
-    const answer = await runWorker<{ isTensor: boolean; keys: string[]; failed: string }>(`
+    const answer = await runWorker<{ isTensor: boolean; keys: string[]; failed: string }>(
+      `
       const received = workerData.tensor;
       let failed = '';
       try { E.call('relu', '', received); } catch (error) { failed = error.message; }
       parentPort.postMessage({ isTensor: received instanceof E.Tensor, keys: Object.keys(received), failed });
-    `, { tensor: t });
+    `,
+      { tensor: t },
+    );
     assert.equal(answer.isTensor, false);
     assert.deepEqual(answer.keys, []);
     assert.match(answer.failed, /must be a tensor/);
@@ -84,7 +102,8 @@ test('tensors cannot be posted to another isolate; a Tensor object arrives witho
 test('autocast and grad mode are per thread: a worker inside autocast does not change the main thread', async () => {
   // The worker enters autocast and noGrad, signals, and holds them until the main thread has checked its own state.
   const flags = new Int32Array(new SharedArrayBuffer(8));
-  const waiting = runWorker<{ dtype: string; gradEnabled: boolean; afterAutocast: boolean }>(`
+  const waiting = runWorker<{ dtype: string; gradEnabled: boolean; afterAutocast: boolean }>(
+    `
     const flags = new Int32Array(workerData.shared);
     const seen = E.noGrad(() => E.autocast(() => {
       const product = E.ones([8, 8]).matmul(E.ones([8, 8]));
@@ -94,7 +113,9 @@ test('autocast and grad mode are per thread: a worker inside autocast does not c
       return { dtype: product.dtype, gradEnabled: E.isGradEnabled() };
     }));
     parentPort.postMessage({ ...seen, afterAutocast: E.isAutocastEnabled() });
-  `, { shared: flags.buffer });
+  `,
+    { shared: flags.buffer },
+  );
   try {
     // Spin on the event loop (not Atomics.wait, which would block the worker's start-up messages) until it is in autocast.
     const started = Date.now();
@@ -102,8 +123,8 @@ test('autocast and grad mode are per thread: a worker inside autocast does not c
       if (Date.now() - started > 20000) throw new Error('worker did not enter autocast');
       await new Promise((resolve) => setTimeout(resolve, 5));
     }
-    assert.equal(E.isAutocastEnabled(), false, 'the worker\'s autocast leaked into the main thread');
-    assert.equal(E.isGradEnabled(), true, 'the worker\'s noGrad leaked into the main thread');
+    assert.equal(E.isAutocastEnabled(), false, "the worker's autocast leaked into the main thread");
+    assert.equal(E.isGradEnabled(), true, "the worker's noGrad leaked into the main thread");
     E.tidy(() => assert.equal(E.ones([8, 8]).matmul(E.ones([8, 8])).dtype, 'float32'));
   } finally {
     Atomics.store(flags, 1, 1);
@@ -117,12 +138,27 @@ test('autocast and grad mode are per thread: a worker inside autocast does not c
 
 test('several workers at once, one ending with live tensors, leave the main thread working', async () => {
   const before = E.liveTensors();
-  const sums = await Promise.all([1, 2, 3].map((k) => runWorker<number>(`
+  const sums = await Promise.all(
+    [1, 2, 3].map((k) =>
+      runWorker<number>(
+        `
     const t = E.full([100, 100], workerData.k).matmul(E.ones([100, 1]));
     E.keep(E.randn([256, 256]));  // left alive on purpose: the isolate's teardown must free it
     parentPort.postMessage(t.sum().item());
-  `, { k })));
+  `,
+        { k },
+      ),
+    ),
+  );
   assert.deepEqual(sums, [10000, 20000, 30000]);
-  assert.equal(E.liveTensors(), before, 'workers\' tensors are not counted here');
-  E.tidy(() => assert.equal(E.ones([10, 10]).matmul(E.ones([10, 10])).sum().item(), 1000));
+  assert.equal(E.liveTensors(), before, "workers' tensors are not counted here");
+  E.tidy(() =>
+    assert.equal(
+      E.ones([10, 10])
+        .matmul(E.ones([10, 10]))
+        .sum()
+        .item(),
+      1000,
+    ),
+  );
 });

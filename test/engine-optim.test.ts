@@ -13,9 +13,16 @@ function setGrad(p: E.Tensor, values: number[]): void {
 
 test('AdamW matches its closed-form update over two steps', () => {
   E.tidy(() => {
-    const lr = 0.01, wd = 0.1, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+    const lr = 0.01,
+      wd = 0.1,
+      beta1 = 0.9,
+      beta2 = 0.999,
+      eps = 1e-8;
     const start = [0.5, -1.5, 2];
-    const grads = [[0.1, -0.2, 0.3], [-0.4, 0.5, 0.05]];
+    const grads = [
+      [0.1, -0.2, 0.3],
+      [-0.4, 0.5, 0.05],
+    ];
     const p = E.tensor(new Float64Array(start), [3], { dtype: 'float64', requiresGrad: true });
     const optimizer = new E.AdamW([p], { lr, weightDecay: wd, betas: [beta1, beta2], eps });
     const expected = [...start];
@@ -31,7 +38,7 @@ test('AdamW matches its closed-form update over two steps', () => {
         v[i] = beta2 * v[i] + (1 - beta2) * g[i] * g[i];
         const mHat = m[i] / (1 - beta1 ** t);
         const vHat = v[i] / (1 - beta2 ** t);
-        expected[i] -= lr * mHat / (Math.sqrt(vHat) + eps);
+        expected[i] -= (lr * mHat) / (Math.sqrt(vHat) + eps);
       }
       assertClose(p.toArray(), expected, 1e-12, `AdamW step ${t}`);
     });
@@ -62,13 +69,18 @@ test('parameter groups: weight decay applies only where asked, and the learning 
 
 test('SGD with momentum and Nesterov matches torch.optim.SGD', () => {
   E.tidy(() => {
-    const lr = 0.1, mu = 0.9, wd = 0.01;
+    const lr = 0.1,
+      mu = 0.9,
+      wd = 0.01;
     for (const nesterov of [false, true]) {
       const p = E.tensor(new Float64Array([1, -1]), [2], { dtype: 'float64', requiresGrad: true });
       const optimizer = new E.SGD([p], { lr, momentum: mu, nesterov, weightDecay: wd });
       const expected = [1, -1];
       const buffer = [0, 0];
-      [[0.5, 0.25], [-0.5, 1]].forEach((g, step) => {
+      [
+        [0.5, 0.25],
+        [-0.5, 1],
+      ].forEach((g, step) => {
         setGrad(p, g);
         optimizer.step();
         for (let i = 0; i < 2; i++) {

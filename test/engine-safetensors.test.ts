@@ -28,7 +28,10 @@ test('the timm fixtures load with every key, shape and value', async () => {
   for (const name of readdirSync(dir).filter((f) => f.endsWith('.safetensors'))) {
     const bytes = readFileSync(path.join(dir, name));
     const headerLength = Number(bytes.readBigUInt64LE(0));
-    const header = JSON.parse(bytes.subarray(8, 8 + headerLength).toString('utf8')) as Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
+    const header = JSON.parse(bytes.subarray(8, 8 + headerLength).toString('utf8')) as Record<
+      string,
+      { dtype: string; shape: number[]; data_offsets: [number, number] }
+    >;
     const { tensors } = E.parseSafetensors(bytes, name);
     const keys = Object.keys(header).filter((k) => k !== '__metadata__');
     assert.deepEqual([...tensors.keys()].sort(), keys.sort(), name);

@@ -32,13 +32,19 @@ test('Mahalanobis OOD: in-distribution points sit near their class, shifted poin
   const threshold = oodThreshold(inside, 0.05);
   const flaggedInside = inside.filter((v) => v > threshold).length / inside.length;
   assert.ok(flaggedInside <= 0.05 && flaggedInside >= 0.03, `${flaggedInside}`);
-  assert.ok(outside.every((v) => v > threshold), 'every shifted point is flagged');
+  assert.ok(
+    outside.every((v) => v > threshold),
+    'every shifted point is flagged',
+  );
   assert.throws(() => fitOodStatistics(new Float32Array(4), [0, 1], 3), /at least 6 images/);
 });
 
 test('shift suite: the named shifts, magnification about the centre, and a stain factor of 1 that changes nothing', async () => {
   assert.equal(SHIFTS.length, 12);
-  assert.deepEqual(selectShifts(['blur-1', 'jpeg-30']).map((s) => s.name), ['blur-1', 'jpeg-30']);
+  assert.deepEqual(
+    selectShifts(['blur-1', 'jpeg-30']).map((s) => s.name),
+    ['blur-1', 'jpeg-30'],
+  );
   assert.throws(() => selectShifts(['blurry']), /unknown shift 'blurry'; the shifts are magnification-0.5/);
   const image = await readImageFile(path.join(PBC, 'lymphocyte/LY_102859.jpg'));
   const doubled = await magnify(image, 2);
@@ -57,13 +63,18 @@ test('robust augmentation: zooming out fills with the background colour (no refl
   const size = 32;
   // A dark disc on a cream background.
   const pixels = new Float32Array(3 * size * size);
-  for (let c = 0; c < 3; c++) for (let y = 0; y < size; y++) for (let x = 0; x < size; x++) {
-    const inside = (x - 16) ** 2 + (y - 16) ** 2 < 100;
-    pixels[(c * size + y) * size + x] = inside ? 0.3 : [0.98, 0.9, 0.8][c];
-  }
+  for (let c = 0; c < 3; c++)
+    for (let y = 0; y < size; y++)
+      for (let x = 0; x < size; x++) {
+        const inside = (x - 16) ** 2 + (y - 16) ** 2 < 100;
+        pixels[(c * size + y) * size + x] = inside ? 0.3 : [0.98, 0.9, 0.8][c];
+      }
   const x = E.tensor(pixels, [1, 3, size, size]);
   const background = backgroundOf(x).data() as Float32Array;
-  assert.deepEqual([...background].map((v) => Math.round(v * 100)), [98, 90, 80]);
+  assert.deepEqual(
+    [...background].map((v) => Math.round(v * 100)),
+    [98, 90, 80],
+  );
   const zoomedOut = augmentBatch(x, { ...NO_AUGMENT, scale: [0.5, 0.5] }, seededRandom(1));
   const out = zoomedOut.data() as Float32Array;
   for (let c = 0; c < 3; c++) assert.ok(Math.abs(out[c * size * size] - background[c]) < 1e-5, 'the corner is background');

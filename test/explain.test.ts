@@ -66,8 +66,12 @@ function whiteCellMask(image: RgbImage): Uint8Array {
     const [r, g, b] = [data[3 * i], data[3 * i + 1], data[3 * i + 2]];
     nucleus[i] = 1 - g / Math.max(1, background[1]) > 0.45 && b > r * 0.9 ? 1 : 0;
   }
-  const central = blobs(nucleus, width, height).filter((blob) => blob.pixels.length >= 0.0015 * width * height
-    && Math.abs((blob.minX + blob.maxX) / 2 - width / 2) < width / 4 && Math.abs((blob.minY + blob.maxY) / 2 - height / 2) < height / 4);
+  const central = blobs(nucleus, width, height).filter(
+    (blob) =>
+      blob.pixels.length >= 0.0015 * width * height &&
+      Math.abs((blob.minX + blob.maxX) / 2 - width / 2) < width / 4 &&
+      Math.abs((blob.minY + blob.maxY) / 2 - height / 2) < height / 4,
+  );
   const mask = new Uint8Array(width * height);
   if (central.length === 0) return mask;
   const extent = Math.max(
@@ -104,7 +108,12 @@ function blobs(mask: Uint8Array, width: number, height: number): { pixels: numbe
       const [x, y] = [i % width, Math.floor(i / width)];
       blob.pixels.push(i);
       [blob.minX, blob.maxX, blob.minY, blob.maxY] = [Math.min(blob.minX, x), Math.max(blob.maxX, x), Math.min(blob.minY, y), Math.max(blob.maxY, y)];
-      for (const [nx, ny] of [[x - 1, y], [x + 1, y], [x, y - 1], [x, y + 1]]) {
+      for (const [nx, ny] of [
+        [x - 1, y],
+        [x + 1, y],
+        [x, y - 1],
+        [x, y + 1],
+      ]) {
         const j = ny * width + nx;
         if (nx >= 0 && ny >= 0 && nx < width && ny < height && mask[j] && !seen[j]) {
           seen[j] = 1;
@@ -173,15 +182,19 @@ test('the maps of 100 PBC validation images of white cells put ≥ 60 % of their
   const { images, explanations } = await bundled;
   const masses = explanations.map((e) => massInside(e, whiteCellMask(e.image)));
   const passing = masses.filter((m) => m >= 0.6).length / masses.length;
-  const perClass = Object.fromEntries([...new Set(images.map((i) => i.label))].map((label) => {
-    const own = masses.filter((_, i) => images[i].label === label);
-    return [label, `${own.filter((m) => m >= 0.6).length}/${own.length}`];
-  }));
+  const perClass = Object.fromEntries(
+    [...new Set(images.map((i) => i.label))].map((label) => {
+      const own = masses.filter((_, i) => images[i].label === label);
+      return [label, `${own.filter((m) => m >= 0.6).length}/${own.length}`];
+    }),
+  );
   // Measured: 94 % of the images hold at least 60 % of the map's mass on the cell, with a mean share of 0.84;
   // neutrophils fall short most often (their lobes are thin, so the nucleus mask misses part of the cell).
   assert.ok(passing >= 0.8, `only ${(100 * passing).toFixed(0)} % of the images hold ≥ 60 % of the map's mass on the white cell (${JSON.stringify(perClass)})`);
   const mean = masses.reduce((a, b) => a + b, 0) / masses.length;
-  t.diagnostic(`${(100 * passing).toFixed(0)} % of the images hold ≥ 60 % of the map's mass on the white cell; mean share ${mean.toFixed(3)}; by class ${JSON.stringify(perClass)}`);
+  t.diagnostic(
+    `${(100 * passing).toFixed(0)} % of the images hold ≥ 60 % of the map's mass on the white cell; mean share ${mean.toFixed(3)}; by class ${JSON.stringify(perClass)}`,
+  );
   assert.ok(mean >= 0.6, `mean share of the map's mass on the white cell ${mean.toFixed(3)}`);
   for (const e of explanations) {
     assert.deepEqual(e.grid, [16, 16]);
@@ -189,17 +202,21 @@ test('the maps of 100 PBC validation images of white cells put ≥ 60 % of their
   }
 });
 
-test('randomising the last stage\'s weights changes the maps (mean Spearman rank correlation under 0.5 over 20 images)', async (t) => {
+test("randomising the last stage's weights changes the maps (mean Spearman rank correlation under 0.5 over 20 images)", async (t) => {
   const { classifier, explanations } = await bundled;
   const randomised = await loadClassifier(undefined, { device: 'cpu', precision: 'fp32' });
   try {
     // Each parameter of the last stage becomes normal noise with that parameter's own mean and standard deviation.
     const lastStage = randomised.model.namedParameters().filter(([name]) => name.startsWith('convnext.stages.3.'));
     assert.ok(lastStage.length > 0);
-    E.noGrad(() => lastStage.forEach(([, p], i) => E.tidy(() => {
-      const [mean, std] = [p.mean().item(), p.numel > 1 ? p.std().item() : 0];
-      p.copy_(E.randn(p.shape, { seed: i }).mul(std).add(mean));
-    })));
+    E.noGrad(() =>
+      lastStage.forEach(([, p], i) =>
+        E.tidy(() => {
+          const [mean, std] = [p.mean().item(), p.numel > 1 ? p.std().item() : 0];
+          p.copy_(E.randn(p.shape, { seed: i }).mul(std).add(mean));
+        }),
+      ),
+    );
     const correlations: number[] = [];
     for (let i = 0; i < 100; i += 5) {
       const original = explanations[i];
@@ -211,7 +228,10 @@ test('randomising the last stage\'s weights changes the maps (mean Spearman rank
     t.diagnostic(`mean Spearman correlation with the original maps ${mean.toFixed(3)}`);
     // Measured: a mean of 0.08.
     assert.ok(mean < 0.5, `mean Spearman correlation with the original maps ${mean.toFixed(3)} (${correlations.map((c) => c.toFixed(2)).join(' ')})`);
-    assert.ok(classifier.model.namedParameters().every(([, p]) => p.requiresGrad), 'the original model is untouched');
+    assert.ok(
+      classifier.model.namedParameters().every(([, p]) => p.requiresGrad),
+      'the original model is untouched',
+    );
   } finally {
     randomised.dispose();
   }
@@ -229,7 +249,10 @@ test('explain: the top label by default, any label on request with its calibrate
   assert.ok(Math.abs(platelet.score - classified.predictions.find((p) => p.label === 'platelet')!.score) < 1e-4);
   assert.ok(platelet.cam.every((v) => v >= 0 && v <= 1));
   assert.equal(platelet.image.width, 128);
-  await assert.rejects(classifier.explain(file, { label: 'blast' }), (error: Error) => error instanceof RangeError && /unknown label "blast"; the classes are basophil, eosinophil, .*platelet/.test(error.message));
+  await assert.rejects(
+    classifier.explain(file, { label: 'blast' }),
+    (error: Error) => error instanceof RangeError && /unknown label "blast"; the classes are basophil, eosinophil, .*platelet/.test(error.message),
+  );
   await assert.rejects(classifier.explain(file, { path: 'swin' }), /has no swin path; choose convnext or fused/);
   await assert.rejects(classifier.explain(file, { stage: 4 }), /stage must be an integer in -4\.\.3/);
   const last = await classifier.explain(file, { stage: -1 });
@@ -237,19 +260,21 @@ test('explain: the top label by default, any label on request with its calibrate
   assert.equal(camValues(last).length, 128 * 128);
 });
 
-test('overlayPng: a PNG of the prepared image\'s size', async () => {
+test("overlayPng: a PNG of the prepared image's size", async () => {
   const { explanations } = await bundled;
   const png = await overlayPng(explanations[0]);
   const info = await sharp(png).metadata();
   assert.deepEqual([info.format, info.width, info.height], ['png', 128, 128]);
   const { data } = await sharp(png).raw().toBuffer({ resolveWithObject: true });
   assert.notDeepEqual(new Uint8Array(data), explanations[0].image.data, 'the map shows');
-  const plain = await sharp(await overlayPng(explanations[0], { alpha: 0 })).raw().toBuffer();
+  const plain = await sharp(await overlayPng(explanations[0], { alpha: 0 }))
+    .raw()
+    .toBuffer();
   assert.deepEqual(new Uint8Array(plain), explanations[0].image.data, 'alpha 0 leaves the image as it is');
   await assert.rejects(overlayPng(explanations[0], { alpha: 2 }), RangeError);
 });
 
-test('every architecture and path: the map has its stage\'s grid, and the split forward gives the model\'s own logits', () => {
+test("every architecture and path: the map has its stage's grid, and the split forward gives the model's own logits", () => {
   const cases: [string, ('fused' | 'convnext' | 'swin')[]][] = [
     ['convnext_atto', ['fused', 'convnext']],
     ['swin_tiny_patch4_window7_224', ['fused', 'swin']],
@@ -263,7 +288,11 @@ test('every architecture and path: the map has its stage\'s grid, and the split 
     const model = createModel(name, { numClasses: 8, inputSize: 64 }).eval();
     const expected = E.tidy(() => E.noGrad(() => model.forward(x).data() as Float32Array));
     for (const path of paths) {
-      for (const [stage, side] of [[0, 16], [1, 8], [3, 2]]) {
+      for (const [stage, side] of [
+        [0, 16],
+        [1, 8],
+        [3, 2],
+      ]) {
         const map = gradCam(model, x, { path, stage, classIndex: 2 });
         assert.deepEqual(map.grid, [side, side], `${name} ${path} stage ${stage}`);
         assert.equal(map.cam.length, side * side);
@@ -274,13 +303,16 @@ test('every architecture and path: the map has its stage\'s grid, and the split 
       }
     }
     assert.throws(() => gradCam(model, x, { path: 'nowhere' as 'fused' }), /path must be one of convnext, swin, fused/);
-    assert.ok(model.parameters().every((p) => p.requiresGrad && p.grad === undefined), `${name}: parameters as they were, without gradients`);
+    assert.ok(
+      model.parameters().every((p) => p.requiresGrad && p.grad === undefined),
+      `${name}: parameters as they were, without gradients`,
+    );
     model.dispose();
   }
   x.dispose();
 });
 
-test('the dual-path network: each path\'s map differs, and a path\'s gradient reaches it through the fusion', () => {
+test("the dual-path network: each path's map differs, and a path's gradient reaches it through the fusion", () => {
   E.manualSeed(1);
   const model = createModel('dualpath-atto', { numClasses: 8, inputSize: 64 }).eval();
   const x = E.randn([1, 3, 64, 64], { seed: 4 });
@@ -299,7 +331,10 @@ test('explaining 20 images leaves the live-tensor count where it was', async () 
   const baseline = E.liveTensors();
   for (let i = 0; i < 20; i++) await run(i);
   assert.equal(E.liveTensors(), baseline, `${E.liveTensors() - baseline} tensors more after 20 explanations`);
-  assert.ok(classifier.model.parameters().every((p) => p.grad === undefined), 'no gradients left on the parameters');
+  assert.ok(
+    classifier.model.parameters().every((p) => p.grad === undefined),
+    'no gradients left on the parameters',
+  );
 });
 
 test('hemato explain writes one overlay per image and refuses to overwrite them', async () => {
@@ -308,16 +343,24 @@ test('hemato explain writes one overlay per image and refuses to overwrite them'
   const { images } = await bundled;
   const inputs = [images[0].file, images[50].file];
   const out = path.join(dir, 'overlays');
-  const hemato = (...args: string[]) => spawnSync(process.execPath, [BIN, 'explain', ...inputs, '--model', modelFile, '--out', out, ...args], { encoding: 'utf8', timeout: 120_000 });
+  const hemato = (...args: string[]) =>
+    spawnSync(process.execPath, [BIN, 'explain', ...inputs, '--model', modelFile, '--out', out, ...args], { encoding: 'utf8', timeout: 120_000 });
 
   const first = hemato('--json', '--label', 'monocyte');
   assert.equal(first.status, 0, first.stderr);
-  const report = JSON.parse(first.stdout) as { model: string; model_info: { name: string }; results: { file: string; label: string; score: number; overlay: string }[] };
+  const report = JSON.parse(first.stdout) as {
+    model: string;
+    model_info: { name: string };
+    results: { file: string; label: string; score: number; overlay: string }[];
+  };
   assert.equal(report.model, 'convnext-only');
   assert.equal(report.model_info.name, 'tiny.safetensors');
   const names = inputs.map((f) => `${path.basename(f, path.extname(f))}.cam.png`);
   assert.deepEqual(readdirSync(out).sort(), [...names].sort());
-  assert.deepEqual(report.results.map((r) => [r.file, r.label, r.overlay]), inputs.map((f, i) => [f, 'monocyte', path.join(out, names[i])]));
+  assert.deepEqual(
+    report.results.map((r) => [r.file, r.label, r.overlay]),
+    inputs.map((f, i) => [f, 'monocyte', path.join(out, names[i])]),
+  );
   assert.ok(report.results.every((r) => r.score > 0 && r.score < 1));
   const info = await sharp(path.join(out, names[0])).metadata();
   assert.deepEqual([info.format, info.width], ['png', 64]);
@@ -329,7 +372,9 @@ test('hemato explain writes one overlay per image and refuses to overwrite them'
   assert.equal(replaced.status, 0, replaced.stderr);
   assert.match(replaced.stdout, /→ .*\.cam\.png/);
 
-  const usage = spawnSync(process.execPath, [BIN, 'explain', inputs[0], '--model', modelFile, '--out', path.join(dir, 'other'), '--label', 'blast'], { encoding: 'utf8' });
+  const usage = spawnSync(process.execPath, [BIN, 'explain', inputs[0], '--model', modelFile, '--out', path.join(dir, 'other'), '--label', 'blast'], {
+    encoding: 'utf8',
+  });
   assert.equal(usage.status, 2);
   assert.match(usage.stderr, /unknown label "blast"/);
 });

@@ -31,6 +31,17 @@ export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
 export async function saveUntrainedModel(file: string): Promise<void> {
   E.manualSeed(0);
   const model = createModel('convnext-only', { numClasses: 8, inputSize: 64 });
-  await saveModel(file, model, { classes: [...PBC_CLASSES], normalization: IMAGENET_NORMALIZATION, temperature: 1, uncertaintyThreshold: 0.5, preprocessing: { geometry: { field: null, size: 64 }, mpm: null } }, { dtype: 'float16' });
+  await saveModel(
+    file,
+    model,
+    {
+      classes: [...PBC_CLASSES],
+      normalization: IMAGENET_NORMALIZATION,
+      temperature: 1,
+      uncertaintyThreshold: 0.5,
+      preprocessing: { geometry: { field: null, size: 64 }, mpm: null },
+    },
+    { dtype: 'float16' },
+  );
   model.dispose();
 }

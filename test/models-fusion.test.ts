@@ -8,7 +8,20 @@ import { assertClose } from './helpers.js';
 const sigmoid = (v: number) => 1 / (1 + Math.exp(-v));
 
 test('ECA kernel size k = |log2(C)/2 + 1/2| made odd', () => {
-  const expected: [number, number][] = [[1, 1], [2, 1], [8, 3], [16, 3], [64, 3], [128, 5], [256, 5], [320, 5], [512, 5], [768, 5], [1024, 5], [2048, 7]];
+  const expected: [number, number][] = [
+    [1, 1],
+    [2, 1],
+    [8, 3],
+    [16, 3],
+    [64, 3],
+    [128, 5],
+    [256, 5],
+    [320, 5],
+    [512, 5],
+    [768, 5],
+    [1024, 5],
+    [2048, 7],
+  ];
   for (const [channels, k] of expected) assert.equal(ecaKernelSize(channels), k, `C=${channels}`);
   assert.equal(ecaKernelSize(64, 1, 1), 7, 'γ=1: log2(64)+1 = 7');
   assert.throws(() => ecaKernelSize(0), /positive integer/);
@@ -19,7 +32,7 @@ test('ECA kernel size k = |log2(C)/2 + 1/2| made odd', () => {
 });
 
 test('ECA gates each channel by a sigmoid of a 1-D conv over the pooled channels', () => {
-  const eca = new EfficientChannelAttention(8);  // k = 3, zero padding 1
+  const eca = new EfficientChannelAttention(8); // k = 3, zero padding 1
   const kernel = [0.5, -1, 2];
   E.noGrad(() => eca.conv.weight.copy_(E.tensor(kernel, [1, 1, 3])));
   // NHWC [1, 1, 2, 8]: two positions, channel c holds c and -c/2.
@@ -28,7 +41,11 @@ test('ECA gates each channel by a sigmoid of a 1-D conv over the pooled channels
   const pooled = Array.from({ length: 8 }, (_, c) => (c - c / 2) / 2);
   const gate = pooled.map((_, c) => sigmoid(kernel[0] * (pooled[c - 1] ?? 0) + kernel[1] * pooled[c] + kernel[2] * (pooled[c + 1] ?? 0)));
   const y = eca.forward(x);
-  assertClose(y.toArray(), values.map((v, i) => v * gate[i % 8]), 1e-6);
+  assertClose(
+    y.toArray(),
+    values.map((v, i) => v * gate[i % 8]),
+    1e-6,
+  );
   E.dispose([x, y]);
   eca.dispose();
 });
@@ -50,7 +67,11 @@ test('AFF with constant branches mixes by M = σ(L + G): Z = M·X + (1 − M)·Y
   const y = E.tensor(ys, [1, 1, 2, 4]);
   const m = local.map((l, c) => sigmoid(l + global[c]));
   const z = aff.forward(x, y);
-  assertClose(z.toArray(), xs.map((xv, i) => m[i % 4] * xv + (1 - m[i % 4]) * ys[i]), 1e-6);
+  assertClose(
+    z.toArray(),
+    xs.map((xv, i) => m[i % 4] * xv + (1 - m[i % 4]) * ys[i]),
+    1e-6,
+  );
   E.dispose([x, y, z]);
   aff.dispose();
 });
@@ -88,7 +109,12 @@ function affReference(aff: AttentionalFeatureFusion, xs: Vector[], ys: Vector[])
     return s.map((v) => local(v).map((l, c) => sigmoid(l + global[c])));
   };
   const mix = (m: Vector[]) => m.map((row, p) => row.map((mc, c) => mc * xs[p][c] + (1 - mc) * ys[p][c]));
-  const first = mix(weights(aff.attention, xs.map((v, p) => v.map((c, i) => c + ys[p][i]))));
+  const first = mix(
+    weights(
+      aff.attention,
+      xs.map((v, p) => v.map((c, i) => c + ys[p][i])),
+    ),
+  );
   return aff.refinement ? mix(weights(aff.refinement, first)) : first;
 }
 
@@ -98,7 +124,9 @@ for (const iterative of [false, true]) {
     const aff = new AttentionalFeatureFusion(6, { reduction: 2, iterative });
     E.noGrad(() => {
       // Spread the weights so every branch matters (the default init leaves them near zero).
-      E.tidy(() => { for (const [, p] of aff.namedParameters()) p.copy_(E.randn(p.shape).mul(0.7)); });
+      E.tidy(() => {
+        for (const [, p] of aff.namedParameters()) p.copy_(E.randn(p.shape).mul(0.7));
+      });
     });
     const x = E.randn([1, 2, 3, 6], { seed: 1 });
     const y = E.randn([1, 2, 3, 6], { seed: 2 });

@@ -8,8 +8,17 @@ import path from 'node:path';
 import * as E from '../src/engine/index.js';
 import { StateDictError } from '../src/nn/index.js';
 import {
-  ConvNeXt, DualPathNet, SwinTransformer, createModel, importTimmCheckpoint, importTimmStateDict, loadModel,
-  resizeRelativePositionBiasTable, saveModel, type ImageClassifier, type ModelInfo,
+  ConvNeXt,
+  DualPathNet,
+  SwinTransformer,
+  createModel,
+  importTimmCheckpoint,
+  importTimmStateDict,
+  loadModel,
+  resizeRelativePositionBiasTable,
+  saveModel,
+  type ImageClassifier,
+  type ModelInfo,
 } from '../src/models/index.js';
 import { SHARED, maxAbsDiff } from './helpers.js';
 
@@ -109,24 +118,33 @@ test('a timm checkpoint with another class count loads, and the classifier is re
 
 test('wrong, missing and misshapen keys give one error that lists them all, and nothing is copied', async () => {
   const model = new ConvNeXt({ ...CONVNEXT_FIXTURE, numClasses: 8 });
-  const { tensors } = await E.loadSafetensors(fixture('convnext_d16_linear_128'));  // linear MLP: fc weights are 2-D
+  const { tensors } = await E.loadSafetensors(fixture('convnext_d16_linear_128')); // linear MLP: fc weights are 2-D
   const state = new Map(tensors);
   state.set('stages.0.blocks.0.conv_dwx.weight', state.get('stages.0.blocks.0.conv_dw.weight')!);
   state.delete('stages.0.blocks.0.conv_dw.weight');
   state.delete('stem.1.bias');
   const before = model.stem.parameters().map((p) => p.toArray());
-  assert.throws(() => importTimmStateDict(model, state), (error: unknown) => {
-    assert.ok(error instanceof StateDictError);
-    assert.deepEqual(error.missing.sort(), ['stages.0.blocks.0.conv_dw.weight', 'stem.1.bias']);
-    assert.deepEqual(error.unexpected, ['stages.0.blocks.0.conv_dwx.weight']);
-    // The conv-MLP model stores 1×1 convs where this checkpoint has Linear weights: every fc1/fc2 weight differs.
-    assert.equal(error.mismatched.length, 10);
-    assert.deepEqual(error.mismatched.find((m) => m.key === 'stages.0.blocks.0.mlp.fc1.weight'), { key: 'stages.0.blocks.0.mlp.fc1.weight', expected: [64, 16, 1, 1], got: [64, 16] });
-    assert.match(error.message, /timm checkpoint does not fit the model's architecture; check that it is the same variant/);
-    assert.match(error.message, /stem\.1\.bias/);
-    return true;
-  });
-  assert.deepEqual(model.stem.parameters().map((p) => p.toArray()), before);
+  assert.throws(
+    () => importTimmStateDict(model, state),
+    (error: unknown) => {
+      assert.ok(error instanceof StateDictError);
+      assert.deepEqual(error.missing.sort(), ['stages.0.blocks.0.conv_dw.weight', 'stem.1.bias']);
+      assert.deepEqual(error.unexpected, ['stages.0.blocks.0.conv_dwx.weight']);
+      // The conv-MLP model stores 1×1 convs where this checkpoint has Linear weights: every fc1/fc2 weight differs.
+      assert.equal(error.mismatched.length, 10);
+      assert.deepEqual(
+        error.mismatched.find((m) => m.key === 'stages.0.blocks.0.mlp.fc1.weight'),
+        { key: 'stages.0.blocks.0.mlp.fc1.weight', expected: [64, 16, 1, 1], got: [64, 16] },
+      );
+      assert.match(error.message, /timm checkpoint does not fit the model's architecture; check that it is the same variant/);
+      assert.match(error.message, /stem\.1\.bias/);
+      return true;
+    },
+  );
+  assert.deepEqual(
+    model.stem.parameters().map((p) => p.toArray()),
+    before,
+  );
   E.dispose([...tensors.values()]);
   model.dispose();
 });
@@ -175,7 +193,11 @@ test('resizing a relative-position table keeps same-size tables and constant tab
   const same = resizeRelativePositionBiasTable(table, [7, 7]);
   assert.deepEqual(same.toArray(), table.toArray());
   const constant = E.full([169, 2], 0.25);
-  for (const window of [[4, 4], [8, 8], [12, 12]] as [number, number][]) {
+  for (const window of [
+    [4, 4],
+    [8, 8],
+    [12, 12],
+  ] as [number, number][]) {
     const resized = resizeRelativePositionBiasTable(constant, window);
     assert.deepEqual(resized.shape, [(2 * window[0] - 1) ** 2, 2]);
     assert.ok(resized.toArray().every((v) => Math.abs(v - 0.25) < 1e-7));
@@ -188,13 +210,18 @@ test('timm checkpoints load into the paths of a dual-path network, which then ma
   const model = new DualPathNet({
     convnext: { ...CONVNEXT_FIXTURE },
     swin: { ...SWIN_FIXTURE, inputSize: 128, windowSize: 8 },
-    fusion: 'aff', numClasses: 3, inputSize: 128,
+    fusion: 'aff',
+    numClasses: 3,
+    inputSize: 128,
   }).eval();
   const convnextReport = await importTimmCheckpoint(model, fixture('convnext_d16_convmlp_128'), { path: 'convnext' });
   const swinReport = await importTimmCheckpoint(model, fixture('swin_e16_w8_128'), { path: 'swin' });
   assert.deepEqual(convnextReport.skipped.map((s) => s.key).sort(), ['head.fc.bias', 'head.fc.weight', 'head.norm.bias', 'head.norm.weight']);
   assert.deepEqual(swinReport.skipped.map((s) => s.key).sort(), ['head.fc.bias', 'head.fc.weight']);
-  for (const [name, pathModel] of [['convnext_d16_convmlp_128', model.convnext!], ['swin_e16_w8_128', model.swin!]] as const) {
+  for (const [name, pathModel] of [
+    ['convnext_d16_convmlp_128', model.convnext!],
+    ['swin_e16_w8_128', model.swin!],
+  ] as const) {
     const io = await fixtureIo(name);
     const features = E.noGrad(() => pathModel.forwardFeatures(io.get('input')!));
     assert.ok(maxAbsDiff(features.toArray(), io.get('features')!.toArray()) < 1e-4, `${name} path features`);

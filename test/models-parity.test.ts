@@ -25,10 +25,12 @@ for (const [name, build] of Object.entries(cases)) {
     const model = build().eval();
     try {
       model.loadStateDict(weights.tensors);
-      const { features, logits } = E.noGrad(() => E.tidy(() => {
-        const f = model.forwardFeatures(io.tensors.get('input')!);
-        return { features: f, logits: model.forwardHead(f) };
-      }));
+      const { features, logits } = E.noGrad(() =>
+        E.tidy(() => {
+          const f = model.forwardFeatures(io.tensors.get('input')!);
+          return { features: f, logits: model.forwardHead(f) };
+        }),
+      );
       const expectedFeatures = io.tensors.get('features')!;
       assert.deepEqual(features.shape, expectedFeatures.shape);
       const featureError = maxAbsDiff(features.toArray(), expectedFeatures.toArray());

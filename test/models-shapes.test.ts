@@ -41,7 +41,11 @@ function expectedFeatureShape(name: string, batch: number, size: number): number
 function parametersWithoutGradient(name: string, model: ImageClassifier, batch: number, size: number): string[] {
   model.train();
   const x = E.randn([batch, 3, size, size], { seed: size });
-  const target = E.tensor(Array.from({ length: batch }, (_, i) => i % NUM_CLASSES), [batch], { dtype: 'int64' });
+  const target = E.tensor(
+    Array.from({ length: batch }, (_, i) => i % NUM_CLASSES),
+    [batch],
+    { dtype: 'int64' },
+  );
   const loss = E.tidy(() => {
     const features = model.forwardFeatures(x);
     assert.deepEqual(features.shape, expectedFeatureShape(name, batch, size), `${name} features at ${size} px`);

@@ -2,7 +2,19 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as E from '../src/engine/index.js';
-import { Conv2d, DropPath, LayerNorm, LayerNorm2d, Linear, Module, Sequential, StateDictError, dropPathRates, truncNormal_, weightDecayGroups } from '../src/nn/index.js';
+import {
+  Conv2d,
+  DropPath,
+  LayerNorm,
+  LayerNorm2d,
+  Linear,
+  Module,
+  Sequential,
+  StateDictError,
+  dropPathRates,
+  truncNormal_,
+  weightDecayGroups,
+} from '../src/nn/index.js';
 import { assertClose } from './helpers.js';
 
 class Block extends Module {
@@ -26,11 +38,19 @@ class Net extends Module {
 
 test('keys are dotted paths with numeric names for sequences, own parameters first', () => {
   const net = new Net();
-  assert.deepEqual(net.namedParameters().map(([k]) => k), [
-    'blocks.0.weight', 'blocks.0.bias', 'blocks.1.weight', 'tail.gamma', 'tail.fc.weight', 'tail.fc.bias', 'tail.norm.weight', 'tail.norm.bias',
-  ]);
-  assert.deepEqual(net.namedBuffers().map(([k]) => k), ['tail.index', 'tail.count']);
-  assert.deepEqual([...net.stateDict().keys()].sort(), [...net.namedParameters().map(([k]) => k), 'tail.count'].sort(), 'non-persistent buffers stay out of the state dict');
+  assert.deepEqual(
+    net.namedParameters().map(([k]) => k),
+    ['blocks.0.weight', 'blocks.0.bias', 'blocks.1.weight', 'tail.gamma', 'tail.fc.weight', 'tail.fc.bias', 'tail.norm.weight', 'tail.norm.bias'],
+  );
+  assert.deepEqual(
+    net.namedBuffers().map(([k]) => k),
+    ['tail.index', 'tail.count'],
+  );
+  assert.deepEqual(
+    [...net.stateDict().keys()].sort(),
+    [...net.namedParameters().map(([k]) => k), 'tail.count'].sort(),
+    'non-persistent buffers stay out of the state dict',
+  );
   assert.equal(net.numParameters(), 3 * 4 + 4 + 16 + 4 + 16 + 4 + 4 + 4);
   assert.ok(net.parameters().every((p) => p.requiresGrad));
   assert.equal(net.getSubmodule('tail.fc'), net.tail.fc);
@@ -53,16 +73,32 @@ test('loadStateDict copies in place and lists every bad key in one error', () =>
   state.set('tail.fc.weight', wrong);
   const extra = E.zeros([1]);
   state.set('tail.extra', extra);
-  const before = b.blocks.at(0).parameters().map((p) => p.toArray());
-  assert.throws(() => b.loadStateDict(state), (error: unknown) => {
-    assert.ok(error instanceof StateDictError);
-    assert.deepEqual(error.missing.sort(), ['blocks.0.bias', 'tail.norm.bias']);
-    assert.deepEqual(error.unexpected, ['tail.extra']);
-    assert.deepEqual(error.mismatched, [{ key: 'tail.fc.weight', expected: [4, 4], got: [5, 4] }]);
-    assert.match(error.message, /missing from the checkpoint \(2\)[\s\S]*unexpected in the checkpoint \(1\)[\s\S]*tail\.fc\.weight: model \[4, 4\], checkpoint \[5, 4\]/);
-    return true;
-  });
-  assert.deepEqual(b.blocks.at(0).parameters().map((p) => p.toArray()), before, 'nothing is copied when anything is wrong');
+  const before = b.blocks
+    .at(0)
+    .parameters()
+    .map((p) => p.toArray());
+  assert.throws(
+    () => b.loadStateDict(state),
+    (error: unknown) => {
+      assert.ok(error instanceof StateDictError);
+      assert.deepEqual(error.missing.sort(), ['blocks.0.bias', 'tail.norm.bias']);
+      assert.deepEqual(error.unexpected, ['tail.extra']);
+      assert.deepEqual(error.mismatched, [{ key: 'tail.fc.weight', expected: [4, 4], got: [5, 4] }]);
+      assert.match(
+        error.message,
+        /missing from the checkpoint \(2\)[\s\S]*unexpected in the checkpoint \(1\)[\s\S]*tail\.fc\.weight: model \[4, 4\], checkpoint \[5, 4\]/,
+      );
+      return true;
+    },
+  );
+  assert.deepEqual(
+    b.blocks
+      .at(0)
+      .parameters()
+      .map((p) => p.toArray()),
+    before,
+    'nothing is copied when anything is wrong',
+  );
   E.dispose([wrong, extra]);
   a.dispose();
   b.dispose();
@@ -79,8 +115,11 @@ test('train() and eval() reach every descendant', () => {
 
 test('LayerNorm2d normalises each position over channels', () => {
   const norm = new LayerNorm2d(3);
-  E.noGrad(() => { norm.weight.copy_(E.tensor([1, 2, 3])); norm.bias.copy_(E.tensor([0, 1, -1])); });
-  const x = E.tensor([1, 5, 2, 6, 3, 7], [1, 3, 1, 2]);  // position 0: (1, 2, 3), position 1: (5, 6, 7)
+  E.noGrad(() => {
+    norm.weight.copy_(E.tensor([1, 2, 3]));
+    norm.bias.copy_(E.tensor([0, 1, -1]));
+  });
+  const x = E.tensor([1, 5, 2, 6, 3, 7], [1, 3, 1, 2]); // position 0: (1, 2, 3), position 1: (5, 6, 7)
   const y = norm.forward(x);
   const s = 1 / Math.sqrt(2 / 3 + 1e-6);
   assertClose(y.toArray(), [-s, -s, 1, 1, 3 * s - 1, 3 * s - 1], 1e-5);
@@ -123,7 +162,10 @@ test('DropPath is the identity in eval and drops or rescales whole samples in tr
 
 test('dropPathRates rise linearly over all blocks, split by stage', () => {
   assertClose(dropPathRates([2, 2, 1], 0.4).flat(), [0, 0.1, 0.2, 0.3, 0.4]);
-  assert.deepEqual(dropPathRates([2, 2, 1], 0.4).map((r) => r.length), [2, 2, 1]);
+  assert.deepEqual(
+    dropPathRates([2, 2, 1], 0.4).map((r) => r.length),
+    [2, 2, 1],
+  );
 });
 
 test('truncNormal_ draws std 0.02 and respects tight bounds', () => {
@@ -153,7 +195,14 @@ test('weight decay skips norms, biases, layer scales and relative-position table
   const model = new WithTable();
   const groups = weightDecayGroups(model, 0.05);
   assert.deepEqual(groups.decay.names, ['net.blocks.0.weight', 'net.blocks.1.weight', 'net.tail.fc.weight']);
-  assert.deepEqual(groups.noDecay.names.sort(), ['net.blocks.0.bias', 'net.tail.fc.bias', 'net.tail.gamma', 'net.tail.norm.bias', 'net.tail.norm.weight', 'relative_position_bias_table']);
+  assert.deepEqual(groups.noDecay.names.sort(), [
+    'net.blocks.0.bias',
+    'net.tail.fc.bias',
+    'net.tail.gamma',
+    'net.tail.norm.bias',
+    'net.tail.norm.weight',
+    'relative_position_bias_table',
+  ]);
   assert.equal(groups.decay.weightDecay, 0.05);
   assert.equal(groups.noDecay.weightDecay, 0);
   model.dispose();

@@ -32,7 +32,7 @@ test('config: defaults fill every field, survive JSON, and bad values are refuse
   assert.throws(() => resolveMpmConfig({ colour: { quantile: 1 } }), /colour.quantile/);
 });
 
-test('morphology scales are relative: the fixtures\' 7 and 15 px ellipses at 360 px, 3 and 5 px at 128 px', () => {
+test("morphology scales are relative: the fixtures' 7 and 15 px ellipses at 360 px, 3 and 5 px at 128 px", () => {
   const [small, large] = DEFAULT_MPM_CONFIG.morphology.scales;
   assert.deepEqual([elementSize(small, 360), elementSize(large, 360)], [7, 15]);
   assert.deepEqual([elementSize(small, 128), elementSize(large, 128)], [3, 5]);
@@ -46,7 +46,10 @@ test('every stage off is the identity', async () => {
 
 test('illumination flattens a lamp gradient across an empty field', async () => {
   const mpm = await Mpm.create(only('illumination'));
-  const input = image(128, (x) => { const v = 120 + x; return [v, v, v]; });
+  const input = image(128, (x) => {
+    const v = 120 + x;
+    return [v, v, v];
+  });
   // Over the central half; at the borders the mirrored Gaussian flattens any estimate of a ramp.
   const spread = (img: RgbImage) => img.data[(64 * 128 + 96) * 3] - img.data[(64 * 128 + 32) * 3];
   const after = mpm.apply(input);
@@ -79,7 +82,10 @@ test('contact-sheet stages: original first, final equal to apply(), every stage 
   const mpm = await Mpm.create();
   const input = await toModelGeometry(await readImageFile(path.join(PBC, 'basophil/BA_100102.jpg')));
   const stages = mpm.stages(input);
-  assert.deepEqual(stages.map((s) => s.name), ['original', 'illumination-field', 'illumination', 'colour', 'contrast', 'morphology-detail', 'morphology']);
+  assert.deepEqual(
+    stages.map((s) => s.name),
+    ['original', 'illumination-field', 'illumination', 'colour', 'contrast', 'morphology-detail', 'morphology'],
+  );
   assert.deepEqual(stages.at(-1)!.image.data, mpm.apply(input).data);
   for (const stage of stages) assert.deepEqual([stage.image.width, stage.image.height, stage.image.data.length], [128, 128, 128 * 128 * 3]);
 });

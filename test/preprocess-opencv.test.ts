@@ -38,7 +38,10 @@ for (const { stem } of cases) {
   test(`${stem}: CLAHE (clip 2, 8×8 tiles; clip 4, 4×4 tiles) within ±1 grey level`, async () => {
     const ops = await loadImageOps();
     const L = await readGray(`${stem}.L.png`);
-    for (const [clip, tiles] of [[2, 8], [4, 4]]) {
+    for (const [clip, tiles] of [
+      [2, 8],
+      [4, 4],
+    ]) {
       const expected = await readGray(`${stem}.clahe_c${clip}_t${tiles}.png`);
       const diff = maxAbsDiff(ops.clahe(L, clip, tiles).data, expected.data);
       assert.ok(diff <= 1, `clahe c${clip} t${tiles}: max diff ${diff}`);

@@ -28,7 +28,13 @@ const nanFile = path.join(dir, 'nan.safetensors');
 async function models(): Promise<void> {
   E.manualSeed(0);
   const model = createModel('convnext-only', { numClasses: 8, inputSize: 64 });
-  const info = { classes: [...PBC_CLASSES], normalization: IMAGENET_NORMALIZATION, temperature: 1, uncertaintyThreshold: 0.5, preprocessing: { geometry: { field: null, size: 64 }, mpm: null } };
+  const info = {
+    classes: [...PBC_CLASSES],
+    normalization: IMAGENET_NORMALIZATION,
+    temperature: 1,
+    uncertaintyThreshold: 0.5,
+    preprocessing: { geometry: { field: null, size: 64 }, mpm: null },
+  };
   await saveModel(modelFile, model, info, { dtype: 'float16' });
   E.noGrad(() => model.head!.fc.weight.fill_(Number.NaN));
   await saveModel(nanFile, model, info);
@@ -39,40 +45,53 @@ const ready = models();
 const isError = (r: Classification | ClassificationError): r is ClassificationError => 'error' in r;
 
 async function png(r: number, g: number, b: number): Promise<Buffer> {
-  return sharp({ create: { width: 80, height: 72, channels: 3, background: { r, g, b } } }).png().toBuffer();
+  return sharp({ create: { width: 80, height: 72, channels: 3, background: { r, g, b } } })
+    .png()
+    .toBuffer();
 }
 
-test('40 PBC JPEGs with 4 KB overwritten in the middle each give an error or a flagged answer, their clean originals neither', { skip: !existsSync(PBC) }, async () => {
-  await ready;
-  const random = seededRandom(20_240_611);
-  const classes = readdirSync(PBC).filter((c) => !c.startsWith('.')).sort();
-  const originals = Array.from({ length: 40 }, (_, i) => {
-    const names = readdirSync(path.join(PBC, classes[i % classes.length])).filter((n) => n.endsWith('.jpg') && !n.startsWith('.')).sort();
-    return readFileSync(path.join(PBC, classes[i % classes.length], names[Math.floor(random() * names.length)]));
-  });
-  const damaged = originals.map((bytes) => {
-    const copy = Buffer.from(bytes);
-    const start = (copy.length >> 1) - 2048;
-    for (let i = 0; i < 4096; i++) copy[start + i] = Math.floor(random() * 256);
-    return copy;
-  });
-  // Threshold 0: no answer is flagged for low confidence, so only the damage itself can stop a label.
-  const classifier = await loadClassifier(modelFile, { device: 'cpu', uncertaintyThreshold: 0 });
-  const clean = await classifier.classifyBatch(originals);
-  // What the image shows may still be flagged (no-single-cell); the file itself must not be.
-  for (const [i, r] of clean.entries()) assert.ok(!isError(r) && !r.reasons.includes('decode-warning'), `clean file ${i}: ${JSON.stringify(r)}`);
-  const results = await classifier.classifyBatch(damaged);
-  for (const [i, r] of results.entries()) {
-    if (isError(r)) {
-      assert.ok(r.code === 'corrupt' || r.code === 'truncated', `file ${i}: ${r.code} ${r.error}`);
-      assert.match(r.error, /JPEG/);
-    } else {
-      assert.ok(r.uncertain && r.reasons.includes('decode-warning'), `file ${i} got a label without a flag: ${JSON.stringify(r)}`);
+test(
+  '40 PBC JPEGs with 4 KB overwritten in the middle each give an error or a flagged answer, their clean originals neither',
+  { skip: !existsSync(PBC) },
+  async () => {
+    await ready;
+    const random = seededRandom(20_240_611);
+    const classes = readdirSync(PBC)
+      .filter((c) => !c.startsWith('.'))
+      .sort();
+    const originals = Array.from({ length: 40 }, (_, i) => {
+      const names = readdirSync(path.join(PBC, classes[i % classes.length]))
+        .filter((n) => n.endsWith('.jpg') && !n.startsWith('.'))
+        .sort();
+      return readFileSync(path.join(PBC, classes[i % classes.length], names[Math.floor(random() * names.length)]));
+    });
+    const damaged = originals.map((bytes) => {
+      const copy = Buffer.from(bytes);
+      const start = (copy.length >> 1) - 2048;
+      for (let i = 0; i < 4096; i++) copy[start + i] = Math.floor(random() * 256);
+      return copy;
+    });
+    // Threshold 0: no answer is flagged for low confidence, so only the damage itself can stop a label.
+    const classifier = await loadClassifier(modelFile, { device: 'cpu', uncertaintyThreshold: 0 });
+    const clean = await classifier.classifyBatch(originals);
+    // What the image shows may still be flagged (no-single-cell); the file itself must not be.
+    for (const [i, r] of clean.entries()) assert.ok(!isError(r) && !r.reasons.includes('decode-warning'), `clean file ${i}: ${JSON.stringify(r)}`);
+    const results = await classifier.classifyBatch(damaged);
+    for (const [i, r] of results.entries()) {
+      if (isError(r)) {
+        assert.ok(r.code === 'corrupt' || r.code === 'truncated', `file ${i}: ${r.code} ${r.error}`);
+        assert.match(r.error, /JPEG/);
+      } else {
+        assert.ok(r.uncertain && r.reasons.includes('decode-warning'), `file ${i} got a label without a flag: ${JSON.stringify(r)}`);
+      }
     }
-  }
-  await assert.rejects(decodeImage(damaged[0]), (e: unknown) => e instanceof DecodeError && e.code === 'corrupt' && /corrupt JPEG: .*Corrupt JPEG data/.test(e.message));
-  classifier.dispose();
-});
+    await assert.rejects(
+      decodeImage(damaged[0]),
+      (e: unknown) => e instanceof DecodeError && e.code === 'corrupt' && /corrupt JPEG: .*Corrupt JPEG data/.test(e.message),
+    );
+    classifier.dispose();
+  },
+);
 
 test('a PNG that decodes only leniently (bad checksum) is classified with the reason decode-warning', async () => {
   await ready;
@@ -131,7 +150,8 @@ function edited(base: Buffer, edit: (header: Record<string, any>, meta: Record<s
   const header = JSON.parse(base.subarray(8, 8 + length).toString('utf8'));
   const meta = JSON.parse(header.__metadata__.hemato);
   const replaced = edit(header, meta);
-  if (replaced === undefined && header.__metadata__?.hemato !== undefined && typeof header.__metadata__.hemato === 'string') header.__metadata__.hemato = JSON.stringify(meta);
+  if (replaced === undefined && header.__metadata__?.hemato !== undefined && typeof header.__metadata__.hemato === 'string')
+    header.__metadata__.hemato = JSON.stringify(meta);
   const json = Buffer.from(JSON.stringify(replaced ?? header));
   const prefix = Buffer.alloc(8);
   prefix.writeBigUInt64LE(BigInt(json.length));
@@ -158,64 +178,320 @@ const first = (header: Header) => Object.keys(header).find((k) => k !== '__metad
 const MALFORMED: [string, (header: Header, meta: Header) => unknown, RegExp][] = [
   // The safetensors header.
   ['header not an object', () => [1, 2], /the header is \[1,2\], not a JSON object/],
-  ['entry null', (h) => { h[first(h)] = null; }, /tensor '.+' is described by null, not an object/],
-  ['entry a number', (h) => { h[first(h)] = 7; }, /tensor '.+' is described by 7, not an object/],
-  ['dtype missing', (h) => { delete h[first(h)].dtype; }, /tensor '.+' has dtype undefined, which hemato does not read/],
-  ['dtype unknown', (h) => { h[first(h)].dtype = 'F8_E4M3'; }, /tensor '.+' has dtype "F8_E4M3", which hemato does not read/],
-  ['shape not a list', (h) => { h[first(h)].shape = '4'; }, /tensor '.+' has shape "4", not a list of non-negative integers/],
-  ['shape negative', (h) => { h[first(h)].shape = [-1, 8]; }, /has shape \[-1,8\], not a list/],
-  ['shape fractional', (h) => { h[first(h)].shape = [2.5]; }, /has shape \[2.5\], not a list/],
-  ['offsets missing', (h) => { delete h[first(h)].data_offsets; }, /has data_offsets undefined, not \[begin, end\]/],
-  ['offsets reversed', (h) => { h[first(h)].data_offsets = [10, 2]; }, /has data_offsets \[10,2\], not \[begin, end\]/],
-  ['offsets of three', (h) => { h[first(h)].data_offsets = [0, 2, 4]; }, /has data_offsets \[0,2,4\]/],
-  ['offsets beyond the data', (h) => { const e = h[first(h)]; e.data_offsets = [e.data_offsets[0] + 1e9, e.data_offsets[1] + 1e9]; }, /beyond the \d+ bytes of data/],
-  ['shape and bytes disagree', (h) => { h[first(h)].shape.push(2); }, /bytes\), but shape \[.*\] of F\d+ needs \d+/],
-  ['tensors share bytes', (h) => { const [a, b] = sameSized(h); h[b].data_offsets = [...h[a].data_offsets]; }, /tensors '.+' \[\d+, \d+\] and '.+' \[\d+, \d+\] share bytes/],
-  ['metadata values not strings', (h, m) => { h.__metadata__ = { hemato: m }; return h; }, /__metadata__ must map names to strings/],
+  [
+    'entry null',
+    (h) => {
+      h[first(h)] = null;
+    },
+    /tensor '.+' is described by null, not an object/,
+  ],
+  [
+    'entry a number',
+    (h) => {
+      h[first(h)] = 7;
+    },
+    /tensor '.+' is described by 7, not an object/,
+  ],
+  [
+    'dtype missing',
+    (h) => {
+      delete h[first(h)].dtype;
+    },
+    /tensor '.+' has dtype undefined, which hemato does not read/,
+  ],
+  [
+    'dtype unknown',
+    (h) => {
+      h[first(h)].dtype = 'F8_E4M3';
+    },
+    /tensor '.+' has dtype "F8_E4M3", which hemato does not read/,
+  ],
+  [
+    'shape not a list',
+    (h) => {
+      h[first(h)].shape = '4';
+    },
+    /tensor '.+' has shape "4", not a list of non-negative integers/,
+  ],
+  [
+    'shape negative',
+    (h) => {
+      h[first(h)].shape = [-1, 8];
+    },
+    /has shape \[-1,8\], not a list/,
+  ],
+  [
+    'shape fractional',
+    (h) => {
+      h[first(h)].shape = [2.5];
+    },
+    /has shape \[2.5\], not a list/,
+  ],
+  [
+    'offsets missing',
+    (h) => {
+      delete h[first(h)].data_offsets;
+    },
+    /has data_offsets undefined, not \[begin, end\]/,
+  ],
+  [
+    'offsets reversed',
+    (h) => {
+      h[first(h)].data_offsets = [10, 2];
+    },
+    /has data_offsets \[10,2\], not \[begin, end\]/,
+  ],
+  [
+    'offsets of three',
+    (h) => {
+      h[first(h)].data_offsets = [0, 2, 4];
+    },
+    /has data_offsets \[0,2,4\]/,
+  ],
+  [
+    'offsets beyond the data',
+    (h) => {
+      const e = h[first(h)];
+      e.data_offsets = [e.data_offsets[0] + 1e9, e.data_offsets[1] + 1e9];
+    },
+    /beyond the \d+ bytes of data/,
+  ],
+  [
+    'shape and bytes disagree',
+    (h) => {
+      h[first(h)].shape.push(2);
+    },
+    /bytes\), but shape \[.*\] of F\d+ needs \d+/,
+  ],
+  [
+    'tensors share bytes',
+    (h) => {
+      const [a, b] = sameSized(h);
+      h[b].data_offsets = [...h[a].data_offsets];
+    },
+    /tensors '.+' \[\d+, \d+\] and '.+' \[\d+, \d+\] share bytes/,
+  ],
+  [
+    'metadata values not strings',
+    (h, m) => {
+      h.__metadata__ = { hemato: m };
+      return h;
+    },
+    /__metadata__ must map names to strings/,
+  ],
   // The hemato document.
-  ['document not JSON', (h) => { h.__metadata__.hemato = '{"format": '; return h; }, /the hemato metadata is not valid JSON/],
-  ['document null', (h) => { h.__metadata__.hemato = 'null'; return h; }, /the hemato metadata is null, not an object/],
-  ['format', (_, m) => { m.format = 'onnx'; }, /metadata format "onnx" is not 'hemato-model'/],
-  ['version not a number', (_, m) => { m.version = 'one'; }, /metadata version "one" is not a positive integer/],
-  ['version newer', (_, m) => { m.version = 99; }, /newer hemato \(model format 99\)/],
-  ['architecture unknown', (_, m) => { m.architecture = 'resnet50'; }, /architecture "resnet50" is not one of/],
-  ['3 class names for 8 outputs', (_, m) => { m.classes = m.classes.slice(0, 3); }, /3 class names for a model with 8 outputs/],
-  ['duplicate class names', (_, m) => { m.classes[7] = m.classes[0]; }, /class name "basophil" appears twice/],
-  ['empty class name', (_, m) => { m.classes[2] = ' '; }, /class name " " is not a non-empty string/],
-  ['classes not a list', (_, m) => { m.classes = 'basophil'; }, /classes must be a list of 1 to \d+ names/],
-  ['options null', (_, m) => { m.options = null; }, /options must be an object, got null/],
-  ['a billion outputs', (_, m) => { m.options.numClasses = 1e9; }, /8 class names for a model with 1000000000 outputs/],
-  ['inputSize zero', (_, m) => { m.inputSize = 0; }, /inputSize must be a multiple of 32 in 32\.\.1024, got 0/],
-  ['inputSize disagrees', (_, m) => { m.options.inputSize = 96; }, /options.inputSize 96 differs from inputSize 64/],
-  ['drop rate', (_, m) => { m.options.dropRate = 3; }, /options.dropRate must be a number in \[0, 1\]/],
-  ['temperature zero', (_, m) => { m.temperature = 0; }, /temperature must be a number above zero, got 0/],
-  ['temperature negative', (_, m) => { m.temperature = -1.5; }, /temperature must be a number above zero, got -1.5/],
-  ['temperature a string', (_, m) => { m.temperature = '1.2'; }, /temperature must be a number above zero, got "1.2"/],
-  ['std zero', (_, m) => { m.normalization.std = [0.2, 0, 0.2]; }, /normalization.std must be three finite numbers above zero/],
-  ['mean of two', (_, m) => { m.normalization.mean = [0.5, 0.5]; }, /normalization.mean must be three finite numbers/],
-  ['threshold above 1', (_, m) => { m.uncertaintyThreshold = 1.5; }, /uncertaintyThreshold must be a probability in \[0, 1\], got 1.5/],
-  ['threshold below 0', (_, m) => { m.uncertaintyThreshold = -0.1; }, /uncertaintyThreshold must be a probability in \[0, 1\], got -0.1/],
-  ['dtype of the document', (_, m) => { m.dtype = 'int8'; }, /dtype "int8" is not one of float32, float16, bfloat16/],
-  ['detector threshold', (_, m) => { m.outOfDistribution = { kind: 'mahalanobis', threshold: -1, validationFlagged: 0.05, features: 320 }; }, /out-of-distribution threshold must be a number above zero, got -1/],
-  ['detector kind', (_, m) => { m.outOfDistribution = { kind: 'knn' }; }, /outOfDistribution must be a 'mahalanobis' detector/],
-  ['classes agree with options, not with the weights', (_, m) => { m.classes = m.classes.slice(0, 3); m.options.numClasses = 3; }, /head\.fc\.weight/],
-  ['preprocessing geometry', (_, m) => { m.preprocessing.geometry.size = 'big'; }, /geometry\.size must be an integer/],
+  [
+    'document not JSON',
+    (h) => {
+      h.__metadata__.hemato = '{"format": ';
+      return h;
+    },
+    /the hemato metadata is not valid JSON/,
+  ],
+  [
+    'document null',
+    (h) => {
+      h.__metadata__.hemato = 'null';
+      return h;
+    },
+    /the hemato metadata is null, not an object/,
+  ],
+  [
+    'format',
+    (_, m) => {
+      m.format = 'onnx';
+    },
+    /metadata format "onnx" is not 'hemato-model'/,
+  ],
+  [
+    'version not a number',
+    (_, m) => {
+      m.version = 'one';
+    },
+    /metadata version "one" is not a positive integer/,
+  ],
+  [
+    'version newer',
+    (_, m) => {
+      m.version = 99;
+    },
+    /newer hemato \(model format 99\)/,
+  ],
+  [
+    'architecture unknown',
+    (_, m) => {
+      m.architecture = 'resnet50';
+    },
+    /architecture "resnet50" is not one of/,
+  ],
+  [
+    '3 class names for 8 outputs',
+    (_, m) => {
+      m.classes = m.classes.slice(0, 3);
+    },
+    /3 class names for a model with 8 outputs/,
+  ],
+  [
+    'duplicate class names',
+    (_, m) => {
+      m.classes[7] = m.classes[0];
+    },
+    /class name "basophil" appears twice/,
+  ],
+  [
+    'empty class name',
+    (_, m) => {
+      m.classes[2] = ' ';
+    },
+    /class name " " is not a non-empty string/,
+  ],
+  [
+    'classes not a list',
+    (_, m) => {
+      m.classes = 'basophil';
+    },
+    /classes must be a list of 1 to \d+ names/,
+  ],
+  [
+    'options null',
+    (_, m) => {
+      m.options = null;
+    },
+    /options must be an object, got null/,
+  ],
+  [
+    'a billion outputs',
+    (_, m) => {
+      m.options.numClasses = 1e9;
+    },
+    /8 class names for a model with 1000000000 outputs/,
+  ],
+  [
+    'inputSize zero',
+    (_, m) => {
+      m.inputSize = 0;
+    },
+    /inputSize must be a multiple of 32 in 32\.\.1024, got 0/,
+  ],
+  [
+    'inputSize disagrees',
+    (_, m) => {
+      m.options.inputSize = 96;
+    },
+    /options.inputSize 96 differs from inputSize 64/,
+  ],
+  [
+    'drop rate',
+    (_, m) => {
+      m.options.dropRate = 3;
+    },
+    /options.dropRate must be a number in \[0, 1\]/,
+  ],
+  [
+    'temperature zero',
+    (_, m) => {
+      m.temperature = 0;
+    },
+    /temperature must be a number above zero, got 0/,
+  ],
+  [
+    'temperature negative',
+    (_, m) => {
+      m.temperature = -1.5;
+    },
+    /temperature must be a number above zero, got -1.5/,
+  ],
+  [
+    'temperature a string',
+    (_, m) => {
+      m.temperature = '1.2';
+    },
+    /temperature must be a number above zero, got "1.2"/,
+  ],
+  [
+    'std zero',
+    (_, m) => {
+      m.normalization.std = [0.2, 0, 0.2];
+    },
+    /normalization.std must be three finite numbers above zero/,
+  ],
+  [
+    'mean of two',
+    (_, m) => {
+      m.normalization.mean = [0.5, 0.5];
+    },
+    /normalization.mean must be three finite numbers/,
+  ],
+  [
+    'threshold above 1',
+    (_, m) => {
+      m.uncertaintyThreshold = 1.5;
+    },
+    /uncertaintyThreshold must be a probability in \[0, 1\], got 1.5/,
+  ],
+  [
+    'threshold below 0',
+    (_, m) => {
+      m.uncertaintyThreshold = -0.1;
+    },
+    /uncertaintyThreshold must be a probability in \[0, 1\], got -0.1/,
+  ],
+  [
+    'dtype of the document',
+    (_, m) => {
+      m.dtype = 'int8';
+    },
+    /dtype "int8" is not one of float32, float16, bfloat16/,
+  ],
+  [
+    'detector threshold',
+    (_, m) => {
+      m.outOfDistribution = { kind: 'mahalanobis', threshold: -1, validationFlagged: 0.05, features: 320 };
+    },
+    /out-of-distribution threshold must be a number above zero, got -1/,
+  ],
+  [
+    'detector kind',
+    (_, m) => {
+      m.outOfDistribution = { kind: 'knn' };
+    },
+    /outOfDistribution must be a 'mahalanobis' detector/,
+  ],
+  [
+    'classes agree with options, not with the weights',
+    (_, m) => {
+      m.classes = m.classes.slice(0, 3);
+      m.options.numClasses = 3;
+    },
+    /head\.fc\.weight/,
+  ],
+  [
+    'preprocessing geometry',
+    (_, m) => {
+      m.preprocessing.geometry.size = 'big';
+    },
+    /geometry\.size must be an integer/,
+  ],
 ];
 
 test(`${MALFORMED.length} malformed model files each fail at load with one message naming the file and the problem`, async () => {
   await ready;
   const base = readFileSync(modelFile);
-  const classifier = await loadClassifier(modelFile, { device: 'cpu' });  // the unedited file is fine
+  const classifier = await loadClassifier(modelFile, { device: 'cpu' }); // the unedited file is fine
   classifier.dispose();
   for (const [i, [name, edit, message]] of MALFORMED.entries()) {
     const file = path.join(dir, `malformed-${i}.safetensors`);
     writeFileSync(file, edited(base, edit));
-    await assert.rejects(loadClassifier(file, { device: 'cpu' }), (e: unknown) => {
-      assert.ok(e instanceof Error, name);
-      assert.ok(e.message.startsWith(`${file}: `), `${name}: the message does not name the file: ${e.message}`);
-      assert.match(e.message, message, name);
-      return true;
-    }, name);
+    await assert.rejects(
+      loadClassifier(file, { device: 'cpu' }),
+      (e: unknown) => {
+        assert.ok(e instanceof Error, name);
+        assert.ok(e.message.startsWith(`${file}: `), `${name}: the message does not name the file: ${e.message}`);
+        assert.match(e.message, message, name);
+        return true;
+      },
+      name,
+    );
   }
   // A header length beyond the file is caught before any JSON is read.
   const long = Buffer.from(base);
@@ -225,7 +501,7 @@ test(`${MALFORMED.length} malformed model files each fail at load with one messa
 });
 
 test('classifier options are checked before the model is loaded, naming the option and what it takes', async () => {
-  const missing = path.join(dir, 'never-read.safetensors');  // a bad option is reported before the missing file
+  const missing = path.join(dir, 'never-read.safetensors'); // a bad option is reported before the missing file
   const cases: [object, ErrorConstructor, RegExp][] = [
     [{ precision: 'foo' }, TypeError, /precision must be one of 'auto', 'fp32', 'bf16', got 'foo'/],
     [{ uncertaintyThreshold: 5 }, RangeError, /uncertaintyThreshold must be a probability in \[0, 1\], got 5/],
@@ -268,20 +544,41 @@ test('inputs that are not a path, file bytes or a consistent RgbImage are refuse
     await assert.rejects(classifier.prepare(input as never), (e: unknown) => e instanceof kind && message.test(e.message), String(input));
   }
   const good = { width: 70, height: 70, data: new Uint8Array(70 * 70 * 3).fill(180) };
-  await assert.rejects(classifier.classifyBatch([good, 123] as never), (e: unknown) => e instanceof TypeError && /inputs\[1\] must be a file path/.test(e.message));
-  await assert.rejects(classifier.classifyBatch('cell.png' as never), (e: unknown) => e instanceof TypeError && /an array of inputs, got 'cell.png'/.test(e.message));
+  await assert.rejects(
+    classifier.classifyBatch([good, 123] as never),
+    (e: unknown) => e instanceof TypeError && /inputs\[1\] must be a file path/.test(e.message),
+  );
+  await assert.rejects(
+    classifier.classifyBatch('cell.png' as never),
+    (e: unknown) => e instanceof TypeError && /an array of inputs, got 'cell.png'/.test(e.message),
+  );
   assert.ok(!isError((await classifier.classifyBatch([good]))[0]));
   classifier.dispose();
 });
 
 /** A BMP with a 40-byte info header: palette (RGB triples) and pixel rows, bottom row first unless topDown. */
-function bmp(o: { bpp: number; width?: number; height?: number; compression?: number; colours?: number; palette?: number[][]; masks?: number[]; rows: number[][]; topDown?: boolean; offset?: number }): Buffer {
+function bmp(o: {
+  bpp: number;
+  width?: number;
+  height?: number;
+  compression?: number;
+  colours?: number;
+  palette?: number[][];
+  masks?: number[];
+  rows: number[][];
+  topDown?: boolean;
+  offset?: number;
+}): Buffer {
   const width = o.width ?? 3;
   const height = o.height ?? 2;
   const stride = Math.floor((o.bpp * width + 31) / 32) * 4;
   const pixels = Buffer.concat(o.rows.map((row) => Buffer.concat([Buffer.from(row), Buffer.alloc(Math.max(0, stride - row.length))])));
   const extra = Buffer.concat([
-    ...(o.masks ?? []).map((m) => { const b = Buffer.alloc(4); b.writeUInt32LE(m); return b; }),
+    ...(o.masks ?? []).map((m) => {
+      const b = Buffer.alloc(4);
+      b.writeUInt32LE(m);
+      return b;
+    }),
     ...(o.palette ?? []).map(([r, g, b]) => Buffer.from([b, g, r, 0])),
   ]);
   const offset = o.offset ?? 54 + extra.length;
@@ -302,24 +599,97 @@ function bmp(o: { bpp: number; width?: number; height?: number; compression?: nu
 
 // Top row: red, green, blue; bottom row: white, black, grey.
 const EXPECTED = [255, 0, 0, 0, 255, 0, 0, 0, 255, 255, 255, 255, 0, 0, 0, 128, 128, 128];
-const PALETTE = [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255], [0, 0, 0], [128, 128, 128]];
+const PALETTE = [
+  [255, 0, 0],
+  [0, 255, 0],
+  [0, 0, 255],
+  [255, 255, 255],
+  [0, 0, 0],
+  [128, 128, 128],
+];
 const word16 = (v: number) => [v & 0xff, v >> 8];
 const rgb555 = (r: number, g: number, b: number) => word16((Math.round((r * 31) / 255) << 10) | (Math.round((g * 31) / 255) << 5) | Math.round((b * 31) / 255));
 const rgb565 = (r: number, g: number, b: number) => word16((Math.round((r * 31) / 255) << 11) | (Math.round((g * 63) / 255) << 5) | Math.round((b * 31) / 255));
-const TOP = [[255, 0, 0], [0, 255, 0], [0, 0, 255]];
-const BOTTOM = [[255, 255, 255], [0, 0, 0], [128, 128, 128]];
+const TOP = [
+  [255, 0, 0],
+  [0, 255, 0],
+  [0, 0, 255],
+];
+const BOTTOM = [
+  [255, 255, 255],
+  [0, 0, 0],
+  [128, 128, 128],
+];
 
 test('BMPs of every uncompressed depth decode to the right colours', async () => {
   const grey = (v: number) => Array.from({ length: 3 }, () => v);
   const variants: [string, Buffer, number[]][] = [
-    ['8-bit palette', bmp({ bpp: 8, palette: PALETTE, rows: [[3, 4, 5], [0, 1, 2]] }), EXPECTED],
-    ['8-bit palette, top-down', bmp({ bpp: 8, palette: PALETTE, rows: [[0, 1, 2], [3, 4, 5]], topDown: true }), EXPECTED],
-    ['4-bit palette', bmp({ bpp: 4, palette: PALETTE, rows: [[0x34, 0x50], [0x01, 0x20]] }), EXPECTED],
-    ['1-bit palette', bmp({ bpp: 1, palette: [[0, 0, 0], [255, 255, 255]], rows: [[0b10100000], [0b01000000]] }), [...grey(0), ...grey(255), ...grey(0), ...grey(255), ...grey(0), ...grey(255)]],
+    [
+      '8-bit palette',
+      bmp({
+        bpp: 8,
+        palette: PALETTE,
+        rows: [
+          [3, 4, 5],
+          [0, 1, 2],
+        ],
+      }),
+      EXPECTED,
+    ],
+    [
+      '8-bit palette, top-down',
+      bmp({
+        bpp: 8,
+        palette: PALETTE,
+        rows: [
+          [0, 1, 2],
+          [3, 4, 5],
+        ],
+        topDown: true,
+      }),
+      EXPECTED,
+    ],
+    [
+      '4-bit palette',
+      bmp({
+        bpp: 4,
+        palette: PALETTE,
+        rows: [
+          [0x34, 0x50],
+          [0x01, 0x20],
+        ],
+      }),
+      EXPECTED,
+    ],
+    [
+      '1-bit palette',
+      bmp({
+        bpp: 1,
+        palette: [
+          [0, 0, 0],
+          [255, 255, 255],
+        ],
+        rows: [[0b10100000], [0b01000000]],
+      }),
+      [...grey(0), ...grey(255), ...grey(0), ...grey(255), ...grey(0), ...grey(255)],
+    ],
     ['24-bit', bmp({ bpp: 24, rows: [BOTTOM.flatMap(([r, g, b]) => [b, g, r]), TOP.flatMap(([r, g, b]) => [b, g, r])] }), EXPECTED],
     ['32-bit', bmp({ bpp: 32, rows: [BOTTOM.flatMap(([r, g, b]) => [b, g, r, 0]), TOP.flatMap(([r, g, b]) => [b, g, r, 0])] }), EXPECTED],
-    ['16-bit 5-5-5', bmp({ bpp: 16, rows: [BOTTOM.flatMap(([r, g, b]) => rgb555(r, g, b)), TOP.flatMap(([r, g, b]) => rgb555(r, g, b))] }), [...EXPECTED.slice(0, 15), 132, 132, 132]],
-    ['16-bit 5-6-5 bit fields', bmp({ bpp: 16, compression: 3, masks: [0xf800, 0x07e0, 0x001f], rows: [BOTTOM.flatMap(([r, g, b]) => rgb565(r, g, b)), TOP.flatMap(([r, g, b]) => rgb565(r, g, b))] }), [...EXPECTED.slice(0, 15), 132, 130, 132]],
+    [
+      '16-bit 5-5-5',
+      bmp({ bpp: 16, rows: [BOTTOM.flatMap(([r, g, b]) => rgb555(r, g, b)), TOP.flatMap(([r, g, b]) => rgb555(r, g, b))] }),
+      [...EXPECTED.slice(0, 15), 132, 132, 132],
+    ],
+    [
+      '16-bit 5-6-5 bit fields',
+      bmp({
+        bpp: 16,
+        compression: 3,
+        masks: [0xf800, 0x07e0, 0x001f],
+        rows: [BOTTOM.flatMap(([r, g, b]) => rgb565(r, g, b)), TOP.flatMap(([r, g, b]) => rgb565(r, g, b))],
+      }),
+      [...EXPECTED.slice(0, 15), 132, 130, 132],
+    ],
   ];
   for (const [name, bytes, expected] of variants) {
     const image = await decodeImage(bytes);
@@ -331,19 +701,170 @@ test('BMPs of every uncompressed depth decode to the right colours', async () =>
 test('BMP variants the reader does not understand are refused with what they are', async () => {
   await ready;
   const cases: [string, Buffer, string, RegExp][] = [
-    ['8-bit without a palette', bmp({ bpp: 8, rows: [[3, 4, 5], [0, 1, 2]] }), 'corrupt', /no room for the palette of 256 colours \(8 bits per pixel\) before the pixel data, which starts at byte 54/],
-    ['4-bit with its palette cut', bmp({ bpp: 4, colours: 16, palette: PALETTE, rows: [[0x34, 0x50], [0x01, 0x20]] }), 'corrupt', /no room for the palette of 16 colours/],
-    ['more colours than the depth has', bmp({ bpp: 1, colours: 3, palette: PALETTE.slice(0, 3), rows: [[0], [0]] }), 'corrupt', /3 palette colours for a 1-bit image \(at most 2\)/],
-    ['an index beyond the palette', bmp({ bpp: 8, palette: PALETTE, rows: [[3, 4, 5], [0, 1, 9]] }), 'corrupt', /uses colour 9 of a 6-colour palette/],
-    ['RLE8', bmp({ bpp: 8, compression: 1, palette: PALETTE, rows: [[1, 3, 1, 4, 1, 5, 0, 0], [1, 0, 1, 1, 1, 2, 0, 1]] }), 'unsupported', /RLE8-compressed pixels; convert it to PNG/],
-    ['RLE4', bmp({ bpp: 4, compression: 2, palette: PALETTE, rows: [[1, 0x30, 1, 0x40], [1, 0x50, 0, 1]] }), 'unsupported', /RLE4-compressed pixels; convert it to PNG/],
-    ['JPEG inside', bmp({ bpp: 0, compression: 4, rows: [[0xff, 0xd8], [0xff, 0xd9]] }), 'unsupported', /JPEG-compressed pixels/],
-    ['0 bits per pixel', bmp({ bpp: 0, rows: [[0, 0, 0], [0, 0, 0]] }), 'corrupt', /0 bits per pixel \(a BMP has 1, 4, 8, 16, 24 or 32\)/],
-    ['7 bits per pixel', bmp({ bpp: 7, rows: [[0, 0, 0], [0, 0, 0]] }), 'corrupt', /7 bits per pixel/],
-    ['unknown compression', bmp({ bpp: 24, compression: 99, rows: [[0, 0, 0], [0, 0, 0]] }), 'corrupt', /unknown compression 99/],
-    ['bit fields on 24 bits', bmp({ bpp: 24, compression: 3, masks: [0xff0000, 0xff00, 0xff], rows: [[0, 0, 0], [0, 0, 0]] }), 'corrupt', /bit fields with 24 bits per pixel/],
-    ['a zero mask', bmp({ bpp: 16, compression: 3, masks: [0xf800, 0, 0x1f], rows: [[0, 0], [0, 0]] }), 'corrupt', /colour masks 0xf800, 0x0, 0x1f do not fit 16-bit pixels/],
-    ['pixels inside the header', bmp({ bpp: 24, offset: 30, rows: [[0, 0, 0], [0, 0, 0]] }), 'corrupt', /the pixel data \(byte 30\) would start inside the 54-byte header/],
+    [
+      '8-bit without a palette',
+      bmp({
+        bpp: 8,
+        rows: [
+          [3, 4, 5],
+          [0, 1, 2],
+        ],
+      }),
+      'corrupt',
+      /no room for the palette of 256 colours \(8 bits per pixel\) before the pixel data, which starts at byte 54/,
+    ],
+    [
+      '4-bit with its palette cut',
+      bmp({
+        bpp: 4,
+        colours: 16,
+        palette: PALETTE,
+        rows: [
+          [0x34, 0x50],
+          [0x01, 0x20],
+        ],
+      }),
+      'corrupt',
+      /no room for the palette of 16 colours/,
+    ],
+    [
+      'more colours than the depth has',
+      bmp({ bpp: 1, colours: 3, palette: PALETTE.slice(0, 3), rows: [[0], [0]] }),
+      'corrupt',
+      /3 palette colours for a 1-bit image \(at most 2\)/,
+    ],
+    [
+      'an index beyond the palette',
+      bmp({
+        bpp: 8,
+        palette: PALETTE,
+        rows: [
+          [3, 4, 5],
+          [0, 1, 9],
+        ],
+      }),
+      'corrupt',
+      /uses colour 9 of a 6-colour palette/,
+    ],
+    [
+      'RLE8',
+      bmp({
+        bpp: 8,
+        compression: 1,
+        palette: PALETTE,
+        rows: [
+          [1, 3, 1, 4, 1, 5, 0, 0],
+          [1, 0, 1, 1, 1, 2, 0, 1],
+        ],
+      }),
+      'unsupported',
+      /RLE8-compressed pixels; convert it to PNG/,
+    ],
+    [
+      'RLE4',
+      bmp({
+        bpp: 4,
+        compression: 2,
+        palette: PALETTE,
+        rows: [
+          [1, 0x30, 1, 0x40],
+          [1, 0x50, 0, 1],
+        ],
+      }),
+      'unsupported',
+      /RLE4-compressed pixels; convert it to PNG/,
+    ],
+    [
+      'JPEG inside',
+      bmp({
+        bpp: 0,
+        compression: 4,
+        rows: [
+          [0xff, 0xd8],
+          [0xff, 0xd9],
+        ],
+      }),
+      'unsupported',
+      /JPEG-compressed pixels/,
+    ],
+    [
+      '0 bits per pixel',
+      bmp({
+        bpp: 0,
+        rows: [
+          [0, 0, 0],
+          [0, 0, 0],
+        ],
+      }),
+      'corrupt',
+      /0 bits per pixel \(a BMP has 1, 4, 8, 16, 24 or 32\)/,
+    ],
+    [
+      '7 bits per pixel',
+      bmp({
+        bpp: 7,
+        rows: [
+          [0, 0, 0],
+          [0, 0, 0],
+        ],
+      }),
+      'corrupt',
+      /7 bits per pixel/,
+    ],
+    [
+      'unknown compression',
+      bmp({
+        bpp: 24,
+        compression: 99,
+        rows: [
+          [0, 0, 0],
+          [0, 0, 0],
+        ],
+      }),
+      'corrupt',
+      /unknown compression 99/,
+    ],
+    [
+      'bit fields on 24 bits',
+      bmp({
+        bpp: 24,
+        compression: 3,
+        masks: [0xff0000, 0xff00, 0xff],
+        rows: [
+          [0, 0, 0],
+          [0, 0, 0],
+        ],
+      }),
+      'corrupt',
+      /bit fields with 24 bits per pixel/,
+    ],
+    [
+      'a zero mask',
+      bmp({
+        bpp: 16,
+        compression: 3,
+        masks: [0xf800, 0, 0x1f],
+        rows: [
+          [0, 0],
+          [0, 0],
+        ],
+      }),
+      'corrupt',
+      /colour masks 0xf800, 0x0, 0x1f do not fit 16-bit pixels/,
+    ],
+    [
+      'pixels inside the header',
+      bmp({
+        bpp: 24,
+        offset: 30,
+        rows: [
+          [0, 0, 0],
+          [0, 0, 0],
+        ],
+      }),
+      'corrupt',
+      /the pixel data \(byte 30\) would start inside the 54-byte header/,
+    ],
   ];
   for (const [name, bytes, code, message] of cases) {
     await assert.rejects(decodeImage(bytes), (e: unknown) => e instanceof DecodeError && e.code === code && message.test(e.message), name);

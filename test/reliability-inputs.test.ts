@@ -15,7 +15,12 @@ import { escapeControl, inspectPath, readRegularFile } from '../src/data/files.j
 import { readImageFile } from '../src/data/image.js';
 import { saveUntrainedModel, SHARED } from './helpers.js';
 
-interface Outcome { code: number | null; signal: string | null; stdout: string; stderr: string }
+interface Outcome {
+  code: number | null;
+  signal: string | null;
+  stdout: string;
+  stderr: string;
+}
 
 /** Runs hemato; a run past its time limit (20 s unless given) is killed and shows as code null. */
 function hemato(args: string[], options: { uid?: number; gid?: number; timeout?: number } = {}): Promise<Outcome> {
@@ -35,7 +40,9 @@ const ESCAPED_NAME = 'e\x1b[31mred\nx.png';
 
 async function png(file: string, shade: number): Promise<void> {
   mkdirSync(path.dirname(file), { recursive: true });
-  await sharp({ create: { width: 72 + (shade % 5), height: 70, channels: 3, background: { r: 200, g: shade % 256, b: 150 } } }).png().toFile(file);
+  await sharp({ create: { width: 72 + (shade % 5), height: 70, channels: 3, background: { r: 200, g: shade % 256, b: 150 } } })
+    .png()
+    .toFile(file);
 }
 
 async function fixtures() {
@@ -66,7 +73,11 @@ async function fixtures() {
   if (!existsSync(pbc)) return { cells, ds: null };
   for (const label of ['eosinophil', 'neutrophil']) {
     mkdirSync(path.join(ds, label), { recursive: true });
-    for (const name of readdirSync(path.join(pbc, label)).filter((n) => n.endsWith('.jpg') && !n.startsWith('.')).sort().slice(0, 10)) copyFileSync(path.join(pbc, label, name), path.join(ds, label, name));
+    for (const name of readdirSync(path.join(pbc, label))
+      .filter((n) => n.endsWith('.jpg') && !n.startsWith('.'))
+      .sort()
+      .slice(0, 10))
+      copyFileSync(path.join(pbc, label, name), path.join(ds, label, name));
   }
   if (posix) {
     execFileSync('mkfifo', [path.join(ds, 'neutrophil', 'f.jpg')]);
@@ -91,7 +102,10 @@ test('predict skips FIFOs, devices, huge files, link loops, dangling links and p
   const outcome = await hemato(['predict', '--model', modelFile, '--json', cells, '/dev/zero', missing, tooLong]);
   assert.equal(outcome.code, 1, outcome.stderr); // some inputs skipped
   const report = JSON.parse(outcome.stdout);
-  assert.deepEqual(report.results.map((r: { file: string }) => r.file), [path.join(cells, 'a.png'), path.join(cells, ESCAPED_NAME), path.join(cells, 'sub', 'b.png')]);
+  assert.deepEqual(
+    report.results.map((r: { file: string }) => r.file),
+    [path.join(cells, 'a.png'), path.join(cells, ESCAPED_NAME), path.join(cells, 'sub', 'b.png')],
+  );
   assert.ok(report.results.every((r: { predictions?: unknown[] }) => r.predictions?.length === 3));
   const reason = (file: string) => report.skipped.find((s: { file: string }) => s.file === file)?.error as string;
   assert.match(reason(path.join(cells, 'p.png')), /not a regular file: a named pipe \(FIFO\)/);
@@ -103,7 +117,10 @@ test('predict skips FIFOs, devices, huge files, link loops, dangling links and p
   assert.match(reason(path.join(cells, 'sub', 'up')), /already listed/);
   assert.match(reason(missing), /no such file/);
   assert.match(reason(tooLong), /too long/);
-  assert.ok(report.skipped.some((s: { file: string; error: string }) => s.file.startsWith(path.join(cells, 'deep')) && /too long/.test(s.error)), JSON.stringify(report.skipped));
+  assert.ok(
+    report.skipped.some((s: { file: string; error: string }) => s.file.startsWith(path.join(cells, 'deep')) && /too long/.test(s.error)),
+    JSON.stringify(report.skipped),
+  );
   assert.equal(report.skipped.length, 10);
   // A lower --max-file-size skips more; an explicit FIFO is refused without being opened.
   const strict = await hemato(['predict', '--model', modelFile, '--json', '--max-file-size', '10B', path.join(cells, 'a.png'), path.join(cells, 'p.png')]);
@@ -142,7 +159,10 @@ test('an unreadable folder is reported as such and the other files are classifie
   chmodSync(path.join(root, 'locked'), 0o755);
   assert.equal(outcome.code, 1, outcome.stderr);
   const report = JSON.parse(outcome.stdout);
-  assert.deepEqual(report.results.map((r: { file: string }) => r.file), [path.join(root, 'ok.png'), path.join(cells, 'a.png')]);
+  assert.deepEqual(
+    report.results.map((r: { file: string }) => r.file),
+    [path.join(root, 'ok.png'), path.join(cells, 'a.png')],
+  );
   assert.deepEqual(report.skipped, [{ file: path.join(root, 'locked'), error: 'cannot read: permission denied' }]);
 });
 
@@ -179,7 +199,10 @@ test('scan, pack, eval and train skip a FIFO, a hidden FIFO and a huge file inst
   mkdirSync(runDir);
   const stale = path.join(runDir, `checkpoint.safetensors.${deadPid()}.tmp`);
   writeFileSync(stale, '');
-  const train = await hemato(['train', ds, '--out', runDir, '--model', 'convnext-only', '--size', '32', '--epochs', '1', '--batch-size', '4', '--workers', '0', '--json'], { timeout: 60_000 });
+  const train = await hemato(
+    ['train', ds, '--out', runDir, '--model', 'convnext-only', '--size', '32', '--epochs', '1', '--batch-size', '4', '--workers', '0', '--json'],
+    { timeout: 60_000 },
+  );
   assert.equal(train.code, 0, train.stderr);
   assert.ok(existsSync(path.join(runDir, 'checkpoint.safetensors')));
   assert.ok(!existsSync(stale), 'the stale temporary is gone');
@@ -193,7 +216,11 @@ function deadPid(): number {
 
 test('readRegularFile and readImageFile refuse special files and files over the limit before reading them', { skip: !posix }, async () => {
   const { cells } = await ready;
-  const code = (promise: Promise<unknown>) => promise.then(() => 'read', (error: unknown) => (error instanceof DecodeError ? `${error.code}: ${error.message}` : String(error)));
+  const code = (promise: Promise<unknown>) =>
+    promise.then(
+      () => 'read',
+      (error: unknown) => (error instanceof DecodeError ? `${error.code}: ${error.message}` : String(error)),
+    );
   assert.match(await code(readRegularFile('/dev/zero')), /^not-a-file: not a regular file: a character device/);
   assert.match(await code(readRegularFile(path.join(cells, 'p.png'))), /^not-a-file: .*FIFO/);
   assert.match(await code(readImageFile(path.join(cells, 'z.png'))), /^not-a-file/);
@@ -204,9 +231,13 @@ test('readRegularFile and readImageFile refuse special files and files over the 
   assert.equal((await readRegularFile(noise, 5000)).length, 5000);
   assert.match(await code(readRegularFile(noise, 4999)), /^too-large/);
   // Its size says 0 bytes; the read stops one byte later instead of trusting it.
-  if (process.platform === 'linux') assert.match(await code(readRegularFile('/proc/self/status')), /^unreadable: cannot read: the file is longer than its size said/);
+  if (process.platform === 'linux')
+    assert.match(await code(readRegularFile('/proc/self/status')), /^unreadable: cannot read: the file is longer than its size said/);
   assert.match(await code(readImageFile(path.join(cells, 'loop'))), /^unreadable: cannot read: symbolic link loop/);
-  assert.deepEqual(await inspectPath(path.join(cells, 'dangling.png')).then((i) => i.kind === 'skip' && [i.error.message, i.missing]), ['cannot read: dangling symbolic link (its target nowhere.png does not exist)', false]);
+  assert.deepEqual(await inspectPath(path.join(cells, 'dangling.png')).then((i) => i.kind === 'skip' && [i.error.message, i.missing]), [
+    'cannot read: dangling symbolic link (its target nowhere.png does not exist)',
+    false,
+  ]);
 });
 
 test('a CSV listing names a FIFO, a folder, a dangling link and a missing file for what they are', { skip: !posix }, async () => {
@@ -214,8 +245,19 @@ test('a CSV listing names a FIFO, a folder, a dangling link and a missing file f
   const csv = path.join(dir, 'labels.csv');
   writeFileSync(csv, 'file,label\na.png,neutrophil\np.png,neutrophil\nsub,neutrophil\ndangling.png,platelet\nnone.png,platelet\n');
   const listing = await listCsvDataset(csv, cells);
-  assert.deepEqual(listing.items.map((i) => i.file), ['a.png']);
-  assert.deepEqual(listing.skipped.map((s) => [s.path, s.reason]), [['p.png', 'not-a-file'], ['sub', 'not-a-file'], ['dangling.png', 'unreadable'], ['none.png', 'missing']]);
+  assert.deepEqual(
+    listing.items.map((i) => i.file),
+    ['a.png'],
+  );
+  assert.deepEqual(
+    listing.skipped.map((s) => [s.path, s.reason]),
+    [
+      ['p.png', 'not-a-file'],
+      ['sub', 'not-a-file'],
+      ['dangling.png', 'unreadable'],
+      ['none.png', 'missing'],
+    ],
+  );
 });
 
 test.after(() => {

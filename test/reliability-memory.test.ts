@@ -14,7 +14,9 @@ after(() => rmSync(dir, { recursive: true, force: true }));
 test('16 JPEGs of 8000 × 8000 px in one batch: every one classified, peak RSS at most 1 GiB', { timeout: 240_000 }, async () => {
   // A smooth gradient: a small file that decodes to the full 192 MB.
   const side = 8000;
-  const gradient = Buffer.from(`<svg xmlns="http://www.w3.org/2000/svg" width="${side}" height="${side}"><defs><linearGradient id="g"><stop offset="0" stop-color="#f5e0c8"/><stop offset="1" stop-color="#b08aa8"/></linearGradient></defs><rect width="100%" height="100%" fill="url(#g)"/></svg>`);
+  const gradient = Buffer.from(
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${side}" height="${side}"><defs><linearGradient id="g"><stop offset="0" stop-color="#f5e0c8"/><stop offset="1" stop-color="#b08aa8"/></linearGradient></defs><rect width="100%" height="100%" fill="url(#g)"/></svg>`,
+  );
   const file = path.join(dir, 'huge.jpg');
   await sharp(gradient, { limitInputPixels: false }).jpeg({ quality: 80 }).toFile(file);
   const script = `

@@ -17,7 +17,12 @@ import { sheetNames } from '../src/cli/commands/preprocess.js';
 import { CliError, prepareOutputDir } from '../src/cli/output.js';
 import { saveUntrainedModel, SHARED } from './helpers.js';
 
-interface Outcome { code: number | null; signal: string | null; stdout: string; stderr: string }
+interface Outcome {
+  code: number | null;
+  signal: string | null;
+  stdout: string;
+  stderr: string;
+}
 
 /** Runs a node program; a run past 20 s is killed and shows as code null. */
 function node(args: string[]): Promise<Outcome> {
@@ -36,19 +41,26 @@ const modelFile = path.join(dir, 'model.safetensors');
 
 async function png(file: string, shade: number): Promise<void> {
   mkdirSync(path.dirname(file), { recursive: true });
-  await sharp({ create: { width: 70, height: 70, channels: 3, background: { r: 200, g: shade, b: 150 } } }).png().toFile(file);
+  await sharp({ create: { width: 70, height: 70, channels: 3, background: { r: 200, g: shade, b: 150 } } })
+    .png()
+    .toFile(file);
 }
 
 async function fixtures() {
   await saveUntrainedModel(modelFile);
   const ds = path.join(dir, 'ds');
-  for (const label of ['neutrophil', 'platelet']) for (let i = 0; i < 2; i++) await png(path.join(ds, label, `${i}.png`), 40 * i + (label === 'platelet' ? 100 : 0));
+  for (const label of ['neutrophil', 'platelet'])
+    for (let i = 0; i < 2; i++) await png(path.join(ds, label, `${i}.png`), 40 * i + (label === 'platelet' ? 100 : 0));
   // Real cells for pack, which measures the slide's scale from them; copied outside the repository.
   const pbc = path.join(SHARED, 'data/pbc/neutrophil');
   const cells = path.join(dir, 'cells');
   if (!existsSync(pbc)) return { ds, cells: null };
   mkdirSync(path.join(cells, 'neutrophil'), { recursive: true });
-  for (const name of readdirSync(pbc).filter((n) => n.endsWith('.jpg') && !n.startsWith('.')).sort().slice(0, 3)) copyFileSync(path.join(pbc, name), path.join(cells, 'neutrophil', name));
+  for (const name of readdirSync(pbc)
+    .filter((n) => n.endsWith('.jpg') && !n.startsWith('.'))
+    .sort()
+    .slice(0, 3))
+    copyFileSync(path.join(pbc, name), path.join(cells, 'neutrophil', name));
   return { ds, cells };
 }
 const ready = fixtures();
@@ -74,7 +86,8 @@ test('prepareOutputDir creates nested folders and refuses files, dangling links 
   assert.ok(readdirSync(path.join(base, 'a')).includes('b'));
   assert.equal(await prepareOutputDir(path.join(base, 'a'), '--out'), path.join(base, 'a')); // existing: fine
   writeFileSync(path.join(base, 'file'), '');
-  const refused = (dirName: string, message: RegExp) => assert.rejects(prepareOutputDir(dirName, '--out'), (e: unknown) => e instanceof CliError && message.test(e.message));
+  const refused = (dirName: string, message: RegExp) =>
+    assert.rejects(prepareOutputDir(dirName, '--out'), (e: unknown) => e instanceof CliError && message.test(e.message));
   await refused(path.join(base, 'file', 'x'), /file exists and is not a folder/);
   await refused(path.join(base, 'file'), /file exists and is not a folder/);
   if (linux) {
@@ -225,13 +238,24 @@ function deadPid(): number {
 
 test('preprocess gives inputs with the same base name their own sheets and says when it replaces one', async () => {
   const { ds } = await ready;
-  assert.deepEqual(sheetNames(['a/cell.png', 'b/cell.jpg', 'c/Cell.png', 'cell-2.png']), ['cell.mpm.png', 'cell-2.mpm.png', 'Cell-3.mpm.png', 'cell-2-2.mpm.png']);
+  assert.deepEqual(sheetNames(['a/cell.png', 'b/cell.jpg', 'c/Cell.png', 'cell-2.png']), [
+    'cell.mpm.png',
+    'cell-2.mpm.png',
+    'Cell-3.mpm.png',
+    'cell-2-2.mpm.png',
+  ]);
   const out = path.join(dir, 'sheets');
   const inputs = [path.join(ds, 'neutrophil', '0.png'), path.join(ds, 'platelet', '0.png')];
   const first = await hemato('preprocess', ...inputs, '--out', out, '--size', '64', '--field', 'none', '--json');
   assert.equal(first.code, 0, first.stderr);
   const written = JSON.parse(first.stdout).written as { sheet: string; replaced: boolean }[];
-  assert.deepEqual(written.map((w) => [path.basename(w.sheet), w.replaced]), [['0.mpm.png', false], ['0-2.mpm.png', false]]);
+  assert.deepEqual(
+    written.map((w) => [path.basename(w.sheet), w.replaced]),
+    [
+      ['0.mpm.png', false],
+      ['0-2.mpm.png', false],
+    ],
+  );
   assert.deepEqual(readdirSync(out).sort(), ['0-2.mpm.png', '0.mpm.png']);
   const again = await hemato('preprocess', inputs[0], '--out', out, '--size', '64', '--field', 'none');
   assert.equal(again.code, 0, again.stderr);

@@ -13,7 +13,9 @@ import { SHARED } from './helpers.js';
 
 const PBC = path.join(SHARED, 'data/pbc');
 const image = (cls: string, k = 0) => {
-  const name = readdirSync(path.join(PBC, cls)).filter((f) => f.endsWith('.jpg') && !f.startsWith('.')).sort()[k];
+  const name = readdirSync(path.join(PBC, cls))
+    .filter((f) => f.endsWith('.jpg') && !f.startsWith('.'))
+    .sort()[k];
   return { name, bytes: readFileSync(path.join(PBC, cls, name)) };
 };
 const basophil = image('basophil');
@@ -40,7 +42,8 @@ after(async () => {
   rmSync(work, { recursive: true, force: true });
 });
 
-const post = (route: string, body: Uint8Array, headers: Record<string, string> = { 'content-type': 'application/octet-stream' }, url = server.url) => fetch(`${url}${route}`, { method: 'POST', body: body as BodyInit, headers });
+const post = (route: string, body: Uint8Array, headers: Record<string, string> = { 'content-type': 'application/octet-stream' }, url = server.url) =>
+  fetch(`${url}${route}`, { method: 'POST', body: body as BodyInit, headers });
 
 async function healthy(url = server.url): Promise<void> {
   const response = await post('/v1/classify?top_k=1', neutrophil.bytes, undefined, url);
@@ -81,7 +84,10 @@ test('POST /v1/classify/batch keeps part order and gives a failed image { error,
   assert.equal(response.status, 200);
   const { results, model_info } = await response.json();
   assert.ok(model_info.sha256);
-  assert.deepEqual(results.map((r: { file: string }) => r.file), ['n.jpg', 'notes.csv', 'b.jpg']);
+  assert.deepEqual(
+    results.map((r: { file: string }) => r.file),
+    ['n.jpg', 'notes.csv', 'b.jpg'],
+  );
   assert.equal(results[0].predictions[0].label, 'neutrophil');
   assert.deepEqual({ code: results[1].code, predictions: results[1].predictions }, { code: 'not-image', predictions: undefined });
   assert.match(results[1].error, /not an image/);
@@ -90,8 +96,13 @@ test('POST /v1/classify/batch keeps part order and gives a failed image { error,
 
 test('concurrent requests share forward passes (dynamic batching), and /metrics counts them', async () => {
   const before = await batchCounts();
-  const answers = await Promise.all(Array.from({ length: 12 }, (_, i) => post('/v1/classify?top_k=1', i % 2 ? basophil.bytes : neutrophil.bytes).then((r) => r.json())));
-  assert.deepEqual(answers.map((a) => a.result.predictions[0].label), answers.map((_, i) => (i % 2 ? 'basophil' : 'neutrophil')));
+  const answers = await Promise.all(
+    Array.from({ length: 12 }, (_, i) => post('/v1/classify?top_k=1', i % 2 ? basophil.bytes : neutrophil.bytes).then((r) => r.json())),
+  );
+  assert.deepEqual(
+    answers.map((a) => a.result.predictions[0].label),
+    answers.map((_, i) => (i % 2 ? 'basophil' : 'neutrophil')),
+  );
   const now = await batchCounts();
   assert.equal(now.images - before.images, 12);
   assert.ok(now.batches - before.batches < 12, `12 images in ${now.batches - before.batches} forward passes`);
@@ -117,8 +128,18 @@ test('bad requests get a 4xx with a stable code, and the next request succeeds',
     ['a path-traversal file name', post('/v1/classify?name=..%2F..%2Fetc%2Fpasswd', basophil.bytes), 400, 'bad-file-name'],
     ['a path-traversal part name', post('/v1/classify', ...multipart([{ name: 'f', filename: '../../x.jpg', bytes: basophil.bytes }])), 400, 'bad-file-name'],
     ['a truncated multipart body', post('/v1/classify', ...multipart([{ name: 'f', filename: 'a.jpg', bytes: basophil.bytes }], true)), 400, 'bad-request'],
-    ['too many parts', post('/v1/classify/batch', ...multipart(Array.from({ length: 5 }, (_, i) => ({ name: `f${i}`, filename: `${i}.jpg`, bytes: basophil.bytes })))), 413, 'too-many-parts'],
-    ['two images on the single route', post('/v1/classify', ...multipart([1, 2].map((i) => ({ name: `f${i}`, filename: `${i}.jpg`, bytes: basophil.bytes })))), 413, 'too-many-parts'],
+    [
+      'too many parts',
+      post('/v1/classify/batch', ...multipart(Array.from({ length: 5 }, (_, i) => ({ name: `f${i}`, filename: `${i}.jpg`, bytes: basophil.bytes })))),
+      413,
+      'too-many-parts',
+    ],
+    [
+      'two images on the single route',
+      post('/v1/classify', ...multipart([1, 2].map((i) => ({ name: `f${i}`, filename: `${i}.jpg`, bytes: basophil.bytes })))),
+      413,
+      'too-many-parts',
+    ],
     ['a body over the limit', post('/v1/classify', new Uint8Array(2 ** 20 + 1)), 413, 'body-too-large'],
     ['an unknown query parameter', post('/v1/classify?topk=2', basophil.bytes), 400, 'bad-request'],
     ['a top-k out of range', post('/v1/classify?top_k=9', basophil.bytes), 400, 'bad-request'],
@@ -141,7 +162,10 @@ function multipart(parts: Parameters<typeof multipartBody>[0], truncate = false)
 }
 
 test('a 100 MB body is refused from its declared length, and a body sent in chunks at the limit', async () => {
-  const { status, body } = await rawRequest(`POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: ${100 * 2 ** 20}\r\n\r\n`, Buffer.alloc(64 * 1024));
+  const { status, body } = await rawRequest(
+    `POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: ${100 * 2 ** 20}\r\n\r\n`,
+    Buffer.alloc(64 * 1024),
+  );
   assert.equal(status, 413);
   assert.equal(JSON.parse(body).code, 'body-too-large');
   const chunks = new ReadableStream({
@@ -150,13 +174,22 @@ test('a 100 MB body is refused from its declared length, and a body sent in chun
       controller.close();
     },
   });
-  const response = await fetch(`${server.url}/v1/classify`, { method: 'POST', body: chunks, headers: { 'content-type': 'application/octet-stream' }, duplex: 'half' } as RequestInit);
+  const response = await fetch(`${server.url}/v1/classify`, {
+    method: 'POST',
+    body: chunks,
+    headers: { 'content-type': 'application/octet-stream' },
+    duplex: 'half',
+  } as RequestInit);
   assert.equal(response.status, 413);
   await healthy();
 });
 
 test('a client that sends its request too slowly gets 408, and the next request succeeds', async () => {
-  const { status } = await rawRequest('POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n', Buffer.alloc(10), 10_000);
+  const { status } = await rawRequest(
+    'POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n',
+    Buffer.alloc(10),
+    10_000,
+  );
   assert.equal(status, 408);
   await healthy();
 });
@@ -168,7 +201,9 @@ function rawRequest(head: string, body: Buffer, waitMs = 5000): Promise<{ status
     const socket = net.connect(Number(port), '127.0.0.1');
     let received = '';
     const timer = setTimeout(() => socket.destroy(new Error(`no answer within ${waitMs} ms`)), waitMs);
-    socket.on('data', (data) => { received += data.toString('latin1'); });
+    socket.on('data', (data) => {
+      received += data.toString('latin1');
+    });
     socket.on('error', (error) => (received ? undefined : reject(error)));
     socket.on('close', () => {
       clearTimeout(timer);
@@ -203,7 +238,10 @@ test('POST /v1/explain gives the class-activation map as a PNG overlay, or its n
 test('the served folder lists its images and reads them, and nothing outside it is reachable', async () => {
   const listing = await (await fetch(`${server.url}/v1/folder`)).json();
   assert.equal(listing.name, 'cells');
-  assert.deepEqual(listing.files.map((f: { path: string }) => f.path), ['a.jpg', 'link-in.jpg', 'sub/b.jpg']);
+  assert.deepEqual(
+    listing.files.map((f: { path: string }) => f.path),
+    ['a.jpg', 'link-in.jpg', 'sub/b.jpg'],
+  );
   const file = await fetch(`${server.url}/v1/folder/file?path=sub/b.jpg`);
   assert.equal(file.status, 200);
   assert.deepEqual(Buffer.from(await file.arrayBuffer()), neutrophil.bytes);
@@ -216,7 +254,7 @@ test('the served folder lists its images and reads them, and nothing outside it 
   assert.equal(raw.status, 404);
 });
 
-test('GET /v1/model gives the card without the server\'s file paths; /healthz and the page answer', async () => {
+test("GET /v1/model gives the card without the server's file paths; /healthz and the page answer", async () => {
   const { model_info, card } = await (await fetch(`${server.url}/v1/model`)).json();
   assert.equal(card.classes.length, 8);
   assert.equal(card.model_info.sha256, model_info.sha256);
@@ -241,7 +279,10 @@ test('with a token, /v1/* and /metrics need it and /healthz stays open; CORS ans
     const allowed = await fetch(`${guarded.url}/v1/model`, { headers: { authorization: 'Bearer s3cret', origin: 'https://lab.example' } });
     assert.equal(allowed.status, 200);
     assert.equal(allowed.headers.get('access-control-allow-origin'), 'https://lab.example');
-    const preflight = await fetch(`${guarded.url}/v1/classify`, { method: 'OPTIONS', headers: { origin: 'https://lab.example', 'access-control-request-method': 'POST', 'access-control-request-headers': 'authorization' } });
+    const preflight = await fetch(`${guarded.url}/v1/classify`, {
+      method: 'OPTIONS',
+      headers: { origin: 'https://lab.example', 'access-control-request-method': 'POST', 'access-control-request-headers': 'authorization' },
+    });
     assert.equal(preflight.status, 204);
     const other = await fetch(`${guarded.url}/healthz`, { headers: { origin: 'https://evil.example' } });
     assert.notEqual(other.headers.get('access-control-allow-origin'), 'https://evil.example');
@@ -273,7 +314,9 @@ test('a full queue answers 503 with Retry-After, a request not answered in time 
 test('hemato serve --json prints {url, model} once listening, and SIGTERM finishes accepted work before it stops', async () => {
   const child = spawn(process.execPath, ['bin/hemato.js', 'serve', '--port', '0', '--json', '--batch-wait-ms', '300'], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
-  child.stderr.on('data', (d) => { stderr += d; });
+  child.stderr.on('data', (d) => {
+    stderr += d;
+  });
   try {
     const line = await new Promise<string>((resolve, reject) => {
       child.stdout.once('data', (d) => resolve(String(d)));
@@ -296,12 +339,15 @@ test('hemato serve --json prints {url, model} once listening, and SIGTERM finish
 });
 
 test('hemato serve refuses bad flags with exit 2, and a missing model with its reason', async () => {
-  const run = (...args: string[]) => new Promise<{ code: number | null; stderr: string }>((resolve) => {
-    const child = spawn(process.execPath, ['bin/hemato.js', 'serve', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
-    let stderr = '';
-    child.stderr.on('data', (d) => { stderr += d; });
-    child.once('exit', (code) => resolve({ code, stderr }));
-  });
+  const run = (...args: string[]) =>
+    new Promise<{ code: number | null; stderr: string }>((resolve) => {
+      const child = spawn(process.execPath, ['bin/hemato.js', 'serve', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+      let stderr = '';
+      child.stderr.on('data', (d) => {
+        stderr += d;
+      });
+      child.once('exit', (code) => resolve({ code, stderr }));
+    });
   assert.equal((await run('--port', '70000')).code, 2);
   assert.equal((await run('--max-batch', '0')).code, 2);
   const missing = await run('--model', path.join(work, 'none.safetensors'), '--port', '0');

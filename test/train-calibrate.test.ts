@@ -44,16 +44,22 @@ test('calibrate warns when the temperature sits at either end of its search', ()
   const overconfident = rows(40, 10, 20);
   const high = calibrate(overconfident.logits, overconfident.labels, 2, 0.99);
   assert.ok(Math.abs(high.temperature - TEMPERATURE_RANGE.max) < 0.01);
-  assert.ok(high.warnings.some((w) => /upper limit \(20\): the model is far more confident than it is right/.test(w)), high.warnings.join('\n'));
+  assert.ok(
+    high.warnings.some((w) => /upper limit \(20\): the model is far more confident than it is right/.test(w)),
+    high.warnings.join('\n'),
+  );
   const underconfident = rows(40, 0.1, 40);
   const low = calibrate(underconfident.logits, underconfident.labels, 2, 0.99);
-  assert.ok(low.warnings.some((w) => /lower limit \(0\.05\): the model is far less confident/.test(w)), low.warnings.join('\n'));
+  assert.ok(
+    low.warnings.some((w) => /lower limit \(0\.05\): the model is far less confident/.test(w)),
+    low.warnings.join('\n'),
+  );
 });
 
 test('calibrate is quiet on a reasonable fit, and refuses non-finite outputs', () => {
   // Labels drawn from the model's own probabilities: already calibrated, T near 1.
   let seed = 5;
-  const random = () => ((seed = (seed * 16807) % 2147483647) / 2147483647);
+  const random = () => (seed = (seed * 16807) % 2147483647) / 2147483647;
   const logits: number[] = [];
   const labels: number[] = [];
   for (let i = 0; i < 2000; i++) {
@@ -64,7 +70,10 @@ test('calibrate is quiet on a reasonable fit, and refuses non-finite outputs', (
   const fit = calibrate(logits, labels, 2, 0.99);
   assert.ok(Math.abs(fit.temperature - 1) < 0.2, String(fit.temperature));
   assert.deepEqual(fit.warnings, []);
-  assert.throws(() => calibrate([1, 0, Number.NaN, 0], [0, 1], 2, 0.99), (e: Error) => e instanceof NonFiniteModelError && /1 of 4 model outputs .* are NaN or infinite/.test(e.message));
+  assert.throws(
+    () => calibrate([1, 0, Number.NaN, 0], [0, 1], 2, 0.99),
+    (e: Error) => e instanceof NonFiniteModelError && /1 of 4 model outputs .* are NaN or infinite/.test(e.message),
+  );
 });
 
 async function calibrationImages(): Promise<string> {
@@ -72,7 +81,9 @@ async function calibrationImages(): Promise<string> {
   for (const label of ['eosinophil', 'monocyte']) {
     mkdirSync(path.join(folder, label), { recursive: true });
     for (let i = 0; i < 12; i++) {
-      await sharp({ create: { width: 70, height: 70, channels: 3, background: { r: 10 * i, g: label === 'monocyte' ? 200 : 40, b: 90 } } }).png().toFile(path.join(folder, label, `${i}.png`));
+      await sharp({ create: { width: 70, height: 70, channels: 3, background: { r: 10 * i, g: label === 'monocyte' ? 200 : 40, b: 90 } } })
+        .png()
+        .toFile(path.join(folder, label, `${i}.png`));
     }
   }
   return folder;
@@ -102,7 +113,11 @@ test('hemato calibrate refuses a model with NaN weights', async () => {
   const model = createModel('convnext-only', { numClasses: 8, inputSize: 64 });
   E.noGrad(() => model.parameters()[3].fill_(Number.NaN));
   const file = path.join(dir, 'nan.safetensors');
-  await saveModel(file, model, { classes: [...PBC_CLASSES], normalization: IMAGENET_NORMALIZATION, preprocessing: { geometry: { field: null, size: 64 }, mpm: null } });
+  await saveModel(file, model, {
+    classes: [...PBC_CLASSES],
+    normalization: IMAGENET_NORMALIZATION,
+    preprocessing: { geometry: { field: null, size: 64 }, mpm: null },
+  });
   model.dispose();
   const outcome = await run(process.execPath, [hemato, 'calibrate', folder, '--model', file], { timeout: 120_000 }).catch((e) => e);
   assert.equal(outcome.code, 1);

@@ -21,7 +21,10 @@ function configFile(name: string, settings: unknown): string {
 }
 
 async function hemato(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return run(process.execPath, ['bin/hemato.js', ...args], { timeout: 60_000 }).then((r) => ({ code: 0, ...r }), (e) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }));
+  return run(process.execPath, ['bin/hemato.js', ...args], { timeout: 60_000 }).then(
+    (r) => ({ code: 0, ...r }),
+    (e) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }),
+  );
 }
 
 test('layers merge over the defaults in order, nested settings key by key', () => {
@@ -40,13 +43,20 @@ test('layers merge over the defaults in order, nested settings key by key', () =
 
 test('unknown settings are errors naming the source and the nearest known key', () => {
   assert.throws(() => resolve({ ...data, bachSize: 8 }), /layer0\.json: unknown setting 'bachSize'; did you mean 'batchSize'\?/);
-  assert.throws(() => resolve({ ...data, warmup_epochs: 3 }), (e: Error) => e instanceof RunConfigError && /layer0\.json: unknown setting 'warmup_epochs'; known ones: .*warmupFraction/.test(e.message));
-  assert.throws(() => resolve({ data: { source: { dir: 'cells' }, mpm: { contrast: { clipLimt: 3 } } } }), /unknown setting 'data\.mpm\.contrast\.clipLimt'; did you mean 'clipLimit'\?/);
+  assert.throws(
+    () => resolve({ ...data, warmup_epochs: 3 }),
+    (e: Error) => e instanceof RunConfigError && /layer0\.json: unknown setting 'warmup_epochs'; known ones: .*warmupFraction/.test(e.message),
+  );
+  assert.throws(
+    () => resolve({ data: { source: { dir: 'cells' }, mpm: { contrast: { clipLimt: 3 } } } }),
+    /unknown setting 'data\.mpm\.contrast\.clipLimt'; did you mean 'clipLimit'\?/,
+  );
   assert.throws(() => resolve(data, { augment: { flip: true } }), /layer1\.json: unknown setting 'augment\.flip'/);
 });
 
 test('types and ranges are checked', () => {
-  for (const batchSize of [0, -1, 0.5, 'abc', null, 1e9]) assert.throws(() => resolve({ ...data, batchSize }), /batchSize must be an integer from 1 to 4096/, String(batchSize));
+  for (const batchSize of [0, -1, 0.5, 'abc', null, 1e9])
+    assert.throws(() => resolve({ ...data, batchSize }), /batchSize must be an integer from 1 to 4096/, String(batchSize));
   assert.throws(() => resolve({ ...data, evalBatchSize: 0 }), /evalBatchSize must be an integer from 1/);
   assert.throws(() => resolve(data, { batchSize: Number.NaN }), /layer1\.json: batchSize must be an integer/);
   assert.throws(() => resolve({ ...data, lr: 'abc' }), /lr must be a finite number above 0, not "abc"/);
@@ -67,11 +77,14 @@ test('types and ranges are checked', () => {
 test('settingsChanges lists what differs, a data source as one setting', () => {
   const before = resolve(data);
   const after = resolve(data, { epochs: 40, augment: { hue: 0.1 }, data: { source: { pack: 'cells.pack' } } });
-  assert.deepEqual(settingsChanges(before, after).map((c) => c.key), ['epochs', 'augment.hue', 'data.source']);
+  assert.deepEqual(
+    settingsChanges(before, after).map((c) => c.key),
+    ['epochs', 'augment.hue', 'data.source'],
+  );
   assert.deepEqual(settingsChanges(before, resolve(data)), []);
 });
 
-test('hemato train: a config file beats the flags\' defaults, and explicit flags beat the file', async () => {
+test("hemato train: a config file beats the flags' defaults, and explicit flags beat the file", async () => {
   const file = configFile('run.json', { precision: 'bf16', batchSize: 8, epochs: 3, device: 'cpu', augment: { hue: 0.05 } });
   const fromFile = JSON.parse((await hemato('train', 'cells', '--config', file, '--print-config')).stdout);
   assert.equal(fromFile.precision, 'bf16', "--precision's default must not replace the file's");
@@ -79,7 +92,9 @@ test('hemato train: a config file beats the flags\' defaults, and explicit flags
   assert.equal(fromFile.augment.hue, 0.05);
   assert.equal(fromFile.augment.hflip, true);
   assert.deepEqual(fromFile.data.source, { dir: 'cells' });
-  const flagged = JSON.parse((await hemato('train', 'cells', '--config', file, '--precision', 'fp32', '--batch-size', '4', '--no-augment', '--print-config')).stdout);
+  const flagged = JSON.parse(
+    (await hemato('train', 'cells', '--config', file, '--precision', 'fp32', '--batch-size', '4', '--no-augment', '--print-config')).stdout,
+  );
   assert.equal(flagged.precision, 'fp32');
   assert.equal(flagged.batchSize, 4);
   assert.equal(flagged.epochs, 3);

@@ -15,7 +15,11 @@ test('metrics on a three-class case computed by hand', () => {
   const m = computeMetrics(probs, labels, classes);
   assert.equal(m.n, 6);
   close(m.accuracy, 4 / 6);
-  assert.deepEqual(m.confusion_matrix, [[1, 1, 0], [0, 2, 0], [1, 0, 1]]);
+  assert.deepEqual(m.confusion_matrix, [
+    [1, 1, 0],
+    [0, 2, 0],
+    [1, 0, 1],
+  ]);
   // a: P=1/2 R=1/2; b: P=2/3 R=1; c: P=1 R=1/2
   close(m.per_class.a.precision, 0.5);
   close(m.per_class.b.precision, 2 / 3);
@@ -45,7 +49,7 @@ test('ROC-AUC by ranks, with ties counted half', () => {
 test('a label subset: per-class figures and macro averages cover the present classes; predictions of absent classes count as errors', () => {
   const classes = ['a', 'b', 'c', 'd'];
   const labels = [0, 0, 1, 1];
-  const predicted = [0, 3, 1, 1];  // one sample predicted as the absent class d
+  const predicted = [0, 3, 1, 1]; // one sample predicted as the absent class d
   const probs = predicted.flatMap((p) => classes.map((_, c) => (c === p ? 0.7 : 0.1)));
   const m = computeMetrics(probs, labels, classes);
   assert.deepEqual(m.classes_evaluated, ['a', 'b']);
@@ -63,7 +67,7 @@ test('temperature scaling lowers NLL on a deliberately over-confident model', ()
   const logits: number[] = [];
   const labels: number[] = [];
   let seed = 1;
-  const random = () => ((seed = (seed * 16807) % 2147483647) / 2147483647);
+  const random = () => (seed = (seed * 16807) % 2147483647) / 2147483647;
   for (let i = 0; i < n; i++) {
     const label = i % k;
     labels.push(label);
@@ -84,9 +88,14 @@ test('the uncertainty threshold keeps the confident predictions accurate and nev
   // Confidences 0.99 ×8 correct, 0.7 wrong, 0.6 correct.
   const rows: [number, number][] = [];
   const labels: number[] = [];
-  for (let i = 0; i < 8; i++) { rows.push([0.99, 0.01]); labels.push(0); }
-  rows.push([0.7, 0.3]); labels.push(1);
-  rows.push([0.6, 0.4]); labels.push(0);
+  for (let i = 0; i < 8; i++) {
+    rows.push([0.99, 0.01]);
+    labels.push(0);
+  }
+  rows.push([0.7, 0.3]);
+  labels.push(1);
+  rows.push([0.6, 0.4]);
+  labels.push(0);
   const probs = rows.flat();
   assert.equal(chooseUncertaintyThreshold(probs, labels, k, 0.95), 0.99);
   assert.equal(chooseUncertaintyThreshold(probs, labels, k, 0.8), 0.6);

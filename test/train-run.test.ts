@@ -19,12 +19,14 @@ const CLASSES = ['neutrophil', 'platelet'];
 async function imageFolder(name: string): Promise<string> {
   const folder = path.join(root, name);
   let seed = 3;
-  const random = () => ((seed = (seed * 16807) % 2147483647) / 2147483647);
+  const random = () => (seed = (seed * 16807) % 2147483647) / 2147483647;
   for (const [c, label] of CLASSES.entries()) {
     mkdirSync(path.join(folder, label), { recursive: true });
     for (let i = 0; i < 8; i++) {
       const pixels = Buffer.from(Array.from({ length: 40 * 40 * 3 }, () => Math.floor((c ? 150 : 50) + random() * 100)));
-      await sharp(pixels, { raw: { width: 40, height: 40, channels: 3 } }).png().toFile(path.join(folder, label, `${label}_${i}.png`));
+      await sharp(pixels, { raw: { width: 40, height: 40, channels: 3 } })
+        .png()
+        .toFile(path.join(folder, label, `${label}_${i}.png`));
     }
   }
   writeFileSync(path.join(folder, 'neutrophil', 'notes.png'), 'not an image');
@@ -32,7 +34,14 @@ async function imageFolder(name: string): Promise<string> {
 }
 
 const TINY: RunConfigInput = {
-  model: 'convnext_atto', inputSize: 32, epochs: 1, batchSize: 4, evalBatchSize: 8, workers: 0, device: 'cpu', precision: 'fp32',
+  model: 'convnext_atto',
+  inputSize: 32,
+  epochs: 1,
+  batchSize: 4,
+  evalBatchSize: 8,
+  workers: 0,
+  device: 'cpu',
+  precision: 'fp32',
   data: { field: null },
 };
 
@@ -40,8 +49,11 @@ function request(runDir: string, folder: string, extra: Partial<TrainingRequest>
   const notes: string[] = [];
   const { settings, ...rest } = extra;
   return {
-    runDir, overrides: { ...TINY, ...settings, data: { ...TINY.data, source: { dir: folder }, ...settings?.data } },
-    note: (message) => notes.push(message), notes, ...rest,
+    runDir,
+    overrides: { ...TINY, ...settings, data: { ...TINY.data, source: { dir: folder }, ...settings?.data } },
+    note: (message) => notes.push(message),
+    notes,
+    ...rest,
   };
 }
 
@@ -62,23 +74,37 @@ test('a run reports skipped files, keeps finished results unless told to overwri
   assert.ok(!existsSync(path.join(runDir, LOCK_FILE)), 'the lock is released');
   const skippedNote = first.notes.find((n) => n.startsWith('skipped 1 file'));
   assert.ok(skippedNote?.includes('neutrophil/notes.png'), first.notes.join('\n'));
-  assert.deepEqual(JSON.parse(readFileSync(path.join(runDir, 'skipped.json'), 'utf8')).map((s: { path: string }) => s.path), ['neutrophil/notes.png']);
+  assert.deepEqual(
+    JSON.parse(readFileSync(path.join(runDir, 'skipped.json'), 'utf8')).map((s: { path: string }) => s.path),
+    ['neutrophil/notes.png'],
+  );
   const manifest = JSON.parse(readFileSync(path.join(runDir, 'data.json'), 'utf8'));
   assert.equal(manifest.rows.length, 16);
 
-  await assert.rejects(runTraining(request(runDir, folder, { resume: true, settings: { epochs: 2, lr: 0.01 } })),
-    (e: Error) => /differ from .*config\.json/.test(e.message) && /epochs: 1 → 2/.test(e.message) && /lr: 0\.001 → 0\.01/.test(e.message));
+  await assert.rejects(
+    runTraining(request(runDir, folder, { resume: true, settings: { epochs: 2, lr: 0.01 } })),
+    (e: Error) => /differ from .*config\.json/.test(e.message) && /epochs: 1 → 2/.test(e.message) && /lr: 0\.001 → 0\.01/.test(e.message),
+  );
 
   // An image that became unreadable changes the data: refused, unless allowed, and then said.
   writeFileSync(path.join(folder, 'platelet', 'platelet_0.png'), 'truncated');
-  await assert.rejects(runTraining(request(runDir, folder, { resume: true })), /training data differ from the run's[^]*1 removed: platelet\/platelet_0\.png[^]*--allow-changed-data/);
+  await assert.rejects(
+    runTraining(request(runDir, folder, { resume: true })),
+    /training data differ from the run's[^]*1 removed: platelet\/platelet_0\.png[^]*--allow-changed-data/,
+  );
   const allowed = request(runDir, folder, { resume: true, allowChangedData: true, settings: { workers: 1 } });
   assert.equal((await runTraining(allowed)).interrupted, false);
-  assert.ok(allowed.notes.some((n) => n.startsWith('--allow-changed-data') && n.includes('platelet/platelet_0.png')), allowed.notes.join('\n'));
+  assert.ok(
+    allowed.notes.some((n) => n.startsWith('--allow-changed-data') && n.includes('platelet/platelet_0.png')),
+    allowed.notes.join('\n'),
+  );
 
   // Without its checkpoint the finished run is still there to keep.
   rmSync(path.join(runDir, 'checkpoint.safetensors'));
-  await assert.rejects(runTraining(request(runDir, folder)), /holds a finished run's model \(best\.safetensors, model\.safetensors, log\.jsonl\); choose another --out, or pass --overwrite/);
+  await assert.rejects(
+    runTraining(request(runDir, folder)),
+    /holds a finished run's model \(best\.safetensors, model\.safetensors, log\.jsonl\); choose another --out, or pass --overwrite/,
+  );
   const again = request(runDir, folder, { overwrite: true, settings: { seed: 5 } });
   await runTraining(again);
   assert.equal(lines(path.join(runDir, 'log.jsonl')).length, 1, "nothing of the old run's log is left");
@@ -93,7 +119,9 @@ test('one training process per run folder: a live holder is an error, a dead one
   await assert.rejects(runTraining(request(runDir, folder)), new RegExp(`in use by another training process \\(PID ${process.pid} `));
   assert.ok(!existsSync(path.join(runDir, 'config.json')), 'nothing was written');
   const cli = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
-    const child = execFile(process.execPath, ['bin/hemato.js', 'train', folder, '--out', runDir], { timeout: 60_000 }, (_, __, stderr) => resolve({ code: child.exitCode, stderr }));
+    const child = execFile(process.execPath, ['bin/hemato.js', 'train', folder, '--out', runDir], { timeout: 60_000 }, (_, __, stderr) =>
+      resolve({ code: child.exitCode, stderr }),
+    );
   });
   assert.equal(cli.code, 1);
   assert.match(cli.stderr, new RegExp(`in use by another training process \\(PID ${process.pid} `));
@@ -104,7 +132,10 @@ test('one training process per run folder: a live holder is an error, a dead one
   const lock = await lockRunDir(runDir, (n) => notes.push(n));
   assert.match(notes.join('\n'), new RegExp(`taking over the lock of process ${dead}, which is no longer running`));
   assert.equal(JSON.parse(readFileSync(path.join(runDir, LOCK_FILE), 'utf8')).pid, process.pid);
-  await assert.rejects(lockRunDir(runDir, () => {}), /in use by another training process/);
+  await assert.rejects(
+    lockRunDir(runDir, () => {}),
+    /in use by another training process/,
+  );
   await lock.release();
   assert.ok(!existsSync(path.join(runDir, LOCK_FILE)));
 });
@@ -116,7 +147,10 @@ test('a run that diverges in its first epoch keeps no model', async () => {
   const rows = CLASSES.flatMap((label) => Array.from({ length: 8 }, (_, i) => `${label}/${label}_${i}.png,${label},${i < 6 ? 'train' : 'val'}`));
   writeFileSync(split, `file,label,part\n${rows.join('\n')}\n`);
   const runDir = path.join(root, 'diverged');
-  await assert.rejects(runTraining(request(runDir, folder, { settings: { lr: 1e30, batchSize: 12, data: { split } } })), /training diverged: .*validation outputs after epoch 1 are NaN or infinite/);
+  await assert.rejects(
+    runTraining(request(runDir, folder, { settings: { lr: 1e30, batchSize: 12, data: { split } } })),
+    /training diverged: .*validation outputs after epoch 1 are NaN or infinite/,
+  );
   assert.ok(!existsSync(path.join(runDir, 'best.safetensors')));
   assert.ok(!existsSync(path.join(runDir, 'model.safetensors')));
 });

@@ -5,7 +5,16 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { availableParallelism } from 'node:os';
 import * as E from '../engine/index.js';
-import { DEFAULT_MAX_PIXELS, type DecodedImage, DecodeError, type DecodeErrorCode, decodeImage, type RgbImage, readImageFile, withPixelBudget } from '../data/image.js';
+import {
+  DEFAULT_MAX_PIXELS,
+  type DecodedImage,
+  DecodeError,
+  type DecodeErrorCode,
+  decodeImage,
+  type RgbImage,
+  readImageFile,
+  withPixelBudget,
+} from '../data/image.js';
 import { DEFAULT_GEOMETRY } from '../data/geometry.js';
 import { type InputRecipe, prepareImage, type PreparedImage, SCALE_RANGE, type ScaleReport, validateInputRecipe } from '../data/prepare.js';
 import { makeBatch } from '../data/batches.js';
@@ -79,11 +88,13 @@ export interface PreparedInput extends PreparedImage {
 }
 
 /** The dihedral group of the square on NCHW batches: 4 rotations, each with and without a mirror. */
-const DIHEDRAL: ((x: E.Tensor) => E.Tensor)[] = [0, 1, 2, 3].flatMap((turns) => [false, true].map((mirror) => (x: E.Tensor) => {
-  let out = mirror ? x.flip([3]) : x;
-  for (let k = 0; k < turns; k++) out = out.transpose(2, 3).flip([3]);
-  return out;
-}));
+const DIHEDRAL: ((x: E.Tensor) => E.Tensor)[] = [0, 1, 2, 3].flatMap((turns) =>
+  [false, true].map((mirror) => (x: E.Tensor) => {
+    let out = mirror ? x.flip([3]) : x;
+    for (let k = 0; k < turns; k++) out = out.transpose(2, 3).flip([3]);
+    return out;
+  }),
+);
 
 /** Images decoded and prepared at once: enough to keep the cores busy, few enough to bound memory. */
 const PREPARE_CONCURRENCY = Math.min(4, availableParallelism());
@@ -97,14 +108,16 @@ const MAX_FIELD = Math.floor(Math.sqrt(DEFAULT_MAX_PIXELS));
 
 /** Checks every option before a model is loaded, with one TypeError or RangeError naming the option and what it takes. */
 export function validateClassifierOptions(options: ClassifierOptions): void {
-  if (typeof options !== 'object' || options === null || Array.isArray(options)) throw new TypeError(`classifier options must be an object, got ${shown(options)}`);
+  if (typeof options !== 'object' || options === null || Array.isArray(options))
+    throw new TypeError(`classifier options must be an object, got ${shown(options)}`);
   const unknown = Object.keys(options).find((key) => !OPTION_NAMES.includes(key));
   if (unknown !== undefined) throw new TypeError(`unknown classifier option '${unknown}'; the options are ${OPTION_NAMES.join(', ')}`);
   const { device, precision } = options;
   if (device !== undefined && !(typeof device === 'string' && /^(auto|cpu|cuda(:\d+)?)$/.test(device))) {
     throw invalid(device, `device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got ${shown(device)}`);
   }
-  if (precision !== undefined && !PRECISIONS.includes(precision)) throw invalid(precision, `precision must be one of ${PRECISIONS.map((p) => `'${p}'`).join(', ')}, got ${shown(precision)}`);
+  if (precision !== undefined && !PRECISIONS.includes(precision))
+    throw invalid(precision, `precision must be one of ${PRECISIONS.map((p) => `'${p}'`).join(', ')}, got ${shown(precision)}`);
   if (options.tta !== undefined && typeof options.tta !== 'boolean') throw new TypeError(`tta must be true or false, got ${shown(options.tta)}`);
   checkOverrides(options);
 }
@@ -137,10 +150,14 @@ export function checkInput(input: unknown, name = 'input'): asserts input is Ima
   }
   const { width, height, data } = input as RgbImage;
   if (!(Number.isInteger(width) && width > 0 && Number.isInteger(height) && height > 0)) {
-    throw invalid(typeof width === 'number' ? height : width, `${name}: an RgbImage's width and height must be positive integers, got ${shown(width)} × ${shown(height)}`);
+    throw invalid(
+      typeof width === 'number' ? height : width,
+      `${name}: an RgbImage's width and height must be positive integers, got ${shown(width)} × ${shown(height)}`,
+    );
   }
   if (!(data instanceof Uint8Array)) throw new TypeError(`${name}: an RgbImage's data must be a Uint8Array, got ${shown(data)}`);
-  if (data.length !== width * height * 3) throw new RangeError(`${name}: an RgbImage of ${width}×${height} needs ${width * height * 3} bytes (3 per pixel), got ${data.length}`);
+  if (data.length !== width * height * 3)
+    throw new RangeError(`${name}: an RgbImage of ${width}×${height} needs ${width * height * 3} bytes (3 per pixel), got ${data.length}`);
 }
 
 /** A RangeError for a number outside its range, a TypeError for a value of the wrong kind. */
@@ -178,7 +195,14 @@ export class Classifier {
   readonly tta: boolean;
   readonly maxPixels: number | undefined;
 
-  constructor(readonly model: ImageClassifier, readonly metadata: ModelMetadata, readonly device: E.Device, readonly precision: E.Precision, readonly overrides: ClassifierOverrides = {}, readonly ood: OodInfo | null = null) {
+  constructor(
+    readonly model: ImageClassifier,
+    readonly metadata: ModelMetadata,
+    readonly device: E.Device,
+    readonly precision: E.Precision,
+    readonly overrides: ClassifierOverrides = {},
+    readonly ood: OodInfo | null = null,
+  ) {
     checkOverrides(overrides);
     this.maxPixels = overrides.maxPixels;
     this.classes = metadata.classes;
@@ -197,7 +221,8 @@ export class Classifier {
   async prepare(input: ImageInput): Promise<PreparedInput> {
     checkInput(input);
     const decoding = { maxPixels: this.maxPixels };
-    const image: DecodedImage = typeof input === 'string' ? await readImageFile(input, decoding) : input instanceof Uint8Array ? await decodeImage(input, decoding) : input;
+    const image: DecodedImage =
+      typeof input === 'string' ? await readImageFile(input, decoding) : input instanceof Uint8Array ? await decodeImage(input, decoding) : input;
     const prepared = await withPixelBudget(image.width * image.height, () => prepareImage(image, this.recipe, { pixelSize: this.pixelSize, measure: true }));
     return { ...prepared, warnings: image.warnings ?? [] };
   }
@@ -216,23 +241,28 @@ export class Classifier {
     const pixels = size * size * 3;
     const data = new Uint8Array(images.length * pixels);
     images.forEach((image, i) => {
-      if (image.width !== size || image.height !== size) throw new RangeError(`prepared image ${i} is ${image.width}×${image.height}, the model needs ${size}×${size}`);
+      if (image.width !== size || image.height !== size)
+        throw new RangeError(`prepared image ${i} is ${image.width}×${image.height}, the model needs ${size}×${size}`);
       data.set(image.data, i * pixels);
     });
     const set = { images: data, size, labels: new Int32Array(images.length), classes: this.classes };
-    const { logits, features } = E.tidy(() => E.noGrad(() => {
-      const { x } = makeBatch(set, Int32Array.from(images.keys()), { normalization: this.metadata.normalization, device: this.device });
-      return E.withPrecision(this.precision, this.device, () => {
-        // Under test-time augmentation the pooled features are averaged over the views; the head is linear, so
-        // the logits are the views' mean logits.
-        const views = this.tta ? DIHEDRAL.map((view) => this.model.forwardHead(this.model.forwardFeatures(view(x)), true)) : [this.model.forwardHead(this.model.forwardFeatures(x), true)];
-        const pooled = views.length === 1 ? views[0] : E.stack(views).mean(0);
-        return {
-          logits: this.model.head!.fc.forward(pooled).float().data() as Float32Array,
-          features: pooled.float().data() as Float32Array,
-        };
-      });
-    }));
+    const { logits, features } = E.tidy(() =>
+      E.noGrad(() => {
+        const { x } = makeBatch(set, Int32Array.from(images.keys()), { normalization: this.metadata.normalization, device: this.device });
+        return E.withPrecision(this.precision, this.device, () => {
+          // Under test-time augmentation the pooled features are averaged over the views; the head is linear, so
+          // the logits are the views' mean logits.
+          const views = this.tta
+            ? DIHEDRAL.map((view) => this.model.forwardHead(this.model.forwardFeatures(view(x)), true))
+            : [this.model.forwardHead(this.model.forwardFeatures(x), true)];
+          const pooled = views.length === 1 ? views[0] : E.stack(views).mean(0);
+          return {
+            logits: this.model.head!.fc.forward(pooled).float().data() as Float32Array,
+            features: pooled.float().data() as Float32Array,
+          };
+        });
+      }),
+    );
     return { logits, features, distances: this.ood ? oodDistances(features, this.ood) : null };
   }
 
@@ -266,16 +296,24 @@ export class Classifier {
     const topK = Math.min(requestedTopK, this.classes.length);
     // 0 or NaN would never advance the loop, a fraction would skip images; the bound keeps one batch in memory.
     const batchSize = options.batchSize ?? 32;
-    if (!Number.isInteger(batchSize) || batchSize < 1 || batchSize > 4096) throw new RangeError(`batchSize must be an integer in 1..4096, got ${options.batchSize}`);
+    if (!Number.isInteger(batchSize) || batchSize < 1 || batchSize > 4096)
+      throw new RangeError(`batchSize must be an integer in 1..4096, got ${options.batchSize}`);
     const results: (Classification | ClassificationError)[] = new Array(inputs.length);
     for (let start = 0; start < inputs.length; start += batchSize) {
       const chunk = inputs.slice(start, start + batchSize);
       // A few at a time: a 64-megapixel image decodes to about 200 MB, and a batch may hold dozens of them.
-      const prepared = await mapLimit(chunk, PREPARE_CONCURRENCY, (input) => this.prepare(input).then((p) => ({ p }), (error: Error) => failure(input, error)));
+      const prepared = await mapLimit(chunk, PREPARE_CONCURRENCY, (input) =>
+        this.prepare(input).then(
+          (p) => ({ p }),
+          (error: Error) => failure(input, error),
+        ),
+      );
       const good = prepared.flatMap((p, i) => ('p' in p ? [{ p: p.p, i }] : []));
       const { logits, distances } = good.length ? this.score(good.map((g) => g.p.image)) : { logits: new Float32Array(0), distances: null };
       const probs = softmaxRows(logits, good.length, this.classes.length, this.temperature);
-      prepared.forEach((p, i) => { if ('error' in p) results[start + i] = p; });
+      prepared.forEach((p, i) => {
+        if ('error' in p) results[start + i] = p;
+      });
       good.forEach(({ p, i }, row) => {
         // NaN or infinite logits (damaged weights, an overflow) have no meaningful ranking: no label is better than one.
         if (!logits.subarray(row * this.classes.length, (row + 1) * this.classes.length).every(Number.isFinite)) {
@@ -283,7 +321,10 @@ export class Classifier {
           return;
         }
         const scores = Array.from(probs.subarray(row * this.classes.length, (row + 1) * this.classes.length));
-        const predictions = scores.map((score, c) => ({ label: this.classes[c], score })).sort((a, b) => b.score - a.score).slice(0, topK);
+        const predictions = scores
+          .map((score, c) => ({ label: this.classes[c], score }))
+          .sort((a, b) => b.score - a.score)
+          .slice(0, topK);
         const reasons = this.reasons(predictions[0].score, p.scale, distances?.[row], p.measures?.nuclei);
         if (p.warnings.length > 0) reasons.push('decode-warning');
         results[start + i] = { predictions, uncertain: reasons.length > 0, reasons, scale: p.scale };
@@ -332,7 +373,8 @@ export async function loadClassifier(file: string = BUNDLED_MODEL, options: Clas
   validateClassifierOptions(options);
   const device = E.resolveDevice(options.device ?? 'auto');
   const { model, metadata, ood } = await loadModel(file, { device }).catch((error: Error) => {
-    if (file === BUNDLED_MODEL && /no such file/.test(error.message)) throw new Error(`the bundled model is missing at ${file}; reinstall hemato or pass a model file`);
+    if (file === BUNDLED_MODEL && /no such file/.test(error.message))
+      throw new Error(`the bundled model is missing at ${file}; reinstall hemato or pass a model file`);
     throw error;
   });
   const precision = options.precision && options.precision !== 'auto' ? options.precision : defaultPrecision(device, metadata.architecture);

@@ -15,7 +15,11 @@ export interface DetectorOptions {
 
 export async function fitDetector(classifier: Classifier, train: DatasetItem[], val: DatasetItem[], options: DetectorOptions = {}): Promise<OodInfo> {
   const featuresOf = async (items: DatasetItem[], stage: 'training' | 'validation') => {
-    const scored = await scoreItems(classifier, items, { batchSize: options.batchSize, features: true, onProgress: (done, total) => options.onProgress?.(stage, done, total) });
+    const scored = await scoreItems(classifier, items, {
+      batchSize: options.batchSize,
+      features: true,
+      onProgress: (done, total) => options.onProgress?.(stage, done, total),
+    });
     return { features: scored.features!, labels: scored.labels };
   };
   const trainSet = await featuresOf(train, 'training');

@@ -33,7 +33,16 @@ export async function scoreItems(classifier: Classifier, items: DatasetItem[], o
     const chunk = items.slice(start, start + batchSize);
     const { transform } = options;
     const input = (item: DatasetItem) => (transform ? readImageFile(item.path).then(transform) : Promise.resolve(item.path));
-    const prepared = await Promise.all(chunk.map((item) => input(item).then((i) => classifier.prepare(i)).then((image) => ({ item, image }), (error: Error) => ({ item, error }))));
+    const prepared = await Promise.all(
+      chunk.map((item) =>
+        input(item)
+          .then((i) => classifier.prepare(i))
+          .then(
+            (image) => ({ item, image }),
+            (error: Error) => ({ item, error }),
+          ),
+      ),
+    );
     const good = prepared.filter((p): p is { item: DatasetItem; image: Awaited<ReturnType<Classifier['prepare']>> } => 'image' in p);
     for (const p of prepared) if ('error' in p) failed.push({ path: p.item.path, reason: (p.error as Error).message });
     if (good.length) {
@@ -54,8 +63,14 @@ export async function scoreItems(classifier: Classifier, items: DatasetItem[], o
   }
   if (logits.length !== labels.length * k) throw new Error('internal: logits and labels disagree');
   return {
-    logits: Float32Array.from(logits), labels: Int32Array.from(labels), files, scales, nuclei,
-    distances: classifier.ood ? Float64Array.from(distances) : undefined, features: options.features ? concatenate(features) : undefined, failed,
+    logits: Float32Array.from(logits),
+    labels: Int32Array.from(labels),
+    files,
+    scales,
+    nuclei,
+    distances: classifier.ood ? Float64Array.from(distances) : undefined,
+    features: options.features ? concatenate(features) : undefined,
+    failed,
   };
 }
 
@@ -70,13 +85,27 @@ function concatenate(rows: Float32Array[]): Float32Array {
 }
 
 /** Scores the items once per shift; the figures say how the model holds up on images unlike its training data's. */
-export async function evaluateShifts(classifier: Classifier, items: DatasetItem[], shifts: readonly Shift[], options: { batchSize?: number; onProgress?: (shift: string, done: number, total: number) => void } = {}): Promise<Record<string, ShiftResult>> {
+export async function evaluateShifts(
+  classifier: Classifier,
+  items: DatasetItem[],
+  shifts: readonly Shift[],
+  options: { batchSize?: number; onProgress?: (shift: string, done: number, total: number) => void } = {},
+): Promise<Record<string, ShiftResult>> {
   const results: Record<string, ShiftResult> = {};
   for (const shift of shifts) {
-    const scored = await scoreItems(classifier, items, { batchSize: options.batchSize, transform: shift.apply, onProgress: (done, total) => options.onProgress?.(shift.name, done, total) });
+    const scored = await scoreItems(classifier, items, {
+      batchSize: options.batchSize,
+      transform: shift.apply,
+      onProgress: (done, total) => options.onProgress?.(shift.name, done, total),
+    });
     const evaluation = evaluateScores(scored, classifier);
-    results[shift.name] = { params: shift.params, n: evaluation.n, accuracy: evaluation.accuracy, balanced_accuracy: evaluation.balanced_accuracy, uncertain_fraction: evaluation.uncertain_fraction };
+    results[shift.name] = {
+      params: shift.params,
+      n: evaluation.n,
+      accuracy: evaluation.accuracy,
+      balanced_accuracy: evaluation.balanced_accuracy,
+      uncertain_fraction: evaluation.uncertain_fraction,
+    };
   }
   return results;
 }
-

@@ -77,29 +77,40 @@ export function gradCam(model: ImageClassifier, x: Tensor, options: { classIndex
   if (x.ndim !== 4 || x.shape[0] !== 1) throw new RangeError(`gradCam takes one image [1, 3, H, W], got [${x.shape}]`);
   const path = checkPath(options.path ?? 'fused');
   const stage = resolveStage(model, options.stage ?? DEFAULT_EXPLAIN_STAGE);
-  return withFrozenParameters(model, () => E.tidy(() => {
-    // The forward pass to the map needs no graph: only the part after the map is differentiated.
-    const split = E.noGrad(() => splitAt(model, x, path, stage));
-    return E.enableGrad(() => {
-      const leaves = split.maps.map(({ map }) => map.detach().requiresGrad_(true));
-      const logits = split.toLogits(leaves).float();
-      const values = logits.data() as Float32Array;
-      const classIndex = options.classIndex ?? argmax(values);
-      if (!Number.isInteger(classIndex) || classIndex < 0 || classIndex >= values.length) throw new RangeError(`classIndex ${classIndex} is outside 0..${values.length - 1}`);
-      logits.select(1, classIndex).sum().backward();
-      const cam = E.noGrad(() => {
-        // Each position's share: its channels times their gradients, summed over channels (NHWC: the last dim).
-        const shares = leaves.map((leaf, i) => leaf.grad!.mul(leaf).sum(split.maps[i].channelsLast ? 3 : 1).squeeze(0));
-        const grids = shares.map((t) => t.shape.join('×'));
-        if (new Set(grids).size > 1) throw new RangeError(`the paths' maps at stage ${stage} differ in size (${grids.join(' vs ')}); explain one path`);
-        return shares.reduce((a, b) => a.add(b)).relu().float();
+  return withFrozenParameters(model, () =>
+    E.tidy(() => {
+      // The forward pass to the map needs no graph: only the part after the map is differentiated.
+      const split = E.noGrad(() => splitAt(model, x, path, stage));
+      return E.enableGrad(() => {
+        const leaves = split.maps.map(({ map }) => map.detach().requiresGrad_(true));
+        const logits = split.toLogits(leaves).float();
+        const values = logits.data() as Float32Array;
+        const classIndex = options.classIndex ?? argmax(values);
+        if (!Number.isInteger(classIndex) || classIndex < 0 || classIndex >= values.length)
+          throw new RangeError(`classIndex ${classIndex} is outside 0..${values.length - 1}`);
+        logits.select(1, classIndex).sum().backward();
+        const cam = E.noGrad(() => {
+          // Each position's share: its channels times their gradients, summed over channels (NHWC: the last dim).
+          const shares = leaves.map((leaf, i) =>
+            leaf
+              .grad!.mul(leaf)
+              .sum(split.maps[i].channelsLast ? 3 : 1)
+              .squeeze(0),
+          );
+          const grids = shares.map((t) => t.shape.join('×'));
+          if (new Set(grids).size > 1) throw new RangeError(`the paths' maps at stage ${stage} differ in size (${grids.join(' vs ')}); explain one path`);
+          return shares
+            .reduce((a, b) => a.add(b))
+            .relu()
+            .float();
+        });
+        const [rows, cols] = cam.shape;
+        const peak = cam.max().item();
+        const normalised = (peak > 0 && Number.isFinite(peak) ? cam.div(peak) : E.zerosLike(cam)).data() as Float32Array;
+        return { classIndex, logits: values, grid: [rows, cols] as [number, number], cam: normalised, stage };
       });
-      const [rows, cols] = cam.shape;
-      const peak = cam.max().item();
-      const normalised = (peak > 0 && Number.isFinite(peak) ? cam.div(peak) : E.zerosLike(cam)).data() as Float32Array;
-      return { classIndex, logits: values, grid: [rows, cols] as [number, number], cam: normalised, stage };
-    });
-  }));
+    }),
+  );
 }
 
 /** The maps to take gradients at, and the rest of the network from them to logits. */
@@ -149,7 +160,8 @@ function backbonesOf(model: ImageClassifier): { convnext?: Backbone; swin?: Back
 function resolveStage(model: ImageClassifier, stage: number): number {
   const backbones = Object.values(backbonesOf(model)).filter((b): b is Backbone => b !== undefined);
   const count = Math.min(...backbones.map(stagesOf));
-  if (!Number.isInteger(stage) || stage < -count || stage >= count) throw new RangeError(`stage must be an integer in ${-count}..${count - 1} (this model has ${count} stages; -1 is the last), got ${String(stage)}`);
+  if (!Number.isInteger(stage) || stage < -count || stage >= count)
+    throw new RangeError(`stage must be an integer in ${-count}..${count - 1} (this model has ${count} stages; -1 is the last), got ${String(stage)}`);
   return stage < 0 ? stage + count : stage;
 }
 
@@ -180,7 +192,9 @@ function splitAt(model: ImageClassifier, x: Tensor, path: ExplainPath, stage: nu
     maps: cuts,
     toLogits: (leaves) => {
       const maps: PathMaps = { ...constants };
-      explained.forEach((p, i) => { maps[p] = asPathMap(p, cuts[i].rest(leaves[i])); });
+      explained.forEach((p, i) => {
+        maps[p] = asPathMap(p, cuts[i].rest(leaves[i]));
+      });
       return model.forwardHead(model.fusePaths(maps));
     },
   };
@@ -194,7 +208,9 @@ function withFrozenParameters<T>(model: ImageClassifier, fn: () => T): T {
   try {
     return fn();
   } finally {
-    parameters.forEach((p, i) => { p.requiresGrad = before[i]; });
+    parameters.forEach((p, i) => {
+      p.requiresGrad = before[i];
+    });
   }
 }
 
@@ -220,7 +236,10 @@ export async function explainImage(classifier: Classifier, input: ImageInput, op
   });
   if (!result.logits.every(Number.isFinite)) {
     const where = typeof input === 'string' ? `${input}: ` : '';
-    throw Object.assign(new Error(`${where}the model gave scores that are not finite numbers (NaN or infinity), so there is nothing to explain; its weights may be damaged`), { code: 'non-finite-output' });
+    throw Object.assign(
+      new Error(`${where}the model gave scores that are not finite numbers (NaN or infinity), so there is nothing to explain; its weights may be damaged`),
+      { code: 'non-finite-output' },
+    );
   }
   // One view, so the single-view calibration applies even where the classifier averages TTA views.
   const probabilities = softmaxRows(result.logits, 1, classifier.classes.length, classifier.metadata.temperature ?? 1);
@@ -231,7 +250,10 @@ export async function explainImage(classifier: Classifier, input: ImageInput, op
  * Checks explain options against a classifier before any image is read: a TypeError for options of the wrong kind,
  * a RangeError naming the choices for an unknown label, a path the model lacks or a stage it does not have.
  */
-export function checkExplainOptions(classifier: Classifier, options: ExplainOptions = {}): { classIndex: number | undefined; path: ExplainPath; stage: number } {
+export function checkExplainOptions(
+  classifier: Classifier,
+  options: ExplainOptions = {},
+): { classIndex: number | undefined; path: ExplainPath; stage: number } {
   if (typeof options !== 'object' || options === null || Array.isArray(options)) throw new TypeError('explain options must be an object');
   const unknown = Object.keys(options).find((key) => !['label', 'path', 'stage'].includes(key));
   if (unknown !== undefined) throw new TypeError(`unknown explain option '${unknown}'; the options are label, path and stage`);
@@ -252,16 +274,22 @@ export function checkExplainOptions(classifier: Classifier, options: ExplainOpti
  * The map upsampled bilinearly to width × height (default: the image's size), as a framework's bilinear resize with
  * half-pixel centres does it: each map value sits at the centre of its cell.
  */
-export function camValues(explanation: Pick<Explanation, 'cam' | 'grid' | 'image'>, width = explanation.image.width, height = explanation.image.height): Float32Array {
+export function camValues(
+  explanation: Pick<Explanation, 'cam' | 'grid' | 'image'>,
+  width = explanation.image.width,
+  height = explanation.image.height,
+): Float32Array {
   const [rows, cols] = explanation.grid;
   if (explanation.cam.length !== rows * cols) throw new RangeError(`cam has ${explanation.cam.length} values for a ${rows}×${cols} grid`);
-  if (!(Number.isInteger(width) && width > 0 && Number.isInteger(height) && height > 0)) throw new RangeError(`camValues: width and height must be positive integers, got ${width} × ${height}`);
+  if (!(Number.isInteger(width) && width > 0 && Number.isInteger(height) && height > 0))
+    throw new RangeError(`camValues: width and height must be positive integers, got ${width} × ${height}`);
   const out = new Float32Array(width * height);
-  const axis = (n: number, cells: number) => Array.from({ length: n }, (_, i) => {
-    const at = Math.min(cells - 1, Math.max(0, ((i + 0.5) * cells) / n - 0.5));
-    const lo = Math.floor(at);
-    return { lo, hi: Math.min(cells - 1, lo + 1), t: at - lo };
-  });
+  const axis = (n: number, cells: number) =>
+    Array.from({ length: n }, (_, i) => {
+      const at = Math.min(cells - 1, Math.max(0, ((i + 0.5) * cells) / n - 0.5));
+      const lo = Math.floor(at);
+      return { lo, hi: Math.min(cells - 1, lo + 1), t: at - lo };
+    });
   const xs = axis(width, cols);
   const ys = axis(height, rows);
   const cam = explanation.cam;
@@ -280,8 +308,14 @@ export function camValues(explanation: Pick<Explanation, 'cam' | 'grid' | 'image
 /** A turbo-like ramp from dark blue through cyan, green and yellow to dark red: RGB in 0..255 for v in [0, 1]. */
 export function colourRamp(v: number): [number, number, number] {
   const stops: [number, number, number, number][] = [
-    [0, 48, 18, 59], [0.15, 65, 105, 225], [0.35, 27, 208, 213], [0.5, 97, 252, 108],
-    [0.65, 210, 233, 53], [0.8, 254, 155, 45], [0.92, 218, 57, 7], [1, 122, 4, 3],
+    [0, 48, 18, 59],
+    [0.15, 65, 105, 225],
+    [0.35, 27, 208, 213],
+    [0.5, 97, 252, 108],
+    [0.65, 210, 233, 53],
+    [0.8, 254, 155, 45],
+    [0.92, 218, 57, 7],
+    [1, 122, 4, 3],
   ];
   const t = Math.min(1, Math.max(0, Number.isFinite(v) ? v : 0));
   let i = 1;
@@ -311,5 +345,7 @@ export async function overlayPng(explanation: Explanation, options: OverlayOptio
     const opacity = alpha * Math.min(1, Math.max(0, values[i]));
     for (let c = 0; c < 3; c++) out[i * 3 + c] = Math.round((1 - opacity) * data[i * 3 + c] + opacity * colour[c]);
   }
-  return sharp(out, { raw: { width, height, channels: 3 } }).png().toBuffer();
+  return sharp(out, { raw: { width, height, channels: 3 } })
+    .png()
+    .toBuffer();
 }

@@ -72,7 +72,10 @@ export async function makeBundle(options: BundleOptions): Promise<BundleResult> 
   const out = path.resolve(options.out);
   const model = bundleModel(root, options.model);
   if (options.pack && !existsSync(options.pack)) throw new Error(`the data set ${options.pack} does not exist`);
-  for (const tool of ['tar', 'xz']) await run(tool, ['--version']).catch(() => { throw new Error(`${tool} is needed to write the bundle and was not found on PATH`); });
+  for (const tool of ['tar', 'xz'])
+    await run(tool, ['--version']).catch(() => {
+      throw new Error(`${tool} is needed to write the bundle and was not found on PATH`);
+    });
   const distEntry = path.join(root, 'dist/src/cli/main.js');
   if (!existsSync(distEntry)) throw new Error(`${distEntry} is missing: compile first (npx tsc -p tsconfig.json)`);
   const napiDir = findNapiHeaders();
@@ -148,9 +151,11 @@ export function bundleModel(root: string, model: string | false | undefined): st
   if (model === false) return undefined;
   const file = model ?? path.join(root, 'models', path.basename(BUNDLED_MODEL));
   if (!existsSync(file)) {
-    throw new Error(model === undefined
-      ? `the bundled model ${file} is missing: pass --model FILE, or --no-model for a bundle that carries none`
-      : `the model ${file} does not exist`);
+    throw new Error(
+      model === undefined
+        ? `the bundled model ${file} is missing: pass --model FILE, or --no-model for a bundle that carries none`
+        : `the model ${file} does not exist`,
+    );
   }
   return file;
 }
@@ -222,7 +227,9 @@ function removeOnSignal(paths: string[]): () => void {
     detach();
     process.kill(process.pid, signal);
   };
-  const detach = () => { for (const signal of SIGNALS) process.off(signal, onSignal); };
+  const detach = () => {
+    for (const signal of SIGNALS) process.off(signal, onSignal);
+  };
   for (const signal of SIGNALS) process.on(signal, onSignal);
   return detach;
 }
@@ -237,11 +244,17 @@ const BASE_LIBS = /^(linux-vdso|libdl|libstdc\+\+|libm|libgcc_s|libpthread|libc|
 function checkPortable(node: string): void {
   const ldd = spawnSync('ldd', [node], { encoding: 'utf8' });
   if (ldd.status !== 0 || !ldd.stdout) return;
-  const libs = ldd.stdout.split('\n').map((line) => line.trim().split(/\s+/)[0]).filter(Boolean).map((l) => path.basename(l));
+  const libs = ldd.stdout
+    .split('\n')
+    .map((line) => line.trim().split(/\s+/)[0])
+    .filter(Boolean)
+    .map((l) => path.basename(l));
   const extra = libs.filter((lib) => !BASE_LIBS.test(lib));
   if (extra.length > 0) {
-    throw new Error(`${node} links ${extra.join(', ')}, which the target may lack: run hemato bundle with an official ` +
-      'node build (the nodejs.org linux-x64 tarball), whose binary links only glibc and libstdc++');
+    throw new Error(
+      `${node} links ${extra.join(', ')}, which the target may lack: run hemato bundle with an official ` +
+        'node build (the nodejs.org linux-x64 tarball), whose binary links only glibc and libstdc++',
+    );
   }
 }
 
@@ -266,8 +279,10 @@ export function findNapiHeaders(): string {
   ].filter(Boolean);
   const found = candidates.find((dir) => NAPI_HEADERS.every((h) => existsSync(path.join(dir, h))));
   if (!found) {
-    throw new Error(`no N-API headers (${NAPI_HEADERS.join(', ')}) found in ${candidates.join(', ')}: ` +
-      'run `npx node-gyp install` once to fetch them into ~/.cache/node-gyp');
+    throw new Error(
+      `no N-API headers (${NAPI_HEADERS.join(', ')}) found in ${candidates.join(', ')}: ` +
+        'run `npx node-gyp install` once to fetch them into ~/.cache/node-gyp',
+    );
   }
   return found;
 }
@@ -300,7 +315,9 @@ export function runtimeModules(root: string): string[] {
     }
   };
   const visit = (fromDir: string, name: string, optional: boolean) => {
-    const candidate = lookups(fromDir).map((d) => path.join(d, name)).find((d) => existsSync(path.join(d, 'package.json')));
+    const candidate = lookups(fromDir)
+      .map((d) => path.join(d, name))
+      .find((d) => existsSync(path.join(d, 'package.json')));
     if (!candidate) {
       if (optional) return;
       throw new Error(`the runtime dependency ${name} is not installed (needed by ${path.relative(root, fromDir) || 'hemato'}): run npm ci`);
@@ -341,7 +358,9 @@ function run(cmd: string, args: string[]): Promise<void> {
 /** Waits for a child to end; its stderr becomes the error message when it fails. */
 function finished(child: ReturnType<typeof spawn>, what: string): Promise<void> {
   let stderr = '';
-  child.stderr?.on('data', (chunk: Buffer) => { stderr += chunk.toString(); });
+  child.stderr?.on('data', (chunk: Buffer) => {
+    stderr += chunk.toString();
+  });
   return new Promise((resolve, reject) => {
     child.on('error', reject);
     child.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`${what} failed (exit ${code}): ${stderr.trim()}`))));

@@ -4,7 +4,10 @@ import { fsReason } from '../data/files.js';
 
 /** An error meant for the user: its message says what went wrong and what to do. */
 export class CliError extends Error {
-  constructor(message: string, readonly exitCode = 1) {
+  constructor(
+    message: string,
+    readonly exitCode = 1,
+  ) {
     super(message);
     this.name = 'CliError';
   }
@@ -36,7 +39,10 @@ export async function prepareOutputDir(dir: string, what: string): Promise<strin
     } catch (error) {
       if (error instanceof CliError) throw error;
       const code = (error as NodeJS.ErrnoException).code;
-      const isLink = await lstat(existing).then((info) => info.isSymbolicLink(), () => false);
+      const isLink = await lstat(existing).then(
+        (info) => info.isSymbolicLink(),
+        () => false,
+      );
       if ((code !== 'ENOENT' && code !== 'ENOTDIR') || isLink) throw fail(`${existing}: ${await fsReason(existing, error)}`);
       missing.unshift(path.basename(existing));
       existing = path.dirname(existing);
@@ -44,7 +50,8 @@ export async function prepareOutputDir(dir: string, what: string): Promise<strin
   }
   const real = path.join(await realpath(existing), ...missing);
   const under = (root: string) => real === root || real.startsWith(`${root}/`);
-  if (SYSTEM_FOLDERS.some(under) && !SYSTEM_EXCEPTIONS.some(under)) throw fail(`${real} is inside ${SYSTEM_FOLDERS.find(under)}, a kernel file system, not a place for output`);
+  if (SYSTEM_FOLDERS.some(under) && !SYSTEM_EXCEPTIONS.some(under))
+    throw fail(`${real} is inside ${SYSTEM_FOLDERS.find(under)}, a kernel file system, not a place for output`);
   // One level at a time: a recursive mkdir can retry forever where the kernel refuses in odd ways.
   let current = existing;
   for (const part of missing) {
@@ -52,7 +59,13 @@ export async function prepareOutputDir(dir: string, what: string): Promise<strin
     try {
       await mkdir(current);
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EEXIST' || !(await stat(current).then((i) => i.isDirectory(), () => false))) {
+      if (
+        (error as NodeJS.ErrnoException).code !== 'EEXIST' ||
+        !(await stat(current).then(
+          (i) => i.isDirectory(),
+          () => false,
+        ))
+      ) {
         throw fail(`cannot create ${current}: ${await fsReason(current, error)}`);
       }
     }

@@ -9,7 +9,10 @@ export interface Progress {
 /** A bar for `total` units; `format` may use {bar} {percentage} {value} {total} {eta_formatted} and custom fields. */
 export function progressBar(label: string, total: number, format = '{bar} {percentage}% | {value}/{total} | ETA {eta_formatted}'): Progress {
   if (process.stderr.isTTY) {
-    const bar = new cliProgress.SingleBar({ format: `${label} ${format}`, stream: process.stderr, hideCursor: true, etaBuffer: 50, clearOnComplete: false }, cliProgress.Presets.shades_classic);
+    const bar = new cliProgress.SingleBar(
+      { format: `${label} ${format}`, stream: process.stderr, hideCursor: true, etaBuffer: 50, clearOnComplete: false },
+      cliProgress.Presets.shades_classic,
+    );
     bar.start(total, 0);
     return {
       update: (done, fields) => bar.update(done, fields),
@@ -21,8 +24,12 @@ export function progressBar(label: string, total: number, format = '{bar} {perce
   const line = (done: number, fields: Record<string, string | number> = {}) => {
     const elapsed = (Date.now() - started) / 1000;
     const eta = done > 0 ? Math.round((elapsed / done) * (total - done)) : NaN;
-    const extra = Object.entries(fields).map(([k, v]) => `${k} ${v}`).join(' | ');
-    process.stderr.write(`${label} ${done}/${total} (${Math.floor((100 * done) / Math.max(1, total))}%) ETA ${Number.isNaN(eta) ? '?' : `${eta}s`}${extra ? ` | ${extra}` : ''}\n`);
+    const extra = Object.entries(fields)
+      .map(([k, v]) => `${k} ${v}`)
+      .join(' | ');
+    process.stderr.write(
+      `${label} ${done}/${total} (${Math.floor((100 * done) / Math.max(1, total))}%) ETA ${Number.isNaN(eta) ? '?' : `${eta}s`}${extra ? ` | ${extra}` : ''}\n`,
+    );
   };
   return {
     update(done, fields) {

@@ -31,11 +31,30 @@ export interface AugmentConfig {
 }
 
 export const DEFAULT_AUGMENT: AugmentConfig = {
-  hflip: true, vflip: true, rot90: true, crop: null, brightness: 0.1, contrast: 0.1, saturation: 0, hue: 0,
+  hflip: true,
+  vflip: true,
+  rot90: true,
+  crop: null,
+  brightness: 0.1,
+  contrast: 0.1,
+  saturation: 0,
+  hue: 0,
 };
 
 export const NO_AUGMENT: AugmentConfig = {
-  hflip: false, vflip: false, rot90: false, crop: null, brightness: 0, contrast: 0, saturation: 0, hue: 0, scale: null, stain: 0, temperature: 0, blur: 0, noise: 0,
+  hflip: false,
+  vflip: false,
+  rot90: false,
+  crop: null,
+  brightness: 0,
+  contrast: 0,
+  saturation: 0,
+  hue: 0,
+  scale: null,
+  stain: 0,
+  temperature: 0,
+  blur: 0,
+  noise: 0,
 };
 
 export { seededRandom } from './random.js';
@@ -54,14 +73,22 @@ export function augmentBatch(x: E.Tensor, config: AugmentConfig, random: () => n
     if (config.brightness || config.saturation || config.hue) out = augmentColour(out, config, random);
     if (config.contrast) {
       const n = out.shape[0];
-      const factors = E.tensor(Float32Array.from({ length: n }, () => uniform(random, 1 - config.contrast, 1 + config.contrast)), [n, 1, 1, 1], { device: deviceOf(x) });
+      const factors = E.tensor(
+        Float32Array.from({ length: n }, () => uniform(random, 1 - config.contrast, 1 + config.contrast)),
+        [n, 1, 1, 1],
+        { device: deviceOf(x) },
+      );
       const meanGrey = greyscale(out).mean([1, 2, 3], true);
       out = out.sub(meanGrey).mul(factors).add(meanGrey);
     }
     if (config.blur) out = augmentBlur(out, config.blur, random);
     if (config.noise) {
       const n = out.shape[0];
-      const sigmas = E.tensor(Float32Array.from({ length: n }, () => uniform(random, 0, config.noise!)), [n, 1, 1, 1], { device: deviceOf(x) });
+      const sigmas = E.tensor(
+        Float32Array.from({ length: n }, () => uniform(random, 0, config.noise!)),
+        [n, 1, 1, 1],
+        { device: deviceOf(x) },
+      );
       out = out.add(E.randn(out.shape, { seed: Math.floor(random() * 2 ** 31), device: deviceOf(x) }).mul(sigmas));
     }
     return out === x ? x.clone() : out.clamp(0, 1);
@@ -74,7 +101,11 @@ export function backgroundOf(x: E.Tensor): E.Tensor {
     const grey = greyscale(x);
     const mean = grey.mean([1, 2, 3], true);
     const mask = grey.gt(mean.add(grey.amax([1, 2, 3], true)).div(2)).float();
-    return x.mul(mask).sum([2, 3], true).div(mask.sum([2, 3], true).clamp(1, Infinity)).clamp(0.3, 1);
+    return x
+      .mul(mask)
+      .sum([2, 3], true)
+      .div(mask.sum([2, 3], true).clamp(1, Infinity))
+      .clamp(0.3, 1);
   });
 }
 
@@ -115,7 +146,9 @@ export const HED_FROM_RGB = invert3(RGB_FROM_HED);
 function invert3(m: number[]): number[] {
   const [a, b, c, d, e, f, g, h, i] = m;
   const det = a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g);
-  return [e * i - f * h, c * h - b * i, b * f - c * e, f * g - d * i, a * i - c * g, c * d - a * f, d * h - e * g, b * g - a * h, a * e - b * d].map((v) => v / det);
+  return [e * i - f * h, c * h - b * i, b * f - c * e, f * g - d * i, a * i - c * g, c * d - a * f, d * h - e * g, b * g - a * h, a * e - b * d].map(
+    (v) => v / det,
+  );
 }
 
 /** Stain strength: optical density relative to the background, scaled per stain in HED space and mapped back. */
@@ -128,8 +161,14 @@ function augmentStain(x: E.Tensor, amount: number, random: () => number, backgro
     const scaled = HED_FROM_RGB.map((v, k) => v * gains[k % 3]);
     matrices.set(transpose3(multiply3(scaled, RGB_FROM_HED)), i * 9);
   }
-  const density = x.div(background).clamp(1 / 255, 1).log().neg();
-  const changed = E.tensor(matrices, [n, 3, 3], { device: deviceOf(x) }).bmm(density.reshape([n, c, h * w])).reshape([n, c, h, w]);
+  const density = x
+    .div(background)
+    .clamp(1 / 255, 1)
+    .log()
+    .neg();
+  const changed = E.tensor(matrices, [n, 3, 3], { device: deviceOf(x) })
+    .bmm(density.reshape([n, c, h * w]))
+    .reshape([n, c, h, w]);
   return changed.neg().exp().mul(background);
 }
 
@@ -170,7 +209,7 @@ function augmentBlur(x: E.Tensor, maxSigma: number, random: () => number): E.Ten
 // Luma weights (ITU-R BT.601) and the RGB → YIQ transform, whose I/Q plane a hue change rotates.
 const LUMA = [0.299, 0.587, 0.114];
 const TO_YIQ = [0.299, 0.587, 0.114, 0.596, -0.274, -0.322, 0.211, -0.523, 0.312];
-const FROM_YIQ = [1, 0.956171, 0.621433, 1, -0.272689, -0.646813, 1, -1.103744, 1.700623];  // the inverse of TO_YIQ
+const FROM_YIQ = [1, 0.956171, 0.621433, 1, -0.272689, -0.646813, 1, -1.103744, 1.700623]; // the inverse of TO_YIQ
 
 function greyscale(x: E.Tensor): E.Tensor {
   return E.tidy(() => x.mul(E.tensor(LUMA, [1, 3, 1, 1], { device: deviceOf(x) })).sum(1, true));
@@ -190,8 +229,20 @@ function augmentColour(x: E.Tensor, config: AugmentConfig, random: () => number)
     const saturation = uniform(random, 1 - config.saturation, 1 + config.saturation);
     const angle = uniform(random, -config.hue, config.hue) * 2 * Math.PI;
     const [cos, sin] = [Math.cos(angle), Math.sin(angle)];
-    const inYiq = [brightness, 0, 0, 0, brightness * saturation * cos, -brightness * saturation * sin, 0, brightness * saturation * sin, brightness * saturation * cos];
+    const inYiq = [
+      brightness,
+      0,
+      0,
+      0,
+      brightness * saturation * cos,
+      -brightness * saturation * sin,
+      0,
+      brightness * saturation * sin,
+      brightness * saturation * cos,
+    ];
     matrices.set(multiply3(FROM_YIQ, multiply3(inYiq, TO_YIQ)), i * 9);
   }
-  return E.tensor(matrices, [n, 3, 3], { device: deviceOf(x) }).bmm(x.reshape([n, c, h * w])).reshape([n, c, h, w]);
+  return E.tensor(matrices, [n, 3, 3], { device: deviceOf(x) })
+    .bmm(x.reshape([n, c, h * w]))
+    .reshape([n, c, h, w]);
 }

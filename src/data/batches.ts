@@ -40,7 +40,10 @@ export function makeBatch(set: ImageSet, indices: ArrayLike<number>, options: Ba
     let x = E.tensor(bytes, [indices.length, set.size, set.size, 3], { device }).permute([0, 3, 1, 2]).float().div(255);
     if (options.augment) x = augmentBatch(x, options.augment, seededRandom(options.seed ?? 0));
     const { mean, std } = options.normalization;
-    x = x.sub(E.tensor(mean, [1, 3, 1, 1], { device })).div(E.tensor(std, [1, 3, 1, 1], { device })).contiguous();
+    x = x
+      .sub(E.tensor(mean, [1, 3, 1, 1], { device }))
+      .div(E.tensor(std, [1, 3, 1, 1], { device }))
+      .contiguous();
     return { x, y: E.tensor(labels, [indices.length], { device }) };
   });
 }

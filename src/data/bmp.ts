@@ -7,7 +7,13 @@ const FILE_HEADER = 14;
 const INFO_HEADER_SIZES = new Set([40, 52, 56, 108, 124]);
 const BI_RGB = 0;
 const BI_BITFIELDS = 3;
-const UNSUPPORTED_COMPRESSION = new Map([[1, 'RLE8-compressed'], [2, 'RLE4-compressed'], [4, 'JPEG-compressed'], [5, 'PNG-compressed'], [6, 'alpha bit-field']]);
+const UNSUPPORTED_COMPRESSION = new Map([
+  [1, 'RLE8-compressed'],
+  [2, 'RLE4-compressed'],
+  [4, 'JPEG-compressed'],
+  [5, 'PNG-compressed'],
+  [6, 'alpha bit-field'],
+]);
 const DEPTHS = new Set([1, 4, 8, 16, 24, 32]);
 /** Where BI_RGB leaves the masks to convention: 5-5-5 for 16 bits, 8-8-8 for 32. */
 const DEFAULT_MASKS: Record<number, number[]> = { 16: [0x7c00, 0x03e0, 0x001f], 32: [0xff0000, 0xff00, 0xff] };
@@ -50,14 +56,20 @@ function readLayout(view: Buffer, maxPixels: number): Layout {
   if (unsupported) throw new DecodeError('unsupported', `unsupported BMP variant: ${unsupported} pixels; convert it to PNG`);
   if (compression !== BI_RGB && compression !== BI_BITFIELDS) throw corrupt(`unknown compression ${compression}`);
   if (!DEPTHS.has(bitsPerPixel)) throw corrupt(`${bitsPerPixel} bits per pixel (a BMP has 1, 4, 8, 16, 24 or 32)`);
-  if (compression === BI_BITFIELDS && bitsPerPixel !== 16 && bitsPerPixel !== 32) throw corrupt(`bit fields with ${bitsPerPixel} bits per pixel (only 16 and 32 have them)`);
+  if (compression === BI_BITFIELDS && bitsPerPixel !== 16 && bitsPerPixel !== 32)
+    throw corrupt(`bit fields with ${bitsPerPixel} bits per pixel (only 16 and 32 have them)`);
   const offset = view.readUInt32LE(10);
   if (offset < FILE_HEADER + headerSize) throw corrupt(`the pixel data (byte ${offset}) would start inside the ${FILE_HEADER + headerSize}-byte header`);
   const stride = Math.floor((bitsPerPixel * width + 31) / 32) * 4;
   const needed = offset + stride * height;
   if (view.length < needed) throw new DecodeError('truncated', `truncated BMP: ${view.length} bytes, its header needs ${needed}`);
   return {
-    width, height, topDown: signedHeight < 0, bitsPerPixel, offset, stride,
+    width,
+    height,
+    topDown: signedHeight < 0,
+    bitsPerPixel,
+    offset,
+    stride,
     palette: bitsPerPixel <= 8 ? readPalette(view, headerSize, bitsPerPixel, offset) : null,
     masks: bitsPerPixel === 16 || bitsPerPixel === 32 ? readMasks(view, compression, headerSize, bitsPerPixel, offset) : null,
   };
@@ -82,7 +94,8 @@ function readMasks(view: Buffer, compression: number, headerSize: number, bitsPe
   const at = FILE_HEADER + 40;
   if (headerSize === 40 && at + 12 > offset) throw corrupt(`bit fields declared, but the pixel data starts at byte ${offset}, before the masks end`);
   const masks = [0, 4, 8].map((i) => view.readUInt32LE(at + i));
-  if (masks.some((m) => m === 0 || m >= 2 ** bitsPerPixel)) throw corrupt(`colour masks ${masks.map((m) => `0x${m.toString(16)}`).join(', ')} do not fit ${bitsPerPixel}-bit pixels`);
+  if (masks.some((m) => m === 0 || m >= 2 ** bitsPerPixel))
+    throw corrupt(`colour masks ${masks.map((m) => `0x${m.toString(16)}`).join(', ')} do not fit ${bitsPerPixel}-bit pixels`);
   return masks;
 }
 

@@ -6,9 +6,7 @@ import type { DecodeErrorCode } from './errors.js';
 import { fsReason, inspectPath, readFolder, walkFolder } from './files.js';
 
 /** hemato's classes, in the index order every model and pack uses. */
-export const PBC_CLASSES: readonly string[] = [
-  'basophil', 'eosinophil', 'erythroblast', 'ig', 'lymphocyte', 'monocyte', 'neutrophil', 'platelet',
-];
+export const PBC_CLASSES: readonly string[] = ['basophil', 'eosinophil', 'erythroblast', 'ig', 'lymphocyte', 'monocyte', 'neutrophil', 'platelet'];
 
 export interface DatasetItem {
   /** Path relative to the data set's root, with '/' separators: the stable name used in splits and packs. */
@@ -73,7 +71,11 @@ export async function listImageFolder(root: string, options: ListOptions = {}): 
     } else if (info.kind === 'file') {
       skipped.push({ path: rel, reason: 'no-class-folder', detail: 'file at the top level; ImageFolder expects <class>/<file>' });
     } else if (!classes.includes(entry.name)) {
-      skipped.push({ path: rel, reason: 'unknown-label', detail: `folder "${entry.name}" is not a known class (${classes.join(', ')}); pass --classes to use your own` });
+      skipped.push({
+        path: rel,
+        reason: 'unknown-label',
+        detail: `folder "${entry.name}" is not a known class (${classes.join(', ')}); pass --classes to use your own`,
+      });
     } else {
       const found = await walkFolder(path.join(absRoot, rel), rel, { maxBytes: options.maxFileBytes, reportHidden: true, seen });
       for (const file of found.files) items.push({ file: file.rel, path: file.path, label: entry.name });
@@ -112,7 +114,11 @@ export async function listCsvDataset(csvPath: string, imagesDir: string, options
     if (file === '') {
       skipped.push({ path: `${path.basename(csvPath)}:${line}`, reason: 'missing', detail: `row ${line} has no file` });
     } else if (!classes.includes(label)) {
-      skipped.push({ path: file, reason: 'unknown-label', detail: `row ${line}: unknown label "${rows[r][labelColumn] ?? ''}" (known: ${classes.join(', ')})` });
+      skipped.push({
+        path: file,
+        reason: 'unknown-label',
+        detail: `row ${line}: unknown label "${rows[r][labelColumn] ?? ''}" (known: ${classes.join(', ')})`,
+      });
     } else {
       const info = await inspectPath(path.resolve(root, file), options.maxFileBytes);
       if (info.kind === 'file') items.push({ file, path: path.resolve(root, file), label });

@@ -4,7 +4,10 @@
 export type DecodeErrorCode = 'empty' | 'not-image' | 'unsupported' | 'too-large' | 'truncated' | 'corrupt' | 'unreadable' | 'not-a-file';
 
 export class DecodeError extends Error {
-  constructor(readonly code: DecodeErrorCode, message: string) {
+  constructor(
+    readonly code: DecodeErrorCode,
+    message: string,
+  ) {
     super(message);
     this.name = 'DecodeError';
   }

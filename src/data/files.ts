@@ -18,7 +18,12 @@ export async function inspectPath(file: string, maxBytes = DEFAULT_MAX_FILE_BYTE
   try {
     info = await stat(file);
   } catch (error) {
-    const missing = (error as NodeJS.ErrnoException).code === 'ENOENT' && !(await lstat(file).then(() => true, () => false));
+    const missing =
+      (error as NodeJS.ErrnoException).code === 'ENOENT' &&
+      !(await lstat(file).then(
+        () => true,
+        () => false,
+      ));
     return { kind: 'skip', error: await fsFailure(file, error), missing };
   }
   if (info.isDirectory()) return { kind: 'folder' };
@@ -79,7 +84,10 @@ async function withRegularFile<T>(file: string, maxBytes: number, use: (handle: 
 function checkFile(info: Stats, maxBytes: number): DecodeError | null {
   if (!info.isFile()) return new DecodeError('not-a-file', `not a regular file: ${specialKind(info)}`);
   if (info.size > maxBytes) {
-    return new DecodeError('too-large', `file ${formatBytes(info.size)} is over the ${formatBytes(maxBytes)} limit; raise --max-file-size only if the file is trusted`);
+    return new DecodeError(
+      'too-large',
+      `file ${formatBytes(info.size)} is over the ${formatBytes(maxBytes)} limit; raise --max-file-size only if the file is trusted`,
+    );
   }
   return null;
 }

@@ -19,7 +19,11 @@ export function parseNpy(bytes: Uint8Array): NpyArray {
   const shapeText = /'shape':\s*\(([^)]*)\)/.exec(header)?.[1];
   if (!descr || !fortran || shapeText === undefined) throw new Error(`malformed .npy header: ${header}`);
   if (fortran === 'True') throw new Error('Fortran-order .npy arrays are not supported; save with C order');
-  const shape = shapeText.split(',').map((s) => s.trim()).filter((s) => s !== '').map(Number);
+  const shape = shapeText
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s !== '')
+    .map(Number);
   const count = shape.reduce((a, b) => a * b, 1);
   const offset = headerStart + headerLength;
   // Copy into a fresh, aligned buffer: the payload offset need not be a multiple of the element size.
@@ -28,10 +32,16 @@ export function parseNpy(bytes: Uint8Array): NpyArray {
     return new Uint8Array(bytes.subarray(offset, offset + count * size)).buffer;
   };
   switch (descr) {
-    case '<f4': return { dtype: 'float32', shape, data: new Float32Array(payload(4)) };
-    case '<f8': return { dtype: 'float64', shape, data: new Float64Array(payload(8)) };
-    case '|u1': case '|b1': return { dtype: 'uint8', shape, data: new Uint8Array(payload(1)) };
-    case '<i4': return { dtype: 'int32', shape, data: new Int32Array(payload(4)) };
-    default: throw new Error(`unsupported .npy dtype ${descr}`);
+    case '<f4':
+      return { dtype: 'float32', shape, data: new Float32Array(payload(4)) };
+    case '<f8':
+      return { dtype: 'float64', shape, data: new Float64Array(payload(8)) };
+    case '|u1':
+    case '|b1':
+      return { dtype: 'uint8', shape, data: new Uint8Array(payload(1)) };
+    case '<i4':
+      return { dtype: 'int32', shape, data: new Int32Array(payload(4)) };
+    default:
+      throw new Error(`unsupported .npy dtype ${descr}`);
   }
 }

@@ -96,13 +96,22 @@ export async function writePack(allItems: readonly PackItem[], outPath: string, 
   const codec = options.codec ?? 'webp-lossless';
   const quality = options.quality ?? 85;
   const trainItems = items.filter((i) => i.part === 'train');
-  const reference = options.reference !== undefined ? options.reference : await measureReference((trainItems.length ? trainItems : items).map((i) => i.path), { maxPixels: options.maxPixels });
+  const reference =
+    options.reference !== undefined
+      ? options.reference
+      : await measureReference(
+          (trainItems.length ? trainItems : items).map((i) => i.path),
+          { maxPixels: options.maxPixels },
+        );
   const recipe = { geometry, mpm: options.mpm ?? null, scale: reference?.scale ?? null, background: reference?.background ?? null };
   const pool = await PreparePool.start({ ...recipe, maxPixels: options.maxPixels, encode: { codec, quality } }, options.threads);
   let results;
   try {
     options.onProgress?.(0, items.length);
-    results = await pool.map(items.map((i) => i.path), (done) => options.onProgress?.(done, items.length));
+    results = await pool.map(
+      items.map((i) => i.path),
+      (done) => options.onProgress?.(done, items.length),
+    );
   } finally {
     await pool.close();
   }
@@ -120,8 +129,21 @@ export async function writePack(allItems: readonly PackItem[], outPath: string, 
     offset += result.data.length;
   });
   const header: PackHeader = {
-    format: 'hemato-pack', version: 1, size: geometry.size, classes, count: entries.length, codec, quality, geometry,
-    mpm: options.mpm ?? null, scale: recipe.scale, background: recipe.background, splitHash: options.splitHash ?? null, source: options.source ?? null, entries, skipped,
+    format: 'hemato-pack',
+    version: 1,
+    size: geometry.size,
+    classes,
+    count: entries.length,
+    codec,
+    quality,
+    geometry,
+    mpm: options.mpm ?? null,
+    scale: recipe.scale,
+    background: recipe.background,
+    splitHash: options.splitHash ?? null,
+    source: options.source ?? null,
+    entries,
+    skipped,
   };
   const json = Buffer.from(JSON.stringify(header), 'utf8');
   const length = Buffer.alloc(4);
@@ -182,8 +204,14 @@ export async function readPack(packPath: string, options: ReadPackOptions = {}):
     images.set(await decodeBlob(bytes.subarray(start, start + entry.length), header.size, entry.file), i * pixels);
   });
   return {
-    images, n: entries.length, size: header.size, labels: Int32Array.from(entries, (e) => e.label), classes: header.classes,
-    files: entries.map((e) => e.file), parts: entries.map((e) => e.part), header,
+    images,
+    n: entries.length,
+    size: header.size,
+    labels: Int32Array.from(entries, (e) => e.label),
+    classes: header.classes,
+    files: entries.map((e) => e.file),
+    parts: entries.map((e) => e.part),
+    header,
   };
 }
 
@@ -206,12 +234,14 @@ export async function* streamPack(packPath: string, options: ReadPackOptions & {
   try {
     for (let start = 0; start < entries.length; start += batchSize) {
       const batch = entries.slice(start, start + batchSize);
-      const blobs = await Promise.all(batch.map(async (entry) => {
-        const blob = Buffer.alloc(entry.length);
-        const { bytesRead } = await handle.read(blob, 0, entry.length, dataOffset + entry.offset);
-        if (bytesRead !== entry.length) throw new Error(`${packPath}: truncated pack (entry ${entry.file}); write it again`);
-        return blob;
-      }));
+      const blobs = await Promise.all(
+        batch.map(async (entry) => {
+          const blob = Buffer.alloc(entry.length);
+          const { bytesRead } = await handle.read(blob, 0, entry.length, dataOffset + entry.offset);
+          if (bytesRead !== entry.length) throw new Error(`${packPath}: truncated pack (entry ${entry.file}); write it again`);
+          return blob;
+        }),
+      );
       const images = new Uint8Array(batch.length * pixels);
       await mapLimit(blobs, options.concurrency ?? 8, async (blob, i) => images.set(await decodeBlob(blob, header.size, batch[i].file), i * pixels));
       yield { start, n: batch.length, images, labels: Int32Array.from(batch, (e) => e.label), files: batch.map((e) => e.file) };

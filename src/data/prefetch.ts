@@ -38,9 +38,13 @@ export function workerBatches(set: ImageSet, recipe: BatchRecipe, options: { wor
   const shared = new SharedArrayBuffer(set.images.byteLength);
   new Uint8Array(shared).set(set.images);
   const workerUrl = new URL('./prefetch-worker.js', import.meta.url);
-  const pool = Array.from({ length: options.workers ?? 1 }, () => new Worker(workerUrl, {
-    workerData: { images: shared, size: set.size, labels: set.labels, classes: set.classes, recipe },
-  }));
+  const pool = Array.from(
+    { length: options.workers ?? 1 },
+    () =>
+      new Worker(workerUrl, {
+        workerData: { images: shared, size: set.size, labels: set.labels, classes: set.classes, recipe },
+      }),
+  );
   const pending = new Map<number, { resolve: (batch: { x: E.Tensor; y: E.Tensor }) => void; reject: (error: Error) => void }>();
   let nextId = 0;
   for (const worker of pool) {

@@ -74,7 +74,10 @@ export function validateInputRecipe(recipe: InputRecipe): InputRecipe {
   if (recipe.scale !== null && !(positive(recipe.scale.rbcDiameter) && positive(recipe.scale.rbcDiameterUm) && positive(recipe.scale.nucleusExtent))) {
     throw new RangeError(`input recipe: scale needs positive rbcDiameter, rbcDiameterUm and nucleusExtent, got ${JSON.stringify(recipe.scale)}`);
   }
-  if (recipe.background !== null && !(Array.isArray(recipe.background) && recipe.background.length === 3 && recipe.background.every((v) => Number.isFinite(v) && v > 0 && v <= 255))) {
+  if (
+    recipe.background !== null &&
+    !(Array.isArray(recipe.background) && recipe.background.length === 3 && recipe.background.every((v) => Number.isFinite(v) && v > 0 && v <= 255))
+  ) {
     throw new RangeError(`input recipe: background must be three numbers in (0, 255], got ${JSON.stringify(recipe.background)}`);
   }
   return recipe;
@@ -95,7 +98,11 @@ export function chooseScale(reference: ReferenceScale | null, measures: CellMeas
   const clamp = (f: number) => Math.min(FACTOR_LIMITS[1], Math.max(FACTOR_LIMITS[0], f));
   if (pixelSize !== undefined) return { source: 'given', um_per_px: pixelSize, factor: clamp(pixelSize / referenceUm) };
   if (measures?.rbcDiameter) {
-    return { source: 'red-cells', um_per_px: reference.rbcDiameterUm / measures.rbcDiameter, factor: clamp(beyondNoise(reference.rbcDiameter / measures.rbcDiameter)) };
+    return {
+      source: 'red-cells',
+      um_per_px: reference.rbcDiameterUm / measures.rbcDiameter,
+      factor: clamp(beyondNoise(reference.rbcDiameter / measures.rbcDiameter)),
+    };
   }
   // The nucleus's size depends on the cell type, so it stands in for red cells only where nothing else can: in a
   // tight crop. Elsewhere a missing red-cell estimate leaves the file's scale as it is.
@@ -123,7 +130,10 @@ export async function prepareImage(image: RgbImage, recipe: InputRecipe, options
 
 /** Per-channel gains that move the image's background to the reference's (limited to ×0.5–×2). */
 export function whiteBalance(image: RgbImage, background: readonly number[], reference: readonly number[]): RgbImage {
-  return scaleChannels(image, [0, 1, 2].map((c) => Math.min(2, Math.max(0.5, reference[c] / Math.max(1, background[c])))));
+  return scaleChannels(
+    image,
+    [0, 1, 2].map((c) => Math.min(2, Math.max(0.5, reference[c] / Math.max(1, background[c])))),
+  );
 }
 
 /** Each channel times its gain, rounded and capped at 255. */
@@ -136,7 +146,10 @@ export function scaleChannels(image: RgbImage, gains: readonly number[]): RgbIma
 /** The red-cell and nucleus sizes and the background colour of a data set: medians over its measurable images. */
 export function referenceFrom(measures: readonly CellMeasures[]): { scale: ReferenceScale; background: [number, number, number] } {
   const median = (values: number[]) => {
-    if (!values.length) throw new Error('no image in the sample shows measurable red cells and a white cell; the data set\'s scale cannot be measured (train or pack with --no-scale)');
+    if (!values.length)
+      throw new Error(
+        "no image in the sample shows measurable red cells and a white cell; the data set's scale cannot be measured (train or pack with --no-scale)",
+      );
     const sorted = [...values].sort((a, b) => a - b);
     return sorted[sorted.length >> 1];
   };
@@ -151,7 +164,10 @@ export function referenceFrom(measures: readonly CellMeasures[]): { scale: Refer
 }
 
 /** The reference of a data set, from a seeded sample of its (training) files; unreadable files are passed over. */
-export async function measureReference(paths: readonly string[], options: { sample?: number; seed?: number; maxPixels?: number } = {}): Promise<{ scale: ReferenceScale; background: [number, number, number] }> {
+export async function measureReference(
+  paths: readonly string[],
+  options: { sample?: number; seed?: number; maxPixels?: number } = {},
+): Promise<{ scale: ReferenceScale; background: [number, number, number] }> {
   const sample = seededSample(paths, options.sample ?? 400, options.seed ?? 0);
   const measures: CellMeasures[] = [];
   for (const file of sample) {
@@ -170,7 +186,10 @@ function seededSample<T>(items: readonly T[], n: number, seed: number): T[] {
     const j = Math.floor(random() * (i + 1));
     [order[i], order[j]] = [order[j], order[i]];
   }
-  return order.slice(0, n).sort((a, b) => a - b).map((i) => items[i]);
+  return order
+    .slice(0, n)
+    .sort((a, b) => a - b)
+    .map((i) => items[i]);
 }
 
 export interface PrepareRecipe extends InputRecipe {
@@ -195,9 +214,13 @@ export async function prepareFile(path: string, recipe: PrepareRecipe, mpm: Mpm 
 export async function encodeRgb(image: RgbImage, codec: BlobCodec, quality: number): Promise<Uint8Array> {
   const input = sharp(image.data, { raw: { width: image.width, height: image.height, channels: 3 } });
   const encoded =
-    codec === 'webp-lossless' ? input.webp({ lossless: true })
-      : codec === 'webp' ? input.webp({ quality })
-        : codec === 'jpeg' ? input.jpeg({ quality, mozjpeg: true }) : input.png({ compressionLevel: 9 });
+    codec === 'webp-lossless'
+      ? input.webp({ lossless: true })
+      : codec === 'webp'
+        ? input.webp({ quality })
+        : codec === 'jpeg'
+          ? input.jpeg({ quality, mozjpeg: true })
+          : input.png({ compressionLevel: 9 });
   const buffer = await encoded.toBuffer();
   return new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.length);
 }
@@ -208,10 +231,15 @@ export class PreparePool {
 
   static async start(recipe: PrepareRecipe, threads = availableParallelism()): Promise<PreparePool> {
     const workers = Array.from({ length: Math.max(1, threads) }, () => new Worker(new URL('./prepare-worker.js', import.meta.url), { workerData: recipe }));
-    await Promise.all(workers.map((w) => new Promise<void>((resolve, reject) => {
-      w.once('message', () => resolve());
-      w.once('error', reject);
-    })));
+    await Promise.all(
+      workers.map(
+        (w) =>
+          new Promise<void>((resolve, reject) => {
+            w.once('message', () => resolve());
+            w.once('error', reject);
+          }),
+      ),
+    );
     return new PreparePool(workers);
   }
 
@@ -219,24 +247,25 @@ export class PreparePool {
     const results = new Array<PrepareResult>(paths.length);
     let next = 0;
     let done = 0;
-    const drain = (worker: Worker) => new Promise<void>((resolve, reject) => {
-      const feed = () => {
-        if (next >= paths.length) {
-          worker.off('error', reject);
-          resolve();
-          return;
-        }
-        const index = next++;
-        worker.once('message', (result: PrepareResult) => {
-          results[index] = result;
-          onResult?.(++done);
-          feed();
-        });
-        worker.postMessage(paths[index]);
-      };
-      worker.on('error', reject);
-      feed();
-    });
+    const drain = (worker: Worker) =>
+      new Promise<void>((resolve, reject) => {
+        const feed = () => {
+          if (next >= paths.length) {
+            worker.off('error', reject);
+            resolve();
+            return;
+          }
+          const index = next++;
+          worker.once('message', (result: PrepareResult) => {
+            results[index] = result;
+            onResult?.(++done);
+            feed();
+          });
+          worker.postMessage(paths[index]);
+        };
+        worker.on('error', reject);
+        feed();
+      });
     await Promise.all(this.workers.map(drain));
     return results;
   }

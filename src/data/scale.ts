@@ -160,10 +160,10 @@ function components(mask: Uint8Array, width: number, height: number): Component[
       if (y < c.minY) c.minY = y;
       if (y > c.maxY) c.maxY = y;
       if (x === 0 || y === 0 || x === width - 1 || y === height - 1) c.touchesBorder = true;
-      if (x > 0 && mask[i - 1] && !label[i - 1]) (label[i - 1] = id), (stack[top++] = i - 1);
-      if (x < width - 1 && mask[i + 1] && !label[i + 1]) (label[i + 1] = id), (stack[top++] = i + 1);
-      if (y > 0 && mask[i - width] && !label[i - width]) (label[i - width] = id), (stack[top++] = i - width);
-      if (y < height - 1 && mask[i + width] && !label[i + width]) (label[i + width] = id), (stack[top++] = i + width);
+      if (x > 0 && mask[i - 1] && !label[i - 1]) ((label[i - 1] = id), (stack[top++] = i - 1));
+      if (x < width - 1 && mask[i + 1] && !label[i + 1]) ((label[i + 1] = id), (stack[top++] = i + 1));
+      if (y > 0 && mask[i - width] && !label[i - width]) ((label[i - width] = id), (stack[top++] = i - width));
+      if (y < height - 1 && mask[i + width] && !label[i + width]) ((label[i + width] = id), (stack[top++] = i + width));
     }
     c.area = count;
     c.pixels = Int32Array.from(pixels);
@@ -271,4 +271,3 @@ function fillHoles(mask: Uint8Array, width: number, height: number): void {
   const inverse = mask.map((v) => 1 - v);
   for (const c of components(inverse, width, height)) if (!c.touchesBorder) for (const i of c.pixels) mask[i] = 1;
 }
-

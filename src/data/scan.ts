@@ -61,8 +61,13 @@ export async function scanDataset(source: DatasetSource, options: ScanOptions = 
       const sha256 = createHash('sha256').update(bytes).digest('hex');
       const image = await decodeImage(bytes, options);
       return {
-        file: item.file, label: item.label, sha256, width: image.width, height: image.height,
-        format: sniffFormat(bytes) ?? 'unknown', bytes: bytes.length,
+        file: item.file,
+        label: item.label,
+        sha256,
+        width: image.width,
+        height: image.height,
+        format: sniffFormat(bytes) ?? 'unknown',
+        bytes: bytes.length,
       };
     } catch (error) {
       if (error instanceof DecodeError) return { path: item.file, reason: error.code, detail: error.message };
@@ -98,8 +103,17 @@ export function summarise(listing: Pick<DatasetListing, 'root' | 'layout' | 'cla
     .sort((a, b) => compareStrings(a.paths[0], b.paths[0]));
   const conflicts = duplicates.filter((group) => new Set(group.labels).size > 1);
   return {
-    root: listing.root, layout: listing.layout, files: entries.length + skipped.length, images: entries.length,
-    classes, skipped, duplicates, conflicts, sizes, formats, entries,
+    root: listing.root,
+    layout: listing.layout,
+    files: entries.length + skipped.length,
+    images: entries.length,
+    classes,
+    skipped,
+    duplicates,
+    conflicts,
+    sizes,
+    formats,
+    entries,
   };
 }
 
@@ -127,7 +141,10 @@ export function formatScanReport(report: ScanReport): string {
   lines.push(`${report.files} files: ${report.images} images, ${report.skipped.length} skipped`);
   lines.push('', 'class            images  sizes');
   for (const [label, count] of Object.entries(report.classes)) {
-    const sizes = Object.entries(report.sizes[label] ?? {}).sort((a, b) => b[1] - a[1]).map(([s, n]) => `${s}: ${n}`).join(', ');
+    const sizes = Object.entries(report.sizes[label] ?? {})
+      .sort((a, b) => b[1] - a[1])
+      .map(([s, n]) => `${s}: ${n}`)
+      .join(', ');
     lines.push(`${show(label).padEnd(16)} ${pad(count, 6)}  ${sizes}`);
   }
   if (report.skipped.length > 0) {

@@ -97,7 +97,8 @@ export async function writeSplit(split: Split, csvPath: string, source?: string)
 export async function readSplit(csvPath: string): Promise<{ rows: SplitRow[]; hash: string }> {
   const text = await readFile(csvPath, 'utf8');
   const [header, ...body] = parseCsv(text);
-  if (header?.join(',') !== 'file,label,part') throw new Error(`${csvPath} is not a split CSV (its header must be file,label,part); make one with hemato split`);
+  if (header?.join(',') !== 'file,label,part')
+    throw new Error(`${csvPath} is not a split CSV (its header must be file,label,part); make one with hemato split`);
   const rows = body.map((cells, i): SplitRow => {
     const [file, label, part] = cells;
     if (part !== 'train' && part !== 'val' && part !== 'test') throw new Error(`${csvPath}:${i + 2}: part must be train, val or test, got "${part}"`);

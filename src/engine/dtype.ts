@@ -5,20 +5,39 @@ export type DType = 'float32' | 'float64' | 'bfloat16' | 'float16' | 'int64' | '
 export const DTYPES: readonly DType[] = ['float32', 'float64', 'bfloat16', 'float16', 'int64', 'int32', 'uint8', 'bool'];
 
 const CODES: Record<DType, number> = {
-  uint8: 0, int32: 3, int64: 4, float16: 5, float32: 6, float64: 7, bool: 11, bfloat16: 15,
+  uint8: 0,
+  int32: 3,
+  int64: 4,
+  float16: 5,
+  float32: 6,
+  float64: 7,
+  bool: 11,
+  bfloat16: 15,
 };
 const BY_CODE = new Map<number, DType>(Object.entries(CODES).map(([name, code]) => [code, name as DType]));
 
 /** Typed arrays by dtype. Half-precision types travel as their raw 16-bit patterns. */
 export interface TypedArrayFor {
-  float32: Float32Array; float64: Float64Array; bfloat16: Uint16Array; float16: Uint16Array;
-  int64: BigInt64Array; int32: Int32Array; uint8: Uint8Array; bool: Uint8Array;
+  float32: Float32Array;
+  float64: Float64Array;
+  bfloat16: Uint16Array;
+  float16: Uint16Array;
+  int64: BigInt64Array;
+  int32: Int32Array;
+  uint8: Uint8Array;
+  bool: Uint8Array;
 }
 export type AnyTypedArray = TypedArrayFor[DType];
 
 const ARRAY_TYPES = {
-  float32: Float32Array, float64: Float64Array, bfloat16: Uint16Array, float16: Uint16Array,
-  int64: BigInt64Array, int32: Int32Array, uint8: Uint8Array, bool: Uint8Array,
+  float32: Float32Array,
+  float64: Float64Array,
+  bfloat16: Uint16Array,
+  float16: Uint16Array,
+  int64: BigInt64Array,
+  int32: Int32Array,
+  uint8: Uint8Array,
+  bool: Uint8Array,
 } as const;
 
 export function dtypeCode(dtype: DType): number {

@@ -36,7 +36,17 @@ export function conv2d(input: Tensor, weight: Tensor, bias?: Tensor, options: Co
     throw new RangeError(`conv2d: weight ${shapeOf(weight)} expects ${perGroup * groups} input channels, input ${shapeOf(input)} has ${channels}`);
   }
   if (bias && (bias.ndim !== 1 || bias.shape[0] !== outChannels)) throw new RangeError(`conv2d: bias ${shapeOf(bias)} must be [${outChannels}]`);
-  return call('conv2d', '', input, weight, bias, pair(options.stride ?? 1, 'stride'), pair(options.padding ?? 0, 'padding'), pair(options.dilation ?? 1, 'dilation'), groups);
+  return call(
+    'conv2d',
+    '',
+    input,
+    weight,
+    bias,
+    pair(options.stride ?? 1, 'stride'),
+    pair(options.padding ?? 0, 'padding'),
+    pair(options.dilation ?? 1, 'dilation'),
+    groups,
+  );
 }
 
 /** 1-D convolution of an NCL input with weight [out, in/groups, k] (ECA's channel attention uses it). */
@@ -81,7 +91,14 @@ export interface BatchNormOptions {
 }
 
 /** Batch norm over dim 1; in training it updates the running statistics in place. */
-export function batchNorm(input: Tensor, runningMean: Tensor | undefined, runningVar: Tensor | undefined, weight?: Tensor, bias?: Tensor, options: BatchNormOptions = {}): Tensor {
+export function batchNorm(
+  input: Tensor,
+  runningMean: Tensor | undefined,
+  runningVar: Tensor | undefined,
+  weight?: Tensor,
+  bias?: Tensor,
+  options: BatchNormOptions = {},
+): Tensor {
   const training = options.training ?? false;
   if (input.ndim < 2) throw new RangeError(`batchNorm: input must have a channel dim, got ${shapeOf(input)}`);
   if (training && input.numel / input.shape[1] <= 1) throw new RangeError(`batchNorm: training needs more than one value per channel, got ${shapeOf(input)}`);
@@ -164,7 +181,8 @@ export function pad(input: Tensor, pads: readonly number[], mode: PadMode = 'con
   if (pads.length % 2 !== 0 || pads.length / 2 > input.ndim) throw new RangeError(`pad: ${pads.length} pad values do not fit a tensor of rank ${input.ndim}`);
   if (mode === 'constant') return call('constant_pad_nd', '', input, [...pads], value);
   const dims = pads.length / 2;
-  if (dims > 2 || input.ndim !== dims + 2) throw new RangeError(`pad: ${mode} padding supports 1 or 2 trailing dims of a batched input, got ${shapeOf(input)} with ${pads.length} pads`);
+  if (dims > 2 || input.ndim !== dims + 2)
+    throw new RangeError(`pad: ${mode} padding supports 1 or 2 trailing dims of a batched input, got ${shapeOf(input)} with ${pads.length} pads`);
   if (mode === 'reflect') {
     const sizes = input.shape.slice(2).reverse();
     pads.forEach((p, i) => {
@@ -275,8 +293,21 @@ const GRID_INTERPOLATION = { bilinear: 0, nearest: 1, bicubic: 2 } as const;
 const GRID_PADDING = { zeros: 0, border: 1, reflection: 2 } as const;
 
 /** Samples input [N, C, H, W] at grid [N, h, w, 2] (normalised coordinates), as F.grid_sample. */
-export function gridSample(input: Tensor, grid: Tensor, options: { mode?: keyof typeof GRID_INTERPOLATION; padding?: keyof typeof GRID_PADDING; alignCorners?: boolean } = {}): Tensor {
+export function gridSample(
+  input: Tensor,
+  grid: Tensor,
+  options: { mode?: keyof typeof GRID_INTERPOLATION; padding?: keyof typeof GRID_PADDING; alignCorners?: boolean } = {},
+): Tensor {
   check4d(input, 'gridSample');
-  if (grid.ndim !== 4 || grid.shape[3] !== 2 || grid.shape[0] !== input.shape[0]) throw new RangeError(`gridSample: grid must be [${input.shape[0]}, h, w, 2], got ${shapeOf(grid)}`);
-  return call('grid_sampler', '', input, grid, GRID_INTERPOLATION[options.mode ?? 'bilinear'], GRID_PADDING[options.padding ?? 'zeros'], options.alignCorners ?? false);
+  if (grid.ndim !== 4 || grid.shape[3] !== 2 || grid.shape[0] !== input.shape[0])
+    throw new RangeError(`gridSample: grid must be [${input.shape[0]}, h, w, 2], got ${shapeOf(grid)}`);
+  return call(
+    'grid_sampler',
+    '',
+    input,
+    grid,
+    GRID_INTERPOLATION[options.mode ?? 'bilinear'],
+    GRID_PADDING[options.padding ?? 'zeros'],
+    options.alignCorners ?? false,
+  );
 }

@@ -65,7 +65,9 @@ export function checkThreadCount(value: number | string, setting: string): numbe
   const n = typeof value === 'string' ? (/^\s*\d+\s*$/.test(value) ? Number(value) : NaN) : value;
   if (!Number.isInteger(n) || n < 1 || n > maxThreads()) {
     const shown = typeof value === 'string' ? `'${value}'` : String(value);
-    throw new RangeError(`${setting} must be a positive integer in 1..${maxThreads()} (up to 4 threads per core; ${availableParallelism()} cores here), got ${shown}`);
+    throw new RangeError(
+      `${setting} must be a positive integer in 1..${maxThreads()} (up to 4 threads per core; ${availableParallelism()} cores here), got ${shown}`,
+    );
   }
   return n;
 }
@@ -80,7 +82,12 @@ export const defaultThreads = threadSetting ? Number(threadSetting) : availableP
 
 /** The addon could not be loaded: `reason` says why, `fixes` what to do, most likely first. */
 export class AddonLoadError extends Error {
-  constructor(readonly reason: string, readonly fixes: string[], loaderMessage?: string, options?: ErrorOptions) {
+  constructor(
+    readonly reason: string,
+    readonly fixes: string[],
+    loaderMessage?: string,
+    options?: ErrorOptions,
+  ) {
     const loader = loaderMessage ? `\n  loader: ${loaderMessage.split('\n')[0]}` : '';
     super(`the native addon ${addonPath} could not be loaded: ${reason}${loader}\nPossible fixes:\n${fixes.map((f) => `  - ${f}`).join('\n')}`, options);
     this.name = 'AddonLoadError';
@@ -108,18 +115,27 @@ export function explainLoadFailure(message: string): { reason: string; fixes: st
   if (library) {
     return {
       reason: `${library}, which the addon or libtorch needs, was not found`,
-      fixes: [`install the package that provides ${library} (for libopenblas: apt-get install libopenblas0-pthread)`, `LD_LIBRARY_PATH=/folder/holding/${library}`],
+      fixes: [
+        `install the package that provides ${library} (for libopenblas: apt-get install libopenblas0-pthread)`,
+        `LD_LIBRARY_PATH=/folder/holding/${library}`,
+      ],
     };
   }
   const symbol = /undefined symbol: (\S+)/.exec(message)?.[1];
   if (symbol) {
     return {
       reason: `it was built against another libtorch than the one that loaded (undefined symbol ${symbol})`,
-      fixes: [`${BUILD_COMMAND}   (rebuilds it against the libtorch in use)`, `point LD_LIBRARY_PATH at the libtorch it was built against (${LIBDIR}), not another one`],
+      fixes: [
+        `${BUILD_COMMAND}   (rebuilds it against the libtorch in use)`,
+        `point LD_LIBRARY_PATH at the libtorch it was built against (${LIBDIR}), not another one`,
+      ],
     };
   }
   if (/NODE_MODULE_VERSION|different Node\.js version/.test(message)) {
-    return { reason: `it was built for another version of Node.js than this one (${process.version})`, fixes: [`${BUILD_COMMAND}   (rebuilds it for this Node.js)`] };
+    return {
+      reason: `it was built for another version of Node.js than this one (${process.version})`,
+      fixes: [`${BUILD_COMMAND}   (rebuilds it for this Node.js)`],
+    };
   }
   if (/invalid ELF header|wrong ELF class|file too short|not a dynamic/.test(message)) {
     return { reason: `the file is not an addon built for this platform (${process.platform}-${process.arch})`, fixes: [BUILD, SETUP] };
@@ -130,7 +146,11 @@ export function explainLoadFailure(message: string): { reason: string; fixes: st
 function requireAddon(): NativeAddon {
   if (!existsSync(addonPath)) {
     const override = process.env.HEMATO_ADDON ? [`point HEMATO_ADDON at a built hemato_native.node, or unset it to use ${builtAddonPath}`] : [];
-    throw new AddonLoadError(process.env.HEMATO_ADDON ? 'HEMATO_ADDON names a file that does not exist' : 'the addon is not built', [...override, SETUP, BUILD]);
+    throw new AddonLoadError(process.env.HEMATO_ADDON ? 'HEMATO_ADDON names a file that does not exist' : 'the addon is not built', [
+      ...override,
+      SETUP,
+      BUILD,
+    ]);
   }
   try {
     return createRequire(import.meta.url)(addonPath) as NativeAddon;

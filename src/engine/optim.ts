@@ -82,7 +82,9 @@ abstract class Optimizer {
       buffers.set(key, keep(device === t.device ? t.clone() : t.to(device as Device)));
     }
     this.stepCount = state.json.step;
-    state.json.lrs.forEach((lr, i) => { if (this.groups[i]) this.groups[i].lr = lr; });
+    state.json.lrs.forEach((lr, i) => {
+      if (this.groups[i]) this.groups[i].lr = lr;
+    });
   }
 
   /** Frees the optimizer's state tensors. */
@@ -179,12 +181,16 @@ export class SGD extends Optimizer {
  * Returns the norm before clipping; a non-finite norm leaves the gradients alone so the caller can react.
  */
 export function clipGradNorm(params: Tensor[], maxNorm: number): number {
-  return noGrad(() => tidy(() => {
-    const grads = params.map((p) => p.grad).filter((g): g is Tensor => g !== undefined);
-    if (grads.length === 0) return 0;
-    const total = stack(grads.map((g) => g.float().norm())).norm().item();
-    const coefficient = maxNorm / (total + 1e-6);
-    if (Number.isFinite(total) && coefficient < 1) for (const g of grads) g.mul_(coefficient);
-    return total;
-  }));
+  return noGrad(() =>
+    tidy(() => {
+      const grads = params.map((p) => p.grad).filter((g): g is Tensor => g !== undefined);
+      if (grads.length === 0) return 0;
+      const total = stack(grads.map((g) => g.float().norm()))
+        .norm()
+        .item();
+      const coefficient = maxNorm / (total + 1e-6);
+      if (Number.isFinite(total) && coefficient < 1) for (const g of grads) g.mul_(coefficient);
+      return total;
+    }),
+  );
 }

@@ -25,7 +25,9 @@ const fp32 = (why: string): PrecisionChoice => ({ precision: 'fp32', why });
 const everyFamily = (choice: PrecisionChoice): Record<ModelFamily, PrecisionChoice> => ({ convnext: choice, swin: choice, dualpath: choice });
 
 const AMX_INFERENCE = bf16('AMX: bf16 autocast sends GEMMs and convolutions to oneDNN, 530–560 GFLOP/s against about 40 in fp32 (design notes)');
-const AVX512_UNCHECKED = fp32('bf16 runs 1.7–1.8× faster here, but no trained model of this family has been checked against fp32 on this CPU kind (docs/benchmarks.md); --precision bf16 opts in');
+const AVX512_UNCHECKED = fp32(
+  'bf16 runs 1.7–1.8× faster here, but no trained model of this family has been checked against fp32 on this CPU kind (docs/benchmarks.md); --precision bf16 opts in',
+);
 
 const TABLE: Record<'cuda' | CpuKind, Entries> = {
   cuda: {
@@ -42,7 +44,9 @@ const TABLE: Record<'cuda' | CpuKind, Entries> = {
   },
   avx512bf16: {
     inference: {
-      convnext: bf16('measured on PBC validation with the bundled model: 99.95 % top-1 agreement with fp32, uncertain rate −0.18 points, 1.7–2.3× the forward speed (docs/benchmarks.md)'),
+      convnext: bf16(
+        'measured on PBC validation with the bundled model: 99.95 % top-1 agreement with fp32, uncertain rate −0.18 points, 1.7–2.3× the forward speed (docs/benchmarks.md)',
+      ),
       swin: AVX512_UNCHECKED,
       dualpath: AVX512_UNCHECKED,
     },

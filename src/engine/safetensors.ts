@@ -6,7 +6,14 @@ import { tensor, type Tensor } from './tensor.js';
 import { dispose } from './scope.js';
 
 const TO_FILE: Record<DType, string> = {
-  float32: 'F32', float64: 'F64', bfloat16: 'BF16', float16: 'F16', int64: 'I64', int32: 'I32', uint8: 'U8', bool: 'BOOL',
+  float32: 'F32',
+  float64: 'F64',
+  bfloat16: 'BF16',
+  float16: 'F16',
+  int64: 'I64',
+  int32: 'I32',
+  uint8: 'U8',
+  bool: 'BOOL',
 };
 const FROM_FILE = new Map(Object.entries(TO_FILE).map(([dtype, code]) => [code, dtype as DType]));
 
@@ -88,18 +95,26 @@ function readEntry(name: string, entry: unknown, dataLength: number, source: str
   const [begin, end] = offsets as [number, number];
   if (end > dataLength) throw new Error(`${what} has offsets [${begin}, ${end}] beyond the ${dataLength} bytes of data; the file is cut short or damaged`);
   const expected = shape.reduce((a: number, b: number) => a * b, 1) * itemSize(dtype);
-  if (end - begin !== expected) throw new Error(`${what} has offsets [${begin}, ${end}] (${end - begin} bytes), but shape [${shape}] of ${code} needs ${expected}`);
+  if (end - begin !== expected)
+    throw new Error(`${what} has offsets [${begin}, ${end}] (${end - begin} bytes), but shape [${shape}] of ${code} needs ${expected}`);
   return { name, dtype, shape, begin, end };
 }
 
 function viewAs(dtype: DType, buffer: ArrayBuffer) {
   switch (dtype) {
-    case 'float32': return new Float32Array(buffer);
-    case 'float64': return new Float64Array(buffer);
-    case 'bfloat16': case 'float16': return new Uint16Array(buffer);
-    case 'int64': return new BigInt64Array(buffer);
-    case 'int32': return new Int32Array(buffer);
-    default: return new Uint8Array(buffer);
+    case 'float32':
+      return new Float32Array(buffer);
+    case 'float64':
+      return new Float64Array(buffer);
+    case 'bfloat16':
+    case 'float16':
+      return new Uint16Array(buffer);
+    case 'int64':
+      return new BigInt64Array(buffer);
+    case 'int32':
+      return new Int32Array(buffer);
+    default:
+      return new Uint8Array(buffer);
   }
 }
 
@@ -117,7 +132,7 @@ export function serializeSafetensors(tensors: Map<string, Tensor> | Record<strin
     offset += data.length;
   }
   let json = JSON.stringify(header);
-  json += ' '.repeat((8 - ((8 + Buffer.byteLength(json)) % 8)) % 8);  // align the data section to 8 bytes
+  json += ' '.repeat((8 - ((8 + Buffer.byteLength(json)) % 8)) % 8); // align the data section to 8 bytes
   const headerBytes = new TextEncoder().encode(json);
   const out = new Uint8Array(8 + headerBytes.length + offset);
   new DataView(out.buffer).setBigUint64(0, BigInt(headerBytes.length), true);
@@ -141,7 +156,11 @@ export async function loadSafetensors(file: string): Promise<SafetensorsFile> {
 }
 
 /** Writes atomically: a crash leaves either the old file or the new one, never half of one. */
-export async function saveSafetensors(file: string, tensors: Map<string, Tensor> | Record<string, Tensor>, metadata: Record<string, string> = {}): Promise<void> {
+export async function saveSafetensors(
+  file: string,
+  tensors: Map<string, Tensor> | Record<string, Tensor>,
+  metadata: Record<string, string> = {},
+): Promise<void> {
   const temporary = `${file}.${process.pid}.tmp`;
   await writeFile(temporary, serializeSafetensors(tensors, metadata));
   await rename(temporary, file);

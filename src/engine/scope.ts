@@ -27,7 +27,8 @@ export function keep<T extends Disposable>(item: T): T {
  */
 export function tidy<T>(fn: () => T): T {
   // An async function's tensors would be made after the scope closed, outside any scope: refuse it before it runs.
-  if (fn.constructor.name === 'AsyncFunction') throw new TypeError('tidy() cannot wrap an async function: its tensors would outlive the scope; use tidy() inside it around synchronous work');
+  if (fn.constructor.name === 'AsyncFunction')
+    throw new TypeError('tidy() cannot wrap an async function: its tensors would outlive the scope; use tidy() inside it around synchronous work');
   const scope = new Set<Disposable>();
   scopes.push(scope);
   let result: T;

@@ -59,9 +59,16 @@ export function call<T = Tensor>(name: string, overload: string, ...args: unknow
 // the process: libtorch's CPU kernels do not check for it. Quotients throw instead; remainders by -1 are 0 anyway,
 // so the divisor -1 becomes 1, which gives the same result without the trap. The divisor is always argument 1.
 const INTEGER_DIVISION = new Map<string, 'quotient' | 'remainder'>([
-  ['div', 'quotient'], ['div_', 'quotient'], ['divide', 'quotient'], ['divide_', 'quotient'],
-  ['floor_divide', 'quotient'], ['floor_divide_', 'quotient'],
-  ['remainder', 'remainder'], ['remainder_', 'remainder'], ['fmod', 'remainder'], ['fmod_', 'remainder'],
+  ['div', 'quotient'],
+  ['div_', 'quotient'],
+  ['divide', 'quotient'],
+  ['divide_', 'quotient'],
+  ['floor_divide', 'quotient'],
+  ['floor_divide_', 'quotient'],
+  ['remainder', 'remainder'],
+  ['remainder_', 'remainder'],
+  ['fmod', 'remainder'],
+  ['fmod_', 'remainder'],
 ]);
 
 /** The minimum of each signed integer type, by libtorch's type code (int8, int16, int32, int64). */
@@ -83,13 +90,19 @@ function guardIntegerDivision(name: string, kind: 'quotient' | 'remainder', args
   const code = signedCpuDivisionType(dividend, divisor);
   if (code === undefined) return undefined;
   if (kind === 'remainder') {
-    if (divisor instanceof Tensor) return tidy(() => { const d = asType(divisor, code); return d.maskedFill(d.eq(-1), 1); });
+    if (divisor instanceof Tensor)
+      return tidy(() => {
+        const d = asType(divisor, code);
+        return d.maskedFill(d.eq(-1), 1);
+      });
     return divisor === -1 ? 1 : undefined;
   }
   const mayOverflow = dividend instanceof Tensor && (divisor instanceof Tensor || divisor === -1);
   if (mayOverflow && dividesMinimumByMinusOne(dividend, divisor, code)) {
     const type = SIGNED_MINIMUM.get(code)!.name;
-    throw new RangeError(`${name}: dividing the ${type} minimum by -1 overflows ${type} (the quotient is one past its maximum); convert to a wider type first, e.g. .to('float64')`);
+    throw new RangeError(
+      `${name}: dividing the ${type} minimum by -1 overflows ${type} (the quotient is one past its maximum); convert to a wider type first, e.g. .to('float64')`,
+    );
   }
   return undefined;
 }
@@ -272,7 +285,9 @@ export class Tensor {
     native.backward(this.handle, gradient?.handle, options.retainGraph ?? false);
   }
 
-  detach(): Tensor { return call('detach', '', this); }
+  detach(): Tensor {
+    return call('detach', '', this);
+  }
 
   // ---- conversion and layout ----
 
@@ -281,10 +296,18 @@ export class Tensor {
     if (target === 'cpu' || target.startsWith('cuda')) return call('to', 'device', this, target, dtypeCode(this.dtype), options.nonBlocking ?? false);
     return call('to', 'dtype', this, dtypeCode(target as DType));
   }
-  float(): Tensor { return this.to('float32'); }
-  cpu(): Tensor { return this.to('cpu'); }
-  clone(): Tensor { return call('clone', '', this); }
-  contiguous(): Tensor { return call('contiguous', '', this, MEMORY_FORMAT.contiguous); }
+  float(): Tensor {
+    return this.to('float32');
+  }
+  cpu(): Tensor {
+    return this.to('cpu');
+  }
+  clone(): Tensor {
+    return call('clone', '', this);
+  }
+  contiguous(): Tensor {
+    return call('contiguous', '', this, MEMORY_FORMAT.contiguous);
+  }
   /** NHWC memory layout for a 4-D tensor; the shape stays NCHW, as in PyTorch. */
   channelsLast(): Tensor {
     if (this.ndim !== 4) throw new RangeError(`channelsLast() needs a 4-D tensor, got shape ${shapeString(this.shape)}`);
@@ -305,25 +328,37 @@ export class Tensor {
     }
     return call('reshape', '', this, target);
   }
-  view(shape: Shape): Tensor { return call('view', '', this, [...shape]); }
+  view(shape: Shape): Tensor {
+    return call('view', '', this, [...shape]);
+  }
   flatten(startDim = 0, endDim = -1): Tensor {
     return call('flatten', 'using_ints', this, normDim(startDim, this.ndim), normDim(endDim, this.ndim));
   }
   squeeze(dim?: number): Tensor {
     return dim === undefined ? call('squeeze', '', this) : call('squeeze', 'dim', this, normDim(dim, this.ndim));
   }
-  unsqueeze(dim: number): Tensor { return call('unsqueeze', '', this, normDim(dim, this.ndim + 1)); }
+  unsqueeze(dim: number): Tensor {
+    return call('unsqueeze', '', this, normDim(dim, this.ndim + 1));
+  }
   permute(dims: readonly number[]): Tensor {
     if (dims.length !== this.ndim) throw new RangeError(`permute: ${dims.length} dims given for a tensor of rank ${this.ndim}`);
     const normalised = dims.map((d) => normDim(d, this.ndim));
     if (new Set(normalised).size !== normalised.length) throw new RangeError(`permute: repeated dim in [${dims.join(', ')}]`);
     return call('permute', '', this, normalised);
   }
-  transpose(dim0: number, dim1: number): Tensor { return call('transpose', 'int', this, normDim(dim0, this.ndim), normDim(dim1, this.ndim)); }
+  transpose(dim0: number, dim1: number): Tensor {
+    return call('transpose', 'int', this, normDim(dim0, this.ndim), normDim(dim1, this.ndim));
+  }
   /** The transpose of a 2-D tensor. */
-  t(): Tensor { return call('t', '', this); }
-  expand(shape: Shape): Tensor { return call('expand', '', this, [...shape], false); }
-  repeat(repeats: readonly number[]): Tensor { return call('repeat', '', this, [...repeats]); }
+  t(): Tensor {
+    return call('t', '', this);
+  }
+  expand(shape: Shape): Tensor {
+    return call('expand', '', this, [...shape], false);
+  }
+  repeat(repeats: readonly number[]): Tensor {
+    return call('repeat', '', this, [...repeats]);
+  }
   /** Elements start..end (exclusive) along dim, every step-th; negative bounds count from the end. */
   slice(dim: number, start = 0, end?: number, step = 1): Tensor {
     if (!Number.isInteger(step) || step < 1) throw new RangeError(`slice: step must be a positive integer, got ${step}`);
@@ -338,7 +373,8 @@ export class Tensor {
   select(dim: number, index: number): Tensor {
     const d = normDim(dim, this.ndim);
     const size = this.shape[d];
-    if (!Number.isInteger(index) || index < -size || index >= size) throw new RangeError(`select: index ${index} is out of range for dim ${dim} of size ${size}`);
+    if (!Number.isInteger(index) || index < -size || index >= size)
+      throw new RangeError(`select: index ${index} is out of range for dim ${dim} of size ${size}`);
     return call('select', 'int', this, d, index);
   }
   indexSelect(dim: number, index: Tensor): Tensor {
@@ -359,63 +395,154 @@ export class Tensor {
     if (total !== this.shape[d]) throw new RangeError(`split: sizes [${sizeOrSizes.join(', ')}] sum to ${total}, dim ${dim} has ${this.shape[d]}`);
     return call('split_with_sizes', '', this, [...sizeOrSizes], d);
   }
-  chunk(chunks: number, dim = 0): Tensor[] { return call('chunk', '', this, chunks, normDim(dim, this.ndim)); }
-  flip(dims: readonly number[]): Tensor { return call('flip', '', this, dims.map((d) => normDim(d, this.ndim))); }
+  chunk(chunks: number, dim = 0): Tensor[] {
+    return call('chunk', '', this, chunks, normDim(dim, this.ndim));
+  }
+  flip(dims: readonly number[]): Tensor {
+    return call(
+      'flip',
+      '',
+      this,
+      dims.map((d) => normDim(d, this.ndim)),
+    );
+  }
   roll(shifts: readonly number[], dims: readonly number[]): Tensor {
-    return call('roll', '', this, [...shifts], dims.map((d) => normDim(d, this.ndim)));
+    return call(
+      'roll',
+      '',
+      this,
+      [...shifts],
+      dims.map((d) => normDim(d, this.ndim)),
+    );
   }
   /** Rotates by 90° k times in the plane of dims (default: the last two). */
   rot90(k = 1, dims: readonly [number, number] = [-2, -1]): Tensor {
-    return call('rot90', '', this, k, dims.map((d) => normDim(d, this.ndim)));
+    return call(
+      'rot90',
+      '',
+      this,
+      k,
+      dims.map((d) => normDim(d, this.ndim)),
+    );
   }
 
   // ---- elementwise ----
 
-  add(other: TensorOrScalar, alpha = 1): Tensor { return binary('add', this, other, alpha); }
-  sub(other: TensorOrScalar, alpha = 1): Tensor { return binary('sub', this, other, alpha); }
-  mul(other: TensorOrScalar): Tensor { return binary('mul', this, other); }
-  div(other: TensorOrScalar): Tensor { return binary('div', this, other); }
+  add(other: TensorOrScalar, alpha = 1): Tensor {
+    return binary('add', this, other, alpha);
+  }
+  sub(other: TensorOrScalar, alpha = 1): Tensor {
+    return binary('sub', this, other, alpha);
+  }
+  mul(other: TensorOrScalar): Tensor {
+    return binary('mul', this, other);
+  }
+  div(other: TensorOrScalar): Tensor {
+    return binary('div', this, other);
+  }
   pow(exponent: TensorOrScalar): Tensor {
     return exponent instanceof Tensor ? call('pow', 'Tensor_Tensor', this, exponent) : call('pow', 'Tensor_Scalar', this, exponent);
   }
-  remainder(other: TensorOrScalar): Tensor { return binary('remainder', this, other); }
-  maximum(other: Tensor): Tensor { return call('maximum', '', this, other); }
-  minimum(other: Tensor): Tensor { return call('minimum', '', this, other); }
-  neg(): Tensor { return call('neg', '', this); }
-  abs(): Tensor { return call('abs', '', this); }
-  exp(): Tensor { return call('exp', '', this); }
-  log(): Tensor { return call('log', '', this); }
-  sqrt(): Tensor { return call('sqrt', '', this); }
-  rsqrt(): Tensor { return call('rsqrt', '', this); }
-  reciprocal(): Tensor { return call('reciprocal', '', this); }
-  sin(): Tensor { return call('sin', '', this); }
-  cos(): Tensor { return call('cos', '', this); }
-  tanh(): Tensor { return call('tanh', '', this); }
-  sigmoid(): Tensor { return call('sigmoid', '', this); }
-  relu(): Tensor { return call('relu', '', this); }
-  floor(): Tensor { return call('floor', '', this); }
-  ceil(): Tensor { return call('ceil', '', this); }
-  round(): Tensor { return call('round', '', this); }
-  sign(): Tensor { return call('sign', '', this); }
-  isnan(): Tensor { return call('isnan', '', this); }
-  isfinite(): Tensor { return call('isfinite', '', this); }
+  remainder(other: TensorOrScalar): Tensor {
+    return binary('remainder', this, other);
+  }
+  maximum(other: Tensor): Tensor {
+    return call('maximum', '', this, other);
+  }
+  minimum(other: Tensor): Tensor {
+    return call('minimum', '', this, other);
+  }
+  neg(): Tensor {
+    return call('neg', '', this);
+  }
+  abs(): Tensor {
+    return call('abs', '', this);
+  }
+  exp(): Tensor {
+    return call('exp', '', this);
+  }
+  log(): Tensor {
+    return call('log', '', this);
+  }
+  sqrt(): Tensor {
+    return call('sqrt', '', this);
+  }
+  rsqrt(): Tensor {
+    return call('rsqrt', '', this);
+  }
+  reciprocal(): Tensor {
+    return call('reciprocal', '', this);
+  }
+  sin(): Tensor {
+    return call('sin', '', this);
+  }
+  cos(): Tensor {
+    return call('cos', '', this);
+  }
+  tanh(): Tensor {
+    return call('tanh', '', this);
+  }
+  sigmoid(): Tensor {
+    return call('sigmoid', '', this);
+  }
+  relu(): Tensor {
+    return call('relu', '', this);
+  }
+  floor(): Tensor {
+    return call('floor', '', this);
+  }
+  ceil(): Tensor {
+    return call('ceil', '', this);
+  }
+  round(): Tensor {
+    return call('round', '', this);
+  }
+  sign(): Tensor {
+    return call('sign', '', this);
+  }
+  isnan(): Tensor {
+    return call('isnan', '', this);
+  }
+  isfinite(): Tensor {
+    return call('isfinite', '', this);
+  }
   clamp(min?: number, max?: number): Tensor {
     if (min === undefined && max === undefined) throw new TypeError('clamp: give min, max or both');
     return call('clamp', '', this, min, max);
   }
-  lerp(end: Tensor, weight: number): Tensor { return call('lerp', 'Scalar', this, end, weight); }
+  lerp(end: Tensor, weight: number): Tensor {
+    return call('lerp', 'Scalar', this, end, weight);
+  }
 
   // ---- comparison and logic ----
 
-  eq(other: TensorOrScalar): Tensor { return compare('eq', this, other); }
-  ne(other: TensorOrScalar): Tensor { return compare('ne', this, other); }
-  lt(other: TensorOrScalar): Tensor { return compare('lt', this, other); }
-  le(other: TensorOrScalar): Tensor { return compare('le', this, other); }
-  gt(other: TensorOrScalar): Tensor { return compare('gt', this, other); }
-  ge(other: TensorOrScalar): Tensor { return compare('ge', this, other); }
-  logicalNot(): Tensor { return call('logical_not', '', this); }
-  logicalAnd(other: Tensor): Tensor { return call('logical_and', '', this, other); }
-  logicalOr(other: Tensor): Tensor { return call('logical_or', '', this, other); }
+  eq(other: TensorOrScalar): Tensor {
+    return compare('eq', this, other);
+  }
+  ne(other: TensorOrScalar): Tensor {
+    return compare('ne', this, other);
+  }
+  lt(other: TensorOrScalar): Tensor {
+    return compare('lt', this, other);
+  }
+  le(other: TensorOrScalar): Tensor {
+    return compare('le', this, other);
+  }
+  gt(other: TensorOrScalar): Tensor {
+    return compare('gt', this, other);
+  }
+  ge(other: TensorOrScalar): Tensor {
+    return compare('ge', this, other);
+  }
+  logicalNot(): Tensor {
+    return call('logical_not', '', this);
+  }
+  logicalAnd(other: Tensor): Tensor {
+    return call('logical_and', '', this, other);
+  }
+  logicalOr(other: Tensor): Tensor {
+    return call('logical_or', '', this, other);
+  }
   maskedFill(mask: Tensor, value: number): Tensor {
     if (mask.dtype !== 'bool') throw new TypeError(`maskedFill: mask must be bool, got ${mask.dtype}`);
     return call('masked_fill', 'Scalar', this, mask, value);
@@ -423,8 +550,12 @@ export class Tensor {
 
   // ---- reductions ----
 
-  sum(dims?: number | readonly number[], keepdim = false): Tensor { return reduce('sum', this, dims, keepdim); }
-  mean(dims?: number | readonly number[], keepdim = false): Tensor { return reduce('mean', this, dims, keepdim); }
+  sum(dims?: number | readonly number[], keepdim = false): Tensor {
+    return reduce('sum', this, dims, keepdim);
+  }
+  mean(dims?: number | readonly number[], keepdim = false): Tensor {
+    return reduce('mean', this, dims, keepdim);
+  }
   amax(dims: number | readonly number[] = [], keepdim = false): Tensor {
     return call('amax', '', this, dimList(this, dims), keepdim);
   }
@@ -451,10 +582,18 @@ export class Tensor {
   std(dims?: number | readonly number[], options: { unbiased?: boolean; keepdim?: boolean } = {}): Tensor {
     return call('std', 'dim', this, dims === undefined ? undefined : dimList(this, dims), options.unbiased ?? true, options.keepdim ?? false);
   }
-  prod(): Tensor { return call('prod', '', this); }
-  norm(p = 2): Tensor { return call('norm', 'Scalar', this, p); }
-  logsumexp(dims: number | readonly number[], keepdim = false): Tensor { return call('logsumexp', '', this, dimList(this, dims), keepdim); }
-  cumsum(dim: number): Tensor { return call('cumsum', '', this, normDim(dim, this.ndim)); }
+  prod(): Tensor {
+    return call('prod', '', this);
+  }
+  norm(p = 2): Tensor {
+    return call('norm', 'Scalar', this, p);
+  }
+  logsumexp(dims: number | readonly number[], keepdim = false): Tensor {
+    return call('logsumexp', '', this, dimList(this, dims), keepdim);
+  }
+  cumsum(dim: number): Tensor {
+    return call('cumsum', '', this, normDim(dim, this.ndim));
+  }
   topk(k: number, dim = -1, largest = true, sorted = true): { values: Tensor; indices: Tensor } {
     const d = normDim(dim, this.ndim);
     if (!Number.isInteger(k) || k < 0 || k > this.shape[d]) throw new RangeError(`topk: k=${k} is out of range for dim ${dim} of size ${this.shape[d]}`);
@@ -477,34 +616,61 @@ export class Tensor {
     return call('matmul', '', this, other);
   }
   mm(other: Tensor): Tensor {
-    if (this.ndim !== 2 || other.ndim !== 2 || this.shape[1] !== other.shape[0]) throw new RangeError(`mm: shapes ${shapeString(this.shape)} and ${shapeString(other.shape)} do not fit`);
+    if (this.ndim !== 2 || other.ndim !== 2 || this.shape[1] !== other.shape[0])
+      throw new RangeError(`mm: shapes ${shapeString(this.shape)} and ${shapeString(other.shape)} do not fit`);
     return call('mm', '', this, other);
   }
   bmm(other: Tensor): Tensor {
     const a = this.shape;
     const b = other.shape;
-    if (a.length !== 3 || b.length !== 3 || a[0] !== b[0] || a[2] !== b[1]) throw new RangeError(`bmm: shapes ${shapeString(a)} and ${shapeString(b)} do not fit`);
+    if (a.length !== 3 || b.length !== 3 || a[0] !== b[0] || a[2] !== b[1])
+      throw new RangeError(`bmm: shapes ${shapeString(a)} and ${shapeString(b)} do not fit`);
     return call('bmm', '', this, other);
   }
 
   // ---- in place (optimizers and initialisation); each returns this ----
 
-  add_(other: TensorOrScalar, alpha = 1): this { return inPlace(this, other instanceof Tensor ? call('add_', 'Tensor', this, other, alpha) : call('add_', 'Scalar', this, other, alpha)); }
-  sub_(other: TensorOrScalar, alpha = 1): this { return inPlace(this, other instanceof Tensor ? call('sub_', 'Tensor', this, other, alpha) : call('sub_', 'Scalar', this, other, alpha)); }
-  mul_(other: TensorOrScalar): this { return inPlace(this, other instanceof Tensor ? call('mul_', 'Tensor', this, other) : call('mul_', 'Scalar', this, other)); }
-  div_(other: TensorOrScalar): this { return inPlace(this, other instanceof Tensor ? call('div_', 'Tensor', this, other) : call('div_', 'Scalar', this, other)); }
-  addcmul_(a: Tensor, b: Tensor, value = 1): this { return inPlace(this, call('addcmul_', '', this, a, b, value)); }
-  addcdiv_(a: Tensor, b: Tensor, value = 1): this { return inPlace(this, call('addcdiv_', '', this, a, b, value)); }
-  lerp_(end: Tensor, weight: number): this { return inPlace(this, call('lerp_', 'Scalar', this, end, weight)); }
-  clamp_(min?: number, max?: number): this { return inPlace(this, call('clamp_', '', this, min, max)); }
+  add_(other: TensorOrScalar, alpha = 1): this {
+    return inPlace(this, other instanceof Tensor ? call('add_', 'Tensor', this, other, alpha) : call('add_', 'Scalar', this, other, alpha));
+  }
+  sub_(other: TensorOrScalar, alpha = 1): this {
+    return inPlace(this, other instanceof Tensor ? call('sub_', 'Tensor', this, other, alpha) : call('sub_', 'Scalar', this, other, alpha));
+  }
+  mul_(other: TensorOrScalar): this {
+    return inPlace(this, other instanceof Tensor ? call('mul_', 'Tensor', this, other) : call('mul_', 'Scalar', this, other));
+  }
+  div_(other: TensorOrScalar): this {
+    return inPlace(this, other instanceof Tensor ? call('div_', 'Tensor', this, other) : call('div_', 'Scalar', this, other));
+  }
+  addcmul_(a: Tensor, b: Tensor, value = 1): this {
+    return inPlace(this, call('addcmul_', '', this, a, b, value));
+  }
+  addcdiv_(a: Tensor, b: Tensor, value = 1): this {
+    return inPlace(this, call('addcdiv_', '', this, a, b, value));
+  }
+  lerp_(end: Tensor, weight: number): this {
+    return inPlace(this, call('lerp_', 'Scalar', this, end, weight));
+  }
+  clamp_(min?: number, max?: number): this {
+    return inPlace(this, call('clamp_', '', this, min, max));
+  }
   copy_(source: Tensor): this {
-    if (source.numel !== this.numel && source.numel !== 1) throw new RangeError(`copy_: source ${shapeString(source.shape)} does not fit ${shapeString(this.shape)}`);
+    if (source.numel !== this.numel && source.numel !== 1)
+      throw new RangeError(`copy_: source ${shapeString(source.shape)} does not fit ${shapeString(this.shape)}`);
     return inPlace(this, call('copy_', '', this, source, false));
   }
-  fill_(value: number): this { return inPlace(this, call('fill_', 'Scalar', this, value)); }
-  zero_(): this { return inPlace(this, call('zero_', '', this)); }
-  uniform_(low = 0, high = 1): this { return inPlace(this, call('uniform_', '', this, low, high)); }
-  normal_(mean = 0, std = 1): this { return inPlace(this, call('normal_', '', this, mean, std)); }
+  fill_(value: number): this {
+    return inPlace(this, call('fill_', 'Scalar', this, value));
+  }
+  zero_(): this {
+    return inPlace(this, call('zero_', '', this));
+  }
+  uniform_(low = 0, high = 1): this {
+    return inPlace(this, call('uniform_', '', this, low, high));
+  }
+  normal_(mean = 0, std = 1): this {
+    return inPlace(this, call('normal_', '', this, mean, std));
+  }
 }
 
 /** In-place ops return a second handle to the same tensor; free it at once and hand back the original. */
@@ -583,7 +749,9 @@ export function tensor(values: AnyTypedArray | readonly number[], shape?: Shape,
 }
 
 const INTEGER_RANGES: Partial<Record<DType, [number, number]>> = {
-  int64: [Number.MIN_SAFE_INTEGER, Number.MAX_SAFE_INTEGER], int32: [-(2 ** 31), 2 ** 31 - 1], uint8: [0, 255],
+  int64: [Number.MIN_SAFE_INTEGER, Number.MAX_SAFE_INTEGER],
+  int32: [-(2 ** 31), 2 ** 31 - 1],
+  uint8: [0, 255],
 };
 
 function toTypedArray(values: number[], dtype: DType): AnyTypedArray {
@@ -596,13 +764,20 @@ function toTypedArray(values: number[], dtype: DType): AnyTypedArray {
     }
   }
   switch (dtype) {
-    case 'float64': return Float64Array.from(values);
-    case 'int64': return BigInt64Array.from(values, (v) => BigInt(Math.trunc(v)));
-    case 'int32': return Int32Array.from(values);
-    case 'uint8': return Uint8Array.from(values);
-    case 'bool': return Uint8Array.from(values, (v) => (v ? 1 : 0));
-    case 'float32': return Float32Array.from(values);
-    default: throw new TypeError(`tensor: build ${dtype} tensors from float32 values and convert with .to('${dtype}')`);
+    case 'float64':
+      return Float64Array.from(values);
+    case 'int64':
+      return BigInt64Array.from(values, (v) => BigInt(Math.trunc(v)));
+    case 'int32':
+      return Int32Array.from(values);
+    case 'uint8':
+      return Uint8Array.from(values);
+    case 'bool':
+      return Uint8Array.from(values, (v) => (v ? 1 : 0));
+    case 'float32':
+      return Float32Array.from(values);
+    default:
+      throw new TypeError(`tensor: build ${dtype} tensors from float32 values and convert with .to('${dtype}')`);
   }
 }
 
@@ -662,9 +837,10 @@ function random(kind: 'rand' | 'randn', shape: Shape, options: CreateOptions & {
   if (options.seed !== undefined && !(Number.isSafeInteger(options.seed) && options.seed >= 0)) {
     throw new RangeError(`${kind}: seed must be a non-negative integer, got ${options.seed}`);
   }
-  let t = options.seed === undefined
-    ? call(kind, '', checkShape(shape), ...creationArgs(options))
-    : new Tensor(native.randomSeeded(kind, checkShape(shape), dtypeCode(dtype), options.seed));
+  let t =
+    options.seed === undefined
+      ? call(kind, '', checkShape(shape), ...creationArgs(options))
+      : new Tensor(native.randomSeeded(kind, checkShape(shape), dtypeCode(dtype), options.seed));
   if (options.seed !== undefined && options.device && options.device !== 'cpu') {
     const moved = t.to(options.device);
     t.dispose();

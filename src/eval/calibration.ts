@@ -43,8 +43,19 @@ export function fitTemperature(logits: ArrayLike<number>, labels: ArrayLike<numb
   let fa = f(a);
   let fb = f(b);
   for (let i = 0; i < 60; i++) {
-    if (fa < fb) { hi = b; b = a; fb = fa; a = hi - ratio * (hi - lo); fa = f(a); }
-    else { lo = a; a = b; fa = fb; b = lo + ratio * (hi - lo); fb = f(b); }
+    if (fa < fb) {
+      hi = b;
+      b = a;
+      fb = fa;
+      a = hi - ratio * (hi - lo);
+      fa = f(a);
+    } else {
+      lo = a;
+      a = b;
+      fa = fb;
+      b = lo + ratio * (hi - lo);
+      fb = f(b);
+    }
   }
   return Math.exp((lo + hi) / 2);
 }
@@ -94,17 +105,27 @@ export function calibrate(logits: ArrayLike<number>, labels: ArrayLike<number>, 
   const temperature = fitTemperature(logits, labels, k);
   const calibrated = softmaxRows(logits, n, k, temperature);
   const result = {
-    temperature, uncertaintyThreshold: chooseUncertaintyThreshold(calibrated, labels, k, targetAccuracy),
-    nllBefore: nllAt(logits, labels, k, 1), nllAfter: nllAt(logits, labels, k, temperature),
-    eceBefore: expectedCalibrationError(softmaxRows(logits, n, k, 1), labels, n, k), eceAfter: expectedCalibrationError(calibrated, labels, n, k),
+    temperature,
+    uncertaintyThreshold: chooseUncertaintyThreshold(calibrated, labels, k, targetAccuracy),
+    nllBefore: nllAt(logits, labels, k, 1),
+    nllAfter: nllAt(logits, labels, k, temperature),
+    eceBefore: expectedCalibrationError(softmaxRows(logits, n, k, 1), labels, n, k),
+    eceAfter: expectedCalibrationError(calibrated, labels, n, k),
   };
   const warnings: string[] = [];
   if (temperature >= TEMPERATURE_RANGE.max / AT_LIMIT || temperature <= TEMPERATURE_RANGE.min * AT_LIMIT) {
-    const limit = temperature > 1 ? `upper limit (${TEMPERATURE_RANGE.max}): the model is far more confident` : `lower limit (${TEMPERATURE_RANGE.min}): the model is far less confident`;
-    warnings.push(`T = ${temperature.toFixed(3)} sits at the search's ${limit} than it is right on these images; are they like its training data (classes, stain, scanner)? The calibration is unreliable.`);
+    const limit =
+      temperature > 1
+        ? `upper limit (${TEMPERATURE_RANGE.max}): the model is far more confident`
+        : `lower limit (${TEMPERATURE_RANGE.min}): the model is far less confident`;
+    warnings.push(
+      `T = ${temperature.toFixed(3)} sits at the search's ${limit} than it is right on these images; are they like its training data (classes, stain, scanner)? The calibration is unreliable.`,
+    );
   }
   if (result.eceAfter > result.eceBefore) {
-    warnings.push(`ECE got worse: ${result.eceBefore.toFixed(4)} → ${result.eceAfter.toFixed(4)}. Temperature scaling minimises NLL, and on these images that raises the calibration error; use a larger or more representative validation set, or keep the uncalibrated model.`);
+    warnings.push(
+      `ECE got worse: ${result.eceBefore.toFixed(4)} → ${result.eceAfter.toFixed(4)}. Temperature scaling minimises NLL, and on these images that raises the calibration error; use a larger or more representative validation set, or keep the uncalibrated model.`,
+    );
   }
   return { ...result, warnings };
 }

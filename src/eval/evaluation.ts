@@ -72,7 +72,8 @@ export function evaluateScores(scored: ScoredItems, classifier: Judge): Evaluati
   const probs = softmaxRows(scored.logits, n, k, classifier.temperature);
   const metrics = computeMetrics(probs, scored.labels, classifier.classes);
   let uncertain = 0;
-  for (let i = 0; i < n; i++) if (classifier.reasons(Math.max(...probs.subarray(i * k, (i + 1) * k)), scored.scales?.[i], scored.distances?.[i], scored.nuclei?.[i]).length) uncertain++;
+  for (let i = 0; i < n; i++)
+    if (classifier.reasons(Math.max(...probs.subarray(i * k, (i + 1) * k)), scored.scales?.[i], scored.distances?.[i], scored.nuclei?.[i]).length) uncertain++;
   return {
     ...metrics,
     ece_uncalibrated: expectedCalibrationError(softmaxRows(scored.logits, n, k, 1), scored.labels, n, k),
@@ -96,10 +97,16 @@ export function shiftTable(baseline: Evaluation, shifts: Record<string, ShiftRes
   const values = Object.values(shifts);
   const mean = values.reduce((total, r) => total + r.accuracy, 0) / values.length;
   return [
-    '## Shift suite', '', `Mean accuracy over the ${values.length} shifts: ${pct(mean)}.`, '',
-    '| shift | parameters | n | accuracy | balanced accuracy | uncertain |', '|---|---|---|---|---|---|',
+    '## Shift suite',
+    '',
+    `Mean accuracy over the ${values.length} shifts: ${pct(mean)}.`,
+    '',
+    '| shift | parameters | n | accuracy | balanced accuracy | uncertain |',
+    '|---|---|---|---|---|---|',
     `| none | | ${baseline.n} | ${pct(baseline.accuracy)} | ${pct(baseline.balanced_accuracy)} | ${pct(baseline.uncertain_fraction)} |`,
-    ...Object.entries(shifts).map(([name, r]) => `| ${name} | ${JSON.stringify(r.params)} | ${r.n} | ${pct(r.accuracy)} | ${pct(r.balanced_accuracy)} | ${pct(r.uncertain_fraction)} |`),
+    ...Object.entries(shifts).map(
+      ([name, r]) => `| ${name} | ${JSON.stringify(r.params)} | ${r.n} | ${pct(r.accuracy)} | ${pct(r.balanced_accuracy)} | ${pct(r.uncertain_fraction)} |`,
+    ),
   ];
 }
 
@@ -109,10 +116,23 @@ const pct = (x: number) => `${(100 * x).toFixed(2)}%`;
 export async function writeReport(dir: string, title: string, evaluation: Evaluation, extra: string[] = []): Promise<string> {
   await mkdir(dir, { recursive: true });
   await writeFile(path.join(dir, 'confusion.svg'), confusionSvg(evaluation.confusion_matrix, evaluation.labels));
-  await writeFile(path.join(dir, 'reliability.svg'), reliabilitySvg(evaluation.reliability, `reliability after temperature scaling (T = ${evaluation.temperature.toFixed(3)})`));
+  await writeFile(
+    path.join(dir, 'reliability.svg'),
+    reliabilitySvg(evaluation.reliability, `reliability after temperature scaling (T = ${evaluation.temperature.toFixed(3)})`),
+  );
   const subtypes = evaluation.by_subtype
-    ? ['## Errors by file-name subtype (analysis only; names never reach the model)', '', '| subtype | n | errors | accuracy | predicted as |', '|---|---|---|---|---|',
-      ...Object.entries(evaluation.by_subtype).map(([s, e]) => `| ${s} | ${e.n} | ${e.errors} | ${pct(e.accuracy)} | ${Object.entries(e.predicted_as).map(([c, n]) => `${c} ${n}`).join(', ')} |`)]
+    ? [
+        '## Errors by file-name subtype (analysis only; names never reach the model)',
+        '',
+        '| subtype | n | errors | accuracy | predicted as |',
+        '|---|---|---|---|---|',
+        ...Object.entries(evaluation.by_subtype).map(
+          ([s, e]) =>
+            `| ${s} | ${e.n} | ${e.errors} | ${pct(e.accuracy)} | ${Object.entries(e.predicted_as)
+              .map(([c, n]) => `${c} ${n}`)
+              .join(', ')} |`,
+        ),
+      ]
     : [];
   const file = path.join(dir, 'report.md');
   await writeFile(file, markdownReport(title, evaluation, { confusion: 'confusion.svg', reliability: 'reliability.svg' }, [...subtypes, '', ...extra]));

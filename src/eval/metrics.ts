@@ -54,7 +54,9 @@ export function computeMetrics(probs: ArrayLike<number>, labels: ArrayLike<numbe
     const precision = predictedCount === 0 ? 0 : tp / predictedCount;
     const recall = tp / support;
     perClass[classes[c]] = {
-      precision, recall, support,
+      precision,
+      recall,
+      support,
       f1: precision + recall === 0 ? 0 : (2 * precision * recall) / (precision + recall),
       roc_auc: rocAuc(probs, labels, n, k, c),
     };
@@ -116,7 +118,11 @@ export function reliabilityBins(probs: ArrayLike<number>, labels: ArrayLike<numb
     bin.confidence += p;
     if (predicted[i] === labels[i]) bin.accuracy++;
   }
-  for (const bin of out) if (bin.count) { bin.confidence /= bin.count; bin.accuracy /= bin.count; }
+  for (const bin of out)
+    if (bin.count) {
+      bin.confidence /= bin.count;
+      bin.accuracy /= bin.count;
+    }
   return out;
 }
 

@@ -29,7 +29,10 @@ export function confusionSvg(matrix: number[][], labels: readonly string[]): str
       const share = total ? value / total : 0;
       const shade = Math.round(255 - 200 * share);
       parts.push(`<rect x="${left + j * cell}" y="${top + r * cell}" width="${cell}" height="${cell}" fill="rgb(${shade},${shade},255)" stroke="#ccc"/>`);
-      if (value) parts.push(`<text x="${left + j * cell + cell / 2}" y="${top + r * cell + cell / 2 + 4}" text-anchor="middle" fill="${share > 0.5 ? '#fff' : '#000'}">${value}</text>`);
+      if (value)
+        parts.push(
+          `<text x="${left + j * cell + cell / 2}" y="${top + r * cell + cell / 2 + 4}" text-anchor="middle" fill="${share > 0.5 ? '#fff' : '#000'}">${value}</text>`,
+        );
     });
   });
   parts.push(`<text x="${left}" y="${height - 12}">predicted →   (rows: true class)</text></svg>`);
@@ -42,10 +45,12 @@ export function reliabilitySvg(bins: ReliabilityBin[], title: string): string {
   const pad = 40;
   const x = (v: number) => pad + v * size;
   const y = (v: number) => pad + (1 - v) * size;
-  const parts = [`<svg xmlns="http://www.w3.org/2000/svg" width="${size + 2 * pad}" height="${size + 2 * pad}" font-family="sans-serif" font-size="11">`,
+  const parts = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${size + 2 * pad}" height="${size + 2 * pad}" font-family="sans-serif" font-size="11">`,
     `<text x="${pad}" y="20">${escape(title)}</text>`,
     `<rect x="${pad}" y="${pad}" width="${size}" height="${size}" fill="none" stroke="#888"/>`,
-    `<line x1="${x(0)}" y1="${y(0)}" x2="${x(1)}" y2="${y(1)}" stroke="#bbb" stroke-dasharray="4"/>`];
+    `<line x1="${x(0)}" y1="${y(0)}" x2="${x(1)}" y2="${y(1)}" stroke="#bbb" stroke-dasharray="4"/>`,
+  ];
   for (const bin of bins) {
     if (!bin.count) continue;
     const w = (bin.upper - bin.lower) * size;
@@ -67,20 +72,43 @@ export function curvesSvg(history: { epoch: number; train_loss: number; val_macr
   const line = (values: number[], scale: (v: number) => number) => history.map((h, i) => `${x(h.epoch)},${scale(values[i])}`).join(' ');
   const yLoss = (v: number) => height - pad - (v / maxLoss) * (height - 2 * pad);
   const yF1 = (v: number) => height - pad - v * (height - 2 * pad);
-  return [`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="11">`,
+  return [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="11">`,
     `<rect x="${pad}" y="${pad}" width="${width - 2 * pad}" height="${height - 2 * pad}" fill="none" stroke="#888"/>`,
-    `<polyline fill="none" stroke="#d04a4a" stroke-width="2" points="${line(history.map((h) => h.train_loss), yLoss)}"/>`,
-    `<polyline fill="none" stroke="#4a7bd0" stroke-width="2" points="${line(history.map((h) => h.val_macro_f1), yF1)}"/>`,
+    `<polyline fill="none" stroke="#d04a4a" stroke-width="2" points="${line(
+      history.map((h) => h.train_loss),
+      yLoss,
+    )}"/>`,
+    `<polyline fill="none" stroke="#4a7bd0" stroke-width="2" points="${line(
+      history.map((h) => h.val_macro_f1),
+      yF1,
+    )}"/>`,
     `<text x="${pad}" y="20"><tspan fill="#d04a4a">train loss (0–${maxLoss.toFixed(2)})</tspan>   <tspan fill="#4a7bd0">validation macro-F1 (0–1)</tspan></text>`,
-    `<text x="${pad}" y="${height - 10}">epoch 1–${maxEpoch}</text></svg>`].join('\n');
+    `<text x="${pad}" y="${height - 10}">epoch 1–${maxEpoch}</text></svg>`,
+  ].join('\n');
 }
 
 /** The Markdown report; plots are referenced as files written next to it. */
-export function markdownReport(title: string, metrics: Metrics & { ece_uncalibrated?: number; temperature?: number }, plots: { confusion: string; reliability: string; curves?: string }, extra: string[] = []): string {
-  const lines = [`# ${title}`, '', `| metric | value |`, `|---|---|`,
-    `| images | ${metrics.n} |`, `| accuracy | ${pct(metrics.accuracy)} |`, `| balanced accuracy | ${pct(metrics.balanced_accuracy)} |`,
-    `| macro-F1 | ${pct(metrics.macro_f1)} |`, `| macro ROC-AUC | ${metrics.macro_roc_auc === null ? 'n/a' : metrics.macro_roc_auc.toFixed(4)} |`,
-    `| Cohen's κ | ${metrics.cohen_kappa.toFixed(4)} |`, `| NLL | ${metrics.nll.toFixed(4)} |`, `| ECE (15 bins) | ${metrics.ece.toFixed(4)} |`];
+export function markdownReport(
+  title: string,
+  metrics: Metrics & { ece_uncalibrated?: number; temperature?: number },
+  plots: { confusion: string; reliability: string; curves?: string },
+  extra: string[] = [],
+): string {
+  const lines = [
+    `# ${title}`,
+    '',
+    `| metric | value |`,
+    `|---|---|`,
+    `| images | ${metrics.n} |`,
+    `| accuracy | ${pct(metrics.accuracy)} |`,
+    `| balanced accuracy | ${pct(metrics.balanced_accuracy)} |`,
+    `| macro-F1 | ${pct(metrics.macro_f1)} |`,
+    `| macro ROC-AUC | ${metrics.macro_roc_auc === null ? 'n/a' : metrics.macro_roc_auc.toFixed(4)} |`,
+    `| Cohen's κ | ${metrics.cohen_kappa.toFixed(4)} |`,
+    `| NLL | ${metrics.nll.toFixed(4)} |`,
+    `| ECE (15 bins) | ${metrics.ece.toFixed(4)} |`,
+  ];
   if (metrics.ece_uncalibrated !== undefined) lines.push(`| ECE before temperature scaling | ${metrics.ece_uncalibrated.toFixed(4)} |`);
   if (metrics.temperature !== undefined) lines.push(`| temperature | ${metrics.temperature.toFixed(3)} |`);
   lines.push('', '| class | precision | recall | F1 | support | ROC-AUC |', '|---|---|---|---|---|---|');

@@ -44,7 +44,11 @@ export async function magnify(image: RgbImage, s: number): Promise<RgbImage> {
     const ch = Math.max(1, Math.round(height / s));
     const left = Math.floor((width - cw) / 2);
     const top = Math.floor((height - ch) / 2);
-    const data = await sharp(image.data, { raw: { width, height, channels: 3 } }).extract({ left, top, width: cw, height: ch }).resize(width, height, { fit: 'fill', kernel: 'lanczos3' }).raw().toBuffer();
+    const data = await sharp(image.data, { raw: { width, height, channels: 3 } })
+      .extract({ left, top, width: cw, height: ch })
+      .resize(width, height, { fit: 'fill', kernel: 'lanczos3' })
+      .raw()
+      .toBuffer();
     return { width, height, data: new Uint8Array(data.buffer, data.byteOffset, data.length) };
   }
   const background = measureCells(image).background;
@@ -78,13 +82,17 @@ async function tightCrop(image: RgbImage): Promise<RgbImage> {
 }
 
 async function jpeg30(image: RgbImage): Promise<RgbImage> {
-  const encoded = await sharp(image.data, { raw: { width: image.width, height: image.height, channels: 3 } }).jpeg({ quality: 30 }).toBuffer();
+  const encoded = await sharp(image.data, { raw: { width: image.width, height: image.height, channels: 3 } })
+    .jpeg({ quality: 30 })
+    .toBuffer();
   const data = await sharp(encoded).removeAlpha().raw().toBuffer();
   return { width: image.width, height: image.height, data: new Uint8Array(data.buffer, data.byteOffset, data.length) };
 }
 
 async function viaSharp(image: RgbImage, op: (s: Sharp) => Sharp): Promise<RgbImage> {
-  const data = await op(sharp(image.data, { raw: { width: image.width, height: image.height, channels: 3 } })).raw().toBuffer();
+  const data = await op(sharp(image.data, { raw: { width: image.width, height: image.height, channels: 3 } }))
+    .raw()
+    .toBuffer();
   return { width: image.width, height: image.height, data: new Uint8Array(data.buffer, data.byteOffset, data.length) };
 }
 

@@ -22,8 +22,11 @@ export function truncNormal_(t: E.Tensor, std = 0.02, mean = 0, a = -2, b = 2): 
   return E.noGrad(() => {
     if ((a - mean) / std <= -6 && (b - mean) / std >= 6) return t.normal_(mean, std).clamp_(a, b);
     t.uniform_(2 * lower - 1, 2 * upper - 1);
-    E.call<E.Tensor>('erfinv_', '', t).dispose();  // the in-place op returns a second handle to t
-    return t.mul_(std * Math.SQRT2).add_(mean).clamp_(a, b);
+    E.call<E.Tensor>('erfinv_', '', t).dispose(); // the in-place op returns a second handle to t
+    return t
+      .mul_(std * Math.SQRT2)
+      .add_(mean)
+      .clamp_(a, b);
   });
 }
 

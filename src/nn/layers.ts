@@ -25,17 +25,25 @@ export interface LinearOptions {
 
 /** y = x Wᵀ + b over the last dim, so it works on NHWC maps and token sequences alike. */
 export class Linear extends Module implements UnaryModule {
-  constructor(readonly inFeatures: number, readonly outFeatures: number, options: LinearOptions = {}) {
+  constructor(
+    readonly inFeatures: number,
+    readonly outFeatures: number,
+    options: LinearOptions = {},
+  ) {
     super();
     const weight = this.registerParameter('weight', E.empty([outFeatures, inFeatures]));
-    const bias = options.bias ?? true ? this.registerParameter('bias', E.empty([outFeatures])) : undefined;
+    const bias = (options.bias ?? true) ? this.registerParameter('bias', E.empty([outFeatures])) : undefined;
     initWeightAndBias(weight, bias, options.init ?? 'truncNormal', inFeatures);
     this.hasBias = bias !== undefined;
   }
 
   readonly hasBias: boolean;
-  get weight(): Tensor { return this.parameter('weight'); }
-  get bias(): Tensor | undefined { return this.hasBias ? this.parameter('bias') : undefined; }
+  get weight(): Tensor {
+    return this.parameter('weight');
+  }
+  get bias(): Tensor | undefined {
+    return this.hasBias ? this.parameter('bias') : undefined;
+  }
 
   /** Re-draws the weights, e.g. for a new classifier head. */
   resetParameters(init: WeightInit = 'truncNormal'): void {
@@ -61,7 +69,12 @@ export class Conv2d extends Module implements UnaryModule {
   readonly groups: number;
   readonly hasBias: boolean;
 
-  constructor(readonly inChannels: number, readonly outChannels: number, readonly kernelSize: number, options: Conv2dOptions = {}) {
+  constructor(
+    readonly inChannels: number,
+    readonly outChannels: number,
+    readonly kernelSize: number,
+    options: Conv2dOptions = {},
+  ) {
     super();
     this.stride = options.stride ?? 1;
     this.padding = options.padding ?? 0;
@@ -71,13 +84,17 @@ export class Conv2d extends Module implements UnaryModule {
     }
     const perGroup = inChannels / this.groups;
     const weight = this.registerParameter('weight', E.empty([outChannels, perGroup, kernelSize, kernelSize]));
-    const bias = options.bias ?? true ? this.registerParameter('bias', E.empty([outChannels])) : undefined;
+    const bias = (options.bias ?? true) ? this.registerParameter('bias', E.empty([outChannels])) : undefined;
     this.hasBias = bias !== undefined;
     initWeightAndBias(weight, bias, options.init ?? 'truncNormal', perGroup * kernelSize * kernelSize);
   }
 
-  get weight(): Tensor { return this.parameter('weight'); }
-  get bias(): Tensor | undefined { return this.hasBias ? this.parameter('bias') : undefined; }
+  get weight(): Tensor {
+    return this.parameter('weight');
+  }
+  get bias(): Tensor | undefined {
+    return this.hasBias ? this.parameter('bias') : undefined;
+  }
 
   forward(x: Tensor): Tensor {
     return E.F.conv2d(x, this.weight, this.bias, { stride: this.stride, padding: this.padding, groups: this.groups });
@@ -89,17 +106,26 @@ export class Conv1d extends Module implements UnaryModule {
   readonly padding: number;
   readonly hasBias: boolean;
 
-  constructor(readonly inChannels: number, readonly outChannels: number, readonly kernelSize: number, options: { padding?: number; bias?: boolean } = {}) {
+  constructor(
+    readonly inChannels: number,
+    readonly outChannels: number,
+    readonly kernelSize: number,
+    options: { padding?: number; bias?: boolean } = {},
+  ) {
     super();
     this.padding = options.padding ?? 0;
     const weight = this.registerParameter('weight', E.empty([outChannels, inChannels, kernelSize]));
-    const bias = options.bias ?? false ? this.registerParameter('bias', E.empty([outChannels])) : undefined;
+    const bias = (options.bias ?? false) ? this.registerParameter('bias', E.empty([outChannels])) : undefined;
     this.hasBias = bias !== undefined;
     initWeightAndBias(weight, bias, 'fanInUniform', inChannels * kernelSize);
   }
 
-  get weight(): Tensor { return this.parameter('weight'); }
-  get bias(): Tensor | undefined { return this.hasBias ? this.parameter('bias') : undefined; }
+  get weight(): Tensor {
+    return this.parameter('weight');
+  }
+  get bias(): Tensor | undefined {
+    return this.hasBias ? this.parameter('bias') : undefined;
+  }
 
   forward(x: Tensor): Tensor {
     return E.F.conv1d(x, this.weight, this.bias, { padding: this.padding });
@@ -108,14 +134,21 @@ export class Conv1d extends Module implements UnaryModule {
 
 /** Layer norm over the last dim (channels of NHWC maps, features of tokens). Computes in fp32 under autocast. */
 export class LayerNorm extends Module implements UnaryModule {
-  constructor(readonly dim: number, readonly eps = 1e-5) {
+  constructor(
+    readonly dim: number,
+    readonly eps = 1e-5,
+  ) {
     super();
     ones_(this.registerParameter('weight', E.empty([dim])));
     zeros_(this.registerParameter('bias', E.empty([dim])));
   }
 
-  get weight(): Tensor { return this.parameter('weight'); }
-  get bias(): Tensor { return this.parameter('bias'); }
+  get weight(): Tensor {
+    return this.parameter('weight');
+  }
+  get bias(): Tensor {
+    return this.parameter('bias');
+  }
 
   forward(x: Tensor): Tensor {
     return E.F.layerNorm(x, [this.dim], this.weight, this.bias, this.eps);
@@ -165,7 +198,10 @@ export class DropPath extends Module implements UnaryModule {
     const keep = 1 - this.p;
     return E.tidy(() => {
       const shape = [x.shape[0], ...new Array<number>(x.ndim - 1).fill(1)];
-      const mask = E.rand(shape, { device: x.device as E.Device }).lt(keep).to(x.dtype).div_(keep);
+      const mask = E.rand(shape, { device: x.device as E.Device })
+        .lt(keep)
+        .to(x.dtype)
+        .div_(keep);
       return x.mul(mask);
     });
   }

@@ -33,7 +33,10 @@ export class StateDictError extends Error {
     };
     list('missing from the checkpoint', missing);
     list('unexpected in the checkpoint', unexpected);
-    list('shape differs', mismatched.map((m) => `${m.key}: model [${m.expected.join(', ')}], checkpoint [${m.got.join(', ')}]`));
+    list(
+      'shape differs',
+      mismatched.map((m) => `${m.key}: model [${m.expected.join(', ')}], checkpoint [${m.got.join(', ')}]`),
+    );
     super(`the state dict does not fit the model; ${hint}:\n${lines.join('\n')}`);
     this.name = 'StateDictError';
   }

@@ -28,9 +28,18 @@ export async function renderContactSheet(stages: MpmStage[], options: ContactShe
     composites.push({ input: captionSvg(stage, panel, captionHeight), left, top: titleHeight + panel });
   }
   if (options.title) {
-    composites.push({ input: Buffer.from(`<svg width="${width}" height="${titleHeight}"><text x="${gap}" y="20" font-family="DejaVu Sans, sans-serif" font-size="15" fill="#ffffff">${escapeXml(options.title)}</text></svg>`), left: 0, top: 0 });
+    composites.push({
+      input: Buffer.from(
+        `<svg width="${width}" height="${titleHeight}"><text x="${gap}" y="20" font-family="DejaVu Sans, sans-serif" font-size="15" fill="#ffffff">${escapeXml(options.title)}</text></svg>`,
+      ),
+      left: 0,
+      top: 0,
+    });
   }
-  return sharp({ create: { width, height, channels: 3, background: '#202020' } }).composite(composites).png().toBuffer();
+  return sharp({ create: { width, height, channels: 3, background: '#202020' } })
+    .composite(composites)
+    .png()
+    .toBuffer();
 }
 
 function captionSvg(stage: MpmStage, width: number, height: number): Buffer {
@@ -42,7 +51,10 @@ function captionSvg(stage: MpmStage, width: number, height: number): Buffer {
     if (line.length + word.length + 1 > perLine && line !== '') lines.push(word);
     else lines[lines.length - 1] = line === '' ? word : `${line} ${word}`;
   }
-  const text = lines.slice(0, 3).map((line, i) => `<text x="2" y="${13 + i * 14}" font-family="DejaVu Sans, sans-serif" font-size="11" fill="#e0e0e0">${escapeXml(line)}</text>`).join('');
+  const text = lines
+    .slice(0, 3)
+    .map((line, i) => `<text x="2" y="${13 + i * 14}" font-family="DejaVu Sans, sans-serif" font-size="11" fill="#e0e0e0">${escapeXml(line)}</text>`)
+    .join('');
   return Buffer.from(`<svg width="${width}" height="${height}">${text}</svg>`);
 }
 

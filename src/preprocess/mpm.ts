@@ -61,13 +61,15 @@ export function resolveMpmConfig(input: MpmConfigInput = {}): MpmConfig {
     throw new Error(`invalid MPM config: ${message}`);
   };
   const { illumination, colour, contrast, morphology } = config;
-  if (illumination.sigmas.length === 0 || illumination.sigmas.some((s) => !(s > 0 && s <= 4))) fail(`illumination.sigmas must be fractions in (0, 4], got ${JSON.stringify(illumination.sigmas)}`);
+  if (illumination.sigmas.length === 0 || illumination.sigmas.some((s) => !(s > 0 && s <= 4)))
+    fail(`illumination.sigmas must be fractions in (0, 4], got ${JSON.stringify(illumination.sigmas)}`);
   if (!(colour.quantile > 0 && colour.quantile < 1)) fail(`colour.quantile must be in (0, 1), got ${colour.quantile}`);
   if (colour.white !== null && !(colour.white > 0 && colour.white <= 255)) fail(`colour.white must be in (0, 255] or null, got ${colour.white}`);
   if (!(contrast.clipLimit >= 0)) fail(`contrast.clipLimit must be ≥ 0, got ${contrast.clipLimit}`);
   if (!Number.isInteger(contrast.tiles) || contrast.tiles < 1 || contrast.tiles > 64) fail(`contrast.tiles must be an integer in 1..64, got ${contrast.tiles}`);
   if (morphology.scales.some((s) => !(s > 0 && s < 1))) fail(`morphology.scales must be fractions in (0, 1), got ${JSON.stringify(morphology.scales)}`);
-  if (morphology.weights.length !== morphology.scales.length) fail(`morphology.weights needs one weight per scale (${morphology.scales.length}), got ${morphology.weights.length}`);
+  if (morphology.weights.length !== morphology.scales.length)
+    fail(`morphology.weights needs one weight per scale (${morphology.scales.length}), got ${morphology.weights.length}`);
   return structuredClone(config);
 }
 
@@ -84,7 +86,10 @@ export interface MpmStage {
 }
 
 export class Mpm {
-  private constructor(private readonly ops: ImageOps, readonly config: MpmConfig) {}
+  private constructor(
+    private readonly ops: ImageOps,
+    readonly config: MpmConfig,
+  ) {}
 
   static async create(config: MpmConfigInput = {}): Promise<Mpm> {
     return new Mpm(await loadImageOps(), resolveMpmConfig(config));
@@ -152,7 +157,11 @@ export class Mpm {
         let hi = -Infinity;
         for (const v of background) [lo, hi] = [Math.min(lo, v), Math.max(hi, v)];
         const stretched = background.map((v) => (hi > lo ? ((v - lo) / (hi - lo)) * 255 : 128));
-        showGray('illumination-field', `illumination estimate (σ = ${illumination.sigmas.join(', ')} × side), stretched from L ${Math.round(lo)}..${Math.round(hi)}`, stretched);
+        showGray(
+          'illumination-field',
+          `illumination estimate (σ = ${illumination.sigmas.join(', ')} × side), stretched from L ${Math.round(lo)}..${Math.round(hi)}`,
+          stretched,
+        );
       }
       show('illumination', 'L* divided by the estimate', lab);
     }
@@ -179,7 +188,11 @@ export class Mpm {
         lab.b[i] = clampByte(lab.b[i] + shiftB);
         lab.L[i] = clampByte(lab.L[i] * gain);
       }
-      show('colour', `white patch: top ${round((1 - config.colour.quantile) * 100)}% of L* made neutral${config.colour.white === null ? '' : ` at L=${config.colour.white}`}`, lab);
+      show(
+        'colour',
+        `white patch: top ${round((1 - config.colour.quantile) * 100)}% of L* made neutral${config.colour.white === null ? '' : ` at L=${config.colour.white}`}`,
+        lab,
+      );
     }
 
     if (contrast.enabled) {

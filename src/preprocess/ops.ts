@@ -106,7 +106,8 @@ function makeOps(cv: OpenCv) {
 
     /** createCLAHE(clipLimit, (tiles, tiles)).apply(src): tile histograms clipped and redistributed, mappings interpolated bilinearly. */
     clahe(image: GrayImage, clipLimit: number, tiles: number): GrayImage {
-      if (!(clipLimit >= 0) || !Number.isInteger(tiles) || tiles < 1) throw new Error(`CLAHE needs clipLimit ≥ 0 and an integer tile count ≥ 1, got ${clipLimit}, ${tiles}`);
+      if (!(clipLimit >= 0) || !Number.isInteger(tiles) || tiles < 1)
+        throw new Error(`CLAHE needs clipLimit ≥ 0 and an integer tile count ≥ 1, got ${clipLimit}, ${tiles}`);
       const clahe = new cv.CLAHE(clipLimit, new cv.Size(tiles, tiles));
       try {
         return withMats(2, (src, dst) => {

@@ -34,7 +34,11 @@ export class Batcher<T, R> {
   /** Queues all the items or none: a request is never half accepted. */
   submit(items: T[]): Promise<R>[] {
     if (this.queue.length + items.length > this.options.maxQueue) {
-      throw new ServeError(`the server is busy: ${this.queue.length} images are waiting (the queue holds ${this.options.maxQueue}); retry shortly`, 'queue-full', 503);
+      throw new ServeError(
+        `the server is busy: ${this.queue.length} images are waiting (the queue holds ${this.options.maxQueue}); retry shortly`,
+        'queue-full',
+        503,
+      );
     }
     const since = performance.now();
     const promises = items.map((item) => new Promise<R>((resolve, reject) => this.queue.push({ item, since, resolve, reject })));
@@ -72,13 +76,16 @@ export class Batcher<T, R> {
     this.timer = null;
     const batch = this.queue.splice(0, this.options.maxBatch);
     this.options.onBatch?.(batch.length);
-    this.running = this.options.run(batch.map((e) => e.item)).then(
-      (results) => batch.forEach((e, i) => e.resolve(results[i])),
-      (error: Error) => batch.forEach((e) => e.reject(error)),
-    ).finally(() => {
-      this.running = null;
-      // Images that came while this batch ran have waited at least as long as it took: they go now.
-      this.pump(true);
-    });
+    this.running = this.options
+      .run(batch.map((e) => e.item))
+      .then(
+        (results) => batch.forEach((e, i) => e.resolve(results[i])),
+        (error: Error) => batch.forEach((e) => e.reject(error)),
+      )
+      .finally(() => {
+        this.running = null;
+        // Images that came while this batch ran have waited at least as long as it took: they go now.
+        this.pump(true);
+      });
   }
 }

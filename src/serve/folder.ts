@@ -13,7 +13,10 @@ export interface FolderListing {
 const NOT_FOUND = (rel: string) => new ServeError(`no image '${rel}' in the served folder`, 'not-found', 404);
 
 export class ServedFolder {
-  private constructor(readonly root: string, private readonly maxBytes: number) {}
+  private constructor(
+    readonly root: string,
+    private readonly maxBytes: number,
+  ) {}
 
   static async open(dir: string, maxBytes = DEFAULT_MAX_FILE_BYTES): Promise<ServedFolder> {
     const root = await realpath(dir).catch((error: NodeJS.ErrnoException) => {
@@ -37,7 +40,7 @@ export class ServedFolder {
 
   /** A file's bytes by its relative path; anything that is not a listed file is 404, whatever the reason. */
   async read(rel: unknown): Promise<Buffer> {
-    if (typeof rel !== 'string' || rel === '') throw new ServeError('give the image\'s path in the served folder as ?path=', 'bad-request', 400);
+    if (typeof rel !== 'string' || rel === '') throw new ServeError("give the image's path in the served folder as ?path=", 'bad-request', 400);
     const parts = rel.split('/');
     if (rel.includes('\0') || parts.some((part) => part === '' || part.startsWith('.'))) throw NOT_FOUND(rel);
     const real = await realpath(path.join(this.root, ...parts)).catch(() => null);

@@ -5,7 +5,11 @@ import type { WorkerReply, WorkerRequest, WorkerSetup, WorkerStatus } from './pr
 
 /** An error with the HTTP status and the stable code the server answers it with. */
 export class ServeError extends Error {
-  constructor(message: string, readonly code: string, readonly status: number) {
+  constructor(
+    message: string,
+    readonly code: string,
+    readonly status: number,
+  ) {
     super(message);
     this.name = 'ServeError';
   }

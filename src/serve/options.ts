@@ -28,4 +28,13 @@ export interface ServeOptions {
 
 export type Limits = Required<Pick<ServeOptions, 'host' | 'port' | 'maxBatch' | 'batchWaitMs' | 'maxBody' | 'maxParts' | 'maxQueue' | 'timeoutMs'>>;
 
-export const SERVE_DEFAULTS: Readonly<Limits> = { host: '127.0.0.1', port: 8080, maxBatch: 64, batchWaitMs: 5, maxBody: 32 * 2 ** 20, maxParts: 64, maxQueue: 256, timeoutMs: 30_000 };
+export const SERVE_DEFAULTS: Readonly<Limits> = {
+  host: '127.0.0.1',
+  port: 8080,
+  maxBatch: 64,
+  batchWaitMs: 5,
+  maxBody: 32 * 2 ** 20,
+  maxParts: 64,
+  maxQueue: 256,
+  timeoutMs: 30_000,
+};

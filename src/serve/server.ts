@@ -28,7 +28,13 @@ export interface RunningServer {
 }
 
 const PAGE_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../src/serve/page');
-const PAGE_TYPES: Record<string, string> = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8', '.css': 'text/css; charset=utf-8', '.png': 'image/png', '.svg': 'image/svg+xml' };
+const PAGE_TYPES: Record<string, string> = {
+  '.html': 'text/html; charset=utf-8',
+  '.js': 'text/javascript; charset=utf-8',
+  '.css': 'text/css; charset=utf-8',
+  '.png': 'image/png',
+  '.svg': 'image/svg+xml',
+};
 /** Seconds a client is asked to wait when the queue is full. */
 const RETRY_AFTER_S = 1;
 
@@ -53,17 +59,29 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
     maxBatch: settings.maxBatch,
     waitMs: settings.batchWaitMs,
     maxQueue: settings.maxQueue,
-    run: (jobs) => worker.call<JobResult[]>({ kind: 'classify', images: jobs }, jobs.map((j) => j.bytes.buffer as ArrayBuffer)),
+    run: (jobs) =>
+      worker.call<JobResult[]>(
+        { kind: 'classify', images: jobs },
+        jobs.map((j) => j.bytes.buffer as ArrayBuffer),
+      ),
     onBatch: (size) => metrics.batchSize.observe(size),
   });
   const metrics = createMetrics(() => batcher.queued + worker.inFlight);
   const answer = { model: card.architecture, model_info: card.model_info };
 
   // A client that sends its request too slowly gets 408; Node checks for them every connectionsCheckingInterval.
-  const app = Fastify({ bodyLimit: settings.maxBody, requestTimeout: settings.timeoutMs, return503OnClosing: true, http: { connectionsCheckingInterval: Math.min(1000, settings.timeoutMs) } });
+  const app = Fastify({
+    bodyLimit: settings.maxBody,
+    requestTimeout: settings.timeoutMs,
+    return503OnClosing: true,
+    http: { connectionsCheckingInterval: Math.min(1000, settings.timeoutMs) },
+  });
   app.server.headersTimeout = settings.timeoutMs;
   app.removeAllContentTypeParsers();
-  await app.register(multipart, { preservePath: true, limits: { fileSize: settings.maxBody, files: settings.maxParts, fields: 16, parts: settings.maxParts + 16 } });
+  await app.register(multipart, {
+    preservePath: true,
+    limits: { fileSize: settings.maxBody, files: settings.maxParts, fields: 16, parts: settings.maxParts + 16 },
+  });
   app.addContentTypeParser('*', { parseAs: 'buffer', bodyLimit: settings.maxBody }, (_request, body, done) => done(null, body));
   if (options.cors) await app.register(cors, { origin: options.cors, methods: ['GET', 'POST'], allowedHeaders: ['authorization', 'content-type'] });
 
@@ -96,7 +114,9 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
   app.addHook('onSend', async (_request, reply) => {
     if (closing) reply.header('connection', 'close');
   });
-  app.setNotFoundHandler(async (request, reply) => reply.code(404).send({ error: `no route ${request.method} ${request.url.split('?')[0]}`, code: 'not-found' }));
+  app.setNotFoundHandler(async (request, reply) =>
+    reply.code(404).send({ error: `no route ${request.method} ${request.url.split('?')[0]}`, code: 'not-found' }),
+  );
 
   /** Queues images and waits for their answers, within the time-out; images still waiting then are withdrawn. */
   const classify = async (jobs: ImageJob[]): Promise<JobResult[]> => {
@@ -117,10 +137,14 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
 
   const parseQuery = (query: unknown): ClassifyQuery => {
     const q = checkQuery(query, ['top_k', 'pixel_size', 'tta', 'name']);
-    if (q.pixel_size !== undefined && byField) throw badRequest('this server was started with --field, which turns scale normalisation off: pixel_size cannot apply');
+    if (q.pixel_size !== undefined && byField)
+      throw badRequest('this server was started with --field, which turns scale normalisation off: pixel_size cannot apply');
     return {
       topK: q.top_k === undefined ? 3 : integerIn(q.top_k, 'top_k', 1, classes.length),
-      job: { ...(q.pixel_size !== undefined ? { pixelSize: numberIn(q.pixel_size, 'pixel_size', 0.01, 10) } : {}), ...(q.tta !== undefined ? { tta: flag(q.tta, 'tta') } : {}) },
+      job: {
+        ...(q.pixel_size !== undefined ? { pixelSize: numberIn(q.pixel_size, 'pixel_size', 0.01, 10) } : {}),
+        ...(q.tta !== undefined ? { tta: flag(q.tta, 'tta') } : {}),
+      },
       name: q.name === undefined ? undefined : fileName(q.name),
     };
   };
@@ -145,7 +169,7 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
 
   app.post('/v1/classify/batch', async (request) => {
     const query = parseQuery(request.query);
-    if (query.name !== undefined) throw badRequest('name applies to a single image; a batch takes each part\'s file name');
+    if (query.name !== undefined) throw badRequest("name applies to a single image; a batch takes each part's file name");
     const uploads = await readImages(request, settings.maxParts, settings.maxBody);
     const results = await classify(uploads.map((u) => ({ bytes: u.bytes, ...query.job })));
     for (const r of results) if ('error' in r) metrics.errors.inc({ code: r.code ?? 'failed' });
@@ -156,11 +180,15 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
     const q = checkQuery(request.query, ['label', 'format']);
     const format = q.format ?? 'png';
     if (format !== 'png' && format !== 'json') throw badRequest(`format must be png or json, got '${format}'`);
-    if (q.label !== undefined && !classes.includes(q.label)) throw badRequest(`label must be one of the model's classes (${classes.join(', ')}), got '${q.label}'`);
+    if (q.label !== undefined && !classes.includes(q.label))
+      throw badRequest(`label must be one of the model's classes (${classes.join(', ')}), got '${q.label}'`);
     const [upload] = await readImages(request, 1, settings.maxBody);
     if (worker.inFlight + batcher.queued >= settings.maxQueue) throw new ServeError('the server is busy; retry shortly', 'queue-full', 503);
-    const result = await worker.call<ExplainResult>({ kind: 'explain', job: { bytes: upload.bytes, label: q.label, format } }, [upload.bytes.buffer as ArrayBuffer]);
-    if (format === 'png') return reply.type('image/png').header('x-hemato-label', result.label).header('x-hemato-score', result.score.toFixed(6)).send(Buffer.from(result.png!));
+    const result = await worker.call<ExplainResult>({ kind: 'explain', job: { bytes: upload.bytes, label: q.label, format } }, [
+      upload.bytes.buffer as ArrayBuffer,
+    ]);
+    if (format === 'png')
+      return reply.type('image/png').header('x-hemato-label', result.label).header('x-hemato-score', result.score.toFixed(6)).send(Buffer.from(result.png!));
     return { ...answer, label: result.label, score: result.score, size: result.size, grid: result.grid, stage: result.stage, cam: result.cam };
   });
 
@@ -191,7 +219,10 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
     return sendPage(reply, request.params.name);
   });
   function sendPage(reply: FastifyReply, name: string) {
-    return reply.type(PAGE_TYPES[path.extname(name)] ?? 'application/octet-stream').header('cache-control', 'no-cache').send(readFileSync(path.join(PAGE_DIR, name)));
+    return reply
+      .type(PAGE_TYPES[path.extname(name)] ?? 'application/octet-stream')
+      .header('cache-control', 'no-cache')
+      .send(readFileSync(path.join(PAGE_DIR, name)));
   }
 
   try {
@@ -207,11 +238,12 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
     url: `http://${host}:${port}`,
     app,
     identity: card.model_info,
-    close: () => (closing ??= (async () => {
-      await app.close();
-      await batcher.drain();
-      await worker.close();
-    })()),
+    close: () =>
+      (closing ??= (async () => {
+        await app.close();
+        await batcher.drain();
+        await worker.close();
+      })()),
   };
 }
 
@@ -236,7 +268,8 @@ interface Upload {
 async function readImages(request: FastifyRequest, maxParts: number, maxBody: number): Promise<Upload[]> {
   if (!request.isMultipart()) {
     const body = request.body;
-    if (!Buffer.isBuffer(body) || body.length === 0) throw new ServeError('send the image as the request body, or as a multipart/form-data file part', 'empty', 400);
+    if (!Buffer.isBuffer(body) || body.length === 0)
+      throw new ServeError('send the image as the request body, or as a multipart/form-data file part', 'empty', 400);
     if (maxParts > 1) throw new ServeError('a batch is a multipart/form-data request with one file part per image', 'bad-request', 400);
     return [{ bytes: new Uint8Array(body) }];
   }
@@ -245,7 +278,11 @@ async function readImages(request: FastifyRequest, maxParts: number, maxBody: nu
   for await (const part of request.parts()) {
     if (part.type !== 'file') continue;
     if (uploads.length === maxParts) {
-      throw new ServeError(maxParts === 1 ? 'this route takes one image; send several to /v1/classify/batch' : `a batch holds at most ${maxParts} images (--max-parts)`, 'too-many-parts', 413);
+      throw new ServeError(
+        maxParts === 1 ? 'this route takes one image; send several to /v1/classify/batch' : `a batch holds at most ${maxParts} images (--max-parts)`,
+        'too-many-parts',
+        413,
+      );
     }
     const bytes = new Uint8Array(await part.toBuffer());
     total += bytes.length;
@@ -267,7 +304,10 @@ function statusOf(code: string | undefined): number {
 }
 
 /** Fastify's, multipart's and our own errors as a status, a stable code and a message that says what to do. */
-function describeError(error: Error & { statusCode?: number; code?: string }, settings: { maxBody: number; maxParts: number }): { status: number; code: string; message: string } {
+function describeError(
+  error: Error & { statusCode?: number; code?: string },
+  settings: { maxBody: number; maxParts: number },
+): { status: number; code: string; message: string } {
   if (error instanceof ServeError) return { status: error.status, code: error.code, message: error.message };
   switch (error.code) {
     case 'FST_ERR_CTP_BODY_TOO_LARGE':
@@ -286,7 +326,8 @@ function describeError(error: Error & { statusCode?: number; code?: string }, se
   const status = error.statusCode ?? 500;
   if (status >= 400 && status < 500) return { status, code: 'bad-request', message: error.message };
   // A multipart body that ends early (a dropped upload) surfaces as a stream error without a status.
-  if (/unexpected end|part terminated|malformed|boundary/i.test(error.message)) return { status: 400, code: 'bad-request', message: `the multipart body is malformed or cut short: ${error.message}` };
+  if (/unexpected end|part terminated|malformed|boundary/i.test(error.message))
+    return { status: 400, code: 'bad-request', message: `the multipart body is malformed or cut short: ${error.message}` };
   return { status: 500, code: 'failed', message: error.message };
 }
 
@@ -320,7 +361,11 @@ function flag(value: string, name: string): boolean {
 /** A file name as a client gives it: echoed in answers, never used as a path, so it must be a plain base name. */
 function fileName(name: string): string {
   if (name === '' || name === '.' || name === '..' || /[/\\\x00-\x1f\x7f]/.test(name) || Buffer.byteLength(name) > 255) {
-    throw new ServeError(`'${name.slice(0, 80).replace(/[\x00-\x1f\x7f]/g, '?')}' is not a plain file name (no folders, no control characters, at most 255 bytes)`, 'bad-file-name', 400);
+    throw new ServeError(
+      `'${name.slice(0, 80).replace(/[\x00-\x1f\x7f]/g, '?')}' is not a plain file name (no folders, no control characters, at most 255 bytes)`,
+      'bad-file-name',
+      400,
+    );
   }
   return name;
 }
@@ -330,10 +375,19 @@ function definedOnly<T extends object>(options: T): Partial<T> {
 }
 
 function checkSettings(s: Limits): void {
-  const checks: [Exclude<keyof Limits, 'host'>, number, number][] = [['port', 0, 65535], ['maxBatch', 1, 4096], ['batchWaitMs', 0, 10_000], ['maxBody', 1, 2 ** 31], ['maxParts', 1, 4096], ['maxQueue', 1, 1_000_000], ['timeoutMs', 1, 3_600_000]];
+  const checks: [Exclude<keyof Limits, 'host'>, number, number][] = [
+    ['port', 0, 65535],
+    ['maxBatch', 1, 4096],
+    ['batchWaitMs', 0, 10_000],
+    ['maxBody', 1, 2 ** 31],
+    ['maxParts', 1, 4096],
+    ['maxQueue', 1, 1_000_000],
+    ['timeoutMs', 1, 3_600_000],
+  ];
   for (const [key, min, max] of checks) {
     const value = s[key];
-    if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) throw new RangeError(`${key} must be an integer in ${min}..${max}, got ${String(value)}`);
+    if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max)
+      throw new RangeError(`${key} must be an integer in ${min}..${max}, got ${String(value)}`);
   }
   if (s.maxQueue < s.maxParts) throw new RangeError(`maxQueue (${s.maxQueue}) must hold at least one full batch request (maxParts ${s.maxParts})`);
 }

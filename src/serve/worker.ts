@@ -36,11 +36,13 @@ const release = () => {
 let chain = Promise.resolve();
 port.on('message', (request: WorkerRequest) => {
   clearTimeout(idleTimer);
-  chain = chain.then(() => answer(request)).finally(() => {
-    if (performance.now() - released > BUSY_RELEASE_MS) release();
-    clearTimeout(idleTimer);
-    idleTimer = setTimeout(release, IDLE_RELEASE_MS);
-  });
+  chain = chain
+    .then(() => answer(request))
+    .finally(() => {
+      if (performance.now() - released > BUSY_RELEASE_MS) release();
+      clearTimeout(idleTimer);
+      idleTimer = setTimeout(release, IDLE_RELEASE_MS);
+    });
 });
 
 async function answer(request: WorkerRequest): Promise<void> {
@@ -49,7 +51,13 @@ async function answer(request: WorkerRequest): Promise<void> {
     port.postMessage({ id: request.id, ok: true, value } satisfies WorkerReply);
   } catch (error) {
     const { message, code, status } = error as Error & { code?: string; status?: number };
-    port.postMessage({ id: request.id, ok: false, error: message, ...(typeof code === 'string' ? { code } : {}), ...(status ? { status } : {}) } satisfies WorkerReply);
+    port.postMessage({
+      id: request.id,
+      ok: false,
+      error: message,
+      ...(typeof code === 'string' ? { code } : {}),
+      ...(status ? { status } : {}),
+    } satisfies WorkerReply);
   }
 }
 
@@ -63,9 +71,17 @@ async function classify(images: ImageJob[]): Promise<JobResult[]> {
   });
   for (const indices of groups.values()) {
     const { pixelSize, tta } = images[indices[0]];
-    const variant = pixelSize === undefined && tta === undefined ? classifier : classifier.withOverrides({ ...(pixelSize !== undefined ? { pixelSize } : {}), ...(tta !== undefined ? { tta } : {}) });
-    const answers = await variant.classifyBatch(indices.map((i) => images[i].bytes), { topK: classifier.classes.length, batchSize: indices.length });
-    indices.forEach((image, k) => { results[image] = answers[k]; });
+    const variant =
+      pixelSize === undefined && tta === undefined
+        ? classifier
+        : classifier.withOverrides({ ...(pixelSize !== undefined ? { pixelSize } : {}), ...(tta !== undefined ? { tta } : {}) });
+    const answers = await variant.classifyBatch(
+      indices.map((i) => images[i].bytes),
+      { topK: classifier.classes.length, batchSize: indices.length },
+    );
+    indices.forEach((image, k) => {
+      results[image] = answers[k];
+    });
   }
   return results;
 }

@@ -15,18 +15,25 @@ export interface LoopState {
   history: Record<string, unknown>[];
 }
 
-export async function saveCheckpoint(file: string, parts: { model: Module; optimizer: E.AdamW; ema?: Map<string, E.Tensor> }, loop: LoopState, config: unknown): Promise<void> {
+export async function saveCheckpoint(
+  file: string,
+  parts: { model: Module; optimizer: E.AdamW; ema?: Map<string, E.Tensor> },
+  loop: LoopState,
+  config: unknown,
+): Promise<void> {
   const tensors = new Map<string, E.Tensor>();
   for (const [key, t] of parts.model.stateDict()) tensors.set(`model.${key}`, t);
   const optimizerState = parts.optimizer.stateDict();
   for (const [key, t] of optimizerState.tensors) tensors.set(`optimizer.${key}`, t);
   for (const [key, t] of parts.ema ?? []) tensors.set(`ema.${key}`, t);
-  await writeFileAtomic(file, [E.serializeSafetensors(tensors, {
-    format: 'hemato-checkpoint',
-    loop: JSON.stringify(loop),
-    optimizer: JSON.stringify(optimizerState.json),
-    config: JSON.stringify(config),
-  })]);
+  await writeFileAtomic(file, [
+    E.serializeSafetensors(tensors, {
+      format: 'hemato-checkpoint',
+      loop: JSON.stringify(loop),
+      optimizer: JSON.stringify(optimizerState.json),
+      config: JSON.stringify(config),
+    }),
+  ]);
 }
 
 export interface LoadedCheckpoint {
@@ -43,7 +50,10 @@ export async function loadCheckpoint(file: string, parts: { model: Module; optim
     const section = (prefix: string) => new Map([...tensors].filter(([k]) => k.startsWith(prefix)).map(([k, t]) => [k.slice(prefix.length), t]));
     parts.model.loadStateDict(section('model.'));
     parts.optimizer.loadStateDict({ tensors: section('optimizer.'), json: JSON.parse(metadata.optimizer) });
-    if (parts.ema) E.noGrad(() => { for (const [key, t] of section('ema.')) parts.ema!.get(key)?.copy_(t); });
+    if (parts.ema)
+      E.noGrad(() => {
+        for (const [key, t] of section('ema.')) parts.ema!.get(key)?.copy_(t);
+      });
     return { loop: JSON.parse(metadata.loop) as LoopState, config: JSON.parse(metadata.config) };
   } finally {
     E.dispose(tensors);

@@ -42,10 +42,28 @@ export class RunConfigError extends Error {
 }
 
 export const DEFAULT_RUN: Omit<RunSettings, 'data'> & { data: Omit<RunSettings['data'], 'source'> } = {
-  model: 'dualpath-atto', inputSize: 128, dropPathRate: 0.1, device: 'auto', workers: 1, init: null,
-  epochs: 30, batchSize: 32, lr: 1e-3, minLr: 1e-6, weightDecay: 0.05, warmupFraction: 0.05, labelSmoothing: 0.1,
-  emaDecay: null, precision: 'auto', clipGrad: 1, seed: 0, patience: 8, augment: DEFAULT_AUGMENT,
-  normalization: IMAGENET_NORMALIZATION, evalBatchSize: 64, checkpointMinutes: 5,
+  model: 'dualpath-atto',
+  inputSize: 128,
+  dropPathRate: 0.1,
+  device: 'auto',
+  workers: 1,
+  init: null,
+  epochs: 30,
+  batchSize: 32,
+  lr: 1e-3,
+  minLr: 1e-6,
+  weightDecay: 0.05,
+  warmupFraction: 0.05,
+  labelSmoothing: 0.1,
+  emaDecay: null,
+  precision: 'auto',
+  clipGrad: 1,
+  seed: 0,
+  patience: 8,
+  augment: DEFAULT_AUGMENT,
+  normalization: IMAGENET_NORMALIZATION,
+  evalBatchSize: 64,
+  checkpointMinutes: 5,
   data: { split: null, mpm: false, valFraction: 0.15, field: DEFAULT_GEOMETRY.field },
 };
 
@@ -64,7 +82,10 @@ interface Field {
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 const isNumber = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
 
-const integer = (min: number, max: number): Field => ({ expect: `an integer from ${min} to ${max}`, accepts: (v) => Number.isInteger(v) && (v as number) >= min && (v as number) <= max });
+const integer = (min: number, max: number): Field => ({
+  expect: `an integer from ${min} to ${max}`,
+  accepts: (v) => Number.isInteger(v) && (v as number) >= min && (v as number) <= max,
+});
 const number = (expect: string, ok: (n: number) => boolean): Field => ({ expect, accepts: (v) => isNumber(v) && ok(v) });
 const numbers = (expect: string, ok: (values: number[]) => boolean): Field => ({ expect, accepts: (v) => Array.isArray(v) && v.every(isNumber) && ok(v) });
 const choice = (...values: string[]): Field => ({ expect: `one of ${values.map((v) => `"${v}"`).join(', ')}`, accepts: (v) => values.includes(v as string) });
@@ -92,7 +113,9 @@ const SOURCE: Field = {
 
 // Value ranges are resolveMpmConfig's to check; the schema knows the keys and the types.
 const MPM: Field = {
-  expect: 'true, false or an object of MPM settings', accepts: (v) => typeof v === 'boolean' || isObject(v), partial: true,
+  expect: 'true, false or an object of MPM settings',
+  accepts: (v) => typeof v === 'boolean' || isObject(v),
+  partial: true,
   fields: {
     illumination: group({ enabled: bool, sigmas: anyNumbers }, true),
     colour: group({ enabled: bool, quantile: anyNumber, white: orNull(anyNumber) }, true),
@@ -103,7 +126,10 @@ const MPM: Field = {
 
 const SCHEMA = group({
   model: choice(...listModels()),
-  inputSize: { expect: 'a multiple of 32 from 32 to 1024', accepts: (v) => Number.isInteger(v) && (v as number) % 32 === 0 && (v as number) >= 32 && (v as number) <= 1024 },
+  inputSize: {
+    expect: 'a multiple of 32 from 32 to 1024',
+    accepts: (v) => Number.isInteger(v) && (v as number) % 32 === 0 && (v as number) >= 32 && (v as number) <= 1024,
+  },
   dropPathRate: belowOne,
   device: choice('auto', 'cpu', 'cuda'),
   // As --workers: more threads than 4 × the cores only thrash.
@@ -124,15 +150,24 @@ const SCHEMA = group({
   patience: orNull(integer(1, 100_000)),
   checkpointMinutes: positive,
   augment: group({
-    hflip: bool, vflip: bool, rot90: bool,
-    crop: orNull(group({
-      scale: numbers('[min, max] area fractions with 0 < min ≤ max ≤ 1', ([lo, hi, ...rest]) => rest.length === 0 && lo > 0 && lo <= hi && hi <= 1),
-      ratio: numbers('[min, max] aspect ratios with 0 < min ≤ max', ([lo, hi, ...rest]) => rest.length === 0 && lo > 0 && lo <= hi),
-    })),
-    brightness: fraction, contrast: fraction, saturation: fraction,
+    hflip: bool,
+    vflip: bool,
+    rot90: bool,
+    crop: orNull(
+      group({
+        scale: numbers('[min, max] area fractions with 0 < min ≤ max ≤ 1', ([lo, hi, ...rest]) => rest.length === 0 && lo > 0 && lo <= hi && hi <= 1),
+        ratio: numbers('[min, max] aspect ratios with 0 < min ≤ max', ([lo, hi, ...rest]) => rest.length === 0 && lo > 0 && lo <= hi),
+      }),
+    ),
+    brightness: fraction,
+    contrast: fraction,
+    saturation: fraction,
     hue: number('a number from 0 to 0.5 (a fraction of a full turn)', (n) => n >= 0 && n <= 0.5),
-    scale: optional(orNull(numbers('[min, max] zoom factors with 0 < min ≤ max ≤ 4', ([lo, hi, ...rest]) => rest.length === 0 && lo > 0 && lo <= hi && hi <= 4))),
-    stain: optional(fraction), temperature: optional(fraction),
+    scale: optional(
+      orNull(numbers('[min, max] zoom factors with 0 < min ≤ max ≤ 4', ([lo, hi, ...rest]) => rest.length === 0 && lo > 0 && lo <= hi && hi <= 4)),
+    ),
+    stain: optional(fraction),
+    temperature: optional(fraction),
     blur: optional(number('a blur sigma from 0 to 4 model pixels', (n) => n >= 0 && n <= 4)),
     noise: optional(fraction),
   }),
@@ -140,7 +175,15 @@ const SCHEMA = group({
     mean: numbers('3 numbers (R, G, B)', (v) => v.length === 3),
     std: numbers('3 numbers above 0 (R, G, B)', (v) => v.length === 3 && v.every((x) => x > 0)),
   }),
-  data: group({ source: SOURCE, split: orNull(text), mpm: MPM, valFraction: openFraction, field: orNull(integer(8, 100_000)), normalizeScale: optional(bool), whiteBalance: optional(bool) }),
+  data: group({
+    source: SOURCE,
+    split: orNull(text),
+    mpm: MPM,
+    valFraction: openFraction,
+    field: orNull(integer(8, 100_000)),
+    normalizeScale: optional(bool),
+    whiteBalance: optional(bool),
+  }),
 });
 
 const show = (value: unknown) => (value === undefined ? 'nothing' : JSON.stringify(value));
@@ -159,8 +202,8 @@ function editDistance(a: string, b: string): number {
 function unknownKey(source: string, at: string, key: string, known: string[]): RunConfigError {
   const distance = (k: string) => editDistance(key.toLowerCase(), k.toLowerCase());
   const nearest = [...known].sort((a, b) => distance(a) - distance(b))[0];
-  const hint = nearest !== undefined && distance(nearest) <= Math.max(2, Math.floor(key.length / 3))
-    ? `did you mean '${nearest}'?` : `known ones: ${known.join(', ')}`;
+  const hint =
+    nearest !== undefined && distance(nearest) <= Math.max(2, Math.floor(key.length / 3)) ? `did you mean '${nearest}'?` : `known ones: ${known.join(', ')}`;
   return new RunConfigError(`${source}: unknown setting '${join(at, key)}'; ${hint}`);
 }
 
@@ -174,7 +217,9 @@ function check(value: unknown, field: Field, at: string, source: string, complet
     check(v, sub, join(at, key), source, complete);
   }
   if (!complete || field.partial) return;
-  const missing = Object.entries(field.fields).filter(([key, sub]) => !sub.optional && !(key in value)).map(([key]) => key);
+  const missing = Object.entries(field.fields)
+    .filter(([key, sub]) => !sub.optional && !(key in value))
+    .map(([key]) => key);
   if (missing.length > 0) throw new RunConfigError(`${source}: ${at ? `${at} needs` : 'the settings need'} ${missing.map((k) => `'${k}'`).join(', ')}`);
 }
 
@@ -201,7 +246,8 @@ export function resolveRunSettings(layers: readonly ConfigLayer[]): RunSettings 
     merged = merge(merged, settings, SCHEMA);
   }
   const result = merged as RunSettings;
-  if (!result.data.source) throw new RunConfigError('no data: give a folder of class folders, --images DIR --labels CSV, or --pack FILE (or data.source in --config)');
+  if (!result.data.source)
+    throw new RunConfigError('no data: give a folder of class folders, --images DIR --labels CSV, or --pack FILE (or data.source in --config)');
   const source = layers.map((l) => l.source).join(' + ') || 'the defaults';
   check(result, SCHEMA, '', source, true);
   if (result.minLr > result.lr) throw new RunConfigError(`${source}: minLr (${result.minLr}) is above lr (${result.lr})`);

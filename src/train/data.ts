@@ -67,8 +67,20 @@ export async function loadTrainingData(options: TrainingDataOptions, inputSize: 
   const mpm = options.mpm ? resolveMpmConfig(options.mpm === true ? {} : options.mpm) : null;
   const paths = rows.map((r) => path.join(root, r.file));
   // Measured on the training part only: the validation images must not shape their own preparation.
-  const reference = options.normalizeScale === false || geometry.field === null ? null : options.reference ?? await measureReference(paths.filter((_, i) => rows[i].part === 'train'), { seed: options.seed });
-  const preprocessing: InputRecipe = { geometry, mpm, scale: reference?.scale ?? null, background: options.whiteBalance === false ? null : reference?.background ?? null };
+  const reference =
+    options.normalizeScale === false || geometry.field === null
+      ? null
+      : (options.reference ??
+        (await measureReference(
+          paths.filter((_, i) => rows[i].part === 'train'),
+          { seed: options.seed },
+        )));
+  const preprocessing: InputRecipe = {
+    geometry,
+    mpm,
+    scale: reference?.scale ?? null,
+    background: options.whiteBalance === false ? null : (reference?.background ?? null),
+  };
   const pool = await PreparePool.start(preprocessing, availableParallelism());
   let results;
   try {
@@ -92,21 +104,34 @@ export async function loadTrainingData(options: TrainingDataOptions, inputSize: 
   });
   const indicesOf = (part: string) => Int32Array.from(kept.flatMap(({ row }, i) => (row.part === part ? [i] : [])));
   return {
-    set: { images, size: inputSize, labels, classes }, files: kept.map(({ row }) => row.file),
-    train: indicesOf('train'), val: indicesOf('val'), splitHash, madeSplit, preprocessing, skipped,
+    set: { images, size: inputSize, labels, classes },
+    files: kept.map(({ row }) => row.file),
+    train: indicesOf('train'),
+    val: indicesOf('val'),
+    splitHash,
+    madeSplit,
+    preprocessing,
+    skipped,
   };
 }
 
 async function fromPack(file: string, inputSize: number, mpm: boolean): Promise<TrainingData> {
   const pack = await readPack(file);
-  if (pack.size !== inputSize) throw new Error(`${file} holds ${pack.size} px images, but the run asks for ${inputSize} px; pack again with --size ${inputSize} or train with --size ${pack.size}`);
+  if (pack.size !== inputSize)
+    throw new Error(
+      `${file} holds ${pack.size} px images, but the run asks for ${inputSize} px; pack again with --size ${inputSize} or train with --size ${pack.size}`,
+    );
   // A pack's images are preprocessed already; MPM asked of the run cannot be applied to them.
   if (mpm && !pack.header.mpm) throw new Error(`${file} was packed without MPM, but the run asks for it; pack with --mpm, or train without it`);
   if (!pack.header.splitHash) throw new Error(`${file} was packed without a split; make one with 'hemato split' and pack with --split`);
   const indicesOf = (part: string) => Int32Array.from(pack.parts.flatMap((p, i) => (p === part ? [i] : [])));
   return {
-    set: { images: pack.images, size: pack.size, labels: pack.labels, classes: pack.classes }, files: pack.files,
-    train: indicesOf('train'), val: indicesOf('val'), splitHash: pack.header.splitHash, madeSplit: null,
+    set: { images: pack.images, size: pack.size, labels: pack.labels, classes: pack.classes },
+    files: pack.files,
+    train: indicesOf('train'),
+    val: indicesOf('val'),
+    splitHash: pack.header.splitHash,
+    madeSplit: null,
     preprocessing: { geometry: pack.header.geometry, mpm: pack.header.mpm, scale: pack.header.scale ?? null, background: pack.header.background ?? null },
     skipped: pack.header.skipped,
   };
@@ -131,11 +156,21 @@ export function dataManifest(data: TrainingData): DataManifest {
 export function manifestChanges(before: DataManifest, after: DataManifest, shown = 5): string[] {
   const old = new Map(before.rows.map(([file, label, part]) => [file, `${label}/${part}`]));
   const now = new Map(after.rows.map(([file, label, part]) => [file, `${label}/${part}`]));
-  const list = (what: string, files: string[]) => (files.length === 0 ? [] : [`${files.length} ${what}: ${files.slice(0, shown).join(', ')}${files.length > shown ? ', …' : ''}`]);
+  const list = (what: string, files: string[]) =>
+    files.length === 0 ? [] : [`${files.length} ${what}: ${files.slice(0, shown).join(', ')}${files.length > shown ? ', …' : ''}`];
   const changes = [
-    ...list('added', [...now.keys()].filter((f) => !old.has(f))),
-    ...list('removed', [...old.keys()].filter((f) => !now.has(f))),
-    ...list('with another label or part', [...now].filter(([f, v]) => old.has(f) && old.get(f) !== v).map(([f, v]) => `${f} (${old.get(f)} → ${v})`)),
+    ...list(
+      'added',
+      [...now.keys()].filter((f) => !old.has(f)),
+    ),
+    ...list(
+      'removed',
+      [...old.keys()].filter((f) => !now.has(f)),
+    ),
+    ...list(
+      'with another label or part',
+      [...now].filter(([f, v]) => old.has(f) && old.get(f) !== v).map(([f, v]) => `${f} (${old.get(f)} → ${v})`),
+    ),
   ];
   return changes.length > 0 || before.hash === after.hash ? changes : ['the same files and labels, in another order'];
 }

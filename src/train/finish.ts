@@ -19,12 +19,23 @@ export interface RunSummary {
   validation: Evaluation;
 }
 
-export async function finishRun(options: { runDir: string; data: TrainingData; config: TrainConfig; device: E.Device; provenance: Record<string, unknown> }): Promise<RunSummary> {
+export async function finishRun(options: {
+  runDir: string;
+  data: TrainingData;
+  config: TrainConfig;
+  device: E.Device;
+  provenance: Record<string, unknown>;
+}): Promise<RunSummary> {
   const { runDir, data, config, device } = options;
   const { model, metadata } = await loadModel(path.join(runDir, 'best.safetensors'), { device });
   try {
     const k = metadata.classes.length;
-    const logits = predictLogits(model, data.set, data.val, { batchSize: config.evalBatchSize, normalization: config.normalization, precision: config.precision, device });
+    const logits = predictLogits(model, data.set, data.val, {
+      batchSize: config.evalBatchSize,
+      normalization: config.normalization,
+      precision: config.precision,
+      device,
+    });
     const labels = Int32Array.from(data.val, (i) => data.set.labels[i]);
     const temperature = fitTemperature(logits, labels, k);
     const threshold = chooseUncertaintyThreshold(softmaxRows(logits, labels.length, k, temperature), labels, k);
@@ -34,9 +45,14 @@ export async function finishRun(options: { runDir: string; data: TrainingData; c
     const file = path.join(runDir, 'model.safetensors');
     const provenance = { ...options.provenance, split_hash: data.splitHash, validation: validationRecord(validation, data.splitHash) };
     await saveModel(file, model, { ...metadata, temperature, uncertaintyThreshold: threshold, provenance });
-    const history = (await readFile(path.join(runDir, LOG_FILE), 'utf8')).trim().split('\n').map((line) => JSON.parse(line));
+    const history = (await readFile(path.join(runDir, LOG_FILE), 'utf8'))
+      .trim()
+      .split('\n')
+      .map((line) => JSON.parse(line));
     await writeFile(path.join(runDir, 'curves.svg'), curvesSvg(history));
-    const report = await writeReport(runDir, `Validation of ${metadata.architecture} (split ${data.splitHash.slice(0, 12)})`, validation, ['![training curves](curves.svg)']);
+    const report = await writeReport(runDir, `Validation of ${metadata.architecture} (split ${data.splitHash.slice(0, 12)})`, validation, [
+      '![training curves](curves.svg)',
+    ]);
     return { model: file, report, temperature, uncertainty_threshold: threshold, split_hash: data.splitHash, validation };
   } finally {
     model.dispose();

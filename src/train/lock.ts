@@ -17,7 +17,7 @@ export interface RunLock {
 }
 
 function isAlive(holder: Holder): boolean {
-  if (holder.host !== os.hostname()) return true;  // another machine's process cannot be checked from here
+  if (holder.host !== os.hostname()) return true; // another machine's process cannot be checked from here
   try {
     process.kill(holder.pid, 0);
     return true;
@@ -84,10 +84,14 @@ export async function lockRunDir(runDir: string, note: (message: string) => void
     if (!found) continue;
     const { holder } = found;
     if (holder && isAlive(holder)) {
-      throw new Error(`${runDir} is in use by another training process (PID ${holder.pid} on ${holder.host}, since ${holder.since}); ` +
-        `wait for it to finish or choose another --out. If no such process runs, delete ${file}.`);
+      throw new Error(
+        `${runDir} is in use by another training process (PID ${holder.pid} on ${holder.host}, since ${holder.since}); ` +
+          `wait for it to finish or choose another --out. If no such process runs, delete ${file}.`,
+      );
     }
-    note(holder ? `${runDir}: taking over the lock of process ${holder.pid}, which is no longer running` : `${runDir}: replacing an unreadable lock file ${file}`);
+    note(
+      holder ? `${runDir}: taking over the lock of process ${holder.pid}, which is no longer running` : `${runDir}: replacing an unreadable lock file ${file}`,
+    );
     await takeOver(file, found.text);
   }
   throw new Error(`could not lock ${runDir}: ${file} keeps changing; is another training process starting there?`);

@@ -12,7 +12,16 @@ import { writeSplit } from '../data/split.js';
 import type { ImageClassifier } from '../models/classifier.js';
 import { loadModel, readModelMetadata, saveModel } from '../models/io.js';
 import { createModel } from '../models/registry.js';
-import { type ConfigLayer, type RunConfig, type RunConfigInput, RunConfigError, type RunSettings, describeChange, resolveRunSettings, settingsChanges } from './config.js';
+import {
+  type ConfigLayer,
+  type RunConfig,
+  type RunConfigInput,
+  RunConfigError,
+  type RunSettings,
+  describeChange,
+  resolveRunSettings,
+  settingsChanges,
+} from './config.js';
 import { type DataManifest, dataManifest, type LoadProgress, loadTrainingData, manifestChanges, type TrainingData } from './data.js';
 import { lockRunDir } from './lock.js';
 import { provenance } from './provenance.js';
@@ -27,7 +36,19 @@ const MODEL_FILE = 'model.safetensors';
 /** Files that hold a run's results: a new run refuses to start over any of them unless told to overwrite. */
 const RESULTS = [CHECKPOINT_FILE, BEST_FILE, MODEL_FILE, LOG_FILE];
 /** Everything a run writes, removed before an overwriting run so that nothing of the old run is left to mix in. */
-const OUTPUTS = [...RESULTS, CONFIG_FILE, DATA_FILE, SKIPPED_FILE, 'provenance.json', 'split.csv', 'split.json', 'curves.svg', 'report.md', 'confusion.svg', 'reliability.svg'];
+const OUTPUTS = [
+  ...RESULTS,
+  CONFIG_FILE,
+  DATA_FILE,
+  SKIPPED_FILE,
+  'provenance.json',
+  'split.csv',
+  'split.json',
+  'curves.svg',
+  'report.md',
+  'confusion.svg',
+  'reliability.svg',
+];
 /** Settings that may differ on --resume: they change how fast, not what is computed. */
 const FREE_ON_RESUME = new Set(['workers']);
 /** How many skipped files are named on stderr; the run folder lists them all. */
@@ -65,7 +86,13 @@ async function readJson(file: string, what: string): Promise<unknown> {
 }
 
 function fixPrecision(settings: RunSettings): RunConfig {
-  return { ...settings, precision: settings.precision === 'auto' ? E.precisionFor({ device: E.resolveDevice(settings.device), family: E.modelFamily(settings.model), purpose: 'training' }).precision : settings.precision };
+  return {
+    ...settings,
+    precision:
+      settings.precision === 'auto'
+        ? E.precisionFor({ device: E.resolveDevice(settings.device), family: E.modelFamily(settings.model), purpose: 'training' }).precision
+        : settings.precision,
+  };
 }
 
 /** A run's recorded settings; config.json files written before the split's seed was the run's carry it twice. */
@@ -93,8 +120,10 @@ export async function resolveTrainingConfig(request: TrainingRequest): Promise<R
   const after = fixPrecision(resolveRunSettings([stored, ...layers]));
   const changes = settingsChanges(before, after).filter((change) => !FREE_ON_RESUME.has(change.key));
   if (changes.length > 0) {
-    throw new RunConfigError(`--resume continues a run with its own settings, and these differ from ${stored.source}:\n  ${changes.map(describeChange).join('\n  ')}\n` +
-      'Leave them out to resume, or start a new run (another --out, or --overwrite).');
+    throw new RunConfigError(
+      `--resume continues a run with its own settings, and these differ from ${stored.source}:\n  ${changes.map(describeChange).join('\n  ')}\n` +
+        'Leave them out to resume, or start a new run (another --out, or --overwrite).',
+    );
   }
   return after;
 }
@@ -112,7 +141,11 @@ async function prepareRunDir(runDir: string, config: RunConfig, request: Trainin
   }
   // A split the new run reads from this folder is its input, not an old output.
   const input = config.data.split && path.resolve(config.data.split);
-  await Promise.all(OUTPUTS.map((file) => path.join(runDir, file)).filter((file) => file !== input).map((file) => rm(file, { force: true })));
+  await Promise.all(
+    OUTPUTS.map((file) => path.join(runDir, file))
+      .filter((file) => file !== input)
+      .map((file) => rm(file, { force: true })),
+  );
 }
 
 async function reportSkipped(runDir: string, skipped: SkippedFile[], note: (message: string) => void): Promise<void> {
@@ -135,7 +168,10 @@ async function checkData(runDir: string, data: TrainingData, request: TrainingRe
       const before = (await readJson(file, "the run's data record")) as DataManifest;
       if (before.hash === now.hash) return;
       const changes = manifestChanges(before, now).join('\n  ');
-      if (!request.allowChangedData) throw new Error(`--resume: the training data differ from the run's (${file}):\n  ${changes}\nResume with the run's data, or pass --allow-changed-data to continue on these`);
+      if (!request.allowChangedData)
+        throw new Error(
+          `--resume: the training data differ from the run's (${file}):\n  ${changes}\nResume with the run's data, or pass --allow-changed-data to continue on these`,
+        );
       note(`--allow-changed-data: continuing on training data that differ from the run's:\n  ${changes}`);
     }
   }
@@ -181,7 +217,10 @@ async function trainLocked(runDir: string, config: RunConfig, request: TrainingR
   const device = E.resolveDevice(config.device);
   // A fine-tuned model keeps its starting point's scale and colour, so the weights see cells as they learned them.
   const reference = config.init && config.data.normalizeScale !== false ? await referenceOf(config.init) : null;
-  if (reference) note(`--init: images are brought to ${config.init}'s red-cell scale (${reference.scale.rbcDiameter.toFixed(1)} px)${reference.background ? ' and background' : ''}`);
+  if (reference)
+    note(
+      `--init: images are brought to ${config.init}'s red-cell scale (${reference.scale.rbcDiameter.toFixed(1)} px)${reference.background ? ' and background' : ''}`,
+    );
   const data = await loadTrainingData({ ...config.data, seed: config.seed, ...(reference ? { reference } : {}) }, config.inputSize, request.onLoadProgress);
   await reportSkipped(runDir, data.skipped, note);
   await checkData(runDir, data, request, note);
@@ -196,12 +235,25 @@ async function trainLocked(runDir: string, config: RunConfig, request: TrainingR
     if (config.init && !resume) await initialiseFrom(model, config.init, data.set.classes, device, note);
     const runProvenance = { ...provenance(device), split_hash: data.splitHash, precision: config.precision, model: config.model };
     await writeFile(path.join(runDir, 'provenance.json'), `${JSON.stringify(runProvenance, null, 2)}\n`);
-    note(`training ${config.model} at ${config.inputSize} px on ${device} (${config.precision}); ${data.train.length} train / ${data.val.length} validation images; split ${data.splitHash.slice(0, 12)}`);
+    note(
+      `training ${config.model} at ${config.inputSize} px on ${device} (${config.precision}); ${data.train.length} train / ${data.val.length} validation images; split ${data.splitHash.slice(0, 12)}`,
+    );
     const info = { classes: data.set.classes, normalization: config.normalization, preprocessing: data.preprocessing };
     const outcome = await train({
-      model, data: data.set, trainIndices: data.train, valIndices: data.val, runDir, config, device, resume,
-      workers: config.workers, shouldStop: request.shouldStop, onEvent: request.onEvent,
-      onBest: async (best) => { await saveModel(path.join(runDir, BEST_FILE), best, { ...info, provenance: runProvenance }); },
+      model,
+      data: data.set,
+      trainIndices: data.train,
+      valIndices: data.val,
+      runDir,
+      config,
+      device,
+      resume,
+      workers: config.workers,
+      shouldStop: request.shouldStop,
+      onEvent: request.onEvent,
+      onBest: async (best) => {
+        await saveModel(path.join(runDir, BEST_FILE), best, { ...info, provenance: runProvenance });
+      },
     });
     if (outcome.interrupted) return { config, interrupted: true };
     return { config, interrupted: false, summary: await finishRun({ runDir, data, config, device, provenance: runProvenance }) };

@@ -15,7 +15,6 @@ import { softmaxRows } from '../eval/calibration.js';
 import { type LoopState, loadCheckpoint, saveCheckpoint } from './checkpoint.js';
 import { NonFiniteModelError, assertFiniteWeights, countNonFinite } from '../eval/finite.js';
 
-
 export interface TrainConfig {
   epochs: number;
   batchSize: number;
@@ -72,7 +71,8 @@ export interface TrainRun {
 const PREFETCH_DEPTH = 2;
 
 // Resuming would repeat the same steps exactly, so the way out of a divergence is a new start with other settings.
-const RESTART_ADVICE = 'Start again with a lower learning rate (--lr), gradient clipping on, or --precision fp32 ' +
+const RESTART_ADVICE =
+  'Start again with a lower learning rate (--lr), gradient clipping on, or --precision fp32 ' +
   '(in another --out, or with --overwrite); the last checkpoint and the best model so far are intact.';
 
 export class NonFiniteLossError extends Error {
@@ -97,7 +97,12 @@ function stepSeed(seed: number, epoch: number, batch: number): number {
 }
 
 /** Logits [n × classes] of the model (in eval mode) over the given samples, as float32 on the host. */
-export function predictLogits(model: ImageClassifier, data: ImageSet, indices: Int32Array, options: { batchSize: number; normalization: Normalization; precision: E.Precision; device: E.Device }): Float32Array {
+export function predictLogits(
+  model: ImageClassifier,
+  data: ImageSet,
+  indices: Int32Array,
+  options: { batchSize: number; normalization: Normalization; precision: E.Precision; device: E.Device },
+): Float32Array {
   const k = model.numClasses;
   const out = new Float32Array(indices.length * k);
   const wasTraining = model.training;
@@ -105,11 +110,13 @@ export function predictLogits(model: ImageClassifier, data: ImageSet, indices: I
   try {
     for (let start = 0; start < indices.length; start += options.batchSize) {
       const batch = indices.subarray(start, Math.min(indices.length, start + options.batchSize));
-      E.tidy(() => E.noGrad(() => {
-        const { x } = makeBatch(data, batch, { normalization: options.normalization, device: options.device });
-        const logits = E.withPrecision(options.precision, options.device, () => model.forward(x));
-        out.set(logits.float().data() as Float32Array, start * k);
-      }));
+      E.tidy(() =>
+        E.noGrad(() => {
+          const { x } = makeBatch(data, batch, { normalization: options.normalization, device: options.device });
+          const logits = E.withPrecision(options.precision, options.device, () => model.forward(x));
+          out.set(logits.float().data() as Float32Array, start * k);
+        }),
+      );
     }
   } finally {
     model.train(wasTraining);
@@ -126,7 +133,12 @@ export async function train(run: TrainRun): Promise<{ loop: LoopState; stoppedEa
   const optimizer = new E.AdamW([groups.decay, groups.noDecay], { lr: config.lr });
   const ema = config.emaDecay === null ? undefined : new Map(model.namedParameters().map(([k, p]) => [k, E.keep(E.noGrad(() => p.detach().clone()))]));
   const stepsPerEpoch = batchIndices(run.trainIndices, config.batchSize, true).length;
-  const schedule = { peakLr: config.lr, minLr: config.minLr, totalSteps: config.epochs * stepsPerEpoch, warmupSteps: Math.round(config.warmupFraction * config.epochs * stepsPerEpoch) };
+  const schedule = {
+    peakLr: config.lr,
+    minLr: config.minLr,
+    totalSteps: config.epochs * stepsPerEpoch,
+    warmupSteps: Math.round(config.warmupFraction * config.epochs * stepsPerEpoch),
+  };
 
   let loop: LoopState = { epoch: 0, batch: 0, globalStep: 0, bestScore: -1, bestEpoch: -1, history: [] };
   checkRunDir(runDir, run.resume);
@@ -158,7 +170,7 @@ export async function train(run: TrainRun): Promise<{ loop: LoopState; stoppedEa
         }
         const { x, y } = await inflight.get(loop.batch)!;
         inflight.delete(loop.batch);
-        E.manualSeed(stepSeed(config.seed, loop.epoch, loop.batch));  // dropout and drop path draw from libtorch's generator
+        E.manualSeed(stepSeed(config.seed, loop.epoch, loop.batch)); // dropout and drop path draw from libtorch's generator
         const lr = cosineLr(loop.globalStep, schedule);
         optimizer.setLr(lr);
         const loss = E.tidy(() => {
@@ -176,7 +188,15 @@ export async function train(run: TrainRun): Promise<{ loop: LoopState; stoppedEa
         loop.globalStep++;
         lossSum += loss;
         lossCount++;
-        emit({ type: 'step', epoch: loop.epoch, batch: loop.batch, batches: batches.length, loss, lr, imagesPerSecond: batches[loop.batch].length / ((performance.now() - started) / 1000) });
+        emit({
+          type: 'step',
+          epoch: loop.epoch,
+          batch: loop.batch,
+          batches: batches.length,
+          loss,
+          lr,
+          imagesPerSecond: batches[loop.batch].length / ((performance.now() - started) / 1000),
+        });
         if (run.shouldStop?.()) {
           loop.batch++;
           interrupted = true;
@@ -190,11 +210,25 @@ export async function train(run: TrainRun): Promise<{ loop: LoopState; stoppedEa
           lastSave = Date.now();
         }
       }
-      const logits = evaluateWith(ema, model, () => predictLogits(model, data, run.valIndices, { batchSize: config.evalBatchSize, normalization: config.normalization, precision: config.precision, device }));
+      const logits = evaluateWith(ema, model, () =>
+        predictLogits(model, data, run.valIndices, {
+          batchSize: config.evalBatchSize,
+          normalization: config.normalization,
+          precision: config.precision,
+          device,
+        }),
+      );
       // Scores of NaN outputs look like a real macro-F1 (argmax picks some class), so they must never be compared.
       const nonFinite = countNonFinite(logits);
-      if (nonFinite > 0) throw new NonFiniteModelError(`training diverged: ${nonFinite} of ${logits.length} validation outputs after epoch ${loop.epoch + 1} are NaN or infinite; that model is neither kept as the best nor checkpointed. ${RESTART_ADVICE}`);
-      const val = computeMetrics(softmaxRows(logits, run.valIndices.length, model.numClasses), Array.from(run.valIndices, (i) => data.labels[i]), data.classes);
+      if (nonFinite > 0)
+        throw new NonFiniteModelError(
+          `training diverged: ${nonFinite} of ${logits.length} validation outputs after epoch ${loop.epoch + 1} are NaN or infinite; that model is neither kept as the best nor checkpointed. ${RESTART_ADVICE}`,
+        );
+      const val = computeMetrics(
+        softmaxRows(logits, run.valIndices.length, model.numClasses),
+        Array.from(run.valIndices, (i) => data.labels[i]),
+        data.classes,
+      );
       const best = val.macro_f1 > loop.bestScore;
       if (best) {
         loop.bestScore = val.macro_f1;
@@ -206,7 +240,16 @@ export async function train(run: TrainRun): Promise<{ loop: LoopState; stoppedEa
           });
         }
       }
-      const entry = { epoch: loop.epoch + 1, train_loss: lossSum / Math.max(1, lossCount), lr: cosineLr(loop.globalStep - 1, schedule), seconds: (Date.now() - epochStart) / 1000, val_accuracy: val.accuracy, val_macro_f1: val.macro_f1, val_nll: val.nll, best };
+      const entry = {
+        epoch: loop.epoch + 1,
+        train_loss: lossSum / Math.max(1, lossCount),
+        lr: cosineLr(loop.globalStep - 1, schedule),
+        seconds: (Date.now() - epochStart) / 1000,
+        val_accuracy: val.accuracy,
+        val_macro_f1: val.macro_f1,
+        val_nll: val.nll,
+        best,
+      };
       loop.history.push(entry);
       await appendFile(path.join(runDir, LOG_FILE), `${JSON.stringify({ time: new Date().toISOString(), ...entry })}\n`);
       emit({ type: 'epoch', epoch: loop.epoch, trainLoss: entry.train_loss, lr: entry.lr, seconds: entry.seconds, val, best });
@@ -237,14 +280,17 @@ function updateEma(ema: Map<string, E.Tensor>, model: ImageClassifier, decay: nu
 /** Runs fn with the EMA weights swapped into the model, then swaps the live weights back. */
 function evaluateWith<T>(ema: Map<string, E.Tensor> | undefined, model: ImageClassifier, fn: () => T): T {
   if (!ema) return fn();
-  const swap = () => E.noGrad(() => E.tidy(() => {
-    for (const [key, p] of model.namedParameters()) {
-      const shadow = ema.get(key)!;
-      const live = p.clone();
-      p.copy_(shadow);
-      shadow.copy_(live);
-    }
-  }));
+  const swap = () =>
+    E.noGrad(() =>
+      E.tidy(() => {
+        for (const [key, p] of model.namedParameters()) {
+          const shadow = ema.get(key)!;
+          const live = p.clone();
+          p.copy_(shadow);
+          shadow.copy_(live);
+        }
+      }),
+    );
   swap();
   try {
     const result = fn();

@@ -39,9 +39,10 @@ export function registerBundle(program: Command): void {
             finish();
             stage = next;
             barTotal = next === 'copy' ? total : Math.ceil(total / MiB);
-            bar = next === 'copy'
-              ? progressBar(LABELS[next], barTotal, '{bar} {percentage}% | {value}/{total} parts')
-              : progressBar(LABELS[next], barTotal, '{bar} {percentage}% | {value}/{total} MiB | ETA {eta_formatted}');
+            bar =
+              next === 'copy'
+                ? progressBar(LABELS[next], barTotal, '{bar} {percentage}% | {value}/{total} parts')
+                : progressBar(LABELS[next], barTotal, '{bar} {percentage}% | {value}/{total} MiB | ETA {eta_formatted}');
           }
           bar!.update(next === 'copy' ? done : Math.min(barTotal, Math.floor(done / MiB)));
         },
@@ -56,7 +57,10 @@ export function registerBundle(program: Command): void {
         printJson(result);
       } else {
         process.stdout.write(`${result.out}  ${mib(result.bytes)}\n`);
-        for (const [part, bytes] of Object.entries(result.parts)) process.stdout.write(`  ${part.padEnd(13)} ${mib(bytes)}${part === 'node' ? ` (xz of ${mib(result.node.bytes)}, node ${result.node.version})` : ''}\n`);
+        for (const [part, bytes] of Object.entries(result.parts))
+          process.stdout.write(
+            `  ${part.padEnd(13)} ${mib(bytes)}${part === 'node' ? ` (xz of ${mib(result.node.bytes)}, node ${result.node.version})` : ''}\n`,
+          );
         process.stdout.write(`run it: tar -xJf ${result.out} && ./${BUNDLE_DIR}/run.sh doctor --json\n`);
       }
     });

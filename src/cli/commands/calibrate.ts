@@ -16,15 +16,27 @@ import { classifierOptions, datasetSource, modelOption, parseChoice, parseFracti
 export function registerCalibrate(program: Command): void {
   const command = program
     .command('calibrate')
-    .description('fit temperature scaling and the uncertainty threshold on labelled validation images, and store both in the model (with --tta: those used under test-time augmentation)')
+    .description(
+      'fit temperature scaling and the uncertainty threshold on labelled validation images, and store both in the model (with --tta: those used under test-time augmentation)',
+    )
     .argument('[dir]', 'an ImageFolder of validation images (one folder per class)')
     .option('--images <dir>', 'the images folder, with --labels or --split')
     .option('--labels <csv>', 'a CSV of file,label (paths relative to --images)')
     .option('--split <csv>', "a split from 'hemato split': its validation part is used (paths relative to the folder or --images)")
-    .option('-o, --out <file>', 'where to write the calibrated model (default: <model>.calibrated.safetensors, next to --model, or in the current folder for the bundled model)')
+    .option(
+      '-o, --out <file>',
+      'where to write the calibrated model (default: <model>.calibrated.safetensors, next to --model, or in the current folder for the bundled model)',
+    )
     .option('--target-accuracy <p>', 'the accuracy that predictions above the uncertainty threshold must reach on this data', parseFraction, 0.995)
-    .option('--dtype <dtype>', "how the weights are stored: float32, float16 (half the size, for bundled models) or bfloat16 (default: as in --model)", parseChoice(['float32', 'float16', 'bfloat16'] as const))
-    .option('--ood', "also fit the out-of-distribution detector: statistics on (a sample of) the split's training part, the threshold on its validation part; needs --split")
+    .option(
+      '--dtype <dtype>',
+      'how the weights are stored: float32, float16 (half the size, for bundled models) or bfloat16 (default: as in --model)',
+      parseChoice(['float32', 'float16', 'bfloat16'] as const),
+    )
+    .option(
+      '--ood',
+      "also fit the out-of-distribution detector: statistics on (a sample of) the split's training part, the threshold on its validation part; needs --split",
+    )
     .option('--ood-sample <n>', 'training images the detector statistics are fitted on', parsePositiveInt, 3000)
     .option('--batch-size <n>', 'images per forward pass', parsePositiveInt, 64)
     .option('--json', 'print one JSON document on stdout');
@@ -32,7 +44,8 @@ export function registerCalibrate(program: Command): void {
     const modelFile: string = options.model ?? BUNDLED_MODEL;
     const classifier = await loadClassifier(modelFile, classifierOptions(options));
     assertFiniteWeights(classifier.model, modelFile);
-    if (options.ood && !options.split) throw new CliError('--ood needs --split: the detector is fitted on the training part and its threshold on the validation part', 2);
+    if (options.ood && !options.split)
+      throw new CliError('--ood needs --split: the detector is fitted on the training part and its threshold on the validation part', 2);
     let items;
     let ood = classifier.ood;
     let splitHash: string | null = null;
@@ -47,7 +60,10 @@ export function registerCalibrate(program: Command): void {
         const train = itemsOf('train');
         const sample = train.filter((_, i) => i % Math.max(1, Math.floor(train.length / options.oodSample)) === 0).slice(0, options.oodSample);
         const detectorBar = progressBar('fitting the out-of-distribution detector', sample.length + items.length);
-        ood = await fitDetector(classifier, sample, items, { batchSize: options.batchSize, onProgress: (stage, done) => detectorBar.update(stage === 'training' ? done : sample.length + done) });
+        ood = await fitDetector(classifier, sample, items, {
+          batchSize: options.batchSize,
+          onProgress: (stage, done) => detectorBar.update(stage === 'training' ? done : sample.length + done),
+        });
         detectorBar.stop();
       }
       if (items.length === 0) throw new CliError(`${options.split} has no validation part`);
@@ -62,8 +78,16 @@ export function registerCalibrate(program: Command): void {
     if (n < 20) throw new CliError(`only ${n} images could be scored; calibration needs a real validation set (hundreds of images)`);
     const fit = calibrate(scored.logits, scored.labels, k, options.targetAccuracy);
     // Never write into the installed package: the bundled model's calibration goes to the current folder.
-    const out = options.out ?? (options.model ? options.model.replace(/(\.safetensors)?$/, '.calibrated.safetensors') : path.basename(BUNDLED_MODEL, '.safetensors') + '.calibrated.safetensors');
-    const judge = { classes: classifier.classes, temperature: fit.temperature, reasons: (top: number) => (top < fit.uncertaintyThreshold ? ['low-confidence'] : []) };
+    const out =
+      options.out ??
+      (options.model
+        ? options.model.replace(/(\.safetensors)?$/, '.calibrated.safetensors')
+        : path.basename(BUNDLED_MODEL, '.safetensors') + '.calibrated.safetensors');
+    const judge = {
+      classes: classifier.classes,
+      temperature: fit.temperature,
+      reasons: (top: number) => (top < fit.uncertaintyThreshold ? ['low-confidence'] : []),
+    };
     const validation = validationRecord(evaluateScores(scored, judge), splitHash);
     const provenance = { ...classifier.metadata.provenance, validation };
     // With --tta the fit belongs to the averaged views and is stored beside the single view's, which stays.
@@ -72,13 +96,23 @@ export function registerCalibrate(program: Command): void {
     await saveModel(out, classifier.model, { ...classifier.metadata, ...calibration, ood }, { dtype: options.dtype ?? classifier.metadata.dtype });
     for (const warning of fit.warnings) process.stderr.write(`warning: ${warning}\n`);
     const summary = {
-      model: out, n, temperature: fit.temperature, uncertainty_threshold: fit.uncertaintyThreshold,
-      nll_before: fit.nllBefore, nll_after: fit.nllAfter, ece_before: fit.eceBefore, ece_after: fit.eceAfter,
+      model: out,
+      n,
+      temperature: fit.temperature,
+      uncertainty_threshold: fit.uncertaintyThreshold,
+      nll_before: fit.nllBefore,
+      nll_after: fit.nllAfter,
+      ece_before: fit.eceBefore,
+      ece_after: fit.eceAfter,
       ood: ood ? { threshold: ood.threshold, validation_flagged: ood.validationFlagged } : null,
-      warnings: fit.warnings, failed: scored.failed,
+      warnings: fit.warnings,
+      failed: scored.failed,
     };
     if (options.json) printJson(summary);
-    else process.stdout.write(`${out}: T = ${fit.temperature.toFixed(3)}, NLL ${fit.nllBefore.toFixed(4)} → ${fit.nllAfter.toFixed(4)}, ECE ${fit.eceBefore.toFixed(4)} → ${fit.eceAfter.toFixed(4)}, uncertainty threshold ${fit.uncertaintyThreshold.toFixed(3)} (on ${n} images)\n`);
+    else
+      process.stdout.write(
+        `${out}: T = ${fit.temperature.toFixed(3)}, NLL ${fit.nllBefore.toFixed(4)} → ${fit.nllAfter.toFixed(4)}, ECE ${fit.eceBefore.toFixed(4)} → ${fit.eceAfter.toFixed(4)}, uncertainty threshold ${fit.uncertaintyThreshold.toFixed(3)} (on ${n} images)\n`,
+      );
     classifier.dispose();
   });
 }

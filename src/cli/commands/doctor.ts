@@ -101,7 +101,12 @@ const REBUILD = 'npm run build:native   (rebuilds the addon against the libtorch
 function versionCheck(version: string): Check {
   const ok = /^\d+\.\d+\.\d+/.test(version);
   const source = located?.source ?? 'an unrecorded location (native/build/libtorch.json is missing)';
-  return { name: 'libtorch', ok, detail: ok ? `${version} from ${source}` : `the addon reports version '${version}', which is not a libtorch version`, fixes: [REBUILD] };
+  return {
+    name: 'libtorch',
+    ok,
+    detail: ok ? `${version} from ${source}` : `the addon reports version '${version}', which is not a libtorch version`,
+    fixes: [REBUILD],
+  };
 }
 
 /** libtorch must run with the thread count hemato asked for: OpenMP limits can silently lower it. */
@@ -110,7 +115,9 @@ function threadsCheck(): Check {
   const asked = E.defaultThreads;
   const source = process.env.HEMATO_NUM_THREADS ? 'HEMATO_NUM_THREADS' : 'the core count';
   const ok = running === asked && running >= 1 && running <= E.maxThreads();
-  const detail = ok ? `${running} (from ${source}; ${availableParallelism()} cores)` : `libtorch runs ${running} threads, but ${asked} were asked for (from ${source})`;
+  const detail = ok
+    ? `${running} (from ${source}; ${availableParallelism()} cores)`
+    : `libtorch runs ${running} threads, but ${asked} were asked for (from ${source})`;
   return { name: 'threads', ok, detail, fixes: [REBUILD] };
 }
 

@@ -24,7 +24,10 @@ export function registerEval(program: Command): void {
     .option('--split <csv>', "a split from 'hemato split' (file,label,part; paths relative to the folder or --images)")
     .option('--part <part>', 'the part of --split to score: train, val or test (default: val)', parseChoice(['train', 'val', 'test'] as const))
     .option('--report <dir>', 'write report.md with a confusion matrix and a reliability diagram there')
-    .option('--shifts [names]', `also score each image under simulated scanner and stain shifts (all, or a comma-separated list of: ${SHIFTS.map((s) => s.name).join(', ')})`)
+    .option(
+      '--shifts [names]',
+      `also score each image under simulated scanner and stain shifts (all, or a comma-separated list of: ${SHIFTS.map((s) => s.name).join(', ')})`,
+    )
     .option('--batch-size <n>', 'images per forward pass', parsePositiveInt, 64)
     .option('--max-file-size <size>', MAX_FILE_SIZE_HELP, parseFileSize)
     .option('--json', 'print one JSON document on stdout');
@@ -33,14 +36,26 @@ export function registerEval(program: Command): void {
     if (options.report) await prepareOutputDir(options.report, '--report');
     let shifts;
     try {
-      shifts = options.shifts === undefined ? [] : selectShifts(options.shifts === true ? true : String(options.shifts).split(',').map((s) => s.trim()));
+      shifts =
+        options.shifts === undefined
+          ? []
+          : selectShifts(
+              options.shifts === true
+                ? true
+                : String(options.shifts)
+                    .split(',')
+                    .map((s) => s.trim()),
+            );
     } catch (error) {
       throw new CliError((error as Error).message, 2);
     }
     const listImages = await imageSource(dir, options);
     const classifier = await loadClassifier(options.model, classifierOptions(options));
     const listing = await listImages({ classes: classifier.classes, maxFileBytes: options.maxFileSize });
-    if (listing.items.length === 0) throw new CliError(`no labelled images found in ${listing.root} (skipped ${listing.skipped.length}); labels must be among: ${classifier.classes.join(', ')}`);
+    if (listing.items.length === 0)
+      throw new CliError(
+        `no labelled images found in ${listing.root} (skipped ${listing.skipped.length}); labels must be among: ${classifier.classes.join(', ')}`,
+      );
     const bar = progressBar('evaluating', listing.items.length);
     const scored = await scoreItems(classifier, listing.items, { batchSize: options.batchSize, onProgress: (done) => bar.update(done) });
     bar.stop();
@@ -50,23 +65,47 @@ export function registerEval(program: Command): void {
     if (shifts.length) {
       const shiftBar = progressBar('shifts', shifts.length * listing.items.length);
       const names = shifts.map((s) => s.name);
-      shiftResults = await evaluateShifts(classifier, listing.items, shifts, { batchSize: options.batchSize, onProgress: (name, done) => shiftBar.update(names.indexOf(name) * listing.items.length + done) });
+      shiftResults = await evaluateShifts(classifier, listing.items, shifts, {
+        batchSize: options.batchSize,
+        onProgress: (name, done) => shiftBar.update(names.indexOf(name) * listing.items.length + done),
+      });
       shiftBar.stop();
     }
     // Hidden entries are passed over on purpose, as predict does; anything else left out is a file not evaluated.
     const notEvaluated = listing.skipped.filter((s) => s.reason !== 'hidden').length + scored.failed.length;
     const skipped = [...listing.skipped.map((s) => ({ path: s.path, reason: `${s.reason}: ${s.detail}` })), ...scored.failed];
     const model = await modelInfo(options.model ?? BUNDLED_MODEL);
-    const reportFile = options.report ? await writeReport(options.report, `Evaluation of ${path.basename(options.model ?? 'the bundled model')} on ${path.relative(process.cwd(), listing.root) || '.'}`, evaluation, shiftResults ? shiftTable(evaluation, shiftResults) : []) : undefined;
+    const reportFile = options.report
+      ? await writeReport(
+          options.report,
+          `Evaluation of ${path.basename(options.model ?? 'the bundled model')} on ${path.relative(process.cwd(), listing.root) || '.'}`,
+          evaluation,
+          shiftResults ? shiftTable(evaluation, shiftResults) : [],
+        )
+      : undefined;
     if (options.json) {
-      printJson({ data: listing.root, model: options.model ?? 'bundled', model_info: model, ...evaluation, ...(shiftResults ? { shifts: shiftResults } : {}), skipped, report: reportFile });
+      printJson({
+        data: listing.root,
+        model: options.model ?? 'bundled',
+        model_info: model,
+        ...evaluation,
+        ...(shiftResults ? { shifts: shiftResults } : {}),
+        skipped,
+        report: reportFile,
+      });
     } else {
       process.stdout.write(`model ${model.name} (${model.architecture}, sha256 ${model.sha256.slice(0, 12)}…, made ${model.created})\n`);
       process.stdout.write(`images ${evaluation.n} (classes present: ${evaluation.classes_evaluated.join(', ')})\n`);
-      process.stdout.write(`accuracy ${pct(evaluation.accuracy)}  balanced accuracy ${pct(evaluation.balanced_accuracy)}  macro-F1 ${pct(evaluation.macro_f1)}  κ ${evaluation.cohen_kappa.toFixed(4)}\n`);
-      process.stdout.write(`NLL ${evaluation.nll.toFixed(4)}  ECE ${evaluation.ece.toFixed(4)} (before temperature scaling ${evaluation.ece_uncalibrated.toFixed(4)})  uncertain ${pct(evaluation.uncertain_fraction)}\n`);
+      process.stdout.write(
+        `accuracy ${pct(evaluation.accuracy)}  balanced accuracy ${pct(evaluation.balanced_accuracy)}  macro-F1 ${pct(evaluation.macro_f1)}  κ ${evaluation.cohen_kappa.toFixed(4)}\n`,
+      );
+      process.stdout.write(
+        `NLL ${evaluation.nll.toFixed(4)}  ECE ${evaluation.ece.toFixed(4)} (before temperature scaling ${evaluation.ece_uncalibrated.toFixed(4)})  uncertain ${pct(evaluation.uncertain_fraction)}\n`,
+      );
       for (const [name, m] of Object.entries(evaluation.per_class)) {
-        process.stdout.write(`  ${name.padEnd(14)} precision ${pct(m.precision).padStart(7)}  recall ${pct(m.recall).padStart(7)}  F1 ${pct(m.f1).padStart(7)}  n ${m.support}\n`);
+        process.stdout.write(
+          `  ${name.padEnd(14)} precision ${pct(m.precision).padStart(7)}  recall ${pct(m.recall).padStart(7)}  F1 ${pct(m.f1).padStart(7)}  n ${m.support}\n`,
+        );
       }
       if (shiftResults) for (const line of shiftTable(evaluation, shiftResults)) process.stdout.write(`${line}\n`);
       if (skipped.length) process.stdout.write(`skipped ${skipped.length} files (see --json)\n`);
@@ -123,6 +162,9 @@ async function refuseSplitAsLabels(labels: string): Promise<void> {
   if (text === undefined) return; // listing the data set says why it cannot be read
   const header = (parseCsv(text.split(/\r?\n/, 1)[0])[0] ?? []).map((name) => name.trim().toLowerCase());
   if (header.includes('part')) {
-    throw new CliError(`--labels ${labels} is a split (it has a part column), and its training images would be scored too: give it as --split ${labels} --part val (or test, or train)`, 2);
+    throw new CliError(
+      `--labels ${labels} is a split (it has a part column), and its training images would be scored too: give it as --split ${labels} --part val (or test, or train)`,
+      2,
+    );
   }
 }

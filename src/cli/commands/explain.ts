@@ -23,11 +23,18 @@ const NOT_FOR_EXPLAIN: Record<string, string> = {
 export function registerExplain(program: Command): void {
   const command = program
     .command('explain')
-    .description('write, per image, a PNG of the model\'s input with a class activation map (Grad-CAM with per-position gradients) over it: where the evidence for the label lies')
+    .description(
+      "write, per image, a PNG of the model's input with a class activation map (Grad-CAM with per-position gradients) over it: where the evidence for the label lies",
+    )
     .argument('<inputs...>', 'image files or folders of them')
     .requiredOption('--out <dir>', 'folder for the overlays (created if missing): <name>.cam.png, <name>-2.cam.png, … when names repeat')
-    .option('--label <label>', 'the class to explain (default: each image\'s top predicted class)')
-    .option('--path <path>', 'dual-path models: the path to take gradients at, convnext, swin or fused (both)', parseChoice(EXPLAIN_PATHS), 'fused' as ExplainPath)
+    .option('--label <label>', "the class to explain (default: each image's top predicted class)")
+    .option(
+      '--path <path>',
+      'dual-path models: the path to take gradients at, convnext, swin or fused (both)',
+      parseChoice(EXPLAIN_PATHS),
+      'fused' as ExplainPath,
+    )
     .option('--stage <n|last>', `the stage whose map is explained, from 0, or last (default: ${DEFAULT_EXPLAIN_STAGE}, stride 8)`, parseStage)
     .option('--overwrite', 'replace overlays already in --out (otherwise their presence is an error)')
     .option('--json', 'print one JSON document on stdout')
@@ -44,7 +51,16 @@ export function registerExplain(program: Command): void {
     const out = await prepareOutputDir(options.out, '--out');
     const targets = overlayNames(files).map((name) => path.join(out, name));
     if (!options.overwrite) {
-      const existing = (await Promise.all(targets.map((t) => stat(t).then(() => t, () => null)))).filter((t): t is string => t !== null);
+      const existing = (
+        await Promise.all(
+          targets.map((t) =>
+            stat(t).then(
+              () => t,
+              () => null,
+            ),
+          ),
+        )
+      ).filter((t): t is string => t !== null);
       if (existing.length > 0) {
         const shown = existing.slice(0, 3).map(escapeControl).join(', ') + (existing.length > 3 ? ` and ${existing.length - 3} more` : '');
         throw new CliError(`--out already holds ${shown}; pass --overwrite to replace them, or choose another --out`);
@@ -78,7 +94,15 @@ export function registerExplain(program: Command): void {
       bar.stop();
       const failed = rows.filter((r) => 'error' in r).length;
       if (options.json) {
-        printJson({ model: classifier.metadata.architecture, model_info: await modelInfo(options.model ?? BUNDLED_MODEL), path: resolved.path, stage: resolved.stage, results: rows, failed, skipped });
+        printJson({
+          model: classifier.metadata.architecture,
+          model_info: await modelInfo(options.model ?? BUNDLED_MODEL),
+          path: resolved.path,
+          stage: resolved.stage,
+          results: rows,
+          failed,
+          skipped,
+        });
       } else {
         const shown = files.map(escapeControl);
         const width = Math.min(60, Math.max(4, ...shown.map((f) => f.length)));

@@ -7,7 +7,9 @@ import { CliError, printJson } from '../output.js';
 export function registerInfo(program: Command): void {
   program
     .command('info')
-    .description("show a model file's card: architecture, classes, input and preprocessing, calibration, out-of-distribution detector, provenance, size and sha256")
+    .description(
+      "show a model file's card: architecture, classes, input and preprocessing, calibration, out-of-distribution detector, provenance, size and sha256",
+    )
     .argument('[model]', 'a hemato model file (default: the bundled model)')
     .option('--json', 'print one JSON document on stdout')
     .action(async (file: string | undefined, options: { json?: boolean }) => {
@@ -36,13 +38,28 @@ function printCard(card: Card): void {
     ['architecture', `${card.architecture}, ${card.dtype} weights`],
     ['classes', `${card.classes.length}: ${card.classes.join(', ')}`],
     ['input', `${card.input_size} px from ${p.field === null ? 'the largest centred square' : `a centred ${p.field} px field`}`],
-    ['scale', p.scale ? `brought to the training data's: red cell ${p.scale.rbcDiameter.toFixed(1)} px (${p.scale.rbcDiameterUm} µm), nucleus ${p.scale.nucleusExtent.toFixed(1)} px` : "none: the file's pixels as they are"],
+    [
+      'scale',
+      p.scale
+        ? `brought to the training data's: red cell ${p.scale.rbcDiameter.toFixed(1)} px (${p.scale.rbcDiameterUm} µm), nucleus ${p.scale.nucleusExtent.toFixed(1)} px`
+        : "none: the file's pixels as they are",
+    ],
     ['background', p.background ? `white-balanced to rgb(${p.background.map((v) => Math.round(v)).join(', ')})` : 'none: colours as they are'],
     ['MPM', p.mpm ? 'on' : 'off'],
     ['temperature', card.temperature === null ? 'none (not calibrated)' : card.temperature.toFixed(4)],
     ['uncertainty', card.uncertainty_threshold === null ? 'no threshold stored (0.5 applies)' : `flagged below ${card.uncertainty_threshold.toFixed(4)}`],
-    ['test-time aug.', card.tta ? `temperature ${card.tta.temperature.toFixed(4)}, flagged below ${card.tta.uncertainty_threshold.toFixed(4)}` : 'the single view\'s calibration applies'],
-    ['out-of-distribution', ood ? `${ood.kind} detector, threshold ${ood.threshold.toFixed(2)} (flags ${(100 * ood.validation_flagged).toFixed(1)} % of validation images)` : 'no detector'],
+    [
+      'test-time aug.',
+      card.tta
+        ? `temperature ${card.tta.temperature.toFixed(4)}, flagged below ${card.tta.uncertainty_threshold.toFixed(4)}`
+        : "the single view's calibration applies",
+    ],
+    [
+      'out-of-distribution',
+      ood
+        ? `${ood.kind} detector, threshold ${ood.threshold.toFixed(2)} (flags ${(100 * ood.validation_flagged).toFixed(1)} % of validation images)`
+        : 'no detector',
+    ],
     ['size', `${(card.bytes / 2 ** 20).toFixed(1)} MiB (${card.bytes} bytes)`],
     ['sha256', card.model_info.sha256],
     ['created', card.model_info.created],

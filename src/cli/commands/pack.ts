@@ -43,7 +43,11 @@ export function registerPack(program: Command): void {
     .option('--mpm', 'apply the Multi-scale Preprocessing Module before encoding')
     .option('--no-scale', "take the files' pixels as they are, instead of bringing every image to the training part's red-cell scale and background colour")
     .option('--mpm-config <file>', 'JSON file with MPM settings (implies --mpm)')
-    .option('--codec <codec>', 'how each image is stored: webp-lossless, or webp/jpeg at --quality (smaller, but a model trained on them loses accuracy on originals), or png', 'webp-lossless')
+    .option(
+      '--codec <codec>',
+      'how each image is stored: webp-lossless, or webp/jpeg at --quality (smaller, but a model trained on them loses accuracy on originals), or png',
+      'webp-lossless',
+    )
     .option('--quality <q>', 'quality of the lossy codecs (webp, jpeg), 1..100', '85')
     .option('--threads <n>', 'worker threads, up to 4 × the core count (default: the core count)', parseThreadCount('--threads'))
     .option('--json', 'print one JSON document on stdout')
@@ -53,11 +57,18 @@ export function registerPack(program: Command): void {
       const codec = options.codec as BlobCodec;
       if (!BLOB_CODECS.includes(codec)) throw new CliError(`--codec must be one of ${BLOB_CODECS.join(', ')}, got "${options.codec}"`, 2);
       const quality = Number(options.quality);
-      if (!(Number.isInteger(quality) && quality >= 1 && quality <= 100)) throw new CliError(`--quality must be an integer in 1..100, got "${options.quality}"`, 2);
+      if (!(Number.isInteger(quality) && quality >= 1 && quality <= 100))
+        throw new CliError(`--quality must be an integer in 1..100, got "${options.quality}"`, 2);
       const mpm = options.mpm || options.mpmConfig ? resolveMpmConfig(await readMpmConfig(options.mpmConfig)) : null;
       // Checked now, not after minutes of decoding.
       await prepareOutputDir(path.dirname(path.resolve(options.out)), 'the folder of --out');
-      if (await stat(options.out).then((info) => info.isDirectory(), () => false)) throw new CliError(`--out ${options.out} is a folder; give the pack's file name`);
+      if (
+        await stat(options.out).then(
+          (info) => info.isDirectory(),
+          () => false,
+        )
+      )
+        throw new CliError(`--out ${options.out} is a folder; give the pack's file name`);
       const classes = classOption ?? [...PBC_CLASSES];
 
       let items: PackItem[];
@@ -82,16 +93,39 @@ export function registerPack(program: Command): void {
       const progress = progressReporter('pack');
       const started = performance.now();
       const header = await writePack(items, options.out, {
-        classes, geometry, mpm, ...(options.scale === false ? { reference: null } : {}), codec, quality, threads: options.threads, maxPixels, maxFileBytes, splitHash, source: path.resolve(dir), skipped, onProgress: progress.update,
+        classes,
+        geometry,
+        mpm,
+        ...(options.scale === false ? { reference: null } : {}),
+        codec,
+        quality,
+        threads: options.threads,
+        maxPixels,
+        maxFileBytes,
+        splitHash,
+        source: path.resolve(dir),
+        skipped,
+        onProgress: progress.update,
       }).finally(() => progress.stop());
       const bytes = (await stat(options.out)).size;
       const summary = {
-        pack: options.out, bytes, mib: Math.round((bytes / 2 ** 20) * 100) / 100, images: header.count, size: header.size, codec, quality,
-        mpm: header.mpm !== null, splitHash, seconds: Math.round((performance.now() - started) / 100) / 10, skipped: header.skipped,
+        pack: options.out,
+        bytes,
+        mib: Math.round((bytes / 2 ** 20) * 100) / 100,
+        images: header.count,
+        size: header.size,
+        codec,
+        quality,
+        mpm: header.mpm !== null,
+        splitHash,
+        seconds: Math.round((performance.now() - started) / 100) / 10,
+        skipped: header.skipped,
       };
       if (options.json) printJson(summary);
       else {
-        process.stdout.write(`${escapeControl(options.out)}: ${header.count} images at ${header.size} px, ${codec}${isLossy(codec) ? ` q${quality}` : ''}${mpm ? ', MPM' : ''}, ${summary.mib} MiB in ${summary.seconds} s\n`);
+        process.stdout.write(
+          `${escapeControl(options.out)}: ${header.count} images at ${header.size} px, ${codec}${isLossy(codec) ? ` q${quality}` : ''}${mpm ? ', MPM' : ''}, ${summary.mib} MiB in ${summary.seconds} s\n`,
+        );
         for (const s of header.skipped) process.stdout.write(`  skipped ${escapeControl(s.path)}  [${s.reason}] ${escapeControl(s.detail)}\n`);
       }
     });

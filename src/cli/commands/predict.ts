@@ -61,7 +61,14 @@ export function registerPredict(program: Command): void {
     const rows = files.map((file, i) => ({ file, ...results[i] }));
     const failed = rows.filter((r) => 'error' in r).length;
     if (options.json) {
-      printJson({ model: classifier.metadata.architecture, model_info: await modelInfo(options.model ?? BUNDLED_MODEL), uncertainty_threshold: classifier.uncertaintyThreshold, results: rows, failed, skipped });
+      printJson({
+        model: classifier.metadata.architecture,
+        model_info: await modelInfo(options.model ?? BUNDLED_MODEL),
+        uncertainty_threshold: classifier.uncertaintyThreshold,
+        results: rows,
+        failed,
+        skipped,
+      });
     } else if (options.csv) {
       process.stdout.write(`file,label,score,uncertain,top_k,error,reasons,scale_source,um_per_px,scale_factor\n`);
       for (const r of rows) {
@@ -71,7 +78,9 @@ export function registerPredict(program: Command): void {
         }
         const top = r.predictions.map((p) => `${p.label}:${p.score.toFixed(4)}`).join(' ');
         const scale = `${r.scale.source},${r.scale.um_per_px?.toFixed(4) ?? ''},${r.scale.factor.toFixed(4)}`;
-        process.stdout.write(`${csvField(r.file)},${r.predictions[0].label},${r.predictions[0].score.toFixed(4)},${r.uncertain},${csvField(top)},,${r.reasons.join(' ')},${scale}\n`);
+        process.stdout.write(
+          `${csvField(r.file)},${r.predictions[0].label},${r.predictions[0].score.toFixed(4)},${r.uncertain},${csvField(top)},,${r.reasons.join(' ')},${scale}\n`,
+        );
       }
       for (const s of skipped) process.stdout.write(`${csvField(s.file)},,,,,${csvField(`skipped: ${s.error}`)},,,,\n`);
     } else {
@@ -80,7 +89,10 @@ export function registerPredict(program: Command): void {
       for (const [i, r] of rows.entries()) {
         const name = shown[i].length > width ? `…${shown[i].slice(-width + 1)}` : shown[i].padEnd(width);
         if ('error' in r) process.stdout.write(`${name}  ERROR ${escapeControl(r.error)}\n`);
-        else process.stdout.write(`${name}  ${r.predictions.map((p) => `${p.label} ${(100 * p.score).toFixed(1)}%`).join('  ')}${r.uncertain ? `  [uncertain: ${r.reasons.join(', ')}]` : ''}\n`);
+        else
+          process.stdout.write(
+            `${name}  ${r.predictions.map((p) => `${p.label} ${(100 * p.score).toFixed(1)}%`).join('  ')}${r.uncertain ? `  [uncertain: ${r.reasons.join(', ')}]` : ''}\n`,
+          );
       }
     }
     if (failed + skipped.length > 0) {

@@ -42,7 +42,10 @@ export function registerPreprocess(program: Command): void {
           const title = `${file}  (${geometry.field ?? 'square'} px field → ${geometry.size} px)`;
           const sheet = path.join(options.out, names[i]);
           // A sheet from an earlier run is replaced, and said so.
-          const replaced = await stat(sheet).then(() => true, () => false);
+          const replaced = await stat(sheet).then(
+            () => true,
+            () => false,
+          );
           await writeFile(sheet, await renderContactSheet(mpm.stages(prepared), { title }));
           written.push({ image: file, sheet, replaced });
           if (!options.json) process.stdout.write(`${escapeControl(sheet)}${replaced ? '  (replaced the earlier sheet)' : ''}\n`);

@@ -32,7 +32,10 @@ export async function resolveSource(dir: string, options: SourceOptions) {
     throw new CliError(`${(error as Error).message.replace(/^[A-Z]+: /, '')}; give an existing data set folder${options.csv ? ' and CSV' : ''}`);
   }
   const source: DatasetSource = options.csv ? { csv: options.csv, images: dir } : { dir };
-  const classes = options.classes?.split(',').map((c) => c.trim().toLowerCase()).filter((c) => c !== '');
+  const classes = options.classes
+    ?.split(',')
+    .map((c) => c.trim().toLowerCase())
+    .filter((c) => c !== '');
   if (classes && (classes.length < 2 || new Set(classes).size !== classes.length)) {
     throw new CliError(`--classes needs at least two distinct names, got "${options.classes}"`, 2);
   }

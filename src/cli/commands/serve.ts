@@ -40,7 +40,9 @@ export function registerServe(program: Command): void {
       timeoutMs: options.timeout * 1000,
     };
     if (!token && !isLoopback(options.host)) {
-      process.stderr.write(`\n  WARNING: hemato serve listens on ${options.host} without a token: anyone who can reach this machine can use it.\n  Set --token or HEMATO_TOKEN, and put a TLS reverse proxy in front of it.\n\n`);
+      process.stderr.write(
+        `\n  WARNING: hemato serve listens on ${options.host} without a token: anyone who can reach this machine can use it.\n  Set --token or HEMATO_TOKEN, and put a TLS reverse proxy in front of it.\n\n`,
+      );
     }
     // The HTTP stack loads only here: other commands start without it.
     const { startServer } = await import('../../serve/server.js');
@@ -48,7 +50,10 @@ export function registerServe(program: Command): void {
       throw new CliError(error.message);
     });
     if (options.json) process.stdout.write(`${JSON.stringify({ url: server.url, model: server.identity.architecture })}\n`);
-    else process.stderr.write(`hemato: serving ${server.identity.name} (${server.identity.architecture}) at ${server.url}${folder ? ` with the folder ${folder}` : ''}; Ctrl-C stops\n`);
+    else
+      process.stderr.write(
+        `hemato: serving ${server.identity.name} (${server.identity.architecture}) at ${server.url}${folder ? ` with the folder ${folder}` : ''}; Ctrl-C stops\n`,
+      );
     await new Promise<void>((resolve) => {
       const stop = (signal: string) => {
         process.stderr.write(`hemato: ${signal}: finishing accepted requests, then stopping\n`);

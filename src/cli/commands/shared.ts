@@ -64,11 +64,20 @@ export function modelOption(command: Command): Command {
   return command
     .option('-m, --model <file>', 'a hemato model file (default: the bundled model)')
     .option('--device <device>', 'auto, cpu or cuda', parseChoice(['auto', 'cpu', 'cuda'] as const), 'auto')
-    .option('--precision <precision>', 'auto (the engine\'s table by device, CPU and model; hemato doctor shows it), fp32 or bf16', parseChoice(['auto', 'fp32', 'bf16'] as const), 'auto')
+    .option(
+      '--precision <precision>',
+      "auto (the engine's table by device, CPU and model; hemato doctor shows it), fp32 or bf16",
+      parseChoice(['auto', 'fp32', 'bf16'] as const),
+      'auto',
+    )
     .option('--threshold <p>', "override the model's uncertainty threshold", parseFraction)
     .option('--tta', 'test-time augmentation: average over the 8 flips and 90° rotations (8× slower)')
-    .option('--pixel-size <um>', 'the images\' pixel size in µm, where known (default: estimated from the red cells in each image)', parsePixelSize)
-    .option('--field <px|none>', "expert override of the model's centred field in source pixels, with no scale normalisation (none: the largest centred square)", parseField);
+    .option('--pixel-size <um>', "the images' pixel size in µm, where known (default: estimated from the red cells in each image)", parsePixelSize)
+    .option(
+      '--field <px|none>',
+      "expert override of the model's centred field in source pixels, with no scale normalisation (none: the largest centred square)",
+      parseField,
+    );
 }
 
 // 'none' stays a string here: commander stores a parser's null as ''.
@@ -85,9 +94,24 @@ function parsePixelSize(value: string): number {
   return n;
 }
 
-export function classifierOptions(options: { device: ClassifierOptions['device']; precision: ClassifierOptions['precision']; threshold?: number; field?: number | 'none'; pixelSize?: number; tta?: boolean }): ClassifierOptions {
-  if (options.field !== undefined && options.pixelSize !== undefined) throw new CliError('give --pixel-size or --field, not both: --field turns scale normalisation off', 2);
-  return { device: options.device, precision: options.precision, uncertaintyThreshold: options.threshold, field: options.field === 'none' ? null : options.field, pixelSize: options.pixelSize, ...(options.tta ? { tta: true } : {}) };
+export function classifierOptions(options: {
+  device: ClassifierOptions['device'];
+  precision: ClassifierOptions['precision'];
+  threshold?: number;
+  field?: number | 'none';
+  pixelSize?: number;
+  tta?: boolean;
+}): ClassifierOptions {
+  if (options.field !== undefined && options.pixelSize !== undefined)
+    throw new CliError('give --pixel-size or --field, not both: --field turns scale normalisation off', 2);
+  return {
+    device: options.device,
+    precision: options.precision,
+    uncertaintyThreshold: options.threshold,
+    field: options.field === 'none' ? null : options.field,
+    pixelSize: options.pixelSize,
+    ...(options.tta ? { tta: true } : {}),
+  };
 }
 
 /** A labelled data set from an ImageFolder argument or --images DIR --labels CSV. */

@@ -49,9 +49,15 @@ export function registerSplit(program: Command): void {
       for (const part of ['train', 'val', 'test'] as Part[]) {
         const counts = split.counts[part];
         const total = Object.values(counts).reduce((a, b) => a + b, 0);
-        if (total > 0) lines.push(`${part.padEnd(5)} ${String(total).padStart(6)}  ${Object.entries(counts).map(([c, n]) => `${c} ${n}`).join(', ')}`);
+        if (total > 0)
+          lines.push(
+            `${part.padEnd(5)} ${String(total).padStart(6)}  ${Object.entries(counts)
+              .map(([c, n]) => `${c} ${n}`)
+              .join(', ')}`,
+          );
       }
-      for (const g of split.excluded) lines.push(`excluded (same bytes, different labels): ${g.paths.map((p, i) => `${escapeControl(p)} (${g.labels[i]})`).join(', ')}`);
+      for (const g of split.excluded)
+        lines.push(`excluded (same bytes, different labels): ${g.paths.map((p, i) => `${escapeControl(p)} (${g.labels[i]})`).join(', ')}`);
       if (report.skipped.length > 0) lines.push(`skipped ${report.skipped.length} files that are not usable images; run hemato scan for the list`);
       process.stdout.write(`${lines.join('\n')}\n`);
     });

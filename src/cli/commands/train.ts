@@ -11,14 +11,29 @@ import { parseChoice, parseFraction, parseNumber, parsePositiveInt, parseThreadC
 
 /** Flags that set one run setting each, by commander's option name. */
 const FLAG_SETTINGS: Record<string, keyof RunConfigInput> = {
-  model: 'model', size: 'inputSize', epochs: 'epochs', batchSize: 'batchSize', lr: 'lr', weightDecay: 'weightDecay',
-  labelSmoothing: 'labelSmoothing', ema: 'emaDecay', precision: 'precision', device: 'device', seed: 'seed',
-  patience: 'patience', workers: 'workers', init: 'init',
+  model: 'model',
+  size: 'inputSize',
+  epochs: 'epochs',
+  batchSize: 'batchSize',
+  lr: 'lr',
+  weightDecay: 'weightDecay',
+  labelSmoothing: 'labelSmoothing',
+  ema: 'emaDecay',
+  precision: 'precision',
+  device: 'device',
+  seed: 'seed',
+  patience: 'patience',
+  workers: 'workers',
+  init: 'init',
 };
 
 function dataSource(dir: string | undefined, flags: Record<string, unknown>): DatasetSource | { pack: string } | undefined {
   if (Boolean(flags.images) !== Boolean(flags.labels)) throw new CliError('--images and --labels go together', 2);
-  const given = [dir && { dir }, typeof flags.images === 'string' && { csv: flags.labels as string, images: flags.images }, typeof flags.pack === 'string' && { pack: flags.pack }].filter(Boolean);
+  const given = [
+    dir && { dir },
+    typeof flags.images === 'string' && { csv: flags.labels as string, images: flags.images },
+    typeof flags.pack === 'string' && { pack: flags.pack },
+  ].filter(Boolean);
   if (given.length > 1) throw new CliError('give one data source: a folder of class folders, --images DIR --labels CSV, or --pack FILE', 2);
   return given[0] || undefined;
 }
@@ -57,14 +72,20 @@ function describeEvent(bar: { current?: Progress; epochs?: number }, event: Trai
     case 'step':
       if (event.batch === 0 || !bar.current) {
         bar.current?.stop();
-        bar.current = progressBar(`epoch ${event.epoch + 1}/${bar.epochs}`, event.batches, '{bar} {value}/{total} | ETA {eta_formatted} | {speed} img/s | loss {loss} | lr {lr}');
+        bar.current = progressBar(
+          `epoch ${event.epoch + 1}/${bar.epochs}`,
+          event.batches,
+          '{bar} {value}/{total} | ETA {eta_formatted} | {speed} img/s | loss {loss} | lr {lr}',
+        );
       }
       bar.current.update(event.batch + 1, { speed: event.imagesPerSecond.toFixed(1), loss: event.loss.toFixed(4), lr: event.lr.toExponential(2) });
       break;
     case 'epoch':
       bar.current?.stop();
       bar.current = undefined;
-      process.stderr.write(`epoch ${event.epoch + 1}: train loss ${event.trainLoss.toFixed(4)} | val accuracy ${(100 * event.val.accuracy).toFixed(2)}% macro-F1 ${(100 * event.val.macro_f1).toFixed(2)}% NLL ${event.val.nll.toFixed(4)} | ${event.seconds.toFixed(0)} s${event.best ? ' | best so far' : ''}\n`);
+      process.stderr.write(
+        `epoch ${event.epoch + 1}: train loss ${event.trainLoss.toFixed(4)} | val accuracy ${(100 * event.val.accuracy).toFixed(2)}% macro-F1 ${(100 * event.val.macro_f1).toFixed(2)}% NLL ${event.val.nll.toFixed(4)} | ${event.seconds.toFixed(0)} s${event.best ? ' | best so far' : ''}\n`,
+      );
       break;
     case 'stop':
       process.stderr.write(`early stop: ${event.reason}\n`);
@@ -97,11 +118,20 @@ export function registerTrain(program: Command): void {
     .option('--weight-decay <wd>', `AdamW weight decay, not on norms and biases (default ${DEFAULT_RUN.weightDecay})`, parseNumber)
     .option('--label-smoothing <eps>', `label smoothing (default ${DEFAULT_RUN.labelSmoothing})`, parseFraction)
     .option('--ema <decay>', 'keep an exponential moving average of the weights with this decay', parseFraction)
-    .option('--precision <p>', 'auto (the engine\'s training entry for the device, CPU and model; hemato doctor shows it), fp32 or bf16', parseChoice(['auto', 'fp32', 'bf16'] as const), 'auto')
+    .option(
+      '--precision <p>',
+      "auto (the engine's training entry for the device, CPU and model; hemato doctor shows it), fp32 or bf16",
+      parseChoice(['auto', 'fp32', 'bf16'] as const),
+      'auto',
+    )
     .option('--device <d>', 'auto (CUDA when present), cpu or cuda (default auto)', parseChoice(['auto', 'cpu', 'cuda'] as const))
     .option('--seed <n>', `seed for the split, initialisation, order and augmentation (default ${DEFAULT_RUN.seed})`, parseNumber)
     .option('--patience <epochs>', `stop after this many epochs without a better validation macro-F1 (default ${DEFAULT_RUN.patience})`, parsePositiveInt)
-    .option('--workers <n>', `CPU threads that prepare batches ahead, 0 for inline (default ${DEFAULT_RUN.workers}); on CUDA batches are made on the GPU; at most 4 × the cores`, parseThreadCount('--workers', 0))
+    .option(
+      '--workers <n>',
+      `CPU threads that prepare batches ahead, 0 for inline (default ${DEFAULT_RUN.workers}); on CUDA batches are made on the GPU; at most 4 × the cores`,
+      parseThreadCount('--workers', 0),
+    )
     .option('--no-augment', 'train without augmentation')
     .option('--mpm', 'apply the Multi-scale Preprocessing Module to every image')
     .option('--no-scale', "take the files' pixels as they are, instead of bringing every image to the training data's red-cell scale and background colour")
@@ -109,8 +139,12 @@ export function registerTrain(program: Command): void {
     .option('--json', 'print one JSON document with the outcome on stdout')
     .action(async (dir: string | undefined, flags, command: Command) => {
       const request: TrainingRequest = {
-        runDir: flags.out, configFile: flags.config, overrides: explicitSettings(command, dir, flags),
-        resume: Boolean(flags.resume), overwrite: Boolean(flags.overwrite), allowChangedData: Boolean(flags.allowChangedData),
+        runDir: flags.out,
+        configFile: flags.config,
+        overrides: explicitSettings(command, dir, flags),
+        resume: Boolean(flags.resume),
+        overwrite: Boolean(flags.overwrite),
+        allowChangedData: Boolean(flags.allowChangedData),
       };
       if (flags.allowChangedData && !flags.resume) throw new CliError('--allow-changed-data goes with --resume', 2);
       if (flags.overwrite && flags.resume) throw new CliError('--resume continues the run in --out and --overwrite replaces it: give one of them', 2);
@@ -131,14 +165,18 @@ export function registerTrain(program: Command): void {
       const bar: { current?: Progress; epochs?: number } = {};
       const stages = new Map<string, ReturnType<typeof progressReporter>>();
       try {
-        const outcome = await usage(runTraining({
-          ...request, shouldStop: () => stopRequested, onEvent: (event) => describeEvent(bar, event),
-          onLoadProgress: (stage, done, total) => {
-            if (!stages.has(stage)) stages.set(stage, progressReporter(stage));
-            stages.get(stage)!.update(done, total);
-            if (done === total) stages.get(stage)!.stop();
-          },
-        }));
+        const outcome = await usage(
+          runTraining({
+            ...request,
+            shouldStop: () => stopRequested,
+            onEvent: (event) => describeEvent(bar, event),
+            onLoadProgress: (stage, done, total) => {
+              if (!stages.has(stage)) stages.set(stage, progressReporter(stage));
+              stages.get(stage)!.update(done, total);
+              if (done === total) stages.get(stage)!.stop();
+            },
+          }),
+        );
         if (outcome.interrupted) {
           process.stderr.write(`interrupted; continue with: hemato train --out ${flags.out} --resume\n`);
           process.exitCode = 130;
@@ -146,7 +184,10 @@ export function registerTrain(program: Command): void {
         }
         const { summary } = outcome;
         if (flags.json) printJson(summary);
-        else process.stdout.write(`model: ${summary.model}\nvalidation accuracy ${(100 * summary.validation.accuracy).toFixed(2)}%, macro-F1 ${(100 * summary.validation.macro_f1).toFixed(2)}%, ECE ${summary.validation.ece.toFixed(4)} (T = ${summary.temperature.toFixed(3)})\nreport: ${summary.report}\n`);
+        else
+          process.stdout.write(
+            `model: ${summary.model}\nvalidation accuracy ${(100 * summary.validation.accuracy).toFixed(2)}%, macro-F1 ${(100 * summary.validation.macro_f1).toFixed(2)}%, ECE ${summary.validation.ece.toFixed(4)} (T = ${summary.temperature.toFixed(3)})\nreport: ${summary.report}\n`,
+          );
       } finally {
         bar.current?.stop();
         for (const reporter of stages.values()) reporter.stop();

@@ -50,19 +50,23 @@ function askToken() {
   if (tokenPrompt) return tokenPrompt;
   const dialog = $('token-dialog');
   tokenPrompt = new Promise((resolve) => {
-    dialog.addEventListener('close', () => {
-      const value = $('token-input').value.trim();
-      tokenPrompt = null;
-      if (dialog.returnValue === 'ok' && value) {
-        token = value;
-        sessionStorage.setItem(TOKEN_KEY, value);
-        resolve(true);
-      } else {
-        tokenRefused = true;
-        setModelLine('This server needs an access token. Reload the page to enter it.');
-        resolve(false);
-      }
-    }, { once: true });
+    dialog.addEventListener(
+      'close',
+      () => {
+        const value = $('token-input').value.trim();
+        tokenPrompt = null;
+        if (dialog.returnValue === 'ok' && value) {
+          token = value;
+          sessionStorage.setItem(TOKEN_KEY, value);
+          resolve(true);
+        } else {
+          tokenRefused = true;
+          setModelLine('This server needs an access token. Reload the page to enter it.');
+          resolve(false);
+        }
+      },
+      { once: true },
+    );
     $('token-input').value = '';
     dialog.returnValue = '';
     dialog.showModal();
@@ -114,13 +118,11 @@ async function sha256Hex(buffer) {
 }
 
 const K = new Uint32Array([
-  0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98, 0x12835b01,
-  0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc,
-  0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147,
-  0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-  0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116, 0x1e376c08,
-  0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208,
-  0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+  0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74,
+  0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d,
+  0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e,
+  0x92722c85, 0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5,
+  0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
 ]);
 
 function sha256(data) {
@@ -146,7 +148,14 @@ function sha256(data) {
       const t2 = ((rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c))) >>> 0;
       [k, g, f, e, d, c, b, a] = [g, f, e, (d + t1) >>> 0, c, b, a, (t1 + t2) >>> 0];
     }
-    h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e; h[5] += f; h[6] += g; h[7] += k;
+    h[0] += a;
+    h[1] += b;
+    h[2] += c;
+    h[3] += d;
+    h[4] += e;
+    h[5] += f;
+    h[6] += g;
+    h[7] += k;
   }
   const out = new Uint8Array(32);
   const outView = new DataView(out.buffer);
@@ -446,7 +455,9 @@ function updateTile(cell) {
   const decision = decisionOf(cell);
   const final = finalOf(cell);
   const changed = Boolean(decision) && final !== cell.predicted;
-  el.className = ['tile', `is-${cell.status}`, cell.result?.uncertain ? 'is-uncertain' : '', decision ? 'is-reviewed' : '', changed ? 'is-changed' : ''].filter(Boolean).join(' ');
+  el.className = ['tile', `is-${cell.status}`, cell.result?.uncertain ? 'is-uncertain' : '', decision ? 'is-reviewed' : '', changed ? 'is-changed' : '']
+    .filter(Boolean)
+    .join(' ');
   el.dataset.file = cell.path;
   el.dataset.predicted = cell.predicted ?? '';
   el.dataset.final = final ?? '';
@@ -461,7 +472,11 @@ function updateTile(cell) {
     img.decoding = 'async';
     img.loading = 'lazy';
     img.src = cell.url;
-    img.addEventListener('error', () => img.replaceWith(Object.assign(document.createElement('span'), { className: 'no-preview', textContent: 'no preview' })), { once: true });
+    img.addEventListener(
+      'error',
+      () => img.replaceWith(Object.assign(document.createElement('span'), { className: 'no-preview', textContent: 'no preview' })),
+      { once: true },
+    );
     thumb.append(img);
   }
   parts.push(thumb);
@@ -547,7 +562,7 @@ function renderDifferential() {
     name.scope = 'row';
     name.textContent = label;
     const n = Object.assign(document.createElement('td'), { className: 'num count', textContent: String(count) });
-    const pct = Object.assign(document.createElement('td'), { className: 'num pct', textContent: classified ? (100 * count / classified).toFixed(1) : '–' });
+    const pct = Object.assign(document.createElement('td'), { className: 'num pct', textContent: classified ? ((100 * count) / classified).toFixed(1) : '–' });
     row.append(key, name, n, pct);
     return row;
   });
@@ -600,18 +615,20 @@ function renderDetail() {
     : `${final} · not reviewed`;
   $('detail-flags').textContent = result.uncertain ? `uncertain: ${result.reasons.map(reasonText).join(', ') || 'yes'}` : 'none';
   $('detail-scale').textContent = scaleText(result.scale);
-  bars.replaceChildren(...result.predictions.map((p) => {
-    const item = document.createElement('li');
-    item.className = p.label === final ? 'is-final' : '';
-    const bar = document.createElement('span');
-    bar.className = 'bar';
-    bar.setAttribute('aria-hidden', 'true');
-    const fill = document.createElement('span');
-    fill.style.width = `${Math.max(0, Math.min(1, p.score)) * 100}%`;
-    bar.append(fill);
-    item.append(span('bar-label', p.label), bar, span('bar-value', percent(p.score)));
-    return item;
-  }));
+  bars.replaceChildren(
+    ...result.predictions.map((p) => {
+      const item = document.createElement('li');
+      item.className = p.label === final ? 'is-final' : '';
+      const bar = document.createElement('span');
+      bar.className = 'bar';
+      bar.setAttribute('aria-hidden', 'true');
+      const fill = document.createElement('span');
+      fill.style.width = `${Math.max(0, Math.min(1, p.score)) * 100}%`;
+      bar.append(fill);
+      item.append(span('bar-label', p.label), bar, span('bar-value', percent(p.score)));
+      return item;
+    }),
+  );
   showCam(cell, final);
 }
 
@@ -862,7 +879,8 @@ function showFolder() {
   const images = files.filter((file) => IMAGE_NAME.test(file.path)).length;
   const others = files.length - images;
   $('folder-box').hidden = false;
-  $('folder-note').textContent = `${name}: ${images} image${images === 1 ? '' : 's'}${others ? ` (${others} other file${others === 1 ? '' : 's'} passed over)` : ''}; exports name them by their paths in it.`;
+  $('folder-note').textContent =
+    `${name}: ${images} image${images === 1 ? '' : 's'}${others ? ` (${others} other file${others === 1 ? '' : 's'} passed over)` : ''}; exports name them by their paths in it.`;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -903,7 +921,20 @@ function exportCsv() {
   const rows = exportRows();
   if (!rows.length) return setExportStatus('Nothing to export yet.');
   const header = ['file', 'sha256', 'predicted', 'final', 'changed', 'reviewed', 'confidence', 'uncertain', 'reasons', 'model', 'model_sha256', 'decided_at'];
-  const body = rows.map((r) => [r.file, r.sha256, r.predicted, r.final, r.changed, r.reviewed, r.confidence, r.uncertain, r.reasons.join(';'), r.model, r.model_sha256, r.decided_at ?? '']);
+  const body = rows.map((r) => [
+    r.file,
+    r.sha256,
+    r.predicted,
+    r.final,
+    r.changed,
+    r.reviewed,
+    r.confidence,
+    r.uncertain,
+    r.reasons.join(';'),
+    r.model,
+    r.model_sha256,
+    r.decided_at ?? '',
+  ]);
   download(`${baseName()}-review.csv`, toCsv([header, ...body]), 'text/csv');
   setExportStatus(`Exported ${rows.length} cell${rows.length === 1 ? '' : 's'} as CSV.`);
 }
@@ -913,7 +944,7 @@ function exportJson() {
   if (!rows.length) return setExportStatus('Nothing to export yet.');
   const document_ = {
     exported_at: new Date().toISOString(),
-    folder: state.folderOpen ? state.folder?.name ?? null : null,
+    folder: state.folderOpen ? (state.folder?.name ?? null) : null,
     model_info: state.model?.model_info ?? null,
     cells: rows,
   };
@@ -964,13 +995,19 @@ async function loadModel() {
   if (info.hemato_version) parts.push(`hemato ${info.hemato_version}`);
   setModelLine(`Model ${parts.join(' · ')}`);
   $('model-line').title = info.sha256 ?? '';
-  $('help-classes').replaceChildren(...state.classes.map((label, i) => {
-    const li = document.createElement('li');
-    li.append(Object.assign(document.createElement('kbd'), { textContent: String(i + 1) }), ` ${label}`);
-    return li;
-  }));
+  $('help-classes').replaceChildren(
+    ...state.classes.map((label, i) => {
+      const li = document.createElement('li');
+      li.append(Object.assign(document.createElement('kbd'), { textContent: String(i + 1) }), ` ${label}`);
+      return li;
+    }),
+  );
   const digits = $('help-digits').querySelector('th');
-  digits.replaceChildren(Object.assign(document.createElement('kbd'), { textContent: '1' }), '–', Object.assign(document.createElement('kbd'), { textContent: String(Math.min(9, state.classes.length)) }));
+  digits.replaceChildren(
+    Object.assign(document.createElement('kbd'), { textContent: '1' }),
+    '–',
+    Object.assign(document.createElement('kbd'), { textContent: String(Math.min(9, state.classes.length)) }),
+  );
 }
 
 async function checkFolder() {
@@ -999,7 +1036,9 @@ $('clear-button').addEventListener('click', clearGallery);
 $('export-csv').addEventListener('click', exportCsv);
 $('export-json').addEventListener('click', exportJson);
 $('export-labels').addEventListener('click', exportLabels);
-ready.then(() => {
-  scheduleRender();
-  return checkFolder();
-}).catch(() => {});
+ready
+  .then(() => {
+    scheduleRender();
+    return checkFolder();
+  })
+  .catch(() => {});
