@@ -274,6 +274,9 @@ test('with a token, /v1/* and /metrics need it and /healthz stays open; CORS ans
     assert.equal(denied.status, 401);
     assert.equal((await denied.json()).code, 'unauthorized');
     assert.equal((await fetch(`${guarded.url}/metrics`)).status, 401);
+    for (const encoded of ['/%761/model', '/v1/%6dodel', '/%6detrics']) {
+      assert.equal((await fetch(`${guarded.url}${encoded}`)).status, 401, `${encoded} is the same route, and needs the token too`);
+    }
     assert.equal((await fetch(`${guarded.url}/v1/model`, { headers: { authorization: 'Bearer wrong' } })).status, 401);
     assert.equal((await fetch(`${guarded.url}/healthz`)).status, 200);
     const allowed = await fetch(`${guarded.url}/v1/model`, { headers: { authorization: 'Bearer s3cret', origin: 'https://lab.example' } });

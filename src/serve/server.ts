@@ -89,7 +89,9 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
   app.addHook('onRequest', async (request, reply) => {
     const declared = Number(request.headers['content-length']);
     if (declared > settings.maxBody) throw tooLarge(settings.maxBody);
-    if (!token || request.method === 'OPTIONS' || !/^\/(v1\/|metrics(\?|$))/.test(request.url)) return;
+    // By the route matched, not the raw URL: '/%761/model' is routed to '/v1/model' too.
+    const route = request.routeOptions.url ?? '';
+    if (!token || request.method === 'OPTIONS' || !(route.startsWith('/v1/') || route === '/metrics')) return;
     const given = /^Bearer (.+)$/.exec(request.headers.authorization ?? '')?.[1];
     if (!given || !timingSafeEqual(createHash('sha256').update(given).digest(), token)) {
       reply.header('www-authenticate', 'Bearer');
