@@ -171,6 +171,10 @@ test(
       const page = await context.newPage();
       const pageErrors: string[] = [];
       page.on('pageerror', (error) => pageErrors.push(error.message));
+      // The server's content-security policy reports what it blocks here: the page must need nothing it forbids.
+      page.on('console', (message) => {
+        if (message.type() === 'error' && /Content Security Policy/.test(message.text())) pageErrors.push(message.text());
+      });
       await page.goto(base);
       await page.waitForFunction(() => document.querySelectorAll('#differential tbody tr').length > 0);
       const classes = await page.locator('#differential tbody tr').evaluateAll((rows) => rows.map((r) => (r as HTMLElement).dataset.label!));

@@ -35,6 +35,9 @@ const PAGE_TYPES: Record<string, string> = {
   '.png': 'image/png',
   '.svg': 'image/svg+xml',
 };
+/** The page loads and sends nothing but this server's own files and API; images are shown from blob: URLs. */
+const PAGE_POLICY =
+  "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 /** Seconds a client is asked to wait when the queue is full. */
 const RETRY_AFTER_S = 1;
 
@@ -224,6 +227,7 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
     return reply
       .type(PAGE_TYPES[path.extname(name)] ?? 'application/octet-stream')
       .header('cache-control', 'no-cache')
+      .header('content-security-policy', PAGE_POLICY)
       .send(readFileSync(path.join(PAGE_DIR, name)));
   }
 
