@@ -34,6 +34,9 @@ before(async () => {
   copyFileSync(path.join(cells, 'a.jpg'), outside);
   symlinkSync(outside, path.join(cells, 'link-out.jpg'));
   symlinkSync(path.join(cells, 'a.jpg'), path.join(cells, 'link-in.jpg'));
+  mkdirSync(path.join(work, 'elsewhere'));
+  writeFileSync(path.join(work, 'elsewhere', 'c.jpg'), basophil.bytes);
+  symlinkSync(path.join(work, 'elsewhere'), path.join(cells, 'linked-folder'));
   server = await startServer({ folder: cells, port: 0, maxBody: 2 ** 20, maxParts: 4, maxQueue: 16, timeoutMs: 3000 });
 });
 
@@ -245,7 +248,18 @@ test('the served folder lists its images and reads them, and nothing outside it 
   const file = await fetch(`${server.url}/v1/folder/file?path=sub/b.jpg`);
   assert.equal(file.status, 200);
   assert.deepEqual(Buffer.from(await file.arrayBuffer()), neutrophil.bytes);
-  const refused = ['../outside.jpg', 'sub/../../outside.jpg', '%2E%2E%2Foutside.jpg', outside, 'link-out.jpg', '.hidden.jpg', 'sub', 'missing.jpg', `a.jpg%00`];
+  const refused = [
+    'linked-folder/c.jpg',
+    '../outside.jpg',
+    'sub/../../outside.jpg',
+    '%2E%2E%2Foutside.jpg',
+    outside,
+    'link-out.jpg',
+    '.hidden.jpg',
+    'sub',
+    'missing.jpg',
+    `a.jpg%00`,
+  ];
   for (const rel of refused) {
     const response = await fetch(`${server.url}/v1/folder/file?path=${rel.includes('%') ? rel : encodeURIComponent(rel)}`);
     assert.deepEqual({ rel, status: response.status, code: (await response.json()).code }, { rel, status: 404, code: 'not-found' });

@@ -3,7 +3,7 @@
 // (a link loop, a dangling link, an unreadable folder, a path too long) is reported with its real reason, never
 // fatal; and whole-or-nothing writes that leave no temporary behind.
 import { constants, type Dirent, rmSync, type Stats } from 'node:fs';
-import { lstat, open, readdir, readlink, rename, rm, stat } from 'node:fs/promises';
+import { lstat, open, readdir, readlink, realpath, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { DecodeError, type DecodeErrorCode } from './errors.js';
 
@@ -159,6 +159,8 @@ export interface WalkOptions {
   reportHidden?: boolean;
   /** Folders already listed (by device and inode), shared across walks so a link cannot list one twice. */
   seen?: Set<string>;
+  /** A folder (its real path) that links may not lead out of: entries resolving outside it are passed over. */
+  within?: string;
 }
 
 /**
@@ -186,6 +188,10 @@ export async function walkFolder(dir: string, rel: string, options: WalkOptions 
     if (entry.name.startsWith('.')) {
       if (options.reportHidden) result.skipped.push({ ...child, code: 'hidden', detail: `hidden ${entry.isDirectory() ? 'folder' : 'file'}` });
       continue;
+    }
+    if (options.within !== undefined && entry.isSymbolicLink()) {
+      const target = await realpath(child.path).catch(() => null);
+      if (target !== null && !target.startsWith(options.within + path.sep)) continue;
     }
     const info = await inspectPath(child.path, options.maxBytes);
     if (info.kind === 'file') result.files.push(child);

@@ -28,7 +28,7 @@ export class ServedFolder {
 
   /** Every regular file below the folder (hidden entries passed over), with '/'-separated relative paths. */
   async list(): Promise<FolderListing> {
-    const walked = await walkFolder(this.root, '', { maxBytes: this.maxBytes });
+    const walked = await walkFolder(this.root, '', { maxBytes: this.maxBytes, within: this.root });
     const files: FolderListing['files'] = [];
     for (const file of walked.files) {
       const real = await realpath(file.path).catch(() => null);
