@@ -1,5 +1,5 @@
 // Neural-network functional operations (the `F` of torch.nn.functional), with shape checks that give clear errors.
-import { call, checkIndex, findOp, normDim, type Tensor } from './tensor.js';
+import { call, checkIndex, findOp, normDim, stack, type Tensor } from './tensor.js';
 import { isFloating } from './dtype.js';
 import { tidy } from './scope.js';
 
@@ -217,6 +217,13 @@ export interface CrossEntropyOptions {
   labelSmoothing?: number;
   reduction?: 'mean' | 'sum' | 'none';
   ignoreIndex?: number;
+  /**
+   * Whether to check that every target is a class index or ignoreIndex before the loss runs (default true). The
+   * check reads the targets' range on the host, which waits for the device. Callers that checked their labels before
+   * they became a tensor can turn it off: a bad target is then still an error on the CPU (libtorch's own), but on
+   * CUDA it trips a device-side assert that leaves the device unusable for the rest of the process.
+   */
+  checkTargets?: boolean;
 }
 
 const REDUCTION = { none: 0, mean: 1, sum: 2 } as const;
@@ -228,9 +235,8 @@ export function crossEntropy(logits: Tensor, target: Tensor, options: CrossEntro
   if (target.ndim !== 1 || target.shape[0] !== n) throw new RangeError(`crossEntropy: target must be [${n}], got ${shapeOf(target)}`);
   const ignoreIndex = options.ignoreIndex ?? -100;
   if (target.dtype !== 'int64') throw new TypeError(`crossEntropy: target must be int64 class indices, got ${target.dtype}`);
-  if (n > 0) {
-    const lo = target.amin().item();
-    const hi = target.amax().item();
+  if (n > 0 && (options.checkTargets ?? true)) {
+    const [lo, hi] = tidy(() => stack([target.amin(), target.amax()]).toArray());
     if ((lo < 0 && lo !== ignoreIndex) || hi >= classes) throw new RangeError(`crossEntropy: targets span [${lo}, ${hi}], outside the ${classes} classes`);
   }
   const smoothing = options.labelSmoothing ?? 0;

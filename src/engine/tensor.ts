@@ -41,12 +41,29 @@ function wrapResult(value: unknown): unknown {
   return value;
 }
 
+// Ops that hand JS a value computed from tensor data, so each call is a host read.
+const HOST_READ_OPS = new Set(['item', '_local_scalar_dense', 'is_nonzero', 'equal', 'allclose']);
+let hostReadCount = 0;
+
+/**
+ * How many times tensor data has reached the host so far, a count that only grows: each item(), data(), toArray()
+ * and each call of an op that returns a value computed from tensor data (equal, allclose, is_nonzero). Each such
+ * read waits for the device to finish its queued work, so a GPU pipeline stalls on it.
+ */
+export function hostReads(): number {
+  return hostReadCount;
+}
+
 /** Calls `aten::name.overload` with positional arguments in schema order; undefined takes the default. */
 export function call<T = Tensor>(name: string, overload: string, ...args: unknown[]): T {
   const op = findOp(name, overload);
   if (!op) throw new Error(`this libtorch has no operator aten::${name}${overload ? `.${overload}` : ''}`);
   const division = INTEGER_DIVISION.get(name);
-  if (!division) return wrapResult(native.callOp(op, args.map(unwrapArg))) as T;
+  if (!division) {
+    const result = native.callOp(op, args.map(unwrapArg));
+    if (HOST_READ_OPS.has(name)) hostReadCount++;
+    return wrapResult(result) as T;
+  }
   const divisor = guardIntegerDivision(name, division, args);
   try {
     return wrapResult(native.callOp(op, (divisor ? [args[0], divisor, ...args.slice(2)] : args).map(unwrapArg))) as T;
@@ -228,7 +245,9 @@ export class Tensor {
 
   /** Copies the elements to a typed array of the tensor's dtype (row-major). */
   data<D extends DType = DType>(): TypedArrayFor[D] {
-    return typedArrayOf(this.dtype as D, native.toBuffer(this.handle));
+    const buffer = native.toBuffer(this.handle);
+    hostReadCount++;
+    return typedArrayOf(this.dtype as D, buffer);
   }
 
   /** The elements as plain numbers (float32 for half types), row-major. */
