@@ -2,6 +2,7 @@
 // every limit answered with a clear 4xx (or 503 with Retry-After), after which the next request still succeeds.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -59,9 +60,11 @@ test('POST /v1/classify answers like one entry of predict --json, from a raw bod
   assert.equal(raw.status, 200);
   const answer = await raw.json();
   assert.equal(answer.model, 'convnext-only');
+  assert.equal(answer.sha256, createHash('sha256').update(basophil.bytes).digest('hex'));
   assert.equal(answer.model_info.architecture, 'convnext-only');
   assert.match(answer.model_info.sha256, /^[0-9a-f]{64}$/);
   assert.deepEqual(Object.keys(answer.result), ['file', 'predictions', 'uncertain', 'reasons', 'scale']);
+  assert.deepEqual(Object.keys(answer), ['model', 'model_info', 'sha256', 'result']);
   assert.equal(answer.result.file, 'cell.jpg');
   assert.equal(answer.result.predictions.length, 2);
   assert.equal(answer.result.predictions[0].label, 'basophil');

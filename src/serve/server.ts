@@ -164,12 +164,15 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
     const query = parseQuery(request.query);
     const [upload] = await readImages(request, 1, settings.maxBody);
     const name = query.name ?? upload.name;
+    // Of the bytes received, as the review page keys its decisions and exports name images (hashed before the
+    // bytes move to the worker thread).
+    const sha256 = createHash('sha256').update(upload.bytes).digest('hex');
     const [result] = await classify([{ bytes: upload.bytes, ...query.job }]);
     if ('error' in result) {
       metrics.errors.inc({ code: result.code ?? 'failed' });
-      return reply.code(statusOf(result.code)).send(shown(result, query.topK, name));
+      return reply.code(statusOf(result.code)).send({ ...shown(result, query.topK, name), sha256 });
     }
-    return { ...answer, result: shown(result, query.topK, name) };
+    return { ...answer, sha256, result: shown(result, query.topK, name) };
   });
 
   app.post('/v1/classify/batch', async (request) => {

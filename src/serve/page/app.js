@@ -110,60 +110,6 @@ async function failure(res) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Image hashes: crypto.subtle where the page is a secure context (127.0.0.1, localhost), else a plain SHA-256.
-
-async function sha256Hex(buffer) {
-  const bytes = globalThis.crypto?.subtle ? new Uint8Array(await crypto.subtle.digest('SHA-256', buffer)) : sha256(new Uint8Array(buffer));
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
-}
-
-const K = new Uint32Array([
-  0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74,
-  0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d,
-  0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e,
-  0x92722c85, 0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5,
-  0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
-]);
-
-function sha256(data) {
-  const padded = new Uint8Array(((data.length + 9 + 63) >> 6) << 6);
-  padded.set(data);
-  padded[data.length] = 0x80;
-  const view = new DataView(padded.buffer);
-  view.setUint32(padded.length - 8, Math.floor(data.length / 0x20000000));
-  view.setUint32(padded.length - 4, (data.length << 3) >>> 0);
-  const h = new Uint32Array([0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19]);
-  const w = new Uint32Array(64);
-  const rotr = (x, n) => (x >>> n) | (x << (32 - n));
-  for (let offset = 0; offset < padded.length; offset += 64) {
-    for (let i = 0; i < 16; i++) w[i] = view.getUint32(offset + 4 * i);
-    for (let i = 16; i < 64; i++) {
-      const s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >>> 3);
-      const s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >>> 10);
-      w[i] = w[i - 16] + s0 + w[i - 7] + s1;
-    }
-    let [a, b, c, d, e, f, g, k] = h;
-    for (let i = 0; i < 64; i++) {
-      const t1 = (k + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + K[i] + w[i]) >>> 0;
-      const t2 = ((rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c))) >>> 0;
-      [k, g, f, e, d, c, b, a] = [g, f, e, (d + t1) >>> 0, c, b, a, (t1 + t2) >>> 0];
-    }
-    h[0] += a;
-    h[1] += b;
-    h[2] += c;
-    h[3] += d;
-    h[4] += e;
-    h[5] += f;
-    h[6] += g;
-    h[7] += k;
-  }
-  const out = new Uint8Array(32);
-  const outView = new DataView(out.buffer);
-  h.forEach((value, i) => outView.setUint32(4 * i, value));
-  return out;
-}
-
-// ---------------------------------------------------------------------------------------------------------------
 // Decisions in IndexedDB, keyed by the image's SHA-256.
 
 let dbPromise = null;
@@ -264,13 +210,6 @@ async function classify(cell) {
       cell.blob = await res.blob();
     }
     if (!alive(cell)) return;
-    cell.sha256 = await sha256Hex(await cell.blob.arrayBuffer());
-    if (!alive(cell)) return;
-    if (state.cells.some((other) => other !== cell && other.sha256 === cell.sha256 && other.name === cell.name)) {
-      state.progress.skipped++;
-      removeCell(cell); // the same image under the same name is already in the gallery
-      return;
-    }
     cell.url = URL.createObjectURL(cell.blob);
     const topK = Math.max(8, state.classes.length);
     const res = await api(`/v1/classify?top_k=${topK}&name=${encodeURIComponent(cell.name)}`, {
@@ -281,6 +220,13 @@ async function classify(cell) {
     if (!res.ok) throw await failure(res);
     const body = await res.json();
     if (!alive(cell)) return;
+    // The server hashes what it received: decisions are keyed by it.
+    cell.sha256 = body.sha256;
+    if (state.cells.some((other) => other !== cell && other.sha256 === cell.sha256 && other.name === cell.name)) {
+      state.progress.skipped++;
+      removeCell(cell); // the same image under the same name is already in the gallery
+      return;
+    }
     cell.result = body.result;
     cell.modelInfo = body.model_info ?? state.model?.model_info ?? null;
     cell.predicted = body.result.predictions[0]?.label ?? null;
