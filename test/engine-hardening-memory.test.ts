@@ -56,7 +56,7 @@ test('500 training steps keep the live-tensor count at its baseline and RSS leve
       value.backward();
       return value.item();
     });
-    E.clipGradNorm(Object.values(params), 5);
+    E.clipGradNorm(Object.values(params), 5).dispose();
     optimizer.step();
     optimizer.zeroGrad();
     return loss;

@@ -1,5 +1,5 @@
 // The engine: tensors, autograd, mixed precision, optimizers and safetensors over libtorch.
-// hostReads() counts every time tensor data reaches JS (item, data, toArray).
+// hostReads() counts every time tensor data reaches JS (item, data, toArray); a model's forward pass makes none.
 export * from './tensor.js';
 export * as F from './functional.js';
 export { DTYPES, type DType, isFloating } from './dtype.js';

@@ -1,7 +1,7 @@
 // Optimizers with parameter groups, following PyTorch's update rules exactly so results can be compared.
 import { noGrad } from './autograd.js';
 import { dispose, keep, tidy } from './scope.js';
-import { type Device, stack, type Tensor, zerosLike } from './tensor.js';
+import { type Device, scalar, stack, type Tensor, where, zerosLike } from './tensor.js';
 
 export interface ParamGroup {
   params: Tensor[];
@@ -177,19 +177,26 @@ export class SGD extends Optimizer {
 }
 
 /**
- * Scales all gradients so that their global L2 norm is at most maxNorm, as torch.nn.utils.clip_grad_norm_.
- * Returns the norm before clipping; a non-finite norm leaves the gradients alone so the caller can react.
+ * Scales all gradients so that their global L2 norm is at most maxNorm, as torch.nn.utils.clip_grad_norm_, on the
+ * gradients' device: nothing is read back, so a GPU never waits for the host. Returns the norm before clipping as a
+ * float32 scalar tensor (dispose it, or call this inside tidy()); reading it with item() is a host read. A
+ * non-finite norm leaves the gradients alone, so the caller can react to it.
  */
-export function clipGradNorm(params: Tensor[], maxNorm: number): number {
+export function clipGradNorm(params: Tensor[], maxNorm: number): Tensor {
+  if (!(maxNorm > 0)) throw new RangeError(`clipGradNorm: maxNorm must be positive, got ${maxNorm}`);
   return noGrad(() =>
     tidy(() => {
       const grads = params.map((p) => p.grad).filter((g): g is Tensor => g !== undefined);
-      if (grads.length === 0) return 0;
-      const total = stack(grads.map((g) => g.float().norm()))
-        .norm()
-        .item();
-      const coefficient = maxNorm / (total + 1e-6);
-      if (Number.isFinite(total) && coefficient < 1) for (const g of grads) g.mul_(coefficient);
+      if (grads.length === 0) return scalar(0);
+      const total = stack(grads.map((g) => g.float().norm())).norm();
+      const factor = where(
+        total.isfinite(),
+        scalar(maxNorm, { device: total.device as Device })
+          .div(total.add(1e-6))
+          .clamp(undefined, 1),
+        1,
+      );
+      for (const g of grads) g.mul_(factor);
       return total;
     }),
   );

@@ -45,6 +45,18 @@ export function relativePositionIndex([wh, ww]: Pair): Tensor {
 }
 
 /**
+ * Throws unless index fits a window of this size: [N, N] rows of its bias table. The index is a constant, so it is
+ * checked once, when built, and the forward pass indexes with it without reading it back from the device.
+ */
+export function checkRelativePositionIndex(index: Tensor, [wh, ww]: Pair): void {
+  const n = wh * ww;
+  if (index.ndim !== 2 || index.shape[0] !== n || index.shape[1] !== n) {
+    throw new RangeError(`relative_position_index must be [${n}, ${n}] for a ${wh}×${ww} window, got [${index.shape.join(', ')}]`);
+  }
+  E.checkIndex(index, (2 * wh - 1) * (2 * ww - 1), 'relative_position_index');
+}
+
+/**
  * The additive mask [windows, N, N] for shifted windows: after the cyclic shift some windows hold pieces from
  * opposite edges of the map, which must not attend to each other (−100 between regions, as timm uses).
  */
@@ -84,7 +96,9 @@ export class WindowAttention extends Module {
     if (dim % numHeads !== 0) throw new RangeError(`WindowAttention: ${numHeads} heads must divide dim ${dim}`);
     this.headDim = dim / numHeads;
     truncNormal_(this.registerParameter('relative_position_bias_table', E.empty([(2 * window[0] - 1) * (2 * window[1] - 1), numHeads])));
-    this.registerBuffer('relative_position_index', relativePositionIndex(window), false);
+    const index = relativePositionIndex(window);
+    checkRelativePositionIndex(index, window);
+    this.registerBuffer('relative_position_index', index, false);
     this.qkv = this.registerModule('qkv', new Linear(dim, 3 * dim));
     this.proj = this.registerModule('proj', new Linear(dim, dim));
   }
@@ -93,7 +107,7 @@ export class WindowAttention extends Module {
   relativePositionBias(): Tensor {
     const n = this.window[0] * this.window[1];
     return E.tidy(() => this.parameter('relative_position_bias_table')
-      .indexSelect(0, this.buffer('relative_position_index').view([-1]))
+      .indexSelect(0, this.buffer('relative_position_index').view([-1]), { boundsChecked: true })
       .view([n, n, this.numHeads])
       .permute([2, 0, 1]));
   }

@@ -181,7 +181,7 @@ export async function train(run: TrainRun): Promise<{ loop: LoopState; stoppedEa
         });
         E.dispose([x, y]);
         if (!Number.isFinite(loss)) throw new NonFiniteLossError(loop.epoch, loop.batch, loss);
-        if (config.clipGrad !== null) E.clipGradNorm(model.parameters(), config.clipGrad);
+        if (config.clipGrad !== null) E.clipGradNorm(model.parameters(), config.clipGrad).dispose();
         optimizer.step();
         optimizer.zeroGrad();
         if (ema) updateEma(ema, model, config.emaDecay!);
