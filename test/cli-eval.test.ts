@@ -1,5 +1,5 @@
-// `hemato eval` with a tiny model on a few PBC images: one part of a split, a split refused as --labels, the exit
-// status when files could not be evaluated, and the model named in the output.
+// `hemato eval` with a tiny model on a few PBC and BCCD images: one part of a split, a split refused as --labels, the
+// exit status when files could not be evaluated, the model named in the output, the report and per-image answers.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
 import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import sharp from 'sharp';
 import * as E from '../src/engine/index.js';
 import { IMAGENET_NORMALIZATION } from '../src/data/batches.js';
 import { PBC_CLASSES } from '../src/data/dataset.js';
@@ -20,6 +21,7 @@ after(() => rmSync(dir, { recursive: true, force: true }));
 const modelFile = path.join(dir, 'tiny.safetensors');
 const data = path.join(dir, 'data');
 const splitFile = path.join(dir, 'split.csv');
+const bccd = path.join(dir, 'bccd');
 const CREATED = '2026-02-03T04:05:06.000Z';
 
 // train: 2 neutrophils, 1 platelet and a row whose file is gone; val: one of each; test: 2 platelets.
@@ -49,6 +51,14 @@ async function fixtures(): Promise<void> {
   }
   rows.push('neutrophil/gone.jpg,neutrophil,train');
   writeFileSync(splitFile, `${rows.join('\n')}\n`);
+  // Two images of each of two classes from another lab, named as BCCD names them.
+  for (const label of ['eosinophil', 'neutrophil']) {
+    mkdirSync(path.join(bccd, label), { recursive: true });
+    for (const name of readdirSync(path.join(SHARED, 'data/external/bccd-wbc', label))
+      .sort()
+      .slice(0, 2))
+      copyFileSync(path.join(SHARED, 'data/external/bccd-wbc', label, name), path.join(bccd, label, name));
+  }
 }
 const ready = fixtures();
 
@@ -132,4 +142,64 @@ test('a split given as --labels is refused, and --split and --part are checked b
     assert.equal(run.status, 2, run.stderr);
     assert.match(run.stderr, message);
   }
+});
+
+interface ImageAnswer {
+  file: string;
+  label: string;
+  predicted: string;
+  probability: number;
+  uncertain: boolean;
+  reasons: string[];
+}
+
+test('eval --report writes a readable report with its plots, free of machine paths; --per-image gives each answer', async () => {
+  await ready;
+  const out = path.join(dir, 'report-bccd');
+  const run = hemato([bccd, '--report', out, '--json', '--per-image']);
+  assert.equal(run.status, 0, run.stderr);
+  const result = JSON.parse(run.stdout) as Report & { per_image: ImageAnswer[]; uncertainty_threshold: number; uncertain_fraction: number };
+  assert.equal(result.per_image.length, 4);
+  for (const answer of result.per_image) {
+    assert.deepEqual(Object.keys(answer).sort(), ['file', 'label', 'predicted', 'probability', 'reasons', 'uncertain']);
+    assert.match(answer.file, /^(eosinophil|neutrophil)\/BloodImage_\d+_\d+\.jpg$/, 'relative to the data set');
+    assert.equal(answer.file.split('/')[0], answer.label);
+    assert.ok(PBC_CLASSES.includes(answer.predicted));
+    assert.ok(answer.probability >= 1 / 8 && answer.probability <= 1);
+    assert.equal(answer.uncertain, answer.reasons.length > 0);
+  }
+  const errors = result.per_image.filter((a) => a.predicted !== a.label).length;
+  assert.ok(errors > 0, 'an untrained model gets some wrong');
+
+  const report = readFileSync(path.join(out, 'report.md'), 'utf8');
+  for (const plot of ['confusion.svg', 'reliability.svg', 'errors.svg']) {
+    assert.ok(report.includes(`](${plot})`), `report.md shows ${plot}`);
+    const { info } = await sharp(readFileSync(path.join(out, plot)))
+      .png()
+      .toBuffer({ resolveWithObject: true });
+    assert.ok(info.width > 100 && info.height > 100, `${plot} decodes`);
+  }
+  assert.equal(readFileSync(path.join(out, 'errors.svg'), 'utf8').match(/<image /g)?.length, errors, 'each error is pictured');
+  assert.match(report, /^# Evaluation of tiny\.safetensors on bccd$/m);
+  assert.match(report, /\| uncertainty threshold \| 0\.500 /, 'the threshold is stated');
+  const flagged = result.per_image.filter((a) => a.uncertain).length;
+  assert.ok(report.includes(`| uncertain | ${(100 * result.uncertain_fraction).toFixed(2)} % (${flagged} of 4) |`), 'the uncertain rate is stated');
+  for (const answer of result.per_image.filter((a) => a.predicted !== a.label)) assert.ok(report.includes(`| ${answer.file} |`), `${answer.file} is listed`);
+  assert.ok(!report.includes(dir) && !report.includes(SHARED), 'no machine paths');
+  assert.doesNotMatch(report, /(^|[\s(|])\/[A-Za-z]/m, 'no absolute paths');
+  assert.doesNotMatch(report, /subtype/i, "BCCD's file names are not PBC's subtypes");
+
+  const plain = hemato([bccd, '--per-image']);
+  assert.equal(plain.status, 2);
+  assert.match(plain.stderr, /--per-image needs --json/);
+});
+
+test("eval --report on PBC's file names adds the table of errors by subtype", async () => {
+  await ready;
+  const out = path.join(dir, 'report-pbc');
+  const run = hemato([data, '--split', splitFile, '--part', 'test', '--report', out]);
+  assert.equal(run.status, 0, run.stderr);
+  const report = readFileSync(path.join(out, 'report.md'), 'utf8');
+  assert.match(report, /^2 labelled images of data \(the test part of split\.csv\)\.$/m);
+  assert.match(report, /## Errors by file-name subtype[\s\S]*\| PLATELET \| 2 \|/);
 });

@@ -72,6 +72,9 @@ test('a run reports skipped files, keeps finished results unless told to overwri
   assert.ok(validation.n > 0 && validation.accuracy >= 0 && validation.accuracy <= 1, JSON.stringify(validation));
   assert.equal(validation.split, metadata.provenance.split_hash, 'the model file records its validation figures and split');
   assert.ok(!existsSync(path.join(runDir, LOCK_FILE)), 'the lock is released');
+  const report = readFileSync(path.join(runDir, 'report.md'), 'utf8');
+  assert.match(report, /!\[training curves\]\(curves\.svg\)\n\n1 epoch; the weights kept are those of epoch 1/);
+  assert.ok(readFileSync(path.join(runDir, 'curves.svg'), 'utf8').includes('<circle'), 'one epoch is drawn as points');
   const skippedNote = first.notes.find((n) => n.startsWith('skipped 1 file'));
   assert.ok(skippedNote?.includes('neutrophil/notes.png'), first.notes.join('\n'));
   assert.deepEqual(

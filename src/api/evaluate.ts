@@ -6,7 +6,7 @@ import { evaluateScores, type ScoredItems, type ShiftResult } from '../eval/eval
 import type { Shift } from '../eval/shifts.js';
 import type { Classifier } from './classifier.js';
 
-export { evaluateScores, type Evaluation, type ScoredItems, shiftTable, writeReport } from '../eval/evaluation.js';
+export { evaluateScores, type Evaluation, type ImagePrediction, imagePredictions, type ScoredItems, shiftTable, writeReport } from '../eval/evaluation.js';
 
 export interface ScoreOptions {
   batchSize?: number;

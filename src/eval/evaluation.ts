@@ -1,10 +1,12 @@
-// The metrics an evaluation reports, from scores already computed, and the report that shows them.
+// The metrics an evaluation reports, from scores already computed, each image's answer, and the report that shows them.
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import sharp from 'sharp';
 import type { ScaleReport } from '../data/prepare.js';
+import type { RgbImage } from '../preprocess/image.js';
 import { softmaxRows } from './calibration.js';
 import { computeMetrics, type Metrics, expectedCalibrationError, reliabilityBins } from './metrics.js';
-import { confusionSvg, markdownReport, reliabilitySvg } from './report.js';
+import { confusionSvg, curvesSvg, bestEpoch, epochsOf, type EpochRecord, errorGridSvg, type ErrorTile, markdownReport, reliabilitySvg } from './report.js';
 
 export interface ScoredItems {
   /** Logits of the images that could be read, row-major [n × classes], before temperature scaling. */
@@ -30,14 +32,16 @@ export interface SubtypeErrors {
   predicted_as: Record<string, number>;
 }
 
-/** PBC names files by subtype (SNE_…, BNE_…, MY_…, MMY_…, PMY_…): errors per subtype, for analysis only. */
+/** PBC's file-name prefixes (BA_…, SNE_…, MY_…): the cell's subtype where a class has several. */
+const PBC_PREFIXES = new Set(['BA', 'BNE', 'EO', 'ERB', 'IG', 'LY', 'MMY', 'MO', 'MY', 'NEUTROPHIL', 'PLATELET', 'PMY', 'SNE']);
+
+/** Errors per subtype of the files named as PBC names them, for analysis only; null when no file is. */
 export function errorsBySubtype(files: string[], labels: Int32Array, probs: Float64Array, classes: readonly string[]): Record<string, SubtypeErrors> | null {
   const k = classes.length;
   const out: Record<string, SubtypeErrors> = {};
   files.forEach((file, i) => {
-    const match = /^([A-Za-z]+)_/.exec(path.basename(file));
-    if (!match) return;
-    const subtype = match[1].toUpperCase();
+    const subtype = /^([A-Za-z]+)_/.exec(path.basename(file))?.[1].toUpperCase();
+    if (!subtype || !PBC_PREFIXES.has(subtype)) return;
     let best = 0;
     for (let c = 1; c < k; c++) if (probs[i * k + c] > probs[i * k + best]) best = c;
     const entry = (out[subtype] ??= { n: 0, errors: 0, accuracy: 0, predicted_as: {} });
@@ -55,7 +59,15 @@ export interface Evaluation extends Metrics {
   ece_uncalibrated: number;
   temperature: number;
   uncertain_fraction: number;
+  /** The calibrated top probability below which an answer is flagged low-confidence. */
+  uncertainty_threshold: number;
+  /** How many answers each reason flagged (an answer may have several). */
+  uncertain_reasons: Record<string, number>;
+  /** Accuracy of the answers not flagged uncertain; null when every answer is. */
+  unflagged_accuracy: number | null;
   reliability: ReturnType<typeof reliabilityBins>;
+  /** The same bins before temperature scaling. */
+  reliability_uncalibrated: ReturnType<typeof reliabilityBins>;
   by_subtype: Record<string, SubtypeErrors> | null;
 }
 
@@ -63,24 +75,54 @@ export interface Evaluation extends Metrics {
 export interface Judge {
   classes: string[];
   temperature: number;
+  uncertaintyThreshold: number;
   reasons(topScore: number, scale?: ScaleReport, oodDistance?: number, nuclei?: number): string[];
 }
 
-export function evaluateScores(scored: ScoredItems, classifier: Judge): Evaluation {
+/** One image's answer, as predict gives it, beside its label. */
+export interface ImagePrediction {
+  /** Path relative to the data set's root. */
+  file: string;
+  label: string;
+  predicted: string;
+  /** The predicted class's calibrated probability. */
+  probability: number;
+  uncertain: boolean;
+  reasons: string[];
+}
+
+export function imagePredictions(scored: ScoredItems, judge: Judge): ImagePrediction[] {
+  const k = judge.classes.length;
+  const probs = softmaxRows(scored.logits, scored.labels.length, k, judge.temperature);
+  return Array.from(scored.labels, (label, i) => {
+    let best = 0;
+    for (let c = 1; c < k; c++) if (probs[i * k + c] > probs[i * k + best]) best = c;
+    const probability = probs[i * k + best];
+    const reasons = judge.reasons(probability, scored.scales?.[i], scored.distances?.[i], scored.nuclei?.[i]);
+    return { file: scored.files[i], label: judge.classes[label], predicted: judge.classes[best], probability, uncertain: reasons.length > 0, reasons };
+  });
+}
+
+export function evaluateScores(scored: ScoredItems, judge: Judge, predictions = imagePredictions(scored, judge)): Evaluation {
   const n = scored.labels.length;
-  const k = classifier.classes.length;
-  const probs = softmaxRows(scored.logits, n, k, classifier.temperature);
-  const metrics = computeMetrics(probs, scored.labels, classifier.classes);
-  let uncertain = 0;
-  for (let i = 0; i < n; i++)
-    if (classifier.reasons(Math.max(...probs.subarray(i * k, (i + 1) * k)), scored.scales?.[i], scored.distances?.[i], scored.nuclei?.[i]).length) uncertain++;
+  const k = judge.classes.length;
+  const probs = softmaxRows(scored.logits, n, k, judge.temperature);
+  const uncalibrated = softmaxRows(scored.logits, n, k, 1);
+  const metrics = computeMetrics(probs, scored.labels, judge.classes);
+  const reasons: Record<string, number> = {};
+  for (const p of predictions) for (const reason of p.reasons) reasons[reason] = (reasons[reason] ?? 0) + 1;
+  const unflagged = predictions.filter((p) => !p.uncertain);
   return {
     ...metrics,
-    ece_uncalibrated: expectedCalibrationError(softmaxRows(scored.logits, n, k, 1), scored.labels, n, k),
-    temperature: classifier.temperature,
-    uncertain_fraction: uncertain / n,
+    ece_uncalibrated: expectedCalibrationError(uncalibrated, scored.labels, n, k),
+    temperature: judge.temperature,
+    uncertain_fraction: (n - unflagged.length) / n,
+    uncertainty_threshold: judge.uncertaintyThreshold,
+    uncertain_reasons: reasons,
+    unflagged_accuracy: unflagged.length ? unflagged.filter((p) => p.predicted === p.label).length / unflagged.length : null,
     reliability: reliabilityBins(probs, scored.labels, n, k),
-    by_subtype: errorsBySubtype(scored.files, scored.labels, probs, classifier.classes),
+    reliability_uncalibrated: reliabilityBins(uncalibrated, scored.labels, n, k),
+    by_subtype: errorsBySubtype(scored.files, scored.labels, probs, judge.classes),
   };
 }
 
@@ -110,33 +152,105 @@ export function shiftTable(baseline: Evaluation, shifts: Record<string, ShiftRes
   ];
 }
 
-const pct = (x: number) => `${(100 * x).toFixed(2)}%`;
+const pct = (x: number) => `${(100 * x).toFixed(2)} %`;
+
+/** How many misclassified images a report shows: the most confident errors. */
+export const REPORT_ERRORS = 32;
+const THUMBNAIL = 160;
+
+export interface ReportOptions {
+  /** What was evaluated, in words (no machine paths). */
+  data?: string;
+  /** Each image's answer, in the order of the scored images. */
+  predictions: ImagePrediction[];
+  /** Image i of the scored images, for the grid of errors; without it the errors are listed only. */
+  image?: (index: number) => Promise<RgbImage>;
+  /** A training run's log: the report draws its curves. */
+  history?: EpochRecord[];
+  /** Sections after the report's own (the shift suite). */
+  extra?: string[];
+}
 
 /** Writes report.md with its SVG plots into dir. */
-export async function writeReport(dir: string, title: string, evaluation: Evaluation, extra: string[] = []): Promise<string> {
+export async function writeReport(dir: string, title: string, evaluation: Evaluation, options: ReportOptions): Promise<string> {
   await mkdir(dir, { recursive: true });
-  await writeFile(path.join(dir, 'confusion.svg'), confusionSvg(evaluation.confusion_matrix, evaluation.labels));
+  const plots: { confusion: string; reliability: string; curves?: string; errors?: string } = { confusion: 'confusion.svg', reliability: 'reliability.svg' };
+  await writeFile(path.join(dir, plots.confusion), confusionSvg(evaluation.confusion_matrix, evaluation.labels));
+  const scaled = evaluation.temperature !== 1;
   await writeFile(
-    path.join(dir, 'reliability.svg'),
-    reliabilitySvg(evaluation.reliability, `reliability after temperature scaling (T = ${evaluation.temperature.toFixed(3)})`),
+    path.join(dir, plots.reliability),
+    reliabilitySvg(
+      {
+        bins: evaluation.reliability,
+        label: `${scaled ? `after temperature scaling (T = ${evaluation.temperature.toFixed(3)})` : 'no temperature scaling'}: ECE ${evaluation.ece.toFixed(4)}`,
+      },
+      scaled ? { bins: evaluation.reliability_uncalibrated, label: `before temperature scaling: ECE ${evaluation.ece_uncalibrated.toFixed(4)}` } : undefined,
+    ),
   );
+  let curvesNote: string[] | undefined;
+  if (options.history?.length) {
+    plots.curves = 'curves.svg';
+    await writeFile(path.join(dir, plots.curves), curvesSvg(options.history));
+    const epochs = epochsOf(options.history);
+    const best = bestEpoch(epochs)!;
+    curvesNote = [
+      `${epochs.length} epoch${epochs.length === 1 ? '' : 's'}; the weights kept are those of epoch ${best.epoch}, the best validation macro-F1 (${pct(best.val_macro_f1)}).`,
+    ];
+  }
+  const errors = options.predictions.map((p, index) => ({ ...p, index })).filter((p) => p.predicted !== p.label);
+  const shown = errors.sort((a, b) => b.probability - a.probability).slice(0, REPORT_ERRORS);
+  if (shown.length && options.image) {
+    plots.errors = 'errors.svg';
+    const tiles: ErrorTile[] = [];
+    for (const e of shown) tiles.push({ ...e, picture: await options.image(e.index).then(thumbnail, () => null) });
+    await writeFile(path.join(dir, plots.errors), errorGridSvg(tiles));
+  }
+  const errorLines = shown.length
+    ? [
+        `${errors.length} of ${evaluation.n} images are misclassified; ${shown.length === errors.length ? 'all are' : `the ${shown.length} with the highest probability are`} listed${plots.errors ? ', numbered as in the grid' : ''}.`,
+        '',
+        '| # | file | true class | predicted | probability | flagged |',
+        '|---|---|---|---|---|---|',
+        ...shown.map((e, i) => `| ${i + 1} | ${e.file} | ${e.label} | ${e.predicted} | ${pct(e.probability)} | ${e.reasons.join(', ') || 'no'} |`),
+      ]
+    : undefined;
   const subtypes = evaluation.by_subtype
     ? [
-        '## Errors by file-name subtype (analysis only; names never reach the model)',
+        '## Errors by file-name subtype',
+        '',
+        "From PBC's file-name prefixes, for analysis only: names never reach the model.",
         '',
         '| subtype | n | errors | accuracy | predicted as |',
         '|---|---|---|---|---|',
         ...Object.entries(evaluation.by_subtype).map(
           ([s, e]) =>
             `| ${s} | ${e.n} | ${e.errors} | ${pct(e.accuracy)} | ${Object.entries(e.predicted_as)
+              .sort((a, b) => b[1] - a[1])
               .map(([c, n]) => `${c} ${n}`)
               .join(', ')} |`,
         ),
+        '',
       ]
     : [];
+  const uncertainty = {
+    threshold: evaluation.uncertainty_threshold,
+    flagged: options.predictions.filter((p) => p.uncertain).length,
+    reasons: evaluation.uncertain_reasons,
+    unflagged_accuracy: evaluation.unflagged_accuracy,
+  };
   const file = path.join(dir, 'report.md');
-  await writeFile(file, markdownReport(title, evaluation, { confusion: 'confusion.svg', reliability: 'reliability.svg' }, [...subtypes, '', ...extra]));
+  const extra = [...subtypes, ...(options.extra ?? [])];
+  await writeFile(file, markdownReport(title, evaluation, { data: options.data, plots, uncertainty, curvesNote, errors: errorLines, extra }));
   return file;
+}
+
+/** A small JPEG of an image, whole, on a light grey square. */
+async function thumbnail(image: RgbImage): Promise<{ mime: string; data: Buffer }> {
+  const data = await sharp(image.data, { raw: { width: image.width, height: image.height, channels: 3 } })
+    .resize(THUMBNAIL, THUMBNAIL, { fit: 'contain', background: '#eeeeee' })
+    .jpeg({ quality: 80 })
+    .toBuffer();
+  return { mime: 'image/jpeg', data };
 }
 
 /** The figures a model file records about its validation: enough to say what it scored, and on how many images. */

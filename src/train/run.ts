@@ -48,6 +48,7 @@ const OUTPUTS = [
   'report.md',
   'confusion.svg',
   'reliability.svg',
+  'errors.svg',
 ];
 /** Settings that may differ on --resume: they change how fast, not what is computed. */
 const FREE_ON_RESUME = new Set(['workers']);

@@ -86,6 +86,7 @@ export function registerCalibrate(program: Command): void {
     const judge = {
       classes: classifier.classes,
       temperature: fit.temperature,
+      uncertaintyThreshold: fit.uncertaintyThreshold,
       reasons: (top: number) => (top < fit.uncertaintyThreshold ? ['low-confidence'] : []),
     };
     const validation = validationRecord(evaluateScores(scored, judge), splitHash);

@@ -3,10 +3,11 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { BUNDLED_MODEL, loadClassifier } from '../../api/classifier.js';
 import { modelInfo } from '../../api/model-info.js';
-import { evaluateScores, evaluateShifts, scoreItems, shiftTable, writeReport } from '../../api/evaluate.js';
+import { evaluateScores, evaluateShifts, imagePredictions, scoreItems, shiftTable, writeReport } from '../../api/evaluate.js';
 import { selectShifts, SHIFTS } from '../../eval/shifts.js';
 import { parseCsv } from '../../data/csv.js';
 import { type DatasetListing, listCsvDataset, listDataset, type ListOptions } from '../../data/dataset.js';
+import { readImageFile } from '../../data/image.js';
 import { type Part, readSplit } from '../../data/split.js';
 import { CliError, prepareOutputDir, printJson } from '../output.js';
 import { progressBar } from '../progress.js';
@@ -23,16 +24,18 @@ export function registerEval(program: Command): void {
     .option('--labels <csv>', 'a CSV of file,label (paths relative to --images)')
     .option('--split <csv>', "a split from 'hemato split' (file,label,part; paths relative to the folder or --images)")
     .option('--part <part>', 'the part of --split to score: train, val or test (default: val)', parseChoice(['train', 'val', 'test'] as const))
-    .option('--report <dir>', 'write report.md with a confusion matrix and a reliability diagram there')
+    .option('--report <dir>', 'write report.md there, with a confusion matrix, a reliability diagram and the most confident errors')
     .option(
       '--shifts [names]',
       `also score each image under simulated scanner and stain shifts (all, or a comma-separated list of: ${SHIFTS.map((s) => s.name).join(', ')})`,
     )
     .option('--batch-size <n>', 'images per forward pass', parsePositiveInt, 64)
     .option('--max-file-size <size>', MAX_FILE_SIZE_HELP, parseFileSize)
-    .option('--json', 'print one JSON document on stdout');
+    .option('--json', 'print one JSON document on stdout')
+    .option('--per-image', "with --json: each image's answer too (file, label, predicted, probability, uncertain, reasons)");
   modelOption(command).action(async (dir: string | undefined, options) => {
     // Checked before the model loads and the images are scored, not after.
+    if (options.perImage && !options.json) throw new CliError('--per-image needs --json', 2);
     if (options.report) await prepareOutputDir(options.report, '--report');
     let shifts;
     try {
@@ -60,7 +63,8 @@ export function registerEval(program: Command): void {
     const scored = await scoreItems(classifier, listing.items, { batchSize: options.batchSize, onProgress: (done) => bar.update(done) });
     bar.stop();
     if (scored.labels.length === 0) throw new CliError('none of the images could be read; see the skipped list with --json');
-    const evaluation = evaluateScores(scored, classifier);
+    const predictions = imagePredictions(scored, classifier);
+    const evaluation = evaluateScores(scored, classifier, predictions);
     let shiftResults;
     if (shifts.length) {
       const shiftBar = progressBar('shifts', shifts.length * listing.items.length);
@@ -75,14 +79,23 @@ export function registerEval(program: Command): void {
     const notEvaluated = listing.skipped.filter((s) => s.reason !== 'hidden').length + scored.failed.length;
     const skipped = [...listing.skipped.map((s) => ({ path: s.path, reason: `${s.reason}: ${s.detail}` })), ...scored.failed];
     const model = await modelInfo(options.model ?? BUNDLED_MODEL);
-    const reportFile = options.report
-      ? await writeReport(
-          options.report,
-          `Evaluation of ${path.basename(options.model ?? 'the bundled model')} on ${path.relative(process.cwd(), listing.root) || '.'}`,
-          evaluation,
-          shiftResults ? shiftTable(evaluation, shiftResults) : [],
-        )
-      : undefined;
+    let reportFile;
+    if (options.report) {
+      // The report names the data set and its files by their names under its root: nothing of this machine's paths.
+      const paths = new Map(listing.items.map((item) => [item.file, item.path]));
+      const dataName = path.basename(path.resolve(listing.root));
+      const source = options.split
+        ? `the ${options.part ?? 'val'} part of ${path.basename(options.split)}`
+        : options.labels
+          ? path.basename(options.labels)
+          : null;
+      reportFile = await writeReport(options.report, `Evaluation of ${model.name} on ${dataName}`, evaluation, {
+        data: `${evaluation.n} labelled images of ${dataName}${source ? ` (${source})` : ''}${notEvaluated ? `; ${notEvaluated} files could not be evaluated` : ''}.`,
+        predictions,
+        image: (i) => readImageFile(paths.get(scored.files[i])!, { maxFileBytes: options.maxFileSize }),
+        extra: shiftResults ? shiftTable(evaluation, shiftResults) : [],
+      });
+    }
     if (options.json) {
       printJson({
         data: listing.root,
@@ -90,6 +103,7 @@ export function registerEval(program: Command): void {
         model_info: model,
         ...evaluation,
         ...(shiftResults ? { shifts: shiftResults } : {}),
+        ...(options.perImage ? { per_image: predictions } : {}),
         skipped,
         report: reportFile,
       });
@@ -100,7 +114,7 @@ export function registerEval(program: Command): void {
         `accuracy ${pct(evaluation.accuracy)}  balanced accuracy ${pct(evaluation.balanced_accuracy)}  macro-F1 ${pct(evaluation.macro_f1)}  κ ${evaluation.cohen_kappa.toFixed(4)}\n`,
       );
       process.stdout.write(
-        `NLL ${evaluation.nll.toFixed(4)}  ECE ${evaluation.ece.toFixed(4)} (before temperature scaling ${evaluation.ece_uncalibrated.toFixed(4)})  uncertain ${pct(evaluation.uncertain_fraction)}\n`,
+        `NLL ${evaluation.nll.toFixed(4)}  ECE ${evaluation.ece.toFixed(4)} (before temperature scaling ${evaluation.ece_uncalibrated.toFixed(4)})  uncertain ${pct(evaluation.uncertain_fraction)} (threshold ${evaluation.uncertainty_threshold.toFixed(3)})\n`,
       );
       for (const [name, m] of Object.entries(evaluation.per_class)) {
         process.stdout.write(
