@@ -5,50 +5,9 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as E from '../src/engine/index.js';
-import { ConvNeXt } from '../src/models/convnext.js';
-import { DEFAULT_AUGMENT } from '../src/data/augment.js';
-import { IMAGENET_NORMALIZATION, type ImageSet } from '../src/data/batches.js';
-import { NonFiniteLossError, type TrainConfig, train } from '../src/train/trainer.js';
+import { NonFiniteLossError, train } from '../src/train/trainer.js';
 import { NonFiniteModelError } from '../src/eval/finite.js';
-
-function tinySet(): ImageSet {
-  // Two classes a tiny network can tell apart: bright and dark images, with noise.
-  const n = 24;
-  const size = 32;
-  const images = new Uint8Array(n * size * size * 3);
-  let seed = 7;
-  const random = () => (seed = (seed * 16807) % 2147483647) / 2147483647;
-  const labels = new Int32Array(n);
-  for (let i = 0; i < n; i++) {
-    labels[i] = i % 2;
-    for (let p = 0; p < size * size * 3; p++) images[i * size * size * 3 + p] = Math.min(255, (labels[i] ? 140 : 60) + random() * 100);
-  }
-  return { images, size, labels, classes: ['dark', 'bright'] };
-}
-
-const config: TrainConfig = {
-  epochs: 3,
-  batchSize: 6,
-  lr: 2e-3,
-  minLr: 0,
-  weightDecay: 0.05,
-  warmupFraction: 0.2,
-  labelSmoothing: 0.1,
-  emaDecay: 0.9,
-  precision: 'fp32',
-  clipGrad: 1,
-  seed: 11,
-  patience: null,
-  augment: { ...DEFAULT_AUGMENT, crop: { scale: [0.6, 1], ratio: [0.75, 1.33] }, saturation: 0.1, hue: 0.02 },
-  normalization: IMAGENET_NORMALIZATION,
-  evalBatchSize: 8,
-  checkpointMinutes: 60,
-};
-
-function tinyModel(): ConvNeXt {
-  E.manualSeed(1);
-  return new ConvNeXt({ depths: [1, 1, 1, 1], dims: [8, 16, 24, 32], convMlp: true, numClasses: 2, dropPathRate: 0.1, inputSize: 32 });
-}
+import { config, tinyModel, tinySet } from './train-fixtures.js';
 
 async function run(interruptAfterSteps?: number): Promise<Map<string, number[]>> {
   const data = tinySet();

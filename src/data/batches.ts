@@ -24,15 +24,20 @@ export interface BatchOptions {
   device?: E.Device;
 }
 
-/** Normalised float32 [N, 3, S, S] images and int64 labels for the given sample indices. */
+/**
+ * Normalised float32 [N, 3, S, S] images and int64 labels for the given sample indices. Every label is checked here,
+ * on the host, to be one of the set's classes, so the loss need not read the labels back from the device.
+ */
 export function makeBatch(set: ImageSet, indices: ArrayLike<number>, options: BatchOptions): { x: E.Tensor; y: E.Tensor } {
   const pixels = set.size * set.size * 3;
   const bytes = new Uint8Array(indices.length * pixels);
   const labels = new BigInt64Array(indices.length);
   for (let i = 0; i < indices.length; i++) {
     const index = indices[i];
+    const label = set.labels[index];
+    if (!(label >= 0 && label < set.classes.length)) throw new RangeError(`sample ${index} has label ${label}, not one of the ${set.classes.length} classes`);
     bytes.set(set.images.subarray(index * pixels, (index + 1) * pixels), i * pixels);
-    labels[i] = BigInt(set.labels[index]);
+    labels[i] = BigInt(label);
   }
   // The uint8 bytes go to the device first: a quarter of the float32 traffic, and augmentation runs there too.
   const device = options.device ?? 'cpu';

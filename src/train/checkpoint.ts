@@ -1,9 +1,15 @@
 // Training checkpoints: model weights, optimizer state, EMA weights and the loop's position in one
 // safetensors file, written atomically (write, then rename) so an interruption never leaves half a file, nor a
 // temporary: one from a write that was killed outright is removed at the next load or save.
+import { existsSync } from 'node:fs';
+import path from 'node:path';
 import { removeStaleTemporaries, writeFileAtomic } from '../data/files.js';
 import * as E from '../engine/index.js';
+import { NonFiniteModelError } from '../eval/finite.js';
 import type { Module } from '../nn/index.js';
+import { RESTART_ADVICE } from './step.js';
+
+export const CHECKPOINT_FILE = 'checkpoint.safetensors';
 
 export interface LoopState {
   /** The epoch and the batch within it that the next step will run. */
@@ -15,12 +21,14 @@ export interface LoopState {
   history: Record<string, unknown>[];
 }
 
-export async function saveCheckpoint(
-  file: string,
-  parts: { model: Module; optimizer: E.AdamW; ema?: Map<string, E.Tensor> },
-  loop: LoopState,
-  config: unknown,
-): Promise<void> {
+/** What a checkpoint holds besides the loop's position: the weights, the optimiser's state and the EMA weights. */
+export interface TrainingParts {
+  model: Module;
+  optimizer: E.AdamW;
+  ema?: Map<string, E.Tensor>;
+}
+
+export async function saveCheckpoint(file: string, parts: TrainingParts, loop: LoopState, config: unknown): Promise<void> {
   const tensors = new Map<string, E.Tensor>();
   for (const [key, t] of parts.model.stateDict()) tensors.set(`model.${key}`, t);
   const optimizerState = parts.optimizer.stateDict();
@@ -42,7 +50,7 @@ export interface LoadedCheckpoint {
 }
 
 /** Restores a checkpoint into the given model, optimizer and EMA; their tensors keep their identities. */
-export async function loadCheckpoint(file: string, parts: { model: Module; optimizer: E.AdamW; ema?: Map<string, E.Tensor> }): Promise<LoadedCheckpoint> {
+export async function loadCheckpoint(file: string, parts: TrainingParts): Promise<LoadedCheckpoint> {
   await removeStaleTemporaries(file);
   const { tensors, metadata } = await E.loadSafetensors(file);
   try {
@@ -58,4 +66,62 @@ export async function loadCheckpoint(file: string, parts: { model: Module; optim
   } finally {
     E.dispose(tensors);
   }
+}
+
+/** A new run must not overwrite a checkpoint, and a resumed one needs one; the errors say what to do. */
+export function checkRunDir(runDir: string, resume: boolean): void {
+  const checkpointFile = path.join(runDir, CHECKPOINT_FILE);
+  if (resume && !existsSync(checkpointFile)) throw new Error(`--resume: no checkpoint at ${checkpointFile}; start without --resume`);
+  if (!resume && existsSync(checkpointFile)) throw new Error(`${runDir} already holds a training run; continue it with --resume, or choose another --out`);
+}
+
+/** A run folder's checkpoint: where the loop starts, when a mid-epoch save is due, and the saves themselves. */
+export class RunCheckpoints {
+  readonly file: string;
+  #lastSave = Date.now();
+
+  constructor(
+    private readonly runDir: string,
+    private readonly parts: TrainingParts,
+    private readonly config: unknown,
+    /** A mid-epoch checkpoint is due when this many minutes passed since the last save. */
+    private readonly everyMinutes: number,
+  ) {
+    this.file = path.join(runDir, CHECKPOINT_FILE);
+  }
+
+  /** The loop's state to start from: a fresh one, or on resume the checkpoint's, restored into the parts. */
+  async start(resume: boolean): Promise<LoopState> {
+    checkRunDir(this.runDir, resume);
+    if (resume) return (await loadCheckpoint(this.file, this.parts)).loop;
+    return { epoch: 0, batch: 0, globalStep: 0, bestScore: -1, bestEpoch: -1, history: [] };
+  }
+
+  get due(): boolean {
+    return Date.now() - this.#lastSave > this.everyMinutes * 60_000;
+  }
+
+  /** Writes the parts and the loop's position (the next step to run) atomically; NaN or infinite values are refused. */
+  async save(loop: LoopState): Promise<void> {
+    const tensors = [...this.parts.model.stateDict().values(), ...this.parts.optimizer.stateDict().tensors.values(), ...(this.parts.ema?.values() ?? [])];
+    const bad = countNonFiniteElements(tensors);
+    if (bad > 0)
+      throw new NonFiniteModelError(
+        `training diverged: ${bad} weights or optimiser values are NaN or infinite after step ${loop.globalStep}; they are not checkpointed. ${RESTART_ADVICE}`,
+      );
+    await saveCheckpoint(this.file, this.parts, loop, this.config);
+    this.#lastSave = Date.now();
+  }
+}
+
+/** NaN and infinite elements in the tensors, counted on their device and read back once. */
+function countNonFiniteElements(tensors: E.Tensor[]): number {
+  if (tensors.length === 0) return 0;
+  return E.noGrad(() =>
+    E.tidy(() =>
+      E.stack(tensors.map((t) => t.isfinite().logicalNot().sum()))
+        .sum()
+        .item(),
+    ),
+  );
 }

@@ -7,7 +7,8 @@ import { chooseUncertaintyThreshold, fitTemperature, softmaxRows } from '../eval
 import { evaluateScores, type Evaluation, imagePredictions, validationRecord, writeReport } from '../eval/evaluation.js';
 import { loadModel, saveModel } from '../models/io.js';
 import type { TrainingData } from './data.js';
-import { LOG_FILE, predictLogits, type TrainConfig } from './trainer.js';
+import { LOG_FILE, type TrainConfig } from './trainer.js';
+import { predictLogits } from './validate.js';
 
 export interface RunSummary {
   model: string;

@@ -25,7 +25,8 @@ import {
 import { type DataManifest, dataManifest, type LoadProgress, loadTrainingData, manifestChanges, type TrainingData } from './data.js';
 import { lockRunDir } from './lock.js';
 import { provenance } from './provenance.js';
-import { CHECKPOINT_FILE, checkRunDir, LOG_FILE, type TrainEvent, train } from './trainer.js';
+import { CHECKPOINT_FILE, checkRunDir } from './checkpoint.js';
+import { LOG_FILE, type TrainEvent, train } from './trainer.js';
 
 export const CONFIG_FILE = 'config.json';
 export const DATA_FILE = 'data.json';

@@ -1,19 +1,24 @@
 // The training loop: AdamW with a warm-up + cosine schedule, label smoothing, optional EMA and autocast,
-// gradient clipping, early stopping on validation macro-F1, and exact resumption from checkpoints.
+// gradient clipping, early stopping on validation macro-F1, and exact resumption from checkpoints. The parts live
+// beside it: the step and its losses (step.ts), validation (validate.ts), the EMA (ema.ts) and checkpoints
+// (checkpoint.ts); train() runs them in order.
 import { appendFile, mkdir } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
 import path from 'node:path';
 import * as E from '../engine/index.js';
 import { weightDecayGroups } from '../nn/index.js';
 import type { ImageClassifier } from '../models/classifier.js';
 import { type AugmentConfig } from '../data/augment.js';
-import { type ImageSet, type Normalization, batchIndices, makeBatch, shuffled } from '../data/batches.js';
+import { type ImageSet, type Normalization, batchIndices, shuffled } from '../data/batches.js';
 import { type BatchSource, inlineBatches, workerBatches } from '../data/prefetch.js';
-import { cosineLr } from './schedule.js';
-import { computeMetrics, type Metrics } from '../eval/metrics.js';
-import { softmaxRows } from '../eval/calibration.js';
-import { type LoopState, loadCheckpoint, saveCheckpoint } from './checkpoint.js';
-import { NonFiniteModelError, assertFiniteWeights, countNonFinite } from '../eval/finite.js';
+import { assertFiniteWeights } from '../eval/finite.js';
+import type { Metrics } from '../eval/metrics.js';
+import { type CosineSchedule, cosineLr } from './schedule.js';
+import { type LoopState, RunCheckpoints } from './checkpoint.js';
+import { WeightAverage } from './ema.js';
+import { LOSS_READ_INTERVAL, LossWindow, trainingStep } from './step.js';
+import { validateEpoch } from './validate.js';
+
+export { NonFiniteLossError } from './step.js';
 
 export interface TrainConfig {
   epochs: number;
@@ -40,8 +45,21 @@ export interface TrainConfig {
 }
 
 export type TrainEvent =
-  | { type: 'start'; epochs: number; stepsPerEpoch: number; resumedAt?: { epoch: number; batch: number } }
-  | { type: 'step'; epoch: number; batch: number; batches: number; loss: number; lr: number; imagesPerSecond: number }
+  | { type: 'start'; epochs: number; stepsPerEpoch: number; validationImages: number; resumedAt?: { epoch: number; batch: number } }
+  | {
+      type: 'step';
+      epoch: number;
+      batch: number;
+      batches: number;
+      /** Images in this step's batch. */
+      images: number;
+      /** The mean loss of the steps since the last read, on the steps that read it (every lossReadInterval steps). */
+      loss?: number;
+      lr: number;
+      /** This step's images over its wall time; on a GPU, only steps that read the loss wait for the device. */
+      imagesPerSecond: number;
+    }
+  | { type: 'validation'; epoch: number; done: number; total: number }
   | { type: 'epoch'; epoch: number; trainLoss: number; lr: number; seconds: number; val: Metrics; best: boolean }
   | { type: 'checkpoint'; file: string }
   | { type: 'stop'; reason: string };
@@ -65,240 +83,224 @@ export interface TrainRun {
    * are always made inline, on the GPU.
    */
   workers?: number;
+  /** Steps whose losses are read from the device together (LOSS_READ_INTERVAL by default). */
+  lossReadInterval?: number;
 }
+
+export const LOG_FILE = 'log.jsonl';
 
 /** How many batches are prepared ahead of the one being trained on. */
 const PREFETCH_DEPTH = 2;
-
-// Resuming would repeat the same steps exactly, so the way out of a divergence is a new start with other settings.
-const RESTART_ADVICE =
-  'Start again with a lower learning rate (--lr), gradient clipping on, or --precision fp32 ' +
-  '(in another --out, or with --overwrite); the last checkpoint and the best model so far are intact.';
-
-export class NonFiniteLossError extends Error {
-  constructor(epoch: number, batch: number, loss: number) {
-    super(`training diverged: the loss became ${loss} at epoch ${epoch + 1}, batch ${batch + 1}. ${RESTART_ADVICE}`);
-  }
-}
-
-export const CHECKPOINT_FILE = 'checkpoint.safetensors';
-export const LOG_FILE = 'log.jsonl';
-
-/** A new run must not overwrite a checkpoint, and a resumed one needs one; the errors say what to do. */
-export function checkRunDir(runDir: string, resume: boolean): void {
-  const checkpointFile = path.join(runDir, CHECKPOINT_FILE);
-  if (resume && !existsSync(checkpointFile)) throw new Error(`--resume: no checkpoint at ${checkpointFile}; start without --resume`);
-  if (!resume && existsSync(checkpointFile)) throw new Error(`${runDir} already holds a training run; continue it with --resume, or choose another --out`);
-}
 
 /** Seeds derived from (run seed, epoch, batch): every step's randomness is fixed, which is what makes resuming exact. */
 function stepSeed(seed: number, epoch: number, batch: number): number {
   return (Math.imul(seed + 1, 0x9e3779b1) ^ Math.imul(epoch + 1, 0x85ebca6b) ^ Math.imul(batch + 1, 0xc2b2ae35)) >>> 0;
 }
 
-/** Logits [n × classes] of the model (in eval mode) over the given samples, as float32 on the host. */
-export function predictLogits(
-  model: ImageClassifier,
-  data: ImageSet,
-  indices: Int32Array,
-  options: { batchSize: number; normalization: Normalization; precision: E.Precision; device: E.Device },
-): Float32Array {
-  const k = model.numClasses;
-  const out = new Float32Array(indices.length * k);
-  const wasTraining = model.training;
-  model.eval();
-  try {
-    for (let start = 0; start < indices.length; start += options.batchSize) {
-      const batch = indices.subarray(start, Math.min(indices.length, start + options.batchSize));
-      E.tidy(() =>
-        E.noGrad(() => {
-          const { x } = makeBatch(data, batch, { normalization: options.normalization, device: options.device });
-          const logits = E.withPrecision(options.precision, options.device, () => model.forward(x));
-          out.set(logits.float().data() as Float32Array, start * k);
-        }),
-      );
+type Batch = { x: E.Tensor; y: E.Tensor };
+
+/** One epoch's batches, each requested PREFETCH_DEPTH batches before it is trained on. */
+class BatchQueue {
+  readonly #inflight = new Map<number, Promise<Batch>>();
+
+  constructor(
+    private readonly source: BatchSource,
+    private readonly batches: Int32Array[],
+    private readonly seedOf: (batch: number) => number,
+  ) {}
+
+  async take(batch: number): Promise<Batch> {
+    for (let b = batch; b <= Math.min(batch + PREFETCH_DEPTH, this.batches.length - 1); b++) {
+      if (!this.#inflight.has(b)) this.#inflight.set(b, this.source.request(this.batches[b], this.seedOf(b)));
     }
-  } finally {
-    model.train(wasTraining);
+    const next = this.#inflight.get(batch)!;
+    this.#inflight.delete(batch);
+    return next;
   }
-  return out;
+
+  /** Frees the batches requested but not taken (after an interruption or an error). */
+  async drain(): Promise<void> {
+    for (const batch of this.#inflight.values()) E.dispose(await batch.catch(() => undefined));
+    this.#inflight.clear();
+  }
+}
+
+/** What the parts of one run share while it trains. */
+interface Session {
+  run: TrainRun;
+  optimizer: E.AdamW;
+  ema?: WeightAverage;
+  checkpoints: RunCheckpoints;
+  losses: LossWindow;
+  source: BatchSource;
+  schedule: CosineSchedule;
+  emit: (event: TrainEvent) => void;
 }
 
 export async function train(run: TrainRun): Promise<{ loop: LoopState; stoppedEarly: boolean; interrupted: boolean }> {
   const { model, data, config, runDir, device } = run;
-  const emit = run.onEvent ?? (() => {});
   await mkdir(runDir, { recursive: true });
-  const checkpointFile = path.join(runDir, CHECKPOINT_FILE);
   const groups = weightDecayGroups(model, config.weightDecay);
   const optimizer = new E.AdamW([groups.decay, groups.noDecay], { lr: config.lr });
-  const ema = config.emaDecay === null ? undefined : new Map(model.namedParameters().map(([k, p]) => [k, E.keep(E.noGrad(() => p.detach().clone()))]));
-  const stepsPerEpoch = batchIndices(run.trainIndices, config.batchSize, true).length;
-  const schedule = {
-    peakLr: config.lr,
-    minLr: config.minLr,
-    totalSteps: config.epochs * stepsPerEpoch,
-    warmupSteps: Math.round(config.warmupFraction * config.epochs * stepsPerEpoch),
-  };
-
-  let loop: LoopState = { epoch: 0, batch: 0, globalStep: 0, bestScore: -1, bestEpoch: -1, history: [] };
-  checkRunDir(runDir, run.resume);
-  if (run.resume) loop = (await loadCheckpoint(checkpointFile, { model, optimizer, ema })).loop;
-  emit({ type: 'start', epochs: config.epochs, stepsPerEpoch, resumedAt: run.resume ? { epoch: loop.epoch, batch: loop.batch } : undefined });
-
-  const save = async () => {
-    await saveCheckpoint(checkpointFile, { model, optimizer, ema }, loop, config);
-    emit({ type: 'checkpoint', file: checkpointFile });
-  };
-  let lastSave = Date.now();
-  let stoppedEarly = false;
-  let interrupted = false;
-  const recipe = { normalization: config.normalization, augment: config.augment };
-  const source: BatchSource = run.workers && device === 'cpu' ? workerBatches(data, recipe, { workers: run.workers }) : inlineBatches(data, recipe, device);
-  const inflight = new Map<number, Promise<{ x: E.Tensor; y: E.Tensor }>>();
-  model.train();
+  const ema = config.emaDecay === null ? undefined : new WeightAverage(model, config.emaDecay);
+  const losses = new LossWindow(run.lossReadInterval ?? LOSS_READ_INTERVAL);
+  let source: BatchSource | undefined;
   try {
-    while (loop.epoch < config.epochs && !stoppedEarly) {
+    const checkpoints = new RunCheckpoints(runDir, { model, optimizer, ema: ema?.shadows }, config, config.checkpointMinutes);
+    const loop = await checkpoints.start(run.resume);
+    const stepsPerEpoch = batchIndices(run.trainIndices, config.batchSize, true).length;
+    const schedule = {
+      peakLr: config.lr,
+      minLr: config.minLr,
+      totalSteps: config.epochs * stepsPerEpoch,
+      warmupSteps: Math.round(config.warmupFraction * config.epochs * stepsPerEpoch),
+    };
+    const emit = run.onEvent ?? (() => {});
+    emit({
+      type: 'start',
+      epochs: config.epochs,
+      stepsPerEpoch,
+      validationImages: run.valIndices.length,
+      resumedAt: run.resume ? { epoch: loop.epoch, batch: loop.batch } : undefined,
+    });
+    const recipe = { normalization: config.normalization, augment: config.augment };
+    source = run.workers && device === 'cpu' ? workerBatches(data, recipe, { workers: run.workers }) : inlineBatches(data, recipe, device);
+    const session: Session = { run, optimizer, ema, checkpoints, losses, source, schedule, emit };
+    model.train();
+    while (loop.epoch < config.epochs) {
       const epochStart = Date.now();
-      const batches = batchIndices(shuffled(run.trainIndices, stepSeed(config.seed, loop.epoch, -1)), config.batchSize, true);
-      let lossSum = 0;
-      let lossCount = 0;
-      for (; loop.batch < batches.length; loop.batch++) {
-        const started = performance.now();
-        for (let ahead = 0; ahead <= PREFETCH_DEPTH; ahead++) {
-          const b = loop.batch + ahead;
-          if (b < batches.length && !inflight.has(b)) inflight.set(b, source.request(batches[b], stepSeed(config.seed, loop.epoch, b)));
-        }
-        const { x, y } = await inflight.get(loop.batch)!;
-        inflight.delete(loop.batch);
-        E.manualSeed(stepSeed(config.seed, loop.epoch, loop.batch)); // dropout and drop path draw from libtorch's generator
-        const lr = cosineLr(loop.globalStep, schedule);
-        optimizer.setLr(lr);
-        const loss = E.tidy(() => {
-          const logits = E.withPrecision(config.precision, device, () => model.forward(x));
-          const value = E.F.crossEntropy(logits.float(), y, { labelSmoothing: config.labelSmoothing });
-          value.backward();
-          return value.item();
-        });
-        E.dispose([x, y]);
-        if (!Number.isFinite(loss)) throw new NonFiniteLossError(loop.epoch, loop.batch, loss);
-        if (config.clipGrad !== null) E.clipGradNorm(model.parameters(), config.clipGrad).dispose();
-        optimizer.step();
-        optimizer.zeroGrad();
-        if (ema) updateEma(ema, model, config.emaDecay!);
-        loop.globalStep++;
-        lossSum += loss;
-        lossCount++;
-        emit({
-          type: 'step',
-          epoch: loop.epoch,
-          batch: loop.batch,
-          batches: batches.length,
-          loss,
-          lr,
-          imagesPerSecond: batches[loop.batch].length / ((performance.now() - started) / 1000),
-        });
-        if (run.shouldStop?.()) {
-          loop.batch++;
-          interrupted = true;
-          await save();
-          return { loop, stoppedEarly, interrupted };
-        }
-        if (Date.now() - lastSave > config.checkpointMinutes * 60_000 && loop.batch + 1 < batches.length) {
-          loop.batch++;
-          await save();
-          loop.batch--;
-          lastSave = Date.now();
-        }
-      }
-      const logits = evaluateWith(ema, model, () =>
-        predictLogits(model, data, run.valIndices, {
-          batchSize: config.evalBatchSize,
-          normalization: config.normalization,
-          precision: config.precision,
-          device,
-        }),
-      );
-      // Scores of NaN outputs look like a real macro-F1 (argmax picks some class), so they must never be compared.
-      const nonFinite = countNonFinite(logits);
-      if (nonFinite > 0)
-        throw new NonFiniteModelError(
-          `training diverged: ${nonFinite} of ${logits.length} validation outputs after epoch ${loop.epoch + 1} are NaN or infinite; that model is neither kept as the best nor checkpointed. ${RESTART_ADVICE}`,
-        );
-      const val = computeMetrics(
-        softmaxRows(logits, run.valIndices.length, model.numClasses),
-        Array.from(run.valIndices, (i) => data.labels[i]),
-        data.classes,
-      );
-      const best = val.macro_f1 > loop.bestScore;
-      if (best) {
-        loop.bestScore = val.macro_f1;
-        loop.bestEpoch = loop.epoch;
-        if (run.onBest) {
-          await evaluateWith(ema, model, () => {
-            assertFiniteWeights(model, `the best model (epoch ${loop.epoch + 1})`);
-            return run.onBest!(model, loop.epoch, val);
-          });
-        }
-      }
-      const entry = {
-        epoch: loop.epoch + 1,
-        train_loss: lossSum / Math.max(1, lossCount),
-        lr: cosineLr(loop.globalStep - 1, schedule),
-        seconds: (Date.now() - epochStart) / 1000,
-        val_accuracy: val.accuracy,
-        val_macro_f1: val.macro_f1,
-        val_nll: val.nll,
-        best,
-      };
-      loop.history.push(entry);
-      await appendFile(path.join(runDir, LOG_FILE), `${JSON.stringify({ time: new Date().toISOString(), ...entry })}\n`);
-      emit({ type: 'epoch', epoch: loop.epoch, trainLoss: entry.train_loss, lr: entry.lr, seconds: entry.seconds, val, best });
-      loop.epoch++;
-      loop.batch = 0;
-      if (config.patience !== null && loop.epoch - 1 - loop.bestEpoch >= config.patience) {
-        stoppedEarly = true;
-        emit({ type: 'stop', reason: `no better validation macro-F1 for ${config.patience} epochs` });
-      }
-      await save();
-      lastSave = Date.now();
+      const epoch = await trainEpoch(session, loop);
+      if (epoch.interrupted) return { loop, stoppedEarly: false, interrupted: true };
+      await endEpoch(session, loop, epoch.losses, epochStart);
+      const stoppedEarly = config.patience !== null && loop.epoch - 1 - loop.bestEpoch >= config.patience;
+      if (stoppedEarly) emit({ type: 'stop', reason: `no better validation macro-F1 for ${config.patience} epochs` });
+      await save(session, loop);
+      if (stoppedEarly) return { loop, stoppedEarly, interrupted: false };
     }
-    return { loop, stoppedEarly, interrupted };
+    return { loop, stoppedEarly: false, interrupted: false };
   } finally {
-    for (const batch of inflight.values()) E.dispose(await batch.catch(() => undefined));
-    await source.close();
+    losses.dispose();
+    await source?.close();
     optimizer.dispose();
-    if (ema) E.dispose([...ema.values()]);
+    ema?.dispose();
   }
 }
 
-function updateEma(ema: Map<string, E.Tensor>, model: ImageClassifier, decay: number): void {
-  E.noGrad(() => {
-    for (const [key, p] of model.namedParameters()) ema.get(key)!.lerp_(p, 1 - decay);
-  });
+/** Writes a checkpoint of the loop's position. Only losses read as finite may precede it: the pending ones are read first. */
+async function save(session: Session, loop: LoopState): Promise<void> {
+  session.losses.read();
+  await session.checkpoints.save(loop);
+  session.emit({ type: 'checkpoint', file: session.checkpoints.file });
 }
 
-/** Runs fn with the EMA weights swapped into the model, then swaps the live weights back. */
-function evaluateWith<T>(ema: Map<string, E.Tensor> | undefined, model: ImageClassifier, fn: () => T): T {
-  if (!ema) return fn();
-  const swap = () =>
-    E.noGrad(() =>
-      E.tidy(() => {
-        for (const [key, p] of model.namedParameters()) {
-          const shadow = ema.get(key)!;
-          const live = p.clone();
-          p.copy_(shadow);
-          shadow.copy_(live);
-        }
-      }),
-    );
-  swap();
+/**
+ * Trains the rest of loop.epoch from loop.batch, advancing loop past each step. Returns the epoch's losses read here,
+ * and whether it stopped on request (then a checkpoint of the next step has been written).
+ */
+async function trainEpoch(session: Session, loop: LoopState): Promise<{ losses: number[]; interrupted: boolean }> {
+  const { run, optimizer, emit } = session;
+  const { config, model } = run;
+  const batches = batchIndices(shuffled(run.trainIndices, stepSeed(config.seed, loop.epoch, -1)), config.batchSize, true);
+  const epoch = loop.epoch;
+  const queue = new BatchQueue(session.source, batches, (b) => stepSeed(config.seed, epoch, b));
+  const read: number[] = [];
+  const readLosses = () => {
+    const values = session.losses.read();
+    read.push(...values);
+    return values;
+  };
   try {
-    const result = fn();
-    if (result instanceof Promise) return result.finally(swap) as T;
-    swap();
-    return result;
-  } catch (error) {
-    swap();
-    throw error;
+    while (loop.batch < batches.length) {
+      const started = performance.now();
+      const batch = await queue.take(loop.batch);
+      E.manualSeed(stepSeed(config.seed, epoch, loop.batch)); // dropout and drop path draw from libtorch's generator
+      const lr = cosineLr(loop.globalStep, session.schedule);
+      optimizer.setLr(lr);
+      let loss: E.Tensor;
+      try {
+        loss = trainingStep(model, optimizer, batch, {
+          precision: config.precision,
+          device: run.device,
+          labelSmoothing: config.labelSmoothing,
+          clipGrad: config.clipGrad,
+        });
+      } finally {
+        E.dispose([batch.x, batch.y]);
+      }
+      session.ema?.update(model);
+      const trained = loop.batch;
+      const due = session.losses.add(loss, epoch, trained);
+      loop.batch++;
+      loop.globalStep++;
+      const values = due ? readLosses() : [];
+      emit({
+        type: 'step',
+        epoch,
+        batch: trained,
+        batches: batches.length,
+        images: batches[trained].length,
+        loss: values.length > 0 ? values.reduce((a, b) => a + b, 0) / values.length : undefined,
+        lr,
+        imagesPerSecond: batches[trained].length / ((performance.now() - started) / 1000),
+      });
+      if (run.shouldStop?.()) {
+        readLosses();
+        await save(session, loop);
+        return { losses: read, interrupted: true };
+      }
+      if (loop.batch < batches.length && session.checkpoints.due) {
+        readLosses();
+        await save(session, loop);
+      }
+    }
+    readLosses();
+    return { losses: read, interrupted: false };
+  } finally {
+    await queue.drain();
   }
+}
+
+/**
+ * Validates the epoch just trained (with the EMA weights when the run keeps them), hands an improved model to onBest,
+ * logs the epoch and moves loop to the next one.
+ */
+async function endEpoch(session: Session, loop: LoopState, losses: number[], epochStart: number): Promise<void> {
+  const { run, emit, ema } = session;
+  const { model, config } = run;
+  const evaluated = <T>(fn: () => T): T => (ema ? ema.applied(model, fn) : fn());
+  const val = evaluated(() =>
+    validateEpoch(model, run.data, run.valIndices, loop.epoch, {
+      batchSize: config.evalBatchSize,
+      normalization: config.normalization,
+      precision: config.precision,
+      device: run.device,
+      onProgress: (done, total) => emit({ type: 'validation', epoch: loop.epoch, done, total }),
+    }),
+  );
+  const best = val.macro_f1 > loop.bestScore;
+  if (best) {
+    loop.bestScore = val.macro_f1;
+    loop.bestEpoch = loop.epoch;
+    if (run.onBest) {
+      await evaluated(() => {
+        assertFiniteWeights(model, `the best model (epoch ${loop.epoch + 1})`);
+        return run.onBest!(model, loop.epoch, val);
+      });
+    }
+  }
+  const entry = {
+    epoch: loop.epoch + 1,
+    train_loss: losses.reduce((a, b) => a + b, 0) / Math.max(1, losses.length),
+    lr: cosineLr(loop.globalStep - 1, session.schedule),
+    seconds: (Date.now() - epochStart) / 1000,
+    val_accuracy: val.accuracy,
+    val_macro_f1: val.macro_f1,
+    val_nll: val.nll,
+    best,
+  };
+  loop.history.push(entry);
+  await appendFile(path.join(run.runDir, LOG_FILE), `${JSON.stringify({ time: new Date().toISOString(), ...entry })}\n`);
+  emit({ type: 'epoch', epoch: loop.epoch, trainLoss: entry.train_loss, lr: entry.lr, seconds: entry.seconds, val, best });
+  loop.epoch++;
+  loop.batch = 0;
 }

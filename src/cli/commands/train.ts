@@ -2,11 +2,11 @@ import type { Command } from 'commander';
 import { listModels } from '../../models/registry.js';
 import { NO_AUGMENT } from '../../data/augment.js';
 import type { DatasetSource } from '../../data/dataset.js';
-import type { TrainEvent } from '../../train/trainer.js';
 import { DEFAULT_RUN, RunConfigError, type RunConfigInput } from '../../train/config.js';
 import { resolveTrainingConfig, runTraining, type TrainingRequest } from '../../train/run.js';
 import { CliError, prepareOutputDir, printJson } from '../output.js';
-import { progressBar, progressReporter, type Progress } from '../progress.js';
+import { progressReporter } from '../progress.js';
+import { trainingProgress } from '../train-progress.js';
 import { parseChoice, parseFraction, parseNumber, parsePositiveInt, parseThreadCount } from './shared.js';
 
 /** Flags that set one run setting each, by commander's option name. */
@@ -60,38 +60,6 @@ async function usage<T>(promise: Promise<T>): Promise<T> {
     return await promise;
   } catch (error) {
     throw error instanceof RunConfigError ? new CliError(error.message, 2) : error;
-  }
-}
-
-function describeEvent(bar: { current?: Progress; epochs?: number }, event: TrainEvent): void {
-  switch (event.type) {
-    case 'start':
-      bar.epochs = event.epochs;
-      if (event.resumedAt) process.stderr.write(`resuming at epoch ${event.resumedAt.epoch + 1}, batch ${event.resumedAt.batch + 1}\n`);
-      break;
-    case 'step':
-      if (event.batch === 0 || !bar.current) {
-        bar.current?.stop();
-        bar.current = progressBar(
-          `epoch ${event.epoch + 1}/${bar.epochs}`,
-          event.batches,
-          '{bar} {value}/{total} | ETA {eta_formatted} | {speed} img/s | loss {loss} | lr {lr}',
-        );
-      }
-      bar.current.update(event.batch + 1, { speed: event.imagesPerSecond.toFixed(1), loss: event.loss.toFixed(4), lr: event.lr.toExponential(2) });
-      break;
-    case 'epoch':
-      bar.current?.stop();
-      bar.current = undefined;
-      process.stderr.write(
-        `epoch ${event.epoch + 1}: train loss ${event.trainLoss.toFixed(4)} | val accuracy ${(100 * event.val.accuracy).toFixed(2)}% macro-F1 ${(100 * event.val.macro_f1).toFixed(2)}% NLL ${event.val.nll.toFixed(4)} | ${event.seconds.toFixed(0)} s${event.best ? ' | best so far' : ''}\n`,
-      );
-      break;
-    case 'stop':
-      process.stderr.write(`early stop: ${event.reason}\n`);
-      break;
-    case 'checkpoint':
-      break;
   }
 }
 
@@ -162,14 +130,14 @@ export function registerTrain(program: Command): void {
       };
       process.on('SIGINT', onSignal);
       process.on('SIGTERM', onSignal);
-      const bar: { current?: Progress; epochs?: number } = {};
+      const progress = trainingProgress();
       const stages = new Map<string, ReturnType<typeof progressReporter>>();
       try {
         const outcome = await usage(
           runTraining({
             ...request,
             shouldStop: () => stopRequested,
-            onEvent: (event) => describeEvent(bar, event),
+            onEvent: progress.onEvent,
             onLoadProgress: (stage, done, total) => {
               if (!stages.has(stage)) stages.set(stage, progressReporter(stage));
               stages.get(stage)!.update(done, total);
@@ -189,7 +157,7 @@ export function registerTrain(program: Command): void {
             `model: ${summary.model}\nvalidation accuracy ${(100 * summary.validation.accuracy).toFixed(2)}%, macro-F1 ${(100 * summary.validation.macro_f1).toFixed(2)}%, ECE ${summary.validation.ece.toFixed(4)} (T = ${summary.temperature.toFixed(3)})\nreport: ${summary.report}\n`,
           );
       } finally {
-        bar.current?.stop();
+        progress.stop();
         for (const reporter of stages.values()) reporter.stop();
         process.off('SIGINT', onSignal);
         process.off('SIGTERM', onSignal);

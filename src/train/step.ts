@@ -1,0 +1,97 @@
+// One optimisation step, and the losses of many steps read back together: reading a tensor's value waits for the
+// device to finish all queued work, so a read every step would stall a GPU's pipeline once per step.
+import * as E from '../engine/index.js';
+import type { ImageClassifier } from '../models/classifier.js';
+
+/**
+ * Steps whose losses are read from the device in one copy. A loss that turned NaN or infinite is therefore caught
+ * within this many steps; the trainer also reads before every checkpoint, validation and model file, so none of
+ * them is written after such a loss.
+ */
+export const LOSS_READ_INTERVAL = 20;
+
+// Resuming would repeat the same steps exactly, so the way out of a divergence is a new start with other settings.
+export const RESTART_ADVICE =
+  'Start again with a lower learning rate (--lr), gradient clipping on, or --precision fp32 ' +
+  '(in another --out, or with --overwrite); the last checkpoint and the best model so far are intact.';
+
+export class NonFiniteLossError extends Error {
+  constructor(epoch: number, batch: number, loss: number) {
+    super(`training diverged: the loss became ${loss} at epoch ${epoch + 1}, batch ${batch + 1}. ${RESTART_ADVICE}`);
+  }
+}
+
+export interface StepSettings {
+  precision: E.Precision;
+  device: E.Device;
+  labelSmoothing: number;
+  /** Maximum global gradient norm, or null for no clipping. */
+  clipGrad: number | null;
+}
+
+/**
+ * Forward (at the run's precision), cross-entropy in fp32, backward, gradient clipping and the optimiser's update.
+ * Returns the loss as a scalar on the device, which the caller owns; nothing is read to the host here. The labels y
+ * must have been checked on the host, as makeBatch does: the loss does not read them back to check them.
+ */
+export function trainingStep(model: ImageClassifier, optimizer: E.AdamW, batch: { x: E.Tensor; y: E.Tensor }, settings: StepSettings): E.Tensor {
+  const loss = E.tidy(() => {
+    const logits = E.withPrecision(settings.precision, settings.device, () => model.forward(batch.x));
+    const value = E.F.crossEntropy(logits.float(), batch.y, { labelSmoothing: settings.labelSmoothing, checkTargets: false });
+    value.backward();
+    return E.keep(value.detach());
+  });
+  try {
+    if (settings.clipGrad !== null) E.clipGradNorm(model.parameters(), settings.clipGrad).dispose();
+    optimizer.step();
+  } catch (error) {
+    loss.dispose();
+    throw error;
+  } finally {
+    optimizer.zeroGrad();
+  }
+  return loss;
+}
+
+/** Losses of steps not read yet, kept on the device with the step each came from. */
+export class LossWindow {
+  #pending: { loss: E.Tensor; epoch: number; batch: number }[] = [];
+
+  constructor(readonly interval = LOSS_READ_INTERVAL) {
+    if (!(Number.isInteger(interval) && interval >= 1)) throw new RangeError(`the loss read interval must be a positive integer, got ${interval}`);
+  }
+
+  get size(): number {
+    return this.#pending.length;
+  }
+
+  /** Takes ownership of a step's loss; true when the window is full and due to be read. */
+  add(loss: E.Tensor, epoch: number, batch: number): boolean {
+    this.#pending.push({ loss, epoch, batch });
+    return this.#pending.length >= this.interval;
+  }
+
+  /**
+   * The pending losses, in one device-to-host copy, and an empty window. The first that is NaN or infinite throws a
+   * NonFiniteLossError naming its step.
+   */
+  read(): number[] {
+    const pending = this.#pending;
+    if (pending.length === 0) return [];
+    this.#pending = [];
+    let values: Float32Array;
+    try {
+      values = E.tidy(() => E.stack(pending.map((p) => p.loss)).data() as Float32Array);
+    } finally {
+      E.dispose(pending.map((p) => p.loss));
+    }
+    const bad = values.findIndex((v) => !Number.isFinite(v));
+    if (bad >= 0) throw new NonFiniteLossError(pending[bad].epoch, pending[bad].batch, values[bad]);
+    return Array.from(values);
+  }
+
+  dispose(): void {
+    E.dispose(this.#pending.map((p) => p.loss));
+    this.#pending = [];
+  }
+}
