@@ -190,8 +190,8 @@ export function reliabilitySvg(after: { bins: ReliabilityBin[]; label: string },
   const counts = after.bins.map((b) => b.count);
   const maxCount = Math.max(1, ...counts, ...(before?.bins.map((b) => b.count) ?? []));
   // Headroom above the tallest bar for its count.
-  const countTicks = niceTicks(0, maxCount * 1.3, 3).filter((t) => t <= maxCount * 1.3);
-  const hist = new Frame(70, plot.bottom + 95, 320, 90, [0, 1], [0, maxCount * 1.3]);
+  const countTicks = niceTicks(0, maxCount * 1.45, 3).filter((t) => t <= maxCount * 1.45);
+  const hist = new Frame(70, plot.bottom + 95, 320, 90, [0, 1], [0, maxCount * 1.45]);
   const legendTop = hist.bottom + 52;
   const width = plot.left + plot.width + 30;
   const height = legendTop + (before ? 58 : 40);
@@ -227,7 +227,7 @@ export function reliabilitySvg(after: { bins: ReliabilityBin[]; label: string },
       );
     if (b.count) {
       const cx = round(x + w / 2);
-      const cy = Math.min(hist.y(b.count), prior?.count ? hist.y(prior.count) : Infinity) - 4;
+      const cy = hist.y(b.count) - 4;
       parts.push(text(cx, cy, String(b.count), `font-size="9" transform="rotate(-90 ${cx} ${round(cy)})"`));
     }
   });
