@@ -1,17 +1,21 @@
 // What a data set really holds: decodable images per class, what was skipped and why, byte-identical duplicates
-// (also across labels) and the image sizes per class, which must not be able to reveal the label.
+// and near-duplicates (also across labels), and the image sizes per class, which must not be able to reveal the label.
 import { createHash } from 'node:crypto';
 import path from 'node:path';
 import { type DatasetListing, type DatasetSource, type ListOptions, type SkippedFile, compareStrings, listDataset } from './dataset.js';
 import { DecodeError } from './errors.js';
 import { escapeControl, readFileHead, readRegularFile } from './files.js';
 import { type DecodeOptions, decodeImage, describeNonImage, sniffFormat } from './image.js';
+import { DEFAULT_NEAR_THRESHOLD, hashPairs, PHASH_BITS, PHASH_METHOD, perceptualHash } from './phash.js';
 import { mapLimit } from './pool.js';
+import type { Part, SplitRow } from './split.js';
 
 export interface ScannedImage {
   file: string;
   label: string;
   sha256: string;
+  /** Perceptual hash (`perceptualHash`), for near-duplicates. */
+  phash: string;
   width: number;
   height: number;
   format: string;
@@ -22,6 +26,24 @@ export interface DuplicateGroup {
   sha256: string;
   paths: string[];
   labels: string[];
+}
+
+export interface NearDuplicatePair {
+  paths: [string, string];
+  labels: [string, string];
+  /** Bits in which the two perceptual hashes differ. */
+  distance: number;
+}
+
+/** Pairs of images that are not byte-identical but whose perceptual hashes differ in at most `threshold` bits. */
+export interface NearDuplicates {
+  method: string;
+  bits: number;
+  threshold: number;
+  /** In file order. */
+  pairs: NearDuplicatePair[];
+  /** How many of the pairs have different labels. */
+  conflicts: number;
 }
 
 export interface ScanReport {
@@ -35,6 +57,7 @@ export interface ScanReport {
   skipped: SkippedFile[];
   duplicates: DuplicateGroup[];
   conflicts: DuplicateGroup[];
+  near_duplicates: NearDuplicates;
   /** Per class, how many images have each "W×H" size. */
   sizes: Record<string, Record<string, number>>;
   formats: Record<string, number>;
@@ -45,6 +68,8 @@ export interface ScanReport {
 export interface ScanOptions extends ListOptions, DecodeOptions {
   /** Files decoded at once; sharp decodes on its own threads. */
   concurrency?: number;
+  /** The largest distance between perceptual hashes counted as a near-duplicate (default: DEFAULT_NEAR_THRESHOLD). */
+  nearThreshold?: number;
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -64,6 +89,7 @@ export async function scanDataset(source: DatasetSource, options: ScanOptions = 
         file: item.file,
         label: item.label,
         sha256,
+        phash: perceptualHash(image),
         width: image.width,
         height: image.height,
         format: sniffFormat(bytes) ?? 'unknown',
@@ -79,10 +105,15 @@ export async function scanDataset(source: DatasetSource, options: ScanOptions = 
   const entries = results.filter((r): r is ScannedImage => 'sha256' in r);
   skipped.push(...results.filter((r): r is SkippedFile => 'reason' in r));
   skipped.sort((a, b) => compareStrings(a.path, b.path));
-  return summarise(listing, entries, skipped);
+  return summarise(listing, entries, skipped, options.nearThreshold);
 }
 
-export function summarise(listing: Pick<DatasetListing, 'root' | 'layout' | 'classes'>, entries: ScannedImage[], skipped: SkippedFile[]): ScanReport {
+export function summarise(
+  listing: Pick<DatasetListing, 'root' | 'layout' | 'classes'>,
+  entries: ScannedImage[],
+  skipped: SkippedFile[],
+  nearThreshold = DEFAULT_NEAR_THRESHOLD,
+): ScanReport {
   const classes: Record<string, number> = Object.fromEntries(listing.classes.map((c) => [c, 0]));
   const sizes: Record<string, Record<string, number>> = {};
   const formats: Record<string, number> = {};
@@ -111,10 +142,46 @@ export function summarise(listing: Pick<DatasetListing, 'root' | 'layout' | 'cla
     skipped,
     duplicates,
     conflicts,
+    near_duplicates: findNearDuplicates(entries, nearThreshold),
     sizes,
     formats,
     entries,
   };
+}
+
+/** Every pair of images within `threshold` bits of perceptual hash, leaving out byte-identical ones (duplicates). */
+export function findNearDuplicates(entries: readonly ScannedImage[], threshold = DEFAULT_NEAR_THRESHOLD): NearDuplicates {
+  const sorted = [...entries].sort((a, b) => compareStrings(a.file, b.file));
+  const pairs = hashPairs(
+    sorted.map((e) => e.phash),
+    threshold,
+  )
+    .filter(({ i, j }) => sorted[i].sha256 !== sorted[j].sha256)
+    .map(({ i, j, distance }): NearDuplicatePair => ({ paths: [sorted[i].file, sorted[j].file], labels: [sorted[i].label, sorted[j].label], distance }));
+  return { method: PHASH_METHOD, bits: PHASH_BITS, threshold, pairs, conflicts: pairs.filter((p) => p.labels[0] !== p.labels[1]).length };
+}
+
+export interface SplitLeaks {
+  /** Byte-identical groups, and near-duplicate pairs, whose files lie in different parts of the split. */
+  duplicates: (DuplicateGroup & { parts: (Part | null)[] })[];
+  near_duplicates: (NearDuplicatePair & { parts: [Part, Part] })[];
+  /** Images of the scan that the split does not list; pairs with one of them are not counted. */
+  unlisted: number;
+}
+
+/** What of the scan's duplicates and near-duplicates a split puts on both sides, where a model could learn its test. */
+export function splitLeaks(
+  report: Pick<ScanReport, 'entries' | 'duplicates' | 'near_duplicates'>,
+  rows: readonly Pick<SplitRow, 'file' | 'part'>[],
+): SplitLeaks {
+  const partOf = new Map(rows.map((r) => [r.file, r.part]));
+  const duplicates = report.duplicates
+    .map((g) => ({ ...g, parts: g.paths.map((p) => partOf.get(p) ?? null) }))
+    .filter((g) => new Set(g.parts.filter((p) => p !== null)).size > 1);
+  const near_duplicates = report.near_duplicates.pairs
+    .map((p) => ({ ...p, parts: [partOf.get(p.paths[0]), partOf.get(p.paths[1])] }))
+    .filter((p): p is NearDuplicatePair & { parts: [Part, Part] } => p.parts[0] !== undefined && p.parts[1] !== undefined && p.parts[0] !== p.parts[1]);
+  return { duplicates, near_duplicates, unlisted: report.entries.filter((e) => !partOf.has(e.file)).length };
 }
 
 /** A hidden file is skipped unread, but saying what it is (often a .DS_Store named like an image) helps. */
@@ -132,8 +199,14 @@ async function describeHiddenFiles(root: string, skipped: SkippedFile[]): Promis
   }
 }
 
-/** The summary as people read it: counts, skips, duplicates, conflicts and sizes; control characters in names escaped. */
-export function formatScanReport(report: ScanReport): string {
+/** Pairs listed in the text summary; --json lists them all. */
+const LISTED_PAIRS = 50;
+
+/**
+ * The summary as people read it: counts, skips, duplicates, near-duplicates, conflicts and sizes, and with a split,
+ * what it puts on both sides; control characters in names escaped.
+ */
+export function formatScanReport(report: ScanReport, leaks?: SplitLeaks & { csv: string }): string {
   const lines: string[] = [];
   const pad = (s: string | number, n: number) => String(s).padStart(n);
   const show = escapeControl;
@@ -156,5 +229,29 @@ export function formatScanReport(report: ScanReport): string {
   for (const g of report.duplicates) lines.push(`  ${g.sha256.slice(0, 12)}  ${g.paths.map(show).join('  ')}`);
   lines.push(`conflicts: ${report.conflicts.length} duplicate groups whose labels differ`);
   for (const g of report.conflicts) lines.push(`  ${g.sha256.slice(0, 12)}  ${g.paths.map((p, i) => `${show(p)} (${show(g.labels[i])})`).join('  ')}`);
+  const near = report.near_duplicates;
+  const pairLine = (p: NearDuplicatePair, parts?: string[]) =>
+    `  ${pad(p.distance, 3)}  ${p.paths.map((f, i) => `${show(f)} (${show(p.labels[i])}${parts ? `, ${parts[i]}` : ''})`).join('  ')}`;
+  const listPairs = (pairs: (NearDuplicatePair & { parts?: string[] })[]) => {
+    for (const p of pairs.slice(0, LISTED_PAIRS)) lines.push(pairLine(p, p.parts));
+    if (pairs.length > LISTED_PAIRS) lines.push(`  … ${pairs.length - LISTED_PAIRS} more (--json lists them all)`);
+  };
+  lines.push(
+    '',
+    `near-duplicates: ${near.pairs.length} pairs of images that are not byte-identical but look alike (perceptual hash ${near.method}: distance ≤ ${near.threshold} of ${near.bits} bits)`,
+  );
+  listPairs(near.pairs);
+  lines.push(`near-duplicate conflicts: ${near.conflicts} pairs whose labels differ`);
+  listPairs(near.pairs.filter((p) => p.labels[0] !== p.labels[1]));
+  if (leaks) {
+    const listed = leaks.duplicates.length + leaks.near_duplicates.length;
+    lines.push('', `split ${show(leaks.csv)}: ${listed === 0 ? 'no' : listed} duplicates or near-duplicates across its parts`);
+    lines.push(`  duplicate groups across parts: ${leaks.duplicates.length}`);
+    for (const g of leaks.duplicates)
+      lines.push(`  ${g.sha256.slice(0, 12)}  ${g.paths.map((p, i) => `${show(p)} (${g.parts[i] ?? 'not in the split'})`).join('  ')}`);
+    lines.push(`  near-duplicate pairs across parts: ${leaks.near_duplicates.length}`);
+    listPairs(leaks.near_duplicates);
+    if (leaks.unlisted > 0) lines.push(`  ${leaks.unlisted} images are not in the split`);
+  }
   return lines.join('\n');
 }

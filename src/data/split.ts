@@ -1,10 +1,10 @@
 // Deterministic, seeded, stratified train/val(/test) splits, keyed on file content so that byte-identical files
-// always land in one part, and renaming or moving files changes nothing.
+// (and, when asked, near-duplicates) always land in one part, and renaming or moving files changes nothing.
 import { createHash } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { formatCsv, parseCsv } from './csv.js';
 import { compareStrings } from './dataset.js';
-import type { DuplicateGroup, ScannedImage } from './scan.js';
+import type { DuplicateGroup, NearDuplicates, ScannedImage } from './scan.js';
 
 export type Part = 'train' | 'val' | 'test';
 
@@ -15,7 +15,18 @@ export interface SplitOptions {
   test?: number;
   /** Duplicate groups whose labels differ: left out (default) or kept, each file with its own label, in one part. */
   conflicts?: 'exclude' | 'keep';
+  /**
+   * A scan's near-duplicate pairs (`ScanReport.near_duplicates`): images joined by them, directly or through others,
+   * are drawn as one unit like byte-identical files. Their labels may differ; each keeps its own.
+   */
+  nearDuplicates?: NearDuplicates;
 }
+
+/**
+ * Whether a split grouped near-duplicates, by which hash and threshold, how many pairs it used, and how many units
+ * they formed from more than one distinct file.
+ */
+export type NearDuplicateGrouping = { grouped: false } | { grouped: true; method: string; bits: number; threshold: number; pairs: number; groups: number };
 
 export interface SplitRow {
   file: string;
@@ -35,6 +46,7 @@ export interface Split {
   counts: Record<Part, Record<string, number>>;
   /** Conflicting duplicate groups left out of every part. */
   excluded: DuplicateGroup[];
+  near_duplicates: NearDuplicateGrouping;
 }
 
 export function makeSplit(entries: readonly ScannedImage[], options: SplitOptions = {}): Split {
@@ -47,18 +59,27 @@ export function makeSplit(entries: readonly ScannedImage[], options: SplitOption
   const groups = new Map<string, ScannedImage[]>();
   for (const entry of entries) groups.set(entry.sha256, [...(groups.get(entry.sha256) ?? []), entry]);
 
-  // A unit is one group of identical files; it is drawn as a whole, within the stratum of its (first) label.
-  const strata = new Map<string, { key: string; members: ScannedImage[] }[]>();
+  // A unit is one group of identical files, or of near-duplicates; it is drawn as a whole, within the stratum of its
+  // (first) label, keyed on its smallest content hash, so a unit of one group is drawn exactly as without grouping.
+  const kept: [string, ScannedImage[]][] = [];
   const excluded: DuplicateGroup[] = [];
   for (const [sha256, members] of groups) {
-    members.sort((a, b) => compareStrings(a.file, b.file));
     const labels = members.map((m) => m.label);
     if (new Set(labels).size > 1 && (options.conflicts ?? 'exclude') === 'exclude') {
+      members.sort((a, b) => compareStrings(a.file, b.file));
       excluded.push({ sha256, paths: members.map((m) => m.file), labels });
       continue;
     }
+    kept.push([sha256, members]);
+  }
+  const { units, grouping } = options.nearDuplicates
+    ? joinNearDuplicates(kept, options.nearDuplicates)
+    : { units: kept, grouping: { grouped: false as const } };
+  const strata = new Map<string, { key: string; members: ScannedImage[] }[]>();
+  for (const [sha256, members] of units) {
+    members.sort((a, b) => compareStrings(a.file, b.file));
     const key = createHash('sha256').update(`${seed}:${sha256}`).digest('hex');
-    strata.set(labels[0], [...(strata.get(labels[0]) ?? []), { key, members }]);
+    strata.set(members[0].label, [...(strata.get(members[0].label) ?? []), { key, members }]);
   }
 
   const rows: SplitRow[] = [];
@@ -77,7 +98,40 @@ export function makeSplit(entries: readonly ScannedImage[], options: SplitOption
   const csv = formatCsv([['file', 'label', 'part'], ...rows.map((r) => [r.file, r.label, r.part])]);
   const counts: Record<Part, Record<string, number>> = { train: {}, val: {}, test: {} };
   for (const r of rows) counts[r.part][r.label] = (counts[r.part][r.label] ?? 0) + 1;
-  return { rows, csv, hash: sha256Text(csv), seed, val, test, counts, excluded };
+  return { rows, csv, hash: sha256Text(csv), seed, val, test, counts, excluded, near_duplicates: grouping };
+}
+
+/** Merges groups of identical files that near-duplicate pairs join (union-find); each unit is named by its smallest hash. */
+function joinNearDuplicates(groups: [string, ScannedImage[]][], near: NearDuplicates): { units: [string, ScannedImage[]][]; grouping: NearDuplicateGrouping } {
+  const groupOf = new Map<string, number>();
+  groups.forEach(([, members], g) => members.forEach((m) => groupOf.set(m.file, g)));
+  const parent = groups.map((_, g) => g);
+  const root = (g: number): number => {
+    while (parent[g] !== g) g = parent[g] = parent[parent[g]];
+    return g;
+  };
+  let pairs = 0;
+  for (const { paths } of near.pairs) {
+    const [a, b] = paths.map((p) => groupOf.get(p));
+    // A pair with an excluded file (a conflict) or one not in these entries joins nothing.
+    if (a === undefined || b === undefined) continue;
+    pairs++;
+    parent[root(a)] = root(b);
+  }
+  const merged = new Map<number, { sha256: string; members: ScannedImage[]; groups: number }>();
+  groups.forEach(([sha256, members], g) => {
+    const unit = merged.get(root(g));
+    if (!unit) merged.set(root(g), { sha256, members: [...members], groups: 1 });
+    else {
+      if (compareStrings(sha256, unit.sha256) < 0) unit.sha256 = sha256;
+      unit.members.push(...members);
+      unit.groups++;
+    }
+  });
+  const units = [...merged.values()].map((u): [string, ScannedImage[]] => [u.sha256, u.members]);
+  const joined = [...merged.values()].filter((u) => u.groups > 1).length;
+  const { method, bits, threshold } = near;
+  return { units, grouping: { grouped: true, method, bits, threshold, pairs, groups: joined } };
 }
 
 export function sha256Text(text: string): string {

@@ -1,9 +1,11 @@
 import { access } from 'node:fs/promises';
-import type { Command } from 'commander';
+import { type Command, InvalidArgumentError } from 'commander';
 import { type DatasetSource, PBC_CLASSES } from '../../data/dataset.js';
 import { DEFAULT_MAX_PIXELS } from '../../data/image.js';
+import { DEFAULT_NEAR_THRESHOLD, PHASH_BITS } from '../../data/phash.js';
 import { progressReporter } from '../progress.js';
-import { formatScanReport, scanDataset } from '../../data/scan.js';
+import { formatScanReport, scanDataset, splitLeaks } from '../../data/scan.js';
+import { readSplit } from '../../data/split.js';
 import { CliError, printJson } from '../output.js';
 import { MAX_FILE_SIZE_HELP, parseFileSize } from './shared.js';
 
@@ -46,20 +48,41 @@ export async function resolveSource(dir: string, options: SourceOptions) {
   return { source, classes, maxPixels, maxFileBytes: options.maxFileSize };
 }
 
+/** --near-threshold: bits of perceptual hash in which two images may differ and still count as near-duplicates. */
+export function parseNearThreshold(value: string): number {
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isInteger(n) || n < 0 || n > PHASH_BITS) throw new InvalidArgumentError(`expected an integer from 0 to ${PHASH_BITS}`);
+  return n;
+}
+
+export const NEAR_THRESHOLD_HELP = `the largest perceptual-hash distance, in bits of ${PHASH_BITS}, counted as a near-duplicate (default: ${DEFAULT_NEAR_THRESHOLD}, chosen on PBC)`;
+
 export function registerScan(program: Command): void {
   addSourceOptions(
     program
       .command('scan')
       .argument('<dir>', 'data set folder: one sub-folder per class, or the images folder of --csv')
-      .description('report what a data set holds: images per class, skipped files and why, duplicates, label conflicts, sizes per class'),
+      .description(
+        'report what a data set holds: images per class, skipped files and why, duplicates and near-duplicates, label conflicts, sizes per class; with --split, what crosses its parts',
+      ),
   )
+    .option('--split <csv>', "a split from 'hemato split' (paths relative to DIR): count the duplicates and near-duplicates it puts in different parts")
+    .option('--near-threshold <bits>', NEAR_THRESHOLD_HELP, parseNearThreshold)
     .option('--json', 'print one JSON document on stdout')
-    .action(async (dir: string, options: SourceOptions & { json?: boolean }) => {
+    .action(async (dir: string, options: SourceOptions & { split?: string; nearThreshold?: number; json?: boolean }) => {
       const { source, classes, maxPixels, maxFileBytes } = await resolveSource(dir, options);
+      const split = options.split
+        ? await readSplit(options.split).catch((error: Error) => {
+            throw new CliError(error.message);
+          })
+        : undefined;
       const progress = progressReporter('scan');
-      const report = await scanDataset(source, { classes, maxPixels, maxFileBytes, onProgress: progress.update }).finally(() => progress.stop());
+      const report = await scanDataset(source, { classes, maxPixels, maxFileBytes, nearThreshold: options.nearThreshold, onProgress: progress.update }).finally(
+        () => progress.stop(),
+      );
+      const leaks = split ? { csv: options.split!, hash: split.hash, ...splitLeaks(report, split.rows) } : undefined;
       const { entries: _entries, ...summary } = report;
-      if (options.json) printJson(summary);
-      else process.stdout.write(`${formatScanReport(report)}\n`);
+      if (options.json) printJson(leaks ? { ...summary, split: leaks } : summary);
+      else process.stdout.write(`${formatScanReport(report, leaks)}\n`);
     });
 }

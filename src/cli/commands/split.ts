@@ -4,7 +4,7 @@ import { progressReporter } from '../progress.js';
 import { scanDataset } from '../../data/scan.js';
 import { makeSplit, type Part, writeSplit } from '../../data/split.js';
 import { CliError, printJson } from '../output.js';
-import { addSourceOptions, resolveSource, type SourceOptions } from './scan.js';
+import { addSourceOptions, NEAR_THRESHOLD_HELP, parseNearThreshold, resolveSource, type SourceOptions } from './scan.js';
 
 interface SplitCommandOptions extends SourceOptions {
   out: string;
@@ -12,6 +12,8 @@ interface SplitCommandOptions extends SourceOptions {
   val: string;
   test: string;
   keepConflicts?: boolean;
+  nearDuplicates?: boolean;
+  nearThreshold?: number;
   json?: boolean;
 }
 
@@ -20,22 +22,35 @@ export function registerSplit(program: Command): void {
     program
       .command('split')
       .argument('<dir>', 'data set folder: one sub-folder per class, or the images folder of --csv')
-      .description('write a seeded, stratified train/val(/test) split as CSV (file,label,part) and report its sha256; duplicates stay in one part'),
+      .description(
+        'write a seeded, stratified train/val(/test) split as CSV (file,label,part) and report its sha256; duplicates (and with --near-duplicates, near-duplicates) stay in one part',
+      ),
   )
     .requiredOption('--out <file.csv>', 'where to write the split; <name>.json beside it records hash, settings and counts')
     .option('--seed <n>', 'seed; the same seed and files give the same split on any machine', '0')
     .option('--val <fraction>', 'fraction of each class for validation', '0.15')
     .option('--test <fraction>', 'fraction of each class for test', '0')
     .option('--keep-conflicts', 'keep identical files filed under different labels (each in one part) instead of excluding them')
+    .option('--near-duplicates', 'also keep near-duplicates (re-encoded, resized, re-lit or slightly shifted copies; see hemato scan) in one part')
+    .option('--near-threshold <bits>', NEAR_THRESHOLD_HELP, parseNearThreshold)
     .option('--json', 'print one JSON document on stdout')
     .action(async (dir: string, options: SplitCommandOptions) => {
+      if (options.nearThreshold !== undefined && !options.nearDuplicates) throw new CliError('--near-threshold applies only with --near-duplicates', 2);
       const { source, classes, maxPixels, maxFileBytes } = await resolveSource(dir, options);
       const [seed, val, test] = [Number(options.seed), Number(options.val), Number(options.test)];
       const progress = progressReporter('scan');
-      const report = await scanDataset(source, { classes, maxPixels, maxFileBytes, onProgress: progress.update }).finally(() => progress.stop());
+      const report = await scanDataset(source, { classes, maxPixels, maxFileBytes, nearThreshold: options.nearThreshold, onProgress: progress.update }).finally(
+        () => progress.stop(),
+      );
       let split;
       try {
-        split = makeSplit(report.entries, { seed, val, test, conflicts: options.keepConflicts ? 'keep' : 'exclude' });
+        split = makeSplit(report.entries, {
+          seed,
+          val,
+          test,
+          conflicts: options.keepConflicts ? 'keep' : 'exclude',
+          nearDuplicates: options.nearDuplicates ? report.near_duplicates : undefined,
+        });
       } catch (error) {
         throw new CliError(`${(error as Error).message} (--seed, --val, --test)`, 2);
       }
@@ -56,6 +71,11 @@ export function registerSplit(program: Command): void {
               .join(', ')}`,
           );
       }
+      const near = split.near_duplicates;
+      if (near.grouped)
+        lines.push(
+          `near-duplicates kept together: ${near.pairs} pairs (${near.method} distance ≤ ${near.threshold} of ${near.bits} bits) joined files into ${near.groups} groups`,
+        );
       for (const g of split.excluded)
         lines.push(`excluded (same bytes, different labels): ${g.paths.map((p, i) => `${escapeControl(p)} (${g.labels[i]})`).join(', ')}`);
       if (report.skipped.length > 0) lines.push(`skipped ${report.skipped.length} files that are not usable images; run hemato scan for the list`);
