@@ -9,7 +9,7 @@ import sharp from 'sharp';
 import { DEFAULT_GEOMETRY, toModelGeometry } from '../src/data/geometry.js';
 import { readImageFile, type RgbImage } from '../src/data/image.js';
 import * as E from '../src/engine/index.js';
-import { createModel } from '../src/models/registry.js';
+import { createModel } from '../src/models/index.js';
 import { DEFAULT_AUGMENT } from '../src/data/augment.js';
 import { IMAGENET_NORMALIZATION, type ImageSet, makeBatch } from '../src/data/batches.js';
 import { workerBatches } from '../src/data/prefetch.js';

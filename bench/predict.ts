@@ -7,7 +7,7 @@ import { readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as E from '../src/engine/index.js';
-import { createModel } from '../src/models/registry.js';
+import { createModel } from '../src/models/index.js';
 import { saveModel } from '../src/models/io.js';
 import { defaultPrecision, loadClassifier } from '../src/api/classifier.js';
 import { DEFAULT_AUGMENT } from '../src/data/augment.js';

@@ -13,7 +13,7 @@ export {
 } from './api/classifier.js';
 export { overlayPng, camValues, type Explanation, type ExplainOptions, type ExplainPath, type OverlayOptions } from './api/explain.js';
 export type { ScaleReport } from './data/prepare.js';
-export { createModel, listModels } from './models/registry.js';
+export { createModel, listModels, modelAliases } from './models/index.js';
 export { importTimmCheckpoint } from './models/timm-import.js';
 export { Module } from './nn/module.js';
 export { loadModel, saveModel, type ModelMetadata } from './models/io.js';

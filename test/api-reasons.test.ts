@@ -11,7 +11,7 @@ import { IMAGENET_NORMALIZATION } from '../src/data/batches.js';
 import { PBC_CLASSES } from '../src/data/dataset.js';
 import { readImageFile, type RgbImage } from '../src/data/image.js';
 import { loadModel, saveModel } from '../src/models/io.js';
-import { createModel } from '../src/models/registry.js';
+import { createModel } from '../src/models/index.js';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'hemato-reasons-'));
 after(() => rmSync(dir, { recursive: true, force: true }));

@@ -12,7 +12,7 @@ import * as E from '../src/engine/index.js';
 import { IMAGENET_NORMALIZATION } from '../src/data/batches.js';
 import { PBC_CLASSES } from '../src/data/dataset.js';
 import { saveModel } from '../src/models/io.js';
-import { createModel } from '../src/models/registry.js';
+import { createModel } from '../src/models/index.js';
 import { SHARED } from './helpers.js';
 
 const BIN = path.resolve('bin/hemato.js');
@@ -89,7 +89,7 @@ test('eval --split scores the validation part by default, and names the model', 
   assert.deepEqual(report.skipped, [], 'the training part, with its missing file, is not looked at');
   const version = (JSON.parse(readFileSync('package.json', 'utf8')) as { version: string }).version;
   const sha256 = createHash('sha256').update(readFileSync(modelFile)).digest('hex');
-  assert.deepEqual(report.model_info, { name: 'tiny.safetensors', architecture: 'convnext-only', sha256, hemato_version: version, created: CREATED });
+  assert.deepEqual(report.model_info, { name: 'tiny.safetensors', architecture: 'convnext_only_atto', sha256, hemato_version: version, created: CREATED });
 });
 
 test('eval --part picks the rows of one part, with paths relative to --images', async () => {
@@ -119,7 +119,7 @@ test('eval exits 1 when a file could not be read, after printing its results', a
   writeFileSync(path.join(folder, 'neutrophil', 'empty.jpg'), '');
   const run = hemato([folder]);
   assert.equal(run.status, 1, run.stderr);
-  assert.match(run.stdout, /^model tiny\.safetensors \(convnext-only, sha256 [0-9a-f]{12}…, made 2026-02-03T04:05:06\.000Z\)$/m);
+  assert.match(run.stdout, /^model tiny\.safetensors \(convnext_only_atto, sha256 [0-9a-f]{12}…, made 2026-02-03T04:05:06\.000Z\)$/m);
   assert.match(run.stdout, /^images 1 /m);
   assert.match(run.stdout, /accuracy/);
   assert.match(run.stdout, /skipped 1 files/);

@@ -14,7 +14,7 @@ import { modelInfo } from '../src/api/model-info.js';
 import { IMAGENET_NORMALIZATION } from '../src/data/batches.js';
 import { PBC_CLASSES } from '../src/data/dataset.js';
 import { saveModel } from '../src/models/io.js';
-import { createModel } from '../src/models/registry.js';
+import { createModel } from '../src/models/index.js';
 
 const BIN = path.resolve('bin/hemato.js');
 const VERSION = (JSON.parse(readFileSync('package.json', 'utf8')) as { version: string }).version;
@@ -82,7 +82,7 @@ test('info --json prints the card: identity, input and preprocessing, calibratio
   const card = JSON.parse(run.stdout);
   assert.deepEqual(card.model_info, {
     name: 'full.safetensors',
-    architecture: 'convnext-only',
+    architecture: 'convnext_only_atto',
     sha256: sha256(full),
     hemato_version: VERSION,
     created: PROVENANCE.date,
@@ -103,7 +103,7 @@ test('info prints the card for people, and says what a model lacks', async () =>
   const { full, bare } = await ready;
   const run = hemato(['info', full]);
   assert.equal(run.status, 0, run.stderr);
-  assert.match(run.stdout, /^architecture +convnext-only, float16 weights$/m);
+  assert.match(run.stdout, /^architecture +convnext_only_atto, float16 weights$/m);
   assert.match(run.stdout, /^input +64 px from a centred 300 px field$/m);
   assert.match(run.stdout, /^scale +.*red cell 73\.0 px \(7\.5 µm\), nucleus 114\.0 px$/m);
   assert.match(run.stdout, /^background +white-balanced to rgb\(250, 230, 200\)$/m);
@@ -153,10 +153,10 @@ test('predict --json names the model that made it', async () => {
   const run = hemato(['predict', '--model', full, '--json', image]);
   assert.equal(run.status, 0, run.stderr);
   const report = JSON.parse(run.stdout);
-  assert.equal(report.model, 'convnext-only');
+  assert.equal(report.model, 'convnext_only_atto');
   assert.deepEqual(report.model_info, {
     name: 'full.safetensors',
-    architecture: 'convnext-only',
+    architecture: 'convnext_only_atto',
     sha256: sha256(full),
     hemato_version: VERSION,
     created: PROVENANCE.date,

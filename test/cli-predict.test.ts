@@ -8,7 +8,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import sharp from 'sharp';
 import * as E from '../src/engine/index.js';
-import { createModel } from '../src/models/registry.js';
+import { createModel } from '../src/models/index.js';
 import { saveModel } from '../src/models/io.js';
 import { loadClassifier } from '../src/api/classifier.js';
 import { IMAGENET_NORMALIZATION } from '../src/data/batches.js';

@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as E from '../src/engine/index.js';
-import { listModels } from '../src/models/registry.js';
+import { listModels } from '../src/models/index.js';
 import { BUNDLED_MODEL, defaultPrecision, loadClassifier } from '../src/api/classifier.js';
 
 const AMX = { amx: true, avx512bf16: true };

@@ -16,7 +16,7 @@ import { camValues, type Explanation, gradCam, overlayPng } from '../src/api/exp
 import type { RgbImage } from '../src/data/image.js';
 import { backgroundColour } from '../src/data/scale.js';
 import { readSplit } from '../src/data/split.js';
-import { createModel } from '../src/models/registry.js';
+import { createModel } from '../src/models/index.js';
 import { saveUntrainedModel, SHARED } from './helpers.js';
 
 // A collection before the count: tensors that earlier tests left to the garbage collector must not be counted.
@@ -353,7 +353,7 @@ test('hemato explain writes one overlay per image and refuses to overwrite them'
     model_info: { name: string };
     results: { file: string; label: string; score: number; overlay: string }[];
   };
-  assert.equal(report.model, 'convnext-only');
+  assert.equal(report.model, 'convnext_only_atto');
   assert.equal(report.model_info.name, 'tiny.safetensors');
   const names = inputs.map((f) => `${path.basename(f, path.extname(f))}.cam.png`);
   assert.deepEqual(readdirSync(out).sort(), [...names].sort());

@@ -6,7 +6,7 @@ import * as E from '../src/engine/index.js';
 import { IMAGENET_NORMALIZATION } from '../src/data/batches.js';
 import { PBC_CLASSES } from '../src/data/dataset.js';
 import { saveModel } from '../src/models/io.js';
-import { createModel } from '../src/models/registry.js';
+import { createModel } from '../src/models/index.js';
 
 export const SHARED = path.resolve('../shared');
 

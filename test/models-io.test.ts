@@ -54,7 +54,7 @@ test('save then load gives identical logits and the metadata back', async () => 
   await saveModel(file, model, INFO);
   const { model: loaded, metadata } = await loadModel(file);
   assert.deepEqual(logitsOf(loaded, x), logitsOf(model, x));
-  assert.equal(metadata.architecture, 'dualpath-atto');
+  assert.equal(metadata.architecture, 'dualpath_atto');
   assert.deepEqual(metadata.options, { numClasses: 3, inputSize: 64, dropRate: 0.1, dropPathRate: 0 });
   assert.equal(metadata.inputSize, 64);
   assert.deepEqual(metadata.classes, INFO.classes);

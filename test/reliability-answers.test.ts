@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
 import * as E from '../src/engine/index.js';
-import { createModel } from '../src/models/registry.js';
+import { createModel } from '../src/models/index.js';
 import { loadModel, saveModel } from '../src/models/io.js';
 import { IMAGENET_NORMALIZATION } from '../src/data/batches.js';
 import { seededRandom } from '../src/data/augment.js';

@@ -12,7 +12,7 @@ import { BUNDLED_MODEL, loadClassifier } from '../src/api/classifier.js';
 import { IMAGENET_NORMALIZATION } from '../src/data/batches.js';
 import { PBC_CLASSES } from '../src/data/dataset.js';
 import { saveModel } from '../src/models/io.js';
-import { createModel } from '../src/models/registry.js';
+import { createModel } from '../src/models/index.js';
 import { calibrate, TEMPERATURE_RANGE } from '../src/eval/calibration.js';
 import { NonFiniteModelError } from '../src/eval/finite.js';
 

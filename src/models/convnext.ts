@@ -2,6 +2,7 @@
 import * as E from '../engine/index.js';
 import { Conv2d, DropPath, Identity, LayerNorm, LayerNorm2d, Linear, Module, ModuleList, Sequential, dropPathRates, type UnaryModule } from '../nn/index.js';
 import { ClassifierHead, ImageClassifier } from './classifier.js';
+import { registerModel } from './registry.js';
 
 type Tensor = E.Tensor;
 
@@ -101,7 +102,6 @@ export class ConvNeXt extends ImageClassifier {
   readonly stem: Sequential;
   readonly stages: ModuleList<ConvNeXtStage>;
   readonly head: ClassifierHead | undefined;
-  readonly numClasses: number;
   readonly numFeatures: number;
   readonly inputSize: number;
 
@@ -109,7 +109,6 @@ export class ConvNeXt extends ImageClassifier {
     super();
     const { depths, dims } = config;
     if (depths.length !== dims.length || depths.length === 0) throw new RangeError(`ConvNeXt: depths [${depths}] and dims [${dims}] must have the same, non-zero length`);
-    this.numClasses = config.numClasses;
     this.numFeatures = dims[dims.length - 1];
     this.inputSize = config.inputSize ?? 224;
     this.stem = this.registerModule('stem', new Sequential([new Conv2d(config.inChannels ?? 3, dims[0], 4, { stride: 4 }), new LayerNorm2d(dims[0], NORM_EPS)]));
@@ -132,4 +131,21 @@ export class ConvNeXt extends ImageClassifier {
       return out;
     });
   }
+}
+
+/** timm's ConvNeXt variants: depths, widths and how the MLP is stored. The dual-path network takes its paths from here. */
+export const CONVNEXT_VARIANTS = {
+  convnext_atto: { depths: [2, 2, 6, 2], dims: [40, 80, 160, 320], convMlp: true },
+  convnext_femto: { depths: [2, 2, 6, 2], dims: [48, 96, 192, 384], convMlp: true },
+  convnext_pico: { depths: [2, 2, 6, 2], dims: [64, 128, 256, 512], convMlp: true },
+  convnext_nano: { depths: [2, 2, 8, 2], dims: [80, 160, 320, 640], convMlp: true },
+  convnext_tiny: { depths: [3, 3, 9, 3], dims: [96, 192, 384, 768], convMlp: false },
+  convnext_small: { depths: [3, 3, 27, 3], dims: [96, 192, 384, 768], convMlp: false },
+} satisfies Record<string, Pick<ConvNeXtConfig, 'depths' | 'dims' | 'convMlp'>>;
+
+for (const [name, variant] of Object.entries(CONVNEXT_VARIANTS)) {
+  registerModel(
+    name,
+    (o) => new ConvNeXt({ ...variant, numClasses: o.numClasses, inputSize: o.inputSize, dropRate: o.dropRate, dropPathRate: o.dropPathRate }),
+  );
 }

@@ -4,9 +4,10 @@
 import * as E from '../engine/index.js';
 import { Module } from '../nn/index.js';
 import { ClassifierHead, ImageClassifier } from './classifier.js';
-import { ConvNeXt, type ConvNeXtConfig } from './convnext.js';
-import { SwinTransformer, type SwinConfig } from './swin.js';
+import { CONVNEXT_VARIANTS, ConvNeXt, type ConvNeXtConfig } from './convnext.js';
+import { SWIN_VARIANTS, SwinTransformer, variantWindow, type SwinConfig } from './swin.js';
 import { AttentionalFeatureFusion, EfficientChannelAttention, Projection } from './fusion.js';
+import { registerModel, registerModelAlias, type ResolvedModelOptions } from './registry.js';
 
 type Tensor = E.Tensor;
 
@@ -56,7 +57,6 @@ export class DualPathNet extends ImageClassifier {
   readonly adaptSwin: PathAdapter | undefined;
   readonly fusion: AttentionalFeatureFusion | undefined;
   readonly head: ClassifierHead;
-  readonly numClasses: number;
   readonly numFeatures: number;
   readonly inputSize: number;
 
@@ -69,7 +69,6 @@ export class DualPathNet extends ImageClassifier {
     }
     if (inputSize % 32 !== 0) throw new RangeError(`DualPathNet: inputSize must be a multiple of 32 (both paths reach stride 32), got ${inputSize}`);
     this.inputSize = inputSize;
-    this.numClasses = config.numClasses;
     this.convnext = config.convnext ? this.registerModule('convnext', new ConvNeXt({ ...config.convnext, numClasses: 0, inputSize })) : undefined;
     this.swin = config.swin ? this.registerModule('swin', new SwinTransformer({ ...config.swin, numClasses: 0, inputSize })) : undefined;
     const widths = [this.convnext?.numFeatures, this.swin?.numFeatures].filter((w): w is number => w !== undefined);
@@ -115,3 +114,42 @@ export class DualPathNet extends ImageClassifier {
     });
   }
 }
+
+/** The paths of each scale: timm's convnext_atto with swin_atto, and the paper's scale, convnext_tiny with swin_tiny. */
+const PATHS = {
+  atto: { convnext: CONVNEXT_VARIANTS.convnext_atto, swin: SWIN_VARIANTS.swin_atto },
+  tiny: { convnext: CONVNEXT_VARIANTS.convnext_tiny, swin: SWIN_VARIANTS.swin_tiny_patch4_window7_224 },
+};
+
+function dualPath(scale: keyof typeof PATHS, fusion: 'aff' | 'concat' | 'single', keep: 'convnext' | 'swin' | 'both') {
+  return (o: ResolvedModelOptions): DualPathNet => {
+    const common = { inputSize: o.inputSize, dropPathRate: o.dropPathRate };
+    const { convnext, swin } = PATHS[scale];
+    return new DualPathNet({
+      convnext: keep === 'swin' ? undefined : { ...convnext, ...common },
+      swin: keep === 'convnext' ? undefined : { ...swin, windowSize: variantWindow(swin, o.inputSize, o.windowSize), ...common },
+      fusion: fusion === 'aff' && o.iterativeAff ? 'iaff' : fusion,
+      fusionDim: o.fusionDim,
+      numClasses: o.numClasses,
+      inputSize: o.inputSize,
+      dropRate: o.dropRate,
+    });
+  };
+}
+
+// The network and its ablations at both scales. The single-path ones are named after their path's family:
+// convnext_only_atto is convnext_atto under the keys convnext.*, with the dual-path head.
+for (const scale of ['atto', 'tiny'] as const) {
+  registerModel(`dualpath_${scale}`, dualPath(scale, 'aff', 'both'));
+  registerModel(`dualpath_concat_${scale}`, dualPath(scale, 'concat', 'both'));
+  registerModel(`convnext_only_${scale}`, dualPath(scale, 'single', 'convnext'));
+  registerModel(`swin_only_${scale}`, dualPath(scale, 'single', 'swin'));
+}
+
+// The names from before timm's scheme, which model files and settings carry. The ablations took their paths' scale
+// from the scale option.
+registerModelAlias('dualpath-atto', 'dualpath_atto');
+registerModelAlias('dualpath-tiny', 'dualpath_tiny');
+registerModelAlias('dualpath-concat', ({ scale }) => `dualpath_concat_${scale ?? 'atto'}`);
+registerModelAlias('convnext-only', ({ scale }) => `convnext_only_${scale ?? 'atto'}`);
+registerModelAlias('swin-only', ({ scale }) => `swin_only_${scale ?? 'atto'}`);

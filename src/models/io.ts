@@ -3,7 +3,11 @@
 import { open } from 'node:fs/promises';
 import * as E from '../engine/index.js';
 import type { ImageClassifier } from './classifier.js';
-import { createModel, listModels, type ModelOptions } from './registry.js';
+import { createModel, describeModelNames, listModels, type ModelOptions } from './registry.js';
+// A model file may name any architecture: load them all, so that each has registered its variants.
+import './convnext.js';
+import './swin.js';
+import './dualpath.js';
 
 /** The metadata key that holds hemato's JSON document. */
 const METADATA_KEY = 'hemato';
@@ -243,7 +247,7 @@ function metadataProblem(m: unknown): string | null {
   if (m.format !== FORMAT) return `metadata format ${shown(m.format)} is not '${FORMAT}'`;
   if (!isCount(m.version, Number.MAX_SAFE_INTEGER)) return `metadata version ${shown(m.version)} is not a positive integer`;
   if ((m.version as number) > VERSION) return `it was saved by a newer hemato (model format ${m.version}); upgrade hemato to load it`;
-  if (typeof m.architecture !== 'string' || !listModels().includes(m.architecture)) return `architecture ${shown(m.architecture)} is not one of ${listModels().join(', ')}`;
+  if (typeof m.architecture !== 'string' || !listModels({ aliases: true }).includes(m.architecture)) return `architecture ${shown(m.architecture)} is not one of the registered models: ${describeModelNames()}`;
   return classesProblem(m.classes) ?? optionsProblem(m) ?? normalizationProblem(m.normalization) ?? usageProblem(m);
 }
 

@@ -1,9 +1,8 @@
-// Named model variants: the dual-path network, its ablations, and the plain timm ConvNeXt and Swin models.
+// The model registry, after timm's: each architecture file registers its own variants under snake_case names
+// (family_variant) when it loads, and names from before that scheme stay as aliases. This module is the mechanism
+// only; it knows no architecture, so look names up through src/models/index.ts, which loads every one of them.
 import type * as E from '../engine/index.js';
 import type { ImageClassifier } from './classifier.js';
-import { ConvNeXt, type ConvNeXtConfig } from './convnext.js';
-import { DualPathNet, type FusionKind } from './dualpath.js';
-import { SwinTransformer, type SwinConfig } from './swin.js';
 
 export interface ModelOptions {
   numClasses: number;
@@ -17,98 +16,92 @@ export interface ModelOptions {
   iterativeAff?: boolean;
   /** Dual-path models: the common width both paths are projected to before AFF. */
   fusionDim?: number;
-  /** Ablations (convnext-only, swin-only, dualpath-concat): which dual-path variant's paths to use (default atto). */
+  /**
+   * Only with the earlier ablation names (convnext-only, swin-only, dualpath-concat): their paths' scale, atto by
+   * default. The current names carry it (convnext_only_tiny).
+   */
   scale?: 'atto' | 'tiny';
   /** Swin paths and models: override the window (default: per variant). */
   windowSize?: number;
   device?: E.Device;
 }
 
-type PathConfigs = { convnext: Omit<ConvNeXtConfig, 'numClasses'>; swin: Omit<SwinConfig, 'numClasses'> };
+/** What a registered builder receives: the options with their defaults filled in. */
+export type ResolvedModelOptions = Required<Pick<ModelOptions, 'numClasses' | 'inputSize' | 'dropRate' | 'dropPathRate'>> &
+  Omit<ModelOptions, 'device' | 'scale'>;
 
-const CONVNEXT: Record<string, Pick<ConvNeXtConfig, 'depths' | 'dims' | 'convMlp'>> = {
-  convnext_atto: { depths: [2, 2, 6, 2], dims: [40, 80, 160, 320], convMlp: true },
-  convnext_femto: { depths: [2, 2, 6, 2], dims: [48, 96, 192, 384], convMlp: true },
-  convnext_pico: { depths: [2, 2, 6, 2], dims: [64, 128, 256, 512], convMlp: true },
-  convnext_nano: { depths: [2, 2, 8, 2], dims: [80, 160, 320, 640], convMlp: true },
-  convnext_tiny: { depths: [3, 3, 9, 3], dims: [96, 192, 384, 768], convMlp: false },
-  convnext_small: { depths: [3, 3, 27, 3], dims: [96, 192, 384, 768], convMlp: false },
-};
+export type ModelBuilder = (options: ResolvedModelOptions) => ImageClassifier;
 
-const SWIN: Record<string, Pick<SwinConfig, 'embedDim' | 'depths' | 'numHeads' | 'windowSize'>> = {
-  swin_tiny_patch4_window7_224: { embedDim: 96, depths: [2, 2, 6, 2], numHeads: [3, 6, 12, 24], windowSize: 7 },
-  swin_small_patch4_window7_224: { embedDim: 96, depths: [2, 2, 18, 2], numHeads: [3, 6, 12, 24], windowSize: 7 },
-};
+/** An alias's canonical name, which may depend on the options a model file recorded with it (the ablations' scale). */
+export type AliasTarget = string | ((options: Pick<ModelOptions, 'scale'>) => string);
 
-/** dualpath-atto's small Swin: window 7 where the stride-32 map is a multiple of 7 (224 px), else 8 (128 px). */
-function attoSwinWindow(inputSize: number): number {
-  return (inputSize / 32) % 7 === 0 ? 7 : 8;
+const MODELS = new Map<string, ModelBuilder>();
+const ALIASES = new Map<string, AliasTarget>();
+
+const SNAKE_CASE = /^[a-z][a-z0-9]*(_[a-z0-9]+)*$/;
+
+function checkFree(name: string): void {
+  if (MODELS.has(name) || ALIASES.has(name)) throw new Error(`model name '${name}' is already registered`);
 }
 
-function dualPathPaths(scale: 'atto' | 'tiny', o: Required<Pick<ModelOptions, 'inputSize' | 'dropPathRate'>> & ModelOptions): PathConfigs {
-  const common = { inputSize: o.inputSize, dropPathRate: o.dropPathRate };
-  if (scale === 'atto') {
-    return {
-      convnext: { ...CONVNEXT.convnext_atto, ...common },
-      swin: { embedDim: 32, depths: [2, 2, 2, 2], numHeads: [1, 2, 4, 8], windowSize: o.windowSize ?? attoSwinWindow(o.inputSize), ...common },
-    };
-  }
-  return {
-    convnext: { ...CONVNEXT.convnext_tiny, ...common },
-    swin: { ...SWIN.swin_tiny_patch4_window7_224, windowSize: o.windowSize ?? 7, ...common },
-  };
+/** Registers a variant under a timm-style name (snake_case, family first: convnext_atto), as timm's @register_model. */
+export function registerModel(name: string, build: ModelBuilder): void {
+  if (!SNAKE_CASE.test(name)) throw new RangeError(`model name '${name}' must be snake_case, family first (convnext_atto)`);
+  checkFree(name);
+  MODELS.set(name, build);
 }
 
-type Resolved = Required<Pick<ModelOptions, 'numClasses' | 'inputSize' | 'dropRate' | 'dropPathRate'>> & ModelOptions;
-
-function dualPath(scale: 'atto' | 'tiny' | undefined, fusion: FusionKind, keep: 'convnext' | 'swin' | 'both') {
-  return (o: Resolved): ImageClassifier => {
-    const paths = dualPathPaths(scale ?? o.scale ?? 'atto', o);
-    const kind: FusionKind = fusion === 'aff' && o.iterativeAff ? 'iaff' : fusion;
-    return new DualPathNet({
-      convnext: keep === 'swin' ? undefined : paths.convnext,
-      swin: keep === 'convnext' ? undefined : paths.swin,
-      fusion: kind,
-      fusionDim: o.fusionDim,
-      numClasses: o.numClasses,
-      inputSize: o.inputSize,
-      dropRate: o.dropRate,
-    });
-  };
+/** Registers another name for a registered variant, so that files and settings that carry it keep working. */
+export function registerModelAlias(alias: string, target: AliasTarget): void {
+  checkFree(alias);
+  if (typeof target === 'string' && !MODELS.has(target)) throw new Error(`alias '${alias}' names '${target}', which is not registered`);
+  ALIASES.set(alias, target);
 }
 
-const BUILDERS: Record<string, (o: Resolved) => ImageClassifier> = {
-  'dualpath-atto': dualPath('atto', 'aff', 'both'),
-  'dualpath-tiny': dualPath('tiny', 'aff', 'both'),
-  'dualpath-concat': dualPath(undefined, 'concat', 'both'),
-  'convnext-only': dualPath(undefined, 'single', 'convnext'),
-  'swin-only': dualPath(undefined, 'single', 'swin'),
-  ...Object.fromEntries(Object.entries(CONVNEXT).map(([name, variant]) => [name, (o: Resolved) => new ConvNeXt({
-    ...variant, numClasses: o.numClasses, inputSize: o.inputSize, dropRate: o.dropRate, dropPathRate: o.dropPathRate,
-  })])),
-  ...Object.fromEntries(Object.entries(SWIN).map(([name, variant]) => [name, (o: Resolved) => new SwinTransformer({
-    ...variant, windowSize: o.windowSize ?? variant.windowSize, numClasses: o.numClasses, inputSize: o.inputSize, dropRate: o.dropRate, dropPathRate: o.dropPathRate,
-  })])),
-};
+/** The registered names, sorted; with { aliases: true } the aliases follow them (every name createModel() accepts). */
+export function listModels(options: { aliases?: boolean } = {}): string[] {
+  const names = [...MODELS.keys()].sort();
+  return options.aliases ? [...names, ...[...ALIASES.keys()].sort()] : names;
+}
 
-/** Every name createModel() accepts. */
-export function listModels(): string[] {
-  return Object.keys(BUILDERS);
+/** Each alias with the name it stands for (for an ablation's alias, with its default scale, atto). */
+export function modelAliases(): Record<string, string> {
+  return Object.fromEntries([...ALIASES.keys()].sort().map((alias) => [alias, resolveModelName(alias)]));
+}
+
+/** The canonical name for a registered name or an alias; an unknown name is an error that lists the valid ones. */
+export function resolveModelName(name: string, options: Pick<ModelOptions, 'scale'> = {}): string {
+  if (MODELS.has(name)) return name;
+  const target = ALIASES.get(name);
+  if (MODELS.size === 0) throw new Error(`no architecture is registered yet: import createModel from src/models/index.js, which loads them all`);
+  if (target === undefined) throw new Error(`unknown model '${name}'; choose one of: ${describeModelNames()}`);
+  const canonical = typeof target === 'string' ? target : target(options);
+  if (!MODELS.has(canonical)) throw new Error(`model '${name}' with these options would be '${canonical}', which is not registered`);
+  return canonical;
+}
+
+/** The canonical names and the aliases, for messages about a name. */
+export function describeModelNames(): string {
+  const aliases = Object.entries(modelAliases()).map(([alias, canonical]) => `${alias} → ${canonical}`);
+  return `${listModels().join(', ')}${aliases.length > 0 ? ` (earlier names, still accepted: ${aliases.join(', ')})` : ''}`;
 }
 
 /**
- * Builds a named model with fresh (timm-style) initial weights. The resolved options are recorded on
- * model.spec, so saveModel() can store them and loadModel() can rebuild the same architecture.
+ * Builds a named model (a registered name or an alias) with fresh timm-style initial weights. The canonical name
+ * and the resolved options are recorded on model.spec, so that saveModel() stores them and loadModel() can rebuild
+ * the same architecture.
  */
 export function createModel(name: string, options: ModelOptions): ImageClassifier {
-  const build = BUILDERS[name];
-  if (!build) throw new Error(`unknown model '${name}'; choose one of: ${listModels().join(', ')}`);
-  const { device, ...rest } = options;
-  const resolved: Resolved = { inputSize: 224, dropRate: 0, dropPathRate: 0, ...rest };
+  const architecture = resolveModelName(name, options);
+  const { device, scale, ...rest } = options;
+  if (scale !== undefined && !ALIASES.has(name)) {
+    throw new RangeError(`the scale option goes with the earlier ablation names only; '${name}' has its scale in the name (…_atto, …_tiny)`);
+  }
+  const resolved: ResolvedModelOptions = { inputSize: 224, dropRate: 0, dropPathRate: 0, ...rest };
   if (!Number.isInteger(resolved.inputSize) || resolved.inputSize < 32 || resolved.inputSize % 32 !== 0) {
     throw new RangeError(`inputSize must be a multiple of 32 (at least 32), got ${resolved.inputSize}`);
   }
-  const model = build(resolved);
-  model.spec = { architecture: name, options: { ...resolved } };
+  const model = MODELS.get(architecture)!(resolved);
+  model.spec = { architecture, options: { ...resolved } };
   return device && device !== 'cpu' ? model.to(device) : model;
 }

@@ -1,7 +1,8 @@
 // Swin Transformer v1 (Liu et al. 2021) with timm 1.0's semantics and parameter names. Maps stay NHWC throughout.
 import * as E from '../engine/index.js';
 import { Conv2d, DropPath, Identity, LayerNorm, Linear, Module, ModuleList, Sequential, dropPathRates, truncNormal_, type UnaryModule } from '../nn/index.js';
-import { ClassifierHead, ImageClassifier } from './classifier.js';
+import { ClassifierHead, ImageClassifier, type FilteredCheckpoint } from './classifier.js';
+import { registerModel } from './registry.js';
 
 type Tensor = E.Tensor;
 type Pair = [number, number];
@@ -276,7 +277,6 @@ export class SwinTransformer extends ImageClassifier {
   readonly layers: ModuleList<SwinStage>;
   readonly norm: LayerNorm;
   readonly head: ClassifierHead | undefined;
-  readonly numClasses: number;
   readonly numFeatures: number;
   readonly inputSize: number;
 
@@ -287,7 +287,6 @@ export class SwinTransformer extends ImageClassifier {
     if (depths.length !== numHeads.length || depths.length === 0) throw new RangeError(`Swin: depths [${depths}] and numHeads [${numHeads}] must have the same, non-zero length`);
     if (config.inputSize % patchSize !== 0) throw new RangeError(`Swin: inputSize ${config.inputSize} must be a multiple of the patch size ${patchSize}`);
     this.inputSize = config.inputSize;
-    this.numClasses = config.numClasses;
     this.numFeatures = embedDim * 2 ** (depths.length - 1);
     this.patch_embed = this.registerModule('patch_embed', new PatchEmbed(config.inChannels ?? 3, embedDim, patchSize, config.inputSize));
     const rates = dropPathRates(depths, config.dropPathRate ?? 0);
@@ -317,4 +316,140 @@ export class SwinTransformer extends ImageClassifier {
       return this.norm.forward(out);
     });
   }
+
+  /**
+   * timm's checkpoint filter for Swin: the buffers timm recomputes (relative_position_index, attn_mask), which older
+   * hub files still carry, are left out, and relative-position tables made for another window are resized to this
+   * model's.
+   */
+  override filterCheckpoint(checkpoint: ReadonlyMap<string, Tensor>): FilteredCheckpoint {
+    const own = this.stateDict();
+    const filtered: FilteredCheckpoint = { state: new Map(), skipped: [], resized: [] };
+    try {
+      for (const [key, value] of checkpoint) {
+        const leaf = key.slice(key.lastIndexOf('.') + 1);
+        const mine = own.get(key);
+        if (NON_PERSISTENT.includes(leaf)) {
+          filtered.skipped.push({ key, reason: 'non-persistent buffer, recomputed by the model' });
+        } else if (leaf === BIAS_TABLE && mine && mine.shape.join() !== value.shape.join() && mine.shape[1] === value.shape[1]) {
+          const window = windowOfTable(mine.shape[0], key);
+          filtered.state.set(key, resizeRelativePositionBiasTable(value, [window, window]));
+          filtered.resized.push(key);
+        } else {
+          filtered.state.set(key, value);
+        }
+      }
+    } catch (error) {
+      E.dispose(filtered.resized.map((key) => filtered.state.get(key)!));
+      throw error;
+    }
+    return filtered;
+  }
+}
+
+/** Buffers timm recomputes and no longer saves, though older hub files carry them. */
+const NON_PERSISTENT = ['relative_position_index', 'attn_mask'];
+const BIAS_TABLE = 'relative_position_bias_table';
+
+function windowOfTable(rows: number, key: string): number {
+  const side = Math.round(Math.sqrt(rows));
+  if (side * side !== rows || side % 2 === 0) throw new Error(`${key}: a table of ${rows} rows is not a (2w−1)² grid of a square window`);
+  return (side + 1) / 2;
+}
+
+/**
+ * Where the source table's rows sit when stretched or squeezed to dst positions: spacing grows geometrically from
+ * the centre so that near offsets keep their values (the BEiT/timm scheme; q is found by bisection as timm does).
+ */
+function sourcePositions(src: number, dst: number): number[] {
+  const half = Math.floor(src / 2);
+  let left = 1.01;
+  let right = 1.5;
+  let q = left;
+  while (right - left > 1e-6) {
+    q = (left + right) / 2;
+    const sum = (1 - q ** half) / (1 - q);
+    if (sum > Math.floor(dst / 2)) right = q;
+    else left = q;
+  }
+  const distances: number[] = [];
+  let current = 1;
+  for (let i = 0; i < half; i++) {
+    distances.push(current);
+    current += q ** (i + 1);
+  }
+  return [...distances.map((d) => -d).reverse(), 0, ...distances];
+}
+
+/** Linear interpolation weights on an uneven grid, clamping outside it (timm's RegularGridInterpolator). */
+function bracket(grid: number[], x: number): { lo: number; hi: number; wLo: number; wHi: number } {
+  let hi = grid.findIndex((p) => p >= x);
+  if (hi < 0) hi = grid.length - 1;
+  const lo = Math.max(hi - 1, 0);
+  let dLo = Math.max(x - grid[lo], 0);
+  let dHi = Math.max(grid[hi] - x, 0);
+  if (dLo === 0 && dHi === 0) dLo = dHi = 1;
+  // The value at lo is weighted by the distance to hi, and vice versa.
+  return { lo, hi, wLo: dHi / (dLo + dHi), wHi: dLo / (dLo + dHi) };
+}
+
+/**
+ * Resizes a Swin relative-position bias table [(2w−1)², heads] to another window, as timm does when a checkpoint's
+ * window differs from the model's: geometric source positions, bilinear interpolation per head.
+ */
+export function resizeRelativePositionBiasTable(table: Tensor, window: [number, number]): Tensor {
+  const [rows, heads] = table.shape;
+  const src = Math.round(Math.sqrt(rows));
+  if (table.ndim !== 2 || src * src !== rows) throw new RangeError(`relative-position table must be [(2w−1)², heads], got [${table.shape}]`);
+  const dst: [number, number] = [2 * window[0] - 1, 2 * window[1] - 1];
+  if (dst[0] === src && dst[1] === src) return table.clone();
+  const values = E.tidy(() => table.float().contiguous().data() as Float32Array);
+  const ys = sourcePositions(src, dst[0]);
+  const xs = sourcePositions(src, dst[1]);
+  const out = new Float32Array(dst[0] * dst[1] * heads);
+  for (let a = 0; a < dst[0]; a++) {
+    const by = bracket(ys, a - Math.floor(dst[0] / 2));
+    for (let b = 0; b < dst[1]; b++) {
+      const bx = bracket(xs, b - Math.floor(dst[1] / 2));
+      for (let h = 0; h < heads; h++) {
+        const at = (i: number, j: number) => values[(i * src + j) * heads + h];
+        out[(a * dst[1] + b) * heads + h] =
+          by.wLo * (bx.wLo * at(by.lo, bx.lo) + bx.wHi * at(by.lo, bx.hi)) + by.wHi * (bx.wLo * at(by.hi, bx.lo) + bx.wHi * at(by.hi, bx.hi));
+      }
+    }
+  }
+  return E.tidy(() => E.tensor(out, [dst[0] * dst[1], heads]).to(table.dtype));
+}
+
+/**
+ * Swin variants: timm's, and swin_atto, the small Swin of the dual-path network (embed 32, depths 2-2-2-2, heads
+ * 1-2-4-8), whose window follows the input: 7 where the stride-32 map is a multiple of 7 (224 px), else 8 (128 px).
+ */
+export const SWIN_VARIANTS = {
+  swin_atto: { embedDim: 32, depths: [2, 2, 2, 2], numHeads: [1, 2, 4, 8] },
+  swin_tiny_patch4_window7_224: { embedDim: 96, depths: [2, 2, 6, 2], numHeads: [3, 6, 12, 24], windowSize: 7 },
+  swin_small_patch4_window7_224: { embedDim: 96, depths: [2, 2, 18, 2], numHeads: [3, 6, 12, 24], windowSize: 7 },
+} satisfies Record<string, SwinVariant>;
+
+/** A variant's shape; one without a window takes it from the input size (variantWindow). */
+export type SwinVariant = Pick<SwinConfig, 'embedDim' | 'depths' | 'numHeads'> & { windowSize?: number };
+
+/** A variant's window at an input size, unless windowSize overrides it. */
+export function variantWindow(variant: SwinVariant, inputSize: number, windowSize?: number): number {
+  return windowSize ?? variant.windowSize ?? ((inputSize / 32) % 7 === 0 ? 7 : 8);
+}
+
+for (const [name, variant] of Object.entries(SWIN_VARIANTS)) {
+  registerModel(
+    name,
+    (o) =>
+      new SwinTransformer({
+        ...variant,
+        windowSize: variantWindow(variant, o.inputSize, o.windowSize),
+        numClasses: o.numClasses,
+        inputSize: o.inputSize,
+        dropRate: o.dropRate,
+        dropPathRate: o.dropPathRate,
+      }),
+  );
 }

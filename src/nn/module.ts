@@ -73,6 +73,17 @@ export abstract class Module {
     return module;
   }
 
+  /**
+   * Puts module where the child registered under name was, keeping its place in the key order (PyTorch's attribute
+   * assignment, as timm's reset_classifier does). Returns the old child, whose tensors the caller disposes.
+   */
+  protected replaceModule(name: string, module: Module): Module {
+    const old = this.#children.get(name);
+    if (!old) throw new Error(`${this.constructor.name} has no submodule '${name}' to replace`);
+    this.#children.set(name, module);
+    return old;
+  }
+
   #checkName(name: string): void {
     if (!name || name.includes('.')) throw new Error(`${this.constructor.name}: '${name}' is not a valid member name (non-empty, no dots)`);
     if (this.#parameters.has(name) || this.#buffers.has(name) || this.#children.has(name)) {

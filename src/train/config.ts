@@ -5,7 +5,7 @@ import { availableParallelism } from 'node:os';
 import { DEFAULT_AUGMENT } from '../data/augment.js';
 import { IMAGENET_NORMALIZATION } from '../data/batches.js';
 import { DEFAULT_GEOMETRY } from '../data/geometry.js';
-import { listModels } from '../models/registry.js';
+import { describeModelNames, listModels, resolveModelName } from '../models/index.js';
 import { resolveMpmConfig } from '../preprocess/mpm.js';
 import type { TrainingDataOptions } from './data.js';
 import type { Precision } from '../engine/index.js';
@@ -13,6 +13,7 @@ import type { TrainConfig } from './trainer.js';
 
 /** Everything a run is configured by, as recorded in its config.json. */
 export interface RunConfig extends TrainConfig {
+  /** The architecture's registered name; a config file may call it `arch`, and earlier names are accepted. */
   model: string;
   inputSize: number;
   dropPathRate: number;
@@ -28,8 +29,8 @@ export type RunSettings = Omit<RunConfig, 'precision'> & { precision: Precision 
 
 type DeepPartial<T> = T extends readonly unknown[] ? T : T extends object ? { [K in keyof T]?: DeepPartial<T[K]> } : T;
 
-/** Any subset of the settings, nested ones included: what a config file or the command line gives. */
-export type RunConfigInput = DeepPartial<RunSettings>;
+/** Any subset of the settings, nested ones included: what a config file or the command line gives (`arch` for `model`). */
+export type RunConfigInput = DeepPartial<RunSettings> & { arch?: string };
 
 /** One source of settings, named in error messages (a file's path, or 'the command line'). */
 export interface ConfigLayer {
@@ -42,7 +43,7 @@ export class RunConfigError extends Error {
 }
 
 export const DEFAULT_RUN: Omit<RunSettings, 'data'> & { data: Omit<RunSettings['data'], 'source'> } = {
-  model: 'dualpath-atto',
+  model: 'dualpath_atto',
   inputSize: 128,
   dropPathRate: 0.1,
   device: 'auto',
@@ -124,8 +125,16 @@ const MPM: Field = {
   },
 };
 
+/** A registered architecture or an earlier name of one; either way the run records the registered name. */
+const ARCHITECTURE: Field = {
+  expect: `one of ${describeModelNames()}`,
+  accepts: (v) => typeof v === 'string' && listModels({ aliases: true }).includes(v),
+};
+
 const SCHEMA = group({
-  model: choice(...listModels()),
+  model: ARCHITECTURE,
+  // `arch`, as `hemato train --arch` calls it, is another name for `model`.
+  arch: optional(ARCHITECTURE),
   inputSize: {
     expect: 'a multiple of 32 from 32 to 1024',
     accepts: (v) => Number.isInteger(v) && (v as number) % 32 === 0 && (v as number) >= 32 && (v as number) <= 1024,
@@ -234,6 +243,15 @@ function merge(base: unknown, over: unknown, field: Field | undefined): unknown 
   return out;
 }
 
+/** A layer's settings with `arch` given as `model`, the key a run records. */
+function archAsModel(settings: Record<string, unknown>, source: string): Record<string, unknown> {
+  if (!('arch' in settings)) return settings;
+  const { arch, ...rest } = settings;
+  if ('model' in rest && rest.model !== arch)
+    throw new RunConfigError(`${source}: arch ${show(arch)} and model ${show(rest.model)} are one setting; give one of them`);
+  return { ...rest, model: arch };
+}
+
 /**
  * Merges the layers over the defaults, checking each for unknown keys, types and ranges, then checks that the
  * result is complete and consistent.
@@ -243,9 +261,10 @@ export function resolveRunSettings(layers: readonly ConfigLayer[]): RunSettings 
   for (const { source, settings } of layers) {
     if (!isObject(settings)) throw new RunConfigError(`${source}: expected a JSON object of settings, not ${show(settings)}`);
     check(settings, SCHEMA, '', source, false);
-    merged = merge(merged, settings, SCHEMA);
+    merged = merge(merged, archAsModel(settings, source), SCHEMA);
   }
   const result = merged as RunSettings;
+  result.model = resolveModelName(result.model);
   if (!result.data.source)
     throw new RunConfigError('no data: give a folder of class folders, --images DIR --labels CSV, or --pack FILE (or data.source in --config)');
   const source = layers.map((l) => l.source).join(' + ') || 'the defaults';

@@ -11,7 +11,7 @@ import type { InputRecipe, ReferenceScale } from '../data/prepare.js';
 import { writeSplit } from '../data/split.js';
 import type { ImageClassifier } from '../models/classifier.js';
 import { loadModel, readModelMetadata, saveModel } from '../models/io.js';
-import { createModel } from '../models/registry.js';
+import { createModel } from '../models/index.js';
 import {
   type ConfigLayer,
   type RunConfig,
@@ -191,8 +191,8 @@ async function initialiseFrom(model: ImageClassifier, file: string, classes: str
   const { model: source, metadata } = await loadModel(file, { device });
   try {
     const sameClasses = metadata.classes.join() === classes.join();
-    const state = new Map([...source.stateDict()].filter(([key]) => sameClasses || !key.startsWith('head.fc.')));
-    model.loadStateDict(state, { strict: sameClasses });
+    if (!sameClasses) source.resetClassifier(classes.length);
+    model.loadStateDict(source.stateDict());
     if (!sameClasses) note(`--init: classes differ from ${file}'s; the classifier head starts fresh`);
   } finally {
     source.dispose();

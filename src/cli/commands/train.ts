@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { listModels } from '../../models/registry.js';
+import { listModels, modelAliases } from '../../models/index.js';
 import { NO_AUGMENT } from '../../data/augment.js';
 import type { DatasetSource } from '../../data/dataset.js';
 import { DEFAULT_RUN, RunConfigError, type RunConfigInput } from '../../train/config.js';
@@ -11,6 +11,7 @@ import { parseChoice, parseFraction, parseNumber, parsePositiveInt, parseThreadC
 
 /** Flags that set one run setting each, by commander's option name. */
 const FLAG_SETTINGS: Record<string, keyof RunConfigInput> = {
+  arch: 'arch',
   model: 'model',
   size: 'inputSize',
   epochs: 'epochs',
@@ -78,7 +79,11 @@ export function registerTrain(program: Command): void {
     .option('--allow-changed-data', "with --resume: continue although the data differ from the run's (the differences are printed)")
     .option('--overwrite', 'replace an earlier run in --out (its model, checkpoint and logs are deleted)')
     .option('--print-config', 'print the settings the run would use, as JSON, and exit')
-    .option('--model <name>', `the architecture (default ${DEFAULT_RUN.model}): ${listModels().join(', ')}`)
+    .option(
+      '--arch <name>',
+      `the architecture (default ${DEFAULT_RUN.model}): ${listModels().join(', ')}; earlier names still work: ${Object.keys(modelAliases()).join(', ')}`,
+    )
+    .option('--model <name>', 'another name for --arch, kept for existing scripts (elsewhere --model is a model file, so prefer --arch)')
     .option('--size <px>', `input size in pixels, a multiple of 32 (default ${DEFAULT_RUN.inputSize})`, parsePositiveInt)
     .option('--epochs <n>', `epochs (default ${DEFAULT_RUN.epochs})`, parsePositiveInt)
     .option('--batch-size <n>', `images per step (default ${DEFAULT_RUN.batchSize})`, parsePositiveInt)
