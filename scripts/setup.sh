@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One-step set-up on Debian 12 as root: system packages (libtorch, OpenBLAS, a C++ toolchain), npm packages,
-# then the native addon and the TypeScript build. Safe to run again; it only installs what is missing.
+# One-step set-up on Debian 12 as root: system packages (libtorch, OpenBLAS, Gloo's headers, a C++ toolchain), npm
+# packages, then the native addon and the TypeScript build. Safe to run again; it only installs what is missing.
 # --test also installs Chromium, which the review page's browser test drives.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +16,8 @@ done
 
 packages=()
 if [ -z "${LIBTORCH:-}" ]; then
-  for pkg in libtorch-dev libopenblas0-pthread; do
+  # libgloo-dev: the headers of the Gloo inside Debian's libtorch, which the addon's distributed binding needs.
+  for pkg in libtorch-dev libopenblas0-pthread libgloo-dev; do
     dpkg -s "$pkg" >/dev/null 2>&1 || packages+=("$pkg")
   done
 fi

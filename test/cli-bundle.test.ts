@@ -225,8 +225,17 @@ test('bundle: written, extracted outside the repository, checked, built and run'
     delete env.HEMATO_RUN_QUIET;
     const run = spawnSync(path.join(top, 'run.sh'), ['doctor', '--json'], { cwd: clean, encoding: 'utf8', env, timeout: 280_000 });
     assert.equal(run.status, 0, run.stderr);
-    const doctor = JSON.parse(run.stdout) as { ok: boolean; node: string; libtorch: { source: string; version: string } };
+    const doctor = JSON.parse(run.stdout) as {
+      ok: boolean;
+      node: string;
+      libtorch: { source: string; version: string };
+      distributed: { available: boolean };
+    };
     assert.equal(doctor.ok, true, run.stdout);
+    // run.sh builds the distributed binding where this libtorch allows it, and doctor reports what was built.
+    const distributed = /distributed: (c10d with Gloo|unavailable)/.exec(run.stderr)?.[1];
+    assert.ok(distributed, 'run.sh says whether it builds the distributed binding');
+    assert.equal(doctor.distributed.available, distributed === 'c10d with Gloo');
     assert.equal(doctor.node, process.version);
     assert.match(run.stderr, /building the addon against libtorch/);
     const source = /libtorch: \S+ from (.*) \(libdir/.exec(run.stderr)?.[1];

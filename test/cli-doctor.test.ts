@@ -33,7 +33,11 @@ test('hemato doctor --json prints one document describing the installation', () 
   assert.equal(typeof report.cpu.amx, 'boolean');
   assert.ok(report.checks.every((c: Check) => c.ok && c.fixes === undefined));
   const names = report.checks.map((c: Check) => c.name);
-  for (const name of ['libtorch addon', 'libtorch', 'threads', 'cpu', 'precision']) assert.ok(names.includes(name), name);
+  for (const name of ['libtorch addon', 'libtorch', 'threads', 'cpu', 'precision', 'distributed']) assert.ok(names.includes(name), name);
+  // Distributed training: Gloo where the addon has it (with a one-rank all-reduce run), else why not and the fix.
+  const distributed = report.checks.find((c: Check) => c.name === 'distributed').detail;
+  if (report.distributed.available) assert.match(distributed, /^available: Gloo; NCCL (yes|no \(.+\))$/);
+  else assert.match(distributed, /^unavailable: .+ \(to enable it: .*npm run build:native/);
   // The precision entries are the engine table's, for the device work would run on.
   assert.deepEqual(report.precision, { device: report.precision.device, ...E.precisionEntries(report.precision.device) });
   const precisionLine = report.checks.find((c: Check) => c.name === 'precision').detail;

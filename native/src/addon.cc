@@ -1,4 +1,5 @@
-// Entry point of the hemato addon: per-environment state and runtime controls (threads, seeds, grad mode, autocast).
+// Entry point of the hemato addon: per-environment state and runtime controls (threads, seeds, grad mode, autocast),
+// and whether the distributed binding was built.
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/Context.h>
@@ -206,6 +207,20 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   });
 }
 
+#ifndef HEMATO_WITH_C10D
+// Built without the distributed binding: the build's check says why (locate-libtorch.mjs, c10dSupport).
+Napi::Value DistributedUnavailable(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("available", false);
+  out.Set("reason", HEMATO_C10D_UNAVAILABLE);
+  out.Set("backends", Napi::Array::New(env, 0));
+  out.Set("nccl", false);
+  out.Set("ncclReason", HEMATO_NCCL_REASON);
+  return out;
+}
+#endif
+
 }  // namespace
 
 AddonState& State(Napi::Env env) { return *env.GetInstanceData<AddonState>(); }
@@ -224,6 +239,11 @@ void InitRuntime(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaSynchronize", Napi::Function::New(env, CudaSynchronize));
   exports.Set("cudaMemory", Napi::Function::New(env, CudaMemory));
   exports.Set("info", Napi::Function::New(env, Info));
+#ifdef HEMATO_WITH_C10D
+  InitDistributed(env, exports);
+#else
+  exports.Set("distributedInfo", Napi::Function::New(env, DistributedUnavailable));
+#endif
 }
 
 }  // namespace hemato

@@ -48,5 +48,15 @@ Napi::Value FromIValue(Napi::Env env, const c10::IValue& value);
 // Method tables for each source file.
 void InitTensorOps(Napi::Env env, Napi::Object exports);
 void InitRuntime(Napi::Env env, Napi::Object exports);
+#ifdef HEMATO_WITH_C10D
+void InitDistributed(Napi::Env env, Napi::Object exports);
+#endif
+// Set by the build from native/locate-libtorch.mjs's check; these defaults serve a build that skipped it.
+#ifndef HEMATO_C10D_UNAVAILABLE
+#define HEMATO_C10D_UNAVAILABLE "this build of the addon did not check for c10d (native/locate-libtorch.mjs does)"
+#endif
+#ifndef HEMATO_NCCL_REASON
+#define HEMATO_NCCL_REASON "hemato binds only Gloo so far"
+#endif
 
 }  // namespace hemato

@@ -199,6 +199,24 @@ for dir in "${torch_includes[@]}"; do includes+=(-I"$dir"); done
 cxxflags=(-std="$std" -fPIC -pthread -O2 -fexceptions -frtti -Wno-unused-parameter -Wno-deprecated-declarations
   -D_GLIBCXX_USE_CXX11_ABI="$abi" -DNAPI_VERSION=8 -DNODE_ADDON_API_DISABLE_DEPRECATED -DBUILDING_NODE_EXTENSION
   -DNODE_GYP_MODULE_NAME=hemato_native)
+# The distributed binding (native/src/c10d.cc) where native/locate-libtorch.mjs finds c10d's and Gloo's headers; else
+# the addon reports why it is missing. LIBTORCH names the libtorch found above, so that the check looks at that one.
+case "$torch_source" in
+  LIBTORCH=*) locate_root=$LIBTORCH ;;
+  python3*) locate_root=$py_torch_dir ;;
+  *) locate_root='' ;;
+esac
+locate() { LIBTORCH=$locate_root "$NODE" "$APP/native/locate-libtorch.mjs" "$1" 2>/dev/null; }
+c10d_flags=()
+if [ "$(locate c10d)" = 1 ]; then
+  c10d_flags=(-DHEMATO_WITH_C10D -DUSE_C10D_GLOO -I"$(locate c10dInclude)")
+  say "distributed: c10d with Gloo"
+else
+  c10d_reason=$(locate c10dReason) || c10d_reason='native/locate-libtorch.mjs could not check this libtorch'
+  c10d_flags=(-DHEMATO_C10D_UNAVAILABLE="\"$c10d_reason\"")
+  say "distributed: unavailable ($c10d_reason)"
+fi
+cxxflags+=(-DHEMATO_NCCL_REASON="\"$(locate ncclReason || echo 'hemato binds only Gloo so far')\"" "${c10d_flags[@]}")
 # --no-as-needed keeps libtorch_cuda and c10_cuda linked although no symbol of theirs is referenced: loading them
 # is what registers CUDA with the dispatcher.
 ldflags=(-shared -pthread -L"$torch_libdir" -Wl,-rpath,"$torch_libdir" -Wl,--no-as-needed)
@@ -220,15 +238,32 @@ else
     g++ "${cxxflags[@]}" "${includes[@]}" -c "$src" -o "$obj" 2>"$obj.log" &
     pids+=($!)
   done
-  failed=0
+  failed=()
   for i in "${!pids[@]}"; do
     if ! wait "${pids[$i]}"; then
-      failed=1
+      failed+=("$(basename "${sources[$i]}")")
       say "compiling $(basename "${sources[$i]}") failed:"
       head -n 40 "$BUILD/Release/obj/$(basename "${sources[$i]%.cc}").o.log" >&2
     fi
   done
-  [ "$failed" = 0 ] || die "the addon did not compile (first lines of each error above)"
+  # A c10d.cc this libtorch's c10d does not accept costs distributed training, not the addon: addon.cc is compiled
+  # again without it, and the addon reports why.
+  if [ "${failed[*]}" = c10d.cc ]; then
+    cp "$BUILD/Release/obj/c10d.o.log" "$BUILD/c10d-error.log"
+    note "note: the distributed binding did not compile against this libtorch ($BUILD/c10d-error.log); building without it"
+    reason="native/src/c10d.cc did not compile against this libtorch (see $BUILD/c10d-error.log)"
+    without=()
+    for flag in "${cxxflags[@]}"; do
+      [ "$flag" = -DHEMATO_WITH_C10D ] && flag=-DHEMATO_C10D_UNAVAILABLE="\"$reason\""
+      without+=("$flag")
+    done
+    for name in addon c10d; do
+      g++ "${without[@]}" "${includes[@]}" -c "$APP/native/src/$name.cc" -o "$BUILD/Release/obj/$name.o" 2>"$BUILD/Release/obj/$name.o.log" ||
+        { head -n 40 "$BUILD/Release/obj/$name.o.log" >&2; die "the addon did not compile without the distributed binding either"; }
+    done
+    failed=()
+  fi
+  [ ${#failed[@]} = 0 ] || die "the addon did not compile (first lines of each error above)"
   g++ -o "$ADDON.tmp" "$BUILD"/Release/obj/*.o "${ldflags[@]}" || die "linking the addon failed"
   mv "$ADDON.tmp" "$ADDON"
   # What native/locate-libtorch.mjs records for a node-gyp build; `hemato doctor` reads it.

@@ -2,6 +2,7 @@
 // hostReads() counts every time tensor data reaches JS (item, data, toArray); a model's forward pass makes none.
 export * from './tensor.js';
 export * as F from './functional.js';
+export * as distributed from './distributed.js';
 export { DTYPES, type DType, isFloating } from './dtype.js';
 export { tidy, keep, dispose, liveTensors, type Disposable } from './scope.js';
 export { noGrad, enableGrad, isGradEnabled } from './autograd.js';

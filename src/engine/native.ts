@@ -9,6 +9,20 @@ import { addonPath, builtAddonPath, located } from './located.js';
 export type NativeTensor = { readonly __nativeTensor: unique symbol };
 /** An opaque handle to an ATen operator. */
 export type NativeOp = { readonly __nativeOp: unique symbol };
+/** An opaque handle to a c10d store. */
+export type NativeStore = { readonly __nativeStore: unique symbol };
+/** An opaque handle to a c10d process group. */
+export type NativeGroup = { readonly __nativeGroup: unique symbol };
+
+/** Whether the addon was built with the distributed binding (c10d with Gloo), and why not. */
+export interface NativeDistributedInfo {
+  available: boolean;
+  /** Why the binding was left out of this build; only when unavailable. */
+  reason?: string;
+  backends: string[];
+  nccl: boolean;
+  ncclReason: string;
+}
 
 export interface NativeInfo {
   torchVersion: string;
@@ -50,6 +64,19 @@ export interface NativeAddon {
   /** [allocated, reserved, peakAllocated] bytes of the CUDA caching allocator; undefined where unreadable. */
   cudaMemory(index: number): [number, number, number] | undefined;
   info(): NativeInfo;
+  /** Absent from builds of the addon that predate distributed training. */
+  distributedInfo?(): NativeDistributedInfo;
+  // The distributed binding: present where distributedInfo().available.
+  createTcpStore(host: string, port: number, isServer: boolean, worldSize: number, timeoutMs: number): Promise<[number, NativeStore]>;
+  createFileStore(path: string, worldSize: number, timeoutMs: number): NativeStore;
+  closeStore(store: NativeStore): void;
+  initGloo(store: NativeStore, rank: number, worldSize: number, timeoutMs: number, iface?: string, hostname?: string): Promise<NativeGroup>;
+  allReduce(group: NativeGroup, tensor: NativeTensor, op: 'sum' | 'product' | 'min' | 'max'): Promise<void>;
+  broadcast(group: NativeGroup, tensor: NativeTensor, root: number): Promise<void>;
+  barrier(group: NativeGroup): Promise<void>;
+  allGather(group: NativeGroup, input: NativeTensor, outputs: NativeTensor[]): Promise<void>;
+  gather(group: NativeGroup, input: NativeTensor, outputs: NativeTensor[], root: number): Promise<void>;
+  destroyGroup(group: NativeGroup, graceful: boolean): Promise<void>;
 }
 
 /** The most CPU threads hemato accepts: 4 per core. More only oversubscribes, and huge counts make libgomp abort. */

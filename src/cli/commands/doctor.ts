@@ -1,4 +1,6 @@
-import { availableParallelism } from 'node:os';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { availableParallelism, tmpdir } from 'node:os';
+import path from 'node:path';
 import type { Command } from 'commander';
 import * as E from '../../engine/index.js';
 import { addonPath, located } from '../../engine/located.js';
@@ -24,7 +26,7 @@ export async function diagnose(device: DeviceRequest = 'auto'): Promise<{ ok: bo
   const threadSetting = threadSettingCheck();
   if (threadSetting) checks.push(threadSetting);
   // An invalid HEMATO_NUM_THREADS stops the addon from loading, so libtorch is checked only without one.
-  else checkLibtorch(checks, report, device);
+  else if (checkLibtorch(checks, report, device)) checks.push(await checkDistributed(report));
   checks.push(await checkSharp(report));
   // Fixes belong to failures only.
   return { ok: checks.every((c) => c.ok), checks: checks.map(({ fixes, ...c }) => (c.ok ? c : { ...c, fixes })), report };
@@ -42,13 +44,14 @@ function threadSettingCheck(): Check | undefined {
   }
 }
 
-function checkLibtorch(checks: Check[], report: Record<string, unknown>, device: DeviceRequest): void {
+/** Checks libtorch through the addon; false when the addon could not be loaded. */
+function checkLibtorch(checks: Check[], report: Record<string, unknown>, device: DeviceRequest): boolean {
   try {
     E.loadAddon();
   } catch (error) {
     const reason = error instanceof E.AddonLoadError ? error.reason : (error as Error).message.split('\n')[0];
     checks.push({ name: 'libtorch addon', ok: false, detail: reason, fixes: error instanceof E.AddonLoadError ? error.fixes : undefined });
-    return;
+    return false;
   }
   const info = E.libtorchInfo();
   const cpu = E.cpuFeatures();
@@ -74,6 +77,45 @@ function checkLibtorch(checks: Check[], report: Record<string, unknown>, device:
   const cuda = cudaChecks(info, device);
   checks.push(...cuda);
   if (target === 'cpu' || cuda.every((c) => c.ok)) checks.push(precisionCheck(target, precision));
+  return true;
+}
+
+/**
+ * Distributed training: whether the addon was built with c10d and Gloo, and if so, whether a one-rank group runs an
+ * all-reduce. A build without it is no failure (nothing else needs it); the line says why and how to enable it.
+ */
+async function checkDistributed(report: Record<string, unknown>): Promise<Check> {
+  const info = E.distributed.distributedInfo();
+  report.distributed = info;
+  if (!info.available) {
+    return { name: 'distributed', ok: true, detail: `unavailable: ${info.reason} (to enable it: ${info.fixes!.join('; or ')})` };
+  }
+  const nccl = info.nccl ? 'yes' : `no (${info.ncclReason})`;
+  const dir = mkdtempSync(path.join(tmpdir(), 'hemato-doctor-'));
+  try {
+    const store = await E.distributed.createStore({ kind: 'file', path: path.join(dir, 'store'), worldSize: 1, timeoutMs: 30_000 });
+    const group = await E.distributed.initProcessGroup({ store, rank: 0, worldSize: 1, timeoutMs: 30_000 });
+    store.close();
+    const x = E.tensor([1, 2], [2]);
+    try {
+      await group.allReduce(x);
+      const values = x.toArray();
+      if (values[0] !== 1 || values[1] !== 2) throw new Error(`a one-rank all-reduce changed [1, 2] into [${values.join(', ')}]`);
+    } finally {
+      x.dispose();
+      await group.destroy();
+    }
+    return { name: 'distributed', ok: true, detail: `available: Gloo; NCCL ${nccl}` };
+  } catch (error) {
+    return {
+      name: 'distributed',
+      ok: false,
+      detail: `Gloo is built in, but a one-rank all-reduce failed: ${(error as Error).message.split('\n')[0]}`,
+      fixes: [REBUILD],
+    };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 const CPU_KINDS: Record<E.CpuKind, string> = { amx: 'AMX-BF16', avx512bf16: 'AVX-512-BF16 and no AMX', plain: 'neither AMX-BF16 nor AVX-512-BF16' };
@@ -165,7 +207,7 @@ async function checkSharp(report: Record<string, unknown>): Promise<Check> {
 export function registerDoctor(program: Command): void {
   program
     .command('doctor')
-    .description('check the installation: libtorch, devices, threads, CPU features and native dependencies')
+    .description('check the installation: libtorch, devices, threads, CPU features, distributed training and native dependencies')
     .option('--device <device>', 'the device you mean to use: with cuda, a missing GPU is a failure', parseChoice(['auto', 'cpu', 'cuda'] as const), 'auto')
     .option('--json', 'print one JSON document on stdout')
     .action(async (options: { device: DeviceRequest; json?: boolean }) => {
