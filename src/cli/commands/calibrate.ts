@@ -22,7 +22,8 @@ export function registerCalibrate(program: Command): void {
     .argument('[dir]', 'an ImageFolder of validation images (one folder per class)')
     .option('--images <dir>', 'the images folder, with --labels or --split')
     .option('--labels <csv>', 'a CSV of file,label (paths relative to --images)')
-    .option('--split <csv>', "a split from 'hemato split': its validation part is used (paths relative to the folder or --images)")
+    .option('--split <csv>', "a split from 'hemato split' (paths relative to the folder or --images)")
+    .option('--part <part>', 'the part of --split to calibrate on: train, val or test (default: val)', parseChoice(['train', 'val', 'test'] as const))
     .option(
       '-o, --out <file>',
       'where to write the calibrated model (default: <model>.calibrated.safetensors, next to --model, or in the current folder for the bundled model)',
@@ -49,13 +50,15 @@ export function registerCalibrate(program: Command): void {
     let items;
     let ood = classifier.ood;
     let splitHash: string | null = null;
+    if (options.part && !options.split) throw new CliError('--part needs --split', 2);
     if (options.split) {
       const root = dir ?? options.images;
       if (!root) throw new CliError('--split needs the data folder (as the argument or --images)', 2);
       const { rows, hash } = await readSplit(options.split);
       splitHash = hash;
       const itemsOf = (part: string) => rows.filter((r) => r.part === part).map((r) => ({ file: r.file, path: path.join(root, r.file), label: r.label }));
-      items = itemsOf('val');
+      const part = options.part ?? 'val';
+      items = itemsOf(part);
       if (options.ood) {
         const train = itemsOf('train');
         const sample = train.filter((_, i) => i % Math.max(1, Math.floor(train.length / options.oodSample)) === 0).slice(0, options.oodSample);
@@ -66,7 +69,7 @@ export function registerCalibrate(program: Command): void {
         });
         detectorBar.stop();
       }
-      if (items.length === 0) throw new CliError(`${options.split} has no validation part`);
+      if (items.length === 0) throw new CliError(`${options.split} has no ${part} part`);
     } else {
       items = (await listDataset(datasetSource(dir, options), { classes: classifier.classes })).items;
     }

@@ -33,7 +33,7 @@ export function registerPack(program: Command): void {
   addSourceOptions(
     program
       .command('pack')
-      .argument('<dir>', 'data set folder: one sub-folder per class, or the images folder of --csv / --split')
+      .argument('[dir]', 'data set folder: one sub-folder per class, or the images folder of --split (or give --images DIR --labels CSV)')
       .description('decode, cut the centred field, resize (and optionally apply MPM) once, and write one compact pack file to train from'),
   )
     .requiredOption('--out <file>', 'the pack file to write; an existing one is replaced only once the new one is complete')
@@ -51,8 +51,8 @@ export function registerPack(program: Command): void {
     .option('--quality <q>', 'quality of the lossy codecs (webp, jpeg), 1..100', '85')
     .option('--threads <n>', 'worker threads, up to 4 × the core count (default: the core count)', parseThreadCount('--threads'))
     .option('--json', 'print one JSON document on stdout')
-    .action(async (dir: string, options: PackOptions) => {
-      const { source, classes: classOption, maxPixels, maxFileBytes } = await resolveSource(dir, options);
+    .action(async (dir: string | undefined, options: PackOptions) => {
+      const { source, root: dataRoot, classes: classOption, maxPixels, maxFileBytes } = await resolveSource(dir, options);
       const geometry = parseGeometry(options.size, options.field);
       const codec = options.codec as BlobCodec;
       if (!BLOB_CODECS.includes(codec)) throw new CliError(`--codec must be one of ${BLOB_CODECS.join(', ')}, got "${options.codec}"`, 2);
@@ -78,7 +78,7 @@ export function registerPack(program: Command): void {
         const split = await readSplit(options.split).catch((error: Error) => {
           throw new CliError(error.message);
         });
-        const root = path.resolve(dir);
+        const root = path.resolve(dataRoot);
         items = split.rows.map((r) => ({ file: r.file, path: path.join(root, r.file), label: r.label, part: r.part }));
         splitHash = split.hash;
         skipped = [];
@@ -103,7 +103,7 @@ export function registerPack(program: Command): void {
         maxPixels,
         maxFileBytes,
         splitHash,
-        source: path.resolve(dir),
+        source: path.resolve(dataRoot),
         skipped,
         onProgress: progress.update,
       }).finally(() => progress.stop());

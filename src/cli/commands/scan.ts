@@ -11,6 +11,9 @@ import { MAX_FILE_SIZE_HELP, parseFileSize } from './shared.js';
 
 /** Options shared by the commands that read a labelled data set. */
 export interface SourceOptions {
+  images?: string;
+  labels?: string;
+  /** The earlier name of --labels. */
   csv?: string;
   classes?: string;
   maxPixels?: string;
@@ -20,20 +23,33 @@ export interface SourceOptions {
 
 export function addSourceOptions(command: Command): Command {
   return command
-    .option('--csv <file>', 'read labels from a CSV with columns file,label (paths relative to DIR) instead of class folders')
+    .option('--images <dir>', 'the images folder, with --labels (instead of a folder of class folders)')
+    .option('--labels <csv>', 'a CSV of file,label (paths relative to --images)')
+    .option('--csv <file>', 'the same as --labels, with the images folder given as the argument')
     .option('--classes <list>', `comma-separated class names, in index order (default: ${PBC_CLASSES.join(',')})`)
     .option('--max-pixels <n>', `refuse images declaring more pixels than this (default: ${DEFAULT_MAX_PIXELS})`)
     .option('--max-file-size <size>', MAX_FILE_SIZE_HELP, parseFileSize);
 }
 
-export async function resolveSource(dir: string, options: SourceOptions) {
+/**
+ * The labelled set of a command, in the one convention every command takes: a folder of class folders as the
+ * argument, or --images DIR --labels CSV (--csv CSV with the folder as the argument, as before). `root` is the
+ * folder that file paths are relative to.
+ */
+export async function resolveSource(dir: string | undefined, options: SourceOptions) {
+  if (options.csv && options.labels) throw new CliError('give --labels or --csv (its earlier name), not both', 2);
+  const labels = options.labels ?? options.csv;
+  if (dir && options.images) throw new CliError('give the images folder as the argument or as --images, not both', 2);
+  const root = dir ?? options.images;
+  if (!root) throw new CliError('no data: give a folder of class folders, or --images DIR --labels CSV (file,label)', 2);
+  if (options.images && !labels) throw new CliError('--images needs --labels CSV (file,label); a folder of class folders is given as the argument', 2);
   try {
-    await access(dir);
-    if (options.csv) await access(options.csv);
+    await access(root);
+    if (labels) await access(labels);
   } catch (error) {
-    throw new CliError(`${(error as Error).message.replace(/^[A-Z]+: /, '')}; give an existing data set folder${options.csv ? ' and CSV' : ''}`);
+    throw new CliError(`${(error as Error).message.replace(/^[A-Z]+: /, '')}; give an existing data set folder${labels ? ' and CSV' : ''}`);
   }
-  const source: DatasetSource = options.csv ? { csv: options.csv, images: dir } : { dir };
+  const source: DatasetSource = labels ? { csv: labels, images: root } : { dir: root };
   const classes = options.classes
     ?.split(',')
     .map((c) => c.trim().toLowerCase())
@@ -45,7 +61,7 @@ export async function resolveSource(dir: string, options: SourceOptions) {
   if (maxPixels !== undefined && !(Number.isInteger(maxPixels) && maxPixels > 0)) {
     throw new CliError(`--max-pixels must be a positive integer, got "${options.maxPixels}"`, 2);
   }
-  return { source, classes, maxPixels, maxFileBytes: options.maxFileSize };
+  return { source, root, classes, maxPixels, maxFileBytes: options.maxFileSize };
 }
 
 /** --near-threshold: bits of perceptual hash in which two images may differ and still count as near-duplicates. */
@@ -61,7 +77,7 @@ export function registerScan(program: Command): void {
   addSourceOptions(
     program
       .command('scan')
-      .argument('<dir>', 'data set folder: one sub-folder per class, or the images folder of --csv')
+      .argument('[dir]', 'data set folder: one sub-folder per class (or give --images DIR --labels CSV)')
       .description(
         'report what a data set holds: images per class, skipped files and why, duplicates and near-duplicates, label conflicts, sizes per class; with --split, what crosses its parts',
       ),
@@ -69,7 +85,7 @@ export function registerScan(program: Command): void {
     .option('--split <csv>', "a split from 'hemato split' (paths relative to DIR): count the duplicates and near-duplicates it puts in different parts")
     .option('--near-threshold <bits>', NEAR_THRESHOLD_HELP, parseNearThreshold)
     .option('--json', 'print one JSON document on stdout')
-    .action(async (dir: string, options: SourceOptions & { split?: string; nearThreshold?: number; json?: boolean }) => {
+    .action(async (dir: string | undefined, options: SourceOptions & { split?: string; nearThreshold?: number; json?: boolean }) => {
       const { source, classes, maxPixels, maxFileBytes } = await resolveSource(dir, options);
       const split = options.split
         ? await readSplit(options.split).catch((error: Error) => {

@@ -21,7 +21,7 @@ export function registerSplit(program: Command): void {
   addSourceOptions(
     program
       .command('split')
-      .argument('<dir>', 'data set folder: one sub-folder per class, or the images folder of --csv')
+      .argument('[dir]', 'data set folder: one sub-folder per class (or give --images DIR --labels CSV)')
       .description(
         'write a seeded, stratified train/val(/test) split as CSV (file,label,part) and report its sha256; duplicates (and with --near-duplicates, near-duplicates) stay in one part',
       ),
@@ -34,7 +34,7 @@ export function registerSplit(program: Command): void {
     .option('--near-duplicates', 'also keep near-duplicates (re-encoded, resized, re-lit or slightly shifted copies; see hemato scan) in one part')
     .option('--near-threshold <bits>', NEAR_THRESHOLD_HELP, parseNearThreshold)
     .option('--json', 'print one JSON document on stdout')
-    .action(async (dir: string, options: SplitCommandOptions) => {
+    .action(async (dir: string | undefined, options: SplitCommandOptions) => {
       if (options.nearThreshold !== undefined && !options.nearDuplicates) throw new CliError('--near-threshold applies only with --near-duplicates', 2);
       const { source, classes, maxPixels, maxFileBytes } = await resolveSource(dir, options);
       const [seed, val, test] = [Number(options.seed), Number(options.val), Number(options.test)];

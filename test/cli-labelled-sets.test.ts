@@ -1,0 +1,72 @@
+// One convention for a labelled set in every command that reads one: a folder of class folders as the argument, or
+// --images DIR --labels CSV; and --part wherever a split is given.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { after, test } from 'node:test';
+import { SHARED } from './helpers.js';
+
+const work = mkdtempSync(path.join(tmpdir(), 'hemato-labelled-'));
+const folders = path.join(work, 'folders');
+const flat = path.join(work, 'flat');
+const labels = path.join(work, 'labels.csv');
+after(() => rmSync(work, { recursive: true, force: true }));
+
+const rows: string[] = [];
+mkdirSync(flat);
+for (const cls of ['basophil', 'neutrophil']) {
+  mkdirSync(path.join(folders, cls), { recursive: true });
+  const names = readdirSync(path.join(SHARED, 'data/pbc', cls))
+    .filter((f) => f.endsWith('.jpg') && !f.startsWith('.'))
+    .sort()
+    .slice(0, 6);
+  for (const name of names) {
+    copyFileSync(path.join(SHARED, 'data/pbc', cls, name), path.join(folders, cls, name));
+    copyFileSync(path.join(SHARED, 'data/pbc', cls, name), path.join(flat, name));
+    rows.push(`${name},${cls}`);
+  }
+}
+writeFileSync(labels, `file,label\n${rows.join('\n')}\n`);
+
+const hemato = (...args: string[]) => spawnSync(process.execPath, ['bin/hemato.js', ...args], { encoding: 'utf8', timeout: 120_000 });
+
+test('scan and split read --images DIR --labels CSV as they read class folders, with the same result', () => {
+  const byFolders = JSON.parse(hemato('scan', folders, '--classes', 'basophil,neutrophil', '--json').stdout);
+  const byLabels = hemato('scan', '--images', flat, '--labels', labels, '--classes', 'basophil,neutrophil', '--json');
+  assert.equal(byLabels.status, 0, byLabels.stderr);
+  const { images, classes } = JSON.parse(byLabels.stdout);
+  assert.deepEqual({ images, classes }, { images: 12, classes: { basophil: 6, neutrophil: 6 } });
+  assert.deepEqual({ images: byFolders.images, classes: byFolders.classes }, { images, classes });
+  const viaCsv = hemato('scan', flat, '--csv', labels, '--classes', 'basophil,neutrophil', '--json');
+  assert.equal(viaCsv.status, 0, '--csv stays the earlier name of --labels');
+  const split = hemato(
+    'split',
+    '--images',
+    flat,
+    '--labels',
+    labels,
+    '--classes',
+    'basophil,neutrophil',
+    '--val',
+    '0.5',
+    '--out',
+    path.join(work, 'split.csv'),
+  );
+  assert.equal(split.status, 0, split.stderr);
+});
+
+test('a labelled set given twice, or half given, is a usage error that says what to give', () => {
+  for (const [args, message] of [
+    [['scan', folders, '--images', flat, '--labels', labels], /as the argument or as --images, not both/],
+    [['scan', '--images', flat], /--images needs --labels/],
+    [['scan'], /no data: give a folder of class folders, or --images DIR --labels CSV/],
+    [['split', flat, '--csv', labels, '--labels', labels, '--out', path.join(work, 'x.csv')], /--labels or --csv/],
+    [['calibrate', folders, '--part', 'test'], /--part needs --split/],
+  ] as [string[], RegExp][]) {
+    const run = hemato(...args);
+    assert.equal(run.status, 2, `${args.join(' ')}: ${run.stderr}`);
+    assert.match(run.stderr, message);
+  }
+});
