@@ -126,7 +126,7 @@ class BatchQueue {
 }
 
 /** What the parts of one run share while it trains. */
-interface Session {
+interface TrainingContext {
   run: TrainRun;
   optimizer: E.AdamW;
   ema?: WeightAverage;
@@ -165,16 +165,16 @@ export async function train(run: TrainRun): Promise<{ loop: LoopState; stoppedEa
     });
     const recipe = { normalization: config.normalization, augment: config.augment };
     source = run.workers && device === 'cpu' ? workerBatches(data, recipe, { workers: run.workers }) : inlineBatches(data, recipe, device);
-    const session: Session = { run, optimizer, ema, checkpoints, losses, source, schedule, emit };
+    const context: TrainingContext = { run, optimizer, ema, checkpoints, losses, source, schedule, emit };
     model.train();
     while (loop.epoch < config.epochs) {
       const epochStart = Date.now();
-      const epoch = await trainEpoch(session, loop);
+      const epoch = await trainEpoch(context, loop);
       if (epoch.interrupted) return { loop, stoppedEarly: false, interrupted: true };
-      await endEpoch(session, loop, epoch.losses, epochStart);
+      await endEpoch(context, loop, epoch.losses, epochStart);
       const stoppedEarly = config.patience !== null && loop.epoch - 1 - loop.bestEpoch >= config.patience;
       if (stoppedEarly) emit({ type: 'stop', reason: `no better validation macro-F1 for ${config.patience} epochs` });
-      await save(session, loop);
+      await save(context, loop);
       if (stoppedEarly) return { loop, stoppedEarly, interrupted: false };
     }
     return { loop, stoppedEarly: false, interrupted: false };
@@ -187,25 +187,25 @@ export async function train(run: TrainRun): Promise<{ loop: LoopState; stoppedEa
 }
 
 /** Writes a checkpoint of the loop's position. Only losses read as finite may precede it: the pending ones are read first. */
-async function save(session: Session, loop: LoopState): Promise<void> {
-  session.losses.read();
-  await session.checkpoints.save(loop);
-  session.emit({ type: 'checkpoint', file: session.checkpoints.file });
+async function save(context: TrainingContext, loop: LoopState): Promise<void> {
+  context.losses.read();
+  await context.checkpoints.save(loop);
+  context.emit({ type: 'checkpoint', file: context.checkpoints.file });
 }
 
 /**
  * Trains the rest of loop.epoch from loop.batch, advancing loop past each step. Returns the epoch's losses read here,
  * and whether it stopped on request (then a checkpoint of the next step has been written).
  */
-async function trainEpoch(session: Session, loop: LoopState): Promise<{ losses: number[]; interrupted: boolean }> {
-  const { run, optimizer, emit } = session;
+async function trainEpoch(context: TrainingContext, loop: LoopState): Promise<{ losses: number[]; interrupted: boolean }> {
+  const { run, optimizer, emit } = context;
   const { config, model } = run;
   const batches = batchIndices(shuffled(run.trainIndices, stepSeed(config.seed, loop.epoch, -1)), config.batchSize, true);
   const epoch = loop.epoch;
-  const queue = new BatchQueue(session.source, batches, (b) => stepSeed(config.seed, epoch, b));
+  const queue = new BatchQueue(context.source, batches, (b) => stepSeed(config.seed, epoch, b));
   const read: number[] = [];
   const readLosses = () => {
-    const values = session.losses.read();
+    const values = context.losses.read();
     read.push(...values);
     return values;
   };
@@ -214,7 +214,7 @@ async function trainEpoch(session: Session, loop: LoopState): Promise<{ losses: 
       const started = performance.now();
       const batch = await queue.take(loop.batch);
       E.manualSeed(stepSeed(config.seed, epoch, loop.batch)); // dropout and drop path draw from libtorch's generator
-      const lr = cosineLr(loop.globalStep, session.schedule);
+      const lr = cosineLr(loop.globalStep, context.schedule);
       optimizer.setLr(lr);
       let loss: E.Tensor;
       try {
@@ -227,9 +227,9 @@ async function trainEpoch(session: Session, loop: LoopState): Promise<{ losses: 
       } finally {
         E.dispose([batch.x, batch.y]);
       }
-      session.ema?.update(model);
+      context.ema?.update(model);
       const trained = loop.batch;
-      const due = session.losses.add(loss, epoch, trained);
+      const due = context.losses.add(loss, epoch, trained);
       loop.batch++;
       loop.globalStep++;
       const values = due ? readLosses() : [];
@@ -245,12 +245,12 @@ async function trainEpoch(session: Session, loop: LoopState): Promise<{ losses: 
       });
       if (run.shouldStop?.()) {
         readLosses();
-        await save(session, loop);
+        await save(context, loop);
         return { losses: read, interrupted: true };
       }
-      if (loop.batch < batches.length && session.checkpoints.due) {
+      if (loop.batch < batches.length && context.checkpoints.due) {
         readLosses();
-        await save(session, loop);
+        await save(context, loop);
       }
     }
     readLosses();
@@ -264,8 +264,8 @@ async function trainEpoch(session: Session, loop: LoopState): Promise<{ losses: 
  * Validates the epoch just trained (with the EMA weights when the run keeps them), hands an improved model to onBest,
  * logs the epoch and moves loop to the next one.
  */
-async function endEpoch(session: Session, loop: LoopState, losses: number[], epochStart: number): Promise<void> {
-  const { run, emit, ema } = session;
+async function endEpoch(context: TrainingContext, loop: LoopState, losses: number[], epochStart: number): Promise<void> {
+  const { run, emit, ema } = context;
   const { model, config } = run;
   const evaluated = <T>(fn: () => T): T => (ema ? ema.applied(model, fn) : fn());
   const val = evaluated(() =>
@@ -291,7 +291,7 @@ async function endEpoch(session: Session, loop: LoopState, losses: number[], epo
   const entry = {
     epoch: loop.epoch + 1,
     train_loss: losses.reduce((a, b) => a + b, 0) / Math.max(1, losses.length),
-    lr: cosineLr(loop.globalStep - 1, session.schedule),
+    lr: cosineLr(loop.globalStep - 1, context.schedule),
     seconds: (Date.now() - epochStart) / 1000,
     val_accuracy: val.accuracy,
     val_macro_f1: val.macro_f1,
