@@ -14,6 +14,7 @@ import { PBC_CLASSES } from '../src/data/dataset.js';
 import { saveModel } from '../src/models/io.js';
 import { createModel } from '../src/models/index.js';
 import { SHARED } from './helpers.js';
+import type { ImagePrediction } from '../src/eval/evaluation.js';
 
 const BIN = path.resolve('bin/hemato.js');
 const dir = mkdtempSync(path.join(tmpdir(), 'hemato-eval-'));
@@ -144,14 +145,7 @@ test('a split given as --labels is refused, and --split and --part are checked b
   }
 });
 
-interface ImageAnswer {
-  file: string;
-  label: string;
-  predicted: string;
-  probability: number;
-  uncertain: boolean;
-  reasons: string[];
-}
+type ImageAnswer = ImagePrediction;
 
 test('eval --report writes a readable report with its plots, free of machine paths; --per-image gives each answer', async () => {
   await ready;
