@@ -1,8 +1,9 @@
 // A tiny training problem shared by the trainer's tests: 24 bright or dark 32 px images, a four-stage ConvNeXt of
 // a few thousand weights, and settings that exercise every part of the loop (EMA, clipping, augmentation).
-import { mkdtempSync } from 'node:fs';
+import { mkdirSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import sharp from 'sharp';
 import * as E from '../src/engine/index.js';
 import { ConvNeXt } from '../src/models/convnext.js';
 import { DEFAULT_AUGMENT } from '../src/data/augment.js';
@@ -63,4 +64,19 @@ export function tinyRun(model: ConvNeXt, overrides: Partial<TrainRun> = {}): Tra
     resume: false,
     ...overrides,
   };
+}
+
+/** Writes 8 noisy 40 px PNGs per class into folder/<class>/ (the noise keeps them from being duplicates). */
+export async function writeNoisyImageFolder(folder: string, classes: readonly string[], seed: number): Promise<string> {
+  const random = () => (seed = (seed * 16807) % 2147483647) / 2147483647;
+  for (const [c, label] of classes.entries()) {
+    mkdirSync(path.join(folder, label), { recursive: true });
+    for (let i = 0; i < 8; i++) {
+      const pixels = Buffer.from(Array.from({ length: 40 * 40 * 3 }, () => Math.floor((c ? 150 : 50) + random() * 100)));
+      await sharp(pixels, { raw: { width: 40, height: 40, channels: 3 } })
+        .png()
+        .toFile(path.join(folder, label, `${label}_${i}.png`));
+    }
+  }
+  return folder;
 }

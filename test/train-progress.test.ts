@@ -3,15 +3,15 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import sharp from 'sharp';
 import * as E from '../src/engine/index.js';
 import { formatDuration } from '../src/cli/progress.js';
 import { RunEstimate, trainingProgress } from '../src/cli/train-progress.js';
 import type { Metrics } from '../src/eval/metrics.js';
 import type { TrainEvent } from '../src/train/trainer.js';
+import { writeNoisyImageFolder } from './train-fixtures.js';
 
 const root = mkdtempSync(path.join(tmpdir(), 'hemato-progress-'));
 const step = (epoch: number, batch: number, batches = 4, loss?: number): TrainEvent => ({
@@ -105,20 +105,8 @@ test('outside a terminal: a long validation gets a line every 30 seconds', () =>
 });
 
 /** Two classes of noisy 40 px images: 8 each. */
-async function imageFolder(): Promise<string> {
-  const folder = path.join(root, 'cells');
-  let seed = 5;
-  const random = () => (seed = (seed * 16807) % 2147483647) / 2147483647;
-  for (const [c, label] of ['neutrophil', 'platelet'].entries()) {
-    mkdirSync(path.join(folder, label), { recursive: true });
-    for (let i = 0; i < 8; i++) {
-      const pixels = Buffer.from(Array.from({ length: 40 * 40 * 3 }, () => Math.floor((c ? 150 : 50) + random() * 100)));
-      await sharp(pixels, { raw: { width: 40, height: 40, channels: 3 } })
-        .png()
-        .toFile(path.join(folder, label, `${label}_${i}.png`));
-    }
-  }
-  return folder;
+function imageFolder(): Promise<string> {
+  return writeNoisyImageFolder(path.join(root, 'cells'), ['neutrophil', 'platelet'], 5);
 }
 
 function settings(epochs: number): string {

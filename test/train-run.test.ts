@@ -6,29 +6,18 @@ import { execFile, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import path from 'node:path';
-import sharp from 'sharp';
 import type { RunConfigInput } from '../src/train/config.js';
 import { LOCK_FILE, lockRunDir } from '../src/train/lock.js';
 import { runTraining, type TrainingRequest } from '../src/train/run.js';
 import { loadModel } from '../src/models/io.js';
+import { writeNoisyImageFolder } from './train-fixtures.js';
 
 const root = mkdtempSync(path.join(tmpdir(), 'hemato-run-'));
 const CLASSES = ['neutrophil', 'platelet'];
 
 /** 8 noisy 40 px images per class (noise keeps them from being duplicates), and one file that is not an image. */
 async function imageFolder(name: string): Promise<string> {
-  const folder = path.join(root, name);
-  let seed = 3;
-  const random = () => (seed = (seed * 16807) % 2147483647) / 2147483647;
-  for (const [c, label] of CLASSES.entries()) {
-    mkdirSync(path.join(folder, label), { recursive: true });
-    for (let i = 0; i < 8; i++) {
-      const pixels = Buffer.from(Array.from({ length: 40 * 40 * 3 }, () => Math.floor((c ? 150 : 50) + random() * 100)));
-      await sharp(pixels, { raw: { width: 40, height: 40, channels: 3 } })
-        .png()
-        .toFile(path.join(folder, label, `${label}_${i}.png`));
-    }
-  }
+  const folder = await writeNoisyImageFolder(path.join(root, name), CLASSES, 3);
   writeFileSync(path.join(folder, 'neutrophil', 'notes.png'), 'not an image');
   return folder;
 }
