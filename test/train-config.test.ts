@@ -117,3 +117,24 @@ test('hemato train: a bad config file is a usage error that names the file and t
   assert.equal(fromConfig.code, 2);
   assert.match(fromConfig.stderr, /workers must be an integer from 0 to \d+/);
 });
+
+test('hemato train: --pretrained takes one file or one per path, and --drop-path sets the stochastic depth', async () => {
+  const print = async (...args: string[]) => hemato('train', 'cells', ...args, '--print-config');
+  const single = await print('--pretrained', 'atto.safetensors', '--drop-path', '0.2');
+  assert.equal(single.code, 0, single.stderr);
+  assert.equal(JSON.parse(single.stdout).pretrained, 'atto.safetensors');
+  assert.equal(JSON.parse(single.stdout).dropPathRate, 0.2);
+  const paths = JSON.parse((await print('--pretrained', 'convnext=c.safetensors', '--pretrained', 'swin=s.safetensors')).stdout);
+  assert.deepEqual(paths.pretrained, { convnext: 'c.safetensors', swin: 's.safetensors' });
+  for (const [args, message] of [
+    [['--pretrained', 'a.safetensors', '--pretrained', 'b.safetensors'], /takes one file, or one per path/],
+    [['--pretrained', 'convnext=a.safetensors', '--pretrained', 'b.safetensors'], /name the path of each/],
+    [['--pretrained', 'swin=a.safetensors', '--pretrained', 'swin=b.safetensors'], /the swin path is given twice/],
+    [['--drop-path', '1.5'], /--drop-path/],
+  ] as const) {
+    const outcome = await print(...args);
+    assert.equal(outcome.code, 2, `${args.join(' ')}: ${outcome.stderr}`);
+    assert.match(outcome.stderr, message);
+  }
+  assert.equal(JSON.parse((await print()).stdout).pretrained, null);
+});

@@ -29,5 +29,13 @@ export {
   type ModelBuilder,
   type AliasTarget,
 } from './registry.js';
-export { importTimmStateDict, importTimmCheckpoint, type TimmImportOptions, type TimmImportReport } from './timm-import.js';
+export {
+  importPretrained,
+  importTimmStateDict,
+  importTimmCheckpoint,
+  type PretrainedImport,
+  type PretrainedWeights,
+  type TimmImportOptions,
+  type TimmImportReport,
+} from './timm-import.js';
 export { saveModel, loadModel, type ModelInfo, type ModelMetadata, type Normalization, type SaveModelOptions, type LoadedModel } from './io.js';

@@ -203,6 +203,16 @@ const MAX_HEADER_BYTES = 100_000_000;
 
 /** A model file's metadata, read from its header alone (no weights are loaded) and checked as loadModel checks it. */
 export async function readModelMetadata(file: string): Promise<ModelMetadata> {
+  return parseMetadata((await readHeaderMetadata(file))?.[METADATA_KEY], file);
+}
+
+/** Whether a safetensors file is a model saved by hemato (it carries hemato's metadata), as against a timm checkpoint. */
+export async function isHematoModelFile(file: string): Promise<boolean> {
+  return (await readHeaderMetadata(file))?.[METADATA_KEY] !== undefined;
+}
+
+/** The `__metadata__` strings of a safetensors file, read from its header alone. */
+async function readHeaderMetadata(file: string): Promise<Record<string, string> | undefined> {
   const handle = await open(file, 'r');
   try {
     const { size } = await handle.stat();
@@ -212,13 +222,11 @@ export async function readModelMetadata(file: string): Promise<ModelMetadata> {
     if (size < 8 || length > size - 8 || length > MAX_HEADER_BYTES) throw new Error(`${file} is not a safetensors file (its header does not fit it)`);
     const header = Buffer.alloc(length);
     await handle.read(header, 0, length, 8);
-    let document: string | undefined;
     try {
-      document = (JSON.parse(header.toString('utf8')) as { __metadata__?: Record<string, string> }).__metadata__?.[METADATA_KEY];
+      return (JSON.parse(header.toString('utf8')) as { __metadata__?: Record<string, string> }).__metadata__;
     } catch {
       throw new Error(`${file}: the safetensors header is not valid JSON; the file is damaged`);
     }
-    return parseMetadata(document, file);
   } finally {
     await handle.close();
   }

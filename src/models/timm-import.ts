@@ -100,6 +100,36 @@ export async function importTimmCheckpoint(model: ImageClassifier, file: string,
   }
 }
 
+/** timm checkpoints for a model about to be trained: one file for a plain model or a one-path network, or one per path. */
+export type PretrainedWeights = string | { convnext?: string; swin?: string };
+
+export interface PretrainedImport {
+  file: string;
+  /** The dual-path network's path it went into; absent for a plain model. */
+  path?: 'convnext' | 'swin';
+  report: TimmImportReport;
+}
+
+/**
+ * Imports timm checkpoints as a training run's starting point. A single file goes into a plain ConvNeXt or Swin
+ * model, or into the one path of a one-path network; a network with both paths takes one file per path.
+ */
+export async function importPretrained(model: ImageClassifier, weights: PretrainedWeights): Promise<PretrainedImport[]> {
+  const paths = model instanceof DualPathNet ? (['convnext', 'swin'] as const).filter((p) => model[p] !== undefined) : [];
+  if (typeof weights === 'string') {
+    if (paths.length > 1) throw new Error('this network has a ConvNeXt and a Swin path: give a checkpoint for each path (convnext=FILE, swin=FILE)');
+    const path = paths[0];
+    return [{ file: weights, ...(path ? { path } : {}), report: await importTimmCheckpoint(model, weights, { path }) }];
+  }
+  if (!(model instanceof DualPathNet)) throw new Error(`${model.constructor.name} has no paths: give its checkpoint alone, without a path name`);
+  const imports: PretrainedImport[] = [];
+  for (const path of ['convnext', 'swin'] as const) {
+    const file = weights[path];
+    if (file !== undefined) imports.push({ file, path, report: await importTimmCheckpoint(model, file, { path }) });
+  }
+  return imports;
+}
+
 function windowOfTable(rows: number, key: string): number {
   const side = Math.round(Math.sqrt(rows));
   if (side * side !== rows || side % 2 === 0) throw new Error(`${key}: a table of ${rows} rows is not a (2w−1)² grid of a square window`);

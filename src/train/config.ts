@@ -5,7 +5,7 @@ import { availableParallelism } from 'node:os';
 import { DEFAULT_AUGMENT } from '../data/augment.js';
 import { IMAGENET_NORMALIZATION } from '../data/batches.js';
 import { DEFAULT_GEOMETRY } from '../data/geometry.js';
-import { describeModelNames, listModels, resolveModelName } from '../models/index.js';
+import { describeModelNames, listModels, type PretrainedWeights, resolveModelName } from '../models/index.js';
 import { resolveMpmConfig } from '../preprocess/mpm.js';
 import type { TrainingDataOptions } from './data.js';
 import type { Precision } from '../engine/index.js';
@@ -22,6 +22,8 @@ export interface RunConfig extends TrainConfig {
   /** The split's seed is the run's `seed`. */
   data: Omit<TrainingDataOptions, 'seed'>;
   init: string | null;
+  /** timm checkpoints to start from: one file, or one per path of the dual-path network. */
+  pretrained: PretrainedWeights | null;
 }
 
 /** The settings before the precision is fixed for the device ('auto' picks it then). */
@@ -49,6 +51,7 @@ export const DEFAULT_RUN: Omit<RunSettings, 'data'> & { data: Omit<RunSettings['
   device: 'auto',
   workers: 1,
   init: null,
+  pretrained: null,
   epochs: 30,
   batchSize: 32,
   lr: 1e-3,
@@ -125,6 +128,13 @@ const MPM: Field = {
   },
 };
 
+const PRETRAINED: Field = {
+  expect: 'a checkpoint file, or {"convnext": FILE, "swin": FILE} with one or both paths',
+  accepts: (v) =>
+    text.accepts(v) ||
+    (isObject(v) && Object.keys(v).length > 0 && Object.entries(v).every(([path, file]) => (path === 'convnext' || path === 'swin') && text.accepts(file))),
+};
+
 /** A registered architecture or an earlier name of one; either way the run records the registered name. */
 const ARCHITECTURE: Field = {
   expect: `one of ${describeModelNames()}`,
@@ -144,6 +154,7 @@ const SCHEMA = group({
   // As --workers: more threads than 4 × the cores only thrash.
   workers: integer(0, 4 * availableParallelism()),
   init: orNull(text),
+  pretrained: optional(orNull(PRETRAINED)),
   epochs: integer(1, 100_000),
   batchSize: integer(1, MAX_BATCH),
   evalBatchSize: integer(1, MAX_BATCH),

@@ -10,8 +10,8 @@ import type { SkippedFile } from '../data/dataset.js';
 import type { InputRecipe, ReferenceScale } from '../data/prepare.js';
 import { writeSplit } from '../data/split.js';
 import type { ImageClassifier } from '../models/classifier.js';
-import { loadModel, readModelMetadata, saveModel } from '../models/io.js';
-import { createModel } from '../models/index.js';
+import { isHematoModelFile, loadModel, readModelMetadata, saveModel } from '../models/io.js';
+import { createModel, importPretrained, type PretrainedWeights } from '../models/index.js';
 import {
   type ConfigLayer,
   type RunConfig,
@@ -186,6 +186,28 @@ async function referenceOf(file: string): Promise<{ scale: ReferenceScale; backg
   return recipe?.scale ? { scale: recipe.scale, background: recipe.background ?? null } : null;
 }
 
+/** Whether a file is a hemato model (or else a timm checkpoint), with the flag that named it in any error. */
+async function isHematoModel(file: string, flag: string): Promise<boolean> {
+  try {
+    return await isHematoModelFile(file);
+  } catch (error) {
+    throw new RunConfigError(`${flag}: cannot read ${file}: ${(error as Error).message}`);
+  }
+}
+
+const pretrainedFiles = (weights: PretrainedWeights | null): string[] =>
+  weights === null ? [] : typeof weights === 'string' ? [weights] : Object.values(weights).filter((f) => f !== undefined);
+
+/** --init takes a model saved by hemato and --pretrained timm checkpoints; the wrong kind of file names the other flag. */
+async function checkStartingPoints(config: RunConfig): Promise<void> {
+  if (config.init && config.pretrained) throw new RunConfigError('--init and --pretrained are two starting points: give one of them');
+  if (config.init && !(await isHematoModel(config.init, '--init')))
+    throw new RunConfigError(`--init takes a model saved by hemato, and ${config.init} has no hemato metadata; start from a timm checkpoint with --pretrained`);
+  for (const file of pretrainedFiles(config.pretrained))
+    if (await isHematoModel(file, '--pretrained'))
+      throw new RunConfigError(`--pretrained takes a timm checkpoint, and ${file} is a model saved by hemato; start from it with --init`);
+}
+
 /** Loads a trained hemato model's weights into a fresh model; a head with other classes is left freshly initialised. */
 async function initialiseFrom(model: ImageClassifier, file: string, classes: string[], device: E.Device, note: (message: string) => void): Promise<void> {
   const { model: source, metadata } = await loadModel(file, { device });
@@ -204,6 +226,7 @@ export async function runTraining(request: TrainingRequest): Promise<TrainingOut
   const note = request.note ?? ((message: string) => process.stderr.write(`${message}\n`));
   const runDir = path.resolve(request.runDir);
   const config = await resolveTrainingConfig(request);
+  if (!request.resume) await checkStartingPoints(config);
   await mkdir(runDir, { recursive: true });
   const lock = await lockRunDir(runDir, note);
   try {
@@ -235,6 +258,11 @@ async function trainLocked(runDir: string, config: RunConfig, request: TrainingR
   const model = createModel(config.model, { numClasses: data.set.classes.length, inputSize: config.inputSize, dropPathRate: config.dropPathRate, device });
   try {
     if (config.init && !resume) await initialiseFrom(model, config.init, data.set.classes, device, note);
+    if (config.pretrained && !resume)
+      for (const { file, path: into, report } of await importPretrained(model, config.pretrained))
+        note(
+          `--pretrained: ${report.loaded.length} tensors from ${file}${into ? ` into the ${into} path` : ''}${report.headReinitialized ? '; the classifier head starts fresh' : ''}`,
+        );
     const runProvenance = { ...provenance(device), split_hash: data.splitHash, precision: config.precision, model: config.model };
     await writeFile(path.join(runDir, 'provenance.json'), `${JSON.stringify(runProvenance, null, 2)}\n`);
     note(

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { listModels, modelAliases } from '../../models/index.js';
+import { listModels, modelAliases, type PretrainedWeights } from '../../models/index.js';
 import { NO_AUGMENT } from '../../data/augment.js';
 import type { DatasetSource } from '../../data/dataset.js';
 import { DEFAULT_RUN, RunConfigError, type RunConfigInput } from '../../train/config.js';
@@ -20,6 +20,7 @@ const FLAG_SETTINGS: Record<string, keyof RunConfigInput> = {
   weightDecay: 'weightDecay',
   labelSmoothing: 'labelSmoothing',
   ema: 'emaDecay',
+  dropPath: 'dropPathRate',
   precision: 'precision',
   device: 'device',
   seed: 'seed',
@@ -39,12 +40,29 @@ function dataSource(dir: string | undefined, flags: Record<string, unknown>): Da
   return given[0] || undefined;
 }
 
+/** --pretrained FILE, or --pretrained convnext=FILE and/or --pretrained swin=FILE. */
+function pretrainedWeights(values: string[]): PretrainedWeights {
+  const byPath = values.map((value) => /^(convnext|swin)=(.+)$/.exec(value));
+  if (byPath.every((m) => m === null)) {
+    if (values.length > 1) throw new CliError('--pretrained takes one file, or one per path: --pretrained convnext=FILE --pretrained swin=FILE', 2);
+    return values[0];
+  }
+  if (byPath.some((m) => m === null)) throw new CliError('--pretrained: give one file alone, or name the path of each (convnext=FILE, swin=FILE)', 2);
+  const weights: Record<string, string> = {};
+  for (const [, path, file] of byPath as RegExpExecArray[]) {
+    if (weights[path]) throw new CliError(`--pretrained: the ${path} path is given twice`, 2);
+    weights[path] = file;
+  }
+  return weights;
+}
+
 /** The settings given explicitly on the command line; a flag's default never overrides a config file. */
 function explicitSettings(command: Command, dir: string | undefined, flags: Record<string, unknown>): RunConfigInput {
   const explicit = (name: string) => command.getOptionValueSource(name) === 'cli';
   const settings: Record<string, unknown> = {};
   for (const [flag, key] of Object.entries(FLAG_SETTINGS)) if (explicit(flag)) settings[key] = flags[flag];
   if (explicit('augment')) settings.augment = NO_AUGMENT;
+  if (explicit('pretrained')) settings.pretrained = pretrainedWeights(flags.pretrained as string[]);
   const data: Record<string, unknown> = {};
   const source = dataSource(dir, flags);
   if (source) data.source = source;
@@ -90,6 +108,11 @@ export function registerTrain(program: Command): void {
     .option('--lr <lr>', `peak learning rate of AdamW, after a linear warm-up and before cosine decay (default ${DEFAULT_RUN.lr})`, parseNumber)
     .option('--weight-decay <wd>', `AdamW weight decay, not on norms and biases (default ${DEFAULT_RUN.weightDecay})`, parseNumber)
     .option('--label-smoothing <eps>', `label smoothing (default ${DEFAULT_RUN.labelSmoothing})`, parseFraction)
+    .option(
+      '--drop-path <rate>',
+      `stochastic depth: the chance a residual block is skipped, rising to this rate at the last block (default ${DEFAULT_RUN.dropPathRate})`,
+      parseFraction,
+    )
     .option('--ema <decay>', 'keep an exponential moving average of the weights with this decay', parseFraction)
     .option(
       '--precision <p>',
@@ -109,6 +132,11 @@ export function registerTrain(program: Command): void {
     .option('--mpm', 'apply the Multi-scale Preprocessing Module to every image')
     .option('--no-scale', "take the files' pixels as they are, instead of bringing every image to the training data's red-cell scale and background colour")
     .option('--init <file>', 'start from a trained hemato model (fine-tuning); the head is re-initialised if the classes differ')
+    .option(
+      '--pretrained <file>',
+      'start from a timm checkpoint (.safetensors) of the same architecture; for the dual-path network give one per path: --pretrained convnext=FILE --pretrained swin=FILE',
+      (value: string, previous: string[] = []) => [...previous, value],
+    )
     .option('--json', 'print one JSON document with the outcome on stdout')
     .action(async (dir: string | undefined, flags, command: Command) => {
       const request: TrainingRequest = {
