@@ -139,6 +139,31 @@ test('split: duplicates share a part; conflicts are excluded by default, or kept
   assert.throws(() => makeSplit(report.entries, { val: 0.6, test: 0.5 }), /sum to less than 1/);
 });
 
+test('split: halving the validation part keeps the training part and every duplicate group in one half', async () => {
+  const report = await scanDataset({ dir: await datasetReady }, { classes: CLASSES });
+  for (let seed = 0; seed < 10; seed++) {
+    const whole = makeSplit(report.entries, { seed, val: 0.5 });
+    const halved = makeSplit(report.entries, { seed, val: 0.5, halveVal: true });
+    assert.equal(halved.val_halved, true);
+    const partOf = (split: typeof whole) => new Map(split.rows.map((r) => [r.file, r.part]));
+    const [before, after] = [partOf(whole), partOf(halved)];
+    for (const [file, part] of before) {
+      if (part === 'train') assert.equal(after.get(file), 'train', file);
+      else assert.ok(after.get(file) === 'val' || after.get(file) === 'test', file);
+    }
+    assert.equal(after.get('basophil/dup_a.jpg'), after.get('basophil/dup_b.jpg'));
+    // Each class's validation units split as evenly as they can, the odd one to the select half.
+    for (const c of CLASSES) {
+      const [select, reported] = [halved.counts.val[c] ?? 0, halved.counts.test[c] ?? 0];
+      assert.equal(select + reported, whole.counts.val[c]);
+      assert.ok(select - reported >= 0 && select - reported <= 2, `${c}: ${select} / ${reported}`);
+    }
+  }
+  const [a, b] = [makeSplit(report.entries, { seed: 3, halveVal: true }), makeSplit([...report.entries].reverse(), { seed: 3, halveVal: true })];
+  assert.equal(a.hash, b.hash);
+  assert.throws(() => makeSplit(report.entries, { val: 0.3, test: 0.1, halveVal: true }), /makes the test part: leave the test fraction at 0/);
+});
+
 test('split: written CSV reads back with the same hash, and the sidecar records it', async () => {
   const root = await datasetReady;
   const report = await scanDataset({ dir: root }, { classes: CLASSES });

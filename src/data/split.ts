@@ -20,6 +20,12 @@ export interface SplitOptions {
    * are drawn as one unit like byte-identical files. Their labels may differ; each keeps its own.
    */
   nearDuplicates?: NearDuplicates;
+  /**
+   * Divides the validation part in two, each class's units by a second seeded draw: one half stays `val`, the
+   * *select* half that epochs, temperatures and thresholds are chosen on, and the other becomes `test`, the *report*
+   * half that figures are quoted on. The training part is the one the split has without it.
+   */
+  halveVal?: boolean;
 }
 
 /**
@@ -44,6 +50,8 @@ export interface Split {
   val: number;
   test: number;
   counts: Record<Part, Record<string, number>>;
+  /** Whether the validation part was halved into val (select) and test (report). */
+  val_halved: boolean;
   /** Conflicting duplicate groups left out of every part. */
   excluded: DuplicateGroup[];
   near_duplicates: NearDuplicateGrouping;
@@ -55,6 +63,7 @@ export function makeSplit(entries: readonly ScannedImage[], options: SplitOption
   const test = options.test ?? 0;
   if (!Number.isInteger(seed)) throw new Error(`seed must be an integer, got ${seed}`);
   if (!(val >= 0 && test >= 0 && val + test < 1)) throw new Error(`val and test fractions must be ≥ 0 and sum to less than 1, got ${val} and ${test}`);
+  if (options.halveVal && test > 0) throw new Error('halving the validation part makes the test part: leave the test fraction at 0');
 
   const groups = new Map<string, ScannedImage[]>();
   for (const entry of entries) groups.set(entry.sha256, [...(groups.get(entry.sha256) ?? []), entry]);
@@ -87,8 +96,12 @@ export function makeSplit(entries: readonly ScannedImage[], options: SplitOption
     units.sort((a, b) => compareStrings(a.key, b.key));
     const nVal = Math.round(units.length * val);
     const nTest = Math.round(units.length * test);
+    // The report half is drawn by a second key, so the halves are a fresh draw and the training part stays as it was.
+    const halves = options.halveVal ? units.slice(0, nVal).map((unit) => ({ unit, key: sha256Text(`${seed}:report:${unit.key}`) })) : [];
+    halves.sort((a, b) => compareStrings(a.key, b.key));
+    const reported = new Set(halves.slice(Math.ceil(halves.length / 2)).map(({ unit }) => unit));
     units.forEach((unit, i) => {
-      const part: Part = i < nVal ? 'val' : i < nVal + nTest ? 'test' : 'train';
+      const part: Part = i < nVal ? (reported.has(unit) ? 'test' : 'val') : i < nVal + nTest ? 'test' : 'train';
       for (const m of unit.members) rows.push({ file: m.file, label: m.label, part });
     });
   }
@@ -98,7 +111,7 @@ export function makeSplit(entries: readonly ScannedImage[], options: SplitOption
   const csv = formatCsv([['file', 'label', 'part'], ...rows.map((r) => [r.file, r.label, r.part])]);
   const counts: Record<Part, Record<string, number>> = { train: {}, val: {}, test: {} };
   for (const r of rows) counts[r.part][r.label] = (counts[r.part][r.label] ?? 0) + 1;
-  return { rows, csv, hash: sha256Text(csv), seed, val, test, counts, excluded, near_duplicates: grouping };
+  return { rows, csv, hash: sha256Text(csv), seed, val, test, val_halved: Boolean(options.halveVal), counts, excluded, near_duplicates: grouping };
 }
 
 /** Merges groups of identical files that near-duplicate pairs join (union-find); each unit is named by its smallest hash. */

@@ -14,6 +14,7 @@ interface SplitCommandOptions extends SourceOptions {
   keepConflicts?: boolean;
   nearDuplicates?: boolean;
   nearThreshold?: number;
+  halveVal?: boolean;
   json?: boolean;
 }
 
@@ -30,6 +31,10 @@ export function registerSplit(program: Command): void {
     .option('--seed <n>', 'seed; the same seed and files give the same split on any machine', '0')
     .option('--val <fraction>', 'fraction of each class for validation', '0.15')
     .option('--test <fraction>', 'fraction of each class for test', '0')
+    .option(
+      '--halve-val',
+      'divide the validation part into two seeded halves: val, to choose epochs, temperature and thresholds on, and test, to quote figures on; the training part is unchanged',
+    )
     .option('--keep-conflicts', 'keep identical files filed under different labels (each in one part) instead of excluding them')
     .option('--near-duplicates', 'also keep near-duplicates (re-encoded, resized, re-lit or slightly shifted copies; see hemato scan) in one part')
     .option('--near-threshold <bits>', NEAR_THRESHOLD_HELP, parseNearThreshold)
@@ -50,9 +55,10 @@ export function registerSplit(program: Command): void {
           test,
           conflicts: options.keepConflicts ? 'keep' : 'exclude',
           nearDuplicates: options.nearDuplicates ? report.near_duplicates : undefined,
+          halveVal: options.halveVal,
         });
       } catch (error) {
-        throw new CliError(`${(error as Error).message} (--seed, --val, --test)`, 2);
+        throw new CliError(`${(error as Error).message} (--seed, --val, --test${options.halveVal ? ', --halve-val' : ''})`, 2);
       }
       const meta = await writeSplit(split, options.out, report.root);
       const { rows: _rows, csv: _csv, ...summary } = split;
@@ -60,7 +66,8 @@ export function registerSplit(program: Command): void {
         printJson({ csv: options.out, meta, ...summary, skipped: report.skipped });
         return;
       }
-      const lines = [`${escapeControl(options.out)}  sha256 ${split.hash}`, `seed ${seed}, val ${val}, test ${test}; details in ${escapeControl(meta)}`];
+      const fractions = split.val_halved ? `val ${val}, halved into val and test` : `val ${val}, test ${test}`;
+      const lines = [`${escapeControl(options.out)}  sha256 ${split.hash}`, `seed ${seed}, ${fractions}; details in ${escapeControl(meta)}`];
       for (const part of ['train', 'val', 'test'] as Part[]) {
         const counts = split.counts[part];
         const total = Object.values(counts).reduce((a, b) => a + b, 0);
