@@ -141,6 +141,30 @@ test('resetClassifier puts a fresh classifier for another class count in place, 
   model.dispose();
 });
 
+test("convnext_atto_ols has timm's overlapping stem: two 3×3 convs of stride 2, the first half as wide, then the norm", () => {
+  const patch = createModel('convnext_atto', { numClasses: 8, inputSize: 128 });
+  const ols = createModel('convnext_atto_ols', { numClasses: 8, inputSize: 128 });
+  const stemShapes = [...ols.stateDict()].filter(([key]) => key.startsWith('stem.')).map(([key, t]) => [key, t.shape]);
+  // timm: mid = make_divisible(40 / 2) = 24; stem.0 and stem.1 are the convs, stem.2 the LayerNorm2d.
+  assert.deepEqual(stemShapes, [
+    ['stem.0.weight', [24, 3, 3, 3]],
+    ['stem.0.bias', [24]],
+    ['stem.1.weight', [40, 24, 3, 3]],
+    ['stem.1.bias', [40]],
+    ['stem.2.weight', [40]],
+    ['stem.2.bias', [40]],
+  ]);
+  const rest = (model: typeof ols) => [...model.stateDict()].filter(([key]) => !key.startsWith('stem.')).map(([key, t]) => [key, t.shape]);
+  assert.deepEqual(rest(ols), rest(patch), 'only the stem differs');
+  const x = E.randn([2, 3, 128, 128], { seed: 3 });
+  const [a, b] = E.noGrad(() => [ols.eval().forwardFeatures(x), patch.eval().forwardFeatures(x)]);
+  assert.deepEqual(a.shape, b.shape, 'the same stride 32');
+  assert.ok(a.toArray().every(Number.isFinite));
+  E.dispose([x, a, b]);
+  patch.dispose();
+  ols.dispose();
+});
+
 test("the bundled model is timm's convnext_atto under the prefix convnext.: the same keys, shapes and logits", async () => {
   const fixtures = JSON.parse(await readFile(path.join(SHARED, 'fixtures/timm/timm_fixtures.json'), 'utf8'));
   const timm = Object.entries(fixtures.state_dict_shapes.convnext_atto as Record<string, number[]>).map(([key, shape]) =>

@@ -24,6 +24,12 @@ export interface ConvNeXtConfig {
   layerScaleInit?: number;
   /** The side of the square inputs this model is meant for; any multiple of 32 works. */
   inputSize?: number;
+  /**
+   * timm's stem_type: 'patch' (default) cuts 4×4 patches; 'overlap' is two overlapping 3×3 convs of stride 2, and
+   * 'overlap_tiered' the same with half the width between them (timm's _ols variants). Both keep detail a
+   * patchify stem throws away, which matters at small inputs.
+   */
+  stemType?: 'patch' | 'overlap' | 'overlap_tiered';
 }
 
 const NORM_EPS = 1e-6;
@@ -98,6 +104,23 @@ class ConvNeXtStage extends Module implements UnaryModule {
   }
 }
 
+/** timm's make_divisible: the nearest multiple of 8, never more than 10 % below the value. */
+function makeDivisible(value: number, divisor = 8): number {
+  const rounded = Math.max(divisor, Math.floor((value + divisor / 2) / divisor) * divisor);
+  return rounded < 0.9 * value ? rounded + divisor : rounded;
+}
+
+/** The stride-4 stem, keyed as timm's: stem.0 (and stem.1) the convs, then the norm. */
+function stem(inChannels: number, width: number, type: NonNullable<ConvNeXtConfig['stemType']>): Sequential {
+  if (type === 'patch') return new Sequential([new Conv2d(inChannels, width, 4, { stride: 4 }), new LayerNorm2d(width, NORM_EPS)]);
+  const mid = type === 'overlap_tiered' ? makeDivisible(width / 2) : width;
+  return new Sequential([
+    new Conv2d(inChannels, mid, 3, { stride: 2, padding: 1 }),
+    new Conv2d(mid, width, 3, { stride: 2, padding: 1 }),
+    new LayerNorm2d(width, NORM_EPS),
+  ]);
+}
+
 export class ConvNeXt extends ImageClassifier {
   readonly stem: Sequential;
   readonly stages: ModuleList<ConvNeXtStage>;
@@ -111,7 +134,7 @@ export class ConvNeXt extends ImageClassifier {
     if (depths.length !== dims.length || depths.length === 0) throw new RangeError(`ConvNeXt: depths [${depths}] and dims [${dims}] must have the same, non-zero length`);
     this.numFeatures = dims[dims.length - 1];
     this.inputSize = config.inputSize ?? 224;
-    this.stem = this.registerModule('stem', new Sequential([new Conv2d(config.inChannels ?? 3, dims[0], 4, { stride: 4 }), new LayerNorm2d(dims[0], NORM_EPS)]));
+    this.stem = this.registerModule('stem', stem(config.inChannels ?? 3, dims[0], config.stemType ?? 'patch'));
     const rates = dropPathRates(depths, config.dropPathRate ?? 0);
     const stages = depths.map((depth, i) => new ConvNeXtStage(
       i === 0 ? dims[0] : dims[i - 1], dims[i], i > 0,
@@ -139,9 +162,14 @@ export const CONVNEXT_VARIANTS = {
   convnext_femto: { depths: [2, 2, 6, 2], dims: [48, 96, 192, 384], convMlp: true },
   convnext_pico: { depths: [2, 2, 6, 2], dims: [64, 128, 256, 512], convMlp: true },
   convnext_nano: { depths: [2, 2, 8, 2], dims: [80, 160, 320, 640], convMlp: true },
+  // _ols: timm's overlapping stem.
+  convnext_atto_ols: { depths: [2, 2, 6, 2], dims: [40, 80, 160, 320], convMlp: true, stemType: 'overlap_tiered' },
+  convnext_femto_ols: { depths: [2, 2, 6, 2], dims: [48, 96, 192, 384], convMlp: true, stemType: 'overlap_tiered' },
+  convnext_pico_ols: { depths: [2, 2, 6, 2], dims: [64, 128, 256, 512], convMlp: true, stemType: 'overlap_tiered' },
+  convnext_nano_ols: { depths: [2, 2, 8, 2], dims: [80, 160, 320, 640], convMlp: true, stemType: 'overlap_tiered' },
   convnext_tiny: { depths: [3, 3, 9, 3], dims: [96, 192, 384, 768], convMlp: false },
   convnext_small: { depths: [3, 3, 27, 3], dims: [96, 192, 384, 768], convMlp: false },
-} satisfies Record<string, Pick<ConvNeXtConfig, 'depths' | 'dims' | 'convMlp'>>;
+} satisfies Record<string, Pick<ConvNeXtConfig, 'depths' | 'dims' | 'convMlp' | 'stemType'>>;
 
 for (const [name, variant] of Object.entries(CONVNEXT_VARIANTS)) {
   registerModel(
