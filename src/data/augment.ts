@@ -28,6 +28,10 @@ export interface AugmentConfig {
   blur?: number;
   /** Maximum standard deviation of additive Gaussian noise (intensity in [0, 1]). */
   noise?: number;
+  /** Mixup's Beta α (0 or absent: off). Whole batches are mixed, by the trainer, not image by image here. */
+  mixup?: number;
+  /** CutMix's Beta α (0 or absent: off); with mixup on too, each batch uses one of them. */
+  cutmix?: number;
 }
 
 export const DEFAULT_AUGMENT: AugmentConfig = {

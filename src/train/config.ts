@@ -190,6 +190,8 @@ const SCHEMA = group({
     temperature: optional(fraction),
     blur: optional(number('a blur sigma from 0 to 4 model pixels', (n) => n >= 0 && n <= 4)),
     noise: optional(fraction),
+    mixup: optional(number('a Beta α from 0 (off) to 10', (n) => n >= 0 && n <= 10)),
+    cutmix: optional(number('a Beta α from 0 (off) to 10', (n) => n >= 0 && n <= 10)),
   }),
   normalization: group({
     mean: numbers('3 numbers (R, G, B)', (v) => v.length === 3),

@@ -2,6 +2,7 @@
 // device to finish all queued work, so a read every step would stall a GPU's pipeline once per step.
 import * as E from '../engine/index.js';
 import type { ImageClassifier } from '../models/classifier.js';
+import type { Mix } from './mix.js';
 
 /**
  * Steps whose losses are read from the device in one copy. A loss that turned NaN or infinite is therefore caught
@@ -30,14 +31,23 @@ export interface StepSettings {
 }
 
 /**
- * Forward (at the run's precision), cross-entropy in fp32, backward, gradient clipping and the optimiser's update.
+ * Forward (at the run's precision), cross-entropy in fp32 (of both labels for a mixed batch), backward, gradient clipping and the optimiser's update.
  * Returns the loss as a scalar on the device, which the caller owns; nothing is read to the host here. The labels y
  * must have been checked on the host, as makeBatch does: the loss does not read them back to check them.
  */
-export function trainingStep(model: ImageClassifier, optimizer: E.AdamW, batch: { x: E.Tensor; y: E.Tensor }, settings: StepSettings): E.Tensor {
+export function trainingStep(
+  model: ImageClassifier,
+  optimizer: E.AdamW,
+  batch: { x: E.Tensor; y: E.Tensor; mixedWith?: Mix['mixedWith'] },
+  settings: StepSettings,
+): E.Tensor {
   const loss = E.tidy(() => {
-    const logits = E.withPrecision(settings.precision, settings.device, () => model.forward(batch.x));
-    const value = E.F.crossEntropy(logits.float(), batch.y, { labelSmoothing: settings.labelSmoothing, checkTargets: false });
+    const logits = E.withPrecision(settings.precision, settings.device, () => model.forward(batch.x)).float();
+    const options = { labelSmoothing: settings.labelSmoothing, checkTargets: false };
+    let value = E.F.crossEntropy(logits, batch.y, options);
+    // A mixed batch: each image's loss weighs the two labels it was blended from.
+    const mixed = batch.mixedWith;
+    if (mixed) value = value.mul(1 - mixed.weight).add(E.F.crossEntropy(logits, mixed.y, options).mul(mixed.weight));
     value.backward();
     return E.keep(value.detach());
   });

@@ -15,6 +15,7 @@ import type { Metrics } from '../eval/metrics.js';
 import { type CosineSchedule, cosineLr } from './schedule.js';
 import { type LoopState, RunCheckpoints } from './checkpoint.js';
 import { WeightAverage } from './ema.js';
+import { mixBatch } from './mix.js';
 import { LOSS_READ_INTERVAL, LossWindow, trainingStep } from './step.js';
 import { validateEpoch } from './validate.js';
 
@@ -216,16 +217,17 @@ async function trainEpoch(context: TrainingContext, loop: LoopState): Promise<{ 
       E.manualSeed(stepSeed(config.seed, epoch, loop.batch)); // dropout and drop path draw from libtorch's generator
       const lr = cosineLr(loop.globalStep, context.schedule);
       optimizer.setLr(lr);
+      const mix = mixBatch(batch, config.augment, stepSeed(config.seed, epoch, loop.batch));
       let loss: E.Tensor;
       try {
-        loss = trainingStep(model, optimizer, batch, {
+        loss = trainingStep(model, optimizer, mix ? { ...batch, ...mix } : batch, {
           precision: config.precision,
           device: run.device,
           labelSmoothing: config.labelSmoothing,
           clipGrad: config.clipGrad,
         });
       } finally {
-        E.dispose([batch.x, batch.y]);
+        E.dispose([batch.x, batch.y, ...(mix ? [mix.x, mix.mixedWith.y] : [])]);
       }
       context.ema?.update(model);
       const trained = loop.batch;

@@ -61,7 +61,10 @@ function explicitSettings(command: Command, dir: string | undefined, flags: Reco
   const explicit = (name: string) => command.getOptionValueSource(name) === 'cli';
   const settings: Record<string, unknown> = {};
   for (const [flag, key] of Object.entries(FLAG_SETTINGS)) if (explicit(flag)) settings[key] = flags[flag];
-  if (explicit('augment')) settings.augment = NO_AUGMENT;
+  const augment: Record<string, unknown> = explicit('augment') ? { ...NO_AUGMENT } : {};
+  if (explicit('mixup')) augment.mixup = flags.mixup;
+  if (explicit('cutmix')) augment.cutmix = flags.cutmix;
+  if (Object.keys(augment).length > 0) settings.augment = augment;
   if (explicit('pretrained')) settings.pretrained = pretrainedWeights(flags.pretrained as string[]);
   const data: Record<string, unknown> = {};
   const source = dataSource(dir, flags);
@@ -129,6 +132,16 @@ export function registerTrain(program: Command): void {
       parseThreadCount('--workers', 0),
     )
     .option('--no-augment', 'train without augmentation')
+    .option(
+      '--mixup <alpha>',
+      'blend each batch with itself reversed by a factor drawn from Beta(alpha, alpha), both labels weighted alike (timm uses 0.8; default off)',
+      parseNumber,
+    )
+    .option(
+      '--cutmix <alpha>',
+      'paste a box of the reversed batch into each batch, its area drawn from Beta(alpha, alpha) (timm uses 1.0; default off); with --mixup, each batch uses one of the two',
+      parseNumber,
+    )
     .option('--mpm', 'apply the Multi-scale Preprocessing Module to every image')
     .option('--no-scale', "take the files' pixels as they are, instead of bringing every image to the training data's red-cell scale and background colour")
     .option('--init <file>', 'start from a trained hemato model (fine-tuning); the head is re-initialised if the classes differ')
