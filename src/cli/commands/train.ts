@@ -70,7 +70,7 @@ function explicitSettings(command: Command, dir: string | undefined, flags: Reco
   const source = dataSource(dir, flags);
   if (source) data.source = source;
   if (explicit('split')) data.split = flags.split;
-  if (explicit('mpm')) data.mpm = true;
+  if (explicit('mpm')) data.mpm = flags.mpm;
   if (explicit('scale')) data.normalizeScale = flags.scale;
   if (Object.keys(data).length > 0) settings.data = data;
   return settings as RunConfigInput;
@@ -143,6 +143,7 @@ export function registerTrain(program: Command): void {
       parseNumber,
     )
     .option('--mpm', 'apply the Multi-scale Preprocessing Module to every image')
+    .option('--no-mpm', "leave the MPM off although --config switches it on (the paper's recipe does)")
     .option('--no-scale', "take the files' pixels as they are, instead of bringing every image to the training data's red-cell scale and background colour")
     .option('--init <file>', 'start from a trained hemato model (fine-tuning); the head is re-initialised if the classes differ')
     .option(
