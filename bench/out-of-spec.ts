@@ -10,7 +10,7 @@ import { loadClassifier } from '../src/api/classifier.js';
 import { seededRandom } from '../src/data/augment.js';
 import { resizeRgb } from '../src/data/geometry.js';
 import { type RgbImage, readImageFile } from '../src/data/image.js';
-import { measureCells } from '../src/data/scale.js';
+import { measureCells, showsOneCell } from '../src/data/scale.js';
 import { readSplit } from '../src/data/split.js';
 import { softmaxRows } from '../src/eval/calibration.js';
 import { auroc } from '../src/eval/ood.js';
@@ -93,7 +93,7 @@ async function main(): Promise<void> {
     batch.forEach((c, i) => {
       const row = Array.from(probs.subarray(i * k, (i + 1) * k));
       const best = row.indexOf(Math.max(...row));
-      const reasons = classifier.reasons(row[best], prepared[i].scale, distances?.[i], prepared[i].measures?.nuclei);
+      const reasons = classifier.reasons(row[best], prepared[i].scale, distances?.[i], prepared[i].measures ? showsOneCell(prepared[i].measures) : undefined);
       const entry = outcome.get(c.kind) ?? { n: 0, flagged: 0, correct: 0, handled: 0, distances: [] };
       entry.n++;
       if (reasons.length) entry.flagged++;

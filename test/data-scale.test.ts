@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import { resizeRgb } from '../src/data/geometry.js';
 import { type RgbImage, readImageFile } from '../src/data/image.js';
 import { chooseScale, type InputRecipe, prepareImage, SCALE_RANGE, scaleChannels } from '../src/data/prepare.js';
-import { measureCells } from '../src/data/scale.js';
+import { measureCells, showsOneCell } from '../src/data/scale.js';
 import { magnify } from '../src/eval/shifts.js';
 
 const PBC = path.resolve('../shared/data/pbc');
@@ -110,4 +110,25 @@ test('images with no red cells or only background get a clear scale source, neve
   // Without a recorded scale (older models) nothing is estimated or resized.
   assert.deepEqual(chooseScale(null, null), { source: 'none', um_per_px: null, factor: 1 });
   assert.ok(SCALE_RANGE[0] < 1 && SCALE_RANGE[1] > 1);
+});
+
+test('one white cell: a nucleus near the centre passes; none, one cut off at the edge, or many do not', () => {
+  /** A pale background with purple nuclei (discs of radius r) at the given centres. */
+  const field = (side: number, discs: [number, number, number][]): RgbImage => {
+    const data = new Uint8Array(side * side * 3);
+    for (let y = 0; y < side; y++)
+      for (let x = 0; x < side; x++) {
+        const inside = discs.some(([cx, cy, r]) => (x - cx) ** 2 + (y - cy) ** 2 <= r * r);
+        data.set(inside ? [90, 40, 140] : [235, 228, 220], (y * side + x) * 3);
+      }
+    return { width: side, height: side, data };
+  };
+  assert.equal(showsOneCell(measureCells(field(200, [[100, 100, 30]]))), true, 'a central nucleus');
+  assert.equal(showsOneCell(measureCells(field(200, []))), false, 'an empty field');
+  assert.equal(showsOneCell(measureCells(field(200, [[185, 190, 30]]))), false, "a nucleus at a corner: a field's edge, not a cell");
+  const montage = field(
+    300,
+    [50, 150, 250].flatMap((x) => [50, 150, 250].map((y): [number, number, number] => [x, y, 20])),
+  );
+  assert.equal(showsOneCell(measureCells(montage)), false, 'nine cells');
 });

@@ -19,6 +19,7 @@ import { DEFAULT_GEOMETRY } from '../data/geometry.js';
 import { type InputRecipe, prepareImage, type PreparedImage, SCALE_RANGE, type ScaleReport, validateInputRecipe } from '../data/prepare.js';
 import { makeBatch } from '../data/batches.js';
 import { mapLimit } from '../data/pool.js';
+import { showsOneCell } from '../data/scale.js';
 import { oodDistances } from '../eval/ood.js';
 import { loadModel, type ModelMetadata, type OodInfo } from '../models/io.js';
 import type { ImageClassifier } from '../models/classifier.js';
@@ -32,9 +33,6 @@ export interface Prediction {
   label: string;
   score: number;
 }
-
-/** Separate nucleus groups beyond which an image shows several cells; 4 or more occur in under 1 % of PBC images. */
-const MAX_NUCLEI = 3;
 
 /** Why an answer is flagged uncertain; one list, documented in docs/reliability.md. */
 export type UncertainReason = 'low-confidence' | 'scale-out-of-range' | 'no-single-cell' | 'out-of-distribution' | 'decode-warning';
@@ -325,7 +323,7 @@ export class Classifier {
           .map((score, c) => ({ label: this.classes[c], score }))
           .sort((a, b) => b.score - a.score)
           .slice(0, topK);
-        const reasons = this.reasons(predictions[0].score, p.scale, distances?.[row], p.measures?.nuclei);
+        const reasons = this.reasons(predictions[0].score, p.scale, distances?.[row], p.measures ? showsOneCell(p.measures) : undefined);
         if (p.warnings.length > 0) reasons.push('decode-warning');
         results[start + i] = { predictions, uncertain: reasons.length > 0, reasons, scale: p.scale };
       });
@@ -334,11 +332,10 @@ export class Classifier {
   }
 
   /** Why an answer with this top probability, from an image prepared at this scale, cannot be trusted as it is. */
-  reasons(topScore: number, scale?: ScaleReport, oodDistance?: number, nuclei?: number): UncertainReason[] {
+  reasons(topScore: number, scale?: ScaleReport, oodDistance?: number, oneCell?: boolean): UncertainReason[] {
     const reasons: UncertainReason[] = [];
     if (topScore < this.uncertaintyThreshold) reasons.push('low-confidence');
-    // No stained nucleus at all (an empty field, red cells only), or several cells' worth (a montage, a clump).
-    if (nuclei !== undefined && (nuclei === 0 || nuclei > MAX_NUCLEI)) reasons.push('no-single-cell');
+    if (oneCell === false) reasons.push('no-single-cell');
     if (scale && scale.source !== 'none' && (scale.factor < SCALE_RANGE[0] || scale.factor > SCALE_RANGE[1])) reasons.push('scale-out-of-range');
     if (this.ood && oodDistance !== undefined && oodDistance > this.ood.threshold) reasons.push('out-of-distribution');
     return reasons;

@@ -2,6 +2,7 @@
 import type { DatasetItem } from '../data/dataset.js';
 import { type RgbImage, readImageFile } from '../data/image.js';
 import type { ScaleReport } from '../data/prepare.js';
+import { showsOneCell } from '../data/scale.js';
 import { evaluateScores, type ScoredItems, type ShiftResult } from '../eval/evaluation.js';
 import type { Shift } from '../eval/shifts.js';
 import type { Classifier } from './classifier.js';
@@ -26,7 +27,7 @@ export async function scoreItems(classifier: Classifier, items: DatasetItem[], o
   const files: string[] = [];
   const scales: ScaleReport[] = [];
   const distances: number[] = [];
-  const nuclei: (number | undefined)[] = [];
+  const oneCell: (boolean | undefined)[] = [];
   const features: Float32Array[] = [];
   const failed: ScoredItems['failed'] = [];
   for (let start = 0; start < items.length; start += batchSize) {
@@ -57,7 +58,7 @@ export async function scoreItems(classifier: Classifier, items: DatasetItem[], o
         files.push(item.file);
       }
       scales.push(...good.map((g) => g.image.scale));
-      nuclei.push(...good.map((g) => g.image.measures?.nuclei));
+      oneCell.push(...good.map((g) => (g.image.measures ? showsOneCell(g.image.measures) : undefined)));
     }
     options.onProgress?.(Math.min(items.length, start + batchSize), items.length);
   }
@@ -67,7 +68,7 @@ export async function scoreItems(classifier: Classifier, items: DatasetItem[], o
     labels: Int32Array.from(labels),
     files,
     scales,
-    nuclei,
+    oneCell,
     distances: classifier.ood ? Float64Array.from(distances) : undefined,
     features: options.features ? concatenate(features) : undefined,
     failed,

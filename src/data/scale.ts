@@ -12,7 +12,7 @@ export interface CellMeasures {
   /** Median diameter of isolated red cells, in source pixels; null when fewer than MIN_RED_CELLS were found. */
   rbcDiameter: number | null;
   redCells: number;
-  /** Extent of the central white cell's nucleus, in source pixels; null when there is none. */
+  /** Extent of the central white cell's nucleus (its blobs centred in the middle half), in source pixels; null when there is none. */
   nucleusExtent: number | null;
   /** Separate nucleus-sized blobs: more than one suggests several cells, none an empty field. */
   nuclei: number;
@@ -23,6 +23,17 @@ export interface CellMeasures {
 }
 
 const MIN_RED_CELLS = 2;
+/** More separate nucleus groups than this is a montage or a clump: a white cell has at most three lobe groups. */
+const MAX_NUCLEI = 3;
+
+/**
+ * Whether an image shows one white cell, as a classifier's input should: a stained nucleus near the centre, and not
+ * more nucleus groups than one cell has. An empty field, red cells only (a field's corner), several cells (a
+ * montage, a clump) or a cell cut off at the edge fail it.
+ */
+export function showsOneCell(measures: Pick<CellMeasures, 'nuclei' | 'nucleusExtent'>): boolean {
+  return measures.nuclei >= 1 && measures.nuclei <= MAX_NUCLEI && measures.nucleusExtent !== null;
+}
 /**
  * Nucleus extent over the image's shorter side from which an image counts as a tight crop. PBC's large cells reach
  * 0.6 (promyelocytes, monocytes), where the nucleus would wrongly shrink them.

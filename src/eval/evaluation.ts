@@ -17,8 +17,8 @@ export interface ScoredItems {
   scales?: ScaleReport[];
   /** Each readable image's out-of-distribution distance, where the model has a detector. */
   distances?: Float64Array;
-  /** Each readable image's count of separate nucleus groups, where measured. */
-  nuclei?: (number | undefined)[];
+  /** Whether each readable image shows one white cell (showsOneCell), where measured. */
+  oneCell?: (boolean | undefined)[];
   /** Each readable image's pooled features [n × features], where asked for. */
   features?: Float32Array;
   failed: { path: string; reason: string }[];
@@ -76,7 +76,7 @@ export interface Judge {
   classes: string[];
   temperature: number;
   uncertaintyThreshold: number;
-  reasons(topScore: number, scale?: ScaleReport, oodDistance?: number, nuclei?: number): string[];
+  reasons(topScore: number, scale?: ScaleReport, oodDistance?: number, oneCell?: boolean): string[];
 }
 
 /** One image's answer, as predict gives it, beside its label. */
@@ -98,7 +98,7 @@ export function imagePredictions(scored: ScoredItems, judge: Judge): ImagePredic
     let best = 0;
     for (let c = 1; c < k; c++) if (probs[i * k + c] > probs[i * k + best]) best = c;
     const probability = probs[i * k + best];
-    const reasons = judge.reasons(probability, scored.scales?.[i], scored.distances?.[i], scored.nuclei?.[i]);
+    const reasons = judge.reasons(probability, scored.scales?.[i], scored.distances?.[i], scored.oneCell?.[i]);
     return { file: scored.files[i], label: judge.classes[label], predicted: judge.classes[best], probability, uncertain: reasons.length > 0, reasons };
   });
 }
