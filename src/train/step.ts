@@ -35,22 +35,39 @@ export interface StepSettings {
  * must have been checked on the host, as makeBatch does: the loss does not read them back to check them.
  */
 export function trainingStep(model: ImageClassifier, optimizer: E.AdamW, batch: { x: E.Tensor; y: E.Tensor }, settings: StepSettings): E.Tensor {
-  const loss = E.tidy(() => {
+  let loss: E.Tensor | undefined;
+  try {
+    loss = forwardBackward(model, batch, settings);
+    applyGradients(model, optimizer, settings);
+    return loss;
+  } catch (error) {
+    loss?.dispose();
+    optimizer.zeroGrad();
+    throw error;
+  }
+}
+
+/**
+ * The first half of a step: forward, loss and backward, leaving the gradients in the parameters (a data-parallel
+ * step averages them across processes before applyGradients). Returns the loss, which the caller owns.
+ */
+export function forwardBackward(model: ImageClassifier, batch: { x: E.Tensor; y: E.Tensor }, settings: StepSettings): E.Tensor {
+  return E.tidy(() => {
     const logits = E.withPrecision(settings.precision, settings.device, () => model.forward(batch.x));
     const value = E.F.crossEntropy(logits.float(), batch.y, { labelSmoothing: settings.labelSmoothing, checkTargets: false });
     value.backward();
     return E.keep(value.detach());
   });
+}
+
+/** The second half of a step: gradient clipping and the optimiser's update; the gradients are zeroed after. */
+export function applyGradients(model: ImageClassifier, optimizer: E.AdamW, settings: StepSettings): void {
   try {
     if (settings.clipGrad !== null) E.clipGradNorm(model.parameters(), settings.clipGrad).dispose();
     optimizer.step();
-  } catch (error) {
-    loss.dispose();
-    throw error;
   } finally {
     optimizer.zeroGrad();
   }
-  return loss;
 }
 
 /** Losses of steps not read yet, kept on the device with the step each came from. */
