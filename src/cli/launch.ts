@@ -113,8 +113,8 @@ async function freePort(host: string): Promise<number> {
 /**
  * Starts this machine's workers (this CLI with `args`, each with its rank in the environment and its share of the
  * cores), forwards SIGINT and SIGTERM to them, and waits for all. When one fails, the others fail within the
- * time-out on their own; any still running `graceMs` later are killed. Resolves to the exit code: 0, or the first
- * worker's failure (130 when interrupted).
+ * time-out on their own; any still running `graceMs` later are killed. Resolves to the exit code: a worker's failure,
+ * else 130 when interrupted, else 0.
  */
 export async function launchWorkers(plan: LaunchPlan, args: readonly string[], graceMs: number, note: (message: string) => void): Promise<number> {
   const worldSize = plan.nprocPerNode * plan.nnodes;
@@ -151,16 +151,15 @@ export async function launchWorkers(plan: LaunchPlan, args: readonly string[], g
   process.on('SIGINT', onInt);
   process.on('SIGTERM', onTerm);
   let killer: NodeJS.Timeout | undefined;
-  let first = 0;
+  const codes: number[] = [];
   try {
     const pending = new Set(exits.map((_, i) => i));
     while (pending.size > 0) {
       const { localRank, code } = await Promise.race([...pending].map((i) => exits[i]));
       pending.delete(localRank);
-      if (code !== 0 && first === 0) {
-        first = code;
-        if (code !== 130)
-          note(`worker ${localRank} (rank ${plan.nodeRank * plan.nprocPerNode + localRank}) exited with code ${code}; the others stop within --dist-timeout`);
+      codes.push(code);
+      if (code !== 0 && code !== 130) note(`worker ${localRank} (rank ${plan.nodeRank * plan.nprocPerNode + localRank}) exited with code ${code}`);
+      if (code !== 0 && !killer) {
         killer = setTimeout(() => {
           for (const worker of workers) if (worker.exitCode === null && worker.signalCode === null) worker.kill('SIGKILL');
         }, graceMs);
@@ -171,5 +170,6 @@ export async function launchWorkers(plan: LaunchPlan, args: readonly string[], g
     process.off('SIGINT', onInt);
     process.off('SIGTERM', onTerm);
   }
-  return first;
+  // A failure outranks an interruption, which outranks success.
+  return codes.find((code) => code !== 0 && code !== 130) ?? (codes.includes(130) ? 130 : 0);
 }

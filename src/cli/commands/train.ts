@@ -6,7 +6,7 @@ import { NO_AUGMENT } from '../../data/augment.js';
 import type { DatasetSource } from '../../data/dataset.js';
 import { DEFAULT_RUN, RunConfigError, type RunConfigInput } from '../../train/config.js';
 import { checkGlobalBatch, resolveTrainingConfig, runTraining, type TrainingRequest } from '../../train/run.js';
-import { DistributedRunError, joinGroup } from '../../train/data-parallel.js';
+import { joinGroup } from '../../train/data-parallel.js';
 import { CHECKPOINT_FILE } from '../../train/checkpoint.js';
 import type { RunSummary } from '../../train/finish.js';
 import { CliError, prepareOutputDir, printJson } from '../output.js';
@@ -162,8 +162,8 @@ export function registerTrain(program: Command): void {
         printJson(await usage(resolveTrainingConfig(request)));
         return;
       }
-      const place = placeFromEnvironment();
       const plan = launchPlan(flags);
+      const place = placeFromEnvironment();
       // Checked here: a recursive mkdir under /proc never returns.
       if (!place || place.rank === 0) await prepareOutputDir(flags.out, '--out');
       const timeoutMs = flags.distTimeout * 1000;
@@ -282,7 +282,7 @@ async function trainRank(request: TrainingRequest, flags: Record<string, unknown
   } catch (error) {
     progress?.stop();
     const message = error instanceof Error ? error.message : String(error);
-    say(`hemato: ${error instanceof DistributedRunError ? message : `${message}\n${advice()}`}`);
+    say(`hemato: ${message}`);
     code = error instanceof CliError ? error.exitCode : 1;
   } finally {
     progress?.stop();
