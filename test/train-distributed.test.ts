@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as E from '../src/engine/index.js';
 import { writeNoisyImageFolder } from './train-fixtures.js';
+import { createModel, listModels } from '../src/models/index.js';
 
 const root = mkdtempSync(path.join(tmpdir(), 'hemato-ddp-'));
 const folder = await writeNoisyImageFolder(path.join(root, 'cells'), ['lymphocyte', 'neutrophil', 'platelet'], 5);
@@ -169,4 +170,29 @@ test('distributed usage errors are refused before anything starts', async () => 
     assert.match(outcome.stderr, message);
   }
   assert.ok(!existsSync(path.join(root, 'refused', 'config.json')));
+});
+
+test('ranks started with other settings refuse to train, every one of them saying why', async () => {
+  const port = await freePort();
+  const rankEnv = (rank: number) => ({ ...ONE_CORE, RANK: String(rank), WORLD_SIZE: '2', MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port) });
+  const runDir = path.join(root, 'mismatch');
+  const [zero, one] = await Promise.all([
+    hemato(['--out', runDir, '--epochs', '1', '--dist-timeout', '30'], { env: rankEnv(0) }).done,
+    hemato(['--out', runDir, '--epochs', '1', '--dist-timeout', '30', '--lr', '0.01'], { env: rankEnv(1) }).done,
+  ]);
+  assert.equal(zero.code, 1, zero.stderr);
+  assert.equal(one.code, 1, one.stderr);
+  assert.match(zero.stderr, /1 of the 2 processes have other settings than rank 0; start every process with the same flags/);
+  assert.match(one.stderr, /\[rank 1\] hemato: 1 of the 2 processes have other settings than rank 0, this one among them/);
+  assert.ok(!existsSync(path.join(runDir, 'checkpoint.safetensors')));
+});
+
+test('the registered models keep no batch statistics (no BatchNorm): the weights are all the ranks must share', () => {
+  for (const name of listModels()) {
+    const model = createModel(name, { numClasses: 3, inputSize: 64 });
+    const parameters = new Set(model.namedParameters().map(([key]) => key));
+    const state = [...model.stateDict().keys()].filter((key) => !parameters.has(key));
+    model.dispose();
+    assert.deepEqual(state, [], `${name} keeps state besides its parameters`);
+  }
 });

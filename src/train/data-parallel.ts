@@ -3,6 +3,7 @@
 // copied to all at the start; gradients travel in flat float32 buckets (Gloo cannot carry bfloat16 on every
 // libtorch), and each step's mean loss and stop request travel with them, so that all ranks log the same loss and
 // stop at the same step.
+import { createHash } from 'node:crypto';
 import * as E from '../engine/index.js';
 import type { Module } from '../nn/index.js';
 
@@ -101,6 +102,28 @@ export class DataParallel {
       return t.toArray();
     } finally {
       t.dispose();
+    }
+  }
+
+  /**
+   * Checks that every rank holds the same value (its settings, its data), so that a rank started with other flags or
+   * on other files cannot train silently on something else. Every rank fails alike when one differs.
+   */
+  async checkSame(what: string, value: string): Promise<void> {
+    const digest = createHash('sha256').update(value).digest();
+    const mine = Array.from({ length: 8 }, (_, i) => digest.readUInt32BE(4 * i));
+    const root = await this.broadcastNumbers(mine);
+    const mineDiffers = root.some((v, i) => v !== mine[i]);
+    const differs = E.tensor([mineDiffers ? 1 : 0], [1]);
+    try {
+      await this.#collective(`comparing ${what}`, () => this.group.allReduce(differs, 'sum'));
+      const count = differs.item();
+      if (count > 0)
+        throw new RangeError(
+          `${count} of the ${this.worldSize} processes have other ${what} than rank 0${mineDiffers ? ', this one among them' : ''}; start every process with the same flags, on the same files`,
+        );
+    } finally {
+      differs.dispose();
     }
   }
 

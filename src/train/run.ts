@@ -274,6 +274,10 @@ async function trainModel(
   const device = E.resolveDevice(config.device);
   const { parallel } = request;
   const root = !parallel || parallel.isRoot;
+  if (parallel) {
+    await parallel.checkSame('settings', JSON.stringify(config));
+    await parallel.checkSame('training data', dataManifest(data).hash);
+  }
   E.manualSeed(config.seed);
   const model = createModel(config.model, { numClasses: data.set.classes.length, inputSize: config.inputSize, dropPathRate: config.dropPathRate, device });
   try {

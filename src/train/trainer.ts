@@ -150,6 +150,7 @@ export async function train(run: TrainRun): Promise<{ loop: LoopState; stoppedEa
   const { model, data, config, runDir, device, parallel } = run;
   if (parallel && config.batchSize % parallel.worldSize !== 0)
     throw new RangeError(`the batch size ${config.batchSize} cannot be split evenly across ${parallel.worldSize} processes`);
+  if (parallel) refuseBatchStatistics(model);
   const root = !parallel || parallel.isRoot;
   if (root) await mkdir(runDir, { recursive: true });
   // Before the EMA copies the weights: every rank starts from rank 0's.
@@ -383,4 +384,17 @@ async function validateParallel(
       `training diverged: ${bad} validation outputs after epoch ${epoch + 1} are NaN or infinite; that model is neither kept as the best nor checkpointed. ${RESTART_ADVICE}`,
     );
   return { val, scores: { accuracy, macro_f1: macroF1, nll } };
+}
+
+/**
+ * Data-parallel steps keep only the parameters equal across ranks. State updated from each rank's own batch (a
+ * BatchNorm's running statistics) would drift apart; hemato's models use LayerNorm and keep none.
+ */
+function refuseBatchStatistics(model: ImageClassifier): void {
+  const parameters = new Set(model.namedParameters().map(([key]) => key));
+  const state = [...model.stateDict().keys()].filter((key) => !parameters.has(key));
+  if (state.length > 0)
+    throw new Error(
+      `data-parallel training cannot keep this model's non-parameter state equal across processes (${state.slice(0, 3).join(', ')}${state.length > 3 ? ', …' : ''}); train it in one process`,
+    );
 }
