@@ -274,7 +274,8 @@ async function trainEpoch(context: TrainingContext, loop: LoopState): Promise<{ 
         await save(context, loop);
         return { losses: read, interrupted: true };
       }
-      if (loop.batch < batches.length && context.checkpoints.due) {
+      // Mid-epoch checkpoints follow rank 0's clock alone, so that every rank reads its losses at the same steps.
+      if (loop.batch < batches.length && (!parallel || parallel.isRoot) && context.checkpoints.due) {
         readLosses();
         await save(context, loop);
       }
