@@ -68,11 +68,11 @@ export function registerPredict(program: Command): void {
     .option('--batch-size <n>', 'images per forward pass', parsePositiveInt, 32)
     .option('--json', 'print one JSON document on stdout')
     .option('--csv', 'print CSV on stdout')
-    .option('--jsonl', 'print one JSON line per image on stdout (what could not be read last), so that shards concatenate')
+    .option('--jsonl', 'print one JSON line per image on stdout (then one per entry skipped outright), so that shards concatenate')
     .option(
       '--shard <I/N>',
       "classify only the I-th of N contiguous blocks of the file list (inputs in the order given, each folder's files sorted by name); " +
-        'the --csv or --jsonl outputs of shards 1…N, concatenated in order, are those of one process (the CSV header comes with shard 1, files that cannot be read with shard N)',
+        'the --csv or --jsonl outputs of shards 1…N, concatenated in order, are those of one process (the CSV header comes with shard 1; entries skipped outright, such as special files or files over --max-file-size, with shard N)',
       parseShard,
     )
     .option('--max-file-size <size>', MAX_FILE_SIZE_HELP, parseFileSize);
