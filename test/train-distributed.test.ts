@@ -170,6 +170,10 @@ test('distributed usage errors are refused before anything starts', async () => 
     assert.match(outcome.stderr, message);
   }
   assert.ok(!existsSync(path.join(root, 'refused', 'config.json')));
+  const over = await hemato(['--out', pair, '--epochs', '2', '--nproc-per-node', '2']).done;
+  assert.equal(over.code, 1);
+  assert.match(over.stderr, /holds a finished run's model/);
+  assert.doesNotMatch(over.stderr, /rank 1/, 'refused before any worker starts');
 });
 
 test('ranks started with other settings refuse to train, every one of them saying why', async () => {

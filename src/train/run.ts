@@ -140,17 +140,25 @@ export async function resolveTrainingConfig(request: TrainingRequest): Promise<R
   return after;
 }
 
-/** A new run must not start over an earlier run's results, unless asked to, and then nothing of them is left. */
-async function prepareRunDir(runDir: string, config: RunConfig, request: TrainingRequest): Promise<void> {
-  if (request.resume) return;
+/**
+ * A new run must not start over an earlier run's results unless asked to; throws if it would. Returns the results
+ * found (which --overwrite replaces).
+ */
+export function refuseEarlierResults(runDir: string, request: Pick<TrainingRequest, 'resume' | 'overwrite'>): string[] {
+  if (request.resume) return [];
   const found = RESULTS.filter((file) => existsSync(path.join(runDir, file)));
-  if (found.length === 0) return;
-  if (!request.overwrite) {
+  if (found.length > 0 && !request.overwrite) {
     const finished = found.includes(MODEL_FILE);
     const what = finished ? "a finished run's model" : found.includes(CHECKPOINT_FILE) ? 'an unfinished run' : "an earlier run's results";
     const resume = !finished && found.includes(CHECKPOINT_FILE) ? 'continue it with --resume, ' : '';
     throw new Error(`${runDir} holds ${what} (${found.join(', ')}); ${resume}choose another --out, or pass --overwrite to replace it`);
   }
+  return found;
+}
+
+/** A new run must not start over an earlier run's results, unless asked to, and then nothing of them is left. */
+async function prepareRunDir(runDir: string, config: RunConfig, request: TrainingRequest): Promise<void> {
+  if (refuseEarlierResults(runDir, request).length === 0) return;
   // A split the new run reads from this folder is its input, not an old output.
   const input = config.data.split && path.resolve(config.data.split);
   await Promise.all(

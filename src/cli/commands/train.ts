@@ -5,7 +5,7 @@ import { listModels, modelAliases } from '../../models/index.js';
 import { NO_AUGMENT } from '../../data/augment.js';
 import type { DatasetSource } from '../../data/dataset.js';
 import { DEFAULT_RUN, RunConfigError, type RunConfigInput } from '../../train/config.js';
-import { checkGlobalBatch, resolveTrainingConfig, runTraining, type TrainingRequest } from '../../train/run.js';
+import { checkGlobalBatch, refuseEarlierResults, resolveTrainingConfig, runTraining, type TrainingRequest } from '../../train/run.js';
 import { joinGroup } from '../../train/data-parallel.js';
 import { CHECKPOINT_FILE } from '../../train/checkpoint.js';
 import type { RunSummary } from '../../train/finish.js';
@@ -170,6 +170,8 @@ export function registerTrain(program: Command): void {
       if (plan) {
         const config = await usage(resolveTrainingConfig(request));
         await usage(Promise.resolve().then(() => checkGlobalBatch(config.batchSize, plan.nprocPerNode * plan.nnodes)));
+        // Refused here, before any worker starts, rather than by rank 0 alone while the others wait for it.
+        if (plan.nodeRank === 0) refuseEarlierResults(path.resolve(flags.out), request);
         const note = (message: string) => process.stderr.write(`hemato: ${message}\n`);
         // Workers that outlive the others by this much are stuck beyond their own time-outs.
         process.exitCode = await launchWorkers(plan, withoutLaunchFlags(process.argv.slice(2)), timeoutMs + 30_000, note);
