@@ -11,9 +11,8 @@ import type { ImageClassifier } from '../models/classifier.js';
 import { type AugmentConfig } from '../data/augment.js';
 import { type ImageSet, type Normalization, batchIndices, shuffled } from '../data/batches.js';
 import { type BatchSource, inlineBatches, workerBatches } from '../data/prefetch.js';
-import { assertFiniteWeights } from '../eval/finite.js';
+import { assertFiniteWeights, countNonFinite, NonFiniteModelError } from '../eval/finite.js';
 import { computeMetrics, type Metrics } from '../eval/metrics.js';
-import { NonFiniteModelError, countNonFinite } from '../eval/finite.js';
 import { softmaxRows } from '../eval/calibration.js';
 import { type CosineSchedule, cosineLr } from './schedule.js';
 import { type LoopState, RunCheckpoints } from './checkpoint.js';
@@ -315,7 +314,9 @@ async function endEpoch(context: TrainingContext, loop: LoopState, losses: numbe
     normalization: config.normalization,
     precision: config.precision,
     device: run.device,
-    onProgress: (done: number, total: number) => emit({ type: 'validation', epoch: loop.epoch, done, total }),
+    // In a group, rank 0 sees its own block: its share stands for the whole set's.
+    onProgress: (done: number, total: number) =>
+      emit({ type: 'validation', epoch: loop.epoch, done: Math.round((done / total) * run.valIndices.length), total: run.valIndices.length }),
   };
   const { val, scores } = run.parallel
     ? await validateParallel(run.parallel, run, loop.epoch, (indices) => evaluated(() => predictLogits(model, run.data, indices, options)))
