@@ -23,7 +23,7 @@ const settings = {
   model: arg('model', 'dualpath_atto'),
   size: Number(arg('size', '128')),
   batch: Number(arg('batch', '16')),
-  steps: Number(arg('steps', '6')),
+  steps: Number(arg('steps', '12')),
 };
 /** Steps run before timing: the first ones carry allocation and start-up costs. */
 const WARMUP = 2;

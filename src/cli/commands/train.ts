@@ -145,7 +145,7 @@ export function registerTrain(program: Command): void {
       '\nDistributed training: --nproc-per-node N starts N processes here (add --nnodes, --node-rank, --master-addr and\n' +
         '--master-port to span machines, as torchrun does), or a scheduler starts each process with RANK, WORLD_SIZE,\n' +
         'LOCAL_RANK, MASTER_ADDR and MASTER_PORT set. --batch-size is the global batch and --lr applies to it unchanged.\n' +
-        'Rank 0 alone writes to --out; --resume continues such a run. On a 2-core machine one process is faster.',
+        'Rank 0 alone writes to --out; --resume continues such a run. On a quiet 2-core machine one process is faster.',
     )
     .action(async (dir: string | undefined, flags, command: Command) => {
       const request: TrainingRequest = {
