@@ -1,6 +1,7 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { type Command, InvalidArgumentError } from 'commander';
+import * as E from '../../engine/index.js';
 import { listModels, modelAliases } from '../../models/index.js';
 import { NO_AUGMENT } from '../../data/augment.js';
 import type { DatasetSource } from '../../data/dataset.js';
@@ -168,6 +169,8 @@ export function registerTrain(program: Command): void {
       if (!place || place.rank === 0) await prepareOutputDir(flags.out, '--out');
       const timeoutMs = flags.distTimeout * 1000;
       if (plan) {
+        const info = E.distributed.distributedInfo();
+        if (!info.available) throw new CliError(`${new E.distributed.DistributedUnavailableError(info.reason!, info.fixes!).message}`);
         const config = await usage(resolveTrainingConfig(request));
         await usage(Promise.resolve().then(() => checkGlobalBatch(config.batchSize, plan.nprocPerNode * plan.nnodes)));
         // Refused here, before any worker starts, rather than by rank 0 alone while the others wait for it.
