@@ -80,11 +80,11 @@ export function registerPredict(program: Command): void {
     if ([options.json, options.csv, options.jsonl].filter(Boolean).length > 1) throw new CliError('choose one of --json, --csv and --jsonl', 2);
     const shard: Shard = options.shard ?? { index: 1, count: 1 };
     const expanded = await expandInputs(inputs, { maxFileBytes: options.maxFileSize });
-    if (expanded.files.length === 0) throw new CliError('no files to classify in the given inputs');
     const files = shardOf(expanded.files, shard);
-    // Files that cannot be read are the last shard's to report, as one process reports them after the rest.
+    // Entries skipped outright are the last shard's to report, as one process reports them after the rest.
     const skipped = shard.index === shard.count ? expanded.skipped : [];
     for (const s of skipped) process.stderr.write(`hemato: skipped ${escapeControl(s.file)}: ${escapeControl(s.error)}\n`);
+    if (expanded.files.length === 0) throw new CliError('no files to classify in the given inputs');
     if (shard.count > 1) process.stderr.write(`hemato: shard ${shard.index}/${shard.count}: ${files.length} of ${expanded.files.length} files\n`);
     const classifier = await loadClassifier(options.model, classifierOptions(options));
     const bar = progressBar('classifying', files.length);
