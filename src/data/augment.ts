@@ -1,4 +1,6 @@
-// Batch augmentations on tensors, drawn from a seeded generator so that a run repeats exactly.
+// Batch augmentations on tensors, drawn from seeded generators so that a run repeats exactly. Given one generator
+// per image, each image's draws depend on its own generator only, not on the other images in its batch: a global
+// batch split across processes sees the draws one process would make.
 // Geometry (flips, 90° rotations, random resized crops, zoom) is one affine map per image and one grid-sample
 // call, filling what lies outside with the image's background colour as scale normalisation does; colour
 // (brightness, saturation, hue) is one 3×3 matrix per image, then contrast about each image's mean grey. What other
@@ -66,8 +68,21 @@ export { seededRandom } from './random.js';
 const deviceOf = (x: E.Tensor) => x.device as E.Device;
 const uniform = (random: () => number, lo: number, hi: number) => lo + (hi - lo) * random();
 
+/** Draws for the batch's images: one generator each, or one shared by the whole batch. */
+export type AugmentRandom = (() => number) | readonly (() => number)[];
+
+/** Image i's generator. */
+type Draws = (i: number) => () => number;
+
+function drawsOf(random: AugmentRandom, n: number): Draws {
+  if (typeof random === 'function') return () => random;
+  if (random.length !== n) throw new RangeError(`augmentBatch: ${random.length} generators for ${n} images`);
+  return (i) => random[i];
+}
+
 /** Augments x [N, 3, H, W] with values in [0, 1], on x's device; returns a new tensor in [0, 1]. */
-export function augmentBatch(x: E.Tensor, config: AugmentConfig, random: () => number): E.Tensor {
+export function augmentBatch(x: E.Tensor, config: AugmentConfig, randomness: AugmentRandom): E.Tensor {
+  const random = drawsOf(randomness, x.shape[0]);
   return E.tidy(() => {
     let out = x;
     const background = config.scale || config.stain ? backgroundOf(x) : null;
@@ -78,7 +93,7 @@ export function augmentBatch(x: E.Tensor, config: AugmentConfig, random: () => n
     if (config.contrast) {
       const n = out.shape[0];
       const factors = E.tensor(
-        Float32Array.from({ length: n }, () => uniform(random, 1 - config.contrast, 1 + config.contrast)),
+        Float32Array.from({ length: n }, (_, i) => uniform(random(i), 1 - config.contrast, 1 + config.contrast)),
         [n, 1, 1, 1],
         { device: deviceOf(x) },
       );
@@ -89,11 +104,13 @@ export function augmentBatch(x: E.Tensor, config: AugmentConfig, random: () => n
     if (config.noise) {
       const n = out.shape[0];
       const sigmas = E.tensor(
-        Float32Array.from({ length: n }, () => uniform(random, 0, config.noise!)),
+        Float32Array.from({ length: n }, (_, i) => uniform(random(i), 0, config.noise!)),
         [n, 1, 1, 1],
         { device: deviceOf(x) },
       );
-      out = out.add(E.randn(out.shape, { seed: Math.floor(random() * 2 ** 31), device: deviceOf(x) }).mul(sigmas));
+      const [, c, h, w] = out.shape;
+      const noise = Array.from({ length: n }, (_, i) => E.randn([1, c, h, w], { seed: Math.floor(random(i)() * 2 ** 31), device: deviceOf(x) }));
+      out = out.add(E.cat(noise).mul(sigmas));
     }
     return out === x ? x.clone() : out.clamp(0, 1);
   });
@@ -113,10 +130,11 @@ export function backgroundOf(x: E.Tensor): E.Tensor {
   });
 }
 
-function augmentGeometry(x: E.Tensor, config: AugmentConfig, random: () => number, background: E.Tensor | null): E.Tensor {
+function augmentGeometry(x: E.Tensor, config: AugmentConfig, draws: Draws, background: E.Tensor | null): E.Tensor {
   const [n, c, h, w] = x.shape;
   const theta = new Float32Array(n * 6);
   for (let i = 0; i < n; i++) {
+    const random = draws(i);
     // The 90° rotation and flips act on output coordinates; the crop then scales and shifts into the input.
     let [a, b, d, e] = [1, 0, 0, 1];
     for (let k = config.rot90 ? Math.floor(random() * 4) : 0; k > 0; k--) [a, b, d, e] = [b, -a, e, -d];
@@ -156,10 +174,11 @@ function invert3(m: number[]): number[] {
 }
 
 /** Stain strength: optical density relative to the background, scaled per stain in HED space and mapped back. */
-function augmentStain(x: E.Tensor, amount: number, random: () => number, background: E.Tensor): E.Tensor {
+function augmentStain(x: E.Tensor, amount: number, draws: Draws, background: E.Tensor): E.Tensor {
   const [n, c, h, w] = x.shape;
   const matrices = new Float32Array(n * 9);
   for (let i = 0; i < n; i++) {
+    const random = draws(i);
     const gains = [uniform(random, 1 - amount, 1 + amount), uniform(random, 1 - amount, 1 + amount), 1];
     // OD' = OD · HED_FROM_RGB · diag(gains) · RGB_FROM_HED, with OD as row vectors; stored transposed for bmm.
     const scaled = HED_FROM_RGB.map((v, k) => v * gains[k % 3]);
@@ -181,10 +200,11 @@ function transpose3(m: number[]): number[] {
 }
 
 /** Colour temperature: red and blue gains in opposite directions. */
-function augmentTemperature(x: E.Tensor, amount: number, random: () => number): E.Tensor {
+function augmentTemperature(x: E.Tensor, amount: number, draws: Draws): E.Tensor {
   const n = x.shape[0];
   const gains = new Float32Array(n * 3);
   for (let i = 0; i < n; i++) {
+    const random = draws(i);
     const t = uniform(random, -amount, amount);
     gains.set([1 + t, 1, 1 - t], i * 3);
   }
@@ -192,12 +212,13 @@ function augmentTemperature(x: E.Tensor, amount: number, random: () => number): 
 }
 
 /** Gaussian blur of half of the images, sigma drawn up to maxSigma; one grouped convolution for the batch. */
-function augmentBlur(x: E.Tensor, maxSigma: number, random: () => number): E.Tensor {
+function augmentBlur(x: E.Tensor, maxSigma: number, draws: Draws): E.Tensor {
   const [n, c, h, w] = x.shape;
   const radius = Math.max(1, Math.ceil(2 * maxSigma));
   const side = 2 * radius + 1;
   const kernels = new Float32Array(n * c * side * side);
   for (let i = 0; i < n; i++) {
+    const random = draws(i);
     const sigma = random() < 0.5 ? uniform(random, 0.3, maxSigma) : 0;
     const weights = Array.from({ length: side }, (_, k) => (sigma ? Math.exp(-((k - radius) ** 2) / (2 * sigma * sigma)) : k === radius ? 1 : 0));
     const total = weights.reduce((p, q) => p + q, 0);
@@ -225,10 +246,11 @@ function multiply3(p: number[], q: number[]): number[] {
   return out;
 }
 
-function augmentColour(x: E.Tensor, config: AugmentConfig, random: () => number): E.Tensor {
+function augmentColour(x: E.Tensor, config: AugmentConfig, draws: Draws): E.Tensor {
   const [n, c, h, w] = x.shape;
   const matrices = new Float32Array(n * 9);
   for (let i = 0; i < n; i++) {
+    const random = draws(i);
     const brightness = uniform(random, 1 - config.brightness, 1 + config.brightness);
     const saturation = uniform(random, 1 - config.saturation, 1 + config.saturation);
     const angle = uniform(random, -config.hue, config.hue) * 2 * Math.PI;

@@ -19,7 +19,10 @@ export const IMAGENET_NORMALIZATION: Normalization = { mean: [0.485, 0.456, 0.40
 export interface BatchOptions {
   normalization: Normalization;
   augment?: AugmentConfig;
-  /** The seed for this batch's augmentation draws. */
+  /**
+   * The seed of the augmentation draws. Each image draws from its own generator, seeded by this seed and the image's
+   * index in the set, so its draws do not depend on the other images in its batch (nor on how a batch is split).
+   */
   seed?: number;
   device?: E.Device;
 }
@@ -43,7 +46,14 @@ export function makeBatch(set: ImageSet, indices: ArrayLike<number>, options: Ba
   const device = options.device ?? 'cpu';
   return E.tidy(() => {
     let x = E.tensor(bytes, [indices.length, set.size, set.size, 3], { device }).permute([0, 3, 1, 2]).float().div(255);
-    if (options.augment) x = augmentBatch(x, options.augment, seededRandom(options.seed ?? 0));
+    if (options.augment) {
+      const seed = options.seed ?? 0;
+      x = augmentBatch(
+        x,
+        options.augment,
+        Array.from(indices, (index) => seededRandom(sampleSeed(seed, index))),
+      );
+    }
     const { mean, std } = options.normalization;
     x = x
       .sub(E.tensor(mean, [1, 3, 1, 1], { device }))
@@ -51,6 +61,11 @@ export function makeBatch(set: ImageSet, indices: ArrayLike<number>, options: Ba
       .contiguous();
     return { x, y: E.tensor(labels, [indices.length], { device }) };
   });
+}
+
+/** The seed of one image's draws: the batch's seed mixed with the image's index in the set. */
+export function sampleSeed(seed: number, index: number): number {
+  return (Math.imul(seed ^ 0x5bd1e995, 0x9e3779b1) ^ Math.imul(index + 1, 0x85ebca6b)) >>> 0;
 }
 
 /** A seeded shuffle (Fisher–Yates) of the indices: the same seed gives the same epoch order. */

@@ -196,14 +196,40 @@ export class DropPath extends Module implements UnaryModule {
   forward(x: Tensor): Tensor {
     if (!this.training || this.p === 0) return x;
     const keep = 1 - this.p;
+    const n = x.shape[0];
+    const shard = batchShard && batchShard.total !== n ? batchShard : null;
+    if (shard && shard.offset + n > shard.total)
+      throw new RangeError(`DropPath: a batch of ${n} at offset ${shard.offset} does not fit in a global batch of ${shard.total}`);
     return E.tidy(() => {
-      const shape = [x.shape[0], ...new Array<number>(x.ndim - 1).fill(1)];
-      const mask = E.rand(shape, { device: x.device as E.Device })
-        .lt(keep)
-        .to(x.dtype)
-        .div_(keep);
+      const ones = new Array<number>(x.ndim - 1).fill(1);
+      // Draws for the whole global batch, keeping this process's rows: the generator advances as in one process.
+      let draws = E.rand([shard ? shard.total : n, ...ones], { device: x.device as E.Device });
+      if (shard) draws = draws.narrow(0, shard.offset, n);
+      const mask = draws.lt(keep).to(x.dtype).div_(keep);
       return x.mul(mask);
     });
+  }
+}
+
+/** Where this process's batch lies within the global batch of a data-parallel step. */
+export interface BatchShard {
+  offset: number;
+  total: number;
+}
+
+let batchShard: BatchShard | null = null;
+
+/**
+ * Runs fn with drop path drawing for the whole global batch and keeping this process's rows, so that with the same
+ * generator seed every sample gets the draw it would get if one process trained on the global batch.
+ */
+export function withBatchShard<T>(shard: BatchShard | null, fn: () => T): T {
+  const before = batchShard;
+  batchShard = shard;
+  try {
+    return fn();
+  } finally {
+    batchShard = before;
   }
 }
 

@@ -90,9 +90,13 @@ export class RunCheckpoints {
     this.file = path.join(runDir, CHECKPOINT_FILE);
   }
 
-  /** The loop's state to start from: a fresh one, or on resume the checkpoint's, restored into the parts. */
-  async start(resume: boolean): Promise<LoopState> {
-    checkRunDir(this.runDir, resume);
+  /**
+   * The loop's state to start from: a fresh one, or on resume the checkpoint's, restored into the parts. The folder
+   * is checked first (a new run must not start over a checkpoint) unless `checkFolder` is false: the other ranks of
+   * a data-parallel run start while rank 0 may already have written one.
+   */
+  async start(resume: boolean, checkFolder = true): Promise<LoopState> {
+    if (checkFolder) checkRunDir(this.runDir, resume);
     if (resume) return (await loadCheckpoint(this.file, this.parts)).loop;
     return { epoch: 0, batch: 0, globalStep: 0, bestScore: -1, bestEpoch: -1, history: [] };
   }

@@ -1,6 +1,7 @@
 // One training run, from settings to a calibrated model: checked settings, a locked run folder that never
 // overwrites earlier results unasked, the data (skipped files reported, identity recorded and checked on --resume),
-// the training loop, and the final calibration and report.
+// the training loop, and the final calibration and report. In a data-parallel run every rank runs this; rank 0
+// alone holds the lock and writes to the run folder, and calibrates the model once the ranks have parted.
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -27,6 +28,7 @@ import { lockRunDir } from './lock.js';
 import { provenance } from './provenance.js';
 import { CHECKPOINT_FILE, checkRunDir } from './checkpoint.js';
 import { LOG_FILE, type TrainEvent, train } from './trainer.js';
+import type { DataParallel } from './data-parallel.js';
 
 export const CONFIG_FILE = 'config.json';
 export const DATA_FILE = 'data.json';
@@ -75,9 +77,17 @@ export interface TrainingRequest {
   shouldStop?: () => boolean;
   /** Messages for the user (stderr by default). */
   note?: (message: string) => void;
+  /**
+   * Train as one rank of a data-parallel group; the group is destroyed once training ends. The batch size is the
+   * global batch and must divide evenly by the world size. Ranks other than 0 write nothing and get no summary.
+   */
+  parallel?: DataParallel;
 }
 
-export type TrainingOutcome = { config: RunConfig; interrupted: true } | { config: RunConfig; interrupted: false; summary: RunSummary };
+export type TrainingOutcome =
+  | { config: RunConfig; interrupted: true }
+  /** summary is null on the ranks of a data-parallel run other than 0. */
+  | { config: RunConfig; interrupted: false; summary: RunSummary | null };
 
 async function readJson(file: string, what: string): Promise<unknown> {
   try {
@@ -130,17 +140,25 @@ export async function resolveTrainingConfig(request: TrainingRequest): Promise<R
   return after;
 }
 
-/** A new run must not start over an earlier run's results, unless asked to, and then nothing of them is left. */
-async function prepareRunDir(runDir: string, config: RunConfig, request: TrainingRequest): Promise<void> {
-  if (request.resume) return;
+/**
+ * A new run must not start over an earlier run's results unless asked to; throws if it would. Returns the results
+ * found (which --overwrite replaces).
+ */
+export function refuseEarlierResults(runDir: string, request: Pick<TrainingRequest, 'resume' | 'overwrite'>): string[] {
+  if (request.resume) return [];
   const found = RESULTS.filter((file) => existsSync(path.join(runDir, file)));
-  if (found.length === 0) return;
-  if (!request.overwrite) {
+  if (found.length > 0 && !request.overwrite) {
     const finished = found.includes(MODEL_FILE);
     const what = finished ? "a finished run's model" : found.includes(CHECKPOINT_FILE) ? 'an unfinished run' : "an earlier run's results";
     const resume = !finished && found.includes(CHECKPOINT_FILE) ? 'continue it with --resume, ' : '';
     throw new Error(`${runDir} holds ${what} (${found.join(', ')}); ${resume}choose another --out, or pass --overwrite to replace it`);
   }
+  return found;
+}
+
+/** A new run must not start over an earlier run's results, unless asked to, and then nothing of them is left. */
+async function prepareRunDir(runDir: string, config: RunConfig, request: TrainingRequest): Promise<void> {
+  if (refuseEarlierResults(runDir, request).length === 0) return;
   // A split the new run reads from this folder is its input, not an old output.
   const input = config.data.split && path.resolve(config.data.split);
   await Promise.all(
@@ -227,6 +245,11 @@ export async function runTraining(request: TrainingRequest): Promise<TrainingOut
   const runDir = path.resolve(request.runDir);
   const config = await resolveTrainingConfig(request);
   if (!request.resume) await checkStartingPoints(config);
+  const { parallel } = request;
+  if (parallel) {
+    checkGlobalBatch(config.batchSize, parallel.worldSize);
+    if (!parallel.isRoot) return await trainLocked(runDir, config, request, note);
+  }
   await mkdir(runDir, { recursive: true });
   const lock = await lockRunDir(runDir, note);
   try {
@@ -237,37 +260,74 @@ export async function runTraining(request: TrainingRequest): Promise<TrainingOut
   }
 }
 
+/** A data-parallel run splits each global batch evenly across its processes. */
+export function checkGlobalBatch(batchSize: number, worldSize: number): void {
+  if (batchSize % worldSize !== 0)
+    throw new RunConfigError(
+      `the batch size ${batchSize} is the global batch, split evenly across the ${worldSize} processes; choose a multiple of ${worldSize}`,
+    );
+}
+
+/** Trains with the run folder locked (by rank 0, in a data-parallel run; the other ranks only read it). */
 async function trainLocked(runDir: string, config: RunConfig, request: TrainingRequest, note: (message: string) => void): Promise<TrainingOutcome> {
   const resume = Boolean(request.resume);
+  const { parallel } = request;
+  const root = !parallel || parallel.isRoot;
   const device = E.resolveDevice(config.device);
   // A fine-tuned model keeps its starting point's scale and colour, so the weights see cells as they learned them.
   const reference = config.init && config.data.normalizeScale !== false ? await referenceOf(config.init) : null;
-  if (reference)
+  if (reference && root)
     note(
       `--init: images are brought to ${config.init}'s red-cell scale (${reference.scale.rbcDiameter.toFixed(1)} px)${reference.background ? ' and background' : ''}`,
     );
   const data = await loadTrainingData({ ...config.data, seed: config.seed, ...(reference ? { reference } : {}) }, config.inputSize, request.onLoadProgress);
-  await reportSkipped(runDir, data.skipped, note);
-  await checkData(runDir, data, request, note);
+  if (root) {
+    await reportSkipped(runDir, data.skipped, note);
+    await checkData(runDir, data, request, note);
+  }
   if (data.madeSplit) {
     config.data.split = path.join(runDir, 'split.csv');
-    await writeSplit(data.madeSplit, config.data.split, JSON.stringify(config.data.source));
+    if (root) await writeSplit(data.madeSplit, config.data.split, JSON.stringify(config.data.source));
   }
-  if (!resume) await writeFile(path.join(runDir, CONFIG_FILE), `${JSON.stringify(config, null, 2)}\n`);
+  if (root && !resume) await writeFile(path.join(runDir, CONFIG_FILE), `${JSON.stringify(config, null, 2)}\n`);
+  return trainModel(runDir, config, request, data, note);
+}
+
+/** Creates the model and trains it; rank 0 (or the only process) then calibrates it and writes the report. */
+async function trainModel(
+  runDir: string,
+  config: RunConfig,
+  request: TrainingRequest,
+  data: TrainingData,
+  note: (message: string) => void,
+): Promise<TrainingOutcome> {
+  const resume = Boolean(request.resume);
+  const device = E.resolveDevice(config.device);
+  const { parallel } = request;
+  const root = !parallel || parallel.isRoot;
+  if (parallel) {
+    await parallel.checkSame('settings', JSON.stringify(config));
+    await parallel.checkSame('training data', dataManifest(data).hash);
+  }
   E.manualSeed(config.seed);
   const model = createModel(config.model, { numClasses: data.set.classes.length, inputSize: config.inputSize, dropPathRate: config.dropPathRate, device });
   try {
-    if (config.init && !resume) await initialiseFrom(model, config.init, data.set.classes, device, note);
+    if (config.init && !resume) await initialiseFrom(model, config.init, data.set.classes, device, root ? note : () => {});
     if (config.pretrained && !resume)
       for (const { file, path: into, report } of await importPretrained(model, config.pretrained))
-        note(
-          `--pretrained: ${report.loaded.length} tensors from ${file}${into ? ` into the ${into} path` : ''}${report.headReinitialized ? '; the classifier head starts fresh' : ''}`,
-        );
-    const runProvenance = { ...provenance(device), split_hash: data.splitHash, precision: config.precision, model: config.model };
-    await writeFile(path.join(runDir, 'provenance.json'), `${JSON.stringify(runProvenance, null, 2)}\n`);
-    note(
-      `training ${config.model} at ${config.inputSize} px on ${device} (${config.precision}); ${data.train.length} train / ${data.val.length} validation images; split ${data.splitHash.slice(0, 12)}`,
-    );
+        if (root)
+          note(
+            `--pretrained: ${report.loaded.length} tensors from ${file}${into ? ` into the ${into} path` : ''}${report.headReinitialized ? '; the classifier head starts fresh' : ''}`,
+          );
+    const worldSize = parallel?.worldSize ?? 1;
+    const runProvenance = { ...provenance(device), split_hash: data.splitHash, precision: config.precision, model: config.model, world_size: worldSize };
+    if (root) {
+      await writeFile(path.join(runDir, 'provenance.json'), `${JSON.stringify(runProvenance, null, 2)}\n`);
+      const processes = worldSize > 1 ? ` in ${worldSize} processes (${config.batchSize / worldSize} images each per step)` : '';
+      note(
+        `training ${config.model} at ${config.inputSize} px on ${device} (${config.precision})${processes}; ${data.train.length} train / ${data.val.length} validation images; split ${data.splitHash.slice(0, 12)}`,
+      );
+    }
     const info = { classes: data.set.classes, normalization: config.normalization, preprocessing: data.preprocessing };
     const outcome = await train({
       model,
@@ -284,8 +344,13 @@ async function trainLocked(runDir: string, config: RunConfig, request: TrainingR
       onBest: async (best) => {
         await saveModel(path.join(runDir, BEST_FILE), best, { ...info, provenance: runProvenance });
       },
+      parallel,
     });
+    // The ranks part as soon as training ends; calibration is rank 0's alone. A rank that failed does not wait for
+    // the others: its process ends, and with it its connections, which fails the others' next collective at once.
+    await parallel?.destroy();
     if (outcome.interrupted) return { config, interrupted: true };
+    if (!root) return { config, interrupted: false, summary: null };
     return { config, interrupted: false, summary: await finishRun({ runDir, data, config, device, provenance: runProvenance }) };
   } finally {
     model.dispose();

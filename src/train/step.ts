@@ -30,18 +30,33 @@ export interface StepSettings {
   clipGrad: number | null;
 }
 
+/** A batch of images and labels; a mixed batch also names the labels blended in (see mix.ts). */
+export type TrainingBatch = { x: E.Tensor; y: E.Tensor; mixedWith?: Mix['mixedWith'] };
+
 /**
  * Forward (at the run's precision), cross-entropy in fp32 (of both labels for a mixed batch), backward, gradient clipping and the optimiser's update.
  * Returns the loss as a scalar on the device, which the caller owns; nothing is read to the host here. The labels y
  * must have been checked on the host, as makeBatch does: the loss does not read them back to check them.
  */
-export function trainingStep(
-  model: ImageClassifier,
-  optimizer: E.AdamW,
-  batch: { x: E.Tensor; y: E.Tensor; mixedWith?: Mix['mixedWith'] },
-  settings: StepSettings,
-): E.Tensor {
-  const loss = E.tidy(() => {
+export function trainingStep(model: ImageClassifier, optimizer: E.AdamW, batch: TrainingBatch, settings: StepSettings): E.Tensor {
+  let loss: E.Tensor | undefined;
+  try {
+    loss = forwardBackward(model, batch, settings);
+    applyGradients(model, optimizer, settings);
+    return loss;
+  } catch (error) {
+    loss?.dispose();
+    optimizer.zeroGrad();
+    throw error;
+  }
+}
+
+/**
+ * The first half of a step: forward, loss and backward, leaving the gradients in the parameters (a data-parallel
+ * step averages them across processes before applyGradients). Returns the loss, which the caller owns.
+ */
+export function forwardBackward(model: ImageClassifier, batch: TrainingBatch, settings: StepSettings): E.Tensor {
+  return E.tidy(() => {
     const logits = E.withPrecision(settings.precision, settings.device, () => model.forward(batch.x)).float();
     const options = { labelSmoothing: settings.labelSmoothing, checkTargets: false };
     let value = E.F.crossEntropy(logits, batch.y, options);
@@ -51,16 +66,16 @@ export function trainingStep(
     value.backward();
     return E.keep(value.detach());
   });
+}
+
+/** The second half of a step: gradient clipping and the optimiser's update; the gradients are zeroed after. */
+export function applyGradients(model: ImageClassifier, optimizer: E.AdamW, settings: StepSettings): void {
   try {
     if (settings.clipGrad !== null) E.clipGradNorm(model.parameters(), settings.clipGrad).dispose();
     optimizer.step();
-  } catch (error) {
-    loss.dispose();
-    throw error;
   } finally {
     optimizer.zeroGrad();
   }
-  return loss;
 }
 
 /** Losses of steps not read yet, kept on the device with the step each came from. */

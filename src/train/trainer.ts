@@ -1,23 +1,26 @@
 // The training loop: AdamW with a warm-up + cosine schedule, label smoothing, optional EMA and autocast,
 // gradient clipping, early stopping on validation macro-F1, and exact resumption from checkpoints. The parts live
 // beside it: the step and its losses (step.ts), validation (validate.ts), the EMA (ema.ts) and checkpoints
-// (checkpoint.ts); train() runs them in order.
+// (checkpoint.ts); train() runs them in order. With a DataParallel group (data-parallel.ts), each process trains on
+// its share of every global batch and rank 0 alone writes checkpoints and logs.
 import { appendFile, mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import * as E from '../engine/index.js';
-import { weightDecayGroups } from '../nn/index.js';
+import { weightDecayGroups, withBatchShard } from '../nn/index.js';
 import type { ImageClassifier } from '../models/classifier.js';
 import { type AugmentConfig } from '../data/augment.js';
 import { type ImageSet, type Normalization, batchIndices, shuffled } from '../data/batches.js';
 import { type BatchSource, inlineBatches, workerBatches } from '../data/prefetch.js';
-import { assertFiniteWeights } from '../eval/finite.js';
-import type { Metrics } from '../eval/metrics.js';
+import { assertFiniteWeights, countNonFinite, NonFiniteModelError } from '../eval/finite.js';
+import { computeMetrics, type Metrics } from '../eval/metrics.js';
+import { softmaxRows } from '../eval/calibration.js';
 import { type CosineSchedule, cosineLr } from './schedule.js';
 import { type LoopState, RunCheckpoints } from './checkpoint.js';
 import { WeightAverage } from './ema.js';
 import { mixBatch } from './mix.js';
-import { LOSS_READ_INTERVAL, LossWindow, trainingStep } from './step.js';
-import { validateEpoch } from './validate.js';
+import { applyGradients, forwardBackward, LOSS_READ_INTERVAL, LossWindow, RESTART_ADVICE, type StepSettings } from './step.js';
+import { predictLogits, validateEpoch } from './validate.js';
+import type { DataParallel } from './data-parallel.js';
 
 export { NonFiniteLossError } from './step.js';
 
@@ -86,6 +89,11 @@ export interface TrainRun {
   workers?: number;
   /** Steps whose losses are read from the device together (LOSS_READ_INTERVAL by default). */
   lossReadInterval?: number;
+  /**
+   * Train as one rank of a data-parallel group: config.batchSize is the global batch, split evenly across the ranks.
+   * Every rank must call train() with the same run; only rank 0 writes to runDir and calls onBest.
+   */
+  parallel?: DataParallel;
 }
 
 export const LOG_FILE = 'log.jsonl';
@@ -139,8 +147,14 @@ interface TrainingContext {
 }
 
 export async function train(run: TrainRun): Promise<{ loop: LoopState; stoppedEarly: boolean; interrupted: boolean }> {
-  const { model, data, config, runDir, device } = run;
-  await mkdir(runDir, { recursive: true });
+  const { model, data, config, runDir, device, parallel } = run;
+  if (parallel && config.batchSize % parallel.worldSize !== 0)
+    throw new RangeError(`the batch size ${config.batchSize} cannot be split evenly across ${parallel.worldSize} processes`);
+  if (parallel) refuseBatchStatistics(model);
+  const root = !parallel || parallel.isRoot;
+  if (root) await mkdir(runDir, { recursive: true });
+  // Before the EMA copies the weights: every rank starts from rank 0's.
+  if (parallel) await parallel.broadcastModule(model);
   const groups = weightDecayGroups(model, config.weightDecay);
   const optimizer = new E.AdamW([groups.decay, groups.noDecay], { lr: config.lr });
   const ema = config.emaDecay === null ? undefined : new WeightAverage(model, config.emaDecay);
@@ -148,7 +162,8 @@ export async function train(run: TrainRun): Promise<{ loop: LoopState; stoppedEa
   let source: BatchSource | undefined;
   try {
     const checkpoints = new RunCheckpoints(runDir, { model, optimizer, ema: ema?.shadows }, config, config.checkpointMinutes);
-    const loop = await checkpoints.start(run.resume);
+    // Every rank reads the run's checkpoint (on a file system they share); rank 0 alone writes it.
+    const loop = await checkpoints.start(run.resume, root);
     const stepsPerEpoch = batchIndices(run.trainIndices, config.batchSize, true).length;
     const schedule = {
       peakLr: config.lr,
@@ -187,9 +202,13 @@ export async function train(run: TrainRun): Promise<{ loop: LoopState; stoppedEa
   }
 }
 
-/** Writes a checkpoint of the loop's position. Only losses read as finite may precede it: the pending ones are read first. */
+/**
+ * Writes a checkpoint of the loop's position (rank 0 of a group alone). Only losses read as finite may precede it:
+ * the pending ones are read first.
+ */
 async function save(context: TrainingContext, loop: LoopState): Promise<void> {
   context.losses.read();
+  if (context.run.parallel && !context.run.parallel.isRoot) return;
   await context.checkpoints.save(loop);
   context.emit({ type: 'checkpoint', file: context.checkpoints.file });
 }
@@ -201,9 +220,13 @@ async function save(context: TrainingContext, loop: LoopState): Promise<void> {
 async function trainEpoch(context: TrainingContext, loop: LoopState): Promise<{ losses: number[]; interrupted: boolean }> {
   const { run, optimizer, emit } = context;
   const { config, model } = run;
+  const { parallel } = run;
+  // The global batches; a rank of a group trains on its block of each (the union is the epoch, in the same order).
   const batches = batchIndices(shuffled(run.trainIndices, stepSeed(config.seed, loop.epoch, -1)), config.batchSize, true);
   const epoch = loop.epoch;
-  const queue = new BatchQueue(context.source, batches, (b) => stepSeed(config.seed, epoch, b));
+  const mine = parallel ? batches.map((b) => parallel.shard(b)) : batches;
+  const queue = new BatchQueue(context.source, mine, (b) => stepSeed(config.seed, epoch, b));
+  const settings: StepSettings = { precision: config.precision, device: run.device, labelSmoothing: config.labelSmoothing, clipGrad: config.clipGrad };
   const read: number[] = [];
   const readLosses = () => {
     const values = context.losses.read();
@@ -218,14 +241,16 @@ async function trainEpoch(context: TrainingContext, loop: LoopState): Promise<{ 
       const lr = cosineLr(loop.globalStep, context.schedule);
       optimizer.setLr(lr);
       const mix = mixBatch(batch, config.augment, stepSeed(config.seed, epoch, loop.batch));
+      const shard = parallel ? { offset: parallel.rank * mine[loop.batch].length, total: batches[loop.batch].length } : null;
       let loss: E.Tensor;
+      let stop = false;
       try {
-        loss = trainingStep(model, optimizer, mix ? { ...batch, ...mix } : batch, {
-          precision: config.precision,
-          device: run.device,
-          labelSmoothing: config.labelSmoothing,
-          clipGrad: config.clipGrad,
-        });
+        loss = withBatchShard(shard, () => forwardBackward(model, mix ? { ...batch, ...mix } : batch, settings));
+        if (parallel) ({ loss, stop } = await averaged(parallel, model, loss, run.shouldStop?.() ?? false));
+        applyGradients(model, optimizer, settings);
+      } catch (error) {
+        optimizer.zeroGrad();
+        throw error;
       } finally {
         E.dispose([batch.x, batch.y, ...(mix ? [mix.x, mix.mixedWith.y] : [])]);
       }
@@ -245,12 +270,13 @@ async function trainEpoch(context: TrainingContext, loop: LoopState): Promise<{ 
         lr,
         imagesPerSecond: batches[trained].length / ((performance.now() - started) / 1000),
       });
-      if (run.shouldStop?.()) {
+      if (parallel ? stop : run.shouldStop?.()) {
         readLosses();
         await save(context, loop);
         return { losses: read, interrupted: true };
       }
-      if (loop.batch < batches.length && context.checkpoints.due) {
+      // Mid-epoch checkpoints follow rank 0's clock alone, so that every rank reads its losses at the same steps.
+      if (loop.batch < batches.length && (!parallel || parallel.isRoot) && context.checkpoints.due) {
         readLosses();
         await save(context, loop);
       }
@@ -263,6 +289,21 @@ async function trainEpoch(context: TrainingContext, loop: LoopState): Promise<{ 
 }
 
 /**
+ * A data-parallel step's exchange: the gradients become their mean over the ranks, and so does the loss (the global
+ * batch's); the run stops if any rank was asked to. Takes ownership of `loss` and returns the mean in its place.
+ */
+async function averaged(parallel: DataParallel, model: ImageClassifier, loss: E.Tensor, stop: boolean): Promise<{ loss: E.Tensor; stop: boolean }> {
+  let value: number;
+  try {
+    value = loss.item();
+  } finally {
+    loss.dispose();
+  }
+  const [mean, stopShare] = await parallel.averageGradients(model.parameters(), [value, stop ? 1 : 0]);
+  return { loss: E.tensor([mean], []), stop: stopShare > 0 };
+}
+
+/**
  * Validates the epoch just trained (with the EMA weights when the run keeps them), hands an improved model to onBest,
  * logs the epoch and moves loop to the next one.
  */
@@ -270,23 +311,29 @@ async function endEpoch(context: TrainingContext, loop: LoopState, losses: numbe
   const { run, emit, ema } = context;
   const { model, config } = run;
   const evaluated = <T>(fn: () => T): T => (ema ? ema.applied(model, fn) : fn());
-  const val = evaluated(() =>
-    validateEpoch(model, run.data, run.valIndices, loop.epoch, {
-      batchSize: config.evalBatchSize,
-      normalization: config.normalization,
-      precision: config.precision,
-      device: run.device,
-      onProgress: (done, total) => emit({ type: 'validation', epoch: loop.epoch, done, total }),
-    }),
-  );
-  const best = val.macro_f1 > loop.bestScore;
+  const options = {
+    batchSize: config.evalBatchSize,
+    normalization: config.normalization,
+    precision: config.precision,
+    device: run.device,
+    // In a group, rank 0 sees its own block: its share stands for the whole set's.
+    onProgress: (done: number, total: number) =>
+      emit({ type: 'validation', epoch: loop.epoch, done: Math.round((done / total) * run.valIndices.length), total: run.valIndices.length }),
+  };
+  const { val, scores } = run.parallel
+    ? await validateParallel(run.parallel, run, loop.epoch, (indices) => evaluated(() => predictLogits(model, run.data, indices, options)))
+    : (() => {
+        const metrics = evaluated(() => validateEpoch(model, run.data, run.valIndices, loop.epoch, options));
+        return { val: metrics, scores: metrics };
+      })();
+  const best = scores.macro_f1 > loop.bestScore;
   if (best) {
-    loop.bestScore = val.macro_f1;
+    loop.bestScore = scores.macro_f1;
     loop.bestEpoch = loop.epoch;
-    if (run.onBest) {
+    if (run.onBest && val) {
       await evaluated(() => {
         assertFiniteWeights(model, `the best model (epoch ${loop.epoch + 1})`);
-        return run.onBest!(model, loop.epoch, val);
+        return run.onBest!(model, loop.epoch, val!);
       });
     }
   }
@@ -295,14 +342,63 @@ async function endEpoch(context: TrainingContext, loop: LoopState, losses: numbe
     train_loss: losses.reduce((a, b) => a + b, 0) / Math.max(1, losses.length),
     lr: cosineLr(loop.globalStep - 1, context.schedule),
     seconds: (Date.now() - epochStart) / 1000,
-    val_accuracy: val.accuracy,
-    val_macro_f1: val.macro_f1,
-    val_nll: val.nll,
+    val_accuracy: scores.accuracy,
+    val_macro_f1: scores.macro_f1,
+    val_nll: scores.nll,
     best,
   };
   loop.history.push(entry);
-  await appendFile(path.join(run.runDir, LOG_FILE), `${JSON.stringify({ time: new Date().toISOString(), ...entry })}\n`);
-  emit({ type: 'epoch', epoch: loop.epoch, trainLoss: entry.train_loss, lr: entry.lr, seconds: entry.seconds, val, best });
+  if (val) {
+    await appendFile(path.join(run.runDir, LOG_FILE), `${JSON.stringify({ time: new Date().toISOString(), ...entry })}\n`);
+    emit({ type: 'epoch', epoch: loop.epoch, trainLoss: entry.train_loss, lr: entry.lr, seconds: entry.seconds, val, best });
+  }
   loop.epoch++;
   loop.batch = 0;
+}
+
+type Scores = Pick<Metrics, 'accuracy' | 'macro_f1' | 'nll'>;
+
+/**
+ * Validation across a group: each rank computes the logits of its block of the validation set, rank 0 gathers them
+ * and computes the metrics once (macro-F1 and NLL cannot be averaged), and every rank receives the scores that
+ * decide the best epoch and early stopping. Only rank 0 gets the full metrics.
+ */
+async function validateParallel(
+  parallel: DataParallel,
+  run: TrainRun,
+  epoch: number,
+  logitsOf: (indices: Int32Array) => Float32Array,
+): Promise<{ val?: Metrics; scores: Scores }> {
+  const k = run.model.numClasses;
+  const gathered = await parallel.gatherRows(logitsOf(parallel.split(run.valIndices)), k);
+  let val: Metrics | undefined;
+  let nonFinite = 0;
+  if (gathered) {
+    nonFinite = countNonFinite(gathered);
+    if (nonFinite === 0)
+      val = computeMetrics(
+        softmaxRows(gathered, run.valIndices.length, k),
+        Array.from(run.valIndices, (i) => run.data.labels[i]),
+        run.data.classes,
+      );
+  }
+  const [accuracy, macroF1, nll, bad] = await parallel.broadcastNumbers(val ? [val.accuracy, val.macro_f1, val.nll, 0] : [0, 0, 0, nonFinite]);
+  if (bad > 0)
+    throw new NonFiniteModelError(
+      `training diverged: ${bad} validation outputs after epoch ${epoch + 1} are NaN or infinite; that model is neither kept as the best nor checkpointed. ${RESTART_ADVICE}`,
+    );
+  return { val, scores: { accuracy, macro_f1: macroF1, nll } };
+}
+
+/**
+ * Data-parallel steps keep only the parameters equal across ranks. State updated from each rank's own batch (a
+ * BatchNorm's running statistics) would drift apart; hemato's models use LayerNorm and keep none.
+ */
+function refuseBatchStatistics(model: ImageClassifier): void {
+  const parameters = new Set(model.namedParameters().map(([key]) => key));
+  const state = [...model.stateDict().keys()].filter((key) => !parameters.has(key));
+  if (state.length > 0)
+    throw new Error(
+      `data-parallel training cannot keep this model's non-parameter state equal across processes (${state.slice(0, 3).join(', ')}${state.length > 3 ? ', …' : ''}); train it in one process`,
+    );
 }

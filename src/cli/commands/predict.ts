@@ -1,4 +1,4 @@
-import type { Command } from 'commander';
+import { type Command, InvalidArgumentError } from 'commander';
 import { BUNDLED_MODEL, type Classification, loadClassifier } from '../../api/classifier.js';
 import { modelInfo } from '../../api/model-info.js';
 import { escapeControl, inspectPath, walkFolder } from '../../data/files.js';
@@ -32,6 +32,30 @@ export async function expandInputs(inputs: string[], options: { maxFileBytes?: n
   return expanded;
 }
 
+/** One of N equal parts of a list: I counts from 1. */
+export interface Shard {
+  index: number;
+  count: number;
+}
+
+/** --shard I/N: integers with 1 ≤ I ≤ N. */
+export function parseShard(value: string): Shard {
+  const match = /^\s*(\d+)\s*\/\s*(\d+)\s*$/.exec(value);
+  const [index, count] = match ? [Number(match[1]), Number(match[2])] : [NaN, NaN];
+  if (!(index >= 1 && count >= 1 && index <= count && Number.isSafeInteger(count)))
+    throw new InvalidArgumentError('expected I/N with 1 ≤ I ≤ N, e.g. 2/4 for the second of four parts');
+  return { index, count };
+}
+
+/** Shard I's contiguous block of the list: the first (length mod N) blocks are one item longer. */
+export function shardOf<T>(items: readonly T[], shard: Shard): T[] {
+  const base = Math.floor(items.length / shard.count);
+  const extra = items.length % shard.count;
+  const i = shard.index - 1;
+  const start = i * base + Math.min(i, extra);
+  return items.slice(start, start + base + (i < extra ? 1 : 0));
+}
+
 // CSV and JSON keep names exactly (quoted); only the table for people escapes control characters.
 const csvField = (value: string) => (/[",\r\n]/.test(value) ? `"${value.replace(/"/g, '""')}"` : value);
 
@@ -44,12 +68,24 @@ export function registerPredict(program: Command): void {
     .option('--batch-size <n>', 'images per forward pass', parsePositiveInt, 32)
     .option('--json', 'print one JSON document on stdout')
     .option('--csv', 'print CSV on stdout')
+    .option('--jsonl', 'print one JSON line per image on stdout (then one per entry skipped outright), so that shards concatenate')
+    .option(
+      '--shard <I/N>',
+      "classify only the I-th of N contiguous blocks of the file list (inputs in the order given, each folder's files sorted by name); " +
+        'the --csv or --jsonl outputs of shards 1…N, concatenated in order, are those of one process (the CSV header comes with shard 1; entries skipped outright, such as special files or files over --max-file-size, with shard N)',
+      parseShard,
+    )
     .option('--max-file-size <size>', MAX_FILE_SIZE_HELP, parseFileSize);
   modelOption(command).action(async (inputs: string[], options) => {
-    if (options.json && options.csv) throw new CliError('choose one of --json and --csv', 2);
-    const { files, skipped } = await expandInputs(inputs, { maxFileBytes: options.maxFileSize });
+    if ([options.json, options.csv, options.jsonl].filter(Boolean).length > 1) throw new CliError('choose one of --json, --csv and --jsonl', 2);
+    const shard: Shard = options.shard ?? { index: 1, count: 1 };
+    const expanded = await expandInputs(inputs, { maxFileBytes: options.maxFileSize });
+    const files = shardOf(expanded.files, shard);
+    // Entries skipped outright are the last shard's to report, as one process reports them after the rest.
+    const skipped = shard.index === shard.count ? expanded.skipped : [];
     for (const s of skipped) process.stderr.write(`hemato: skipped ${escapeControl(s.file)}: ${escapeControl(s.error)}\n`);
-    if (files.length === 0) throw new CliError('no files to classify in the given inputs');
+    if (expanded.files.length === 0) throw new CliError('no files to classify in the given inputs');
+    if (shard.count > 1) process.stderr.write(`hemato: shard ${shard.index}/${shard.count}: ${files.length} of ${expanded.files.length} files\n`);
     const classifier = await loadClassifier(options.model, classifierOptions(options));
     const bar = progressBar('classifying', files.length);
     const results: (Classification | { error: string })[] = [];
@@ -69,11 +105,17 @@ export function registerPredict(program: Command): void {
         failed,
         skipped,
       });
+    } else if (options.jsonl) {
+      const info = await modelInfo(options.model ?? BUNDLED_MODEL);
+      const model = { model: info.name, model_sha256: info.sha256, hemato_version: info.hemato_version };
+      for (const r of rows) process.stdout.write(`${JSON.stringify({ ...r, ...model })}\n`);
+      for (const s of skipped) process.stdout.write(`${JSON.stringify({ file: s.file, error: `skipped: ${s.error}`, ...model })}\n`);
     } else if (options.csv) {
       // Each row names the model that made it, so that rows copied elsewhere keep their provenance.
       const info = await modelInfo(options.model ?? BUNDLED_MODEL);
       const model = `${csvField(info.name)},${info.sha256},${info.hemato_version}`;
-      process.stdout.write(`file,label,score,uncertain,top_k,error,reasons,scale_source,um_per_px,scale_factor,model,model_sha256,hemato_version\n`);
+      if (shard.index === 1)
+        process.stdout.write(`file,label,score,uncertain,top_k,error,reasons,scale_source,um_per_px,scale_factor,model,model_sha256,hemato_version\n`);
       for (const r of rows) {
         if ('error' in r) {
           process.stdout.write(`${csvField(r.file)},,,,,${csvField(r.error)},,,,,${model}\n`);

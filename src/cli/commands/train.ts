@@ -1,13 +1,21 @@
-import type { Command } from 'commander';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { type Command, InvalidArgumentError } from 'commander';
+import * as E from '../../engine/index.js';
 import { listModels, modelAliases, type PretrainedWeights } from '../../models/index.js';
 import { NO_AUGMENT } from '../../data/augment.js';
 import type { DatasetSource } from '../../data/dataset.js';
 import { DEFAULT_RUN, RunConfigError, type RunConfigInput } from '../../train/config.js';
-import { resolveTrainingConfig, runTraining, type TrainingRequest } from '../../train/run.js';
+import { checkGlobalBatch, refuseEarlierResults, resolveTrainingConfig, runTraining, type TrainingRequest } from '../../train/run.js';
+import { joinGroup } from '../../train/data-parallel.js';
+import { CHECKPOINT_FILE } from '../../train/checkpoint.js';
+import type { RunSummary } from '../../train/finish.js';
 import { CliError, prepareOutputDir, printJson } from '../output.js';
+import { launchPlan, launchWorkers, placeFromEnvironment, type RankPlace, withoutLaunchFlags } from '../launch.js';
 import { progressReporter } from '../progress.js';
 import { trainingProgress } from '../train-progress.js';
 import { parseChoice, parseFraction, parseNumber, parsePositiveInt, parseThreadCount } from './shared.js';
+import { DEFAULT_MASTER_PORT } from '../launch.js';
 
 /** Flags that set one run setting each, by commander's option name. */
 const FLAG_SETTINGS: Record<string, keyof RunConfigInput> = {
@@ -107,8 +115,16 @@ export function registerTrain(program: Command): void {
     .option('--model <name>', 'another name for --arch, kept for existing scripts (elsewhere --model is a model file, so prefer --arch)')
     .option('--size <px>', `input size in pixels, a multiple of 32 (default ${DEFAULT_RUN.inputSize})`, parsePositiveInt)
     .option('--epochs <n>', `epochs (default ${DEFAULT_RUN.epochs})`, parsePositiveInt)
-    .option('--batch-size <n>', `images per step (default ${DEFAULT_RUN.batchSize})`, parsePositiveInt)
-    .option('--lr <lr>', `peak learning rate of AdamW, after a linear warm-up and before cosine decay (default ${DEFAULT_RUN.lr})`, parseNumber)
+    .option(
+      '--batch-size <n>',
+      `images per step, over all processes of a distributed run (each takes an equal share, so a multiple of their number) (default ${DEFAULT_RUN.batchSize})`,
+      parsePositiveInt,
+    )
+    .option(
+      '--lr <lr>',
+      `peak learning rate of AdamW for the global batch, after a linear warm-up and before cosine decay; not rescaled with the number of processes (default ${DEFAULT_RUN.lr})`,
+      parseNumber,
+    )
     .option('--weight-decay <wd>', `AdamW weight decay, not on norms and biases (default ${DEFAULT_RUN.weightDecay})`, parseNumber)
     .option('--label-smoothing <eps>', `label smoothing (default ${DEFAULT_RUN.labelSmoothing})`, parseFraction)
     .option(
@@ -152,6 +168,28 @@ export function registerTrain(program: Command): void {
       (value: string, previous: string[] = []) => [...previous, value],
     )
     .option('--json', 'print one JSON document with the outcome on stdout')
+    .option('--nproc-per-node <n>', 'data-parallel training: start this many processes on this machine (see docs/distributed.md)', parsePositiveInt)
+    .option('--nnodes <n>', 'machines taking part, each started with the same flags and its own --node-rank (default 1)', parsePositiveInt)
+    .option('--node-rank <r>', "this machine's place among --nnodes, from 0; the processes of machine 0 hold ranks 0…", parseNonNegativeInt)
+    .option('--master-addr <host>', 'the address of machine 0 as the others reach it (default 127.0.0.1 on one machine)')
+    .option(
+      '--master-port <port>',
+      `the port where machine 0 meets the others (default: a free one on one machine, ${DEFAULT_MASTER_PORT} across machines)`,
+      parsePort,
+    )
+    .option(
+      '--dist-timeout <seconds>',
+      'how long a process of a distributed run waits for the others (meeting, each exchange, validation) before it gives up',
+      parsePositiveInt,
+      DEFAULT_DIST_TIMEOUT_S,
+    )
+    .addHelpText(
+      'after',
+      '\nDistributed training: --nproc-per-node N starts N processes here (add --nnodes, --node-rank, --master-addr and\n' +
+        '--master-port to span machines, as torchrun does), or a scheduler starts each process with RANK, WORLD_SIZE,\n' +
+        'LOCAL_RANK, MASTER_ADDR and MASTER_PORT set. --batch-size is the global batch and --lr applies to it unchanged.\n' +
+        'Rank 0 alone writes to --out; --resume continues such a run. On a quiet 2-core machine one process is faster.',
+    )
     .action(async (dir: string | undefined, flags, command: Command) => {
       const request: TrainingRequest = {
         runDir: flags.out,
@@ -167,8 +205,24 @@ export function registerTrain(program: Command): void {
         printJson(await usage(resolveTrainingConfig(request)));
         return;
       }
+      const plan = launchPlan(flags);
+      const place = placeFromEnvironment();
       // Checked here: a recursive mkdir under /proc never returns.
-      await prepareOutputDir(flags.out, '--out');
+      if (!place || place.rank === 0) await prepareOutputDir(flags.out, '--out');
+      const timeoutMs = flags.distTimeout * 1000;
+      if (plan) {
+        const info = E.distributed.distributedInfo();
+        if (!info.available) throw new CliError(`${new E.distributed.DistributedUnavailableError(info.reason!, info.fixes!).message}`);
+        const config = await usage(resolveTrainingConfig(request));
+        await usage(Promise.resolve().then(() => checkGlobalBatch(config.batchSize, plan.nprocPerNode * plan.nnodes)));
+        // Refused here, before any worker starts, rather than by rank 0 alone while the others wait for it.
+        if (plan.nodeRank === 0) refuseEarlierResults(path.resolve(flags.out), request);
+        const note = (message: string) => process.stderr.write(`hemato: ${message}\n`);
+        // Workers that outlive the others by this much are stuck beyond their own time-outs.
+        process.exitCode = await launchWorkers(plan, withoutLaunchFlags(process.argv.slice(2)), timeoutMs + 30_000, note);
+        return;
+      }
+      if (place) return trainRank(request, flags, place, timeoutMs);
       let stopRequested = false;
       const onSignal = () => {
         if (stopRequested) process.exit(130);
@@ -197,12 +251,7 @@ export function registerTrain(program: Command): void {
           process.exitCode = 130;
           return;
         }
-        const { summary } = outcome;
-        if (flags.json) printJson(summary);
-        else
-          process.stdout.write(
-            `model: ${summary.model}\nvalidation accuracy ${(100 * summary.validation.accuracy).toFixed(2)}%, macro-F1 ${(100 * summary.validation.macro_f1).toFixed(2)}%, ECE ${summary.validation.ece.toFixed(4)} (T = ${summary.temperature.toFixed(3)})\nreport: ${summary.report}\n`,
-          );
+        printSummary(outcome.summary!, Boolean(flags.json));
       } finally {
         progress.stop();
         for (const reporter of stages.values()) reporter.stop();
@@ -210,4 +259,92 @@ export function registerTrain(program: Command): void {
         process.off('SIGTERM', onSignal);
       }
     });
+}
+
+/** PyTorch's default time-out for a distributed run, in seconds. */
+const DEFAULT_DIST_TIMEOUT_S = 300;
+
+function parseNonNegativeInt(value: string): number {
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isInteger(n) || n < 0) throw new InvalidArgumentError('expected an integer ≥ 0');
+  return n;
+}
+
+function parsePort(value: string): number {
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isInteger(n) || n < 1 || n > 65535) throw new InvalidArgumentError('expected a port from 1 to 65535');
+  return n;
+}
+
+/** How to continue a distributed run: the same command with --resume, started as this one was. */
+function resumeAdvice(out: string, place: RankPlace): string {
+  const local = Number(process.env.LOCAL_WORLD_SIZE);
+  const how =
+    local === place.worldSize ? ` --nproc-per-node ${local}` : `, started as this run was (--nproc-per-node/--nnodes, or RANK and WORLD_SIZE from a scheduler)`;
+  return `continue with: hemato train --out ${out} --resume${how}`;
+}
+
+/**
+ * One rank of a data-parallel run: joins the others, trains its share, and exits. Rank 0 shows progress and the
+ * outcome; a rank that fails ends its process at once, so that the others' next exchange fails too.
+ */
+async function trainRank(request: TrainingRequest, flags: Record<string, unknown>, place: RankPlace, timeoutMs: number): Promise<void> {
+  const out = flags.out as string;
+  const root = place.rank === 0;
+  const say = (message: string) => process.stderr.write(root ? `${message}\n` : `[rank ${place.rank}] ${message}\n`);
+  const advice = () => {
+    const checkpoint = path.join(out, CHECKPOINT_FILE);
+    const kept = existsSync(checkpoint)
+      ? `The last checkpoint, ${checkpoint}, is intact; ${resumeAdvice(out, place)}`
+      : `No checkpoint was written yet; start the run again with --overwrite.`;
+    return kept;
+  };
+  let stopRequested = false;
+  const onSignal = () => {
+    if (stopRequested) process.exit(130);
+    stopRequested = true;
+    if (root) process.stderr.write('\nstopping all processes after this step and writing a checkpoint (Ctrl-C again to abort at once)…\n');
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  const progress = root ? trainingProgress() : undefined;
+  let code = 0;
+  try {
+    const parallel = await joinGroup({ ...place, timeoutMs }, advice);
+    const outcome = await usage(
+      runTraining({
+        ...request,
+        parallel,
+        shouldStop: () => stopRequested,
+        onEvent: progress?.onEvent,
+        note: root ? undefined : () => {},
+      }),
+    );
+    if (outcome.interrupted) {
+      if (root) process.stderr.write(`interrupted; ${resumeAdvice(out, place)}\n`);
+      code = 130;
+    } else if (outcome.summary) {
+      printSummary(outcome.summary, Boolean(flags.json));
+    }
+  } catch (error) {
+    progress?.stop();
+    const message = error instanceof Error ? error.message : String(error);
+    say(`hemato: ${message}`);
+    code = error instanceof CliError ? error.exitCode : 1;
+  } finally {
+    progress?.stop();
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+  // After a failure the process exits now: its connections must close, so that the other ranks fail at once.
+  if (code !== 0 && code !== 130) process.exit(code);
+  process.exitCode = code;
+}
+
+function printSummary(summary: RunSummary, json: boolean): void {
+  if (json) printJson(summary);
+  else
+    process.stdout.write(
+      `model: ${summary.model}\nvalidation accuracy ${(100 * summary.validation.accuracy).toFixed(2)}%, macro-F1 ${(100 * summary.validation.macro_f1).toFixed(2)}%, ECE ${summary.validation.ece.toFixed(4)} (T = ${summary.temperature.toFixed(3)})\nreport: ${summary.report}\n`,
+    );
 }
