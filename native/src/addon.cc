@@ -58,7 +58,7 @@ at::DeviceType DeviceTypeArg(const Napi::Value& v) {
 }
 
 Napi::Value LiveTensors(const Napi::CallbackInfo& info) {
-  return Napi::Number::New(info.Env(), static_cast<double>(*State(info.Env()).liveTensors));
+  return Napi::Number::New(info.Env(), static_cast<double>(State(info.Env()).tensors.live()));
 }
 
 Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
