@@ -55,12 +55,12 @@ test('a handle of a disposed tensor never names the tensor that reuses its slot'
   try {
     assert.notEqual(reused.handle, stale);
     assert.throws(() => native.meta(stale), /tensor was disposed/);
-    assert.throws(() => native.callOp(E.findOp('relu')!, [stale], 1), /tensor was disposed/);
+    assert.throws(() => native.callOp(E.findOp('relu')!, 1, stale), /tensor was disposed/);
     native.dispose(stale); // a late free, as the garbage collector's, leaves the new tensor alone
     assert.deepEqual(reused.toArray(), [0, 0, 0]);
     // A plain number is never taken for a tensor, nor a tensor for a number.
-    assert.throws(() => native.callOp(E.findOp('relu')!, [reused.handle], 0), /argument 'self' must be a tensor/);
-    assert.throws(() => native.callOp(E.findOp('add', 'Scalar')!, [reused.handle, reused.handle], 3), /argument 'other' must be a number, not a tensor/);
+    assert.throws(() => native.callOp(E.findOp('relu')!, 0, reused.handle), /argument 'self' must be a tensor/);
+    assert.throws(() => native.callOp(E.findOp('add', 'Scalar')!, 3, reused.handle, reused.handle), /argument 'other' must be a number, not a tensor/);
     assert.throws(() => native.meta(12345 as never), /must be a tensor/);
   } finally {
     reused.dispose();

@@ -21,7 +21,13 @@ class TensorTable {
   // The number naming a new slot that holds `tensor`; throws std::length_error when the table is full.
   double Add(at::Tensor tensor);
   // The live tensor `id` names, or nullptr (a stale, released or made-up number, or one from another isolate).
-  at::Tensor* Find(double id);
+  at::Tensor* Find(double id) {
+    uint64_t index;
+    uint32_t generation;
+    if (!Decode(id, index, generation)) return nullptr;
+    Slot* slot = At(index);
+    return slot->generation == generation && slot->tensor.defined() ? &slot->tensor : nullptr;
+  }
   // Whether `id` names a slot of this table that was released since; used only to word errors.
   bool WasReleased(double id) const;
   // Frees the slot if `id` still names it; a stale id is a no-op, so disposing twice is harmless.
@@ -41,7 +47,14 @@ class TensorTable {
     uint32_t generation = 1;
   };
   Slot* At(uint64_t index) const { return &chunks_[index >> kChunkBits][index & ((1u << kChunkBits) - 1)]; }
-  bool Decode(double id, uint64_t& index, uint32_t& generation) const;
+  bool Decode(double id, uint64_t& index, uint32_t& generation) const {
+    if (!(id >= 0 && id < 0x1p53)) return false;  // also rejects NaN
+    auto bits = static_cast<uint64_t>(id);
+    if (static_cast<double>(bits) != id || (bits >> (kIndexBits + kGenerationBits)) != tag_) return false;
+    index = bits & kIndexMask;
+    generation = static_cast<uint32_t>(bits >> kIndexBits) & kMaxGeneration;
+    return index < used_;
+  }
 
   uint64_t tag_;
   std::vector<std::unique_ptr<Slot[]>> chunks_;

@@ -38,46 +38,54 @@ Napi::Value FindOp(const Napi::CallbackInfo& info) {
   });
 }
 
-// callOp(op, args[], tensorMask) runs one ATen operator through the dispatcher, so autograd and autocast apply as in
-// PyTorch. Bit i of tensorMask says that args[i] is a tensor handle rather than a number.
+// callOp(op, tensorMask, ...args) runs one ATen operator through the dispatcher, so autograd and autocast apply as
+// in PyTorch. Bit i of tensorMask says that args[i] is a tensor handle rather than a number. The arguments come as
+// the call's own, not in an array, and the stack is reused: a small op's cost is mostly this function's.
 Napi::Value CallOp(const Napi::CallbackInfo& info) {
   return Guard(info, [&](Napi::Env env) -> Napi::Value {
-    double opId = 0;
-    auto& ops = State(env).ops;
-    if (napi_get_value_double(env, info[0], &opId) != napi_ok || !(opId >= 0 && opId < static_cast<double>(ops.size())) ||
+    AddonState& state = State(env);
+    double opId = 0, maskValue = 0;
+    if (napi_get_value_double(env, info[0], &opId) != napi_ok || !(opId >= 0 && opId < static_cast<double>(state.ops.size())) ||
         opId != static_cast<double>(static_cast<size_t>(opId)))
       throw Napi::TypeError::New(env, "callOp: first argument must be an operator id from findOp");
-    const c10::OperatorHandle& op = ops[static_cast<size_t>(opId)];
-    if (!info[1].IsArray()) throw Napi::TypeError::New(env, "callOp: arguments must be an array");
-    Napi::Array args = info[1].As<Napi::Array>();
-    double maskValue = 0;
-    if (!info[2].IsUndefined() && (napi_get_value_double(env, info[2], &maskValue) != napi_ok || !(maskValue >= 0) || maskValue >= 0x1p53))
+    if (napi_get_value_double(env, info[1], &maskValue) != napi_ok || !(maskValue >= 0 && maskValue < 0x1p53))
       throw Napi::TypeError::New(env, "callOp: the tensor mask must be a non-negative integer");
+    const c10::OperatorHandle& op = state.ops[static_cast<size_t>(opId)];
     const uint64_t mask = static_cast<uint64_t>(maskValue);
     const auto& schema = op.schema();
     const auto& params = schema.arguments();
-    const uint32_t given = args.Length();
+    const size_t given = info.Length() - 2;
     if (given > params.size())
       throw Napi::TypeError::New(env, schema.name() + " takes " + std::to_string(params.size()) + " arguments, got " +
                                           std::to_string(given));
-    torch::jit::Stack stack;
-    stack.reserve(params.size());
+    static thread_local torch::jit::Stack stack;
+    struct Cleared {  // holds no tensor past this call, also when it throws
+      ~Cleared() { stack.clear(); }
+    } cleared;
     for (size_t i = 0; i < params.size(); ++i) {
       const auto& param = params[i];
-      Napi::Value value = i < given ? args.Get(static_cast<uint32_t>(i)) : env.Undefined();
-      if (value.IsUndefined() && param.default_value().has_value()) {
+      napi_value value = i < given ? static_cast<napi_value>(info[i + 2]) : nullptr;
+      napi_valuetype type = napi_undefined;
+      if (value != nullptr) napi_typeof(env, value, &type);
+      if (type == napi_undefined && param.default_value().has_value()) {
         stack.push_back(*param.default_value());
-      } else if (value.IsUndefined() && param.type()->kind() != c10::TypeKind::OptionalType) {
+      } else if (type == napi_undefined && param.type()->kind() != c10::TypeKind::OptionalType) {
         throw Napi::TypeError::New(env, schema.name() + ": missing argument '" + param.name() + "'");
       } else {
-        stack.push_back(ToIValue(env, param.type(), value, param.name(), i < 53 && ((mask >> i) & 1)));
+        stack.push_back(ToIValue(env, param.type(), Napi::Value(env, value != nullptr ? value : env.Undefined()), param.name(),
+                                 i < 53 && ((mask >> i) & 1)));
       }
     }
     op.callBoxed(&stack);
-    if (stack.size() == 1) return FromIValue(env, stack[0]);
-    Napi::Array out = Napi::Array::New(env, stack.size());
-    for (size_t i = 0; i < stack.size(); ++i) out.Set(i, FromIValue(env, stack[i]));
-    return out;
+    Napi::Value result;
+    if (stack.size() == 1) {
+      result = FromIValue(env, stack[0]);
+    } else {
+      Napi::Array out = Napi::Array::New(env, stack.size());
+      for (size_t i = 0; i < stack.size(); ++i) out.Set(i, FromIValue(env, stack[i]));
+      result = out;
+    }
+    return result;
   });
 }
 
@@ -213,15 +221,6 @@ TensorTable::TensorTable() {
   tag_ = tables.fetch_add(1) % 255 + 1;
 }
 
-bool TensorTable::Decode(double id, uint64_t& index, uint32_t& generation) const {
-  if (!(id >= 0 && id < 0x1p53)) return false;  // also rejects NaN
-  auto bits = static_cast<uint64_t>(id);
-  if (static_cast<double>(bits) != id || (bits >> (kIndexBits + kGenerationBits)) != tag_) return false;
-  index = bits & kIndexMask;
-  generation = static_cast<uint32_t>(bits >> kIndexBits) & kMaxGeneration;
-  return index < used_;
-}
-
 double TensorTable::Add(at::Tensor tensor) {
   uint64_t index;
   if (!free_.empty()) {
@@ -236,14 +235,6 @@ double TensorTable::Add(at::Tensor tensor) {
   slot->tensor = std::move(tensor);
   ++live_;
   return static_cast<double>((((tag_ << kGenerationBits) | slot->generation) << kIndexBits) | index);
-}
-
-at::Tensor* TensorTable::Find(double id) {
-  uint64_t index;
-  uint32_t generation;
-  if (!Decode(id, index, generation)) return nullptr;
-  Slot* slot = At(index);
-  return slot->generation == generation && slot->tensor.defined() ? &slot->tensor : nullptr;
 }
 
 bool TensorTable::WasReleased(double id) const {

@@ -50,7 +50,7 @@ export interface NativeAddon {
   /** [op, ...return kinds], or undefined when this libtorch lacks the operator. */
   findOp(name: string, overload: string): [NativeOp, ...ReturnKind[]] | undefined;
   /** Bit i of tensorMask marks args[i] as a tensor handle; lists of tensors are Float64Arrays of handles (NaN: none). */
-  callOp(op: NativeOp, args: unknown[], tensorMask: number): unknown;
+  callOp(op: NativeOp, tensorMask: number, ...args: unknown[]): unknown;
   fromBuffer(data: ArrayBufferView, shape: number[], dtype: number): NativeTensor;
   toBuffer(tensor: NativeTensor): ArrayBuffer;
   /** Frees the tensor; a handle already freed is left alone. */
@@ -207,7 +207,9 @@ export function loadAddon(): NativeAddon {
   if (loaded) return loaded;
   // Checked before libtorch sees it: a huge count makes libgomp abort, a large one hangs.
   if (threadSetting) checkThreadCount(threadSetting, 'HEMATO_NUM_THREADS');
-  const addon = requireAddon();
+  // Node-API fills the exports object one property at a time, which leaves V8 a slow dictionary object; a copy has
+  // fast properties, and every op looks one up.
+  const addon = { ...requireAddon() };
   addon.setNumThreads(defaultThreads);
   loaded = native = addon;
   return addon;

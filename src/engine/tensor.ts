@@ -91,14 +91,14 @@ export function call<T = Tensor>(name: string, overload: string, ...args: unknow
   if (!op) throw new Error(`this libtorch has no operator aten::${name}${overload ? `.${overload}` : ''}`);
   const division = INTEGER_DIVISION.get(name);
   if (!division) {
-    const result = native.callOp(op.id, args, unwrapArgs(args));
+    const result = native.callOp(op.id, unwrapArgs(args), ...args);
     if (HOST_READ_OPS.has(name)) hostReadCount++;
     return wrapResult(result, op.returns) as T;
   }
   const divisor = guardIntegerDivision(name, division, args);
   try {
     const operands = divisor ? [args[0], divisor, ...args.slice(2)] : args;
-    return wrapResult(native.callOp(op.id, operands, unwrapArgs(operands)), op.returns) as T;
+    return wrapResult(native.callOp(op.id, unwrapArgs(operands), ...operands), op.returns) as T;
   } finally {
     if (divisor instanceof Tensor) divisor.dispose();
   }
