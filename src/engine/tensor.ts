@@ -16,10 +16,12 @@ export interface CreateOptions {
 
 const MEMORY_FORMAT = { contiguous: 0, preserve: 1, channelsLast: 2 } as const;
 
-/** An ATen operator and how to read what it returns. */
+/** An ATen operator, how to read what it returns, and what call() must do around it. */
 interface Op {
   id: NativeOp;
   returns: ReturnKind[];
+  division: 'quotient' | 'remainder' | undefined;
+  hostRead: boolean;
 }
 
 // Keyed by name, then overload: a lookup builds no string.
@@ -31,7 +33,7 @@ function lookupOp(name: string, overload: string): Op | undefined {
   let op = overloads.get(overload);
   if (op === undefined) {
     const found = native.findOp(`aten::${name}`, overload);
-    op = found ? { id: found[0], returns: found.slice(1) as ReturnKind[] } : null;
+    op = found ? { id: found[0], returns: found.slice(1) as ReturnKind[], division: INTEGER_DIVISION.get(name), hostRead: HOST_READ_OPS.has(name) } : null;
     overloads.set(overload, op);
   }
   return op ?? undefined;
@@ -53,7 +55,7 @@ function unwrapArgs(args: unknown[]): number {
     const value = args[i];
     if (value instanceof Tensor) {
       args[i] = value.handle;
-      mask += 2 ** i;
+      mask += i < 31 ? 1 << i : 2 ** i;
     } else if (Array.isArray(value) && value.some((item) => item instanceof Tensor)) {
       args[i] = Float64Array.from(value, (item) => (item instanceof Tensor ? item.handle : item === undefined || item === null ? NaN : -1));
     }
@@ -68,7 +70,7 @@ function wrapValue(value: unknown, kind: ReturnKind): unknown {
 }
 
 function wrapResult(value: unknown, returns: ReturnKind[]): unknown {
-  if (returns.length === 1) return wrapValue(value, returns[0]);
+  if (returns.length === 1) return returns[0] === ReturnKind.Tensor && value !== undefined ? new Tensor(value as NativeTensor) : wrapValue(value, returns[0]);
   return (value as unknown[]).map((item, i) => wrapValue(item, returns[i]));
 }
 
@@ -85,20 +87,36 @@ export function hostReads(): number {
   return hostReadCount;
 }
 
+// V8 calls a native function fast only with a fixed argument count; a spread call takes its slow path.
+function callNative(op: NativeOp, args: unknown[]): unknown {
+  const mask = unwrapArgs(args);
+  switch (args.length) {
+    case 1:
+      return native.callOp(op, mask, args[0]);
+    case 2:
+      return native.callOp(op, mask, args[0], args[1]);
+    case 3:
+      return native.callOp(op, mask, args[0], args[1], args[2]);
+    case 4:
+      return native.callOp(op, mask, args[0], args[1], args[2], args[3]);
+    default:
+      return native.callOp(op, mask, ...args);
+  }
+}
+
 /** Calls `aten::name.overload` with positional arguments in schema order; undefined takes the default. */
 export function call<T = Tensor>(name: string, overload: string, ...args: unknown[]): T {
   const op = lookupOp(name, overload);
   if (!op) throw new Error(`this libtorch has no operator aten::${name}${overload ? `.${overload}` : ''}`);
-  const division = INTEGER_DIVISION.get(name);
-  if (!division) {
-    const result = native.callOp(op.id, unwrapArgs(args), ...args);
-    if (HOST_READ_OPS.has(name)) hostReadCount++;
+  if (!op.division) {
+    const result = callNative(op.id, args);
+    if (op.hostRead) hostReadCount++;
     return wrapResult(result, op.returns) as T;
   }
-  const divisor = guardIntegerDivision(name, division, args);
+  const divisor = guardIntegerDivision(name, op.division, args);
   try {
     const operands = divisor ? [args[0], divisor, ...args.slice(2)] : args;
-    return wrapResult(native.callOp(op.id, unwrapArgs(operands), ...operands), op.returns) as T;
+    return wrapResult(callNative(op.id, operands), op.returns) as T;
   } finally {
     if (divisor instanceof Tensor) divisor.dispose();
   }
