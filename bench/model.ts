@@ -1,8 +1,8 @@
 // `npm run bench:model [-- --quick]`: forward and training-step throughput on the CPU, in fp32 and under bf16
-// autocast: the bundled model side by side with the same network in plain PyTorch (bench/peers/torch_model.py, on
-// Debian's PyTorch 1.13, the same libtorch), then the dual-path network. --quick measures dualpath-atto at 128 px
-// only; the full run adds dualpath-tiny at 224 px. Progress goes to stderr; the last line on stdout is one JSON
-// document.
+// autocast. First the bundled model, side by side with the same weights in plain PyTorch (bench/peers/torch_model.py,
+// Debian's PyTorch 1.13 on the same libtorch), run two ways: op for op as hemato runs it, and as timm writes it (NCHW);
+// the three interleave. Then the dual-path network, hemato alone. --quick measures dualpath-atto at 128 px only; the
+// full run adds dualpath-tiny at 224 px. Progress goes to stderr; the last line on stdout is one JSON document.
 import { spawn } from 'node:child_process';
 import { loadavg } from 'node:os';
 import path from 'node:path';
@@ -127,11 +127,16 @@ const PEER_CASES = ['forward', 'train'].flatMap((kind) => PRECISIONS.map((precis
 interface PeerCase {
   precision: Precision;
   hemato_ms: number;
+  /** PyTorch running the same ops as hemato, channels-last. */
   pytorch_ms: number;
+  /** PyTorch running the network as timm writes it: NCHW memory, the MLP as 1×1 convs. */
+  pytorch_nchw_ms: number;
   hemato_img_s: number;
   pytorch_img_s: number;
-  /** The median over repetitions of hemato's time over PyTorch's in the same repetition. */
+  pytorch_nchw_img_s: number;
+  /** Medians over repetitions of hemato's time over PyTorch's in the same repetition. */
   ratio_vs_pytorch: number;
+  ratio_vs_pytorch_nchw: number;
 }
 
 /** PyTorch in a child process that times one forward pass or training step per command, so that the two interleave. */
@@ -191,34 +196,43 @@ async function comparePeer(): Promise<Record<string, unknown>> {
     const cases: Record<string, PeerCase> = {};
     for (const { kind, precision } of PEER_CASES) {
       const command = `${kind} ${precision}`;
-      const timeOurs = () => {
-        const start = performance.now();
-        ours[kind](precision);
-        return performance.now() - start;
+      const sides = {
+        hemato: async () => {
+          const start = performance.now();
+          ours[kind](precision);
+          return performance.now() - start;
+        },
+        pytorch: () => peer!.run(`${command} hemato`),
+        pytorch_nchw: () => peer!.run(`${command} nchw`),
       };
-      for (let i = 0; i < PEER.warmup; i++) {
-        timeOurs();
-        await peer.run(command);
-      }
-      const hemato: number[] = [];
-      const pytorch: number[] = [];
+      const order = Object.keys(sides) as (keyof typeof sides)[];
+      const times: Record<keyof typeof sides, number[]> = { hemato: [], pytorch: [], pytorch_nchw: [] };
+      for (let i = 0; i < PEER.warmup; i++) for (const side of order) await sides[side]();
       for (let rep = 0; rep < PEER.reps; rep++) {
-        // Alternate which side goes first, so that neither always inherits the other's cache state.
-        if (rep % 2) pytorch.push(await peer.run(command));
-        hemato.push(timeOurs());
-        if (rep % 2 === 0) pytorch.push(await peer.run(command));
+        // Rotate which side goes first, so that none always inherits another's cache state.
+        for (let k = 0; k < order.length; k++) {
+          const side = order[(rep + k) % order.length];
+          times[side].push(await sides[side]());
+        }
       }
-      const [h, t] = [median(hemato), median(pytorch)];
-      const perSecond = (ms: number) => round((PEER.batch / ms) * 1000);
-      cases[`${kind}_${precision}`] = {
+      const ms = (side: keyof typeof sides) => median(times[side]);
+      const perSecond = (value: number) => round((PEER.batch / value) * 1000);
+      const ratio = (side: 'pytorch' | 'pytorch_nchw') => round(median(times.hemato.map((value, i) => value / times[side][i])));
+      const result: PeerCase = {
         precision,
-        hemato_ms: round(h),
-        pytorch_ms: round(t),
-        hemato_img_s: perSecond(h),
-        pytorch_img_s: perSecond(t),
-        ratio_vs_pytorch: round(median(hemato.map((ms, i) => ms / pytorch[i]))),
+        hemato_ms: round(ms('hemato')),
+        pytorch_ms: round(ms('pytorch')),
+        pytorch_nchw_ms: round(ms('pytorch_nchw')),
+        hemato_img_s: perSecond(ms('hemato')),
+        pytorch_img_s: perSecond(ms('pytorch')),
+        pytorch_nchw_img_s: perSecond(ms('pytorch_nchw')),
+        ratio_vs_pytorch: ratio('pytorch'),
+        ratio_vs_pytorch_nchw: ratio('pytorch_nchw'),
       };
-      log(`bundled model ${command}: hemato ${h.toFixed(0)} ms, PyTorch ${t.toFixed(0)} ms (ratio ${cases[`${kind}_${precision}`].ratio_vs_pytorch})`);
+      cases[`${kind}_${precision}`] = result;
+      log(
+        `bundled model ${command}: hemato ${result.hemato_ms} ms, PyTorch ${result.pytorch_ms} ms (ratio ${result.ratio_vs_pytorch}), PyTorch NCHW ${result.pytorch_nchw_ms} ms (ratio ${result.ratio_vs_pytorch_nchw})`,
+      );
     }
     return {
       model: 'bundled convnext-atto (convnext-only)',

@@ -5,8 +5,10 @@ input. Debian's PyTorch 1.13 runs on the same libtorch as hemato's addon.
 
 argv[1] is a JSON config: threads, batch, input_size, num_classes, weights (a .safetensors file, or null for random
 initialisation), params (hemato's parameter count, which this network must match). It prints one JSON line when
-ready, then answers each command on stdin ("forward fp32", "train bf16", "quit") with one line: the milliseconds
-that one forward pass or training step took. Progress goes to stderr."""
+ready, then answers each command on stdin ("forward fp32 hemato", "train bf16 nchw", "quit") with one line: the
+milliseconds that one forward pass or training step took. The last word picks how the same weights run: "hemato"
+op for op as hemato, or "nchw" as timm writes convnext_atto (NCHW memory, LayerNorm2d, the MLP as 1x1 convs), the
+form a PyTorch user would run. Progress goes to stderr."""
 import json
 import struct
 import sys
@@ -17,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 EPS = 1e-6
+NCHW = False  # set per command: run the network as timm writes it rather than as hemato does
 
 
 def layer_norm(x, norm):
@@ -35,7 +38,9 @@ class Mlp(nn.Module):
         self.fc1 = nn.Conv2d(dim, hidden, 1)
         self.fc2 = nn.Conv2d(hidden, dim, 1)
 
-    def forward(self, x):  # NHWC
+    def forward(self, x):  # NHWC, or NCHW as 1x1 convs
+        if NCHW:
+            return self.fc2(F.gelu(self.fc1(x)))
         x = F.linear(x, self.fc1.weight.view(self.fc1.out_channels, self.fc1.in_channels), self.fc1.bias)
         x = F.gelu(x)
         return F.linear(x, self.fc2.weight.view(self.fc2.out_channels, self.fc2.in_channels), self.fc2.bias)
@@ -50,6 +55,9 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, 4 * dim)
 
     def forward(self, x):
+        if NCHW:
+            y = self.mlp(self.norm(self.conv_dw(x)))
+            return y.mul(self.gamma.reshape(1, -1, 1, 1)).add(x)
         y = layer_norm(self.conv_dw(x).permute(0, 2, 3, 1), self.norm)
         y = self.mlp(y).mul(self.gamma).permute(0, 3, 1, 2)
         return y.add(x)
@@ -72,7 +80,7 @@ class ConvNeXt(nn.Module):
         self.stages = nn.ModuleList(Stage(dims[max(i - 1, 0)], dims[i], d, i > 0) for i, d in enumerate(depths))
 
     def forward(self, x):
-        x = self.stem(x.contiguous(memory_format=torch.channels_last))
+        x = self.stem(x if NCHW else x.contiguous(memory_format=torch.channels_last))
         for stage in self.stages:
             x = stage(x)
         return x
@@ -160,6 +168,8 @@ def main():
         if not command or command[0] == "quit":
             break
         run = forward if command[0] == "forward" else train
+        global NCHW
+        NCHW = command[2] == "nchw"
         start = time.perf_counter()
         run(command[1] == "bf16")
         print(json.dumps({"ms": (time.perf_counter() - start) * 1000}), flush=True)
