@@ -1,13 +1,9 @@
 // Invalid calls throw JS errors that say what was wrong, and scopes free what they made.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import v8 from 'node:v8';
-import vm from 'node:vm';
 import * as E from '../src/engine/index.js';
 import { native } from '../src/engine/native.js';
-
-v8.setFlagsFromString('--expose-gc');
-const gc = vm.runInNewContext('gc') as () => void;
+import { collectDroppedTensors } from './helpers.js';
 
 const { F } = E;
 
@@ -67,26 +63,14 @@ test('a handle of a disposed tensor never names the tensor that reuses its slot'
   }
 });
 
-/** Collects garbage until the live-tensor count stops falling (the registry frees in a task after each collection). */
-async function settle(): Promise<number> {
-  let count = E.liveTensors();
-  for (let i = 0; i < 20; i++) {
-    gc();
-    await new Promise((resolve) => setTimeout(resolve, 10));
-    if (E.liveTensors() === count) return count;
-    count = E.liveTensors();
-  }
-  return count;
-}
-
 test('tensors dropped without dispose() are freed after garbage collection', async () => {
-  const before = await settle();
+  const before = await collectDroppedTensors();
   const make = () => {
     for (let i = 0; i < 100; i++) E.ones([4]);
   };
   make();
   assert.equal(E.liveTensors(), before + 100);
-  assert.equal(await settle(), before);
+  assert.equal(await collectDroppedTensors(), before);
 });
 
 test('after a scope closes, the live-tensor count returns to its previous value', () => {

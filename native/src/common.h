@@ -17,7 +17,7 @@ namespace hemato {
 // Node-API no per-handle finalizer, which dominated the cost of a small op when each tensor was an External.
 class TensorTable {
  public:
-  TensorTable();
+  explicit TensorTable(napi_env env);
   // The number naming a new slot that holds `tensor`; throws std::length_error when the table is full.
   double Add(at::Tensor tensor);
   // The live tensor `id` names, or nullptr (a stale, released or made-up number, or one from another isolate).
@@ -45,6 +45,7 @@ class TensorTable {
   struct Slot {
     at::Tensor tensor;
     uint32_t generation = 1;
+    int64_t reported = 0;  // bytes told to V8 for this tensor
   };
   Slot* At(uint64_t index) const { return &chunks_[index >> kChunkBits][index & ((1u << kChunkBits) - 1)]; }
   bool Decode(double id, uint64_t& index, uint32_t& generation) const {
@@ -56,6 +57,12 @@ class TensorTable {
     return index < used_;
   }
 
+  // V8 learns what live tensors hold, so that tensors JS dropped without dispose() raise the pressure for the
+  // collection that frees them (a FinalizationRegistry only runs after a full one). Sent in steps of a MiB.
+  void Report(int64_t bytes);
+
+  napi_env env_;
+  int64_t unreported_ = 0;
   uint64_t tag_;
   std::vector<std::unique_ptr<Slot[]>> chunks_;
   std::vector<uint32_t> free_;
@@ -65,6 +72,7 @@ class TensorTable {
 
 // Per-environment state: one per Node isolate, so the addon is safe in worker threads.
 struct AddonState {
+  explicit AddonState(napi_env env) : tensors(env) {}
   TensorTable tensors;
   std::vector<c10::OperatorHandle> ops;
 };

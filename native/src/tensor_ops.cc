@@ -216,9 +216,18 @@ Napi::Value RandomSeeded(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
-TensorTable::TensorTable() {
+TensorTable::TensorTable(napi_env env) : env_(env) {
   static std::atomic<uint32_t> tables{0};
   tag_ = tables.fetch_add(1) % 255 + 1;
+}
+
+void TensorTable::Report(int64_t bytes) {
+  unreported_ += bytes;
+  if (unreported_ >= (1 << 20) || unreported_ <= -(1 << 20)) {
+    int64_t total = 0;
+    napi_adjust_external_memory(env_, unreported_, &total);
+    unreported_ = 0;
+  }
 }
 
 double TensorTable::Add(at::Tensor tensor) {
@@ -232,6 +241,10 @@ double TensorTable::Add(at::Tensor tensor) {
     index = used_++;
   }
   Slot* slot = At(index);
+  // The tensor's own elements (a view counts them again), and about what a tensor costs besides: its TensorImpl
+  // and storage here, its Tensor object, weak cell and handle in JS.
+  slot->reported = 1024 + (tensor.has_storage() ? static_cast<int64_t>(tensor.numel()) * static_cast<int64_t>(tensor.element_size()) : 0);
+  Report(slot->reported);
   slot->tensor = std::move(tensor);
   ++live_;
   return static_cast<double>((((tag_ << kGenerationBits) | slot->generation) << kIndexBits) | index);
@@ -251,6 +264,7 @@ void TensorTable::Release(double id) {
   at::Tensor freed = std::move(slot->tensor);  // destroyed after the slot is consistent again
   slot->tensor = at::Tensor();
   --live_;
+  Report(-slot->reported);
   // A slot whose generation would overflow is retired rather than reused, so that no id ever names two tensors.
   if (++slot->generation <= kMaxGeneration) free_.push_back(static_cast<uint32_t>(index));
 }
