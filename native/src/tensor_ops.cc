@@ -77,15 +77,10 @@ Napi::Value CallOp(const Napi::CallbackInfo& info) {
       }
     }
     op.callBoxed(&stack);
-    Napi::Value result;
-    if (stack.size() == 1) {
-      result = FromIValue(env, stack[0]);
-    } else {
-      Napi::Array out = Napi::Array::New(env, stack.size());
-      for (size_t i = 0; i < stack.size(); ++i) out.Set(i, FromIValue(env, stack[i]));
-      result = out;
-    }
-    return result;
+    if (stack.size() == 1) return FromIValue(env, stack[0]);
+    Napi::Array out = Napi::Array::New(env, stack.size());
+    for (size_t i = 0; i < stack.size(); ++i) out.Set(i, FromIValue(env, stack[i]));
+    return out;
   });
 }
 
