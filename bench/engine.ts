@@ -1,17 +1,16 @@
 // `npm run bench:engine [-- --quick]`: hemato's engine side by side with @tensorflow/tfjs (CPU backend) and with
 // PyTorch through Python on the same libtorch 1.13, at the same thread count. Progress goes to stderr; the last
 // line on stdout is one JSON document.
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import * as E from '../src/engine/index.js';
 import { type BlockShape, convnextBlock, param, type Params } from './blocks.js';
+import { debianPython, ensureTorch, peersDir } from './torch-peer.js';
 
 const { F } = E;
 const quick = process.argv.includes('--quick');
 const threads = E.numThreads();
 const log = (message: string) => process.stderr.write(`${message}\n`);
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
 // Shapes. The issue's ConvNeXt block is batch 8, 96 channels, 56×56; tfjs needs far smaller ones to finish.
 const convnextShape: BlockShape = quick ? { batch: 4, channels: 96, size: 28 } : { batch: 8, channels: 96, size: 56 };
@@ -200,26 +199,6 @@ function tfjsConv2d(tf: Tf, spec: { input: number[]; weight: number[] }): number
 
 // ---- PyTorch through Debian's python3 (the same libtorch 1.13)
 
-const debianPython = '/usr/bin/python3';
-
-function ensureTorch(): string | undefined {
-  const probe = () => spawnSync(debianPython, ['-c', 'import torch'], { stdio: 'ignore' }).status === 0;
-  if (probe()) return undefined;
-  if (process.getuid?.() !== 0) return 'python3-torch is missing; install it with: apt-get install -y python3-torch';
-  log("installing Debian's python3-torch (the same libtorch 1.13) for the side-by-side run…");
-  const install = spawnSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', 'python3-torch'], {
-    stdio: ['ignore', 'ignore', 'inherit'],
-    env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' },
-  });
-  if (install.status !== 0) spawnSync('apt-get', ['update', '-qq'], { stdio: 'ignore' });
-  if (install.status !== 0)
-    spawnSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', 'python3-torch'], {
-      stdio: 'ignore',
-      env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' },
-    });
-  return probe() ? undefined : 'python3-torch could not be installed with apt-get';
-}
-
 interface TorchResult {
   version: string;
   threads: number;
@@ -230,11 +209,11 @@ interface TorchResult {
 }
 
 function runTorch(steps: Record<string, { block: string; shape: BlockShape; bf16: boolean }>, calls: number): TorchResult | string {
-  const missing = ensureTorch();
+  const missing = ensureTorch(log);
   if (missing) return missing;
   const config = { threads, warmup, reps, steps, matmul: matmulSize, conv, calls };
   try {
-    const out = execFileSync(debianPython, [path.join(root, 'bench/peers/torch_engine.py'), JSON.stringify(config)], {
+    const out = execFileSync(debianPython, [path.join(peersDir, 'torch_engine.py'), JSON.stringify(config)], {
       encoding: 'utf8',
       stdio: ['ignore', 'pipe', 'inherit'],
       maxBuffer: 1 << 20,

@@ -1,12 +1,22 @@
-// `npm run bench:model [-- --quick]`: forward and training-step throughput of the dual-path network on the CPU, in
-// fp32 and under bf16 autocast. --quick measures dualpath-atto at 128 px only; the full run adds dualpath-tiny at
-// 224 px. Progress goes to stderr; the last line on stdout is one JSON document.
+// `npm run bench:model [-- --quick]`: forward and training-step throughput on the CPU, in fp32 and under bf16
+// autocast. First the bundled model, side by side with the same weights in plain PyTorch (bench/peers/torch_model.py,
+// Debian's PyTorch 1.13 on the same libtorch), run two ways: op for op as hemato runs it, and as timm writes it (NCHW);
+// the three interleave. Then the dual-path network, hemato alone. --quick measures dualpath-atto at 128 px only; the
+// full run adds dualpath-tiny at 224 px. Progress goes to stderr; the last line on stdout is one JSON document.
+import { spawn } from 'node:child_process';
+import { loadavg } from 'node:os';
+import path from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
 import * as E from '../src/engine/index.js';
 import { createModel } from '../src/models/index.js';
+import { loadModel } from '../src/models/io.js';
 import { weightDecayGroups } from '../src/nn/index.js';
+import { debianPython, ensureTorch, peersDir } from './torch-peer.js';
 
 const quick = process.argv.includes('--quick');
 const log = (message: string) => process.stderr.write(`${message}\n`);
+const bundledModel = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../models/hemato-convnext-atto.safetensors');
 
 interface Case {
   model: string;
@@ -106,7 +116,150 @@ function measure(c: Case, precision: Precision): Result {
   }
 }
 
+// ---- the bundled model against the same network in PyTorch
+
+const PEER = { batch: 64, inputSize: 128, warmup: 1, reps: quick ? 5 : 7 };
+const PEER_CASES = ['forward', 'train'].flatMap((kind) => PRECISIONS.map((precision) => ({ kind, precision }))) as {
+  kind: 'forward' | 'train';
+  precision: Precision;
+}[];
+
+interface PeerCase {
+  precision: Precision;
+  hemato_ms: number;
+  /** PyTorch running the same ops as hemato, channels-last. */
+  pytorch_ms: number;
+  /** PyTorch running the network as timm writes it: NCHW memory, the MLP as 1×1 convs. */
+  pytorch_nchw_ms: number;
+  hemato_img_s: number;
+  pytorch_img_s: number;
+  pytorch_nchw_img_s: number;
+  /** Medians over repetitions of hemato's time over PyTorch's in the same repetition. */
+  ratio_vs_pytorch: number;
+  ratio_vs_pytorch_nchw: number;
+}
+
+/** PyTorch in a child process that times one forward pass or training step per command, so that the two interleave. */
+async function startPeer(
+  params: number,
+): Promise<{ run: (command: string) => Promise<number>; info: { version: string; threads: number }; close: () => void }> {
+  const config = { threads: E.numThreads(), batch: PEER.batch, input_size: PEER.inputSize, num_classes: 8, weights: bundledModel, params };
+  const child = spawn(debianPython, [path.join(peersDir, 'torch_model.py'), JSON.stringify(config)], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
+  const next = async (): Promise<Record<string, unknown>> => {
+    const line = await lines.next();
+    if (line.done) throw new Error('the PyTorch peer exited early (its error is above)');
+    return JSON.parse(line.value) as Record<string, unknown>;
+  };
+  const ready = await next();
+  return {
+    info: { version: String(ready.version), threads: Number(ready.threads) },
+    run: async (command) => {
+      child.stdin.write(`${command}\n`);
+      return Number((await next()).ms);
+    },
+    close: () => child.stdin.end('quit\n'),
+  };
+}
+
+async function comparePeer(): Promise<Record<string, unknown>> {
+  const missing = ensureTorch(log);
+  if (missing) return { error: missing };
+  const { model } = await loadModel(bundledModel);
+  const params = model.parameters().reduce((n, p) => n + p.numel, 0);
+  const groups = weightDecayGroups(model, 0.05);
+  const optimizer = new E.AdamW([groups.decay, groups.noDecay], { lr: 1e-4 });
+  const x = E.randn([PEER.batch, 3, PEER.inputSize, PEER.inputSize], { seed: 1 });
+  const target = E.tensor(
+    Array.from({ length: PEER.batch }, (_, i) => i % 8),
+    [PEER.batch],
+    { dtype: 'int64' },
+  );
+  const ours = {
+    forward: (precision: Precision) => {
+      model.eval();
+      E.noGrad(() => withPrecision(precision, () => model.forward(x).dispose()));
+    },
+    // As the trainer does: the labels are checked where the batch is made, not on every step.
+    train: (precision: Precision) => {
+      model.train();
+      const loss = withPrecision(precision, () => E.tidy(() => E.F.crossEntropy(model.forward(x), target, { labelSmoothing: 0.1, checkTargets: false })));
+      loss.backward();
+      loss.dispose();
+      optimizer.step();
+      optimizer.zeroGrad();
+    },
+  };
+  let peer: Awaited<ReturnType<typeof startPeer>> | undefined;
+  try {
+    peer = await startPeer(params);
+    const cases: Record<string, PeerCase> = {};
+    for (const { kind, precision } of PEER_CASES) {
+      const command = `${kind} ${precision}`;
+      const sides = {
+        hemato: async () => {
+          const start = performance.now();
+          ours[kind](precision);
+          return performance.now() - start;
+        },
+        pytorch: () => peer!.run(`${command} hemato`),
+        pytorch_nchw: () => peer!.run(`${command} nchw`),
+      };
+      const order = Object.keys(sides) as (keyof typeof sides)[];
+      const times: Record<keyof typeof sides, number[]> = { hemato: [], pytorch: [], pytorch_nchw: [] };
+      for (let i = 0; i < PEER.warmup; i++) for (const side of order) await sides[side]();
+      for (let rep = 0; rep < PEER.reps; rep++) {
+        // Rotate which side goes first, so that none always inherits another's cache state.
+        for (let k = 0; k < order.length; k++) {
+          const side = order[(rep + k) % order.length];
+          times[side].push(await sides[side]());
+        }
+      }
+      const ms = (side: keyof typeof sides) => median(times[side]);
+      const perSecond = (value: number) => round((PEER.batch / value) * 1000);
+      const ratio = (side: 'pytorch' | 'pytorch_nchw') => round(median(times.hemato.map((value, i) => value / times[side][i])));
+      const result: PeerCase = {
+        precision,
+        hemato_ms: round(ms('hemato')),
+        pytorch_ms: round(ms('pytorch')),
+        pytorch_nchw_ms: round(ms('pytorch_nchw')),
+        hemato_img_s: perSecond(ms('hemato')),
+        pytorch_img_s: perSecond(ms('pytorch')),
+        pytorch_nchw_img_s: perSecond(ms('pytorch_nchw')),
+        ratio_vs_pytorch: ratio('pytorch'),
+        ratio_vs_pytorch_nchw: ratio('pytorch_nchw'),
+      };
+      cases[`${kind}_${precision}`] = result;
+      log(
+        `bundled model ${command}: hemato ${result.hemato_ms} ms, PyTorch ${result.pytorch_ms} ms (ratio ${result.ratio_vs_pytorch}), PyTorch NCHW ${result.pytorch_nchw_ms} ms (ratio ${result.ratio_vs_pytorch_nchw})`,
+      );
+    }
+    return {
+      model: 'bundled convnext-atto (convnext-only)',
+      weights: path.basename(bundledModel),
+      params,
+      batch: PEER.batch,
+      input_size: PEER.inputSize,
+      reps: PEER.reps,
+      pytorch: peer.info,
+      cases,
+    };
+  } catch (error) {
+    return { error: `the PyTorch peer failed: ${(error as Error).message.split('\n')[0]}` };
+  } finally {
+    peer?.close();
+    optimizer.dispose();
+    model.dispose();
+    E.dispose([x, target]);
+  }
+}
+
+const round = (value: number, digits = 3) => Number(value.toPrecision(digits));
+const loads = () => loadavg().map((l) => round(l));
+
 const started = performance.now();
+const loadAtStart = loads();
+const peer = await comparePeer();
 const results: Result[] = [];
 for (const c of CASES) for (const precision of PRECISIONS) results.push(measure(c, precision));
 const info = E.libtorchInfo();
@@ -116,10 +269,11 @@ process.stdout.write(
     bench: 'model',
     quick,
     device: 'cpu',
-    cpu: cpu.model,
-    amx: cpu.amx,
+    cpu: { model: cpu.model, kind: E.cpuKind(cpu), amx: cpu.amx, avx512_bf16: cpu.avx512bf16 },
     threads: E.numThreads(),
     torch: info.torchVersion,
+    load_average: { start: loadAtStart, end: loads() },
+    peer,
     results,
     seconds: Math.round((performance.now() - started) / 100) / 10,
   })}\n`,

@@ -2,6 +2,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as E from '../src/engine/index.js';
+import { native } from '../src/engine/native.js';
+import { collectDroppedTensors } from './helpers.js';
 
 const { F } = E;
 
@@ -39,6 +41,36 @@ test('a disposed tensor cannot be used, and disposing twice is harmless', () => 
   assert.throws(() => t.add(1), /tensor was disposed/);
   assert.throws(() => t.shape, /tensor was disposed/);
   assert.throws(() => E.ones([2]).add(t), /tensor was disposed/);
+});
+
+test('a handle of a disposed tensor never names the tensor that reuses its slot', () => {
+  const t = E.ones([2]);
+  const stale = t.handle;
+  t.dispose();
+  const reused = E.zeros([3]);
+  try {
+    assert.notEqual(reused.handle, stale);
+    assert.throws(() => native.meta(stale), /tensor was disposed/);
+    assert.throws(() => native.callOp(E.findOp('relu')!, 1, stale), /tensor was disposed/);
+    native.dispose(stale); // a late free, as the garbage collector's, leaves the new tensor alone
+    assert.deepEqual(reused.toArray(), [0, 0, 0]);
+    // A plain number is never taken for a tensor, nor a tensor for a number.
+    assert.throws(() => native.callOp(E.findOp('relu')!, 0, reused.handle), /argument 'self' must be a tensor/);
+    assert.throws(() => native.callOp(E.findOp('add', 'Scalar')!, 3, reused.handle, reused.handle), /argument 'other' must be a number, not a tensor/);
+    assert.throws(() => native.meta(12345 as never), /must be a tensor/);
+  } finally {
+    reused.dispose();
+  }
+});
+
+test('tensors dropped without dispose() are freed after garbage collection', async () => {
+  const before = await collectDroppedTensors();
+  const make = () => {
+    for (let i = 0; i < 100; i++) E.ones([4]);
+  };
+  make();
+  assert.equal(E.liveTensors(), before + 100);
+  assert.equal(await collectDroppedTensors(), before);
 });
 
 test('after a scope closes, the live-tensor count returns to its previous value', () => {

@@ -258,7 +258,7 @@ const cases: Record<string, Case> = {
     return g.pick([
       () => native.meta(handle),
       () => native.toBuffer(handle),
-      () => native.callOp(E.findOp('relu')!, [handle]),
+      () => native.callOp(E.findOp('relu')!, 1, handle),
       () => native.backward(handle, undefined, false),
     ])();
   },

@@ -7,8 +7,6 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import v8 from 'node:v8';
-import vm from 'node:vm';
 import sharp from 'sharp';
 import * as E from '../src/engine/index.js';
 import { loadClassifier } from '../src/api/classifier.js';
@@ -17,11 +15,7 @@ import type { RgbImage } from '../src/data/image.js';
 import { backgroundColour } from '../src/data/scale.js';
 import { readSplit } from '../src/data/split.js';
 import { createModel } from '../src/models/index.js';
-import { saveUntrainedModel, SHARED } from './helpers.js';
-
-// A collection before the count: tensors that earlier tests left to the garbage collector must not be counted.
-v8.setFlagsFromString('--expose-gc');
-const gc = vm.runInNewContext('gc') as () => void;
+import { collectDroppedTensors, saveUntrainedModel, SHARED } from './helpers.js';
 
 const BIN = path.resolve('bin/hemato.js');
 const PBC = path.join(SHARED, 'data/pbc');
@@ -327,8 +321,8 @@ test('explaining 20 images leaves the live-tensor count where it was', async () 
   const { classifier, explanations } = await bundled;
   const run = async (i: number) => classifier.explain(explanations[i].image, { label: i % 2 ? 'monocyte' : undefined });
   await run(0);
-  gc();
-  const baseline = E.liveTensors();
+  // Tensors that earlier tests left to the garbage collector must not be counted.
+  const baseline = await collectDroppedTensors();
   for (let i = 0; i < 20; i++) await run(i);
   assert.equal(E.liveTensors(), baseline, `${E.liveTensors() - baseline} tensors more after 20 explanations`);
   assert.ok(

@@ -2,6 +2,8 @@
 // model file for tests that need one to classify with.
 import assert from 'node:assert/strict';
 import path from 'node:path';
+import v8 from 'node:v8';
+import vm from 'node:vm';
 import * as E from '../src/engine/index.js';
 import { IMAGENET_NORMALIZATION } from '../src/data/batches.js';
 import { PBC_CLASSES } from '../src/data/dataset.js';
@@ -9,6 +11,25 @@ import { saveModel } from '../src/models/io.js';
 import { createModel } from '../src/models/index.js';
 
 export const SHARED = path.resolve('../shared');
+
+// The flag can be set at run time for a new context.
+v8.setFlagsFromString('--expose-gc');
+const gc = vm.runInNewContext('gc') as () => void;
+
+/**
+ * Collects garbage until the live-tensor count stops falling, and returns it: tensors that JS dropped without
+ * dispose() are freed by the engine in a task after the collection, not during it.
+ */
+export async function collectDroppedTensors(): Promise<number> {
+  let count = E.liveTensors();
+  for (let i = 0; i < 20; i++) {
+    gc();
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    if (E.liveTensors() === count) return count;
+    count = E.liveTensors();
+  }
+  return count;
+}
 
 export function assertClose(actual: ArrayLike<number>, expected: ArrayLike<number>, tolerance = 1e-6, what = 'values'): void {
   assert.equal(actual.length, expected.length, `${what}: length ${actual.length} ≠ ${expected.length}`);

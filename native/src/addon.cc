@@ -58,7 +58,7 @@ at::DeviceType DeviceTypeArg(const Napi::Value& v) {
 }
 
 Napi::Value LiveTensors(const Napi::CallbackInfo& info) {
-  return Napi::Number::New(info.Env(), static_cast<double>(*State(info.Env()).liveTensors));
+  return Napi::Number::New(info.Env(), static_cast<double>(State(info.Env()).tensors.live()));
 }
 
 Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
@@ -250,7 +250,7 @@ void InitRuntime(Napi::Env env, Napi::Object exports) {
 
 // Context-aware initialisation: every isolate (main thread or worker) gets its own state.
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  env.SetInstanceData(new hemato::AddonState());
+  env.SetInstanceData(new hemato::AddonState(env));
   hemato::InitTensorOps(env, exports);
   hemato::InitRuntime(env, exports);
   return exports;

@@ -26,7 +26,43 @@ Napi::Array ToArray(Napi::Env env, const Napi::Value& v, const std::string& name
   return v.As<Napi::Array>();
 }
 
+// Tensor[] and Tensor?[] arrive as a Float64Array of handles (NaN: none), or as an empty or all-none plain array.
+c10::IValue ToTensorList(Napi::Env env, const c10::TypePtr& elem, const Napi::Value& value, const std::string& name) {
+  const bool optional = elem->kind() == c10::TypeKind::OptionalType;
+  std::vector<double> handles;
+  if (value.IsTypedArray() && value.As<Napi::TypedArray>().TypedArrayType() == napi_float64_array) {
+    Napi::Float64Array array = value.As<Napi::Float64Array>();
+    handles.assign(array.Data(), array.Data() + array.ElementLength());
+  } else {
+    Napi::Array array = ToArray(env, value, name);
+    for (uint32_t i = 0; i < array.Length(); ++i) {
+      Napi::Value item = array.Get(i);
+      if (!optional || !(item.IsUndefined() || item.IsNull())) Fail(env, name, "a list of tensors");
+      handles.push_back(std::nan(""));
+    }
+  }
+  auto unwrap = [&](double handle) -> const at::Tensor& {
+    return UnwrapTensor(env, handle, name.c_str());
+  };
+  if (!optional) {
+    c10::List<at::Tensor> list;
+    for (double handle : handles) list.push_back(unwrap(handle));
+    return list;
+  }
+  // Tensor?[] is how ATen spells advanced indices.
+  c10::List<c10::optional<at::Tensor>> list;
+  for (double handle : handles) {
+    if (std::isnan(handle)) list.push_back(c10::nullopt);
+    else list.push_back(unwrap(handle));
+  }
+  return list;
+}
+
 c10::IValue ToList(Napi::Env env, const c10::TypePtr& elem, const Napi::Value& value, const std::string& name) {
+  const bool ofTensors = elem->kind() == c10::TypeKind::TensorType ||
+                         (elem->kind() == c10::TypeKind::OptionalType &&
+                          elem->expectRef<c10::OptionalType>().getElementType()->kind() == c10::TypeKind::TensorType);
+  if (ofTensors) return ToTensorList(env, elem, value, name);
   Napi::Array array = ToArray(env, value, name);
   uint32_t n = array.Length();
   switch (elem->kind()) {
@@ -45,21 +81,6 @@ c10::IValue ToList(Napi::Env env, const c10::TypePtr& elem, const Napi::Value& v
       for (uint32_t i = 0; i < n; ++i) list.push_back(array.Get(i).ToBoolean().Value());
       return list;
     }
-    case c10::TypeKind::TensorType: {
-      c10::List<at::Tensor> list;
-      for (uint32_t i = 0; i < n; ++i) list.push_back(UnwrapTensor(array.Get(i), name.c_str()));
-      return list;
-    }
-    case c10::TypeKind::OptionalType: {
-      // Tensor?[] is how ATen spells advanced indices.
-      c10::List<c10::optional<at::Tensor>> list;
-      for (uint32_t i = 0; i < n; ++i) {
-        Napi::Value item = array.Get(i);
-        if (item.IsUndefined() || item.IsNull()) list.push_back(c10::nullopt);
-        else list.push_back(UnwrapTensor(item, name.c_str()));
-      }
-      return list;
-    }
     default:
       throw Napi::TypeError::New(env, "argument '" + name + "' has unsupported list type " + elem->str());
   }
@@ -67,14 +88,17 @@ c10::IValue ToList(Napi::Env env, const c10::TypePtr& elem, const Napi::Value& v
 
 }  // namespace
 
-c10::IValue ToIValue(Napi::Env env, const c10::TypePtr& type, const Napi::Value& value, const std::string& name) {
+c10::IValue ToIValue(Napi::Env env, const c10::TypePtr& type, const Napi::Value& value, const std::string& name, bool isTensor) {
   if (type->kind() == c10::TypeKind::OptionalType) {
     if (value.IsUndefined() || value.IsNull()) return c10::IValue();
-    return ToIValue(env, type->expectRef<c10::OptionalType>().getElementType(), value, name);
+    return ToIValue(env, type->expectRef<c10::OptionalType>().getElementType(), value, name, isTensor);
   }
+  if (type->kind() == c10::TypeKind::TensorType) {
+    if (!isTensor) Fail(env, name, "a tensor");
+    return UnwrapTensor(value, name.c_str());
+  }
+  if (isTensor) Fail(env, name, type->kind() == c10::TypeKind::NumberType ? "a number, not a tensor" : type->str() + ", not a tensor");
   switch (type->kind()) {
-    case c10::TypeKind::TensorType:
-      return UnwrapTensor(value, name.c_str());
     case c10::TypeKind::IntType:  // also ScalarType, Layout, MemoryFormat and (in 2.x) SymInt
       return ToInt(env, value, name);
     case c10::TypeKind::FloatType:

@@ -2,54 +2,78 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <atomic>
+
 #include "common.h"
 
 namespace hemato {
 namespace {
 
-const napi_type_tag kTensorTag = {0x6865'6d61'746f'5465ULL, 0x6e73'6f72'4861'6e64ULL};
-const napi_type_tag kOpTag = {0x6865'6d61'746f'4f70ULL, 0x4861'6e64'6c65'0001ULL};
+// How JS should read each value an operator returns: 0 as is, 1 a tensor handle (or undefined), 2 a list of them.
+int ReturnKind(const c10::TypePtr& type) {
+  if (type->kind() == c10::TypeKind::TensorType) return 1;
+  if (type->kind() == c10::TypeKind::OptionalType &&
+      type->expectRef<c10::OptionalType>().getElementType()->kind() == c10::TypeKind::TensorType)
+    return 1;
+  if (type->kind() == c10::TypeKind::ListType &&
+      type->expectRef<c10::ListType>().getElementType()->kind() == c10::TypeKind::TensorType)
+    return 2;
+  return 0;
+}
 
-struct OpEntry {
-  c10::OperatorHandle handle;
-};
-
-// findOp(name, overload) -> an operator handle, or undefined when this libtorch lacks the operator.
+// findOp(name, overload) -> [op id, ...return kinds], or undefined when this libtorch lacks the operator.
 Napi::Value FindOp(const Napi::CallbackInfo& info) {
   return Guard(info, [&](Napi::Env env) -> Napi::Value {
     std::string name = info[0].As<Napi::String>().Utf8Value();
     std::string overload = info[1].As<Napi::String>().Utf8Value();
     auto op = c10::Dispatcher::singleton().findSchema({name, overload});
     if (!op.has_value()) return env.Undefined();
-    auto external = Napi::External<OpEntry>::New(env, new OpEntry{*op}, [](Napi::Env, OpEntry* e) { delete e; });
-    external.TypeTag(&kOpTag);
-    return external;
+    auto& ops = State(env).ops;
+    ops.push_back(*op);
+    const auto& returns = op->schema().returns();
+    Napi::Array out = Napi::Array::New(env, 1 + returns.size());
+    out.Set(0u, Napi::Number::New(env, static_cast<double>(ops.size() - 1)));
+    for (size_t i = 0; i < returns.size(); ++i) out.Set(1 + i, Napi::Number::New(env, ReturnKind(returns[i].type())));
+    return out;
   });
 }
 
-// callOp(op, args[]) runs one ATen operator through the dispatcher, so autograd and autocast apply as in PyTorch.
+// callOp(op, tensorMask, ...args) runs one ATen operator through the dispatcher, so autograd and autocast apply as
+// in PyTorch. Bit i of tensorMask says that args[i] is a tensor handle rather than a number. The arguments come as
+// the call's own, not in an array, and the stack is reused: a small op's cost is mostly this function's.
 Napi::Value CallOp(const Napi::CallbackInfo& info) {
   return Guard(info, [&](Napi::Env env) -> Napi::Value {
-    if (!info[0].IsExternal() || !info[0].As<Napi::Object>().CheckTypeTag(&kOpTag))
-      throw Napi::TypeError::New(env, "callOp: first argument must be an operator handle");
-    const c10::OperatorHandle& op = info[0].As<Napi::External<OpEntry>>().Data()->handle;
-    Napi::Array args = info[1].As<Napi::Array>();
+    AddonState& state = State(env);
+    double opId = 0, maskValue = 0;
+    if (napi_get_value_double(env, info[0], &opId) != napi_ok || !(opId >= 0 && opId < static_cast<double>(state.ops.size())) ||
+        opId != static_cast<double>(static_cast<size_t>(opId)))
+      throw Napi::TypeError::New(env, "callOp: first argument must be an operator id from findOp");
+    if (napi_get_value_double(env, info[1], &maskValue) != napi_ok || !(maskValue >= 0 && maskValue < 0x1p53))
+      throw Napi::TypeError::New(env, "callOp: the tensor mask must be a non-negative integer");
+    const c10::OperatorHandle& op = state.ops[static_cast<size_t>(opId)];
+    const uint64_t mask = static_cast<uint64_t>(maskValue);
     const auto& schema = op.schema();
     const auto& params = schema.arguments();
-    if (args.Length() > params.size())
+    const size_t given = info.Length() - 2;
+    if (given > params.size())
       throw Napi::TypeError::New(env, schema.name() + " takes " + std::to_string(params.size()) + " arguments, got " +
-                                          std::to_string(args.Length()));
-    torch::jit::Stack stack;
-    stack.reserve(params.size());
+                                          std::to_string(given));
+    static thread_local torch::jit::Stack stack;
+    struct Cleared {  // holds no tensor past this call, also when it throws
+      ~Cleared() { stack.clear(); }
+    } cleared;
     for (size_t i = 0; i < params.size(); ++i) {
       const auto& param = params[i];
-      Napi::Value value = i < args.Length() ? args.Get(i) : env.Undefined();
-      if (value.IsUndefined() && param.default_value().has_value()) {
+      napi_value value = i < given ? static_cast<napi_value>(info[i + 2]) : nullptr;
+      napi_valuetype type = napi_undefined;
+      if (value != nullptr) napi_typeof(env, value, &type);
+      if (type == napi_undefined && param.default_value().has_value()) {
         stack.push_back(*param.default_value());
-      } else if (value.IsUndefined() && param.type()->kind() != c10::TypeKind::OptionalType) {
+      } else if (type == napi_undefined && param.type()->kind() != c10::TypeKind::OptionalType) {
         throw Napi::TypeError::New(env, schema.name() + ": missing argument '" + param.name() + "'");
       } else {
-        stack.push_back(ToIValue(env, param.type(), value, param.name()));
+        stack.push_back(ToIValue(env, param.type(), Napi::Value(env, value != nullptr ? value : env.Undefined()), param.name(),
+                                 i < 53 && ((mask >> i) & 1)));
       }
     }
     op.callBoxed(&stack);
@@ -91,16 +115,13 @@ Napi::Value ToBuffer(const Napi::CallbackInfo& info) {
   });
 }
 
+// dispose(tensor) frees the tensor's slot; a handle already freed, or not a number at all, is left alone, so that
+// disposing twice and the garbage collector's late calls are harmless.
 Napi::Value Dispose(const Napi::CallbackInfo& info) {
-  return Guard(info, [&](Napi::Env env) -> Napi::Value {
-    if (!IsTensorHandle(info[0])) throw Napi::TypeError::New(env, "dispose: not a tensor handle");
-    at::Tensor* t = info[0].As<Napi::External<at::Tensor>>().Data();
-    if (t->defined()) {
-      *t = at::Tensor();
-      --*State(env).liveTensors;
-    }
-    return env.Undefined();
-  });
+  Napi::Env env = info.Env();
+  double id = 0;
+  if (napi_get_value_double(env, info[0], &id) == napi_ok) State(env).tensors.Release(id);
+  return env.Undefined();
 }
 
 // meta(tensor) -> [dtype code, device string, requiresGrad, ...shape]: one call instead of four.
@@ -190,27 +211,75 @@ Napi::Value RandomSeeded(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
-Napi::Value WrapTensor(Napi::Env env, at::Tensor tensor) {
-  std::shared_ptr<int64_t> live = State(env).liveTensors;
-  ++*live;
-  auto external = Napi::External<at::Tensor>::New(env, new at::Tensor(std::move(tensor)),
-                                                  [live](Napi::Env, at::Tensor* t) {
-                                                    if (t->defined()) --*live;
-                                                    delete t;
-                                                  });
-  external.TypeTag(&kTensorTag);
-  return external;
+TensorTable::TensorTable(napi_env env) : env_(env) {
+  static std::atomic<uint32_t> tables{0};
+  tag_ = tables.fetch_add(1) % 255 + 1;
 }
 
-bool IsTensorHandle(const Napi::Value& value) {
-  return value.IsExternal() && value.As<Napi::Object>().CheckTypeTag(&kTensorTag);
+void TensorTable::Report(int64_t bytes) {
+  unreported_ += bytes;
+  if (unreported_ >= (1 << 20) || unreported_ <= -(1 << 20)) {
+    int64_t total = 0;
+    napi_adjust_external_memory(env_, unreported_, &total);
+    unreported_ = 0;
+  }
+}
+
+double TensorTable::Add(at::Tensor tensor) {
+  uint64_t index;
+  if (!free_.empty()) {
+    index = free_.back();
+    free_.pop_back();
+  } else {
+    if (used_ > kIndexMask) throw std::length_error("too many live tensors (16,777,216): dispose the ones you no longer need");
+    if ((used_ >> kChunkBits) == chunks_.size()) chunks_.push_back(std::make_unique<Slot[]>(size_t{1} << kChunkBits));
+    index = used_++;
+  }
+  Slot* slot = At(index);
+  // The tensor's own elements (a view counts them again), and about what a tensor costs besides: its TensorImpl
+  // and storage here, its Tensor object, weak cell and handle in JS.
+  slot->reported = 1024 + (tensor.has_storage() ? static_cast<int64_t>(tensor.numel()) * static_cast<int64_t>(tensor.element_size()) : 0);
+  Report(slot->reported);
+  slot->tensor = std::move(tensor);
+  ++live_;
+  return static_cast<double>((((tag_ << kGenerationBits) | slot->generation) << kIndexBits) | index);
+}
+
+bool TensorTable::WasReleased(double id) const {
+  uint64_t index;
+  uint32_t generation;
+  return Decode(id, index, generation) && generation >= 1 && generation < At(index)->generation;
+}
+
+void TensorTable::Release(double id) {
+  at::Tensor* tensor = Find(id);
+  if (tensor == nullptr) return;
+  uint64_t index = static_cast<uint64_t>(id) & kIndexMask;
+  Slot* slot = At(index);
+  at::Tensor freed = std::move(slot->tensor);  // destroyed after the slot is consistent again
+  slot->tensor = at::Tensor();
+  --live_;
+  Report(-slot->reported);
+  // A slot whose generation would overflow is retired rather than reused, so that no id ever names two tensors.
+  if (++slot->generation <= kMaxGeneration) free_.push_back(static_cast<uint32_t>(index));
+}
+
+Napi::Value WrapTensor(Napi::Env env, at::Tensor tensor) {
+  return Napi::Number::New(env, State(env).tensors.Add(std::move(tensor)));
+}
+
+at::Tensor& UnwrapTensor(Napi::Env env, double id, const char* what) {
+  TensorTable& tensors = State(env).tensors;
+  if (at::Tensor* t = tensors.Find(id)) return *t;
+  if (tensors.WasReleased(id)) throw Napi::Error::New(env, std::string(what) + ": tensor was disposed");
+  throw Napi::TypeError::New(env, std::string(what) + " must be a tensor");
 }
 
 at::Tensor& UnwrapTensor(const Napi::Value& value, const char* what) {
-  if (!IsTensorHandle(value)) throw Napi::TypeError::New(value.Env(), std::string(what) + " must be a tensor");
-  at::Tensor* t = value.As<Napi::External<at::Tensor>>().Data();
-  if (!t->defined()) throw Napi::Error::New(value.Env(), std::string(what) + ": tensor was disposed");
-  return *t;
+  Napi::Env env = value.Env();
+  double id = -1;
+  if (napi_get_value_double(env, value, &id) != napi_ok) throw Napi::TypeError::New(env, std::string(what) + " must be a tensor");
+  return UnwrapTensor(env, id, what);
 }
 
 void InitTensorOps(Napi::Env env, Napi::Object exports) {

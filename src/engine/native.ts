@@ -5,10 +5,19 @@ import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
 import { addonPath, builtAddonPath, located } from './located.js';
 
-/** An opaque handle to a native at::Tensor. */
-export type NativeTensor = { readonly __nativeTensor: unique symbol };
-/** An opaque handle to an ATen operator. */
-export type NativeOp = { readonly __nativeOp: unique symbol };
+/**
+ * A native at::Tensor, named by a number: a slot of the addon's tensor table and that slot's generation, so a
+ * handle of a freed tensor never names another one.
+ */
+export type NativeTensor = number & { readonly __nativeTensor: unique symbol };
+/** An ATen operator, named by a number. */
+export type NativeOp = number & { readonly __nativeOp: unique symbol };
+/** How JS reads each value an operator returns: as is, as a tensor handle (or undefined), or as a list of them. */
+export const enum ReturnKind {
+  Value = 0,
+  Tensor = 1,
+  TensorList = 2,
+}
 /** An opaque handle to a c10d store. */
 export type NativeStore = { readonly __nativeStore: unique symbol };
 /** An opaque handle to a c10d process group. */
@@ -38,10 +47,13 @@ export interface NativeInfo {
 }
 
 export interface NativeAddon {
-  findOp(name: string, overload: string): NativeOp | undefined;
-  callOp(op: NativeOp, args: unknown[]): unknown;
+  /** [op, ...return kinds], or undefined when this libtorch lacks the operator. */
+  findOp(name: string, overload: string): [NativeOp, ...ReturnKind[]] | undefined;
+  /** Bit i of tensorMask marks args[i] as a tensor handle; lists of tensors are Float64Arrays of handles (NaN: none). */
+  callOp(op: NativeOp, tensorMask: number, ...args: unknown[]): unknown;
   fromBuffer(data: ArrayBufferView, shape: number[], dtype: number): NativeTensor;
   toBuffer(tensor: NativeTensor): ArrayBuffer;
+  /** Frees the tensor; a handle already freed is left alone. */
   dispose(tensor: NativeTensor): void;
   meta(tensor: NativeTensor): [number, string, boolean, ...number[]];
   isContiguous(tensor: NativeTensor, memoryFormat: number): boolean;
@@ -195,7 +207,9 @@ export function loadAddon(): NativeAddon {
   if (loaded) return loaded;
   // Checked before libtorch sees it: a huge count makes libgomp abort, a large one hangs.
   if (threadSetting) checkThreadCount(threadSetting, 'HEMATO_NUM_THREADS');
-  const addon = requireAddon();
+  // Node-API fills the exports object one property at a time, which leaves V8 a slow dictionary object; a copy has
+  // fast properties, and every op looks one up.
+  const addon = { ...requireAddon() };
   addon.setNumThreads(defaultThreads);
   loaded = native = addon;
   return addon;

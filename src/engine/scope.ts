@@ -11,7 +11,8 @@ const scopes: Set<Disposable>[] = [];
 
 /** Called by every new tensor: the innermost open scope takes ownership of it. */
 export function track<T extends Disposable>(item: T): T {
-  scopes[scopes.length - 1]?.add(item);
+  // Tested first: scopes[-1] would be a slow, string-keyed property lookup on every tensor made outside a scope.
+  if (scopes.length > 0) scopes[scopes.length - 1].add(item);
   return item;
 }
 
@@ -46,7 +47,7 @@ export function tidy<T>(fn: () => T): T {
   }
   const returned = new Set<Disposable>();
   collect(result, returned, 0);
-  const parent = scopes[scopes.length - 1];
+  const parent = scopes.length > 0 ? scopes[scopes.length - 1] : undefined;
   for (const item of scope) {
     if (returned.has(item)) parent?.add(item);
     else item.dispose();

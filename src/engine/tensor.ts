@@ -1,6 +1,6 @@
 // The Tensor class: a handle to a libtorch tensor with the operations models and preprocessing need.
 // Every operation goes through one generic dispatcher call, so autograd and autocast behave as in PyTorch.
-import { native, type NativeOp, type NativeTensor } from './native.js';
+import { native, type NativeOp, type NativeTensor, ReturnKind } from './native.js';
 import { type AnyTypedArray, type DType, dtypeCode, dtypeFromCode, dtypeOfArray, isFloating, typedArrayOf, type TypedArrayFor } from './dtype.js';
 import { tidy, track } from './scope.js';
 
@@ -16,29 +16,62 @@ export interface CreateOptions {
 
 const MEMORY_FORMAT = { contiguous: 0, preserve: 1, channelsLast: 2 } as const;
 
-const opCache = new Map<string, NativeOp | null>();
+/** An ATen operator, how to read what it returns, and what call() must do around it. */
+interface Op {
+  id: NativeOp;
+  returns: ReturnKind[];
+  division: 'quotient' | 'remainder' | undefined;
+  hostRead: boolean;
+}
 
-/** Looks up an ATen operator once; returns undefined when this libtorch does not have it. */
-export function findOp(name: string, overload = ''): NativeOp | undefined {
-  const key = `${name}.${overload}`;
-  let op = opCache.get(key);
+// Keyed by name, then overload: a lookup builds no string.
+const opCache = new Map<string, Map<string, Op | null>>();
+
+function lookupOp(name: string, overload: string): Op | undefined {
+  let overloads = opCache.get(name);
+  if (!overloads) opCache.set(name, (overloads = new Map()));
+  let op = overloads.get(overload);
   if (op === undefined) {
-    op = native.findOp(`aten::${name}`, overload) ?? null;
-    opCache.set(key, op);
+    const found = native.findOp(`aten::${name}`, overload);
+    op = found ? { id: found[0], returns: found.slice(1) as ReturnKind[], division: INTEGER_DIVISION.get(name), hostRead: HOST_READ_OPS.has(name) } : null;
+    overloads.set(overload, op);
   }
   return op ?? undefined;
 }
 
-function unwrapArg(value: unknown): unknown {
-  if (value instanceof Tensor) return value.handle;
-  if (Array.isArray(value)) return value.map(unwrapArg);
+/** Looks up an ATen operator once; returns undefined when this libtorch does not have it. */
+export function findOp(name: string, overload = ''): NativeOp | undefined {
+  return lookupOp(name, overload)?.id;
+}
+
+/**
+ * Replaces tensors in args (an array this module owns) by their handles, in place, and returns the mask of the
+ * positions that hold one, so that the addon never takes a plain number for a tensor. A list holding a tensor
+ * becomes a Float64Array of handles: NaN for none, -1 (never a handle) for anything else, which the addon rejects.
+ */
+function unwrapArgs(args: unknown[]): number {
+  let mask = 0;
+  for (let i = 0; i < args.length; i++) {
+    const value = args[i];
+    if (value instanceof Tensor) {
+      args[i] = value.handle;
+      mask += i < 31 ? 1 << i : 2 ** i;
+    } else if (Array.isArray(value) && value.some((item) => item instanceof Tensor)) {
+      args[i] = Float64Array.from(value, (item) => (item instanceof Tensor ? item.handle : item === undefined || item === null ? NaN : -1));
+    }
+  }
+  return mask;
+}
+
+function wrapValue(value: unknown, kind: ReturnKind): unknown {
+  if (kind === ReturnKind.Tensor) return value === undefined ? undefined : new Tensor(value as NativeTensor);
+  if (kind === ReturnKind.TensorList) return (value as NativeTensor[]).map((handle) => new Tensor(handle));
   return value;
 }
 
-function wrapResult(value: unknown): unknown {
-  if (Array.isArray(value)) return value.map(wrapResult);
-  if (typeof value === 'object' && value !== null) return new Tensor(value as NativeTensor);
-  return value;
+function wrapResult(value: unknown, returns: ReturnKind[]): unknown {
+  if (returns.length === 1) return returns[0] === ReturnKind.Tensor && value !== undefined ? new Tensor(value as NativeTensor) : wrapValue(value, returns[0]);
+  return (value as unknown[]).map((item, i) => wrapValue(item, returns[i]));
 }
 
 // Ops that hand JS a value computed from tensor data, so each call is a host read.
@@ -54,19 +87,36 @@ export function hostReads(): number {
   return hostReadCount;
 }
 
+// V8 calls a native function fast only with a fixed argument count; a spread call takes its slow path.
+function callNative(op: NativeOp, args: unknown[]): unknown {
+  const mask = unwrapArgs(args);
+  switch (args.length) {
+    case 1:
+      return native.callOp(op, mask, args[0]);
+    case 2:
+      return native.callOp(op, mask, args[0], args[1]);
+    case 3:
+      return native.callOp(op, mask, args[0], args[1], args[2]);
+    case 4:
+      return native.callOp(op, mask, args[0], args[1], args[2], args[3]);
+    default:
+      return native.callOp(op, mask, ...args);
+  }
+}
+
 /** Calls `aten::name.overload` with positional arguments in schema order; undefined takes the default. */
 export function call<T = Tensor>(name: string, overload: string, ...args: unknown[]): T {
-  const op = findOp(name, overload);
+  const op = lookupOp(name, overload);
   if (!op) throw new Error(`this libtorch has no operator aten::${name}${overload ? `.${overload}` : ''}`);
-  const division = INTEGER_DIVISION.get(name);
-  if (!division) {
-    const result = native.callOp(op, args.map(unwrapArg));
-    if (HOST_READ_OPS.has(name)) hostReadCount++;
-    return wrapResult(result) as T;
+  if (!op.division) {
+    const result = callNative(op.id, args);
+    if (op.hostRead) hostReadCount++;
+    return wrapResult(result, op.returns) as T;
   }
-  const divisor = guardIntegerDivision(name, division, args);
+  const divisor = guardIntegerDivision(name, op.division, args);
   try {
-    return wrapResult(native.callOp(op, (divisor ? [args[0], divisor, ...args.slice(2)] : args).map(unwrapArg))) as T;
+    const operands = divisor ? [args[0], divisor, ...args.slice(2)] : args;
+    return wrapResult(callNative(op.id, operands), op.returns) as T;
   } finally {
     if (divisor instanceof Tensor) divisor.dispose();
   }
@@ -175,6 +225,10 @@ function checkShape(shape: Shape, what = 'shape'): number[] {
   return [...shape];
 }
 
+// Frees the native tensor of a Tensor that was dropped without dispose(). Nothing is unregistered on dispose(): the
+// handle of a freed tensor names nothing, so the late call is a no-op, and skipping unregister keeps dispose cheap.
+const collected = new FinalizationRegistry<NativeTensor>((handle) => native.dispose(handle));
+
 export class Tensor {
   #handle: NativeTensor | undefined;
   #dtype?: DType;
@@ -183,12 +237,13 @@ export class Tensor {
 
   constructor(handle: NativeTensor) {
     this.#handle = handle;
+    collected.register(this, handle);
     track(this);
   }
 
   /** The native handle; using a disposed tensor is an error that says so. */
   get handle(): NativeTensor {
-    if (!this.#handle) throw new Error('this tensor was disposed; keep() it or return it from tidy() to use it later');
+    if (this.#handle === undefined) throw new Error('this tensor was disposed; keep() it or return it from tidy() to use it later');
     return this.#handle;
   }
 
@@ -197,7 +252,7 @@ export class Tensor {
   }
 
   dispose(): void {
-    if (this.#handle) native.dispose(this.#handle);
+    if (this.#handle !== undefined) native.dispose(this.#handle);
     this.#handle = undefined;
   }
 

@@ -10,7 +10,8 @@ export class WeightAverage {
     model: Module,
     readonly decay: number,
   ) {
-    this.shadows = new Map(model.namedParameters().map(([key, p]) => [key, E.keep(E.noGrad(() => p.detach().clone()))]));
+    // In a scope, so that the detached view is freed now rather than left to the garbage collector.
+    this.shadows = new Map(model.namedParameters().map(([key, p]) => [key, E.keep(E.tidy(() => E.noGrad(() => p.detach().clone())))]));
   }
 
   /** Moves the average towards the model's current weights: shadow += (1 − decay) · (weight − shadow). */
