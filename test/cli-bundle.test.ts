@@ -1,6 +1,6 @@
 // `hemato bundle` and its rehearsal: the archive is written (fast xz preset), extracted into a clean directory outside
 // the repository, run.sh reports what a machine lacks, then unpacks node, builds the addon with g++ alone against
-// this machine's libtorch and runs `hemato doctor --json` from there. The bundle's own CUDA run needs a GPU machine.
+// this machine's libtorch and runs `hemato doctor --json` from there. The bundle's own CUDA run needs a machine with a GPU.
 // What goes in (the model, links resolved) and the clean-up after a failure or a signal are tested without the
 // archive.
 import { test } from 'node:test';

@@ -1,7 +1,7 @@
 // The engine on CUDA, checked against the CPU: host/device copies, a matmul, a convolution (contiguous and
 // channels_last), a bf16 autocast training step, synchronisation and the CUDA memory figures of the live-tensor
-// report. Without a CUDA device the CUDA tests skip with 'no CUDA device'; they run in the offline bundle on the
-// GPU machine (gpu-check.sh). The report's CPU-only shape is checked everywhere.
+// report. Without a CUDA device the CUDA tests skip with 'no CUDA device'; they run in the offline bundle on
+// a machine with a GPU (gpu-check.sh). The report's CPU-only shape is checked everywhere.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as E from '../src/engine/index.js';
