@@ -8,7 +8,8 @@ import * as E from '../src/engine/index.js';
 import { ConvNeXt } from '../src/models/convnext.js';
 import { DEFAULT_AUGMENT } from '../src/data/augment.js';
 import { IMAGENET_NORMALIZATION, type ImageSet } from '../src/data/batches.js';
-import type { TrainConfig, TrainRun } from '../src/train/trainer.js';
+import type { RunConfigInput } from '../src/train/config.js';
+import { train, type TrainConfig, type TrainRun } from '../src/train/trainer.js';
 
 export function tinySet(): ImageSet {
   // Two classes a tiny network can tell apart: bright and dark images, with noise.
@@ -44,6 +45,19 @@ export const config: TrainConfig = {
   checkpointMinutes: 60,
 };
 
+/** runTraining's settings for a quick run of a real architecture on a small image folder. */
+export const TINY_RUN: RunConfigInput = {
+  model: 'convnext_atto',
+  inputSize: 32,
+  epochs: 1,
+  batchSize: 4,
+  evalBatchSize: 8,
+  workers: 0,
+  device: 'cpu',
+  precision: 'fp32',
+  data: { field: null },
+};
+
 export const TINY_CONVNEXT = { depths: [1, 1, 1, 1], dims: [8, 16, 24, 32], convMlp: true, numClasses: 2, dropPathRate: 0.1, inputSize: 32 };
 
 export function tinyModel(): ConvNeXt {
@@ -64,6 +78,31 @@ export function tinyRun(model: ConvNeXt, overrides: Partial<TrainRun> = {}): Tra
     resume: false,
     ...overrides,
   };
+}
+
+/**
+ * Trains the tiny problem (images 0–17 train, 18–23 validate) in a fresh folder with these settings; with
+ * interruptAfterSteps, stops after that many steps and resumes from the checkpoint with fresh weights, as a new
+ * process would. Returns the final weights by name.
+ */
+export async function trainTiny(settings: TrainConfig, interruptAfterSteps?: number): Promise<Map<string, number[]>> {
+  const data = tinySet();
+  const runDir = mkdtempSync(path.join(tmpdir(), 'hemato-train-'));
+  const trainIndices = Int32Array.from({ length: 18 }, (_, i) => i);
+  const valIndices = Int32Array.from({ length: 6 }, (_, i) => 18 + i);
+  const run = { data, trainIndices, valIndices, runDir, config: settings, device: 'cpu' as const };
+  let model = tinyModel();
+  if (interruptAfterSteps !== undefined) {
+    let steps = 0;
+    const first = await train({ ...run, model, resume: false, shouldStop: () => ++steps >= interruptAfterSteps });
+    if (!first.interrupted) throw new Error(`the run ended before step ${interruptAfterSteps}`);
+    model.dispose();
+    model = tinyModel();
+  }
+  await train({ ...run, model, resume: interruptAfterSteps !== undefined });
+  const weights = new Map(model.namedParameters().map(([k, p]) => [k, p.toArray() as number[]]));
+  model.dispose();
+  return weights;
 }
 
 /** Writes 8 noisy 40 px PNGs per class into folder/<class>/ (the noise keeps them from being duplicates). */

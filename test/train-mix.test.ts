@@ -2,16 +2,12 @@
 // draws follow the step's seed (so a resumed run mixes as the uninterrupted one), and nothing leaks.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
 import * as E from '../src/engine/index.js';
 import { seededRandom } from '../src/data/random.js';
 import { ConvNeXt } from '../src/models/convnext.js';
 import { cutmixBox, mixBatch, sampleBeta } from '../src/train/mix.js';
 import { trainingStep } from '../src/train/step.js';
-import { train } from '../src/train/trainer.js';
-import { config, TINY_CONVNEXT, tinyModel, tinySet } from './train-fixtures.js';
+import { config, TINY_CONVNEXT, trainTiny } from './train-fixtures.js';
 import { maxAbsDiff } from './helpers.js';
 
 function batch(n = 4, size = 8): { x: E.Tensor; y: E.Tensor } {
@@ -107,45 +103,11 @@ test("a mixed batch's loss is the two labels' losses weighed by λ and 1 − λ"
 
 test('a run with mixup and CutMix, interrupted and resumed, ends with the weights of the uninterrupted run', async () => {
   const mixing = { ...config, augment: { ...config.augment, mixup: 0.8, cutmix: 1 } };
-  const data = tinySet();
-  const trainIndices = Int32Array.from({ length: 18 }, (_, i) => i);
-  const valIndices = Int32Array.from({ length: 6 }, (_, i) => 18 + i);
-  const run = async (interruptAfter?: number) => {
-    const runDir = mkdtempSync(path.join(tmpdir(), 'hemato-mix-'));
-    let model = tinyModel();
-    if (interruptAfter !== undefined) {
-      let steps = 0;
-      const first = await train({
-        model,
-        data,
-        trainIndices,
-        valIndices,
-        runDir,
-        config: mixing,
-        device: 'cpu',
-        resume: false,
-        shouldStop: () => ++steps >= interruptAfter,
-      });
-      assert.equal(first.interrupted, true);
-      model.dispose();
-      model = tinyModel();
-    }
-    await train({ model, data, trainIndices, valIndices, runDir, config: mixing, device: 'cpu', resume: interruptAfter !== undefined });
-    const weights = model.namedParameters().map(([k, p]) => [k, p.toArray()] as const);
-    model.dispose();
-    return weights;
-  };
   const before = E.liveTensors();
-  const straight = await run();
-  const resumed = await run(4);
+  const straight = await trainTiny(mixing);
+  const resumed = await trainTiny(mixing, 4);
   assert.deepEqual(resumed, straight);
-  const plain = await (async () => {
-    const model = tinyModel();
-    await train({ model, data, trainIndices, valIndices, runDir: mkdtempSync(path.join(tmpdir(), 'hemato-mix-')), config, device: 'cpu', resume: false });
-    const weights = model.namedParameters().map(([k, p]) => [k, p.toArray()] as const);
-    model.dispose();
-    return weights;
-  })();
+  const plain = await trainTiny(config);
   assert.notDeepEqual(plain, straight, 'mixing changes what is learnt');
   assert.equal(E.liveTensors(), before);
 });

@@ -11,7 +11,7 @@ import { createModel, importPretrained } from '../src/models/index.js';
 import { loadModel } from '../src/models/io.js';
 import type { RunConfigInput } from '../src/train/config.js';
 import { runTraining } from '../src/train/run.js';
-import { writeNoisyImageFolder } from './train-fixtures.js';
+import { TINY_RUN, writeNoisyImageFolder } from './train-fixtures.js';
 
 const root = mkdtempSync(path.join(tmpdir(), 'hemato-pretrained-'));
 const CLASSES = ['neutrophil', 'platelet'];
@@ -30,18 +30,7 @@ async function timmCheckpoint(): Promise<{ file: string; stem: number[] }> {
 const maxAbsDiff = (a: number[], b: number[]) => a.reduce((m, x, i) => Math.max(m, Math.abs(x - b[i])), 0);
 
 function settings(folder: string, extra: RunConfigInput): RunConfigInput {
-  return {
-    model: 'convnext_atto',
-    inputSize: 32,
-    epochs: 1,
-    batchSize: 4,
-    evalBatchSize: 8,
-    workers: 0,
-    device: 'cpu',
-    precision: 'fp32',
-    ...extra,
-    data: { field: null, source: { dir: folder } },
-  };
+  return { ...TINY_RUN, ...extra, data: { ...TINY_RUN.data, source: { dir: folder } } };
 }
 
 test('a run starts from a timm checkpoint: its weights arrive and a head for other classes starts fresh', async () => {

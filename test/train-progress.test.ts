@@ -11,7 +11,7 @@ import { formatDuration } from '../src/cli/progress.js';
 import { RunEstimate, trainingProgress } from '../src/cli/train-progress.js';
 import type { Metrics } from '../src/eval/metrics.js';
 import type { TrainEvent } from '../src/train/trainer.js';
-import { writeNoisyImageFolder } from './train-fixtures.js';
+import { TINY_RUN, writeNoisyImageFolder } from './train-fixtures.js';
 
 const root = mkdtempSync(path.join(tmpdir(), 'hemato-progress-'));
 const step = (epoch: number, batch: number, batches = 4, loss?: number): TrainEvent => ({
@@ -111,18 +111,7 @@ function imageFolder(): Promise<string> {
 
 function settings(epochs: number): string {
   const file = path.join(root, `settings-${epochs}.json`);
-  const tiny = {
-    model: 'convnext_atto',
-    inputSize: 32,
-    epochs,
-    batchSize: 4,
-    evalBatchSize: 8,
-    workers: 0,
-    device: 'cpu',
-    precision: 'fp32',
-    data: { field: null },
-  };
-  writeFileSync(file, JSON.stringify(tiny));
+  writeFileSync(file, JSON.stringify({ ...TINY_RUN, epochs }));
   return file;
 }
 

@@ -7,43 +7,12 @@ import path from 'node:path';
 import * as E from '../src/engine/index.js';
 import { NonFiniteLossError, train } from '../src/train/trainer.js';
 import { NonFiniteModelError } from '../src/eval/finite.js';
-import { config, tinyModel, tinySet } from './train-fixtures.js';
-
-async function run(interruptAfterSteps?: number): Promise<Map<string, number[]>> {
-  const data = tinySet();
-  const runDir = mkdtempSync(path.join(tmpdir(), 'hemato-resume-'));
-  const trainIndices = Int32Array.from({ length: 18 }, (_, i) => i);
-  const valIndices = Int32Array.from({ length: 6 }, (_, i) => 18 + i);
-  let model = tinyModel();
-  if (interruptAfterSteps !== undefined) {
-    let steps = 0;
-    const first = await train({
-      model,
-      data,
-      trainIndices,
-      valIndices,
-      runDir,
-      config,
-      device: 'cpu',
-      resume: false,
-      shouldStop: () => ++steps >= interruptAfterSteps,
-    });
-    assert.equal(first.interrupted, true);
-    model.dispose();
-    model = tinyModel(); // a fresh process would start from new weights too
-    await train({ model, data, trainIndices, valIndices, runDir, config, device: 'cpu', resume: true });
-  } else {
-    await train({ model, data, trainIndices, valIndices, runDir, config, device: 'cpu', resume: false });
-  }
-  const weights = new Map(model.namedParameters().map(([k, p]) => [k, p.toArray()]));
-  model.dispose();
-  return weights;
-}
+import { config, tinyModel, tinySet, trainTiny } from './train-fixtures.js';
 
 test('a run interrupted mid-epoch and resumed ends with bitwise-identical weights', async () => {
   const before = E.liveTensors();
-  const straight = await run();
-  const resumed = await run(4); // 3 steps per epoch: stops inside the second epoch
+  const straight = await trainTiny(config);
+  const resumed = await trainTiny(config, 4); // 3 steps per epoch: stops inside the second epoch
   assert.deepEqual([...resumed.keys()], [...straight.keys()]);
   for (const [key, values] of straight) assert.deepEqual(resumed.get(key), values, key);
   assert.equal(E.liveTensors(), before);

@@ -10,7 +10,7 @@ import type { RunConfigInput } from '../src/train/config.js';
 import { LOCK_FILE, lockRunDir } from '../src/train/lock.js';
 import { runTraining, type TrainingRequest } from '../src/train/run.js';
 import { loadModel } from '../src/models/io.js';
-import { writeNoisyImageFolder } from './train-fixtures.js';
+import { TINY_RUN, writeNoisyImageFolder } from './train-fixtures.js';
 
 const root = mkdtempSync(path.join(tmpdir(), 'hemato-run-'));
 const CLASSES = ['neutrophil', 'platelet'];
@@ -22,24 +22,12 @@ async function imageFolder(name: string): Promise<string> {
   return folder;
 }
 
-const TINY: RunConfigInput = {
-  model: 'convnext_atto',
-  inputSize: 32,
-  epochs: 1,
-  batchSize: 4,
-  evalBatchSize: 8,
-  workers: 0,
-  device: 'cpu',
-  precision: 'fp32',
-  data: { field: null },
-};
-
 function request(runDir: string, folder: string, extra: Partial<TrainingRequest> & { settings?: RunConfigInput } = {}): TrainingRequest & { notes: string[] } {
   const notes: string[] = [];
   const { settings, ...rest } = extra;
   return {
     runDir,
-    overrides: { ...TINY, ...settings, data: { ...TINY.data, source: { dir: folder }, ...settings?.data } },
+    overrides: { ...TINY_RUN, ...settings, data: { ...TINY_RUN.data, source: { dir: folder }, ...settings?.data } },
     note: (message) => notes.push(message),
     notes,
     ...rest,
