@@ -8,6 +8,7 @@ import { DEFAULT_GEOMETRY } from '../data/geometry.js';
 import { describeModelNames, listModels, type PretrainedWeights, resolveModelName } from '../models/index.js';
 import { resolveMpmConfig } from '../preprocess/mpm.js';
 import type { TrainingDataOptions } from './data.js';
+import type { DistillSettings } from './distill.js';
 import type { Precision } from '../engine/index.js';
 import type { TrainConfig } from './trainer.js';
 
@@ -24,6 +25,8 @@ export interface RunConfig extends TrainConfig {
   init: string | null;
   /** timm checkpoints to start from: one file, or one per path of the dual-path network. */
   pretrained: PretrainedWeights | null;
+  /** Distillation from trained models' soft labels, or null. */
+  distill: DistillSettings | null;
 }
 
 /** The settings before the precision is fixed for the device ('auto' picks it then). */
@@ -44,6 +47,9 @@ export class RunConfigError extends Error {
   override name = 'RunConfigError';
 }
 
+/** Distillation's settings when --teacher gives only the teachers: an even share at temperature 2. */
+export const DEFAULT_DISTILL = { weight: 0.5, temperature: 2 } as const;
+
 export const DEFAULT_RUN: Omit<RunSettings, 'data'> & { data: Omit<RunSettings['data'], 'source'> } = {
   model: 'dualpath_atto',
   inputSize: 128,
@@ -52,6 +58,7 @@ export const DEFAULT_RUN: Omit<RunSettings, 'data'> & { data: Omit<RunSettings['
   workers: 1,
   init: null,
   pretrained: null,
+  distill: null,
   epochs: 30,
   batchSize: 32,
   lr: 1e-3,
@@ -155,6 +162,15 @@ const SCHEMA = group({
   workers: integer(0, 4 * availableParallelism()),
   init: orNull(text),
   pretrained: optional(orNull(PRETRAINED)),
+  distill: optional(
+    orNull(
+      group({
+        teachers: { expect: 'a list of hemato model files', accepts: (v) => Array.isArray(v) && v.length > 0 && v.every((f) => text.accepts(f)) },
+        weight: fraction,
+        temperature: positive,
+      }),
+    ),
+  ),
   epochs: integer(1, 100_000),
   batchSize: integer(1, MAX_BATCH),
   evalBatchSize: integer(1, MAX_BATCH),

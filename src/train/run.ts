@@ -24,6 +24,7 @@ import {
   settingsChanges,
 } from './config.js';
 import { type DataManifest, dataManifest, type LoadProgress, loadTrainingData, manifestChanges, type TrainingData } from './data.js';
+import { TEACHER_FILE, teacherTargets } from './distill.js';
 import { lockRunDir } from './lock.js';
 import { provenance } from './provenance.js';
 import { CHECKPOINT_FILE, checkRunDir } from './checkpoint.js';
@@ -47,6 +48,7 @@ const OUTPUTS = [
   'provenance.json',
   'split.csv',
   'split.json',
+  TEACHER_FILE,
   'curves.svg',
   'report.md',
   'confusion.svg',
@@ -328,6 +330,18 @@ async function trainModel(
         `training ${config.model} at ${config.inputSize} px on ${device} (${config.precision})${processes}; ${data.train.length} train / ${data.val.length} validation images; split ${data.splitHash.slice(0, 12)}`,
       );
     }
+    const distillation = config.distill && {
+      ...config.distill,
+      targets: await teacherTargets(runDir, config.distill, data.set, data.train, {
+        normalization: config.normalization,
+        device,
+        precision: config.precision,
+        batchSize: config.evalBatchSize,
+        write: root,
+        note: root ? note : () => {},
+        onProgress: (done, total) => request.onLoadProgress?.('teachers', done, total),
+      }),
+    };
     const info = { classes: data.set.classes, normalization: config.normalization, preprocessing: data.preprocessing };
     const outcome = await train({
       model,
@@ -345,6 +359,7 @@ async function trainModel(
         await saveModel(path.join(runDir, BEST_FILE), best, { ...info, provenance: runProvenance });
       },
       parallel,
+      distillation: distillation || undefined,
     });
     // The ranks part as soon as training ends; calibration is rank 0's alone. A rank that failed does not wait for
     // the others: its process ends, and with it its connections, which fails the others' next collective at once.

@@ -2,6 +2,7 @@
 // device to finish all queued work, so a read every step would stall a GPU's pipeline once per step.
 import * as E from '../engine/index.js';
 import type { ImageClassifier } from '../models/classifier.js';
+import { distillationLoss } from './distill.js';
 import type { Mix } from './mix.js';
 
 /**
@@ -31,7 +32,14 @@ export interface StepSettings {
 }
 
 /** A batch of images and labels; a mixed batch also names the labels blended in (see mix.ts). */
-export type TrainingBatch = { x: E.Tensor; y: E.Tensor; mixedWith?: Mix['mixedWith'] };
+export type TrainingBatch = { x: E.Tensor; y: E.Tensor; mixedWith?: Mix['mixedWith']; soft?: SoftLabels };
+
+/** Teachers' labels for a batch [n × classes], their share of the loss and the temperature (see distill.ts). */
+export interface SoftLabels {
+  targets: E.Tensor;
+  weight: number;
+  temperature: number;
+}
 
 /**
  * Forward (at the run's precision), cross-entropy in fp32 (of both labels for a mixed batch), backward, gradient clipping and the optimiser's update.
@@ -63,6 +71,8 @@ export function forwardBackward(model: ImageClassifier, batch: TrainingBatch, se
     // A mixed batch: each image's loss weighs the two labels it was blended from.
     const mixed = batch.mixedWith;
     if (mixed) value = value.mul(1 - mixed.weight).add(E.F.crossEntropy(logits, mixed.y, options).mul(mixed.weight));
+    const soft = batch.soft;
+    if (soft) value = value.mul(1 - soft.weight).add(distillationLoss(logits, soft.targets, soft.temperature).mul(soft.weight));
     value.backward();
     return E.keep(value.detach());
   });

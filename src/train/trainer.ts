@@ -17,6 +17,7 @@ import { softmaxRows } from '../eval/calibration.js';
 import { type CosineSchedule, cosineLr } from './schedule.js';
 import { type LoopState, RunCheckpoints } from './checkpoint.js';
 import { WeightAverage } from './ema.js';
+import { softLabels } from './distill.js';
 import { mixBatch } from './mix.js';
 import { applyGradients, forwardBackward, LOSS_READ_INTERVAL, LossWindow, RESTART_ADVICE, type StepSettings } from './step.js';
 import { predictLogits, validateEpoch } from './validate.js';
@@ -94,6 +95,8 @@ export interface TrainRun {
    * Every rank must call train() with the same run; only rank 0 writes to runDir and calls onBest.
    */
   parallel?: DataParallel;
+  /** Distillation: the teachers' labels for every image of data (teacherTargets), their share and temperature. */
+  distillation?: { targets: Float32Array; weight: number; temperature: number };
 }
 
 export const LOG_FILE = 'log.jsonl';
@@ -241,18 +244,19 @@ async function trainEpoch(context: TrainingContext, loop: LoopState): Promise<{ 
       const lr = cosineLr(loop.globalStep, context.schedule);
       optimizer.setLr(lr);
       const mix = mixBatch(batch, config.augment, stepSeed(config.seed, epoch, loop.batch));
+      const soft = run.distillation && softLabels(run.distillation, mine[loop.batch], model.numClasses, run.device, mix);
       const shard = parallel ? { offset: parallel.rank * mine[loop.batch].length, total: batches[loop.batch].length } : null;
       let loss: E.Tensor;
       let stop = false;
       try {
-        loss = withBatchShard(shard, () => forwardBackward(model, mix ? { ...batch, ...mix } : batch, settings));
+        loss = withBatchShard(shard, () => forwardBackward(model, { ...batch, ...mix, soft }, settings));
         if (parallel) ({ loss, stop } = await averaged(parallel, model, loss, run.shouldStop?.() ?? false));
         applyGradients(model, optimizer, settings);
       } catch (error) {
         optimizer.zeroGrad();
         throw error;
       } finally {
-        E.dispose([batch.x, batch.y, ...(mix ? [mix.x, mix.mixedWith.y] : [])]);
+        E.dispose([batch.x, batch.y, ...(mix ? [mix.x, mix.mixedWith.y] : []), ...(soft ? [soft.targets] : [])]);
       }
       context.ema?.update(model);
       const trained = loop.batch;

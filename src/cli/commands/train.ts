@@ -5,7 +5,7 @@ import * as E from '../../engine/index.js';
 import { listModels, modelAliases, type PretrainedWeights } from '../../models/index.js';
 import { NO_AUGMENT } from '../../data/augment.js';
 import type { DatasetSource } from '../../data/dataset.js';
-import { DEFAULT_RUN, RunConfigError, type RunConfigInput } from '../../train/config.js';
+import { DEFAULT_DISTILL, DEFAULT_RUN, RunConfigError, type RunConfigInput } from '../../train/config.js';
 import { checkGlobalBatch, refuseEarlierResults, resolveTrainingConfig, runTraining, type TrainingRequest } from '../../train/run.js';
 import { joinGroup } from '../../train/data-parallel.js';
 import { CHECKPOINT_FILE } from '../../train/checkpoint.js';
@@ -74,6 +74,11 @@ function explicitSettings(command: Command, dir: string | undefined, flags: Reco
   if (explicit('cutmix')) augment.cutmix = flags.cutmix;
   if (Object.keys(augment).length > 0) settings.augment = augment;
   if (explicit('pretrained')) settings.pretrained = pretrainedWeights(flags.pretrained as string[]);
+  const distill: Record<string, unknown> = {};
+  if (explicit('teacher')) Object.assign(distill, { weight: DEFAULT_DISTILL.weight, temperature: DEFAULT_DISTILL.temperature, teachers: flags.teacher });
+  if (explicit('distillWeight')) distill.weight = flags.distillWeight;
+  if (explicit('distillTemperature')) distill.temperature = flags.distillTemperature;
+  if (Object.keys(distill).length > 0) settings.distill = distill;
   const data: Record<string, unknown> = {};
   const source = dataSource(dir, flags);
   if (source) data.source = source;
@@ -167,6 +172,13 @@ export function registerTrain(program: Command): void {
       'start from a timm checkpoint (.safetensors) of the same architecture; for the dual-path network give one per path: --pretrained convnext=FILE --pretrained swin=FILE',
       (value: string, previous: string[] = []) => [...previous, value],
     )
+    .option(
+      '--teacher <model>',
+      "distil from a trained hemato model's soft labels (averaged over its 8 flips and rotations, computed once and kept in --out); repeat it for an ensemble",
+      (value: string, previous: string[] = []) => [...previous, value],
+    )
+    .option('--distill-weight <w>', `the soft labels' share of the loss (default ${DEFAULT_DISTILL.weight})`, parseFraction)
+    .option('--distill-temperature <t>', `the softmax temperature of distillation (default ${DEFAULT_DISTILL.temperature})`, parseNumber)
     .option('--json', 'print one JSON document with the outcome on stdout')
     .option('--nproc-per-node <n>', 'data-parallel training: start this many processes on this machine (see docs/distributed.md)', parsePositiveInt)
     .option('--nnodes <n>', 'machines taking part, each started with the same flags and its own --node-rank (default 1)', parsePositiveInt)

@@ -1,0 +1,94 @@
+// Distillation: the loss is least where the student matches the soft labels, a teacher's labels do not depend on
+// which flip or rotation of an image it saw, and a run computes them once, keeps them and reuses them on --resume.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import * as E from '../src/engine/index.js';
+import { IMAGENET_NORMALIZATION, type ImageSet } from '../src/data/batches.js';
+import { PBC_CLASSES } from '../src/data/dataset.js';
+import { computeTeacherTargets, distillationLoss, TEACHER_FILE } from '../src/train/distill.js';
+import { runTraining } from '../src/train/run.js';
+import { saveUntrainedModel } from './helpers.js';
+import { TINY_RUN, writeNoisyImageFolder } from './train-fixtures.js';
+
+const root = mkdtempSync(path.join(tmpdir(), 'hemato-distill-'));
+
+test('the distillation loss is T² times the soft cross-entropy, least where the student matches the labels', () => {
+  const before = E.liveTensors();
+  const T = 2;
+  const logits = E.randn([4, 8], { seed: 1 });
+  E.tidy(() => {
+    const targets = E.F.softmax(logits.div(T), 1);
+    const p = targets.toArray() as number[];
+    const entropy = -p.reduce((sum, v) => sum + (v > 0 ? v * Math.log(v) : 0), 0) / 4;
+    const matched = distillationLoss(logits, targets, T).item();
+    assert.ok(Math.abs(matched - T * T * entropy) < 1e-4, `${matched} against ${T * T * entropy}`);
+    for (let seed = 2; seed < 6; seed++) {
+      const other = logits.add(E.randn([4, 8], { seed }).mul(0.5));
+      assert.ok(distillationLoss(other, targets, T).item() > matched, 'another student costs more');
+    }
+  });
+  logits.dispose();
+  assert.equal(E.liveTensors(), before);
+});
+
+test("a teacher's labels are the same for every flip and rotation of an image, and sum to 1", async () => {
+  const teacher = path.join(root, 'teacher.safetensors');
+  await saveUntrainedModel(teacher);
+  const size = 64;
+  const pixels = size * size * 3;
+  const image = Uint8Array.from({ length: pixels }, (_, i) => (i * 37 + (i >> 7) * 11) % 251);
+  const turned = new Uint8Array(pixels); // rotated by 90°: (y, x) → (size − 1 − x, y)
+  for (let y = 0; y < size; y++)
+    for (let x = 0; x < size; x++) turned.set(image.subarray((y * size + x) * 3, (y * size + x) * 3 + 3), ((size - 1 - x) * size + y) * 3);
+  const images = new Uint8Array(3 * pixels);
+  images.set(image, 0);
+  images.set(turned, pixels);
+  const data: ImageSet = { images, size, labels: Int32Array.from([0, 0, 1]), classes: [...PBC_CLASSES] };
+  const options = { normalization: IMAGENET_NORMALIZATION, device: 'cpu' as const, precision: 'fp32' as const, batchSize: 2 };
+  const targets = await computeTeacherTargets({ teachers: [teacher], weight: 0.5, temperature: 2 }, data, Int32Array.from([0, 1]), options);
+  const k = PBC_CLASSES.length;
+  const row = (i: number) => Array.from(targets.subarray(i * k, (i + 1) * k));
+  assert.ok(Math.abs(row(0).reduce((a, b) => a + b, 0) - 1) < 1e-5);
+  row(0).forEach((v, c) => assert.ok(Math.abs(v - row(1)[c]) < 1e-5, `class ${c}: ${v} against ${row(1)[c]}`));
+  assert.deepEqual(row(2), new Array(k).fill(0), 'an image outside the indices gets no labels');
+});
+
+test('a run distils from its teachers, keeps their labels in the run folder and reuses them on --resume', async () => {
+  const folder = await writeNoisyImageFolder(path.join(root, 'cells'), ['neutrophil', 'platelet'], 6);
+  const teacher = path.join(root, 'teacher-32.safetensors');
+  await saveUntrainedModel(teacher);
+  const runDir = path.join(root, 'run');
+  const settings = {
+    ...TINY_RUN,
+    epochs: 2,
+    distill: { teachers: [teacher], weight: 0.5, temperature: 2 },
+    data: { ...TINY_RUN.data, source: { dir: folder } },
+  };
+  const notes: string[] = [];
+  let steps = 0;
+  const first = await runTraining({ runDir, overrides: settings, note: (n) => notes.push(n), shouldStop: () => ++steps >= 2 });
+  assert.equal(first.interrupted, true);
+  assert.ok(
+    notes.some((n) => /^distillation: labelling \d+ training images with 1 teacher\(s\), 8 views each$/.test(n)),
+    notes.join('\n'),
+  );
+  assert.ok(existsSync(path.join(runDir, TEACHER_FILE)));
+  const resumed: string[] = [];
+  const second = await runTraining({ runDir, overrides: settings, resume: true, note: (n) => resumed.push(n) });
+  assert.equal(second.interrupted, false);
+  assert.ok(
+    resumed.some((n) => n.startsWith("distillation: the teachers' labels from ")),
+    resumed.join('\n'),
+  );
+  await assert.rejects(
+    runTraining({
+      runDir: path.join(root, 'bad'),
+      overrides: { ...settings, distill: { ...settings.distill, teachers: [path.join(root, 'none.safetensors')] } },
+      note: () => {},
+    }),
+    /none\.safetensors/,
+  );
+});
