@@ -74,6 +74,7 @@ async function targetsKey(settings: DistillSettings, data: ImageSet, indices: In
   for (const file of settings.teachers) hash.update(await readFile(file));
   hash.update(`${settings.temperature}:${data.size}:${data.classes.join()}`);
   hash.update(new Uint8Array(indices.buffer, indices.byteOffset, indices.byteLength));
+  hash.update(data.images);
   return hash.digest('hex');
 }
 
