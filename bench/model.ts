@@ -9,7 +9,7 @@ import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import * as E from '../src/engine/index.js';
-import { createModel } from '../src/models/index.js';
+import { createModel, type ImageClassifier } from '../src/models/index.js';
 import { loadModel } from '../src/models/io.js';
 import { weightDecayGroups } from '../src/nn/index.js';
 import { debianPython, ensureTorch, peersDir } from './torch-peer.js';
@@ -69,17 +69,23 @@ interface Result {
   trainImgPerS: number;
 }
 
+/** An optimiser for the model, and a fixed batch of random images with labels cycling through the 8 classes. */
+function trainingInputs(model: ImageClassifier, batch: number, size: number): { optimizer: E.AdamW; x: E.Tensor; target: E.Tensor } {
+  const groups = weightDecayGroups(model, 0.05);
+  const optimizer = new E.AdamW([groups.decay, groups.noDecay], { lr: 1e-4 });
+  const x = E.randn([batch, 3, size, size], { seed: 1 });
+  const target = E.tensor(
+    Array.from({ length: batch }, (_, i) => i % 8),
+    [batch],
+    { dtype: 'int64' },
+  );
+  return { optimizer, x, target };
+}
+
 function measure(c: Case, precision: Precision): Result {
   E.manualSeed(0);
   const model = createModel(c.model, { numClasses: 8, inputSize: c.inputSize });
-  const groups = weightDecayGroups(model, 0.05);
-  const optimizer = new E.AdamW([groups.decay, groups.noDecay], { lr: 1e-4 });
-  const x = E.randn([c.batch, 3, c.inputSize, c.inputSize], { seed: 1 });
-  const target = E.tensor(
-    Array.from({ length: c.batch }, (_, i) => i % 8),
-    [c.batch],
-    { dtype: 'int64' },
-  );
+  const { optimizer, x, target } = trainingInputs(model, c.batch, c.inputSize);
   try {
     model.eval();
     const forward = timed(() => E.noGrad(() => withPrecision(precision, () => model.forward(x).dispose())), c.warmup, c.reps);
@@ -167,14 +173,7 @@ async function comparePeer(): Promise<Record<string, unknown>> {
   if (missing) return { error: missing };
   const { model } = await loadModel(bundledModel);
   const params = model.parameters().reduce((n, p) => n + p.numel, 0);
-  const groups = weightDecayGroups(model, 0.05);
-  const optimizer = new E.AdamW([groups.decay, groups.noDecay], { lr: 1e-4 });
-  const x = E.randn([PEER.batch, 3, PEER.inputSize, PEER.inputSize], { seed: 1 });
-  const target = E.tensor(
-    Array.from({ length: PEER.batch }, (_, i) => i % 8),
-    [PEER.batch],
-    { dtype: 'int64' },
-  );
+  const { optimizer, x, target } = trainingInputs(model, PEER.batch, PEER.inputSize);
   const ours = {
     forward: (precision: Precision) => {
       model.eval();
