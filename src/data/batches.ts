@@ -79,6 +79,17 @@ export function shuffled(indices: ArrayLike<number>, seed: number): Int32Array {
   return out;
 }
 
+/**
+ * The [start, end) of block `index` (from 0) when a list of `length` items is cut into `count` contiguous blocks in
+ * order, the first (length mod count) of them one item longer.
+ */
+export function blockRange(length: number, index: number, count: number): [number, number] {
+  const base = Math.floor(length / count);
+  const extra = length % count;
+  const start = index * base + Math.min(index, extra);
+  return [start, start + base + (index < extra ? 1 : 0)];
+}
+
 /** Splits an epoch's order into batches; the last, short batch is dropped when dropLast is set. */
 export function batchIndices(order: Int32Array, batchSize: number, dropLast: boolean): Int32Array[] {
   const batches: Int32Array[] = [];

@@ -5,6 +5,7 @@
 // stop at the same step.
 import { createHash } from 'node:crypto';
 import * as E from '../engine/index.js';
+import { blockRange } from '../data/batches.js';
 import type { Module } from '../nn/index.js';
 
 /** About PyTorch DistributedDataParallel's default bucket size: few enough collectives, small enough copies. */
@@ -41,10 +42,7 @@ export class DataParallel {
 
   /** Every rank's share of a list for work that is merely divided (validation): contiguous blocks, the first ones a row longer. */
   split(indices: Int32Array): Int32Array {
-    const base = Math.floor(indices.length / this.worldSize);
-    const extra = indices.length % this.worldSize;
-    const start = this.rank * base + Math.min(this.rank, extra);
-    return indices.subarray(start, start + base + (this.rank < extra ? 1 : 0));
+    return indices.subarray(...blockRange(indices.length, this.rank, this.worldSize));
   }
 
   /** Copies rank 0's parameters and buffers into every rank's module. */

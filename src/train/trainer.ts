@@ -11,16 +11,15 @@ import type { ImageClassifier } from '../models/classifier.js';
 import { type AugmentConfig } from '../data/augment.js';
 import { type ImageSet, type Normalization, batchIndices, shuffled } from '../data/batches.js';
 import { type BatchSource, inlineBatches, workerBatches } from '../data/prefetch.js';
-import { assertFiniteWeights, countNonFinite, NonFiniteModelError } from '../eval/finite.js';
-import { computeMetrics, type Metrics } from '../eval/metrics.js';
-import { softmaxRows } from '../eval/calibration.js';
+import { assertFiniteWeights, countNonFinite } from '../eval/finite.js';
+import type { Metrics } from '../eval/metrics.js';
 import { type CosineSchedule, cosineLr } from './schedule.js';
 import { type LoopState, RunCheckpoints } from './checkpoint.js';
 import { WeightAverage } from './ema.js';
 import { softLabels } from './distill.js';
 import { mixBatch } from './mix.js';
-import { applyGradients, forwardBackward, LOSS_READ_INTERVAL, LossWindow, RESTART_ADVICE, type StepSettings } from './step.js';
-import { predictLogits, validateEpoch } from './validate.js';
+import { applyGradients, forwardBackward, LOSS_READ_INTERVAL, LossWindow, type StepSettings } from './step.js';
+import { divergedValidation, predictLogits, validateEpoch, validationMetrics } from './validate.js';
 import type { DataParallel } from './data-parallel.js';
 
 export { NonFiniteLossError } from './step.js';
@@ -240,10 +239,11 @@ async function trainEpoch(context: TrainingContext, loop: LoopState): Promise<{ 
     while (loop.batch < batches.length) {
       const started = performance.now();
       const batch = await queue.take(loop.batch);
-      E.manualSeed(stepSeed(config.seed, epoch, loop.batch)); // dropout and drop path draw from libtorch's generator
+      const seed = stepSeed(config.seed, epoch, loop.batch);
+      E.manualSeed(seed); // dropout and drop path draw from libtorch's generator
       const lr = cosineLr(loop.globalStep, context.schedule);
       optimizer.setLr(lr);
-      const mix = mixBatch(batch, config.augment, stepSeed(config.seed, epoch, loop.batch));
+      const mix = mixBatch(batch, config.augment, seed);
       const soft = run.distillation && softLabels(run.distillation, mine[loop.batch], model.numClasses, run.device, mix);
       const shard = parallel ? { offset: parallel.rank * mine[loop.batch].length, total: batches[loop.batch].length } : null;
       let loss: E.Tensor;
@@ -375,22 +375,10 @@ async function validateParallel(
 ): Promise<{ val?: Metrics; scores: Scores }> {
   const k = run.model.numClasses;
   const gathered = await parallel.gatherRows(logitsOf(parallel.split(run.valIndices)), k);
-  let val: Metrics | undefined;
-  let nonFinite = 0;
-  if (gathered) {
-    nonFinite = countNonFinite(gathered);
-    if (nonFinite === 0)
-      val = computeMetrics(
-        softmaxRows(gathered, run.valIndices.length, k),
-        Array.from(run.valIndices, (i) => run.data.labels[i]),
-        run.data.classes,
-      );
-  }
+  const nonFinite = gathered ? countNonFinite(gathered) : 0;
+  const val = gathered && nonFinite === 0 ? validationMetrics(gathered, run.data, run.valIndices) : undefined;
   const [accuracy, macroF1, nll, bad] = await parallel.broadcastNumbers(val ? [val.accuracy, val.macro_f1, val.nll, 0] : [0, 0, 0, nonFinite]);
-  if (bad > 0)
-    throw new NonFiniteModelError(
-      `training diverged: ${bad} validation outputs after epoch ${epoch + 1} are NaN or infinite; that model is neither kept as the best nor checkpointed. ${RESTART_ADVICE}`,
-    );
+  if (bad > 0) throw divergedValidation(bad, run.valIndices.length * k, epoch);
   return { val, scores: { accuracy, macro_f1: macroF1, nll } };
 }
 

@@ -47,13 +47,22 @@ export function predictLogits(model: ImageClassifier, data: ImageSet, indices: I
 export function validateEpoch(model: ImageClassifier, data: ImageSet, indices: Int32Array, epoch: number, options: PredictOptions): Metrics {
   const logits = predictLogits(model, data, indices, options);
   const nonFinite = countNonFinite(logits);
-  if (nonFinite > 0)
-    throw new NonFiniteModelError(
-      `training diverged: ${nonFinite} of ${logits.length} validation outputs after epoch ${epoch + 1} are NaN or infinite; that model is neither kept as the best nor checkpointed. ${RESTART_ADVICE}`,
-    );
+  if (nonFinite > 0) throw divergedValidation(nonFinite, logits.length, epoch);
+  return validationMetrics(logits, data, indices);
+}
+
+/** The metrics of validation logits [indices.length × classes], all finite. */
+export function validationMetrics(logits: Float32Array, data: ImageSet, indices: Int32Array): Metrics {
   return computeMetrics(
-    softmaxRows(logits, indices.length, model.numClasses),
+    softmaxRows(logits, indices.length, data.classes.length),
     Array.from(indices, (i) => data.labels[i]),
     data.classes,
+  );
+}
+
+/** The error for a model whose validation outputs are not all finite. */
+export function divergedValidation(nonFinite: number, total: number, epoch: number): NonFiniteModelError {
+  return new NonFiniteModelError(
+    `training diverged: ${nonFinite} of ${total} validation outputs after epoch ${epoch + 1} are NaN or infinite; that model is neither kept as the best nor checkpointed. ${RESTART_ADVICE}`,
   );
 }

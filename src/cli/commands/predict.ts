@@ -1,6 +1,7 @@
 import { type Command, InvalidArgumentError } from 'commander';
 import { BUNDLED_MODEL, type Classification, loadClassifier } from '../../api/classifier.js';
 import { modelInfo } from '../../api/model-info.js';
+import { blockRange } from '../../data/batches.js';
 import { escapeControl, inspectPath, walkFolder } from '../../data/files.js';
 import { CliError, printJson } from '../output.js';
 import { progressBar } from '../progress.js';
@@ -49,11 +50,7 @@ export function parseShard(value: string): Shard {
 
 /** Shard I's contiguous block of the list: the first (length mod N) blocks are one item longer. */
 export function shardOf<T>(items: readonly T[], shard: Shard): T[] {
-  const base = Math.floor(items.length / shard.count);
-  const extra = items.length % shard.count;
-  const i = shard.index - 1;
-  const start = i * base + Math.min(i, extra);
-  return items.slice(start, start + base + (i < extra ? 1 : 0));
+  return items.slice(...blockRange(items.length, shard.index - 1, shard.count));
 }
 
 // CSV and JSON keep names exactly (quoted); only the table for people escapes control characters.
