@@ -17,7 +17,7 @@ import {
 } from '../data/image.js';
 import { DEFAULT_GEOMETRY } from '../data/geometry.js';
 import { type InputRecipe, prepareImage, type PreparedImage, SCALE_RANGE, type ScaleReport, validateInputRecipe } from '../data/prepare.js';
-import { makeBatch } from '../data/batches.js';
+import { DIHEDRAL, makeBatch } from '../data/batches.js';
 import { mapLimit } from '../data/pool.js';
 import { showsOneCell } from '../data/scale.js';
 import { oodDistances } from '../eval/ood.js';
@@ -84,15 +84,6 @@ export type ImageInput = string | Uint8Array | DecodedImage;
 export interface PreparedInput extends PreparedImage {
   warnings: string[];
 }
-
-/** The dihedral group of the square on NCHW batches: 4 rotations, each with and without a mirror. */
-const DIHEDRAL: ((x: E.Tensor) => E.Tensor)[] = [0, 1, 2, 3].flatMap((turns) =>
-  [false, true].map((mirror) => (x: E.Tensor) => {
-    let out = mirror ? x.flip([3]) : x;
-    for (let k = 0; k < turns; k++) out = out.transpose(2, 3).flip([3]);
-    return out;
-  }),
-);
 
 /** Images decoded and prepared at once: enough to keep the cores busy, few enough to bound memory. */
 const PREPARE_CONCURRENCY = Math.min(4, availableParallelism());

@@ -79,6 +79,15 @@ export function shuffled(indices: ArrayLike<number>, seed: number): Int32Array {
   return out;
 }
 
+/** The dihedral group of the square on NCHW batches: 4 rotations, each with and without a mirror. */
+export const DIHEDRAL: ((x: E.Tensor) => E.Tensor)[] = [0, 1, 2, 3].flatMap((turns) =>
+  [false, true].map((mirror) => (x: E.Tensor) => {
+    let out = mirror ? x.flip([3]) : x;
+    for (let k = 0; k < turns; k++) out = out.transpose(2, 3).flip([3]);
+    return out;
+  }),
+);
+
 /**
  * The [start, end) of block `index` (from 0) when a list of `length` items is cut into `count` contiguous blocks in
  * order, the first (length mod count) of them one item longer.

@@ -7,7 +7,7 @@ import { readFile, rename } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import path from 'node:path';
 import * as E from '../engine/index.js';
-import { type ImageSet, type Normalization, makeBatch } from '../data/batches.js';
+import { DIHEDRAL, type ImageSet, type Normalization, makeBatch } from '../data/batches.js';
 import { loadModel } from '../models/io.js';
 import type { Mix } from './mix.js';
 import type { SoftLabels } from './step.js';
@@ -22,12 +22,6 @@ export interface DistillSettings {
 }
 
 export const TEACHER_FILE = 'teacher-targets.safetensors';
-
-/** The 8 flips and 90° rotations of an NCHW batch. */
-function dihedralViews(x: E.Tensor): E.Tensor[] {
-  const turned = [x, x.rot90(1, [2, 3]), x.rot90(2, [2, 3]), x.rot90(3, [2, 3])];
-  return [...turned, ...turned.map((t) => t.flip([3]))];
-}
 
 /**
  * The teachers' averaged probabilities at the temperature [n × classes], row i for image i of the set (rows of images
@@ -52,7 +46,7 @@ export async function computeTeacherTargets(
         const probabilities = E.tidy(() =>
           E.noGrad(() => {
             const { x } = makeBatch(data, batch, { normalization: options.normalization, device: options.device });
-            const views = dihedralViews(x).map((view) => E.withPrecision(options.precision, options.device, () => model.forward(view)).float());
+            const views = DIHEDRAL.map((view) => E.withPrecision(options.precision, options.device, () => model.forward(view(x))).float());
             return E.F.softmax(E.stack(views).mean([0]).div(settings.temperature), 1).data() as Float32Array;
           }),
         );
