@@ -6,7 +6,6 @@
 // (brightness, saturation, hue) is one 3×3 matrix per image, then contrast about each image's mean grey. What other
 // labs' images differ in follows: stain strength in haematoxylin–eosin space, colour temperature, blur and noise.
 import * as E from '../engine/index.js';
-import { seededRandom } from './random.js';
 
 export interface AugmentConfig {
   hflip: boolean;

@@ -129,9 +129,3 @@ export async function importPretrained(model: ImageClassifier, weights: Pretrain
   }
   return imports;
 }
-
-function windowOfTable(rows: number, key: string): number {
-  const side = Math.round(Math.sqrt(rows));
-  if (side * side !== rows || side % 2 === 0) throw new Error(`${key}: a table of ${rows} rows is not a (2w−1)² grid of a square window`);
-  return (side + 1) / 2;
-}

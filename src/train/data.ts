@@ -9,7 +9,7 @@ import { readPack } from '../data/pack.js';
 import { type InputRecipe, measureReference, PreparePool, type ReferenceScale } from '../data/prepare.js';
 import { scanDataset } from '../data/scan.js';
 import { makeSplit, readSplit, sha256Text, type Split, type SplitRow } from '../data/split.js';
-import { type MpmConfig, type MpmConfigInput, resolveMpmConfig } from '../preprocess/mpm.js';
+import { type MpmConfigInput, resolveMpmConfig } from '../preprocess/mpm.js';
 
 export interface TrainingDataOptions {
   source: DatasetSource | { pack: string };

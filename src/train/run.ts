@@ -275,7 +275,6 @@ async function trainLocked(runDir: string, config: RunConfig, request: TrainingR
   const resume = Boolean(request.resume);
   const { parallel } = request;
   const root = !parallel || parallel.isRoot;
-  const device = E.resolveDevice(config.device);
   // A fine-tuned model keeps its starting point's scale and colour, so the weights see cells as they learned them.
   const reference = config.init && config.data.normalizeScale !== false ? await referenceOf(config.init) : null;
   if (reference && root)
