@@ -1,9 +1,9 @@
-import { type Command, InvalidArgumentError } from 'commander';
+import type { Command } from 'commander';
 import { isIP } from 'node:net';
 import { DEFAULT_MAX_PIXELS } from '../../data/image.js';
 import { SERVE_DEFAULTS, type ServeOptions } from '../../serve/options.js';
 import { CliError } from '../output.js';
-import { classifierOptions, modelOption, parseFileSize, parsePositiveInt } from './shared.js';
+import { classifierOptions, modelOption, parseFileSize, parseNonNegativeInt, parsePort, parsePositiveInt } from './shared.js';
 
 export function registerServe(program: Command): void {
   const command = program
@@ -11,7 +11,7 @@ export function registerServe(program: Command): void {
     .description('serve the model over HTTP (POST /v1/classify, /v1/classify/batch, /v1/explain; GET /v1/model, /healthz, /metrics) and the review page at /')
     .argument('[folder]', 'a folder of images the review page may open (read-only)')
     .option('--host <host>', 'address to listen on; anything but a loopback address should have a --token', SERVE_DEFAULTS.host)
-    .option('--port <port>', 'port to listen on (0: a free one)', parsePort, SERVE_DEFAULTS.port)
+    .option('--port <port>', 'port to listen on (0: a free one)', parsePort(0), SERVE_DEFAULTS.port)
     .option('--token <token>', 'require Authorization: Bearer TOKEN on /v1/* and /metrics (default: $HEMATO_TOKEN)')
     .option('--cors <origin>', 'allow browser calls from this origin (default: none)')
     .option('--max-batch <n>', 'images per forward pass at most', parsePositiveInt, SERVE_DEFAULTS.maxBatch)
@@ -66,18 +66,6 @@ export function registerServe(program: Command): void {
       process.once('SIGINT', () => stop('SIGINT'));
     });
   });
-}
-
-function parsePort(value: string): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new InvalidArgumentError('expected a port number in 0..65535');
-  return n;
-}
-
-function parseNonNegativeInt(value: string): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError('expected a whole number of milliseconds');
-  return n;
 }
 
 function isLoopback(host: string): boolean {

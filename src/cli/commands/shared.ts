@@ -40,6 +40,21 @@ export function parseFileSize(value: string): number {
 
 export const MAX_FILE_SIZE_HELP = `skip files larger than this, in MiB or with a unit (B, K, M, G); FIFOs, devices and other special files are always skipped (default: ${DEFAULT_MAX_FILE_BYTES / 2 ** 20})`;
 
+export function parseNonNegativeInt(value: string): number {
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isInteger(n) || n < 0) throw new InvalidArgumentError('expected a whole number ≥ 0');
+  return n;
+}
+
+/** A TCP port from `min` (0 where a free port may be asked for) to 65535. */
+export function parsePort(min: 0 | 1): (value: string) => number {
+  return (value: string) => {
+    const n = Number(value);
+    if (value.trim() === '' || !Number.isInteger(n) || n < min || n > 65535) throw new InvalidArgumentError(`expected a port number in ${min}..65535`);
+    return n;
+  };
+}
+
 export function parseNumber(value: string): number {
   const n = Number(value);
   if (!Number.isFinite(n)) throw new InvalidArgumentError('expected a number');

@@ -1,6 +1,6 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { type Command, InvalidArgumentError } from 'commander';
+import type { Command } from 'commander';
 import * as E from '../../engine/index.js';
 import { listModels, modelAliases, type PretrainedWeights } from '../../models/index.js';
 import { NO_AUGMENT } from '../../data/augment.js';
@@ -14,7 +14,7 @@ import { CliError, prepareOutputDir, printJson } from '../output.js';
 import { launchPlan, launchWorkers, placeFromEnvironment, type RankPlace, withoutLaunchFlags } from '../launch.js';
 import { progressReporter } from '../progress.js';
 import { trainingProgress } from '../train-progress.js';
-import { parseChoice, parseFraction, parseNumber, parsePositiveInt, parseThreadCount } from './shared.js';
+import { parseChoice, parseFraction, parseNonNegativeInt, parseNumber, parsePort, parsePositiveInt, parseThreadCount } from './shared.js';
 import { DEFAULT_MASTER_PORT } from '../launch.js';
 
 /** Flags that set one run setting each, by commander's option name. */
@@ -187,7 +187,7 @@ export function registerTrain(program: Command): void {
     .option(
       '--master-port <port>',
       `the port where machine 0 meets the others (default: a free one on one machine, ${DEFAULT_MASTER_PORT} across machines)`,
-      parsePort,
+      parsePort(1),
     )
     .option(
       '--dist-timeout <seconds>',
@@ -275,18 +275,6 @@ export function registerTrain(program: Command): void {
 
 /** PyTorch's default time-out for a distributed run, in seconds. */
 const DEFAULT_DIST_TIMEOUT_S = 300;
-
-function parseNonNegativeInt(value: string): number {
-  const n = Number(value);
-  if (value.trim() === '' || !Number.isInteger(n) || n < 0) throw new InvalidArgumentError('expected an integer ≥ 0');
-  return n;
-}
-
-function parsePort(value: string): number {
-  const n = Number(value);
-  if (value.trim() === '' || !Number.isInteger(n) || n < 1 || n > 65535) throw new InvalidArgumentError('expected a port from 1 to 65535');
-  return n;
-}
 
 /** How to continue a distributed run: the same command with --resume, started as this one was. */
 function resumeAdvice(out: string, place: RankPlace): string {
