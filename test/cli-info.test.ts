@@ -92,7 +92,7 @@ test('info --json prints the card: identity, input and preprocessing, calibratio
   assert.equal(card.dtype, 'float16');
   assert.deepEqual(card.classes, [...PBC_CLASSES]);
   assert.equal(card.input_size, 64);
-  assert.deepEqual(card.preprocessing, { field: 300, size: 64, scale: RECIPE.scale, background: RECIPE.background, mpm: null });
+  assert.deepEqual(card.preprocessing, { field: 300, size: 64, scale: RECIPE.scale, background: [RECIPE.background], mpm: null });
   assert.equal(card.temperature, 1.25);
   assert.equal(card.uncertainty_threshold, 0.8);
   assert.deepEqual(card.out_of_distribution, { kind: 'mahalanobis', threshold: 123.5, validation_flagged: 0.05, features: FEATURES });

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { resizeRgb } from '../src/data/geometry.js';
 import { type RgbImage, readImageFile } from '../src/data/image.js';
-import { chooseScale, type InputRecipe, prepareImage, SCALE_RANGE, scaleChannels } from '../src/data/prepare.js';
+import { chooseScale, type InputRecipe, prepareImage, type Rgb, SCALE_RANGE, scaleChannels, whiteBalance } from '../src/data/prepare.js';
 import { measureCells, showsOneCell } from '../src/data/scale.js';
 import { magnify } from '../src/eval/shifts.js';
 
@@ -25,7 +25,10 @@ function sample(perClass: number): string[] {
 }
 
 const reference = { rbcDiameter: 73, rbcDiameterUm: 7.5, nucleusExtent: 114 };
-const recipe: InputRecipe = { geometry: { field: 360, size: 128 }, mpm: null, scale: reference, background: [255, 229, 202] };
+// PBC's two backgrounds: cream, and the lavender of a few per cent of its images.
+const CREAM: Rgb = [255, 229, 202];
+const LAVENDER: Rgb = [229, 222, 229];
+const recipe: InputRecipe = { geometry: { field: 360, size: 128 }, mpm: null, scale: reference, background: [CREAM, LAVENDER] };
 
 test('red-cell diameters over 200 PBC images: most images measured, estimates near their median, and they follow a resize', async () => {
   const found: Record<'1' | '0.5' | '2', number[]> = { 1: [], 0.5: [], 2: [] };
@@ -94,6 +97,16 @@ test('white balance: a yellow cast is taken out before the model sees the image'
   const mean = (img: RgbImage, c: number) => img.data.filter((_, i) => i % 3 === c).reduce((p, q) => p + q, 0) / (img.data.length / 3);
   for (const c of [0, 1, 2]) assert.ok(Math.abs(mean(a.image, c) - mean(b.image, c)) < 4, `channel ${c}: ${mean(a.image, c)} vs ${mean(b.image, c)}`);
   assert.ok(Math.abs(mean(image, 2) - mean(cast, 2)) > 25, 'the cast itself is strong');
+});
+
+test('white balance: a background close to a training one goes to it, any other to the median (the first)', () => {
+  const field = (background: readonly number[]): RgbImage => ({ width: 4, height: 4, data: Uint8Array.from({ length: 48 }, (_, i) => background[i % 3]) });
+  const balanced = (background: readonly number[], references: Rgb[]) => [...whiteBalance(field(background), background, references).data.subarray(0, 3)];
+  assert.deepEqual(balanced([230, 221, 228], [CREAM, LAVENDER]), LAVENDER, 'a lavender background stays lavender');
+  assert.deepEqual(balanced([255, 218, 162], [CREAM, LAVENDER]), CREAM, 'a yellow cast goes');
+  // A blue cast of cream lies nearer lavender than cream, but is not close to either.
+  assert.deepEqual(balanced([217, 211, 202], [CREAM, LAVENDER]), CREAM, 'a blue cast goes');
+  assert.deepEqual(balanced([230, 221, 228], [CREAM]), CREAM, 'with one reference, every background goes to it');
 });
 
 test('images with no red cells or only background get a clear scale source, never a crash', async () => {

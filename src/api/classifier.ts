@@ -16,7 +16,7 @@ import {
   withPixelBudget,
 } from '../data/image.js';
 import { DEFAULT_GEOMETRY } from '../data/geometry.js';
-import { type InputRecipe, prepareImage, type PreparedImage, SCALE_RANGE, type ScaleReport, validateInputRecipe } from '../data/prepare.js';
+import { backgroundColours, type InputRecipe, prepareImage, type PreparedImage, SCALE_RANGE, type ScaleReport, validateInputRecipe } from '../data/prepare.js';
 import { DIHEDRAL, makeBatch } from '../data/batches.js';
 import { mapLimit } from '../data/pool.js';
 import { showsOneCell } from '../data/scale.js';
@@ -166,7 +166,7 @@ export function inputRecipe(metadata: ModelMetadata): InputRecipe {
     geometry: preprocessing.geometry ?? { ...DEFAULT_GEOMETRY, size: metadata.inputSize },
     mpm: preprocessing.mpm ?? null,
     scale: preprocessing.scale ?? null,
-    background: preprocessing.background ?? null,
+    background: backgroundColours(preprocessing.background),
   });
 }
 

@@ -9,7 +9,7 @@ import type { SkippedFile } from './dataset.js';
 import { inspectPath, writeFileAtomic } from './files.js';
 import { DEFAULT_GEOMETRY, type GeometryConfig } from './geometry.js';
 import { mapLimit } from './pool.js';
-import { type BlobCodec, measureReference, PreparePool, type ReferenceScale } from './prepare.js';
+import { type BlobCodec, measureReference, PreparePool, type Reference, type ReferenceScale, type Rgb } from './prepare.js';
 import type { Part } from './split.js';
 
 const MAGIC = 'HMTPACK1';
@@ -43,7 +43,7 @@ export interface PackHeader {
   mpm: MpmConfig | null;
   /** The reference scale and background the images were brought to (absent in packs made before them). */
   scale?: ReferenceScale | null;
-  background?: [number, number, number] | null;
+  background?: Rgb | Rgb[] | null;
   /** sha256 of the split CSV the parts came from. */
   splitHash: string | null;
   source: string | null;
@@ -56,7 +56,7 @@ export interface WritePackOptions {
   geometry?: GeometryConfig;
   mpm?: MpmConfig | null;
   /** The scale and background to bring images to; absent: measured on the training part (or all items); null: none. */
-  reference?: { scale: ReferenceScale; background: [number, number, number] } | null;
+  reference?: Reference | null;
   /**
    * Lossless WebP by default: a model trained on lossy images loses accuracy on the originals (docs/data.md).
    * Lossy WebP at quality 85 keeps PBC at 128 px under 40 MiB, for carrying a pack to another machine.

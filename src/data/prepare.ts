@@ -27,6 +27,8 @@ export interface ReferenceScale {
   nucleusExtent: number;
 }
 
+export type Rgb = [number, number, number];
+
 /** How an image becomes the model's input; stored in the model file, so that classification repeats training. */
 export interface InputRecipe {
   /** The field is in source pixels at the reference scale (or of the file, without one). */
@@ -34,8 +36,11 @@ export interface InputRecipe {
   mpm: MpmConfig | null;
   /** null: the file's pixels are taken as they are (models made before scale normalisation). */
   scale: ReferenceScale | null;
-  /** The training data's background colour: each image is white-balanced to it. null: colours as they are. */
-  background: [number, number, number] | null;
+  /**
+   * The training data's background colours: their median first, then each distinct one of a sample. An image whose
+   * background is close to one of them is balanced to it; any other to the median. null: colours as they are.
+   */
+  background: Rgb[] | null;
 }
 
 export interface ScaleReport {
@@ -74,13 +79,17 @@ export function validateInputRecipe(recipe: InputRecipe): InputRecipe {
   if (recipe.scale !== null && !(positive(recipe.scale.rbcDiameter) && positive(recipe.scale.rbcDiameterUm) && positive(recipe.scale.nucleusExtent))) {
     throw new RangeError(`input recipe: scale needs positive rbcDiameter, rbcDiameterUm and nucleusExtent, got ${JSON.stringify(recipe.scale)}`);
   }
-  if (
-    recipe.background !== null &&
-    !(Array.isArray(recipe.background) && recipe.background.length === 3 && recipe.background.every((v) => Number.isFinite(v) && v > 0 && v <= 255))
-  ) {
-    throw new RangeError(`input recipe: background must be three numbers in (0, 255], got ${JSON.stringify(recipe.background)}`);
+  const isColour = (c: unknown) => Array.isArray(c) && c.length === 3 && c.every((v) => Number.isFinite(v) && v > 0 && v <= 255);
+  if (recipe.background !== null && !(Array.isArray(recipe.background) && recipe.background.length > 0 && recipe.background.every(isColour))) {
+    throw new RangeError(`input recipe: background must be a list of colours, each three numbers in (0, 255], got ${JSON.stringify(recipe.background)}`);
   }
   return recipe;
+}
+
+/** A recorded background as a list of colours: model files and packs made before the list record a single colour. */
+export function backgroundColours(recorded: Rgb | Rgb[] | null | undefined): Rgb[] | null {
+  if (!recorded) return null;
+  return Array.isArray(recorded[0]) ? (recorded as Rgb[]) : [recorded as Rgb];
 }
 
 /**
@@ -128,11 +137,23 @@ export async function prepareImage(image: RgbImage, recipe: InputRecipe, options
   return { image: prepared, scale, measures };
 }
 
-/** Per-channel gains that move the image's background to the reference's (limited to ×0.5–×2). */
-export function whiteBalance(image: RgbImage, background: readonly number[], reference: readonly number[]): RgbImage {
+/** How far (log colour, Euclidean) a background may lie from a training one and still count as that one. */
+const KNOWN_BACKGROUND = 0.03;
+
+/**
+ * Per-channel gains (limited to ×0.5–×2) that move the image's background to the training background it is close
+ * to, or else to their median. One scanner shows more than one background (PBC has a cream one and, in a few per
+ * cent of images, a lavender one): balancing all to the median would recolour images the model was trained on as
+ * they are, while a cast from another lamp or camera is far from all of them and goes.
+ */
+export function whiteBalance(image: RgbImage, background: readonly number[], references: readonly Rgb[]): RgbImage {
+  const logGains = (reference: Rgb) => [0, 1, 2].map((c) => Math.log(reference[c] / Math.max(1, background[c])));
+  const length = (v: number[]) => Math.hypot(...v);
+  const nearest = references.map(logGains).reduce((a, b) => (length(b) < length(a) ? b : a));
+  const gains = length(nearest) <= KNOWN_BACKGROUND ? nearest : logGains(references[0]);
   return scaleChannels(
     image,
-    [0, 1, 2].map((c) => Math.min(2, Math.max(0.5, reference[c] / Math.max(1, background[c])))),
+    gains.map((g) => Math.min(2, Math.max(0.5, Math.exp(g)))),
   );
 }
 
@@ -143,8 +164,14 @@ export function scaleChannels(image: RgbImage, gains: readonly number[]): RgbIma
   return { width: image.width, height: image.height, data: out };
 }
 
-/** The red-cell and nucleus sizes and the background colour of a data set: medians over its measurable images. */
-export function referenceFrom(measures: readonly CellMeasures[]): { scale: ReferenceScale; background: [number, number, number] } {
+/** What a data set's images are brought to: its scale and its background colours. */
+export interface Reference {
+  scale: ReferenceScale;
+  background: Rgb[];
+}
+
+/** A data set's red-cell and nucleus sizes (medians over the measurable images) and background colours (median first, then each distinct one). */
+export function referenceFrom(measures: readonly CellMeasures[]): Reference {
   const median = (values: number[]) => {
     if (!values.length)
       throw new Error(
@@ -159,15 +186,12 @@ export function referenceFrom(measures: readonly CellMeasures[]): { scale: Refer
       rbcDiameterUm: RBC_DIAMETER_UM,
       nucleusExtent: median(measures.flatMap((m) => (m.nucleusExtent ? [m.nucleusExtent] : []))),
     },
-    background: [0, 1, 2].map((c) => median(measures.map((m) => m.background[c]))) as [number, number, number],
+    background: [[0, 1, 2].map((c) => median(measures.map((m) => m.background[c]))) as Rgb, ...distinctColours(measures.map((m) => m.background))],
   };
 }
 
 /** The reference of a data set, from a seeded sample of its (training) files; unreadable files are passed over. */
-export async function measureReference(
-  paths: readonly string[],
-  options: { sample?: number; seed?: number; maxPixels?: number } = {},
-): Promise<{ scale: ReferenceScale; background: [number, number, number] }> {
+export async function measureReference(paths: readonly string[], options: { sample?: number; seed?: number; maxPixels?: number } = {}): Promise<Reference> {
   const sample = seededSample(paths, options.sample ?? 400, options.seed ?? 0);
   const measures: CellMeasures[] = [];
   for (const file of sample) {
@@ -175,6 +199,12 @@ export async function measureReference(
     if (image) measures.push(measureCells(image));
   }
   return referenceFrom(measures);
+}
+
+/** The colours rounded to whole values, each once, in order. */
+function distinctColours(colours: readonly Rgb[]): Rgb[] {
+  const keys = new Set(colours.map((c) => c.map(Math.round).join(',')));
+  return [...keys].sort().map((key) => key.split(',').map(Number) as Rgb);
 }
 
 /** n items chosen by a seeded Fisher–Yates shuffle, kept in their original order. */

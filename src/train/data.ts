@@ -6,7 +6,7 @@ import type { ImageSet } from '../data/batches.js';
 import { type DatasetSource, listDataset, PBC_CLASSES, type SkippedFile } from '../data/dataset.js';
 import { DEFAULT_GEOMETRY, type GeometryConfig } from '../data/geometry.js';
 import { readPack } from '../data/pack.js';
-import { type InputRecipe, measureReference, PreparePool, type ReferenceScale } from '../data/prepare.js';
+import { backgroundColours, type InputRecipe, measureReference, PreparePool, type ReferenceScale, type Rgb } from '../data/prepare.js';
 import { scanDataset } from '../data/scan.js';
 import { makeSplit, readSplit, sha256Text, type Split, type SplitRow } from '../data/split.js';
 import { type MpmConfigInput, resolveMpmConfig } from '../preprocess/mpm.js';
@@ -26,7 +26,7 @@ export interface TrainingDataOptions {
   /** With normalizeScale: also white-balance every image to the training background (default true). */
   whiteBalance?: boolean;
   /** The scale and background to bring images to (a fine-tuned model's starting point's); absent: measured here. */
-  reference?: { scale: ReferenceScale; background: [number, number, number] | null };
+  reference?: { scale: ReferenceScale; background: Rgb[] | null };
 }
 
 export interface TrainingData {
@@ -132,7 +132,12 @@ async function fromPack(file: string, inputSize: number, mpm: boolean): Promise<
     val: indicesOf('val'),
     splitHash: pack.header.splitHash,
     madeSplit: null,
-    preprocessing: { geometry: pack.header.geometry, mpm: pack.header.mpm, scale: pack.header.scale ?? null, background: pack.header.background ?? null },
+    preprocessing: {
+      geometry: pack.header.geometry,
+      mpm: pack.header.mpm,
+      scale: pack.header.scale ?? null,
+      background: backgroundColours(pack.header.background),
+    },
     skipped: pack.header.skipped,
   };
 }

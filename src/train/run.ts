@@ -8,7 +8,7 @@ import path from 'node:path';
 import * as E from '../engine/index.js';
 import { finishRun, type RunSummary } from './finish.js';
 import type { SkippedFile } from '../data/dataset.js';
-import type { InputRecipe, ReferenceScale } from '../data/prepare.js';
+import { backgroundColours, type InputRecipe, type ReferenceScale, type Rgb } from '../data/prepare.js';
 import { writeSplit } from '../data/split.js';
 import type { ImageClassifier } from '../models/classifier.js';
 import { isHematoModelFile, loadModel, readModelMetadata, saveModel } from '../models/io.js';
@@ -201,9 +201,9 @@ async function checkData(runDir: string, data: TrainingData, request: TrainingRe
 }
 
 /** The scale and background a model file was trained at, where it records them. */
-async function referenceOf(file: string): Promise<{ scale: ReferenceScale; background: [number, number, number] | null } | null> {
+async function referenceOf(file: string): Promise<{ scale: ReferenceScale; background: Rgb[] | null } | null> {
   const recipe = (await readModelMetadata(file)).preprocessing as Partial<InputRecipe> | null;
-  return recipe?.scale ? { scale: recipe.scale, background: recipe.background ?? null } : null;
+  return recipe?.scale ? { scale: recipe.scale, background: backgroundColours(recipe.background) } : null;
 }
 
 /** Whether a file is a hemato model (or else a timm checkpoint), with the flag that named it in any error. */

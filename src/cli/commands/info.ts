@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { BUNDLED_MODEL } from '../../api/classifier.js';
 import { type ModelCard, modelCard, type ModelFile, readModelFile } from '../../api/model-info.js';
 import { fsReason } from '../../data/files.js';
+import type { Rgb } from '../../data/prepare.js';
 import { CliError, printJson } from '../output.js';
 
 export function registerInfo(program: Command): void {
@@ -44,7 +45,7 @@ function printCard(card: Card): void {
         ? `brought to the training data's: red cell ${p.scale.rbcDiameter.toFixed(1)} px (${p.scale.rbcDiameterUm} µm), nucleus ${p.scale.nucleusExtent.toFixed(1)} px`
         : "none: the file's pixels as they are",
     ],
-    ['background', p.background ? `white-balanced to rgb(${p.background.map((v) => Math.round(v)).join(', ')})` : 'none: colours as they are'],
+    ['background', backgroundLine(p.background)],
     ['MPM', p.mpm ? 'on' : 'off'],
     ['temperature', card.temperature === null ? 'none (not calibrated)' : card.temperature.toFixed(4)],
     ['uncertainty', card.uncertainty_threshold === null ? 'no threshold stored (0.5 applies)' : `flagged below ${card.uncertainty_threshold.toFixed(4)}`],
@@ -68,4 +69,10 @@ function printCard(card: Card): void {
   const provenance = Object.entries(card.provenance);
   process.stdout.write(`provenance${provenance.length ? '' : '           none recorded'}\n`);
   for (const [key, value] of provenance) process.stdout.write(`  ${key.padEnd(18)} ${typeof value === 'string' ? value : JSON.stringify(value)}\n`);
+}
+
+function backgroundLine(colours: readonly Rgb[] | null): string {
+  if (!colours) return 'none: colours as they are';
+  const rgb = (c: Rgb) => `rgb(${c.map((v) => Math.round(v)).join(', ')})`;
+  return colours.length === 1 ? `white-balanced to ${rgb(colours[0])}` : `white-balanced to the nearest of ${colours.length} training background colours`;
 }
