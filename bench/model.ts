@@ -234,7 +234,7 @@ async function comparePeer(): Promise<Record<string, unknown>> {
       );
     }
     return {
-      model: 'bundled convnext-atto (convnext-only)',
+      model: 'bundled convnext-atto (convnext_only_atto)',
       weights: path.basename(bundledModel),
       params,
       batch: PEER.batch,

@@ -3,7 +3,8 @@
 //   negatives (must be flagged): 3×3 montages, empty background, red-cell-only corners, rendered text, uniform noise;
 //   rescaled cells (×0.33 and ×3): must be classified correctly or flagged.
 // Reports the flagged-or-correct share, the flag rate per kind, the uncertain rate on the unaltered images and the
-// detector's AUROC between unaltered images and negatives. The last line on stdout is one JSON document.
+// detector's AUROC between unaltered images and negatives, all together and kind by kind. The last line on stdout
+// is one JSON document.
 import path from 'node:path';
 import sharp from 'sharp';
 import { loadClassifier } from '../src/api/classifier.js';
@@ -124,6 +125,7 @@ async function main(): Promise<void> {
       uncertain_original: byKind.original.flagged,
       accuracy_original: byKind.original.accuracy,
       ood_auroc: classifier.ood ? auroc(inliers, outliers) : null,
+      ood_auroc_by_kind: classifier.ood ? Object.fromEntries(NEGATIVES.map((kind) => [kind, auroc(inliers, outcome.get(kind)!.distances)])) : null,
       by_kind: byKind,
     }),
   );

@@ -10,14 +10,14 @@ import { fitDetector } from '../src/api/detector.js';
 import { IMAGENET_NORMALIZATION } from '../src/data/batches.js';
 import { PBC_CLASSES } from '../src/data/dataset.js';
 import { readImageFile, type RgbImage } from '../src/data/image.js';
-import { loadModel, saveModel } from '../src/models/io.js';
+import { loadModel, type OodInfo, saveModel } from '../src/models/io.js';
 import { createModel } from '../src/models/index.js';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'hemato-reasons-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
 const PBC = path.resolve('../shared/data/pbc');
 
-async function modelFile(ood: { threshold: number } | null): Promise<string> {
+async function modelFile(ood: { threshold: number } | OodInfo | null): Promise<string> {
   E.manualSeed(0);
   const model = createModel('convnext-only', { numClasses: 8, inputSize: 64 });
   const features = 320;
@@ -34,11 +34,12 @@ async function modelFile(ood: { threshold: number } | null): Promise<string> {
     },
     ood: ood && {
       kind: 'mahalanobis',
-      threshold: ood.threshold,
+      pooling: 'pre-logits',
       validationFlagged: 0.04,
       features,
       means: new Float32Array(8 * features),
       precision: Float32Array.from({ length: features * features }, (_, i) => (i % (features + 1) === 0 ? 1 : 0)),
+      ...ood,
     },
   });
   model.dispose();
@@ -97,11 +98,25 @@ test('fitDetector: statistics from training images, a threshold that flags the c
         .slice(offset, offset + per)
         .map((file) => ({ file: `${label}/${file}`, path: path.join(folder, file), label }));
     });
+  const preLogits = await fitDetector(classifier, items(3, 0), items(3, 3), { flagged: 0.25, pooling: 'pre-logits' });
+  assert.equal(preLogits.features, 320);
+  assert.equal(preLogits.means.length, 8 * 320);
+  assert.equal(preLogits.precision.length, 320 * 320);
+  // By default, the standard deviations of ConvNeXt-atto's four stages: 40 + 80 + 160 + 320 channels.
   const ood = await fitDetector(classifier, items(3, 0), items(3, 3), { flagged: 0.25 });
-  assert.equal(ood.features, 320);
-  assert.equal(ood.means.length, 8 * 320);
-  assert.equal(ood.precision.length, 320 * 320);
-  assert.ok(ood.threshold > 0 && Number.isFinite(ood.threshold));
-  assert.ok(ood.validationFlagged > 0 && ood.validationFlagged <= 0.25, `${ood.validationFlagged}`);
+  assert.equal(ood.pooling, 'stage-std');
+  assert.equal(ood.features, 600);
+  assert.equal(ood.precision[40 * 600 + 39], 0, 'stages are fitted apart: no precision between them');
+  for (const detector of [preLogits, ood]) {
+    assert.ok(detector.threshold > 0 && Number.isFinite(detector.threshold));
+    assert.ok(detector.validationFlagged > 0 && detector.validationFlagged <= 0.25, `${detector.validationFlagged}`);
+  }
   classifier.dispose();
+  // Classification computes the features as fitting did: the same validation images are flagged at the same rate.
+  const fitted = await loadClassifier(await modelFile(ood), { device: 'cpu', precision: 'fp32' });
+  const results = (await fitted.classifyBatch(items(3, 3).map((i) => i.path))).map(classified);
+  const flagged = results.filter((r) => r.reasons.includes('out-of-distribution')).length / results.length;
+  // The image at the threshold may fall either side by rounding.
+  assert.ok(Math.abs(flagged - ood.validationFlagged) <= 1 / results.length, `${flagged} vs ${ood.validationFlagged}`);
+  fitted.dispose();
 });

@@ -38,6 +38,7 @@ async function models(): Promise<{ full: string; bare: string }> {
   const bare = path.join(dir, 'bare.safetensors');
   const ood = {
     kind: 'mahalanobis' as const,
+    pooling: 'stage-std' as const,
     threshold: 123.5,
     validationFlagged: 0.05,
     features: FEATURES,
@@ -95,7 +96,7 @@ test('info --json prints the card: identity, input and preprocessing, calibratio
   assert.deepEqual(card.preprocessing, { field: 300, size: 64, scale: RECIPE.scale, background: [RECIPE.background], mpm: null });
   assert.equal(card.temperature, 1.25);
   assert.equal(card.uncertainty_threshold, 0.8);
-  assert.deepEqual(card.out_of_distribution, { kind: 'mahalanobis', threshold: 123.5, validation_flagged: 0.05, features: FEATURES });
+  assert.deepEqual(card.out_of_distribution, { kind: 'mahalanobis', pooling: 'stage-std', threshold: 123.5, validation_flagged: 0.05, features: FEATURES });
   assert.deepEqual(card.provenance, PROVENANCE);
 });
 
@@ -107,7 +108,7 @@ test('info prints the card for people, and says what a model lacks', async () =>
   assert.match(run.stdout, /^input +64 px from a centred 300 px field$/m);
   assert.match(run.stdout, /^scale +.*red cell 73\.0 px \(7\.5 µm\), nucleus 114\.0 px$/m);
   assert.match(run.stdout, /^background +white-balanced to rgb\(250, 230, 200\)$/m);
-  assert.match(run.stdout, /^out-of-distribution +mahalanobis detector, threshold 123\.50 \(flags 5\.0 % of validation images\)$/m);
+  assert.match(run.stdout, /^out-of-distribution +mahalanobis detector on stage-std features, threshold 123\.50 \(flags 5\.0 % of validation images\)$/m);
   assert.match(run.stdout, new RegExp(`^sha256 +${sha256(full)}$`, 'm'));
   assert.match(run.stdout, /^ {2}validation +\{"accuracy":0\.97\}$/m);
 

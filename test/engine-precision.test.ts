@@ -71,7 +71,7 @@ test("the classifier's automatic precision is the table's entry for its model on
   assert.equal(defaultPrecision('cuda', 'dualpath-atto'), 'bf16');
   const classifier = await loadClassifier(BUNDLED_MODEL, { device: 'cpu' });
   try {
-    assert.equal(classifier.metadata.architecture, 'convnext-only');
+    assert.equal(classifier.metadata.architecture, 'convnext_only_atto');
     assert.equal(classifier.precision, expected);
   } finally {
     classifier.dispose();

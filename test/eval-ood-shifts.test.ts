@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import * as E from '../src/engine/index.js';
 import { augmentBatch, backgroundOf, NO_AUGMENT, seededRandom } from '../src/data/augment.js';
 import { readImageFile } from '../src/data/image.js';
-import { fitOodStatistics, oodDistances, oodThreshold } from '../src/eval/ood.js';
+import { fitBlockOodStatistics, fitOodStatistics, oodDistances, oodThreshold } from '../src/eval/ood.js';
 import { magnify, selectShifts, SHIFTS, stain } from '../src/eval/shifts.js';
 
 const PBC = path.resolve('../shared/data/pbc');
@@ -37,6 +37,39 @@ test('Mahalanobis OOD: in-distribution points sit near their class, shifted poin
     'every shifted point is flagged',
   );
   assert.throws(() => fitOodStatistics(new Float32Array(4), [0, 1], 3), /at least 6 images/);
+});
+
+test('block OOD statistics: each block weighted to a median training distance of 1, the distance their sum to one class', () => {
+  const a = clusters(600, 4, 3, 1);
+  const b = clusters(600, 6, 3, 2);
+  // Rows of [a | 10 × b]: the second block's raw scale would swamp the first without its weight.
+  const joined = (x: Float32Array, y: Float32Array, n: number) =>
+    Float32Array.from({ length: n * 10 }, (_, k) => {
+      const [i, j] = [Math.floor(k / 10), k % 10];
+      return j < 4 ? x[i * 4 + j] : 10 * y[i * 6 + j - 4];
+    });
+  const stats = fitBlockOodStatistics(joined(a.features, b.features, 600), a.labels, 3, [4, 6]);
+  assert.equal(stats.features, 10);
+  for (let i = 0; i < 4; i++) for (let j = 4; j < 10; j++) assert.equal(stats.precision[i * 10 + j], 0);
+  const train = oodDistances(joined(a.features, b.features, 600), stats);
+  const median = Float64Array.from(train).sort()[300];
+  // The sum of two medians of 1 (a point's nearest class may differ between blocks, so about 2, not exactly).
+  assert.ok(median > 1.6 && median < 2.6, `median training distance ${median}`);
+  // The fast distance agrees with (x − μ)ᵀP(x − μ) written out.
+  const x = joined(clusters(5, 4, 3, 7, 2).features, clusters(5, 6, 3, 8).features, 5);
+  const fast = oodDistances(x, stats);
+  for (let i = 0; i < 5; i++) {
+    let best = Infinity;
+    for (let c = 0; c < 3; c++) {
+      const diff = Array.from({ length: 10 }, (_, j) => x[i * 10 + j] - stats.means[c * 10 + j]);
+      best = Math.min(
+        best,
+        diff.reduce((sum, da, p) => sum + da * diff.reduce((row, db, q) => row + stats.precision[p * 10 + q] * db, 0), 0),
+      );
+    }
+    assert.ok(Math.abs(fast[i] - best) < 1e-6 * Math.max(1, best), `${fast[i]} vs ${best}`);
+  }
+  assert.throws(() => fitBlockOodStatistics(new Float32Array(50), a.labels.subarray(0, 6), 3, [4, 6]), /50 values for 6 rows of 10/);
 });
 
 test('shift suite: the named shifts, magnification about the centre, and a stain factor of 1 that changes nothing', async () => {

@@ -90,11 +90,19 @@ test('an unknown name is an error that lists the names and the aliases', () => {
 });
 
 test('model files keep the architecture they recorded; new files record the canonical name', async () => {
-  // The bundled model was saved under the earlier name.
-  const { model: bundled, metadata } = await loadModel(BUNDLED_MODEL);
+  // A file saved under the earlier name, as models made before the canonical names were.
+  const earlier = path.join(dir, 'earlier-name.safetensors');
+  const convnext = createModel('convnext_only_atto', { numClasses: 2, inputSize: 64 });
+  await saveModel(earlier, convnext, { classes: ['a', 'b'], normalization: IMAGENET_NORMALIZATION });
+  convnext.dispose();
+  const saved0 = await E.loadSafetensors(earlier);
+  const info = JSON.parse(saved0.metadata.hemato);
+  await E.saveSafetensors(earlier, saved0.tensors, { hemato: JSON.stringify({ ...info, architecture: 'convnext-only' }) });
+  E.dispose([...saved0.tensors.values()]);
+  const { model: old, metadata } = await loadModel(earlier);
   assert.equal(metadata.architecture, 'convnext-only');
-  assert.equal(bundled.spec!.architecture, 'convnext_only_atto');
-  bundled.dispose();
+  assert.equal(old.spec!.architecture, 'convnext_only_atto');
+  old.dispose();
   const file = path.join(dir, 'alias.safetensors');
   E.manualSeed(0);
   const model = createModel('swin-only', { numClasses: 2, inputSize: 64 });

@@ -4,6 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as E from '../src/engine/index.js';
 import { createModel, listModels, type ImageClassifier, type ModelOptions } from '../src/models/index.js';
+import { maxAbsDiff } from './helpers.js';
 
 const SIZES = [64, 96, 128, 224];
 const NUM_CLASSES = 8;
@@ -100,6 +101,28 @@ for (const name of Object.keys(FEATURES).filter((n) => !SMALL.has(n))) {
 }
 
 test('dualpath_atto with iterative AFF at 128 px: shapes and gradients', () => check('dualpath_atto', 128, 1, { iterativeAff: true }));
+
+test("forwardIntermediates: each stage's map, NCHW, with the channels intermediateChannels names, and forwardFeatures' output", () => {
+  for (const name of SMALL) {
+    const model = createModel(name, { numClasses: NUM_CLASSES, inputSize: 64 }).eval();
+    const x = E.randn([2, 3, 64, 64], { seed: 1 });
+    E.tidy(() =>
+      E.noGrad(() => {
+        const { features, intermediates } = model.forwardIntermediates(x);
+        assert.deepEqual(
+          intermediates.map((map) => map.shape[1]),
+          [...model.intermediateChannels],
+          name,
+        );
+        for (const map of intermediates)
+          assert.ok(map.ndim === 4 && map.shape[0] === 2 && map.shape[2] === map.shape[3] && 64 % map.shape[2] === 0, `${name}: [${map.shape}]`);
+        assert.equal(maxAbsDiff(features.toArray(), model.forwardFeatures(x).toArray()), 0, `${name}: the same features as forwardFeatures`);
+      }),
+    );
+    x.dispose();
+    model.dispose();
+  }
+});
 
 test('Swin models refuse inputs of another size than they were built for, saying what to do', () => {
   const model = createModel('swin-only', { numClasses: 2, inputSize: 128 }).eval();

@@ -59,9 +59,9 @@ test('POST /v1/classify answers like one entry of predict --json, from a raw bod
   const raw = await post('/v1/classify?top_k=2&name=cell.jpg', basophil.bytes);
   assert.equal(raw.status, 200);
   const answer = await raw.json();
-  assert.equal(answer.model, 'convnext-only');
+  assert.equal(answer.model, 'convnext_only_atto');
   assert.equal(answer.sha256, createHash('sha256').update(basophil.bytes).digest('hex'));
-  assert.equal(answer.model_info.architecture, 'convnext-only');
+  assert.equal(answer.model_info.architecture, 'convnext_only_atto');
   assert.match(answer.model_info.sha256, /^[0-9a-f]{64}$/);
   assert.deepEqual(Object.keys(answer.result), ['file', 'predictions', 'uncertain', 'reasons', 'scale']);
   assert.deepEqual(Object.keys(answer), ['model', 'model_info', 'sha256', 'result']);
@@ -283,7 +283,7 @@ test("GET /v1/model gives the card without the server's file paths; /healthz and
   assert.equal(card.model_info.sha256, model_info.sha256);
   assert.equal(card.file, undefined);
   assert.ok(card.provenance);
-  assert.deepEqual(await (await fetch(`${server.url}/healthz`)).json(), { status: 'ok', model: 'convnext-only' });
+  assert.deepEqual(await (await fetch(`${server.url}/healthz`)).json(), { status: 'ok', model: 'convnext_only_atto' });
   const page = await fetch(`${server.url}/`);
   assert.equal(page.status, 200);
   assert.match(page.headers.get('content-type') ?? '', /text\/html/);
@@ -350,7 +350,7 @@ test('hemato serve --json prints {url, model} once listening, and SIGTERM finish
     });
     const { url, model } = JSON.parse(line);
     assert.match(url, /^http:\/\/127\.0\.0\.1:\d+$/);
-    assert.equal(model, 'convnext-only');
+    assert.equal(model, 'convnext_only_atto');
     const accepted = post('/v1/classify', basophil.bytes, undefined, url);
     await new Promise((resolve) => setTimeout(resolve, 100));
     const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));

@@ -6,6 +6,30 @@ import { chooseUncertaintyThreshold, fitTemperature, nllAt, softmaxRows } from '
 
 const close = (a: number, b: number, tol = 1e-9) => assert.ok(Math.abs(a - b) <= tol, `${a} ≠ ${b}`);
 
+test('bootstrap intervals: around the estimate, the same every time, narrower with more images, wide for a rare class', () => {
+  const classes = ['a', 'b'];
+  // 90 % correct; class b has 3 images, one of them wrong.
+  const case_ = (n: number) => {
+    const labels = Array.from({ length: n }, (_, i) => (i < 3 ? 1 : 0));
+    const predicted = labels.map((l, i) => (i === 0 || (i >= 3 && i % 10 === 0) ? 1 - l : l));
+    return computeMetrics(
+      predicted.flatMap((p) => (p === 0 ? [0.9, 0.1] : [0.1, 0.9])),
+      labels,
+      classes,
+    );
+  };
+  const small = case_(100);
+  const large = case_(1000);
+  for (const m of [small, large]) {
+    assert.ok(m.accuracy_interval[0] <= m.accuracy && m.accuracy <= m.accuracy_interval[1], JSON.stringify(m.accuracy_interval));
+    assert.ok(m.balanced_accuracy_interval[0] <= m.balanced_accuracy && m.balanced_accuracy <= m.balanced_accuracy_interval[1]);
+  }
+  assert.deepEqual(case_(100).accuracy_interval, small.accuracy_interval, 'seeded');
+  const width = ([lo, hi]: [number, number]) => hi - lo;
+  assert.ok(width(large.accuracy_interval) < width(small.accuracy_interval) / 2, 'about 1/√10 as wide with 10× the images');
+  assert.ok(width(large.balanced_accuracy_interval) > 3 * width(large.accuracy_interval), 'three images of b make the balanced accuracy uncertain');
+});
+
 test('metrics on a three-class case computed by hand', () => {
   // True:      a a b b c c ; predicted: a b b b c a
   const classes = ['a', 'b', 'c'];

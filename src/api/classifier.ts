@@ -21,7 +21,7 @@ import { DIHEDRAL, makeBatch } from '../data/batches.js';
 import { mapLimit } from '../data/pool.js';
 import { showsOneCell } from '../data/scale.js';
 import { oodDistances } from '../eval/ood.js';
-import { loadModel, type ModelMetadata, type OodInfo } from '../models/io.js';
+import { loadModel, type ModelMetadata, type OodInfo, type OodPooling } from '../models/io.js';
 import type { ImageClassifier } from '../models/classifier.js';
 import { softmaxRows } from '../eval/calibration.js';
 import { explainImage, type ExplainOptions, type Explanation } from './explain.js';
@@ -222,10 +222,12 @@ export class Classifier {
   }
 
   /**
-   * Logits and, where the model has a detector, each image's out-of-distribution distance: the squared Mahalanobis
-   * distance of its pooled features to the nearest class.
+   * Logits, each image's features pooled as `pooling` says (by default as the detector pools them), and, where the
+   * model has a detector, each image's out-of-distribution distance.
    */
-  score(images: RgbImage[]): { logits: Float32Array; features: Float32Array; distances: Float64Array | null } {
+  score(images: RgbImage[], options: { pooling?: OodPooling } = {}): { logits: Float32Array; features: Float32Array; distances: Float64Array | null } {
+    const pooling = options.pooling ?? this.ood?.pooling ?? 'pre-logits';
+    const stageStd = pooling === 'stage-std' || this.ood?.pooling === 'stage-std';
     const size = this.metadata.inputSize;
     const pixels = size * size * 3;
     const data = new Uint8Array(images.length * pixels);
@@ -235,24 +237,35 @@ export class Classifier {
       data.set(image.data, i * pixels);
     });
     const set = { images: data, size, labels: new Int32Array(images.length), classes: this.classes };
-    const { logits, features } = E.tidy(() =>
+    const { logits, pooled } = E.tidy(() =>
       E.noGrad(() => {
         const { x } = makeBatch(set, Int32Array.from(images.keys()), { normalization: this.metadata.normalization, device: this.device });
         return E.withPrecision(this.precision, this.device, () => {
           // Under test-time augmentation the pooled features are averaged over the views; the head is linear, so
           // the logits are the views' mean logits.
-          const views = this.tta
-            ? DIHEDRAL.map((view) => this.model.forwardHead(this.model.forwardFeatures(view(x)), true))
-            : [this.model.forwardHead(this.model.forwardFeatures(x), true)];
-          const pooled = views.length === 1 ? views[0] : E.stack(views).mean(0);
+          const views = (this.tta ? DIHEDRAL : [(t: E.Tensor) => t]).map((view) => {
+            const { features, intermediates } = this.model.forwardIntermediates(view(x));
+            return {
+              preLogits: this.model.forwardHead(features, true),
+              stageStd: stageStd
+                ? E.cat(
+                    intermediates.map((map) => map.float().std([2, 3], { unbiased: false })),
+                    1,
+                  )
+                : null,
+            };
+          });
+          const mean = (pooled: E.Tensor[]) => (pooled.length === 1 ? pooled[0] : E.stack(pooled).mean(0));
+          const preLogits = mean(views.map((v) => v.preLogits));
+          const read = (t: E.Tensor) => t.float().data() as Float32Array;
           return {
-            logits: this.model.head!.fc.forward(pooled).float().data() as Float32Array,
-            features: pooled.float().data() as Float32Array,
+            logits: read(this.model.head!.fc.forward(preLogits)),
+            pooled: { 'pre-logits': read(preLogits), 'stage-std': stageStd ? read(mean(views.map((v) => v.stageStd!))) : null },
           };
         });
       }),
     );
-    return { logits, features, distances: this.ood ? oodDistances(features, this.ood) : null };
+    return { logits, features: pooled[pooling]!, distances: this.ood ? oodDistances(pooled[this.ood.pooling]!, this.ood) : null };
   }
 
   /** Classifies one image; a failure throws an Error carrying the ClassificationErrorCode as `code`, where there is one. */

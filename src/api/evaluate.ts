@@ -5,6 +5,7 @@ import type { ScaleReport } from '../data/prepare.js';
 import { showsOneCell } from '../data/scale.js';
 import { evaluateScores, type ScoredItems, type ShiftResult } from '../eval/evaluation.js';
 import type { Shift } from '../eval/shifts.js';
+import type { OodPooling } from '../models/io.js';
 import type { Classifier } from './classifier.js';
 
 export { evaluateScores, type Evaluation, type ImagePrediction, imagePredictions, type ScoredItems, shiftTable, writeReport } from '../eval/evaluation.js';
@@ -14,8 +15,8 @@ export interface ScoreOptions {
   onProgress?: (done: number, total: number) => void;
   /** Applied to each decoded image before the classifier prepares it (the shift suite). */
   transform?: (image: RgbImage) => Promise<RgbImage>;
-  /** Keep each image's pooled features too (fitting the out-of-distribution detector). */
-  features?: boolean;
+  /** Keep each image's features too, pooled this way (fitting the out-of-distribution detector). */
+  features?: OodPooling;
 }
 
 /** Runs the classifier over labelled items in batches; unreadable files are reported, not fatal. */
@@ -47,7 +48,14 @@ export async function scoreItems(classifier: Classifier, items: DatasetItem[], o
     const good = prepared.filter((p): p is { item: DatasetItem; image: Awaited<ReturnType<Classifier['prepare']>> } => 'image' in p);
     for (const p of prepared) if ('error' in p) failed.push({ path: p.item.path, reason: (p.error as Error).message });
     if (good.length) {
-      const { logits: batch, distances: batchDistances, features: batchFeatures } = classifier.score(good.map((g) => g.image.image));
+      const {
+        logits: batch,
+        distances: batchDistances,
+        features: batchFeatures,
+      } = classifier.score(
+        good.map((g) => g.image.image),
+        { pooling: options.features },
+      );
       if (batchDistances) distances.push(...batchDistances);
       if (options.features) features.push(batchFeatures);
       for (let i = 0; i < batch.length; i++) logits.push(batch[i]);

@@ -77,7 +77,9 @@ export function modelCard({ file, bytes, identity, metadata }: ModelFile) {
     temperature: metadata.temperature ?? null,
     uncertainty_threshold: metadata.uncertaintyThreshold ?? null,
     tta: metadata.tta ? { temperature: metadata.tta.temperature, uncertainty_threshold: metadata.tta.uncertaintyThreshold } : null,
-    out_of_distribution: ood ? { kind: ood.kind, threshold: ood.threshold, validation_flagged: ood.validationFlagged, features: ood.features } : null,
+    out_of_distribution: ood
+      ? { kind: ood.kind, pooling: ood.pooling, threshold: ood.threshold, validation_flagged: ood.validationFlagged, features: ood.features }
+      : null,
     provenance: metadata.provenance ?? {},
   };
 }

@@ -1,5 +1,6 @@
 // Classification metrics over predicted probabilities. Pure functions over plain arrays, so eval, training
 // and tests share them. All rates are fractions in [0, 1].
+import { seededRandom } from '../data/random.js';
 
 export interface ClassMetrics {
   precision: number;
@@ -13,7 +14,11 @@ export interface ClassMetrics {
 export interface Metrics {
   n: number;
   accuracy: number;
+  /** The 95 % percentile bootstrap interval of the accuracy (the images resampled, seeded). */
+  accuracy_interval: [number, number];
   balanced_accuracy: number;
+  /** The same for the balanced accuracy: wide where a class has few images. */
+  balanced_accuracy_interval: [number, number];
   macro_f1: number;
   macro_roc_auc: number | null;
   cohen_kappa: number;
@@ -63,10 +68,13 @@ export function computeMetrics(probs: ArrayLike<number>, labels: ArrayLike<numbe
   }
   const evaluated = present.map((c) => perClass[classes[c]]);
   const aucs = evaluated.map((m) => m.roc_auc).filter((a): a is number => a !== null);
+  const intervals = bootstrapIntervals(labels, predicted, k);
   return {
     n,
     accuracy: correct / n,
+    accuracy_interval: intervals.accuracy,
     balanced_accuracy: mean(evaluated.map((m) => m.recall)),
+    balanced_accuracy_interval: intervals.balancedAccuracy,
     macro_f1: mean(evaluated.map((m) => m.f1)),
     macro_roc_auc: aucs.length ? mean(aucs) : null,
     cohen_kappa: cohenKappa(confusion, n),
@@ -77,6 +85,43 @@ export function computeMetrics(probs: ArrayLike<number>, labels: ArrayLike<numbe
     confusion_matrix: confusion,
     labels: [...classes],
   };
+}
+
+const BOOTSTRAP_RESAMPLES = 1000;
+
+/**
+ * 95 % percentile bootstrap intervals of the accuracy and the balanced accuracy: the images are drawn with
+ * replacement, seeded so that the same predictions give the same interval. A class a resample lacks is left out
+ * of its balanced accuracy, as a class the labels lack is left out of the figure itself.
+ */
+function bootstrapIntervals(
+  labels: ArrayLike<number>,
+  predicted: ArrayLike<number>,
+  k: number,
+): { accuracy: [number, number]; balancedAccuracy: [number, number] } {
+  const n = labels.length;
+  const random = seededRandom(0);
+  const accuracies = new Float64Array(BOOTSTRAP_RESAMPLES);
+  const balanced = new Float64Array(BOOTSTRAP_RESAMPLES);
+  const support = new Float64Array(k);
+  const hits = new Float64Array(k);
+  for (let r = 0; r < BOOTSTRAP_RESAMPLES; r++) {
+    support.fill(0);
+    hits.fill(0);
+    for (let j = 0; j < n; j++) {
+      const i = Math.floor(random() * n);
+      support[labels[i]]++;
+      if (predicted[i] === labels[i]) hits[labels[i]]++;
+    }
+    const present = [...support.keys()].filter((c) => support[c] > 0);
+    accuracies[r] = sum([...hits]) / n;
+    balanced[r] = mean(present.map((c) => hits[c] / support[c]));
+  }
+  const interval = (values: Float64Array): [number, number] => {
+    values.sort();
+    return [values[Math.floor(0.025 * (values.length - 1))], values[Math.ceil(0.975 * (values.length - 1))]];
+  };
+  return { accuracy: interval(accuracies), balancedAccuracy: interval(balanced) };
 }
 
 export function argmaxRows(probs: ArrayLike<number>, n: number, k: number): Int32Array {

@@ -1,7 +1,8 @@
-// An out-of-distribution score that is not the softmax: the Mahalanobis distance of an image's pooled features to
-// the nearest class mean, with one covariance shared by the classes (Lee et al. 2018). A montage, an empty field or
-// a cell from an unseen stain can fool the classifier's softmax, but its features sit far from every class seen in
-// training.
+// An out-of-distribution score that is not the softmax: the Mahalanobis distance of an image's features to the
+// nearest class mean, with one covariance shared by the classes (Lee et al. 2018). An empty field or a cell from an
+// unseen stain can fool the classifier's softmax, but its features sit far from every class seen in training. The
+// features are blocks (one per network stage): each block is fitted alone and weighted so that its median training
+// distance is 1, so that the distance is the sum of the blocks' and no block outweighs the others by its width.
 
 export interface OodStatistics {
   /** Class means, row-major [classes × features]. */
@@ -51,28 +52,104 @@ export function fitOodStatistics(features: Float32Array, labels: ArrayLike<numbe
   return { means: Float32Array.from(means), precision: Float32Array.from(invertSymmetric(covariance, d)), features: d };
 }
 
-/** Each row's squared Mahalanobis distance to the nearest class mean. */
+/**
+ * Fits features made of blocks of the given widths: each block's class means and precision alone, the precision
+ * divided by the block's median training distance, and the blocks on one block diagonal.
+ */
+export function fitBlockOodStatistics(features: Float32Array, labels: ArrayLike<number>, classes: number, blocks: readonly number[]): OodStatistics {
+  const n = labels.length;
+  const d = blocks.reduce((a, b) => a + b, 0);
+  if (features.length !== n * d) throw new RangeError(`fitBlockOodStatistics: ${features.length} values for ${n} rows of ${d} features`);
+  const means = new Float32Array(classes * d);
+  const precision = new Float32Array(d * d);
+  let offset = 0;
+  for (const width of blocks) {
+    const block = new Float32Array(n * width);
+    for (let i = 0; i < n; i++) block.set(features.subarray(i * d + offset, i * d + offset + width), i * width);
+    const stats = fitOodStatistics(block, labels, classes);
+    const scale = median(oodDistances(block, stats));
+    if (!(scale > 0)) throw new RangeError('fitBlockOodStatistics: a block of the features does not vary over the training images');
+    for (let c = 0; c < classes; c++) means.set(stats.means.subarray(c * width, (c + 1) * width), c * d + offset);
+    for (let a = 0; a < width; a++) {
+      for (let b = 0; b < width; b++) precision[(offset + a) * d + offset + b] = stats.precision[a * width + b] / scale;
+    }
+    offset += width;
+  }
+  return { means, precision, features: d };
+}
+
+const median = (values: Float64Array) => Float64Array.from(values).sort()[values.length >> 1];
+
+/**
+ * Each row's squared Mahalanobis distance to the nearest class mean. (x − μ)ᵀP(x − μ) = xᵀPx − 2 xᵀPμ + μᵀPμ, so
+ * the d × d product is taken once per row, not once per class, and only over P's non-zero blocks.
+ */
 export function oodDistances(features: Float32Array, stats: OodStatistics): Float64Array {
   const d = stats.features;
   const n = features.length / d;
-  const classes = stats.means.length / d;
+  const { precision } = stats;
+  const { pm, mpm, from, to } = prepared(stats);
   const out = new Float64Array(n);
-  const diff = new Float64Array(d);
   for (let i = 0; i < n; i++) {
-    let best = Infinity;
-    for (let c = 0; c < classes; c++) {
-      for (let j = 0; j < d; j++) diff[j] = features[i * d + j] - stats.means[c * d + j];
-      let total = 0;
-      for (let a = 0; a < d; a++) {
-        let row = 0;
-        for (let b = 0; b < d; b++) row += stats.precision[a * d + b] * diff[b];
-        total += diff[a] * row;
-      }
-      best = Math.min(best, total);
+    const x = features.subarray(i * d, (i + 1) * d);
+    let xpx = 0;
+    for (let a = 0; a < d; a++) {
+      let row = 0;
+      for (let b = from[a]; b < to[a]; b++) row += precision[a * d + b] * x[b];
+      xpx += x[a] * row;
     }
-    out[i] = best;
+    let best = Infinity;
+    for (let c = 0; c < mpm.length; c++) {
+      let xpm = 0;
+      for (let a = 0; a < d; a++) xpm += x[a] * pm[c * d + a];
+      best = Math.min(best, xpx - 2 * xpm + mpm[c]);
+    }
+    out[i] = Math.max(0, best);
   }
   return out;
+}
+
+interface Prepared {
+  /** Pμ per class [classes × d] and μᵀPμ per class. */
+  pm: Float64Array;
+  mpm: Float64Array;
+  /** Each row's non-zero columns of P lie in [from, to): a block diagonal's block. */
+  from: Int32Array;
+  to: Int32Array;
+}
+
+/** What oodDistances() needs of a detector beyond its arrays, computed once per detector (a classifier scores one image at a time too). */
+const preparedStats = new WeakMap<OodStatistics, Prepared>();
+
+function prepared(stats: OodStatistics): Prepared {
+  const cached = preparedStats.get(stats);
+  if (cached) return cached;
+  const d = stats.features;
+  const classes = stats.means.length / d;
+  const { precision, means } = stats;
+  const from = new Int32Array(d);
+  const to = new Int32Array(d);
+  for (let a = 0; a < d; a++) {
+    let b = 0;
+    while (b < d && precision[a * d + b] === 0) b++;
+    from[a] = b;
+    let e = d;
+    while (e > b && precision[a * d + e - 1] === 0) e--;
+    to[a] = e;
+  }
+  const pm = new Float64Array(classes * d);
+  const mpm = new Float64Array(classes);
+  for (let c = 0; c < classes; c++) {
+    for (let a = 0; a < d; a++) {
+      let row = 0;
+      for (let b = from[a]; b < to[a]; b++) row += precision[a * d + b] * means[c * d + b];
+      pm[c * d + a] = row;
+      mpm[c] += means[c * d + a] * row;
+    }
+  }
+  const made = { pm, mpm, from, to };
+  preparedStats.set(stats, made);
+  return made;
 }
 
 /** The distance below which `1 − flagged` of the reference distances fall. */

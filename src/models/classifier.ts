@@ -35,7 +35,18 @@ export abstract class ImageClassifier extends Module {
   }
 
   /** The backbone's output before pooling: NCHW for ConvNeXt, NHWC for Swin and the fused maps, as in timm. */
-  abstract forwardFeatures(x: Tensor): Tensor;
+  forwardFeatures(x: Tensor): Tensor {
+    return E.tidy(() => this.forwardIntermediates(x).features);
+  }
+
+  /**
+   * forwardFeatures()'s output and each stage's map on the way to it, NCHW (timm's forward_intermediates): the
+   * out-of-distribution detector reads the stages' statistics.
+   */
+  abstract forwardIntermediates(x: Tensor): { features: Tensor; intermediates: Tensor[] };
+
+  /** The channels of each map forwardIntermediates() returns. */
+  abstract readonly intermediateChannels: readonly number[];
 
   /** Pooling, optional norm, dropout and the classifier; preLogits stops before the classifier. */
   forwardHead(features: Tensor, preLogits = false): Tensor {

@@ -146,13 +146,17 @@ export class ConvNeXt extends ImageClassifier {
       : undefined;
   }
 
-  /** NCHW features at stride 32, in channels-last memory. */
-  forwardFeatures(x: Tensor): Tensor {
+  /** NCHW features at stride 32, in channels-last memory, and each stage's map. */
+  forwardIntermediates(x: Tensor): { features: Tensor; intermediates: Tensor[] } {
     return E.tidy(() => {
       let out = this.stem.forward(x.channelsLast());
-      for (const stage of this.stages) out = stage.forward(out);
-      return out;
+      const intermediates = [...this.stages].map((stage) => (out = stage.forward(out)));
+      return { features: out, intermediates };
     });
+  }
+
+  get intermediateChannels(): readonly number[] {
+    return this.config.dims;
   }
 }
 

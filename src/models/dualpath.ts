@@ -84,18 +84,25 @@ export class DualPathNet extends ImageClassifier {
     this.head = this.registerModule('head', new ClassifierHead(this.numFeatures, config.numClasses, { inputFormat: 'NHWC', norm: true, normEps: 1e-6, dropRate: config.dropRate }));
   }
 
-  /** The fused NHWC map [B, H/32, W/32, numFeatures]. */
-  forwardFeatures(x: Tensor): Tensor {
-    return E.tidy(() => this.fusePaths(this.forwardPaths(x)));
+  /** The fused NHWC map [B, H/32, W/32, numFeatures], and the stages' maps of the ConvNeXt path, then the Swin path. */
+  forwardIntermediates(x: Tensor): { features: Tensor; intermediates: Tensor[] } {
+    return E.tidy(() => {
+      const convnext = this.convnext?.forwardIntermediates(x);
+      const swin = this.swin?.forwardIntermediates(x);
+      return {
+        features: this.fusePaths(pathMaps(convnext?.features, swin?.features)),
+        intermediates: [...(convnext?.intermediates ?? []), ...(swin?.intermediates ?? [])],
+      };
+    });
+  }
+
+  get intermediateChannels(): readonly number[] {
+    return [...(this.convnext?.intermediateChannels ?? []), ...(this.swin?.intermediateChannels ?? [])];
   }
 
   /** Each path's last-stage map, NHWC [B, H/32, W/32, C]: what fusePaths() makes one (explanations need them apart). */
   forwardPaths(x: Tensor): PathMaps {
-    return E.tidy(() => ({
-      // ConvNeXt's NCHW output lives in channels-last memory, so this permute is a free view.
-      convnext: this.convnext?.forwardFeatures(x).permute([0, 2, 3, 1]),
-      swin: this.swin?.forwardFeatures(x),
-    }));
+    return E.tidy(() => pathMaps(this.convnext?.forwardFeatures(x), this.swin?.forwardFeatures(x)));
   }
 
   /** The fused NHWC map [B, H/32, W/32, numFeatures] from the paths' maps; forwardHead() takes it to logits. */
@@ -114,6 +121,9 @@ export class DualPathNet extends ImageClassifier {
     });
   }
 }
+
+// ConvNeXt's NCHW output lives in channels-last memory, so this permute is a free view.
+const pathMaps = (convnext: Tensor | undefined, swin: Tensor | undefined): PathMaps => ({ convnext: convnext?.permute([0, 2, 3, 1]), swin });
 
 /** The paths of each scale: timm's convnext_atto with swin_atto, and the paper's scale, convnext_tiny with swin_tiny. */
 const PATHS = {

@@ -42,9 +42,18 @@ export interface TtaCalibration {
   uncertaintyThreshold: number;
 }
 
-/** Mahalanobis distance on the pooled features: class means and the shared precision matrix, with a threshold. */
+/**
+ * The detector's features: 'stage-std', the spatial standard deviation of each stage's map (how strongly each
+ * filter responds across the image, at every depth); 'pre-logits', the pooled features the classifier reads.
+ */
+export type OodPooling = 'stage-std' | 'pre-logits';
+export const OOD_POOLINGS: readonly OodPooling[] = ['stage-std', 'pre-logits'];
+
+/** Mahalanobis distance on pooled features: class means and the shared precision matrix, with a threshold. */
 export interface OodInfo {
   kind: 'mahalanobis';
+  /** Files made before the choice record none, and mean 'pre-logits'. */
+  pooling: OodPooling;
   /** Distances above this are flagged (chosen on validation data). */
   threshold: number;
   /** The fraction of validation images the threshold flags. */
@@ -69,7 +78,7 @@ export interface ModelMetadata extends Required<Omit<ModelInfo, 'temperature' | 
   temperature?: number;
   uncertaintyThreshold?: number;
   /** The out-of-distribution detector's scalars; its arrays are tensors in the file. */
-  outOfDistribution?: Omit<OodInfo, 'means' | 'precision'>;
+  outOfDistribution?: Omit<OodInfo, 'means' | 'precision' | 'pooling'> & { pooling?: OodPooling };
   tta?: TtaCalibration;
 }
 
@@ -106,7 +115,7 @@ export async function saveModel(file: string, model: ImageClassifier, info: Mode
     ...(info.temperature !== undefined ? { temperature: info.temperature } : {}),
     ...(info.uncertaintyThreshold !== undefined ? { uncertaintyThreshold: info.uncertaintyThreshold } : {}),
     ...(info.tta ? { tta: { temperature: info.tta.temperature, uncertaintyThreshold: info.tta.uncertaintyThreshold } } : {}),
-    ...(info.ood ? { outOfDistribution: { kind: info.ood.kind, threshold: info.ood.threshold, validationFlagged: info.ood.validationFlagged, features: info.ood.features } } : {}),
+    ...(info.ood ? { outOfDistribution: { kind: info.ood.kind, pooling: info.ood.pooling, threshold: info.ood.threshold, validationFlagged: info.ood.validationFlagged, features: info.ood.features } } : {}),
   };
   const state = model.stateDict();
   const converted = new Map<string, E.Tensor>();
@@ -165,7 +174,12 @@ function readOod(tensors: Map<string, E.Tensor>, metadata: ModelMetadata, file: 
     if (means.ndim !== 2 || means.shape[0] !== metadata.classes.length || means.shape[1] !== features || precision.ndim !== 2 || precision.shape[0] !== features || precision.shape[1] !== features) {
       throw new Error(`${file}: the out-of-distribution arrays have shapes [${means.shape}] and [${precision.shape}], expected [${metadata.classes.length}, ${features}] and [${features}, ${features}]`);
     }
-    return { ...metadata.outOfDistribution, means: means.float().data() as Float32Array, precision: precision.float().data() as Float32Array };
+    return {
+      ...metadata.outOfDistribution,
+      pooling: metadata.outOfDistribution.pooling ?? 'pre-logits',
+      means: means.float().data() as Float32Array,
+      precision: precision.float().data() as Float32Array,
+    };
   } finally {
     E.dispose([means, precision].filter((t): t is E.Tensor => t !== undefined));
   }
@@ -307,6 +321,7 @@ function usageProblem(m: Json): string | null {
   const ood = m.outOfDistribution;
   if (ood === undefined) return null;
   if (!isObject(ood) || ood.kind !== 'mahalanobis') return `outOfDistribution must be a 'mahalanobis' detector, got ${shown(ood)}`;
+  if (ood.pooling !== undefined && !OOD_POOLINGS.includes(ood.pooling as OodPooling)) return `outOfDistribution.pooling must be one of ${OOD_POOLINGS.join(', ')}, got ${shown(ood.pooling)}`;
   if (!(isNumber(ood.threshold) && ood.threshold > 0)) return `the out-of-distribution threshold must be a number above zero, got ${shown(ood.threshold)}`;
   if (!inRange(ood.validationFlagged, 0, 1)) return `outOfDistribution.validationFlagged must be a fraction in [0, 1], got ${shown(ood.validationFlagged)}`;
   if (!isCount(ood.features, MAX_WIDTH)) return `outOfDistribution.features must be an integer in 1..${MAX_WIDTH}, got ${shown(ood.features)}`;

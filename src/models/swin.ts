@@ -308,13 +308,17 @@ export class SwinTransformer extends ImageClassifier {
       : undefined;
   }
 
-  /** NHWC features [B, H/32, W/32, C] after the final norm, as timm returns them. */
-  forwardFeatures(x: Tensor): Tensor {
+  /** NHWC features [B, H/32, W/32, C] after the final norm, as timm returns them, and each stage's map. */
+  forwardIntermediates(x: Tensor): { features: Tensor; intermediates: Tensor[] } {
     return E.tidy(() => {
       let out = this.patch_embed.forward(x);
-      for (const stage of this.layers) out = stage.forward(out);
-      return this.norm.forward(out);
+      const intermediates = [...this.layers].map((stage) => (out = stage.forward(out)).permute([0, 3, 1, 2]));
+      return { features: this.norm.forward(out), intermediates };
     });
+  }
+
+  get intermediateChannels(): readonly number[] {
+    return this.config.depths.map((_, i) => this.config.embedDim * 2 ** i);
   }
 
   /**

@@ -1,7 +1,7 @@
 import path from 'node:path';
 import type { Command } from 'commander';
 import { BUNDLED_MODEL, loadClassifier } from '../../api/classifier.js';
-import { fitDetector } from '../../api/detector.js';
+import { DEFAULT_OOD_FLAGGED, fitDetector } from '../../api/detector.js';
 import { evaluateScores, scoreItems } from '../../api/evaluate.js';
 import { validationRecord } from '../../eval/evaluation.js';
 import { listDataset } from '../../data/dataset.js';
@@ -39,6 +39,7 @@ export function registerCalibrate(program: Command): void {
       "also fit the out-of-distribution detector: statistics on (a sample of) the split's training part, the threshold on its validation part; needs --split",
     )
     .option('--ood-sample <n>', 'training images the detector statistics are fitted on', parsePositiveInt, 3000)
+    .option('--ood-flagged <p>', 'the share of validation images the detector threshold flags', parseFraction, DEFAULT_OOD_FLAGGED)
     .option('--batch-size <n>', 'images per forward pass', parsePositiveInt, 64)
     .option('--json', 'print one JSON document on stdout');
   modelOption(command).action(async (dir: string | undefined, options) => {
@@ -65,6 +66,7 @@ export function registerCalibrate(program: Command): void {
         const detectorBar = progressBar('fitting the out-of-distribution detector', sample.length + items.length);
         ood = await fitDetector(classifier, sample, items, {
           batchSize: options.batchSize,
+          flagged: options.oodFlagged,
           onProgress: (stage, done) => detectorBar.update(stage === 'training' ? done : sample.length + done),
         });
         detectorBar.stop();

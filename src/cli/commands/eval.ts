@@ -14,6 +14,7 @@ import { progressBar } from '../progress.js';
 import { classifierOptions, datasetSource, MAX_FILE_SIZE_HELP, modelOption, parseChoice, parseFileSize, parsePositiveInt } from './shared.js';
 
 const pct = (x: number) => `${(100 * x).toFixed(2)}%`;
+const range = ([lo, hi]: [number, number]) => `${(100 * lo).toFixed(1)}–${(100 * hi).toFixed(1)}%`;
 
 export function registerEval(program: Command): void {
   const command = program
@@ -111,7 +112,7 @@ export function registerEval(program: Command): void {
       process.stdout.write(`model ${model.name} (${model.architecture}, sha256 ${model.sha256.slice(0, 12)}…, made ${model.created})\n`);
       process.stdout.write(`images ${evaluation.n} (classes present: ${evaluation.classes_evaluated.join(', ')})\n`);
       process.stdout.write(
-        `accuracy ${pct(evaluation.accuracy)}  balanced accuracy ${pct(evaluation.balanced_accuracy)}  macro-F1 ${pct(evaluation.macro_f1)}  κ ${evaluation.cohen_kappa.toFixed(4)}\n`,
+        `accuracy ${pct(evaluation.accuracy)} (95 % interval ${range(evaluation.accuracy_interval)})  balanced accuracy ${pct(evaluation.balanced_accuracy)} (${range(evaluation.balanced_accuracy_interval)})  macro-F1 ${pct(evaluation.macro_f1)}  κ ${evaluation.cohen_kappa.toFixed(4)}\n`,
       );
       process.stdout.write(
         `NLL ${evaluation.nll.toFixed(4)}  ECE ${evaluation.ece.toFixed(4)} (before temperature scaling ${evaluation.ece_uncalibrated.toFixed(4)})  uncertain ${pct(evaluation.uncertain_fraction)} (threshold ${evaluation.uncertainty_threshold.toFixed(3)})\n`,

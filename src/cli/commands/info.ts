@@ -58,7 +58,7 @@ function printCard(card: Card): void {
     [
       'out-of-distribution',
       ood
-        ? `${ood.kind} detector, threshold ${ood.threshold.toFixed(2)} (flags ${(100 * ood.validation_flagged).toFixed(1)} % of validation images)`
+        ? `${ood.kind} detector on ${ood.pooling} features, threshold ${ood.threshold.toFixed(2)} (flags ${(100 * ood.validation_flagged).toFixed(1)} % of validation images)`
         : 'no detector',
     ],
     ['size', `${(card.bytes / 2 ** 20).toFixed(1)} MiB (${card.bytes} bytes)`],
@@ -74,5 +74,7 @@ function printCard(card: Card): void {
 function backgroundLine(colours: readonly Rgb[] | null): string {
   if (!colours) return 'none: colours as they are';
   const rgb = (c: Rgb) => `rgb(${c.map((v) => Math.round(v)).join(', ')})`;
-  return colours.length === 1 ? `white-balanced to ${rgb(colours[0])}` : `white-balanced to the nearest of ${colours.length} training background colours`;
+  return colours.length === 1
+    ? `white-balanced to ${rgb(colours[0])}`
+    : `white-balanced to the closest of ${colours.length} training background colours, or else to their median`;
 }
