@@ -1,7 +1,9 @@
-// `npm run bench:engine [-- --quick]`: hemato's engine side by side with @tensorflow/tfjs (CPU backend) and with
-// PyTorch through Python on the same libtorch 1.13, at the same thread count. Progress goes to stderr; the last
+// `npm run bench:engine [-- --quick] [-- --rounds N]`: hemato's engine side by side with @tensorflow/tfjs (CPU
+// backend) and with PyTorch through Python on the same libtorch 1.13, at the same thread count; the block steps
+// alternate between the two N times (default 5). Progress goes to stderr; the last
 // line on stdout is one JSON document.
 import { execFileSync } from 'node:child_process';
+import { loadavg } from 'node:os';
 import path from 'node:path';
 import * as E from '../src/engine/index.js';
 import { type BlockShape, convnextBlock, param, type Params } from './blocks.js';
@@ -22,6 +24,10 @@ const conv = { input: [8, 64, 32, 32], weight: [64, 64, 3, 3] };
 const tfjsConv = quick ? { input: [2, 64, 16, 16], weight: [64, 64, 3, 3] } : conv;
 const warmup = 2;
 const reps = quick ? 3 : 7;
+/** Block steps alternate between hemato and PyTorch this many times; ratios are the medians of the rounds' ratios. */
+const option = (name: string) => (process.argv.includes(name) ? process.argv[process.argv.indexOf(name) + 1] : undefined);
+const rounds = Number(option('--rounds') ?? (quick ? 3 : 5));
+if (!(Number.isInteger(rounds) && rounds >= 1)) throw new RangeError(`--rounds must be a whole number of at least 1, got ${option('--rounds')}`);
 
 function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
@@ -208,10 +214,11 @@ interface TorchResult {
   call_us: number;
 }
 
-function runTorch(steps: Record<string, { block: string; shape: BlockShape; bf16: boolean }>, calls: number): TorchResult | string {
+/** The PyTorch peer: the block steps, and unless stepsOnly also the GEMM and conv rates and the per-call overhead. */
+function runTorch(steps: Record<string, { block: string; shape: BlockShape; bf16: boolean }>, calls: number, stepsOnly = false): TorchResult | string {
   const missing = ensureTorch(log);
   if (missing) return missing;
-  const config = { threads, warmup, reps, steps, matmul: matmulSize, conv, calls };
+  const config = { threads, warmup, reps, steps, matmul: matmulSize, conv, calls, steps_only: stepsOnly };
   try {
     const out = execFileSync(debianPython, [path.join(peersDir, 'torch_engine.py'), JSON.stringify(config)], {
       encoding: 'utf8',
@@ -245,6 +252,7 @@ const round = (value: number, digits = 3) => Number(value.toPrecision(digits));
 
 async function main(): Promise<void> {
   const started = performance.now();
+  const loadAtStart = loadavg().map((l) => round(l));
   const cpu = E.cpuFeatures();
   const info = E.libtorchInfo();
   log(
@@ -283,10 +291,18 @@ async function main(): Promise<void> {
     swin_bf16: { block: 'swin', shape: swinShape, bf16: true },
     convnext_tfjs_shape: { block: 'convnext', shape: tfjsBlockShape, bf16: false },
   } as const;
-  const ours: Record<string, number> = {};
-  for (const [name, spec] of Object.entries(cases)) {
-    ours[name] = hematoStep(spec.block, spec.shape, spec.bf16);
-    log(`hemato ${name}: ${ours[name].toFixed(1)} ms`);
+  // Rounds alternate hemato and PyTorch, so that a slow spell of the machine falls on both sides.
+  const ourRounds: Record<string, number>[] = [];
+  const torchRounds: (TorchResult | string)[] = [];
+  const torchCases = cases as unknown as Record<string, { block: string; shape: BlockShape; bf16: boolean }>;
+  for (let r = 0; r < rounds; r++) {
+    const ours: Record<string, number> = {};
+    for (const [name, spec] of Object.entries(cases)) {
+      ours[name] = hematoStep(spec.block, spec.shape, spec.bf16);
+      log(`round ${r + 1}/${rounds}: hemato ${name} ${ours[name].toFixed(1)} ms`);
+    }
+    ourRounds.push(ours);
+    torchRounds.push(runTorch(torchCases, calls, r > 0));
   }
   const ourCallUs = callOverheadMicros(calls);
   log(`hemato per call: ${ourCallUs.toFixed(2)} µs`);
@@ -303,31 +319,35 @@ async function main(): Promise<void> {
     log(`tfjs: matmul ${tfjsMatmulSize}² ${tfjs.matmul_ms.toFixed(0)} ms, conv ${tfjs.conv_ms.toFixed(0)} ms, block step ${tfjs.block_ms.toFixed(0)} ms`);
   }
 
-  // PyTorch.
-  const torch = runTorch(cases as unknown as Record<string, { block: string; shape: BlockShape; bf16: boolean }>, calls);
-  if (typeof torch === 'string') log(torch);
-
-  const pt = typeof torch === 'string' ? undefined : torch;
-  const ratio = (name: string) => (pt ? round(ours[name] / pt.steps[name]) : null);
+  // PyTorch: the first round's run also measured the rates and the per-call overhead.
+  const failure = torchRounds.find((t): t is string => typeof t === 'string');
+  if (failure) log(failure);
+  const pt = failure ? undefined : (torchRounds[0] as TorchResult);
+  const torchSteps = failure ? [] : (torchRounds as TorchResult[]).map((t) => t.steps);
+  const ratio = (name: string) => (pt ? round(median(ourRounds.map((ours, r) => ours[name] / torchSteps[r][name]))) : null);
   const steps = Object.fromEntries(
     Object.keys(cases).map((name) => [
       name,
       {
-        hemato_ms: round(ours[name], 4),
-        pytorch_ms: pt ? round(pt.steps[name], 4) : null,
+        hemato_ms: round(median(ourRounds.map((ours) => ours[name])), 4),
+        pytorch_ms: pt ? round(median(torchSteps.map((t) => t[name])), 4) : null,
         ratio_vs_pytorch: ratio(name),
+        ratios_by_round: pt ? ourRounds.map((ours, r) => round(ours[name] / torchSteps[r][name])) : null,
       },
     ]),
   );
+  const ours = Object.fromEntries(Object.keys(cases).map((name) => [name, median(ourRounds.map((o) => o[name]))]));
   const bf16Ratios = [ratio('convnext_bf16'), ratio('swin_bf16')].filter((r): r is number => r !== null);
   const result = {
     bench: 'engine',
     quick,
     threads,
+    rounds,
+    load_average: { start: loadAtStart, end: loadavg().map((l) => round(l)) },
     cpu: { model: cpu.model, amx_bf16: cpu.amx, avx512_bf16: cpu.avx512bf16 },
     openblas_core: info.openblasCore || null,
     libtorch: info.torchVersion,
-    pytorch: pt ? { version: pt.version, threads: pt.threads } : { error: torch },
+    pytorch: pt ? { version: pt.version, threads: pt.threads } : { error: failure },
     tfjs: tf ? { version: tf.version.tfjs, backend: tf.getBackend(), threads: 1 } : null,
     shapes: {
       convnext: convnextShape,
