@@ -30,11 +30,12 @@ test('AMX: bf16 inference; training in bf16 except ConvNeXt alone, whose convolu
   assert.equal(precision(AMX, 'training', 'dualpath'), 'bf16');
 });
 
-test('AVX-512-BF16 without AMX: bf16 inference only where measured (ConvNeXt), bf16 training', () => {
+test('AVX-512-BF16 without AMX: bf16 inference only where measured (ConvNeXt, the dual path), bf16 training', () => {
   assert.equal(precision(AVX512, 'inference', 'convnext'), 'bf16');
   assert.match(E.precisionFor({ device: 'cpu', cpu: AVX512, family: 'convnext' }).why, /99\.95 % top-1 agreement/);
+  assert.equal(precision(AVX512, 'inference', 'dualpath'), 'bf16');
+  assert.match(E.precisionFor({ device: 'cpu', cpu: AVX512, family: 'dualpath' }).why, /100 % top-1 agreement/);
   assert.equal(precision(AVX512, 'inference', 'swin'), 'fp32');
-  assert.equal(precision(AVX512, 'inference', 'dualpath'), 'fp32');
   for (const family of E.MODEL_FAMILIES) assert.equal(precision(AVX512, 'training', family), 'bf16');
 });
 
@@ -43,7 +44,7 @@ test('without a family: the choice all families share, else fp32 saying why', ()
   assert.equal(precision(AVX512, 'training'), 'bf16');
   const split = E.precisionFor({ device: 'cpu', cpu: AVX512, purpose: 'inference' });
   assert.equal(split.precision, 'fp32');
-  assert.match(split.why, /families differ here \(convnext bf16, swin fp32, dualpath fp32\)/);
+  assert.match(split.why, /families differ here \(convnext bf16, swin fp32, dualpath bf16\)/);
   assert.equal(precision(AMX, 'training'), 'fp32');
   assert.equal(E.precisionFor({ device: 'cpu', cpu: AVX512 }).precision, 'fp32', 'inference is the default purpose');
 });

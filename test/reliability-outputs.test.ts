@@ -1,9 +1,10 @@
 // Outputs and limits: output folders in kernel file systems are refused instead of hanging, thread counts and batch
-// sizes are bounded, packs and checkpoints are written whole or not at all with no temporary left behind, and
-// contact sheets never overwrite one another. Child processes run with a time limit, so a hang fails.
+// sizes are bounded, packs and checkpoints are written whole or not at all with no temporary left behind, contact
+// sheets never overwrite one another, and a closed output pipe ends a command quietly. Child processes run with a
+// time limit, so a hang fails.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile, execFileSync, spawn } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import path from 'node:path';
@@ -260,4 +261,16 @@ test('preprocess gives inputs with the same base name their own sheets and says 
   const again = await hemato('preprocess', inputs[0], '--out', out, '--size', '64', '--field', 'none');
   assert.equal(again.code, 0, again.stderr);
   assert.match(again.stdout, /0\.mpm\.png {2}\(replaced the earlier sheet\)/);
+});
+
+test('a reader that goes away (hemato … | head) ends the command quietly with 141, as SIGPIPE would, not with a stack trace', async () => {
+  const child = spawn(process.execPath, ['bin/hemato.js', 'info', '--json', 'models/hemato-convnext-atto.safetensors'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  child.stdout.destroy();
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+  const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
+  clearTimeout(timer);
+  assert.equal(code, 141, stderr);
+  assert.equal(stderr, '');
 });

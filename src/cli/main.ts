@@ -39,6 +39,7 @@ export function buildProgram(): Command {
 
 /** Runs the CLI and returns the process exit code: 0 success, 1 failure, 2 usage error. */
 export async function main(argv: string[]): Promise<number> {
+  stopWhenOutputCloses();
   try {
     await buildProgram().parseAsync(argv);
     return typeof process.exitCode === 'number' ? process.exitCode : 0;
@@ -52,6 +53,22 @@ export async function main(argv: string[]): Promise<number> {
     if (process.env.HEMATO_DEBUG && error instanceof Error) process.stderr.write(`${error.stack}\n`);
     return 1;
   }
+}
+
+let watchingOutput = false;
+
+/**
+ * When the reader of standard output goes away (`hemato predict … | head`), stops at once and quietly with 141, as
+ * a program ended by SIGPIPE does, instead of failing with a stack trace. A training run stopped this way leaves
+ * its last checkpoint, and its lock is taken over by the next run.
+ */
+function stopWhenOutputCloses(): void {
+  if (watchingOutput) return;
+  watchingOutput = true;
+  process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+    if (error.code === 'EPIPE') process.exit(141);
+    throw error;
+  });
 }
 
 function packageVersion(): string {
