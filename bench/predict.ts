@@ -1,11 +1,12 @@
 // `npm run bench:predict [-- --quick]`: classification latency and throughput of dualpath-atto at 128 px, end to end
 // (decode, crop/resize, MPM when the model uses it, forward) and the model alone, the same end to end for the
 // bundled model (its scale and colour recipe and its detector included), training throughput with the data
-// pipeline, and the cost of scale estimation and normalisation per image. Progress goes to stderr; the
+// pipeline, the cost of scale estimation and normalisation per image, and both models end to end in both precisions
+// where the CPU runs bf16 natively. Progress goes to stderr; the
 // last line on stdout is one JSON document.
 import { mkdtempSync, readdirSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
 import * as E from '../src/engine/index.js';
 import { createModel } from '../src/models/index.js';
@@ -49,6 +50,8 @@ async function endToEnd(classifier: Classifier, buffers: Buffer[]): Promise<{ si
 }
 
 async function main(): Promise<void> {
+  const loadAtStart = loadavg().map((l) => +l.toFixed(2));
+  const cpu = E.cpuFeatures();
   const dir = mkdtempSync(path.join(tmpdir(), 'hemato-bench-'));
   const modelFile = path.join(dir, 'dualpath-atto.safetensors');
   E.manualSeed(0);
@@ -88,6 +91,24 @@ async function main(): Promise<void> {
   const bundledClassifier = await loadClassifier(BUNDLED_MODEL, { device: 'cpu', precision: bundledPrecision });
   const bundled = { ...(await endToEnd(bundledClassifier, buffers)), detector: bundledClassifier.ood?.pooling ?? null };
   bundledClassifier.dispose();
+
+  // Each model in both precisions, end to end, where the CPU runs bf16 natively (elsewhere it would be emulated).
+  const nativeBf16 = cpu.amx || cpu.avx512bf16;
+  const figures = (f: { singleMs: number; batchImgS: number }) => ({ single_image_ms: +f.singleMs.toFixed(1), batch_img_s: +f.batchImgS.toFixed(1) });
+  const bothPrecisions = async (file: string, defaultPrecision: E.Precision, atDefault: { singleMs: number; batchImgS: number }) => {
+    const other: E.Precision = defaultPrecision === 'bf16' ? 'fp32' : 'bf16';
+    const out: Partial<Record<E.Precision, ReturnType<typeof figures>>> = { [defaultPrecision]: figures(atDefault) };
+    if (!nativeBf16) return out;
+    log(`${path.basename(file)} in ${other}`);
+    const c = await loadClassifier(file, { device: 'cpu', precision: other });
+    out[other] = figures(await endToEnd(c, buffers));
+    c.dispose();
+    return out;
+  };
+  const byPrecision = {
+    'dualpath-atto': await bothPrecisions(modelFile, precision, { singleMs, batchImgS }),
+    bundled: await bothPrecisions(BUNDLED_MODEL, bundledPrecision, bundled),
+  };
 
   log('training steps, batch 32, with the data pipeline (augmentation, prefetch worker)');
   const pixels = size * size * 3;
@@ -147,7 +168,6 @@ async function main(): Promise<void> {
     median([await perImage(normalised), await perImage(normalised), await perImage(normalised)]),
   ];
   classifier.dispose();
-  const cpu = E.cpuFeatures();
   console.log(
     JSON.stringify({
       bench: 'predict',
@@ -156,7 +176,8 @@ async function main(): Promise<void> {
       input_size: size,
       threads: E.numThreads(),
       precision,
-      cpu: { model: cpu.model, amx: cpu.amx, avx512_bf16: cpu.avx512bf16 },
+      cpu: { model: cpu.model, kind: E.cpuKind(cpu), amx: cpu.amx, avx512_bf16: cpu.avx512bf16 },
+      load_average: { start: loadAtStart, end: loadavg().map((l) => +l.toFixed(2)) },
       prepare_ms: +plainMs.toFixed(2),
       prepare_scale_normalised_ms: +normalisedMs.toFixed(2),
       scale_ms: +(normalisedMs - plainMs).toFixed(2),
@@ -171,6 +192,7 @@ async function main(): Promise<void> {
         single_image_ms: +bundled.singleMs.toFixed(1),
         batch_img_s: +bundled.batchImgS.toFixed(1),
       },
+      by_precision: byPrecision,
       goals: { scale_ms: 10, single_image_ms: 35, forward_img_s: 95, batch_img_s: 60, train_img_s: 30 },
     }),
   );
