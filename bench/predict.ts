@@ -11,7 +11,8 @@ import path from 'node:path';
 import * as E from '../src/engine/index.js';
 import { createModel } from '../src/models/index.js';
 import { saveModel } from '../src/models/io.js';
-import { BUNDLED_MODEL, type Classifier, defaultPrecision, loadClassifier } from '../src/api/classifier.js';
+import { BUNDLED_MODEL, defaultPrecision, loadClassifier } from '../src/api/classifier.js';
+import { endToEnd, median } from './end-to-end.js';
 import { DEFAULT_AUGMENT } from '../src/data/augment.js';
 import { decodeImage } from '../src/data/image.js';
 import { type InputRecipe, prepareImage } from '../src/data/prepare.js';
@@ -24,30 +25,6 @@ const size = 128;
 const log = (message: string) => process.stderr.write(`${message}\n`);
 const pbc = path.resolve('../shared/data/pbc');
 const precision = defaultPrecision('cpu', 'dualpath-atto');
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[sorted.length >> 1];
-}
-
-/** Median single-image latency, and throughput classifying batches of 64 from encoded files. */
-async function endToEnd(classifier: Classifier, buffers: Buffer[]): Promise<{ singleMs: number; batchImgS: number }> {
-  const single: number[] = [];
-  for (let i = 0; i < (quick ? 12 : 40); i++) {
-    const start = performance.now();
-    await classifier.classify(buffers[i % buffers.length]);
-    single.push(performance.now() - start);
-  }
-  const inputs = Array.from({ length: 64 }, (_, i) => buffers[i % buffers.length]);
-  await classifier.classifyBatch(inputs, { batchSize: 64 });
-  const batchTimes: number[] = [];
-  for (let i = 0; i < (quick ? 2 : 4); i++) {
-    const start = performance.now();
-    await classifier.classifyBatch(inputs, { batchSize: 64 });
-    batchTimes.push(performance.now() - start);
-  }
-  return { singleMs: median(single.slice(2)), batchImgS: 64 / (median(batchTimes) / 1000) };
-}
 
 async function main(): Promise<void> {
   const loadAtStart = loadavg().map((l) => +l.toFixed(2));
@@ -72,7 +49,7 @@ async function main(): Promise<void> {
   const classifier = await loadClassifier(modelFile, { device: 'cpu', precision });
 
   log(`dualpath-atto, single-image latency and end to end in batches of 64 (${precision})`);
-  const { singleMs, batchImgS } = await endToEnd(classifier, buffers);
+  const { singleMs, batchImgS } = await endToEnd(classifier, buffers, quick);
 
   log('model forward, batch 64');
   const prepared = await Promise.all(buffers.slice(0, 64).map(async (b) => (await classifier.prepare(b)).image));
@@ -89,7 +66,7 @@ async function main(): Promise<void> {
   const bundledPrecision = defaultPrecision('cpu', 'convnext_only_atto');
   log(`the bundled model with its input recipe and detector, the same (${bundledPrecision})`);
   const bundledClassifier = await loadClassifier(BUNDLED_MODEL, { device: 'cpu', precision: bundledPrecision });
-  const bundled = { ...(await endToEnd(bundledClassifier, buffers)), detector: bundledClassifier.ood?.pooling ?? null };
+  const bundled = { ...(await endToEnd(bundledClassifier, buffers, quick)), detector: bundledClassifier.ood?.pooling ?? null };
   bundledClassifier.dispose();
 
   // Each model in both precisions, end to end, where the CPU runs bf16 natively (elsewhere it would be emulated).
@@ -101,7 +78,7 @@ async function main(): Promise<void> {
     if (!nativeBf16) return out;
     log(`${path.basename(file)} in ${other}`);
     const c = await loadClassifier(file, { device: 'cpu', precision: other });
-    out[other] = figures(await endToEnd(c, buffers));
+    out[other] = figures(await endToEnd(c, buffers, quick));
     c.dispose();
     return out;
   };

@@ -12,6 +12,7 @@ import autocannon from 'autocannon';
 import * as E from '../src/engine/index.js';
 import { loadClassifier } from '../src/api/classifier.js';
 import { PBC_CLASSES } from '../src/data/dataset.js';
+import { endToEnd, median } from './end-to-end.js';
 import { multipartBody, NOT_AN_IMAGE, pngBomb } from '../test/bad-inputs.js';
 
 const quick = process.argv.includes('--quick');
@@ -25,26 +26,10 @@ const PHASES = [
   { clients: 32, amount: TOTAL - Math.round(TOTAL * 0.05) - Math.round(TOTAL * 0.3), maxSeconds: 600 },
 ];
 
-const median = (values: number[]) => [...values].sort((a, b) => a - b)[values.length >> 1];
-
 async function inProcess(images: Buffer[]): Promise<{ singleMs: number; batchImgS: number; precision: string }> {
   const classifier = await loadClassifier();
   try {
-    const single: number[] = [];
-    for (let i = 0; i < (quick ? 12 : 40); i++) {
-      const start = performance.now();
-      await classifier.classify(images[i % images.length]);
-      single.push(performance.now() - start);
-    }
-    const inputs = Array.from({ length: 64 }, (_, i) => images[i % images.length]);
-    await classifier.classifyBatch(inputs, { batchSize: 64 });
-    const times: number[] = [];
-    for (let i = 0; i < (quick ? 2 : 4); i++) {
-      const start = performance.now();
-      await classifier.classifyBatch(inputs, { batchSize: 64 });
-      times.push(performance.now() - start);
-    }
-    return { singleMs: median(single.slice(2)), batchImgS: 64 / (median(times) / 1000), precision: classifier.precision };
+    return { ...(await endToEnd(classifier, images, quick)), precision: classifier.precision };
   } finally {
     classifier.dispose();
   }
