@@ -324,19 +324,20 @@ async function main(): Promise<void> {
   if (failure) log(failure);
   const pt = failure ? undefined : (torchRounds[0] as TorchResult);
   const torchSteps = failure ? [] : (torchRounds as TorchResult[]).map((t) => t.steps);
-  const ratio = (name: string) => (pt ? round(median(ourRounds.map((ours, r) => ours[name] / torchSteps[r][name]))) : null);
+  const ours = Object.fromEntries(Object.keys(cases).map((name) => [name, median(ourRounds.map((o) => o[name]))]));
+  const ratiosByRound = (name: string) => ourRounds.map((o, r) => o[name] / torchSteps[r][name]);
+  const ratio = (name: string) => (pt ? round(median(ratiosByRound(name))) : null);
   const steps = Object.fromEntries(
     Object.keys(cases).map((name) => [
       name,
       {
-        hemato_ms: round(median(ourRounds.map((ours) => ours[name])), 4),
+        hemato_ms: round(ours[name], 4),
         pytorch_ms: pt ? round(median(torchSteps.map((t) => t[name])), 4) : null,
         ratio_vs_pytorch: ratio(name),
-        ratios_by_round: pt ? ourRounds.map((ours, r) => round(ours[name] / torchSteps[r][name])) : null,
+        ratios_by_round: pt ? ratiosByRound(name).map((r) => round(r)) : null,
       },
     ]),
   );
-  const ours = Object.fromEntries(Object.keys(cases).map((name) => [name, median(ourRounds.map((o) => o[name]))]));
   const bf16Ratios = [ratio('convnext_bf16'), ratio('swin_bf16')].filter((r): r is number => r !== null);
   const result = {
     bench: 'engine',
