@@ -8,7 +8,7 @@ import path from 'node:path';
 import * as E from '../engine/index.js';
 import { finishRun, type RunSummary } from './finish.js';
 import type { SkippedFile } from '../data/dataset.js';
-import { backgroundColours, type InputRecipe, type ReferenceScale, type Rgb } from '../data/prepare.js';
+import { backgroundColours, type InputRecipe } from '../data/prepare.js';
 import { writeSplit } from '../data/split.js';
 import type { ImageClassifier } from '../models/classifier.js';
 import { isHematoModelFile, loadModel, readModelMetadata, saveModel } from '../models/io.js';
@@ -23,7 +23,7 @@ import {
   resolveRunSettings,
   settingsChanges,
 } from './config.js';
-import { type DataManifest, dataManifest, type LoadProgress, loadTrainingData, manifestChanges, type TrainingData } from './data.js';
+import { type DataManifest, dataManifest, type LoadProgress, loadTrainingData, manifestChanges, type TrainingData, type TrainingDataOptions } from './data.js';
 import { TEACHER_FILE, teacherTargets } from './distill.js';
 import { lockRunDir } from './lock.js';
 import { provenance } from './provenance.js';
@@ -201,7 +201,7 @@ async function checkData(runDir: string, data: TrainingData, request: TrainingRe
 }
 
 /** The scale and background a model file was trained at, where it records them. */
-async function referenceOf(file: string): Promise<{ scale: ReferenceScale; background: Rgb[] | null } | null> {
+async function referenceOf(file: string): Promise<TrainingDataOptions['reference'] | null> {
   const recipe = (await readModelMetadata(file)).preprocessing as Partial<InputRecipe> | null;
   return recipe?.scale ? { scale: recipe.scale, background: backgroundColours(recipe.background) } : null;
 }
