@@ -145,3 +145,68 @@ test('one white cell: a nucleus near the centre passes; none, one cut off at the
   );
   assert.equal(showsOneCell(measureCells(montage)), false, 'nine cells');
 });
+
+test('red cells cut by the edge: the circle through their outline, once half of it shows; a clump or a sliver gives nothing', () => {
+  /** A cream background with pink red cells (discs of radius r, each with a pale centre) at the given centres. */
+  const field = (side: number, discs: [number, number, number][]): RgbImage => {
+    const data = new Uint8Array(side * side * 3);
+    for (let y = 0; y < side; y++)
+      for (let x = 0; x < side; x++) {
+        const d = Math.min(...discs.map(([cx, cy, r]) => Math.hypot(x - cx, y - cy) / r));
+        data.set(d > 1 ? [255, 229, 202] : d < 0.35 ? [225, 180, 185] : [200, 140, 150], (y * side + x) * 3);
+      }
+    return { width: side, height: side, data };
+  };
+  // Two cells of diameter 80 cut by opposite edges, a quarter of each out of view, and none whole.
+  const cut = measureCells(
+    field(240, [
+      [20, 60, 40],
+      [220, 180, 40],
+    ]),
+  );
+  assert.ok(cut.rbcDiameter !== null && Math.abs(cut.rbcDiameter / 80 - 1) < 0.05, `cut cells: ${cut.rbcDiameter}`);
+  // Less than half in view: too little arc to fit.
+  assert.equal(
+    measureCells(
+      field(240, [
+        [-15, 60, 40],
+        [255, 180, 40],
+      ]),
+    ).rbcDiameter,
+    null,
+    'slivers',
+  );
+  // Two cells overlapping at the edge make one blob that is no circle.
+  assert.equal(
+    measureCells(
+      field(240, [
+        [20, 60, 40],
+        [20, 120, 40],
+      ]),
+    ).rbcDiameter,
+    null,
+    'a clump',
+  );
+  // Whole cells, where there are enough, decide alone.
+  const mixed = measureCells(
+    field(240, [
+      [70, 70, 30],
+      [170, 170, 30],
+      [0, 200, 45],
+    ]),
+  );
+  assert.ok(mixed.rbcDiameter !== null && Math.abs(mixed.rbcDiameter / 60 - 1) < 0.05, `whole cells: ${mixed.rbcDiameter}`);
+});
+
+test('a PBC field magnified 1.5 times, where few red cells lie whole in the frame, is still measured at its scale', async () => {
+  const ratios: number[] = [];
+  for (const file of sample(5)) {
+    const image = await readImageFile(file).catch(() => null);
+    if (!image) continue;
+    const { rbcDiameter: original } = measureCells(image);
+    const { rbcDiameter: enlarged } = measureCells(await magnify(image, 1.5));
+    if (original && enlarged) ratios.push(enlarged / original);
+  }
+  assert.ok(ratios.length >= 12, `${ratios.length} of 40 images measured at both sizes`);
+  assert.ok(Math.abs(median(ratios) / 1.5 - 1) < 0.1, `median ratio ${median(ratios)}`);
+});

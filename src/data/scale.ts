@@ -71,9 +71,12 @@ function measureAtFullSize(image: RgbImage): CellMeasures {
   const cellMask = new Uint8Array(n);
   for (let i = 0; i < n; i++) cellMask[i] = darkness[i] > threshold ? 1 : 0;
   fillHoles(cellMask, width, height);
-  const diameters = roundCellDiameters(cellMask, nucleus, width, height);
+  // Whole red cells measure best; cells cut by the edge count only where too few whole ones are in view.
+  const { whole, cut } = roundCellDiameters(cellMask, nucleus, width, height);
+  const wholeDiameter = robustMedian(whole);
+  const diameters = wholeDiameter !== null && countNear(whole, wholeDiameter) >= MIN_RED_CELLS ? whole : [...whole, ...cut];
   const rbcDiameter = robustMedian(diameters);
-  const redCells = rbcDiameter === null ? 0 : diameters.filter((d) => Math.abs(d / rbcDiameter - 1) < 0.2).length;
+  const redCells = rbcDiameter === null ? 0 : countNear(diameters, rbcDiameter);
 
   const { extent, blobs } = nucleusExtent(nucleus, width, height);
   return {
@@ -84,6 +87,11 @@ function measureAtFullSize(image: RgbImage): CellMeasures {
     tightCrop: extent !== null && extent >= TIGHT_CROP * Math.min(width, height),
     background,
   };
+}
+
+/** How many diameters lie within 20 % of the median: the red cells the estimate rests on. */
+function countNear(diameters: readonly number[], median: number): number {
+  return diameters.filter((d) => Math.abs(d / median - 1) < 0.2).length;
 }
 
 function luma(r: number, g: number, b: number): number {
@@ -258,23 +266,129 @@ function boxShrink(image: RgbImage, step: number): RgbImage {
 }
 
 /**
- * Equivalent diameters of the round, whole, isolated cells without nucleus pixels: red cells. Touching or
- * overlapping cells make elongated or hollow-cornered blobs, and cells cut by the edge touch it; both are left out.
+ * Diameters of the round, isolated cells without nucleus pixels: red cells. A whole cell gives its equivalent
+ * diameter; touching or overlapping cells make elongated or hollow-cornered blobs and are left out. A cell cut by
+ * the image's edge gives the circle through its visible outline, where at least half of it is visible: in an
+ * enlarged field few red cells lie whole inside the frame.
  */
-function roundCellDiameters(mask: Uint8Array, nucleus: Uint8Array, width: number, height: number): number[] {
-  const diameters: number[] = [];
+function roundCellDiameters(mask: Uint8Array, nucleus: Uint8Array, width: number, height: number): { whole: number[]; cut: number[] } {
+  const whole: number[] = [];
+  const cut: number[] = [];
   for (const c of components(mask, width, height)) {
-    if (c.touchesBorder) continue;
     const w = c.maxX - c.minX + 1;
     const h = c.maxY - c.minY + 1;
-    if (w < 8 || h < 8 || w / h < 0.8 || w / h > 1.25 || Math.max(w, h) > 0.6 * Math.min(width, height)) continue;
-    if (c.area < 0.85 * (Math.PI / 4) * w * h) continue;
+    if (w < 8 || h < 8) continue;
     let nucleusPixels = 0;
     for (const i of c.pixels) nucleusPixels += nucleus[i];
     if (nucleusPixels > 0.02 * c.area) continue;
-    diameters.push(2 * Math.sqrt(c.area / Math.PI));
+    if (c.touchesBorder) {
+      const diameter = cutCircleDiameter(c, width, height);
+      if (diameter !== null) cut.push(diameter);
+      continue;
+    }
+    if (w / h < 0.8 || w / h > 1.25 || Math.max(w, h) > 0.6 * Math.min(width, height)) continue;
+    if (c.area < 0.85 * (Math.PI / 4) * w * h) continue;
+    whole.push(2 * Math.sqrt(c.area / Math.PI));
   }
-  return diameters;
+  return { whole, cut };
+}
+
+/** Largest angle (radians) between neighbouring outline points seen from the circle's centre: the missing arc. */
+const MAX_MISSING_ARC = Math.PI;
+/** Root-mean-square distance of the outline from the fitted circle, relative to its radius, for a round cell. */
+const MAX_FIT_ERROR = 0.06;
+/** Share of the fitted circle's in-frame area the blob must cover: a cut cell's pale centre may open to the edge. */
+const MIN_FILL = 0.6;
+
+/**
+ * The diameter of the circle fitted (least squares, Kåsa) to the convex outline of a blob cut by the image's edge,
+ * leaving out the outline along the edge itself; null unless the outline is round and covers at least half the
+ * circle. The convex hull ignores the pale centre and small dents; two overlapping cells fit no circle.
+ */
+function cutCircleDiameter(c: Component, width: number, height: number): number | null {
+  // Each row's and column's outermost pixels hold the blob's convex hull.
+  const extremes = new Map<number, [number, number]>();
+  const columns = new Map<number, [number, number]>();
+  for (const i of c.pixels) {
+    const x = i % width;
+    const y = (i - x) / width;
+    const row = extremes.get(y);
+    if (!row) extremes.set(y, [x, x]);
+    else ((row[0] = Math.min(row[0], x)), (row[1] = Math.max(row[1], x)));
+    const column = columns.get(x);
+    if (!column) columns.set(x, [y, y]);
+    else ((column[0] = Math.min(column[0], y)), (column[1] = Math.max(column[1], y)));
+  }
+  const points: [number, number][] = [];
+  for (const [y, [a, b]] of extremes) points.push([a, y], [b, y]);
+  for (const [x, [a, b]] of columns) points.push([x, a], [x, b]);
+  const outline = convexHull(points).filter(([x, y]) => x > 0 && y > 0 && x < width - 1 && y < height - 1);
+  if (outline.length < 6) return null;
+  const circle = fitCircle(outline);
+  if (!circle || circle.r < 4) return null;
+  let squares = 0;
+  for (const [x, y] of outline) squares += (Math.hypot(x - circle.cx, y - circle.cy) - circle.r) ** 2;
+  if (Math.sqrt(squares / outline.length) > MAX_FIT_ERROR * circle.r) return null;
+  const angles = outline.map(([x, y]) => Math.atan2(y - circle.cy, x - circle.cx)).sort((a, b) => a - b);
+  let missing = angles[0] + 2 * Math.PI - angles[angles.length - 1];
+  for (let k = 1; k < angles.length; k++) missing = Math.max(missing, angles[k] - angles[k - 1]);
+  if (missing > MAX_MISSING_ARC) return null;
+  // A clump of cells along the edge can have a round hull, but leaves much of it empty.
+  if (c.area < MIN_FILL * circleAreaInFrame(circle, width, height)) return null;
+  // The hull runs through the outermost pixel centres, which matches the whole cells' area-equivalent diameter.
+  return 2 * circle.r;
+}
+
+/** Pixels of the circle that lie inside the image. */
+function circleAreaInFrame({ cx, cy, r }: { cx: number; cy: number; r: number }, width: number, height: number): number {
+  let area = 0;
+  for (let y = Math.max(0, Math.ceil(cy - r)); y <= Math.min(height - 1, Math.floor(cy + r)); y++) {
+    const half = Math.sqrt(Math.max(0, r * r - (y - cy) ** 2));
+    area += Math.max(0, Math.min(width - 1, Math.floor(cx + half)) - Math.max(0, Math.ceil(cx - half)) + 1);
+  }
+  return area;
+}
+
+/** Andrew's monotone chain: the convex hull's vertices, in order. */
+function convexHull(points: [number, number][]): [number, number][] {
+  const sorted = [...points].sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+  const cross = (o: number[], a: number[], b: number[]) => (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0]);
+  const half = (list: [number, number][]) => {
+    const chain: [number, number][] = [];
+    for (const p of list) {
+      while (chain.length >= 2 && cross(chain[chain.length - 2], chain[chain.length - 1], p) <= 0) chain.pop();
+      chain.push(p);
+    }
+    chain.pop();
+    return chain;
+  };
+  return [...half(sorted), ...half([...sorted].reverse())];
+}
+
+/** The least-squares circle x² + y² + Dx + Ey + F = 0 through the points (Kåsa), centred on their mean for accuracy. */
+function fitCircle(points: readonly [number, number][]): { cx: number; cy: number; r: number } | null {
+  const n = points.length;
+  const mx = points.reduce((s, p) => s + p[0], 0) / n;
+  const my = points.reduce((s, p) => s + p[1], 0) / n;
+  let [sxx, sxy, syy, sxz, syz, sz] = [0, 0, 0, 0, 0, 0];
+  for (const [px, py] of points) {
+    const [x, y] = [px - mx, py - my];
+    const z = x * x + y * y;
+    sxx += x * x;
+    sxy += x * y;
+    syy += y * y;
+    sxz += x * z;
+    syz += y * z;
+    sz += z;
+  }
+  // With centred coordinates Σx = Σy = 0, so D and E solve a 2 × 2 system and F = −Σz / n.
+  const det = sxx * syy - sxy * sxy;
+  if (Math.abs(det) < 1e-9) return null;
+  const d = -(sxz * syy - syz * sxy) / det;
+  const e = -(syz * sxx - sxz * sxy) / det;
+  const f = -sz / n;
+  const r2 = (d * d + e * e) / 4 - f;
+  return r2 > 0 ? { cx: mx - d / 2, cy: my - e / 2, r: Math.sqrt(r2) } : null;
 }
 
 /** Fills the background pockets that do not reach the image's edge: a red cell's pale centre belongs to the cell. */
