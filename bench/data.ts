@@ -48,7 +48,10 @@ async function sampleFiles(count: number): Promise<{ file: string; label: string
 }
 
 async function throughput(files: string[], threads: number, mpm: boolean): Promise<number> {
-  const pool = await PreparePool.start({ geometry: DEFAULT_GEOMETRY, mpm: mpm ? resolveMpmConfig() : null, scale: null, background: null }, threads);
+  const pool = await PreparePool.start(
+    { geometry: DEFAULT_GEOMETRY, mpm: mpm ? resolveMpmConfig() : null, scale: null, background: null, stain: null },
+    threads,
+  );
   try {
     await pool.map(files.slice(0, threads * 4)); // warm-up: JIT, OpenCV tables
     const started = performance.now();

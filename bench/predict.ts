@@ -132,8 +132,13 @@ async function main(): Promise<void> {
 
   log('scale estimation and normalisation, per PBC image');
   const decoded = await Promise.all(buffers.slice(0, 32).map((b) => decodeImage(b)));
-  const plain: InputRecipe = { geometry: { field: 360, size }, mpm: null, scale: null, background: null };
-  const normalised: InputRecipe = { ...plain, scale: { rbcDiameter: 73, rbcDiameterUm: 7.5, nucleusExtent: 114 }, background: [[255, 229, 202]] };
+  const plain: InputRecipe = { geometry: { field: 360, size }, mpm: null, scale: null, background: null, stain: null };
+  const normalised: InputRecipe = {
+    ...plain,
+    scale: { rbcDiameter: 73, rbcDiameterUm: 7.5, nucleusExtent: 114 },
+    background: [[255, 229, 202]],
+    stain: { haematoxylin: [0.9, 2.4], eosin: [0.4, 1.7] },
+  };
   const perImage = async (recipe: InputRecipe) => {
     const start = performance.now();
     for (const image of decoded) await prepareImage(image, recipe);

@@ -28,6 +28,7 @@ const RECIPE = {
   mpm: null,
   scale: { rbcDiameter: 73, rbcDiameterUm: 7.5, nucleusExtent: 114 },
   background: [250, 230, 200],
+  stain: { haematoxylin: [0.9, 2.4], eosin: [0.4, 1.7] },
 };
 
 /** A tiny calibrated model with a detector and provenance, and one with none of them. */
@@ -93,7 +94,7 @@ test('info --json prints the card: identity, input and preprocessing, calibratio
   assert.equal(card.dtype, 'float16');
   assert.deepEqual(card.classes, [...PBC_CLASSES]);
   assert.equal(card.input_size, 64);
-  assert.deepEqual(card.preprocessing, { field: 300, size: 64, scale: RECIPE.scale, background: [RECIPE.background], mpm: null });
+  assert.deepEqual(card.preprocessing, { field: 300, size: 64, scale: RECIPE.scale, background: [RECIPE.background], stain: RECIPE.stain, mpm: null });
   assert.equal(card.temperature, 1.25);
   assert.equal(card.uncertainty_threshold, 0.8);
   assert.deepEqual(card.out_of_distribution, { kind: 'mahalanobis', pooling: 'stage-std', threshold: 123.5, validation_flagged: 0.05, features: FEATURES });
@@ -108,6 +109,7 @@ test('info prints the card for people, and says what a model lacks', async () =>
   assert.match(run.stdout, /^input +64 px from a centred 300 px field$/m);
   assert.match(run.stdout, /^scale +.*red cell 73\.0 px \(7\.5 µm\), nucleus 114\.0 px$/m);
   assert.match(run.stdout, /^background +white-balanced to rgb\(250, 230, 200\)$/m);
+  assert.match(run.stdout, /^stain +strength brought into the training range: haematoxylin 0\.90–2\.40, eosin 0\.40–1\.70$/m);
   assert.match(run.stdout, /^out-of-distribution +mahalanobis detector on stage-std features, threshold 123\.50 \(flags 5\.0 % of validation images\)$/m);
   assert.match(run.stdout, new RegExp(`^sha256 +${sha256(full)}$`, 'm'));
   assert.match(run.stdout, /^ {2}validation +\{"accuracy":0\.97\}$/m);
@@ -117,6 +119,7 @@ test('info prints the card for people, and says what a model lacks', async () =>
   for (const line of [
     /^input +64 px from the largest centred square$/m,
     /^scale +none/m,
+    /^stain +none/m,
     /^temperature +none \(not calibrated\)$/m,
     /^out-of-distribution +no detector$/m,
   ])

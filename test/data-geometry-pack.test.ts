@@ -107,7 +107,8 @@ test('pack (PNG blobs) reads back exactly the model inputs, with labels, files, 
     background?.some((c) => c[0] > 200 && c[2] < c[0]),
     JSON.stringify(header.background),
   );
-  const recipe = { geometry: header.geometry, mpm: null, scale: header.scale ?? null, background };
+  assert.ok(header.stain && header.stain.haematoxylin[0] < header.stain.haematoxylin[1], JSON.stringify(header.stain));
+  const recipe = { geometry: header.geometry, mpm: null, scale: header.scale ?? null, background, stain: header.stain ?? null };
   for (let i = 0; i < pack.n; i++) {
     const expected = await prepareImage(await readImageFile(path.join(root, pack.files[i])), recipe);
     assert.deepEqual(pack.images.subarray(i * 128 * 128 * 3, (i + 1) * 128 * 128 * 3), expected.image.data, pack.files[i]);

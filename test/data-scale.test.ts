@@ -28,7 +28,7 @@ const reference = { rbcDiameter: 73, rbcDiameterUm: 7.5, nucleusExtent: 114 };
 // PBC's two backgrounds: cream, and the lavender of a few per cent of its images.
 const CREAM: Rgb = [255, 229, 202];
 const LAVENDER: Rgb = [229, 222, 229];
-const recipe: InputRecipe = { geometry: { field: 360, size: 128 }, mpm: null, scale: reference, background: [CREAM, LAVENDER] };
+const recipe: InputRecipe = { geometry: { field: 360, size: 128 }, mpm: null, scale: reference, background: [CREAM, LAVENDER], stain: null };
 
 test('red-cell diameters over 200 PBC images: most images measured, estimates near their median, and they follow a resize', async () => {
   const found: Record<'1' | '0.5' | '2', number[]> = { 1: [], 0.5: [], 2: [] };

@@ -167,6 +167,7 @@ export function inputRecipe(metadata: ModelMetadata): InputRecipe {
     mpm: preprocessing.mpm ?? null,
     scale: preprocessing.scale ?? null,
     background: backgroundColours(preprocessing.background),
+    stain: preprocessing.stain ?? null,
   });
 }
 

@@ -11,6 +11,7 @@ import { DEFAULT_GEOMETRY, type GeometryConfig } from './geometry.js';
 import { mapLimit } from './pool.js';
 import { type BlobCodec, measureReference, PreparePool, type Reference, type ReferenceScale, type Rgb } from './prepare.js';
 import type { Part } from './split.js';
+import type { StainRange } from './stain.js';
 
 const MAGIC = 'HMTPACK1';
 
@@ -44,6 +45,8 @@ export interface PackHeader {
   /** The reference scale and background the images were brought to (absent in packs made before them). */
   scale?: ReferenceScale | null;
   background?: Rgb | Rgb[] | null;
+  /** The range of stain strengths images were brought into (absent in packs made before it). */
+  stain?: StainRange | null;
   /** sha256 of the split CSV the parts came from. */
   splitHash: string | null;
   source: string | null;
@@ -101,9 +104,15 @@ export async function writePack(allItems: readonly PackItem[], outPath: string, 
       ? options.reference
       : await measureReference(
           (trainItems.length ? trainItems : items).map((i) => i.path),
-          { maxPixels: options.maxPixels },
+          { maxPixels: options.maxPixels, geometry },
         );
-  const recipe = { geometry, mpm: options.mpm ?? null, scale: reference?.scale ?? null, background: reference?.background ?? null };
+  const recipe = {
+    geometry,
+    mpm: options.mpm ?? null,
+    scale: reference?.scale ?? null,
+    background: reference?.background ?? null,
+    stain: reference?.stain ?? null,
+  };
   const pool = await PreparePool.start({ ...recipe, maxPixels: options.maxPixels, encode: { codec, quality } }, options.threads);
   let results;
   try {
@@ -140,6 +149,7 @@ export async function writePack(allItems: readonly PackItem[], outPath: string, 
     mpm: options.mpm ?? null,
     scale: recipe.scale,
     background: recipe.background,
+    stain: recipe.stain,
     splitHash: options.splitHash ?? null,
     source: options.source ?? null,
     entries,

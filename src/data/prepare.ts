@@ -10,7 +10,8 @@ import { DecodeError, type DecodeErrorCode } from './errors.js';
 import { cropToField, type GeometryConfig, resizeRgb, validateGeometry } from './geometry.js';
 import { type RgbImage, readImageFile } from './image.js';
 import { seededRandom } from './random.js';
-import { type CellMeasures, measureCells, RBC_DIAMETER_UM, type ScaleSource } from './scale.js';
+import { backgroundColour, type CellMeasures, measureCells, RBC_DIAMETER_UM, type ScaleSource } from './scale.js';
+import { normaliseStain, type StainRange, stainRangeOf, stainStrengths } from './stain.js';
 
 /** How a pack stores each image: lossless (webp-lossless, png) or lossy at a quality (webp, jpeg). */
 export type BlobCodec = 'webp-lossless' | 'webp' | 'jpeg' | 'png';
@@ -41,6 +42,8 @@ export interface InputRecipe {
    * background is close to one of them is balanced to it; any other to the median. null: colours as they are.
    */
   background: Rgb[] | null;
+  /** The range of stain strengths over training images; an image outside it is brought to its edge. null: as it is. */
+  stain: StainRange | null;
 }
 
 export interface ScaleReport {
@@ -83,6 +86,10 @@ export function validateInputRecipe(recipe: InputRecipe): InputRecipe {
   if (recipe.background !== null && !(Array.isArray(recipe.background) && recipe.background.length > 0 && recipe.background.every(isColour))) {
     throw new RangeError(`input recipe: background must be a list of colours, each three numbers in (0, 255], got ${JSON.stringify(recipe.background)}`);
   }
+  const isRange = (r: unknown) => Array.isArray(r) && r.length === 2 && positive(r[0]) && positive(r[1]) && r[0] <= r[1];
+  if (recipe.stain !== null && !(isRange(recipe.stain?.haematoxylin) && isRange(recipe.stain?.eosin))) {
+    throw new RangeError(`input recipe: stain needs haematoxylin and eosin ranges [low, high] of positive numbers, got ${JSON.stringify(recipe.stain)}`);
+  }
   return recipe;
 }
 
@@ -124,7 +131,8 @@ export function chooseScale(reference: ReferenceScale | null, measures: CellMeas
 
 /**
  * Brings one decoded image to the model's input: measured (or given) scale → the centred field at that scale,
- * padded with the image's own background colour → resized → white-balanced to the training background → MPM.
+ * padded with the image's own background colour → resized → white-balanced to the training background → stain
+ * strength brought into the training range → MPM.
  */
 export async function prepareImage(image: RgbImage, recipe: InputRecipe, options: PrepareOptions = {}): Promise<PreparedImage> {
   const measures = options.measure || recipe.scale !== null || recipe.background !== null ? measureCells(image) : null;
@@ -133,6 +141,7 @@ export async function prepareImage(image: RgbImage, recipe: InputRecipe, options
   const field = recipe.geometry.field === null ? null : Math.max(1, Math.round(recipe.geometry.field / scale.factor));
   let prepared = await resizeRgb(cropToField(image, field, fill), recipe.geometry.size);
   if (recipe.background && measures) prepared = whiteBalance(prepared, measures.background, recipe.background);
+  if (recipe.stain) prepared = normaliseStain(prepared, backgroundColour(prepared), recipe.stain);
   if (recipe.mpm) prepared = (options.mpm ?? (await Mpm.create(recipe.mpm))).apply(prepared);
   return { image: prepared, scale, measures };
 }
@@ -164,14 +173,16 @@ export function scaleChannels(image: RgbImage, gains: readonly number[]): RgbIma
   return { width: image.width, height: image.height, data: out };
 }
 
-/** What a data set's images are brought to: its scale and its background colours. */
+/** What a data set's images are brought to: its scale, its background colours and the range of its stain strengths. */
 export interface Reference {
   scale: ReferenceScale;
   background: Rgb[];
+  /** null where it was not measured (without a geometry to prepare the images at). */
+  stain: StainRange | null;
 }
 
 /** A data set's red-cell and nucleus sizes (medians over the measurable images) and background colours (median first, then each distinct one). */
-export function referenceFrom(measures: readonly CellMeasures[]): Reference {
+export function referenceFrom(measures: readonly CellMeasures[]): Omit<Reference, 'stain'> {
   const median = (values: number[]) => {
     if (!values.length)
       throw new Error(
@@ -190,15 +201,28 @@ export function referenceFrom(measures: readonly CellMeasures[]): Reference {
   };
 }
 
-/** The reference of a data set, from a seeded sample of its (training) files; unreadable files are passed over. */
-export async function measureReference(paths: readonly string[], options: { sample?: number; seed?: number; maxPixels?: number } = {}): Promise<Reference> {
-  const sample = seededSample(paths, options.sample ?? 400, options.seed ?? 0);
-  const measures: CellMeasures[] = [];
-  for (const file of sample) {
+/**
+ * The reference of a data set, from a seeded sample of its (training) files; unreadable files are passed over. The
+ * stain range is measured on the sample as the model sees it, brought to the reference and cut to `geometry`.
+ */
+export async function measureReference(
+  paths: readonly string[],
+  options: { sample?: number; seed?: number; maxPixels?: number; geometry?: GeometryConfig } = {},
+): Promise<Reference> {
+  const images: RgbImage[] = [];
+  for (const file of seededSample(paths, options.sample ?? 400, options.seed ?? 0)) {
     const image = await readImageFile(file, { maxPixels: options.maxPixels }).catch(() => null);
-    if (image) measures.push(measureCells(image));
+    if (image) images.push(image);
   }
-  return referenceFrom(measures);
+  const { scale, background } = referenceFrom(images.map(measureCells));
+  const geometry = options.geometry;
+  if (!geometry) return { scale, background, stain: null };
+  const strengths: [number, number][] = [];
+  for (const image of images) {
+    const { image: prepared } = await prepareImage(image, { geometry, mpm: null, scale, background, stain: null });
+    strengths.push(stainStrengths(prepared, backgroundColour(prepared)));
+  }
+  return { scale, background, stain: stainRangeOf(strengths) };
 }
 
 /** The colours rounded to whole values, each once, in order. */

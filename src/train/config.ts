@@ -221,6 +221,7 @@ const SCHEMA = group({
     field: orNull(integer(8, 100_000)),
     normalizeScale: optional(bool),
     whiteBalance: optional(bool),
+    normalizeStain: optional(bool),
   }),
 });
 

@@ -8,6 +8,7 @@ import { DEFAULT_GEOMETRY, type GeometryConfig } from '../data/geometry.js';
 import { readPack } from '../data/pack.js';
 import { backgroundColours, type InputRecipe, measureReference, PreparePool, type ReferenceScale, type Rgb } from '../data/prepare.js';
 import { scanDataset } from '../data/scan.js';
+import type { StainRange } from '../data/stain.js';
 import { makeSplit, readSplit, sha256Text, type Split, type SplitRow } from '../data/split.js';
 import { type MpmConfigInput, resolveMpmConfig } from '../preprocess/mpm.js';
 
@@ -25,8 +26,10 @@ export interface TrainingDataOptions {
   normalizeScale?: boolean;
   /** With normalizeScale: also white-balance every image to the training background (default true). */
   whiteBalance?: boolean;
-  /** The scale and background to bring images to (a fine-tuned model's starting point's); absent: measured here. */
-  reference?: { scale: ReferenceScale; background: Rgb[] | null };
+  /** With normalizeScale: also bring every image's stain strength into the training range (default true). */
+  normalizeStain?: boolean;
+  /** The scale, background and stain range to bring images to (a fine-tuned model's starting point's); absent: measured here. */
+  reference?: { scale: ReferenceScale; background: Rgb[] | null; stain: StainRange | null };
 }
 
 export interface TrainingData {
@@ -73,13 +76,14 @@ export async function loadTrainingData(options: TrainingDataOptions, inputSize: 
       : (options.reference ??
         (await measureReference(
           paths.filter((_, i) => rows[i].part === 'train'),
-          { seed: options.seed },
+          { seed: options.seed, geometry },
         )));
   const preprocessing: InputRecipe = {
     geometry,
     mpm,
     scale: reference?.scale ?? null,
     background: options.whiteBalance === false ? null : (reference?.background ?? null),
+    stain: options.normalizeStain === false ? null : (reference?.stain ?? null),
   };
   const pool = await PreparePool.start(preprocessing, availableParallelism());
   let results;
@@ -137,6 +141,7 @@ async function fromPack(file: string, inputSize: number, mpm: boolean): Promise<
       mpm: pack.header.mpm,
       scale: pack.header.scale ?? null,
       background: backgroundColours(pack.header.background),
+      stain: pack.header.stain ?? null,
     },
     skipped: pack.header.skipped,
   };

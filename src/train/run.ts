@@ -200,10 +200,10 @@ async function checkData(runDir: string, data: TrainingData, request: TrainingRe
   await writeFile(file, `${JSON.stringify(now)}\n`);
 }
 
-/** The scale and background a model file was trained at, where it records them. */
+/** The scale, background and stain range a model file was trained at, where it records them. */
 async function referenceOf(file: string): Promise<TrainingDataOptions['reference'] | null> {
   const recipe = (await readModelMetadata(file)).preprocessing as Partial<InputRecipe> | null;
-  return recipe?.scale ? { scale: recipe.scale, background: backgroundColours(recipe.background) } : null;
+  return recipe?.scale ? { scale: recipe.scale, background: backgroundColours(recipe.background), stain: recipe.stain ?? null } : null;
 }
 
 /** Whether a file is a hemato model (or else a timm checkpoint), with the flag that named it in any error. */
@@ -279,7 +279,7 @@ async function trainLocked(runDir: string, config: RunConfig, request: TrainingR
   const reference = config.init && config.data.normalizeScale !== false ? await referenceOf(config.init) : null;
   if (reference && root)
     note(
-      `--init: images are brought to ${config.init}'s red-cell scale (${reference.scale.rbcDiameter.toFixed(1)} px)${reference.background ? ' and background' : ''}`,
+      `--init: images are brought to ${config.init}'s red-cell scale (${reference.scale.rbcDiameter.toFixed(1)} px)${reference.background ? ', background' : ''}${reference.stain ? ', stain range' : ''}`,
     );
   const data = await loadTrainingData({ ...config.data, seed: config.seed, ...(reference ? { reference } : {}) }, config.inputSize, request.onLoadProgress);
   if (root) {

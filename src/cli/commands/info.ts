@@ -46,6 +46,12 @@ function printCard(card: Card): void {
         : "none: the file's pixels as they are",
     ],
     ['background', backgroundLine(p.background)],
+    [
+      'stain',
+      p.stain
+        ? `strength brought into the training range: haematoxylin ${p.stain.haematoxylin.map((v) => v.toFixed(2)).join('–')}, eosin ${p.stain.eosin.map((v) => v.toFixed(2)).join('–')}`
+        : 'none: stain strength as it is',
+    ],
     ['MPM', p.mpm ? 'on' : 'off'],
     ['temperature', card.temperature === null ? 'none (not calibrated)' : card.temperature.toFixed(4)],
     ['uncertainty', card.uncertainty_threshold === null ? 'no threshold stored (0.5 applies)' : `flagged below ${card.uncertainty_threshold.toFixed(4)}`],

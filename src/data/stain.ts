@@ -1,0 +1,80 @@
+// Stain strength normalisation. Another lab's Giemsa or Wright stain can be paler or darker than the training
+// slides'. Each image's haematoxylin and eosin densities (Ruifrok–Johnston colour deconvolution, relative to its
+// background) are measured by a high percentile over the stained pixels, as in Macenko's method. Where a strength
+// lies outside the range seen in training it is scaled back to the range's nearest edge; inside it the image is
+// left as it is, so that the training images themselves are not recoloured.
+import { HED_FROM_RGB, RGB_FROM_HED } from './augment.js';
+import type { RgbImage } from './image.js';
+
+/** The range of each stain's strength over training images: [haematoxylin, eosin], each [low, high]. */
+export interface StainRange {
+  haematoxylin: [number, number];
+  eosin: [number, number];
+}
+
+/** Pixels whose optical density (summed over RGB) is below this are background, and do not count. */
+const STAINED = 0.15;
+/** The strength of a stain: this percentile of its density over the stained pixels (Macenko's robust maximum). */
+const PERCENTILE = 0.99;
+const BINS = 1024;
+const MAX_DENSITY = 3;
+
+/** Optical densities relative to the background, per pixel: -ln(I / I₀). */
+function densities(image: RgbImage, background: readonly number[]): Float32Array {
+  const od = new Float32Array(image.data.length);
+  for (let p = 0; p < od.length; p++) od[p] = Math.max(0, -Math.log(Math.max(1, image.data[p]) / Math.max(1, background[p % 3])));
+  return od;
+}
+
+/** Haematoxylin and eosin strengths of one image; 0 for a stain it does not show. */
+export function stainStrengths(image: RgbImage, background: readonly number[]): [number, number] {
+  const od = densities(image, background);
+  const histograms = [new Uint32Array(BINS), new Uint32Array(BINS)];
+  let stained = 0;
+  for (let p = 0; p < od.length; p += 3) {
+    if (od[p] + od[p + 1] + od[p + 2] < STAINED) continue;
+    stained++;
+    for (let k = 0; k < 2; k++) {
+      const density = od[p] * HED_FROM_RGB[k] + od[p + 1] * HED_FROM_RGB[3 + k] + od[p + 2] * HED_FROM_RGB[6 + k];
+      histograms[k][Math.min(BINS - 1, Math.max(0, Math.floor((density / MAX_DENSITY) * BINS)))]++;
+    }
+  }
+  return histograms.map((h) => {
+    if (stained === 0) return 0;
+    let count = 0;
+    for (let b = 0; b < BINS; b++) if ((count += h[b]) >= PERCENTILE * stained) return ((b + 0.5) / BINS) * MAX_DENSITY;
+    return MAX_DENSITY;
+  }) as [number, number];
+}
+
+/** The range of strengths over a sample of training images: the 2nd to the 98th percentile of each stain's. */
+export function stainRangeOf(strengths: readonly (readonly [number, number])[]): StainRange {
+  const range = (k: number): [number, number] => {
+    const sorted = strengths.map((s) => s[k]).sort((a, b) => a - b);
+    return [sorted[Math.floor(0.02 * (sorted.length - 1))], sorted[Math.ceil(0.98 * (sorted.length - 1))]];
+  };
+  return { haematoxylin: range(0), eosin: range(1) };
+}
+
+/** Scales each stain's density so that its strength falls inside the training range; the background stays. */
+export function normaliseStain(image: RgbImage, background: readonly number[], range: StainRange): RgbImage {
+  const strengths = stainStrengths(image, background);
+  const gains = [range.haematoxylin, range.eosin].map(([low, high], k) => {
+    const s = strengths[k];
+    // A stain the image does not show (a strength near 0) has nothing to scale.
+    return s < 0.05 ? 1 : Math.min(high, Math.max(low, s)) / s;
+  });
+  if (gains[0] === 1 && gains[1] === 1) return image;
+  const od = densities(image, background);
+  const out = new Uint8Array(image.data.length);
+  for (let p = 0; p < out.length; p += 3) {
+    const hed = [0, 1, 2].map((k) => od[p] * HED_FROM_RGB[k] + od[p + 1] * HED_FROM_RGB[3 + k] + od[p + 2] * HED_FROM_RGB[6 + k]);
+    hed[0] *= gains[0];
+    hed[1] *= gains[1];
+    for (let c = 0; c < 3; c++) {
+      const density = hed[0] * RGB_FROM_HED[c] + hed[1] * RGB_FROM_HED[3 + c] + hed[2] * RGB_FROM_HED[6 + c];
+      out[p + c] = Math.max(0, Math.min(255, Math.round(background[c] * Math.exp(-density))));
+    }
+  }
+  return { width: image.width, height: image.height, data: out };
+}
