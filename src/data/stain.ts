@@ -64,15 +64,22 @@ export function normaliseStain(image: RgbImage, background: readonly number[], r
     // A stain the image does not show (a strength near 0) has nothing to scale.
     return s < 0.05 ? 1 : Math.min(high, Math.max(low, s)) / s;
   });
-  if (gains[0] === 1 && gains[1] === 1) return image;
-  const od = densities(image, background);
+  return gains[0] === 1 && gains[1] === 1 ? image : scaleStains(image, background, gains as [number, number]);
+}
+
+/** Each pixel's haematoxylin and eosin densities (relative to the background) times their gains; the rest stays. */
+export function scaleStains(image: RgbImage, background: readonly number[], gains: readonly [number, number]): RgbImage {
+  const [m, inv] = [RGB_FROM_HED, HED_FROM_RGB];
   const out = new Uint8Array(image.data.length);
+  const od = [0, 0, 0];
   for (let p = 0; p < out.length; p += 3) {
-    const hed = [0, 1, 2].map((k) => od[p] * HED_FROM_RGB[k] + od[p + 1] * HED_FROM_RGB[3 + k] + od[p + 2] * HED_FROM_RGB[6 + k]);
+    for (let c = 0; c < 3; c++) od[c] = -Math.log(Math.max(1, image.data[p + c]) / Math.max(1, background[c]));
+    // Row vectors: hed = od · inv; H and E scaled; od' = hed · m.
+    const hed = [0, 1, 2].map((k) => od[0] * inv[k] + od[1] * inv[3 + k] + od[2] * inv[6 + k]);
     hed[0] *= gains[0];
     hed[1] *= gains[1];
     for (let c = 0; c < 3; c++) {
-      const density = hed[0] * RGB_FROM_HED[c] + hed[1] * RGB_FROM_HED[3 + c] + hed[2] * RGB_FROM_HED[6 + c];
+      const density = hed[0] * m[c] + hed[1] * m[3 + c] + hed[2] * m[6 + c];
       out[p + c] = Math.max(0, Math.min(255, Math.round(background[c] * Math.exp(-density))));
     }
   }

@@ -1,11 +1,11 @@
 // The shift suite: what images from other microscopes, stains and scanners do to a PBC image, each applied to the
 // decoded source image before the classifier prepares it, with its parameters recorded.
 import sharp, { type Sharp } from 'sharp';
-import { HED_FROM_RGB, RGB_FROM_HED } from '../data/augment.js';
 import { cropToField, resizeRgb } from '../data/geometry.js';
 import type { RgbImage } from '../data/image.js';
 import { scaleChannels } from '../data/prepare.js';
 import { measureCells } from '../data/scale.js';
+import { scaleStains } from '../data/stain.js';
 
 export interface Shift {
   name: string;
@@ -98,20 +98,5 @@ async function viaSharp(image: RgbImage, op: (s: Sharp) => Sharp): Promise<RgbIm
 
 /** Haematoxylin and eosin densities × factor, relative to the background (which stays as it is). */
 export function stain(image: RgbImage, factor: number): RgbImage {
-  const background = measureCells(image).background;
-  const [m, inv] = [RGB_FROM_HED, HED_FROM_RGB];
-  const out = new Uint8Array(image.data.length);
-  const od = [0, 0, 0];
-  for (let p = 0; p < out.length; p += 3) {
-    for (let c = 0; c < 3; c++) od[c] = -Math.log(Math.max(1, image.data[p + c]) / Math.max(1, background[c]));
-    // Row vector: hed = od · inv; scale H and E; od' = hed · m.
-    const hed = [0, 1, 2].map((k) => od[0] * inv[k] + od[1] * inv[3 + k] + od[2] * inv[6 + k]);
-    hed[0] *= factor;
-    hed[1] *= factor;
-    for (let c = 0; c < 3; c++) {
-      const density = hed[0] * m[c] + hed[1] * m[3 + c] + hed[2] * m[6 + c];
-      out[p + c] = Math.max(0, Math.min(255, Math.round(background[c] * Math.exp(-density))));
-    }
-  }
-  return { width: image.width, height: image.height, data: out };
+  return scaleStains(image, measureCells(image).background, [factor, factor]);
 }
