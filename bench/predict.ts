@@ -130,7 +130,7 @@ async function main(): Promise<void> {
   model.dispose();
   const trainImgS = 32 / median(steps.slice(1));
 
-  log('scale estimation and normalisation, per PBC image');
+  log('scale estimation and normalisation, white balance and stain normalisation, per PBC image');
   const decoded = await Promise.all(buffers.slice(0, 32).map((b) => decodeImage(b)));
   const plain: InputRecipe = { geometry: { field: 360, size }, mpm: null, scale: null, background: null, stain: null };
   const normalised: InputRecipe = {
