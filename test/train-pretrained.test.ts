@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as E from '../src/engine/index.js';
 import { createModel, importPretrained } from '../src/models/index.js';
-import { loadModel } from '../src/models/io.js';
+import { loadModel, readModelMetadata } from '../src/models/io.js';
 import type { RunConfigInput } from '../src/train/config.js';
 import { runTraining } from '../src/train/run.js';
 import { TINY_RUN, writeNoisyImageFolder } from './train-fixtures.js';
@@ -100,4 +100,45 @@ test('the dual-path network takes one checkpoint per path, and a single file onl
   const plain = createModel('convnext_atto', { numClasses: 5, inputSize: 64 });
   await assert.rejects(importPretrained(plain, { convnext: file }), /has no paths: give its checkpoint alone/);
   plain.dispose();
+});
+
+test('a fine-tune from --init keeps the scale, background and stain range of the model it starts from, and records them', async () => {
+  const folder = await writeNoisyImageFolder(path.join(root, 'cells-init'), CLASSES, 5);
+  const startDir = path.join(root, 'start');
+  await runTraining({ runDir: startDir, overrides: settings(folder, {}), note: () => {} });
+  // The starting point as if trained at a physical scale: its recipe written into the file.
+  const recipe = {
+    geometry: { field: 40, size: 32 },
+    mpm: null,
+    scale: { rbcDiameter: 12, rbcDiameterUm: 7.5, nucleusExtent: 20 },
+    background: [[240, 220, 200]],
+    stain: { haematoxylin: [0.5, 1.5], eosin: [0.2, 0.9] },
+  };
+  const file = await E.loadSafetensors(path.join(startDir, 'model.safetensors'));
+  const info = JSON.parse(file.metadata.hemato);
+  const start = path.join(root, 'start-with-recipe.safetensors');
+  await E.saveSafetensors(start, file.tensors, { ...file.metadata, hemato: JSON.stringify({ ...info, preprocessing: recipe }) });
+  E.dispose([...file.tensors.values()]);
+
+  const notes: string[] = [];
+  const runDir = path.join(root, 'fine-tune');
+  await runTraining({
+    runDir,
+    overrides: { ...TINY_RUN, init: start, data: { ...TINY_RUN.data, source: { dir: folder }, field: 40 } },
+    note: (n) => notes.push(n),
+  });
+  assert.ok(
+    notes.some((n) => /^--init: images are brought to .*'s red-cell scale \(12\.0 px\), background, stain range$/.test(n)),
+    notes.join('\n'),
+  );
+  const preprocessing = (await readModelMetadata(path.join(runDir, 'model.safetensors'))).preprocessing as typeof recipe;
+  assert.deepEqual(
+    { scale: preprocessing.scale, background: preprocessing.background, stain: preprocessing.stain },
+    { scale: recipe.scale, background: recipe.background, stain: recipe.stain },
+  );
+
+  // Without a field (the largest centred square) images keep the file's scale, and nothing claims otherwise.
+  const unscaled: string[] = [];
+  await runTraining({ runDir: path.join(root, 'fine-tune-unscaled'), overrides: settings(folder, { init: start }), note: (n) => unscaled.push(n) });
+  assert.ok(!unscaled.some((n) => n.startsWith('--init: images are brought')), unscaled.join('\n'));
 });

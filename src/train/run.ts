@@ -275,8 +275,9 @@ async function trainLocked(runDir: string, config: RunConfig, request: TrainingR
   const resume = Boolean(request.resume);
   const { parallel } = request;
   const root = !parallel || parallel.isRoot;
-  // A fine-tuned model keeps its starting point's scale and colour, so the weights see cells as they learned them.
-  const reference = config.init && config.data.normalizeScale !== false ? await referenceOf(config.init) : null;
+  // A fine-tuned model keeps its starting point's scale and colour, so the weights see cells as they learned them
+  // (without a field, the largest centred square, images are taken at the file's scale and none applies).
+  const reference = config.init && config.data.normalizeScale !== false && config.data.field !== null ? await referenceOf(config.init) : null;
   if (reference && root)
     note(
       `--init: images are brought to ${config.init}'s red-cell scale (${reference.scale.rbcDiameter.toFixed(1)} px)${reference.background ? ', background' : ''}${reference.stain ? ', stain range' : ''}`,
