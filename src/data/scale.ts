@@ -71,13 +71,10 @@ function measureAtFullSize(image: RgbImage): CellMeasures {
   const cellMask = new Uint8Array(n);
   for (let i = 0; i < n; i++) cellMask[i] = darkness[i] > threshold ? 1 : 0;
   fillHoles(cellMask, width, height);
-  // Whole red cells measure best; cells cut by the edge count only where too few whole ones are in view, and
-  // shorter arcs only where none is: in an unaltered field they are mostly clumps along the edge.
+  // Whole red cells measure best; cells cut by the edge count only where too few whole ones are in view.
   const { whole, cut } = roundCellDiameters(cellMask, nucleus, width, height);
   const wholeDiameter = robustMedian(whole);
-  const enough = wholeDiameter !== null && countNear(whole, wholeDiameter) >= MIN_RED_CELLS;
-  const maxMissing = whole.length ? MAX_MISSING_ARC : MAX_MISSING_ARC_ALONE;
-  const diameters = enough ? whole : [...whole, ...cut.filter((c) => c.missingArc <= maxMissing).map((c) => c.diameter)];
+  const diameters = wholeDiameter !== null && countNear(whole, wholeDiameter) >= MIN_RED_CELLS ? whole : [...whole, ...cut];
   const rbcDiameter = robustMedian(diameters);
   const redCells = rbcDiameter === null ? 0 : countNear(diameters, rbcDiameter);
 
@@ -271,12 +268,12 @@ function boxShrink(image: RgbImage, step: number): RgbImage {
 /**
  * Diameters of the round, isolated cells without nucleus pixels: red cells. A whole cell gives its equivalent
  * diameter; touching or overlapping cells make elongated or hollow-cornered blobs and are left out. A cell cut by
- * the image's edge gives the circle through its visible outline: in an enlarged field few red cells lie whole
- * inside the frame.
+ * the image's edge gives the circle through its visible outline, where at least half of it is visible: in an
+ * enlarged field few red cells lie whole inside the frame.
  */
-function roundCellDiameters(mask: Uint8Array, nucleus: Uint8Array, width: number, height: number): { whole: number[]; cut: CutCircle[] } {
+function roundCellDiameters(mask: Uint8Array, nucleus: Uint8Array, width: number, height: number): { whole: number[]; cut: number[] } {
   const whole: number[] = [];
-  const cut: CutCircle[] = [];
+  const cut: number[] = [];
   for (const c of components(mask, width, height)) {
     const w = c.maxX - c.minX + 1;
     const h = c.maxY - c.minY + 1;
@@ -285,8 +282,8 @@ function roundCellDiameters(mask: Uint8Array, nucleus: Uint8Array, width: number
     for (const i of c.pixels) nucleusPixels += nucleus[i];
     if (nucleusPixels > 0.02 * c.area) continue;
     if (c.touchesBorder) {
-      const circle = cutCircle(c, width, height);
-      if (circle !== null) cut.push(circle);
+      const diameter = cutCircleDiameter(c, width, height);
+      if (diameter !== null) cut.push(diameter);
       continue;
     }
     if (w / h < 0.8 || w / h > 1.25 || Math.max(w, h) > 0.6 * Math.min(width, height)) continue;
@@ -296,29 +293,19 @@ function roundCellDiameters(mask: Uint8Array, nucleus: Uint8Array, width: number
   return { whole, cut };
 }
 
-/**
- * Largest angle (radians) between neighbouring outline points seen from the circle's centre, the missing arc: half
- * the circle where some whole red cell is in view, 0.7 of it where none is.
- */
+/** Largest angle (radians) between neighbouring outline points seen from the circle's centre: the missing arc. */
 const MAX_MISSING_ARC = Math.PI;
-const MAX_MISSING_ARC_ALONE = 1.4 * Math.PI;
 /** Root-mean-square distance of the outline from the fitted circle, relative to its radius, for a round cell. */
 const MAX_FIT_ERROR = 0.06;
 /** Share of the fitted circle's in-frame area the blob must cover: a cut cell's pale centre may open to the edge. */
 const MIN_FILL = 0.6;
 
-interface CutCircle {
-  diameter: number;
-  /** The largest gap in the outline seen from the circle's centre (radians): how much of the cell is out of view. */
-  missingArc: number;
-}
-
 /**
- * The circle fitted (least squares, Kåsa) to the convex outline of a blob cut by the image's edge, leaving out the
- * outline along the edge itself; null unless the outline is round and covers 0.3 of the circle or more. The convex
- * hull ignores the pale centre and small dents; two overlapping cells fit no circle.
+ * The diameter of the circle fitted (least squares, Kåsa) to the convex outline of a blob cut by the image's edge,
+ * leaving out the outline along the edge itself; null unless the outline is round and covers at least half the
+ * circle. The convex hull ignores the pale centre and small dents; two overlapping cells fit no circle.
  */
-function cutCircle(c: Component, width: number, height: number): CutCircle | null {
+function cutCircleDiameter(c: Component, width: number, height: number): number | null {
   // Each row's and column's outermost pixels hold the blob's convex hull.
   const extremes = new Map<number, [number, number]>();
   const columns = new Map<number, [number, number]>();
@@ -345,11 +332,11 @@ function cutCircle(c: Component, width: number, height: number): CutCircle | nul
   const angles = outline.map(([x, y]) => Math.atan2(y - circle.cy, x - circle.cx)).sort((a, b) => a - b);
   let missing = angles[0] + 2 * Math.PI - angles[angles.length - 1];
   for (let k = 1; k < angles.length; k++) missing = Math.max(missing, angles[k] - angles[k - 1]);
-  if (missing > MAX_MISSING_ARC_ALONE) return null;
+  if (missing > MAX_MISSING_ARC) return null;
   // A clump of cells along the edge can have a round hull, but leaves much of it empty.
   if (c.area < MIN_FILL * circleAreaInFrame(circle, width, height)) return null;
   // The hull runs through the outermost pixel centres, which matches the whole cells' area-equivalent diameter.
-  return { diameter: 2 * circle.r, missingArc: missing };
+  return 2 * circle.r;
 }
 
 /** Pixels of the circle that lie inside the image. */
