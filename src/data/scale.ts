@@ -307,20 +307,20 @@ const MIN_FILL = 0.6;
  */
 function cutCircleDiameter(c: Component, width: number, height: number): number | null {
   // Each row's and column's outermost pixels hold the blob's convex hull.
-  const extremes = new Map<number, [number, number]>();
+  const rows = new Map<number, [number, number]>();
   const columns = new Map<number, [number, number]>();
   for (const i of c.pixels) {
     const x = i % width;
     const y = (i - x) / width;
-    const row = extremes.get(y);
-    if (!row) extremes.set(y, [x, x]);
+    const row = rows.get(y);
+    if (!row) rows.set(y, [x, x]);
     else ((row[0] = Math.min(row[0], x)), (row[1] = Math.max(row[1], x)));
     const column = columns.get(x);
     if (!column) columns.set(x, [y, y]);
     else ((column[0] = Math.min(column[0], y)), (column[1] = Math.max(column[1], y)));
   }
   const points: [number, number][] = [];
-  for (const [y, [a, b]] of extremes) points.push([a, y], [b, y]);
+  for (const [y, [a, b]] of rows) points.push([a, y], [b, y]);
   for (const [x, [a, b]] of columns) points.push([x, a], [x, b]);
   const outline = convexHull(points).filter(([x, y]) => x > 0 && y > 0 && x < width - 1 && y < height - 1);
   if (outline.length < 6) return null;

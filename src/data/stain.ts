@@ -6,7 +6,7 @@
 import { HED_FROM_RGB, RGB_FROM_HED } from './augment.js';
 import type { RgbImage } from './image.js';
 
-/** The range of each stain's strength over training images: [haematoxylin, eosin], each [low, high]. */
+/** The range of each stain's strength over training images, as [low, high]. */
 export interface StainRange {
   haematoxylin: [number, number];
   eosin: [number, number];
