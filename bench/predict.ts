@@ -72,9 +72,9 @@ async function main(): Promise<void> {
   // Each model in both precisions, end to end, where the CPU runs bf16 natively (elsewhere it would be emulated).
   const nativeBf16 = cpu.amx || cpu.avx512bf16;
   const figures = (f: { singleMs: number; batchImgS: number }) => ({ single_image_ms: +f.singleMs.toFixed(1), batch_img_s: +f.batchImgS.toFixed(1) });
-  const bothPrecisions = async (file: string, defaultPrecision: E.Precision, atDefault: { singleMs: number; batchImgS: number }) => {
-    const other: E.Precision = defaultPrecision === 'bf16' ? 'fp32' : 'bf16';
-    const out: Partial<Record<E.Precision, ReturnType<typeof figures>>> = { [defaultPrecision]: figures(atDefault) };
+  const bothPrecisions = async (file: string, usual: E.Precision, atUsual: { singleMs: number; batchImgS: number }) => {
+    const other: E.Precision = usual === 'bf16' ? 'fp32' : 'bf16';
+    const out: Partial<Record<E.Precision, ReturnType<typeof figures>>> = { [usual]: figures(atUsual) };
     if (!nativeBf16) return out;
     log(`${path.basename(file)} in ${other}`);
     const c = await loadClassifier(file, { device: 'cpu', precision: other });
@@ -171,8 +171,7 @@ async function main(): Promise<void> {
         model: path.basename(BUNDLED_MODEL),
         precision: bundledPrecision,
         detector: bundled.detector,
-        single_image_ms: +bundled.singleMs.toFixed(1),
-        batch_img_s: +bundled.batchImgS.toFixed(1),
+        ...figures(bundled),
       },
       by_precision: byPrecision,
       goals: { scale_ms: 10, single_image_ms: 35, forward_img_s: 95, batch_img_s: 60, train_img_s: 30 },
