@@ -203,22 +203,27 @@ export function referenceFrom(measures: readonly CellMeasures[]): Omit<Reference
 
 /**
  * The reference of a data set, from a seeded sample of its (training) files; unreadable files are passed over. The
- * stain range is measured on the sample as the model sees it, brought to the reference and cut to `geometry`.
+ * stain range is measured on the sample as the model sees it, brought to the reference and cut to `geometry`: a
+ * second pass over the files, so that the sample is never held in memory whole (a user's images can be large).
  */
 export async function measureReference(
   paths: readonly string[],
   options: { sample?: number; seed?: number; maxPixels?: number; geometry?: GeometryConfig } = {},
 ): Promise<Reference> {
-  const images: RgbImage[] = [];
-  for (const file of seededSample(paths, options.sample ?? 400, options.seed ?? 0)) {
-    const image = await readImageFile(file, { maxPixels: options.maxPixels }).catch(() => null);
-    if (image) images.push(image);
+  const sample = seededSample(paths, options.sample ?? 400, options.seed ?? 0);
+  const read = (file: string) => readImageFile(file, { maxPixels: options.maxPixels }).catch(() => null);
+  const measures: CellMeasures[] = [];
+  for (const file of sample) {
+    const image = await read(file);
+    if (image) measures.push(measureCells(image));
   }
-  const { scale, background } = referenceFrom(images.map(measureCells));
+  const { scale, background } = referenceFrom(measures);
   const geometry = options.geometry;
   if (!geometry) return { scale, background, stain: null };
   const strengths: [number, number][] = [];
-  for (const image of images) {
+  for (const file of sample) {
+    const image = await read(file);
+    if (!image) continue;
     const { image: prepared } = await prepareImage(image, { geometry, mpm: null, scale, background, stain: null });
     strengths.push(stainStrengths(prepared, backgroundColour(prepared)));
   }
