@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import * as E from '../src/engine/index.js';
-import { ConvNeXt } from '../src/models/convnext.js';
+import { ConvNeXt, ConvNeXtBlock } from '../src/models/convnext.js';
 import { SwinTransformer } from '../src/models/swin.js';
 import type { ImageClassifier } from '../src/models/classifier.js';
 import { SHARED, maxAbsDiff } from './helpers.js';
@@ -45,3 +45,26 @@ for (const [name, build] of Object.entries(cases)) {
     }
   });
 }
+
+test('ConvNeXt MLP: the fp32 CPU path (1×1 convs on the channels-last view) equals the matmul over NHWC', () => {
+  E.manualSeed(0);
+  for (const convMlp of [true, false]) {
+    const block = new ConvNeXtBlock(24, { convMlp, dropPath: 0, layerScaleInit: 1 });
+    const { fc1, fc2 } = block.mlp;
+    // Biases start at zero: give them values, so that a path that dropped them would show.
+    E.noGrad(() => [fc1.bias!, fc2.bias!].forEach((b) => b.normal_()));
+    const x = E.randn([2, 5, 7, 24]);
+    const [actual, expected] = E.noGrad(() => [
+      block.mlp.forward(x),
+      E.tidy(() => {
+        const matrix = (w: E.Tensor) => w.view([w.shape[0], w.shape[1]]);
+        return E.F.linear(E.F.gelu(E.F.linear(x, matrix(fc1.weight), fc1.bias)), matrix(fc2.weight), fc2.bias);
+      }),
+    ]);
+    assert.deepEqual(actual.shape, [2, 5, 7, 24]);
+    const error = maxAbsDiff(actual.toArray(), expected.toArray());
+    assert.ok(error <= 1e-5, `convMlp ${convMlp}: the two paths differ by ${error}`);
+    E.dispose([x, actual, expected]);
+    block.dispose();
+  }
+});

@@ -1,7 +1,8 @@
 """PyTorch side of `npm run bench:model`'s whole-model peer: hemato's convnext-only network (timm's convnext_atto
 under the keys convnext.*, with the dual-path head) written in plain PyTorch, op for op as src/models/convnext.ts
-and src/models/classifier.ts run it: norms in fp32, the 1x1-conv MLP applied as Linear on NHWC, channels-last
-input. Debian's PyTorch 1.13 runs on the same libtorch as hemato's addon.
+and src/models/classifier.ts run it: norms in fp32, the 1x1-conv MLP applied on NHWC (as Linear under autocast, as
+1x1 convs on the channels-last view in fp32), channels-last input. Debian's PyTorch 1.13 runs on the same libtorch as
+hemato's addon.
 
 argv[1] is a JSON config: threads, batch, input_size, num_classes, weights (a .safetensors file, or null for random
 initialisation), params (hemato's parameter count, which this network must match). It prints one JSON line when
@@ -41,6 +42,10 @@ class Mlp(nn.Module):
     def forward(self, x):  # NHWC, or NCHW as 1x1 convs
         if NCHW:
             return self.fc2(F.gelu(self.fc1(x)))
+        if x.dtype == torch.float32 and not torch.is_autocast_cpu_enabled():
+            # As hemato in fp32 on the CPU: 1x1 convs on the channels-last view (oneDNN beats the BLAS matmul here).
+            y = F.conv2d(x.permute(0, 3, 1, 2), self.fc1.weight, self.fc1.bias)
+            return F.conv2d(F.gelu(y), self.fc2.weight, self.fc2.bias).permute(0, 2, 3, 1)
         x = F.linear(x, self.fc1.weight.view(self.fc1.out_channels, self.fc1.in_channels), self.fc1.bias)
         x = F.gelu(x)
         return F.linear(x, self.fc2.weight.view(self.fc2.out_channels, self.fc2.in_channels), self.fc2.bias)

@@ -34,10 +34,17 @@ export interface ConvNeXtConfig {
 
 const NORM_EPS = 1e-6;
 
-/** A pointwise layer in the block's MLP: Linear, or a 1×1 conv applied as Linear on NHWC (same math, no copies). */
-function pointwise(layer: Linear | Conv2d, x: Tensor): Tensor {
-  if (layer instanceof Linear) return layer.forward(x);
-  return E.tidy(() => E.F.linear(x, layer.weight.view([layer.outChannels, layer.inChannels]), layer.bias));
+/**
+ * A pointwise layer of the block's MLP on NHWC maps: a Linear, or a 1×1 conv stored as timm stores it. Both run as
+ * a matmul over the channels, except on the CPU in fp32, where libtorch's 1×1 conv (oneDNN) on the channels-last view
+ * takes about half the time of the BLAS matmul for these narrow layers, forward and backward (docs/benchmarks.md).
+ * Under bf16 autocast the matmul is the faster. The same function either way, and no copies.
+ */
+function pointwise(layer: Linear | Conv2d, x: Tensor, asConv: boolean): Tensor {
+  const [outChannels, inChannels] = layer instanceof Linear ? [layer.outFeatures, layer.inFeatures] : [layer.outChannels, layer.inChannels];
+  return E.tidy(() => asConv
+    ? E.F.conv2d(x.permute([0, 3, 1, 2]), layer.weight.view([outChannels, inChannels, 1, 1]), layer.bias).permute([0, 2, 3, 1])
+    : E.F.linear(x, layer.weight.view([outChannels, inChannels]), layer.bias));
 }
 
 class ConvNeXtMlp extends Module {
@@ -52,7 +59,8 @@ class ConvNeXtMlp extends Module {
 
   /** On NHWC maps. */
   forward(x: Tensor): Tensor {
-    return E.tidy(() => pointwise(this.fc2, E.F.gelu(pointwise(this.fc1, x))));
+    const asConv = x.device === 'cpu' && x.dtype === 'float32' && !E.isAutocastEnabled('cpu');
+    return E.tidy(() => pointwise(this.fc2, E.F.gelu(pointwise(this.fc1, x, asConv)), asConv));
   }
 }
 
