@@ -347,6 +347,7 @@ async function main(): Promise<void> {
     load_average: { start: loadAtStart, end: loadavg().map((l) => round(l)) },
     cpu: { model: cpu.model, amx_bf16: cpu.amx, avx512_bf16: cpu.avx512bf16 },
     openblas_core: info.openblasCore || null,
+    openblas_threads: info.openblasThreads >= 0 ? info.openblasThreads : null,
     libtorch: info.torchVersion,
     pytorch: pt ? { version: pt.version, threads: pt.threads } : { error: failure },
     tfjs: tf ? { version: tf.version.tfjs, backend: tf.getBackend(), threads: 1 } : null,

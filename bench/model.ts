@@ -270,6 +270,8 @@ process.stdout.write(
     device: 'cpu',
     cpu: { model: cpu.model, kind: E.cpuKind(cpu), amx: cpu.amx, avx512_bf16: cpu.avx512bf16 },
     threads: E.numThreads(),
+    // PyTorch inherits it: the peer starts after the addon has set it.
+    openblas_threads: info.openblasThreads >= 0 ? info.openblasThreads : null,
     torch: info.torchVersion,
     load_average: { start: loadAtStart, end: loads() },
     peer,

@@ -15,25 +15,38 @@ interface Outcome {
   loadedAtImport: boolean;
   loadedAfterUse?: boolean;
   threads?: number;
+  openblasThreads?: number;
   error?: { name: string; message: string; reason?: string; fixes?: string[] };
 }
 
 /** Imports the engine in a fresh process with env, then makes a tensor; reports what happened. */
-function firstUse(env: Record<string, string>): Outcome {
+function firstUse(env: Record<string, string | undefined>): Outcome {
   const script = `
     const E = await import(${JSON.stringify(ENGINE)});
     const loaded = () => process.report.getReport().sharedObjects.some((s) => s.includes('hemato_native'));
     const loadedAtImport = loaded();
     try {
       E.zeros([1]);
-      console.log(JSON.stringify({ loadedAtImport, loadedAfterUse: loaded(), threads: E.numThreads() }));
+      console.log(JSON.stringify({ loadedAtImport, loadedAfterUse: loaded(), threads: E.numThreads(), openblasThreads: E.libtorchInfo().openblasThreads }));
     } catch (e) {
       console.log(JSON.stringify({ loadedAtImport, error: { name: e.name, message: e.message, reason: e.reason, fixes: e.fixes } }));
     }`;
-  const run = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', env: { ...process.env, ...env }, timeout: 60_000 });
+  const run = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', env: withEnv(env), timeout: 60_000 });
   assert.equal(run.status, 0, `the child process failed (signal ${run.signal}): ${run.stderr}`);
   return JSON.parse(run.stdout) as Outcome;
 }
+
+/** This process's environment with `changes` applied; an undefined value removes the variable. */
+function withEnv(changes: Record<string, string | undefined>): NodeJS.ProcessEnv {
+  const env = { ...process.env, ...changes };
+  for (const [key, value] of Object.entries(changes)) if (value === undefined) delete env[key];
+  return env;
+}
+
+test("OpenBLAS runs one thread beside libtorch's own, unless the user set OPENBLAS_NUM_THREADS", () => {
+  assert.equal(firstUse({ OPENBLAS_NUM_THREADS: undefined }).openblasThreads, 1);
+  assert.equal(firstUse({ OPENBLAS_NUM_THREADS: '2' }).openblasThreads, 2);
+});
 
 test('thread counts must be integers in 1..4 × the cores, from numbers or strings', () => {
   const max = 4 * availableParallelism();

@@ -187,6 +187,14 @@ std::string OpenblasCore() {
   return fn ? std::string(fn()) : std::string();
 }
 
+// How many threads OpenBLAS runs its matmuls on (hemato sets one unless the user chose: src/engine/native.ts); -1
+// where OpenBLAS is not the BLAS loaded.
+int OpenblasThreads() {
+  using NumThreads = int (*)();
+  auto fn = reinterpret_cast<NumThreads>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  return fn ? fn() : -1;
+}
+
 Napi::Value Info(const Napi::CallbackInfo& info) {
   return Guard(info, [&](Napi::Env env) -> Napi::Value {
     Napi::Object out = Napi::Object::New(env);
@@ -195,6 +203,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
     out.Set("cudaDeviceCount", static_cast<double>(torch::cuda::device_count()));
     out.Set("mkldnn", at::hasMKLDNN());
     out.Set("openblasCore", OpenblasCore());
+    out.Set("openblasThreads", OpenblasThreads());
     out.Set("cxx11Abi", static_cast<bool>(_GLIBCXX_USE_CXX11_ABI));
 #ifdef HEMATO_DEVICE_ALLOCATOR
     out.Set("cudaMemoryStats", true);

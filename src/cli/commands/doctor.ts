@@ -67,6 +67,7 @@ function checkLibtorch(checks: Check[], report: Record<string, unknown>, device:
     precision: { device: target, ...precision },
     mkldnn: info.mkldnn,
     openblasCore: info.openblasCore || 'not loaded',
+    openblasThreads: info.openblasThreads >= 0 ? info.openblasThreads : 'not loaded',
   });
   checks.push({ name: 'libtorch addon', ok: true, detail: addonPath });
   checks.push(versionCheck(info.torchVersion));
