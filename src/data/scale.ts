@@ -62,7 +62,9 @@ function measureAtFullSize(image: RgbImage): CellMeasures {
   // Nuclei absorb most in green and are bluer than red cells: a purple/blue, dark pixel.
   const nucleus = new Uint8Array(n);
   for (let i = 0, p = 0; i < n; i++, p += 3) {
-    const [r, g, b] = [data[p], data[p + 1], data[p + 2]];
+    const r = data[p];
+    const g = data[p + 1];
+    const b = data[p + 2];
     darkness[i] = 1 - luma(r, g, b) / bgLum;
     const gDark = 1 - g / Math.max(1, background[1]);
     nucleus[i] = gDark > 0.45 && b > r * 0.9 ? 1 : 0;
@@ -74,7 +76,7 @@ function measureAtFullSize(image: RgbImage): CellMeasures {
   // Whole red cells measure best; cells cut by the edge count only where too few whole ones are in view.
   const { whole, cut } = roundCellDiameters(cellMask, nucleus, width, height);
   const wholeDiameter = robustMedian(whole);
-  const diameters = wholeDiameter !== null && countNear(whole, wholeDiameter) >= MIN_RED_CELLS ? whole : [...whole, ...cut];
+  const diameters = wholeDiameter !== null && countNear(whole, wholeDiameter) >= MIN_RED_CELLS ? whole : [...whole, ...cut()];
   const rbcDiameter = robustMedian(diameters);
   const redCells = rbcDiameter === null ? 0 : countNear(diameters, rbcDiameter);
 
@@ -158,20 +160,21 @@ interface Component {
 function components(mask: Uint8Array, width: number, height: number): Component[] {
   const label = new Int32Array(mask.length);
   const stack = new Int32Array(mask.length);
+  // Every component's pixels, one after another: each component keeps a view of its own run.
+  const order = new Int32Array(mask.length);
+  let filled = 0;
   const found: Component[] = [];
   for (let seed = 0; seed < mask.length; seed++) {
     if (!mask[seed] || label[seed]) continue;
     const id = found.length + 1;
+    const start = filled;
     let top = 0;
-    let count = 0;
     stack[top++] = seed;
     label[seed] = id;
-    const c = { area: 0, minX: width, maxX: 0, minY: height, maxY: 0, touchesBorder: false, pixels: new Int32Array(0) };
-    const pixels: number[] = [];
+    const c = { area: 0, minX: width, maxX: 0, minY: height, maxY: 0, touchesBorder: false, pixels: order };
     while (top > 0) {
       const i = stack[--top];
-      pixels.push(i);
-      count++;
+      order[filled++] = i;
       const x = i % width;
       const y = (i - x) / width;
       if (x < c.minX) c.minX = x;
@@ -184,8 +187,8 @@ function components(mask: Uint8Array, width: number, height: number): Component[
       if (y > 0 && mask[i - width] && !label[i - width]) ((label[i - width] = id), (stack[top++] = i - width));
       if (y < height - 1 && mask[i + width] && !label[i + width]) ((label[i + width] = id), (stack[top++] = i + width));
     }
-    c.area = count;
-    c.pixels = Int32Array.from(pixels);
+    c.area = filled - start;
+    c.pixels = order.subarray(start, filled);
     found.push(c);
   }
   return found;
@@ -248,19 +251,24 @@ function nucleusExtent(nucleus: Uint8Array, width: number, height: number): { ex
 function boxShrink(image: RgbImage, step: number): RgbImage {
   const width = Math.floor(image.width / step);
   const height = Math.floor(image.height / step);
+  const { data } = image;
   const out = new Uint8Array(width * height * 3);
+  // One output row at a time: the step × step boxes' sums, accumulated along the source rows.
+  const sums = new Uint32Array(width * 3);
   const area = step * step;
   for (let y = 0; y < height; y++) {
-    for (let x = 0; x < width; x++) {
-      for (let c = 0; c < 3; c++) {
-        let sum = 0;
-        for (let dy = 0; dy < step; dy++) {
-          const row = ((y * step + dy) * image.width + x * step) * 3 + c;
-          for (let dx = 0; dx < step; dx++) sum += image.data[row + dx * 3];
+    sums.fill(0);
+    for (let dy = 0; dy < step; dy++) {
+      let p = (y * step + dy) * image.width * 3;
+      for (let q = 0; q < sums.length; q += 3) {
+        for (let dx = 0; dx < step; dx++, p += 3) {
+          sums[q] += data[p];
+          sums[q + 1] += data[p + 1];
+          sums[q + 2] += data[p + 2];
         }
-        out[(y * width + x) * 3 + c] = Math.round(sum / area);
       }
     }
+    for (let q = 0, o = y * width * 3; q < sums.length; q++, o++) out[o] = Math.round(sums[q] / area);
   }
   return { width, height, data: out };
 }
@@ -269,11 +277,11 @@ function boxShrink(image: RgbImage, step: number): RgbImage {
  * Diameters of the round, isolated cells without nucleus pixels: red cells. A whole cell gives its equivalent
  * diameter; touching or overlapping cells make elongated or hollow-cornered blobs and are left out. A cell cut by
  * the image's edge gives the circle through its visible outline, where at least half of it is visible: in an
- * enlarged field few red cells lie whole inside the frame.
+ * enlarged field few red cells lie whole inside the frame. Those fits cost the most, so they run only when asked.
  */
-function roundCellDiameters(mask: Uint8Array, nucleus: Uint8Array, width: number, height: number): { whole: number[]; cut: number[] } {
+function roundCellDiameters(mask: Uint8Array, nucleus: Uint8Array, width: number, height: number): { whole: number[]; cut: () => number[] } {
   const whole: number[] = [];
-  const cut: number[] = [];
+  const cutCells: Component[] = [];
   for (const c of components(mask, width, height)) {
     const w = c.maxX - c.minX + 1;
     const h = c.maxY - c.minY + 1;
@@ -282,14 +290,14 @@ function roundCellDiameters(mask: Uint8Array, nucleus: Uint8Array, width: number
     for (const i of c.pixels) nucleusPixels += nucleus[i];
     if (nucleusPixels > 0.02 * c.area) continue;
     if (c.touchesBorder) {
-      const diameter = cutCircleDiameter(c, width, height);
-      if (diameter !== null) cut.push(diameter);
+      cutCells.push(c);
       continue;
     }
     if (w / h < 0.8 || w / h > 1.25 || Math.max(w, h) > 0.6 * Math.min(width, height)) continue;
     if (c.area < 0.85 * (Math.PI / 4) * w * h) continue;
     whole.push(2 * Math.sqrt(c.area / Math.PI));
   }
+  const cut = () => cutCells.map((c) => cutCircleDiameter(c, width, height)).filter((d): d is number => d !== null);
   return { whole, cut };
 }
 
