@@ -32,23 +32,14 @@ export function cropToField(image: RgbImage, field: number | null, fill: readonl
   const left = Math.floor((image.width - side) / 2);
   const top = Math.floor((image.height - side) / 2);
   const out = new Uint8Array(side * side * 3);
-  for (let y = 0; y < side; y++) {
-    const sy = top + y;
-    const inside = sy >= 0 && sy < image.height;
-    for (let x = 0; x < side; x++) {
-      const sx = left + x;
-      const d = (y * side + x) * 3;
-      if (inside && sx >= 0 && sx < image.width) {
-        const s = (sy * image.width + sx) * 3;
-        out[d] = image.data[s];
-        out[d + 1] = image.data[s + 1];
-        out[d + 2] = image.data[s + 2];
-      } else {
-        out[d] = fill[0];
-        out[d + 1] = fill[1];
-        out[d + 2] = fill[2];
-      }
-    }
+  // Where the square reaches past the image, fill it all first; then copy each row's part inside the image.
+  if (left < 0 || top < 0 || left + side > image.width || top + side > image.height) {
+    for (let d = 0; d < out.length; d += 3) ((out[d] = fill[0]), (out[d + 1] = fill[1]), (out[d + 2] = fill[2]));
+  }
+  const [x0, x1] = [Math.max(0, -left), Math.min(side, image.width - left)];
+  for (let y = Math.max(0, -top); y < Math.min(side, image.height - top) && x1 > x0; y++) {
+    const s = ((top + y) * image.width + left + x0) * 3;
+    out.set(image.data.subarray(s, s + (x1 - x0) * 3), (y * side + x0) * 3);
   }
   return { width: side, height: side, data: out };
 }

@@ -104,14 +104,15 @@ function luma(r: number, g: number, b: number): number {
 export function backgroundColour(image: RgbImage): [number, number, number] {
   const { data } = image;
   const n = image.width * image.height;
+  const lumas = new Uint8Array(n);
   const histogram = new Uint32Array(256);
-  for (let p = 0; p < data.length; p += 3) histogram[Math.round(luma(data[p], data[p + 1], data[p + 2]))]++;
+  for (let i = 0, p = 0; i < n; i++, p += 3) histogram[(lumas[i] = Math.round(luma(data[p], data[p + 1], data[p + 2])))]++;
   let cut = 255;
   for (let count = 0; cut > 0 && count + histogram[cut] < n / 4; cut--) count += histogram[cut];
   const channels = [new Uint32Array(256), new Uint32Array(256), new Uint32Array(256)];
   let kept = 0;
-  for (let p = 0; p < data.length; p += 3) {
-    if (Math.round(luma(data[p], data[p + 1], data[p + 2])) < cut) continue;
+  for (let i = 0, p = 0; i < n; i++, p += 3) {
+    if (lumas[i] < cut) continue;
     kept++;
     for (let c = 0; c < 3; c++) channels[c][data[p + c]]++;
   }
@@ -126,7 +127,7 @@ export function backgroundColour(image: RgbImage): [number, number, number] {
 function otsu(values: Float32Array, lo: number, hi: number): number {
   const bins = 64;
   const histogram = new Float64Array(bins);
-  for (const v of values) histogram[Math.min(bins - 1, Math.max(0, Math.floor(((v - lo) / (hi - lo)) * bins)))]++;
+  for (let i = 0; i < values.length; i++) histogram[Math.min(bins - 1, Math.max(0, Math.floor(((values[i] - lo) / (hi - lo)) * bins)))]++;
   let total = 0;
   let sum = 0;
   for (let b = 0; b < bins; b++) {

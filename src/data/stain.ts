@@ -19,10 +19,24 @@ const PERCENTILE = 0.99;
 const BINS = 1024;
 const MAX_DENSITY = 3;
 
-/** Optical densities relative to the background, per pixel: -ln(I / I₀). */
+/** Optical density relative to the background, -ln(I / I₀), for each 8-bit value of each channel. */
+function densityTables(background: readonly number[]): Float64Array[] {
+  return [0, 1, 2].map((c) => {
+    const table = new Float64Array(256);
+    for (let v = 0; v < 256; v++) table[v] = -Math.log(Math.max(1, v) / Math.max(1, background[c]));
+    return table;
+  });
+}
+
+/** Optical densities relative to the background, per pixel, never below 0. */
 function densities(image: RgbImage, background: readonly number[]): Float32Array {
+  const tables = densityTables(background).map((t) => t.map((d) => Math.max(0, d)));
   const od = new Float32Array(image.data.length);
-  for (let p = 0; p < od.length; p++) od[p] = Math.max(0, -Math.log(Math.max(1, image.data[p]) / Math.max(1, background[p % 3])));
+  for (let p = 0; p < od.length; p += 3) {
+    od[p] = tables[0][image.data[p]];
+    od[p + 1] = tables[1][image.data[p + 1]];
+    od[p + 2] = tables[2][image.data[p + 2]];
+  }
   return od;
 }
 
@@ -71,9 +85,10 @@ export function normaliseStain(image: RgbImage, background: readonly number[], r
 export function scaleStains(image: RgbImage, background: readonly number[], gains: readonly [number, number]): RgbImage {
   const [m, inv] = [RGB_FROM_HED, HED_FROM_RGB];
   const out = new Uint8Array(image.data.length);
+  const tables = densityTables(background);
   const od = [0, 0, 0];
   for (let p = 0; p < out.length; p += 3) {
-    for (let c = 0; c < 3; c++) od[c] = -Math.log(Math.max(1, image.data[p + c]) / Math.max(1, background[c]));
+    for (let c = 0; c < 3; c++) od[c] = tables[c][image.data[p + c]];
     // Row vectors: hed = od · inv; H and E scaled; od' = hed · m.
     const hed = [0, 1, 2].map((k) => od[0] * inv[k] + od[1] * inv[3 + k] + od[2] * inv[6 + k]);
     hed[0] *= gains[0];
