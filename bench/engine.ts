@@ -7,7 +7,7 @@ import { loadavg } from 'node:os';
 import path from 'node:path';
 import * as E from '../src/engine/index.js';
 import { type BlockShape, convnextBlock, param, type Params } from './blocks.js';
-import { debianPython, ensureTorch, peersDir } from './torch-peer.js';
+import { debianPython, ensureTorch, peerEnv, peersDir } from './torch-peer.js';
 
 const { F } = E;
 const quick = process.argv.includes('--quick');
@@ -223,6 +223,7 @@ function runTorch(steps: Record<string, { block: string; shape: BlockShape; bf16
     const out = execFileSync(debianPython, [path.join(peersDir, 'torch_engine.py'), JSON.stringify(config)], {
       encoding: 'utf8',
       stdio: ['ignore', 'pipe', 'inherit'],
+      env: peerEnv(E.libtorchInfo().openblasThreads),
       maxBuffer: 1 << 20,
     });
     return JSON.parse(out.trim().split('\n').pop()!) as TorchResult;

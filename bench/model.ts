@@ -12,7 +12,7 @@ import * as E from '../src/engine/index.js';
 import { createModel, type ImageClassifier } from '../src/models/index.js';
 import { loadModel } from '../src/models/io.js';
 import { weightDecayGroups } from '../src/nn/index.js';
-import { debianPython, ensureTorch, peersDir } from './torch-peer.js';
+import { debianPython, ensureTorch, peerEnv, peersDir } from './torch-peer.js';
 
 const quick = process.argv.includes('--quick');
 const log = (message: string) => process.stderr.write(`${message}\n`);
@@ -150,7 +150,10 @@ async function startPeer(
   params: number,
 ): Promise<{ run: (command: string) => Promise<number>; info: { version: string; threads: number }; close: () => void }> {
   const config = { threads: E.numThreads(), batch: PEER.batch, input_size: PEER.inputSize, num_classes: 8, weights: bundledModel, params };
-  const child = spawn(debianPython, [path.join(peersDir, 'torch_model.py'), JSON.stringify(config)], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const child = spawn(debianPython, [path.join(peersDir, 'torch_model.py'), JSON.stringify(config)], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+    env: peerEnv(E.libtorchInfo().openblasThreads),
+  });
   const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
   const next = async (): Promise<Record<string, unknown>> => {
     const line = await lines.next();
@@ -270,7 +273,7 @@ process.stdout.write(
     device: 'cpu',
     cpu: { model: cpu.model, kind: E.cpuKind(cpu), amx: cpu.amx, avx512_bf16: cpu.avx512bf16 },
     threads: E.numThreads(),
-    // PyTorch inherits it: the peer starts after the addon has set it.
+    // The PyTorch peer runs with the same count (peerEnv).
     openblas_threads: info.openblasThreads >= 0 ? info.openblasThreads : null,
     torch: info.torchVersion,
     load_average: { start: loadAtStart, end: loads() },

@@ -9,6 +9,14 @@ export const debianPython = '/usr/bin/python3';
 /** bench/peers/, where the PyTorch sides of the benchmarks live (this file runs from dist/bench/). */
 export const peersDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../bench/peers');
 
+/**
+ * The environment for a PyTorch peer: hemato's own OpenBLAS thread count (one, unless the user set
+ * OPENBLAS_NUM_THREADS), so that both sides run their fp32 matmuls alike.
+ */
+export function peerEnv(openblasThreads: number): NodeJS.ProcessEnv {
+  return openblasThreads > 0 ? { ...process.env, OPENBLAS_NUM_THREADS: String(openblasThreads) } : process.env;
+}
+
 /** Installs python3-torch with apt-get when it is missing (as root); returns why PyTorch is unavailable, or undefined. */
 export function ensureTorch(log: (message: string) => void): string | undefined {
   const probe = () => spawnSync(debianPython, ['-c', 'import torch'], { stdio: 'ignore' }).status === 0;

@@ -4,6 +4,8 @@
 #include <ATen/autocast_mode.h>
 #include <ATen/Context.h>
 #include <dlfcn.h>
+
+#include <cstdlib>
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
@@ -187,8 +189,8 @@ std::string OpenblasCore() {
   return fn ? std::string(fn()) : std::string();
 }
 
-// How many threads OpenBLAS runs its matmuls on (hemato sets one unless the user chose: src/engine/native.ts); -1
-// where OpenBLAS is not the BLAS loaded.
+// How many threads OpenBLAS runs its matmuls on (one unless the user chose: HoldBlasToOneThread); -1 where
+// OpenBLAS is not the BLAS loaded.
 int OpenblasThreads() {
   using NumThreads = int (*)();
   auto fn = reinterpret_cast<NumThreads>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
@@ -257,8 +259,24 @@ void InitRuntime(Napi::Env env, Napi::Object exports) {
 
 }  // namespace hemato
 
+namespace hemato {
+
+// Debian's libtorch does fp32 matmuls in OpenBLAS, whose pthread build keeps its own threads spinning after each
+// call while libtorch's OpenMP threads want the same cores for the next op: fp32 passes then stall for tens of
+// milliseconds at a time. With one BLAS thread they do not, and whole models run faster (docs/benchmarks.md). A
+// user's OPENBLAS_NUM_THREADS stays.
+void HoldBlasToOneThread() {
+  if (std::getenv("OPENBLAS_NUM_THREADS")) return;
+  using SetThreads = void (*)(int);
+  auto fn = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  if (fn) fn(1);
+}
+
+}  // namespace hemato
+
 // Context-aware initialisation: every isolate (main thread or worker) gets its own state.
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  hemato::HoldBlasToOneThread();
   env.SetInstanceData(new hemato::AddonState(env));
   hemato::InitTensorOps(env, exports);
   hemato::InitRuntime(env, exports);

@@ -209,11 +209,6 @@ export function loadAddon(): NativeAddon {
   if (loaded) return loaded;
   // Checked before libtorch sees it: a huge count makes libgomp abort, a large one hangs.
   if (threadSetting) checkThreadCount(threadSetting, 'HEMATO_NUM_THREADS');
-  // Debian's libtorch does fp32 matmuls in OpenBLAS, whose pthread build keeps its own threads spinning after each
-  // call while libtorch's OpenMP threads want the same cores for the next op: fp32 passes then stall for tens of
-  // milliseconds at a time. With one BLAS thread they do not, and whole models run faster (docs/benchmarks.md). It
-  // must be set before OpenBLAS loads with the addon; a user's own setting stays.
-  process.env.OPENBLAS_NUM_THREADS ??= '1';
   // Node-API fills the exports object one property at a time, which leaves V8 a slow dictionary object; a copy has
   // fast properties, and every op looks one up.
   const addon = { ...requireAddon() };
