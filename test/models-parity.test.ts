@@ -46,7 +46,7 @@ for (const [name, build] of Object.entries(cases)) {
   });
 }
 
-test('ConvNeXt MLP: the fp32 CPU path (1×1 convs on the channels-last view) equals the matmul over NHWC', () => {
+test('ConvNeXt MLP: the fp32 CPU path (1×1 convs on the channels-last view) equals the matmul over NHWC, gradients too', () => {
   E.manualSeed(0);
   for (const convMlp of [true, false]) {
     const block = new ConvNeXtBlock(24, { convMlp, dropPath: 0, layerScaleInit: 1 });
@@ -54,17 +54,30 @@ test('ConvNeXt MLP: the fp32 CPU path (1×1 convs on the channels-last view) equ
     // Biases start at zero: give them values, so that a path that dropped them would show.
     E.noGrad(() => [fc1.bias!, fc2.bias!].forEach((b) => b.normal_()));
     const x = E.randn([2, 5, 7, 24]);
-    const [actual, expected] = E.noGrad(() => [
-      block.mlp.forward(x),
-      E.tidy(() => {
-        const matrix = (w: E.Tensor) => w.view([w.shape[0], w.shape[1]]);
-        return E.F.linear(E.F.gelu(E.F.linear(x, matrix(fc1.weight), fc1.bias)), matrix(fc2.weight), fc2.bias);
-      }),
-    ]);
-    assert.deepEqual(actual.shape, [2, 5, 7, 24]);
-    const error = maxAbsDiff(actual.toArray(), expected.toArray());
-    assert.ok(error <= 1e-5, `convMlp ${convMlp}: the two paths differ by ${error}`);
-    E.dispose([x, actual, expected]);
+    const weighting = E.randn([2, 5, 7, 24]);
+    const matrix = (w: E.Tensor) => w.view([w.shape[0], w.shape[1]]);
+    const asMatmul = (input: E.Tensor) => E.F.linear(E.F.gelu(E.F.linear(input, matrix(fc1.weight), fc1.bias)), matrix(fc2.weight), fc2.bias);
+    // The output, and the gradients of a weighted sum of it for the input and fc1's weight.
+    const run = (forward: (input: E.Tensor) => E.Tensor) => {
+      const input = x.detach().requiresGrad_();
+      const out = E.tidy(() => {
+        const y = forward(input);
+        y.mul(weighting).sum().backward();
+        return y.detach();
+      });
+      const [inputGrad, weightGrad] = [input.grad!, fc1.weight.grad!];
+      const arrays = [out, inputGrad, weightGrad].map((t) => t.toArray().flat(Infinity) as number[]);
+      E.dispose([input, out, inputGrad, weightGrad]);
+      for (const p of block.parameters()) p.grad = undefined;
+      return arrays;
+    };
+    const actual = run((input) => block.mlp.forward(input));
+    const expected = run(asMatmul);
+    ['output', 'input gradient', 'fc1 weight gradient'].forEach((what, k) => {
+      const error = maxAbsDiff(actual[k], expected[k]);
+      assert.ok(error <= 1e-4, `convMlp ${convMlp}: the two paths' ${what} differ by ${error}`);
+    });
+    E.dispose([x, weighting]);
     block.dispose();
   }
 });

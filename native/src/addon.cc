@@ -4,7 +4,6 @@
 #include <ATen/autocast_mode.h>
 #include <ATen/Context.h>
 #include <dlfcn.h>
-
 #include <cstdlib>
 #ifdef __GLIBC__
 #include <malloc.h>
@@ -197,6 +196,17 @@ int OpenblasThreads() {
   return fn ? fn() : -1;
 }
 
+// Debian's libtorch does fp32 matmuls in OpenBLAS, whose pthread build keeps its own threads spinning after each
+// call while libtorch's OpenMP threads want the same cores for the next op: fp32 passes then stall for tens of
+// milliseconds at a time. With one BLAS thread they do not, and whole models run faster (docs/benchmarks.md). A
+// user's OPENBLAS_NUM_THREADS stays.
+void HoldBlasToOneThread() {
+  if (std::getenv("OPENBLAS_NUM_THREADS")) return;
+  using SetThreads = void (*)(int);
+  auto fn = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  if (fn) fn(1);
+}
+
 Napi::Value Info(const Napi::CallbackInfo& info) {
   return Guard(info, [&](Napi::Env env) -> Napi::Value {
     Napi::Object out = Napi::Object::New(env);
@@ -255,21 +265,6 @@ void InitRuntime(Napi::Env env, Napi::Object exports) {
 #else
   exports.Set("distributedInfo", Napi::Function::New(env, DistributedUnavailable));
 #endif
-}
-
-}  // namespace hemato
-
-namespace hemato {
-
-// Debian's libtorch does fp32 matmuls in OpenBLAS, whose pthread build keeps its own threads spinning after each
-// call while libtorch's OpenMP threads want the same cores for the next op: fp32 passes then stall for tens of
-// milliseconds at a time. With one BLAS thread they do not, and whole models run faster (docs/benchmarks.md). A
-// user's OPENBLAS_NUM_THREADS stays.
-void HoldBlasToOneThread() {
-  if (std::getenv("OPENBLAS_NUM_THREADS")) return;
-  using SetThreads = void (*)(int);
-  auto fn = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
-  if (fn) fn(1);
 }
 
 }  // namespace hemato
