@@ -45,17 +45,17 @@ const TABLE: Record<'cuda' | CpuKind, Entries> = {
   avx512bf16: {
     inference: {
       convnext: bf16(
-        'measured on PBC validation with the bundled model: 99.95 % top-1 agreement with fp32, uncertain rate −0.18 points, 1.7–2.3× the forward speed (docs/benchmarks.md)',
+        'measured on PBC validation with the bundled model: 99.95 % top-1 agreement with fp32, uncertain rate −0.18 points, 1.9–2.0× the forward speed in batches, about even for one image (docs/benchmarks.md)',
       ),
       swin: AVX512_UNCHECKED,
       dualpath: bf16(
-        'measured on PBC validation with a trained dualpath-atto: 100 % top-1 agreement with fp32, uncertain rate +0.05 points, 1.7–1.8× the forward speed (docs/benchmarks.md)',
+        'measured on PBC validation with a trained dualpath-atto: 100 % top-1 agreement with fp32, uncertain rate +0.05 points, 1.6–1.9× the forward speed (docs/benchmarks.md)',
       ),
     },
     training: {
-      convnext: bf16('training steps run 1.6× faster under bf16 here (docs/benchmarks.md)'),
+      convnext: bf16('training steps run 1.4–1.5× faster under bf16 here (docs/benchmarks.md)'),
       swin: bf16('training steps run 2.0–2.9× faster under bf16 here (docs/benchmarks.md)'),
-      dualpath: bf16('training steps run 1.6–2.0× faster under bf16 here (docs/benchmarks.md)'),
+      dualpath: bf16('training steps run 1.4–1.6× faster under bf16 here (docs/benchmarks.md)'),
     },
   },
   plain: {
