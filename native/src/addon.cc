@@ -188,8 +188,8 @@ std::string OpenblasCore() {
   return fn ? std::string(fn()) : std::string();
 }
 
-// How many threads OpenBLAS runs its matmuls on (one unless the user chose: HoldBlasToOneThread); -1 where
-// OpenBLAS is not the BLAS loaded.
+// How many threads OpenBLAS runs its matmuls on (one with its pthread build unless the user chose:
+// HoldBlasToOneThread); -1 where OpenBLAS is not the BLAS loaded.
 int OpenblasThreads() {
   using NumThreads = int (*)();
   auto fn = reinterpret_cast<NumThreads>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
@@ -198,13 +198,16 @@ int OpenblasThreads() {
 
 // Debian's libtorch does fp32 matmuls in OpenBLAS, whose pthread build keeps its own threads spinning after each
 // call while libtorch's OpenMP threads want the same cores for the next op: fp32 passes then stall for tens of
-// milliseconds at a time. With one BLAS thread they do not, and whole models run faster (docs/benchmarks.md). A
-// user's OPENBLAS_NUM_THREADS stays.
+// milliseconds at a time. With one BLAS thread they do not, and whole models run faster (docs/benchmarks.md). The
+// OpenMP build shares libtorch's threads and is left alone, as is a user's OPENBLAS_NUM_THREADS.
 void HoldBlasToOneThread() {
   if (std::getenv("OPENBLAS_NUM_THREADS")) return;
+  using GetParallel = int (*)();
   using SetThreads = void (*)(int);
-  auto fn = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
-  if (fn) fn(1);
+  auto parallel = reinterpret_cast<GetParallel>(dlsym(RTLD_DEFAULT, "openblas_get_parallel"));
+  auto set = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  constexpr int kPthreads = 1;  // openblas_get_parallel(): 0 sequential, 1 pthreads, 2 OpenMP
+  if (parallel && set && parallel() == kPthreads) set(1);
 }
 
 Napi::Value Info(const Napi::CallbackInfo& info) {
