@@ -116,5 +116,13 @@ test('robust augmentation: zooming out fills with the background colour (no refl
   const stained = augmentBatch(x, { ...NO_AUGMENT, stain: 0.5 }, seededRandom(3)).data() as Float32Array;
   assert.ok(Math.abs(stained[0] - pixels[0]) < 0.02, 'the background keeps its colour under a stain change');
   assert.ok(Math.abs(stained[16 * size + 16] - pixels[16 * size + 16]) > 0.01, 'the stained disc changes');
+  // A range [lo, hi] draws from it: all below 1 pales the disc, all above darkens it.
+  const centre = 16 * size + 16;
+  const paler = augmentBatch(x, { ...NO_AUGMENT, stain: [0.5, 0.6] }, seededRandom(4)).data() as Float32Array;
+  const darker = augmentBatch(x, { ...NO_AUGMENT, stain: [1.4, 1.5] }, seededRandom(4)).data() as Float32Array;
+  for (let c = 0; c < 3; c++) {
+    const at = c * size * size + centre;
+    assert.ok(paler[at] > pixels[at] && darker[at] < pixels[at], `channel ${c}: ${paler[at]} > ${pixels[at]} > ${darker[at]}`);
+  }
   E.dispose([x, zoomedOut, unchanged]);
 });

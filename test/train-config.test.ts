@@ -67,6 +67,10 @@ test('types and ranges are checked', () => {
   assert.throws(() => resolve({ ...data, model: 'resnet' }), /model must be one of/);
   assert.throws(() => resolve({ ...data, augment: { crop: { scale: [1, 0.5], ratio: [1, 1] } } }), /augment\.crop\.scale must be \[min, max\]/);
   assert.throws(() => resolve({ ...data, augment: { crop: { scale: [0.5, 1] } } }), /augment\.crop needs 'ratio'/);
+  assert.deepEqual(resolve({ ...data, augment: { stain: [0.45, 1.15] } }).augment.stain, [0.45, 1.15]);
+  assert.equal(resolve({ ...data, augment: { stain: 0.4 } }).augment.stain, 0.4);
+  assert.throws(() => resolve({ ...data, augment: { stain: [1.2, 0.8] } }), /augment\.stain must be a number from 0 to 1, or \[min, max\] stain factors/);
+  assert.throws(() => resolve({ ...data, augment: { stain: 1.5 } }), /augment\.stain must be/);
   assert.throws(() => resolve({ ...data, minLr: 0.1 }), /minLr \(0\.1\) is above lr/);
   assert.throws(() => resolve({ data: { source: { dir: 'cells' }, mpm: { contrast: { tiles: 0 } } } }), /data\.mpm: .*contrast\.tiles/);
   assert.throws(() => resolve({ data: { source: { folder: 'cells' } } }), /data\.source must be/);

@@ -21,8 +21,11 @@ export interface AugmentConfig {
   hue: number;
   /** Zoom about the centre, drawn log-uniformly from [lo, hi] (below 1 the cell shrinks in its background); null: none. */
   scale?: [number, number] | null;
-  /** Maximum relative change of each stain's optical density (haematoxylin, eosin), as HED jitter. */
-  stain?: number;
+  /**
+   * HED jitter of each stain's optical density (haematoxylin, eosin): x draws each factor from [1 − x, 1 + x],
+   * [lo, hi] from that range (a stain step that caps the darkest stains at inference makes the paler side the one to cover).
+   */
+  stain?: number | [number, number];
   /** Maximum red/blue gain shift: gains (1 + t, 1, 1 − t), t drawn from [−x, x]. */
   temperature?: number;
   /** Maximum Gaussian blur sigma, in model pixels, applied to half of the images. */
@@ -173,12 +176,13 @@ function invert3(m: number[]): number[] {
 }
 
 /** Stain strength: optical density relative to the background, scaled per stain in HED space and mapped back. */
-function augmentStain(x: E.Tensor, amount: number, draws: Draws, background: E.Tensor): E.Tensor {
+function augmentStain(x: E.Tensor, amount: number | [number, number], draws: Draws, background: E.Tensor): E.Tensor {
   const [n, c, h, w] = x.shape;
+  const [lo, hi] = typeof amount === 'number' ? [1 - amount, 1 + amount] : amount;
   const matrices = new Float32Array(n * 9);
   for (let i = 0; i < n; i++) {
     const random = draws(i);
-    const gains = [uniform(random, 1 - amount, 1 + amount), uniform(random, 1 - amount, 1 + amount), 1];
+    const gains = [uniform(random, lo, hi), uniform(random, lo, hi), 1];
     // OD' = OD · HED_FROM_RGB · diag(gains) · RGB_FROM_HED, with OD as row vectors; stored transposed for bmm.
     const scaled = HED_FROM_RGB.map((v, k) => v * gains[k % 3]);
     matrices.set(transpose3(multiply3(scaled, RGB_FROM_HED)), i * 9);

@@ -102,6 +102,7 @@ const numbers = (expect: string, ok: (values: number[]) => boolean): Field => ({
 const choice = (...values: string[]): Field => ({ expect: `one of ${values.map((v) => `"${v}"`).join(', ')}`, accepts: (v) => values.includes(v as string) });
 const orNull = (field: Field): Field => ({ ...field, expect: `${field.expect}, or null`, accepts: (v) => v === null || field.accepts(v) });
 const optional = (field: Field): Field => ({ ...field, optional: true });
+const either = (a: Field, b: Field): Field => ({ expect: `${a.expect}, or ${b.expect}`, accepts: (v) => a.accepts(v) || b.accepts(v) });
 const group = (fields: Record<string, Field>, partial = false): Field => ({ expect: 'an object', accepts: isObject, fields, partial });
 const text: Field = { expect: 'a non-empty string', accepts: (v) => typeof v === 'string' && v.length > 0 };
 const bool: Field = { expect: 'true or false', accepts: (v) => typeof v === 'boolean' };
@@ -202,7 +203,12 @@ const SCHEMA = group({
     scale: optional(
       orNull(numbers('[min, max] zoom factors with 0 < min ≤ max ≤ 4', ([lo, hi, ...rest]) => rest.length === 0 && lo > 0 && lo <= hi && hi <= 4)),
     ),
-    stain: optional(fraction),
+    stain: optional(
+      either(
+        fraction,
+        numbers('[min, max] stain factors with 0 < min ≤ max ≤ 3', ([lo, hi, ...rest]) => rest.length === 0 && lo > 0 && lo <= hi && hi <= 3),
+      ),
+    ),
     temperature: optional(fraction),
     blur: optional(number('a blur sigma from 0 to 4 model pixels', (n) => n >= 0 && n <= 4)),
     noise: optional(fraction),
