@@ -124,5 +124,14 @@ test('robust augmentation: zooming out fills with the background colour (no refl
     const at = c * size * size + centre;
     assert.ok(paler[at] > pixels[at] && darker[at] < pixels[at], `channel ${c}: ${paler[at]} > ${pixels[at]} > ${darker[at]}`);
   }
-  E.dispose([x, zoomedOut, unchanged]);
+  // shiftShare: the images left out of the stain, temperature, blur and noise changes are exactly as they were.
+  const shifts = { ...NO_AUGMENT, stain: 0.5, temperature: 0.1, blur: 2, noise: 0.05 };
+  const batch = E.cat(Array.from({ length: 16 }, () => x));
+  const none = augmentBatch(batch, { ...shifts, shiftShare: 0 }, seededRandom(5));
+  assert.deepEqual(none.data(), batch.data());
+  const some = augmentBatch(batch, { ...shifts, shiftShare: 0.5 }, seededRandom(5)).data() as Float32Array;
+  const image = 3 * size * size;
+  const kept = Array.from({ length: 16 }, (_, i) => some.subarray(i * image, (i + 1) * image).every((v, k) => v === pixels[k])).filter(Boolean).length;
+  assert.ok(kept >= 3 && kept <= 13, `about half of 16 images kept as they were: ${kept}`);
+  E.dispose([x, zoomedOut, unchanged, batch, none]);
 });

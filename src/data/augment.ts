@@ -32,6 +32,11 @@ export interface AugmentConfig {
   blur?: number;
   /** Maximum standard deviation of additive Gaussian noise (intensity in [0, 1]). */
   noise?: number;
+  /**
+   * The share of images that get the stain, temperature, blur and noise changes (absent: 1, all of them); the rest
+   * keep the training images' own look, which a fine-tune towards robustness needs to keep its accuracy on them.
+   */
+  shiftShare?: number;
   /** Mixup's Beta α (0 or absent: off). Whole batches are mixed, by the trainer, not image by image here. */
   mixup?: number;
   /** CutMix's Beta α (0 or absent: off); with mixup on too, each batch uses one of them. */
@@ -89,8 +94,14 @@ export function augmentBatch(x: E.Tensor, config: AugmentConfig, randomness: Aug
     let out = x;
     const background = config.scale || config.stain ? backgroundOf(x) : null;
     if (config.hflip || config.vflip || config.rot90 || config.crop || config.scale) out = augmentGeometry(out, config, random, background);
-    if (config.stain) out = augmentStain(out, config.stain, random, background!);
-    if (config.temperature) out = augmentTemperature(out, config.temperature, random);
+    // The stain, temperature, blur and noise changes reach only the share of images chosen for them.
+    const shiftedOnly = keepUnshifted(x.shape[0], config.shiftShare ?? 1, random, deviceOf(x));
+    if (config.stain || config.temperature) {
+      let shifted = out;
+      if (config.stain) shifted = augmentStain(shifted, config.stain, random, background!);
+      if (config.temperature) shifted = augmentTemperature(shifted, config.temperature, random);
+      out = shiftedOnly(out, shifted);
+    }
     if (config.brightness || config.saturation || config.hue) out = augmentColour(out, config, random);
     if (config.contrast) {
       const n = out.shape[0];
@@ -102,20 +113,28 @@ export function augmentBatch(x: E.Tensor, config: AugmentConfig, randomness: Aug
       const meanGrey = greyscale(out).mean([1, 2, 3], true);
       out = out.sub(meanGrey).mul(factors).add(meanGrey);
     }
-    if (config.blur) out = augmentBlur(out, config.blur, random);
-    if (config.noise) {
-      const n = out.shape[0];
-      const sigmas = E.tensor(
-        Float32Array.from({ length: n }, (_, i) => uniform(random(i), 0, config.noise!)),
-        [n, 1, 1, 1],
-        { device: deviceOf(x) },
-      );
-      const [, c, h, w] = out.shape;
-      const noise = Array.from({ length: n }, (_, i) => E.randn([1, c, h, w], { seed: Math.floor(random(i)() * 2 ** 31), device: deviceOf(x) }));
-      out = out.add(E.cat(noise).mul(sigmas));
+    if (config.blur || config.noise) {
+      let shifted = out;
+      if (config.blur) shifted = augmentBlur(shifted, config.blur, random);
+      if (config.noise) shifted = augmentNoise(shifted, config.noise, random);
+      out = shiftedOnly(out, shifted);
     }
     return out === x ? x.clone() : out.clamp(0, 1);
   });
+}
+
+/**
+ * Keeps the images left out of the shifts as they were: each is chosen with probability `share`, drawn only when
+ * some are left out, so that runs without a share repeat their draws.
+ */
+function keepUnshifted(n: number, share: number, random: Draws, device: E.Device): (before: E.Tensor, after: E.Tensor) => E.Tensor {
+  if (share >= 1) return (_, after) => after;
+  const chosen = E.tensor(
+    Float32Array.from({ length: n }, (_, i) => (random(i)() < share ? 1 : 0)),
+    [n, 1, 1, 1],
+    { device },
+  );
+  return (before, after) => before.add(after.sub(before).mul(chosen));
 }
 
 /** Each image's background colour [N, 3, 1, 1]: the mean of the pixels brighter than halfway from its mean to its maximum. */
@@ -200,6 +219,18 @@ function augmentStain(x: E.Tensor, amount: number | [number, number], draws: Dra
 
 function transpose3(m: number[]): number[] {
   return [m[0], m[3], m[6], m[1], m[4], m[7], m[2], m[5], m[8]];
+}
+
+/** Additive Gaussian noise, its standard deviation drawn per image up to maxSigma. */
+function augmentNoise(x: E.Tensor, maxSigma: number, draws: Draws): E.Tensor {
+  const [n, c, h, w] = x.shape;
+  const sigmas = E.tensor(
+    Float32Array.from({ length: n }, (_, i) => uniform(draws(i), 0, maxSigma)),
+    [n, 1, 1, 1],
+    { device: deviceOf(x) },
+  );
+  const noise = Array.from({ length: n }, (_, i) => E.randn([1, c, h, w], { seed: Math.floor(draws(i)() * 2 ** 31), device: deviceOf(x) }));
+  return x.add(E.cat(noise).mul(sigmas));
 }
 
 /** Colour temperature: red and blue gains in opposite directions. */

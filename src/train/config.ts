@@ -212,6 +212,7 @@ const SCHEMA = group({
     temperature: optional(fraction),
     blur: optional(number('a blur sigma from 0 to 4 model pixels', (n) => n >= 0 && n <= 4)),
     noise: optional(fraction),
+    shiftShare: optional(fraction),
     mixup: optional(number('a Beta α from 0 (off) to 10', (n) => n >= 0 && n <= 10)),
     cutmix: optional(number('a Beta α from 0 (off) to 10', (n) => n >= 0 && n <= 10)),
   }),
