@@ -124,8 +124,8 @@ test('robust augmentation: zooming out fills with the background colour (no refl
     const at = c * size * size + centre;
     assert.ok(paler[at] > pixels[at] && darker[at] < pixels[at], `channel ${c}: ${paler[at]} > ${pixels[at]} > ${darker[at]}`);
   }
-  // shiftShare: the images left out of the stain, temperature, blur and noise changes are exactly as they were.
-  const shifts = { ...NO_AUGMENT, stain: 0.5, temperature: 0.1, blur: 2, noise: 0.05 };
+  // shiftShare: the images left out of the zoom, stain, temperature, blur and noise changes stay as they were.
+  const shifts = { ...NO_AUGMENT, scale: [0.5, 0.6] as [number, number], stain: 0.5, temperature: 0.1, blur: 2, noise: 0.05 };
   const batch = E.cat(Array.from({ length: 16 }, () => x));
   const none = augmentBatch(batch, { ...shifts, shiftShare: 0 }, seededRandom(5));
   assert.deepEqual(none.data(), batch.data());

@@ -33,8 +33,9 @@ export interface AugmentConfig {
   /** Maximum standard deviation of additive Gaussian noise (intensity in [0, 1]). */
   noise?: number;
   /**
-   * The share of images that get the stain, temperature, blur and noise changes (absent: 1, all of them); the rest
-   * keep the training images' own look, which a fine-tune towards robustness needs to keep its accuracy on them.
+   * The share of images that get the zoom, stain, temperature, blur and noise changes (absent: 1, all of them); the
+   * rest keep the training images' own scale and look, which a fine-tune towards robustness needs to keep its
+   * accuracy on them.
    */
   shiftShare?: number;
   /** Mixup's Beta α (0 or absent: off). Whole batches are mixed, by the trainer, not image by image here. */
@@ -93,14 +94,15 @@ export function augmentBatch(x: E.Tensor, config: AugmentConfig, randomness: Aug
   return E.tidy(() => {
     let out = x;
     const background = config.scale || config.stain ? backgroundOf(x) : null;
-    if (config.hflip || config.vflip || config.rot90 || config.crop || config.scale) out = augmentGeometry(out, config, random, background);
-    // The stain, temperature, blur and noise changes reach only the share of images chosen for them.
-    const shiftedOnly = keepUnshifted(x.shape[0], config.shiftShare ?? 1, random, deviceOf(x));
+    // The zoom, stain, temperature, blur and noise changes reach only the share of images chosen for them.
+    const shifted = chooseShifted(config.shiftShare ?? 1, random);
+    if (config.hflip || config.vflip || config.rot90 || config.crop || config.scale) out = augmentGeometry(out, config, random, shifted, background);
+    const shiftedOnly = keepUnshifted(x.shape[0], shifted, deviceOf(x));
     if (config.stain || config.temperature) {
-      let shifted = out;
-      if (config.stain) shifted = augmentStain(shifted, config.stain, random, background!);
-      if (config.temperature) shifted = augmentTemperature(shifted, config.temperature, random);
-      out = shiftedOnly(out, shifted);
+      let changed = out;
+      if (config.stain) changed = augmentStain(changed, config.stain, random, background!);
+      if (config.temperature) changed = augmentTemperature(changed, config.temperature, random);
+      out = shiftedOnly(out, changed);
     }
     if (config.brightness || config.saturation || config.hue) out = augmentColour(out, config, random);
     if (config.contrast) {
@@ -114,27 +116,41 @@ export function augmentBatch(x: E.Tensor, config: AugmentConfig, randomness: Aug
       out = out.sub(meanGrey).mul(factors).add(meanGrey);
     }
     if (config.blur || config.noise) {
-      let shifted = out;
-      if (config.blur) shifted = augmentBlur(shifted, config.blur, random);
-      if (config.noise) shifted = augmentNoise(shifted, config.noise, random);
-      out = shiftedOnly(out, shifted);
+      let changed = out;
+      if (config.blur) changed = augmentBlur(changed, config.blur, random);
+      if (config.noise) changed = augmentNoise(changed, config.noise, random);
+      out = shiftedOnly(out, changed);
     }
     return out === x ? x.clone() : out.clamp(0, 1);
   });
 }
 
+/** Whether image i gets the shifts. */
+type Shifted = ((i: number) => boolean) & { all: boolean };
+
 /**
- * Keeps the images left out of the shifts as they were: each is chosen with probability `share`, drawn only when
- * some are left out, so that runs without a share repeat their draws.
+ * Chooses each image with probability `share`, drawn from its generator when first asked (before the zoom where there
+ * is one), and not at all when the share is 1, so that runs without a share repeat their draws.
  */
-function keepUnshifted(n: number, share: number, random: Draws, device: E.Device): (before: E.Tensor, after: E.Tensor) => E.Tensor {
-  if (share >= 1) return (_, after) => after;
-  const chosen = E.tensor(
-    Float32Array.from({ length: n }, (_, i) => (random(i)() < share ? 1 : 0)),
+function chooseShifted(share: number, random: Draws): Shifted {
+  const chosen = new Map<number, boolean>();
+  const shifted = (i: number) => {
+    if (share >= 1) return true;
+    if (!chosen.has(i)) chosen.set(i, random(i)() < share);
+    return chosen.get(i)!;
+  };
+  return Object.assign(shifted, { all: share >= 1 });
+}
+
+/** Blends a change back out of the images not chosen for it, which stay exactly as they were. */
+function keepUnshifted(n: number, shifted: Shifted, device: E.Device): (before: E.Tensor, after: E.Tensor) => E.Tensor {
+  if (shifted.all) return (_, after) => after;
+  const mask = E.tensor(
+    Float32Array.from({ length: n }, (_, i) => (shifted(i) ? 1 : 0)),
     [n, 1, 1, 1],
     { device },
   );
-  return (before, after) => before.add(after.sub(before).mul(chosen));
+  return (before, after) => before.add(after.sub(before).mul(mask));
 }
 
 /** Each image's background colour [N, 3, 1, 1]: the mean of the pixels brighter than halfway from its mean to its maximum. */
@@ -151,7 +167,7 @@ export function backgroundOf(x: E.Tensor): E.Tensor {
   });
 }
 
-function augmentGeometry(x: E.Tensor, config: AugmentConfig, draws: Draws, background: E.Tensor | null): E.Tensor {
+function augmentGeometry(x: E.Tensor, config: AugmentConfig, draws: Draws, shifted: Shifted, background: E.Tensor | null): E.Tensor {
   const [n, c, h, w] = x.shape;
   const theta = new Float32Array(n * 6);
   for (let i = 0; i < n; i++) {
@@ -170,7 +186,7 @@ function augmentGeometry(x: E.Tensor, config: AugmentConfig, draws: Draws, backg
       tx = uniform(random, -(1 - sx), 1 - sx);
       ty = uniform(random, -(1 - sy), 1 - sy);
     }
-    if (config.scale) {
+    if (config.scale && shifted(i)) {
       const zoom = Math.exp(uniform(random, Math.log(config.scale[0]), Math.log(config.scale[1])));
       [sx, sy, tx, ty] = [sx / zoom, sy / zoom, tx / zoom, ty / zoom];
     }
