@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -76,6 +76,15 @@ test('types and ranges are checked', () => {
   assert.throws(() => resolve({ data: { source: { folder: 'cells' } } }), /data\.source must be/);
   assert.throws(() => resolve({}), /no data/);
   assert.throws(() => resolve([1]), /expected a JSON object of settings/);
+});
+
+test('every config shipped in configs/ passes the schema', () => {
+  const files = readdirSync('configs').filter((f) => f.endsWith('.json'));
+  assert.ok(files.length > 0);
+  for (const file of files) {
+    const settings = JSON.parse(readFileSync(path.join('configs', file), 'utf8'));
+    assert.doesNotThrow(() => resolve(data, settings), file);
+  }
 });
 
 test('settingsChanges lists what differs, a data source as one setting', () => {
