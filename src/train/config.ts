@@ -99,6 +99,12 @@ const integer = (min: number, max: number): Field => ({
 });
 const number = (expect: string, ok: (n: number) => boolean): Field => ({ expect, accepts: (v) => isNumber(v) && ok(v) });
 const numbers = (expect: string, ok: (values: number[]) => boolean): Field => ({ expect, accepts: (v) => Array.isArray(v) && v.every(isNumber) && ok(v) });
+/** A [min, max] pair of positive numbers with min ≤ max, and max ≤ `limit` where there is one. */
+const range = (what: string, limit = Infinity): Field =>
+  numbers(
+    `[min, max] ${what} with 0 < min ≤ max${limit < Infinity ? ` ≤ ${limit}` : ''}`,
+    ([lo, hi, ...rest]) => rest.length === 0 && lo > 0 && lo <= hi && hi <= limit,
+  );
 const choice = (...values: string[]): Field => ({ expect: `one of ${values.map((v) => `"${v}"`).join(', ')}`, accepts: (v) => values.includes(v as string) });
 const orNull = (field: Field): Field => ({ ...field, expect: `${field.expect}, or null`, accepts: (v) => v === null || field.accepts(v) });
 const optional = (field: Field): Field => ({ ...field, optional: true });
@@ -192,23 +198,16 @@ const SCHEMA = group({
     rot90: bool,
     crop: orNull(
       group({
-        scale: numbers('[min, max] area fractions with 0 < min ≤ max ≤ 1', ([lo, hi, ...rest]) => rest.length === 0 && lo > 0 && lo <= hi && hi <= 1),
-        ratio: numbers('[min, max] aspect ratios with 0 < min ≤ max', ([lo, hi, ...rest]) => rest.length === 0 && lo > 0 && lo <= hi),
+        scale: range('area fractions', 1),
+        ratio: range('aspect ratios'),
       }),
     ),
     brightness: fraction,
     contrast: fraction,
     saturation: fraction,
     hue: number('a number from 0 to 0.5 (a fraction of a full turn)', (n) => n >= 0 && n <= 0.5),
-    scale: optional(
-      orNull(numbers('[min, max] zoom factors with 0 < min ≤ max ≤ 4', ([lo, hi, ...rest]) => rest.length === 0 && lo > 0 && lo <= hi && hi <= 4)),
-    ),
-    stain: optional(
-      either(
-        fraction,
-        numbers('[min, max] stain factors with 0 < min ≤ max ≤ 3', ([lo, hi, ...rest]) => rest.length === 0 && lo > 0 && lo <= hi && hi <= 3),
-      ),
-    ),
+    scale: optional(orNull(range('zoom factors', 4))),
+    stain: optional(either(fraction, range('stain factors', 3))),
     temperature: optional(fraction),
     blur: optional(number('a blur sigma from 0 to 4 model pixels', (n) => n >= 0 && n <= 4)),
     noise: optional(fraction),
