@@ -133,13 +133,13 @@ type Shifted = ((i: number) => boolean) & { all: boolean };
  * is one), and not at all when the share is 1, so that runs without a share repeat their draws.
  */
 function chooseShifted(share: number, random: Draws): Shifted {
+  if (share >= 1) return Object.assign(() => true, { all: true });
   const chosen = new Map<number, boolean>();
   const shifted = (i: number) => {
-    if (share >= 1) return true;
     if (!chosen.has(i)) chosen.set(i, random(i)() < share);
     return chosen.get(i)!;
   };
-  return Object.assign(shifted, { all: share >= 1 });
+  return Object.assign(shifted, { all: false });
 }
 
 /** Blends a change back out of the images not chosen for it, which stay exactly as they were. */
