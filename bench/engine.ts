@@ -234,6 +234,11 @@ function runTorch(steps: Record<string, { block: string; shape: BlockShape; bf16
 
 // ---- per-call overhead
 
+/** Lets the event loop turn, so that the finalizer registrations of the tensors just dropped are cleaned up. */
+async function settle(): Promise<void> {
+  for (let i = 0; i < 10; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+}
+
 function callOverheadMicros(calls: number): number {
   const x = E.ones([1]);
   const y = E.ones([1]);
@@ -294,6 +299,7 @@ async function main(): Promise<void> {
   } as const;
   // Rounds alternate hemato and PyTorch, so that a slow spell of the machine falls on both sides.
   const ourRounds: Record<string, number>[] = [];
+  const ourCallRounds: number[] = [];
   const torchRounds: (TorchResult | string)[] = [];
   const torchCases = cases as unknown as Record<string, { block: string; shape: BlockShape; bf16: boolean }>;
   for (let r = 0; r < rounds; r++) {
@@ -305,8 +311,16 @@ async function main(): Promise<void> {
     ourRounds.push(ours);
     torchRounds.push(runTorch(torchCases, calls, r > 0));
   }
-  const ourCallUs = callOverheadMicros(calls);
-  log(`hemato per call: ${ourCallUs.toFixed(2)} µs`);
+  // The per-call rounds come after the steps: their hundreds of thousands of dropped tensors would otherwise slow the
+  // next round's steps through the garbage collector.
+  const torchCallRounds: (number | null)[] = [];
+  for (let r = 0; r < rounds; r++) {
+    ourCallRounds.push(callOverheadMicros(calls));
+    await settle();
+    const peer = runTorch({}, calls, true);
+    torchCallRounds.push(typeof peer === 'string' ? null : peer.call_us);
+    log(`round ${r + 1}/${rounds}: per call, hemato ${ourCallRounds[r].toFixed(2)} µs, PyTorch ${torchCallRounds[r]?.toFixed(2) ?? 'n/a'} µs`);
+  }
 
   // tfjs.
   const tf = await loadTfjs();
@@ -320,7 +334,7 @@ async function main(): Promise<void> {
     log(`tfjs: matmul ${tfjsMatmulSize}² ${tfjs.matmul_ms.toFixed(0)} ms, conv ${tfjs.conv_ms.toFixed(0)} ms, block step ${tfjs.block_ms.toFixed(0)} ms`);
   }
 
-  // PyTorch: the first round's run also measured the rates and the per-call overhead.
+  // PyTorch: every round measured its steps; the first also the matmul and conv rates.
   const failure = torchRounds.find((t): t is string => typeof t === 'string');
   if (failure) log(failure);
   const pt = failure ? undefined : (torchRounds[0] as TorchResult);
@@ -328,6 +342,8 @@ async function main(): Promise<void> {
   const ours = Object.fromEntries(Object.keys(cases).map((name) => [name, median(ourRounds.map((o) => o[name]))]));
   const ratiosByRound = (name: string) => ourRounds.map((o, r) => o[name] / torchSteps[r][name]);
   const ratio = (name: string) => (pt ? round(median(ratiosByRound(name))) : null);
+  const torchCalls = torchCallRounds.filter((us): us is number => us !== null);
+  const callRatiosByRound = torchCalls.length === rounds ? ourCallRounds.map((us, r) => us / torchCalls[r]) : [];
   const steps = Object.fromEntries(
     Object.keys(cases).map((name) => [
       name,
@@ -372,13 +388,17 @@ async function main(): Promise<void> {
     },
     steps,
     tfjs_block_ms: tfjs ? round(tfjs.block_ms, 4) : null,
-    per_call_us: { hemato: round(ourCallUs), pytorch: pt ? round(pt.call_us) : null },
+    per_call_us: {
+      hemato: round(median(ourCallRounds)),
+      pytorch: callRatiosByRound.length ? round(median(torchCalls)) : null,
+      ratios_by_round: callRatiosByRound.length ? callRatiosByRound.map((r) => round(r)) : null,
+    },
     speedup_vs_tfjs: tfjs ? round(tfjs.block_ms / ours.convnext_tfjs_shape) : null,
     ratio_vs_pytorch: ratio('convnext_fp32'),
     ratio_vs_pytorch_bf16: bf16Ratios.length ? Math.max(...bf16Ratios) : null,
     bf16_speedup: round(ours.swin_fp32 / ours.swin_bf16),
     bf16_speedup_convnext: round(ours.convnext_fp32 / ours.convnext_bf16),
-    per_call_ratio_vs_pytorch: pt ? round(ourCallUs / pt.call_us) : null,
+    per_call_ratio_vs_pytorch: callRatiosByRound.length ? round(median(callRatiosByRound)) : null,
     seconds: round((performance.now() - started) / 1000),
   };
   process.stdout.write(`${JSON.stringify(result)}\n`);
