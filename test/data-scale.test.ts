@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import { resizeRgb } from '../src/data/geometry.js';
 import { type RgbImage, readImageFile } from '../src/data/image.js';
 import { chooseScale, type InputRecipe, prepareImage, type Rgb, SCALE_RANGE, scaleChannels, whiteBalance } from '../src/data/prepare.js';
-import { measureCells, showsOneCell } from '../src/data/scale.js';
+import { type CellMeasures, measureCells, showsOneCell } from '../src/data/scale.js';
 import { magnify } from '../src/eval/shifts.js';
 
 const PBC = path.resolve('../shared/data/pbc');
@@ -123,6 +123,28 @@ test('images with no red cells or only background get a clear scale source, neve
   // Without a recorded scale (older models) nothing is estimated or resized.
   assert.deepEqual(chooseScale(null, null), { source: 'none', um_per_px: null, factor: 1 });
   assert.ok(SCALE_RANGE[0] < 1 && SCALE_RANGE[1] > 1);
+});
+
+test('without red cells the nucleus sets the scale only in a tight crop or when larger than any at the training scale', () => {
+  const measures = (nucleusExtent: number | null, tightCrop = false): CellMeasures => ({
+    rbcDiameter: null,
+    redCells: 0,
+    nucleusExtent,
+    nuclei: nucleusExtent === null ? 0 : 1,
+    tightCrop,
+    background: [255, 228, 202],
+  });
+  // A large cell at the training scale (a monocyte's nucleus reaches 1.6 times the median) keeps its pixels.
+  assert.deepEqual(chooseScale(reference, measures(180)), { source: 'none', um_per_px: null, factor: 1 });
+  assert.deepEqual(chooseScale(reference, measures(null)), { source: 'none', um_per_px: null, factor: 1 });
+  // A field enlarged twice: the nucleus is past anything PBC shows, and is brought to the reference's extent.
+  const enlarged = chooseScale(reference, measures(228));
+  assert.equal(enlarged.source, 'white-cell');
+  assert.equal(enlarged.factor, 0.5);
+  assert.ok(Math.abs(enlarged.um_per_px! - (7.5 / 73) * 0.5) < 1e-12);
+  assert.equal(chooseScale(reference, measures(180, true)).source, 'white-cell', 'a tight crop');
+  // Red cells, where there are some, always win.
+  assert.equal(chooseScale(reference, { ...measures(228), rbcDiameter: 146, redCells: 3 }).source, 'red-cells');
 });
 
 test('one white cell: a nucleus near the centre passes; none, one cut off at the edge, or many do not', () => {

@@ -107,7 +107,17 @@ export function backgroundColours(recorded: Rgb | Rgb[] | null | undefined): Rgb
 const SCALE_NOISE = 0.2;
 const beyondNoise = (factor: number) => (Math.abs(Math.log(factor)) < Math.log(1 + SCALE_NOISE) ? 1 : factor);
 
-/** The scale to apply: the user's pixel size, else the red cells, else (in a tight crop) the white cell's nucleus, else none. */
+/**
+ * A nucleus wider than this many times the training images' median is larger than PBC's nuclei ever are at their
+ * scale (PBC validation: median 122 px, 99th percentile 206, the largest 254 against a median of 128 in training):
+ * the image is magnified. Lower bars cost unaltered images on PBC validation.
+ */
+const OVERSIZED_NUCLEUS = 1.65;
+
+/**
+ * The scale to apply: the user's pixel size, else the red cells, else (in a tight crop, or where it is oversized)
+ * the white cell's nucleus, else none.
+ */
 export function chooseScale(reference: ReferenceScale | null, measures: CellMeasures | null, pixelSize?: number): ScaleReport {
   if (!reference) return { source: 'none', um_per_px: pixelSize ?? null, factor: 1 };
   const referenceUm = reference.rbcDiameterUm / reference.rbcDiameter;
@@ -121,9 +131,11 @@ export function chooseScale(reference: ReferenceScale | null, measures: CellMeas
     };
   }
   // The nucleus's size depends on the cell type, so it stands in for red cells only where nothing else can: in a
-  // tight crop. Elsewhere a missing red-cell estimate leaves the file's scale as it is.
-  if (measures?.nucleusExtent && measures.tightCrop) {
-    const factor = clamp(reference.nucleusExtent / measures.nucleusExtent);
+  // tight crop, or where it is larger than any cell's at the training scale. Elsewhere a missing red-cell estimate
+  // leaves the file's scale as it is.
+  const extent = measures?.nucleusExtent;
+  if (extent && (measures.tightCrop || extent > OVERSIZED_NUCLEUS * reference.nucleusExtent)) {
+    const factor = clamp(reference.nucleusExtent / extent);
     return { source: 'white-cell', um_per_px: referenceUm * factor, factor };
   }
   return { source: 'none', um_per_px: null, factor: 1 };
