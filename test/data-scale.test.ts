@@ -125,7 +125,7 @@ test('images with no red cells or only background get a clear scale source, neve
   assert.ok(SCALE_RANGE[0] < 1 && SCALE_RANGE[1] > 1);
 });
 
-test('without red cells the nucleus sets the scale only in a tight crop or when larger than any at the training scale', () => {
+test('without red cells the nucleus sets the scale only in a tight crop or when larger than nearly any at the training scale', () => {
   const measures = (nucleusExtent: number | null, tightCrop = false): CellMeasures => ({
     rbcDiameter: null,
     redCells: 0,

@@ -108,9 +108,9 @@ const SCALE_NOISE = 0.2;
 const beyondNoise = (factor: number) => (Math.abs(Math.log(factor)) < Math.log(1 + SCALE_NOISE) ? 1 : factor);
 
 /**
- * A nucleus wider than this many times the training images' median is larger than PBC's nuclei ever are at their
- * scale (PBC validation: median 122 px, 99th percentile 206, the largest 254 against a median of 128 in training):
- * the image is magnified. Lower bars cost unaltered images on PBC validation.
+ * A nucleus wider than this many times the training images' median is larger than 99 % of PBC's at their scale (PBC
+ * validation: median 122 px, 99th percentile 206, the largest 254, against a median of 128 in training): the image
+ * is most likely magnified. Lower bars cost unaltered images on PBC validation.
  */
 const OVERSIZED_NUCLEUS = 1.65;
 
@@ -131,7 +131,7 @@ export function chooseScale(reference: ReferenceScale | null, measures: CellMeas
     };
   }
   // The nucleus's size depends on the cell type, so it stands in for red cells only where nothing else can: in a
-  // tight crop, or where it is larger than any cell's at the training scale. Elsewhere a missing red-cell estimate
+  // tight crop, or where it is larger than nearly any at the training scale. Elsewhere a missing red-cell estimate
   // leaves the file's scale as it is.
   const extent = measures?.nucleusExtent;
   if (extent && (measures.tightCrop || extent > OVERSIZED_NUCLEUS * reference.nucleusExtent)) {
