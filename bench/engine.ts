@@ -211,10 +211,11 @@ interface TorchResult {
   steps: Record<string, number>;
   matmul_ms: number;
   conv_ms: number;
-  call_us: number;
+  /** Measured only where calls were asked for. */
+  call_us?: number;
 }
 
-/** The PyTorch peer: the block steps, and unless stepsOnly also the GEMM and conv rates and the per-call overhead. */
+/** The PyTorch peer: the block steps, unless stepsOnly also the GEMM and conv rates, and with calls > 0 the per-call overhead. */
 function runTorch(steps: Record<string, { block: string; shape: BlockShape; bf16: boolean }>, calls: number, stepsOnly = false): TorchResult | string {
   const missing = ensureTorch(log);
   if (missing) return missing;
@@ -299,7 +300,6 @@ async function main(): Promise<void> {
   } as const;
   // Rounds alternate hemato and PyTorch, so that a slow spell of the machine falls on both sides.
   const ourRounds: Record<string, number>[] = [];
-  const ourCallRounds: number[] = [];
   const torchRounds: (TorchResult | string)[] = [];
   const torchCases = cases as unknown as Record<string, { block: string; shape: BlockShape; bf16: boolean }>;
   for (let r = 0; r < rounds; r++) {
@@ -309,16 +309,17 @@ async function main(): Promise<void> {
       log(`round ${r + 1}/${rounds}: hemato ${name} ${ours[name].toFixed(1)} ms`);
     }
     ourRounds.push(ours);
-    torchRounds.push(runTorch(torchCases, calls, r > 0));
+    torchRounds.push(runTorch(torchCases, 0, r > 0));
   }
   // The per-call rounds come after the steps: their hundreds of thousands of dropped tensors would otherwise slow the
   // next round's steps through the garbage collector.
+  const ourCallRounds: number[] = [];
   const torchCallRounds: (number | null)[] = [];
   for (let r = 0; r < rounds; r++) {
     ourCallRounds.push(callOverheadMicros(calls));
     await settle();
     const peer = runTorch({}, calls, true);
-    torchCallRounds.push(typeof peer === 'string' ? null : peer.call_us);
+    torchCallRounds.push(typeof peer === 'string' ? null : (peer.call_us ?? null));
     log(`round ${r + 1}/${rounds}: per call, hemato ${ourCallRounds[r].toFixed(2)} µs, PyTorch ${torchCallRounds[r]?.toFixed(2) ?? 'n/a'} µs`);
   }
 
