@@ -229,6 +229,30 @@ function checkShape(shape: Shape, what = 'shape'): number[] {
 // handle of a freed tensor names nothing, so the late call is a no-op, and skipping unregister keeps dispose cheap.
 const collected = new FinalizationRegistry<NativeTensor>((handle) => native.dispose(handle));
 
+// Registering costs about a tenth of a small op, and most tensors are disposed, by a scope or by hand, in the task
+// that made them. So a new tensor waits here and is registered only if it is still alive when the task ends or
+// when the queue fills. The collector could not free it any sooner: its callbacks only run between tasks.
+const REGISTER_BATCH = 4096;
+const unregistered: { tensor: Tensor; handle: NativeTensor }[] = [];
+let registerQueued = false;
+
+function registerLater(tensor: Tensor, handle: NativeTensor): void {
+  unregistered.push({ tensor, handle });
+  if (unregistered.length >= REGISTER_BATCH) registerSurvivors();
+  else if (!registerQueued) {
+    registerQueued = true;
+    queueMicrotask(() => {
+      registerQueued = false;
+      registerSurvivors();
+    });
+  }
+}
+
+function registerSurvivors(): void {
+  for (const { tensor, handle } of unregistered) if (!tensor.isDisposed) collected.register(tensor, handle);
+  unregistered.length = 0;
+}
+
 export class Tensor {
   #handle: NativeTensor | undefined;
   #dtype?: DType;
@@ -237,7 +261,7 @@ export class Tensor {
 
   constructor(handle: NativeTensor) {
     this.#handle = handle;
-    collected.register(this, handle);
+    registerLater(this, handle);
     track(this);
   }
 
