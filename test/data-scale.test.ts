@@ -232,3 +232,24 @@ test('a PBC field magnified 1.5 times, where few red cells lie whole in the fram
   assert.ok(ratios.length >= 12, `${ratios.length} of 40 images measured at both sizes`);
   assert.ok(Math.abs(median(ratios) / 1.5 - 1) < 0.1, `median ratio ${median(ratios)}`);
 });
+
+const pick = ({ rbcDiameter, redCells }: CellMeasures) => ({ rbcDiameter, redCells });
+
+test('flat margins are left out of the measurement: red cells cut by padding are measured as cut by the edge', async () => {
+  const image = await readImageFile(path.join(PBC, 'basophil/BA_111710.jpg'));
+  // A margin of one flat colour (padding, letterboxing) does not change the red cells' measure.
+  const margin = 40;
+  const width = image.width + 2 * margin;
+  const framed = new Uint8Array(width * (image.height + 2 * margin) * 3).fill(250);
+  for (let y = 0; y < image.height; y++) framed.set(image.data.subarray(y * image.width * 3, (y + 1) * image.width * 3), ((y + margin) * width + margin) * 3);
+  const { rbcDiameter, redCells } = measureCells(image);
+  assert.ok(rbcDiameter);
+  assert.deepEqual(pick(measureCells({ width, height: image.height + 2 * margin, data: framed })), { rbcDiameter, redCells });
+  // Shrunk to half and padded with its background, this field shows its red cells only where the padding cuts them.
+  for (const file of ['basophil/BA_111710.jpg', 'basophil/BA_152650.jpg']) {
+    const original = await readImageFile(path.join(PBC, file));
+    const { rbcDiameter: full } = measureCells(original);
+    const { rbcDiameter: half } = measureCells(await magnify(original, 0.5));
+    assert.ok(full && half && Math.abs(half / full / 0.5 - 1) < 0.03, `${file}: ${half} px at half size against ${full} px`);
+  }
+});

@@ -44,6 +44,15 @@ const MEASURE_SIDE = 256;
 
 /** Measures red cells, the white cell and the background of one image. */
 export function measureCells(image: RgbImage): CellMeasures {
+  const measures = measureShrunk(image);
+  const content = withoutFlatMargins(image);
+  if (content === image) return measures;
+  // Red cells cut by a flat margin (padding, letterboxing) are cut by the picture's true edge: measure them inside it.
+  const { rbcDiameter, redCells } = measureShrunk(content);
+  return { ...measures, rbcDiameter, redCells };
+}
+
+function measureShrunk(image: RgbImage): CellMeasures {
   const step = Math.max(1, Math.ceil(Math.max(image.width, image.height) / MEASURE_SIDE));
   const small = step > 1 ? boxShrink(image, step) : image;
   const measures = measureAtFullSize(small);
@@ -89,6 +98,33 @@ function measureAtFullSize(image: RgbImage): CellMeasures {
     tightCrop: extent !== null && extent >= TIGHT_CROP * Math.min(width, height),
     background,
   };
+}
+
+/** A margin row or column varies by at most this much per channel; a slide's own background, imaged, varies more. */
+const FLAT_MARGIN = 2;
+
+/** The image without the flat margins that padding or letterboxing adds around it; one flat throughout stays whole. */
+function withoutFlatMargins(image: RgbImage): RgbImage {
+  const { width, height, data } = image;
+  // Whether the run of n pixels from (x, y), stepping by (dx, dy), all lie within FLAT_MARGIN of its first.
+  const flat = (x: number, y: number, dx: number, dy: number, n: number): boolean => {
+    const first = (y * width + x) * 3;
+    for (let k = 1, p = first; k < n; k++) {
+      p += (dy * width + dx) * 3;
+      for (let c = 0; c < 3; c++) if (Math.abs(data[p + c] - data[first + c]) > FLAT_MARGIN) return false;
+    }
+    return true;
+  };
+  let [top, bottom, left, right] = [0, height, 0, width];
+  while (top < bottom && flat(0, top, 1, 0, width)) top++;
+  while (bottom > top && flat(0, bottom - 1, 1, 0, width)) bottom--;
+  while (left < right && flat(left, top, 0, 1, bottom - top)) left++;
+  while (right > left && flat(right - 1, top, 0, 1, bottom - top)) right--;
+  if (top === 0 && left === 0 && bottom === height && right === width) return image;
+  if (bottom <= top || right <= left) return image;
+  const out = new Uint8Array((right - left) * (bottom - top) * 3);
+  for (let y = top; y < bottom; y++) out.set(data.subarray((y * width + left) * 3, (y * width + right) * 3), (y - top) * (right - left) * 3);
+  return { width: right - left, height: bottom - top, data: out };
 }
 
 /** How many diameters lie within 20 % of the median: the red cells the estimate rests on. */
