@@ -168,7 +168,7 @@ test('one white cell: a nucleus near the centre passes; none, one cut off at the
   assert.equal(showsOneCell(measureCells(montage)), false, 'nine cells');
 });
 
-test('red cells cut by the edge: the circle through their outline, once half of it shows; a clump or a sliver gives nothing', () => {
+test('red cells cut by the edge: the circle through their outline, once nearly half of it shows; a clump or a sliver gives nothing', () => {
   /** A cream background with pink red cells (discs of radius r, each with a pale centre) at the given centres. */
   const field = (side: number, discs: [number, number, number][]): RgbImage => {
     const data = new Uint8Array(side * side * 3);
@@ -187,7 +187,15 @@ test('red cells cut by the edge: the circle through their outline, once half of 
     ]),
   );
   assert.ok(cut.rbcDiameter !== null && Math.abs(cut.rbcDiameter / 80 - 1) < 0.05, `cut cells: ${cut.rbcDiameter}`);
-  // Less than half in view: too little arc to fit.
+  // Centres 4 px inside the edges: about half of each outline in view, beyond the pixels along the edge. Enough arc.
+  const nearlyHalf = measureCells(
+    field(240, [
+      [4, 60, 40],
+      [235, 180, 40],
+    ]),
+  );
+  assert.ok(nearlyHalf.rbcDiameter !== null && Math.abs(nearlyHalf.rbcDiameter / 80 - 1) < 0.08, `nearly half: ${nearlyHalf.rbcDiameter}`);
+  // About a third in view: too little arc to fit.
   assert.equal(
     measureCells(
       field(240, [

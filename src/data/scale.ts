@@ -313,7 +313,7 @@ function boxShrink(image: RgbImage, step: number): RgbImage {
 /**
  * Diameters of the round, isolated cells without nucleus pixels: red cells. A whole cell gives its equivalent
  * diameter; touching or overlapping cells make elongated or hollow-cornered blobs and are left out. A cell cut by
- * the image's edge gives the circle through its visible outline, where at least half of it is visible: in an
+ * the image's edge gives the circle through its visible outline, where 45 % of it or more is visible: in an
  * enlarged field few red cells lie whole inside the frame. Those fits cost the most, so they run only when asked.
  */
 function roundCellDiameters(mask: Uint8Array, nucleus: Uint8Array, width: number, height: number): { whole: number[]; cut: () => number[] } {
@@ -338,8 +338,12 @@ function roundCellDiameters(mask: Uint8Array, nucleus: Uint8Array, width: number
   return { whole, cut };
 }
 
-/** Largest angle (radians) between neighbouring outline points seen from the circle's centre: the missing arc. */
-const MAX_MISSING_ARC = Math.PI;
+/**
+ * Largest angle (radians) between neighbouring outline points seen from the circle's centre: the missing arc. At
+ * 1.1 π (45 % of the outline in view) enlarged fields find their scale more often than at π, with no unaltered PBC
+ * validation image of the select half lost; beyond it, arcs of other round shapes pass for red cells.
+ */
+const MAX_MISSING_ARC = 1.1 * Math.PI;
 /** Root-mean-square distance of the outline from the fitted circle, relative to its radius, for a round cell. */
 const MAX_FIT_ERROR = 0.06;
 /** Share of the fitted circle's in-frame area the blob must cover: a cut cell's pale centre may open to the edge. */
@@ -347,8 +351,8 @@ const MIN_FILL = 0.6;
 
 /**
  * The diameter of the circle fitted (least squares, Kåsa) to the convex outline of a blob cut by the image's edge,
- * leaving out the outline along the edge itself; null unless the outline is round and covers at least half the
- * circle. The convex hull ignores the pale centre and small dents; two overlapping cells fit no circle.
+ * leaving out the outline along the edge itself; null unless the outline is round and covers 45 % of the
+ * circle or more. The convex hull ignores the pale centre and small dents; two overlapping cells fit no circle.
  */
 function cutCircleDiameter(c: Component, width: number, height: number): number | null {
   // Each row's and column's outermost pixels hold the blob's convex hull.
