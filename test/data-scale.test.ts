@@ -129,6 +129,7 @@ test('without red cells the nucleus sets the scale only in a tight crop or when 
   const measures = (nucleusExtent: number | null, tightCrop = false): CellMeasures => ({
     rbcDiameter: null,
     redCells: 0,
+    arcDiameter: null,
     nucleusExtent,
     nuclei: nucleusExtent === null ? 0 : 1,
     tightCrop,
@@ -143,8 +144,12 @@ test('without red cells the nucleus sets the scale only in a tight crop or when 
   assert.equal(enlarged.factor, 0.5);
   assert.ok(Math.abs(enlarged.um_per_px! - (7.5 / 73) * 0.5) < 1e-12);
   assert.equal(chooseScale(reference, measures(180, true)).source, 'white-cell', 'a tight crop');
-  // Red cells, where there are some, always win.
+  // Red cells, where there are some, always win; short arcs of them only over the nucleus, which needs the cell type.
   assert.equal(chooseScale(reference, { ...measures(228), rbcDiameter: 146, redCells: 3 }).source, 'red-cells');
+  const arcs = chooseScale(reference, { ...measures(228), arcDiameter: 219 });
+  assert.equal(arcs.source, 'red-cells');
+  assert.ok(Math.abs(arcs.factor - 73 / 219) < 1e-12, `factor ${arcs.factor}`);
+  assert.deepEqual(chooseScale(reference, { ...measures(120), arcDiameter: 219 }), { source: 'none', um_per_px: null, factor: 1 }, 'arcs alone');
 });
 
 test('one white cell: a nucleus near the centre passes; none, one cut off at the edge, or many do not', () => {
@@ -168,7 +173,7 @@ test('one white cell: a nucleus near the centre passes; none, one cut off at the
   assert.equal(showsOneCell(measureCells(montage)), false, 'nine cells');
 });
 
-test('red cells cut by the edge: the circle through their outline, once nearly half of it shows; a clump or a sliver gives nothing', () => {
+test('red cells cut by the edge: the circle through their outline, once nearly half of it shows, or short arcs of it apart; a clump gives nothing', () => {
   /** A cream background with pink red cells (discs of radius r, each with a pale centre) at the given centres. */
   const field = (side: number, discs: [number, number, number][]): RgbImage => {
     const data = new Uint8Array(side * side * 3);
@@ -195,17 +200,23 @@ test('red cells cut by the edge: the circle through their outline, once nearly h
     ]),
   );
   assert.ok(nearlyHalf.rbcDiameter !== null && Math.abs(nearlyHalf.rbcDiameter / 80 - 1) < 0.08, `nearly half: ${nearlyHalf.rbcDiameter}`);
-  // About a third in view: too little arc to fit.
-  assert.equal(
-    measureCells(
-      field(240, [
-        [-15, 60, 40],
-        [255, 180, 40],
-      ]),
-    ).rbcDiameter,
-    null,
-    'slivers',
+  // About a third in view: too little arc for a red-cell estimate, but a short-arc one where nothing lies inside.
+  const slivers = measureCells(
+    field(240, [
+      [-15, 60, 40],
+      [255, 180, 40],
+    ]),
   );
+  assert.equal(slivers.rbcDiameter, null, 'slivers');
+  assert.ok(slivers.arcDiameter !== null && Math.abs(slivers.arcDiameter / 80 - 1) < 0.08, `short arcs: ${slivers.arcDiameter}`);
+  const besideWhole = measureCells(
+    field(240, [
+      [-15, 60, 40],
+      [255, 180, 40],
+      [120, 120, 30],
+    ]),
+  );
+  assert.equal(besideWhole.arcDiameter, null, `short arcs beside a cell inside the frame: ${besideWhole.arcDiameter}`);
   // Two cells overlapping at the edge make one blob that is no circle.
   assert.equal(
     measureCells(

@@ -116,25 +116,26 @@ const OVERSIZED_NUCLEUS = 1.65;
 
 /**
  * The scale to apply: the user's pixel size, else the red cells, else (in a tight crop, or where it is oversized)
- * the white cell's nucleus, else none.
+ * short arcs of red cells cut by the edge or the white cell's nucleus, else none.
  */
 export function chooseScale(reference: ReferenceScale | null, measures: CellMeasures | null, pixelSize?: number): ScaleReport {
   if (!reference) return { source: 'none', um_per_px: pixelSize ?? null, factor: 1 };
   const referenceUm = reference.rbcDiameterUm / reference.rbcDiameter;
   const clamp = (f: number) => Math.min(FACTOR_LIMITS[1], Math.max(FACTOR_LIMITS[0], f));
   if (pixelSize !== undefined) return { source: 'given', um_per_px: pixelSize, factor: clamp(pixelSize / referenceUm) };
-  if (measures?.rbcDiameter) {
-    return {
-      source: 'red-cells',
-      um_per_px: reference.rbcDiameterUm / measures.rbcDiameter,
-      factor: clamp(beyondNoise(reference.rbcDiameter / measures.rbcDiameter)),
-    };
-  }
+  const fromRedCells = (diameter: number): ScaleReport => ({
+    source: 'red-cells',
+    um_per_px: reference.rbcDiameterUm / diameter,
+    factor: clamp(beyondNoise(reference.rbcDiameter / diameter)),
+  });
+  if (measures?.rbcDiameter) return fromRedCells(measures.rbcDiameter);
   // The nucleus's size depends on the cell type, so it stands in for red cells only where nothing else can: in a
   // tight crop, or where it is larger than nearly any at the training scale. Elsewhere a missing red-cell estimate
-  // leaves the file's scale as it is.
+  // leaves the file's scale as it is. Short arcs of red cells misjudge crowded fields and the corners of tight
+  // crops, so they are trusted only where the nucleus, too, says the field is enlarged or cropped, and then before it.
   const extent = measures?.nucleusExtent;
   if (extent && (measures.tightCrop || extent > OVERSIZED_NUCLEUS * reference.nucleusExtent)) {
+    if (measures.arcDiameter) return fromRedCells(measures.arcDiameter);
     const factor = clamp(reference.nucleusExtent / extent);
     return { source: 'white-cell', um_per_px: referenceUm * factor, factor };
   }

@@ -12,6 +12,11 @@ export interface CellMeasures {
   /** Median diameter of isolated red cells, in source pixels; null when fewer than MIN_RED_CELLS were found. */
   rbcDiameter: number | null;
   redCells: number;
+  /**
+   * Where no red cell is measurable otherwise and none lies inside the frame: the median diameter of the circles
+   * through short arcs of cells cut by the edge (down to a tenth of the outline); null otherwise.
+   */
+  arcDiameter: number | null;
   /** Extent of the central white cell's nucleus (its blobs centred in the middle half), in source pixels; null when there is none. */
   nucleusExtent: number | null;
   /** Separate nucleus-sized blobs: more than one suggests several cells, none an empty field. */
@@ -48,8 +53,8 @@ export function measureCells(image: RgbImage): CellMeasures {
   const content = withoutFlatMargins(image);
   if (content === image) return measures;
   // Red cells cut by a flat margin (padding, letterboxing) are cut by the picture's true edge: measure them inside it.
-  const { rbcDiameter, redCells } = measureShrunk(content);
-  return { ...measures, rbcDiameter, redCells };
+  const { rbcDiameter, redCells, arcDiameter } = measureShrunk(content);
+  return { ...measures, rbcDiameter, redCells, arcDiameter };
 }
 
 function measureShrunk(image: RgbImage): CellMeasures {
@@ -57,7 +62,12 @@ function measureShrunk(image: RgbImage): CellMeasures {
   const small = step > 1 ? boxShrink(image, step) : image;
   const measures = measureAtFullSize(small);
   return step > 1
-    ? { ...measures, rbcDiameter: measures.rbcDiameter && measures.rbcDiameter * step, nucleusExtent: measures.nucleusExtent && measures.nucleusExtent * step }
+    ? {
+        ...measures,
+        rbcDiameter: measures.rbcDiameter && measures.rbcDiameter * step,
+        arcDiameter: measures.arcDiameter && measures.arcDiameter * step,
+        nucleusExtent: measures.nucleusExtent && measures.nucleusExtent * step,
+      }
     : measures;
 }
 
@@ -83,16 +93,19 @@ function measureAtFullSize(image: RgbImage): CellMeasures {
   for (let i = 0; i < n; i++) cellMask[i] = darkness[i] > threshold ? 1 : 0;
   fillHoles(cellMask, width, height);
   // Whole red cells measure best; cells cut by the edge count only where too few whole ones are in view.
-  const { whole, cut } = roundCellDiameters(cellMask, nucleus, width, height);
-  const wholeDiameter = robustMedian(whole);
-  const diameters = wholeDiameter !== null && countNear(whole, wholeDiameter) >= MIN_RED_CELLS ? whole : [...whole, ...cut()];
+  const { whole, cut, noneInside } = roundCellDiameters(cellMask, nucleus, width, height);
+  const fitted = (maxMissingArc: number) => cut().flatMap((fit) => (fit.missingArc <= maxMissingArc ? [fit.diameter] : []));
+  const diameters = enoughRedCells(whole) ? whole : [...whole, ...fitted(MAX_MISSING_ARC)];
   const rbcDiameter = robustMedian(diameters);
   const redCells = rbcDiameter === null ? 0 : countNear(diameters, rbcDiameter);
+  const arcs = redCells < MIN_RED_CELLS && noneInside ? fitted(SHORT_ARC) : [];
+  const arcDiameter = enoughRedCells(arcs) ? robustMedian(arcs) : null;
 
   const { extent, blobs } = nucleusExtent(nucleus, width, height);
   return {
     rbcDiameter: redCells >= MIN_RED_CELLS ? rbcDiameter : null,
     redCells,
+    arcDiameter,
     nucleusExtent: extent,
     nuclei: blobs,
     tightCrop: extent !== null && extent >= TIGHT_CROP * Math.min(width, height),
@@ -125,6 +138,11 @@ function withoutFlatMargins(image: RgbImage): RgbImage {
   const out = new Uint8Array((right - left) * (bottom - top) * 3);
   for (let y = top; y < bottom; y++) out.set(data.subarray((y * width + left) * 3, (y * width + right) * 3), (y - top) * (right - left) * 3);
   return { width: right - left, height: bottom - top, data: out };
+}
+
+function enoughRedCells(diameters: readonly number[]): boolean {
+  const median = robustMedian(diameters);
+  return median !== null && countNear(diameters, median) >= MIN_RED_CELLS;
 }
 
 /** How many diameters lie within 20 % of the median: the red cells the estimate rests on. */
@@ -235,7 +253,7 @@ function components(mask: Uint8Array, width: number, height: number): Component[
  * The median of the diameters near the upper part of the distribution: what passes the shape test by mistake
  * (specks, fragments of a ring-shaped cell) is smaller than a whole red cell, and a few merged cells larger.
  */
-function robustMedian(values: number[]): number | null {
+function robustMedian(values: readonly number[]): number | null {
   if (values.length === 0) return null;
   const sorted = [...values].sort((a, b) => a - b);
   const reference = sorted[Math.floor(0.8 * (sorted.length - 1))];
@@ -313,11 +331,18 @@ function boxShrink(image: RgbImage, step: number): RgbImage {
 /**
  * Diameters of the round, isolated cells without nucleus pixels: red cells. A whole cell gives its equivalent
  * diameter; touching or overlapping cells make elongated or hollow-cornered blobs and are left out. A cell cut by
- * the image's edge gives the circle through its visible outline, where 45 % of it or more is visible: in an
- * enlarged field few red cells lie whole inside the frame. Those fits cost the most, so they run only when asked.
+ * the image's edge gives the circle through its visible outline (how much of it is visible is for the caller to
+ * judge): in an enlarged field few red cells lie whole inside the frame. Those fits cost the most, so they run only when asked,
+ * and once. `noneInside`: no red cell, alone or in a clump, lies inside the frame.
  */
-function roundCellDiameters(mask: Uint8Array, nucleus: Uint8Array, width: number, height: number): { whole: number[]; cut: () => number[] } {
+function roundCellDiameters(
+  mask: Uint8Array,
+  nucleus: Uint8Array,
+  width: number,
+  height: number,
+): { whole: number[]; cut: () => CutFit[]; noneInside: boolean } {
   const whole: number[] = [];
+  let noneInside = true;
   const cutCells: Component[] = [];
   for (const c of components(mask, width, height)) {
     const w = c.maxX - c.minX + 1;
@@ -330,12 +355,14 @@ function roundCellDiameters(mask: Uint8Array, nucleus: Uint8Array, width: number
       cutCells.push(c);
       continue;
     }
+    noneInside = false;
     if (w / h < 0.8 || w / h > 1.25 || Math.max(w, h) > 0.6 * Math.min(width, height)) continue;
     if (c.area < 0.85 * (Math.PI / 4) * w * h) continue;
     whole.push(2 * Math.sqrt(c.area / Math.PI));
   }
-  const cut = () => cutCells.map((c) => cutCircleDiameter(c, width, height)).filter((d): d is number => d !== null);
-  return { whole, cut };
+  let fits: CutFit[] | undefined;
+  const cut = () => (fits ??= cutCells.map((c) => cutCircleFit(c, width, height)).filter((fit): fit is CutFit => fit !== null));
+  return { whole, cut, noneInside };
 }
 
 /**
@@ -344,17 +371,29 @@ function roundCellDiameters(mask: Uint8Array, nucleus: Uint8Array, width: number
  * validation image of the select half lost; beyond it, arcs of other round shapes pass for red cells.
  */
 const MAX_MISSING_ARC = 1.1 * Math.PI;
+/**
+ * The most a short arc may miss: a tenth of the outline in view. In a field enlarged three times a red cell is over
+ * half the frame wide and shows only such arcs, in the corners; so do cells crowded into clumps and the corners of
+ * a tight crop, where the arcs misjudge the scale. `arcDiameter` is therefore measured apart, for chooseScale.
+ */
+const SHORT_ARC = 1.8 * Math.PI;
 /** Root-mean-square distance of the outline from the fitted circle, relative to its radius, for a round cell. */
 const MAX_FIT_ERROR = 0.06;
 /** Share of the fitted circle's in-frame area the blob must cover: a cut cell's pale centre may open to the edge. */
 const MIN_FILL = 0.6;
 
+interface CutFit {
+  diameter: number;
+  /** The largest gap between outline points, seen from the circle's centre (radians). */
+  missingArc: number;
+}
+
 /**
- * The diameter of the circle fitted (least squares, Kåsa) to the convex outline of a blob cut by the image's edge,
- * leaving out the outline along the edge itself; null unless the outline is round and covers 45 % of the
- * circle or more. The convex hull ignores the pale centre and small dents; two overlapping cells fit no circle.
+ * The circle fitted (least squares, Kåsa) to the convex outline of a blob cut by the image's edge, leaving out the
+ * outline along the edge itself; null unless the outline is round and covers a tenth of the circle or more. The
+ * convex hull ignores the pale centre and small dents; two overlapping cells fit no circle.
  */
-function cutCircleDiameter(c: Component, width: number, height: number): number | null {
+function cutCircleFit(c: Component, width: number, height: number): CutFit | null {
   // Each row's and column's outermost pixels hold the blob's convex hull.
   const rows = new Map<number, [number, number]>();
   const columns = new Map<number, [number, number]>();
@@ -379,13 +418,13 @@ function cutCircleDiameter(c: Component, width: number, height: number): number 
   for (const [x, y] of outline) squares += (Math.hypot(x - circle.cx, y - circle.cy) - circle.r) ** 2;
   if (Math.sqrt(squares / outline.length) > MAX_FIT_ERROR * circle.r) return null;
   const angles = outline.map(([x, y]) => Math.atan2(y - circle.cy, x - circle.cx)).sort((a, b) => a - b);
-  let missing = angles[0] + 2 * Math.PI - angles[angles.length - 1];
-  for (let k = 1; k < angles.length; k++) missing = Math.max(missing, angles[k] - angles[k - 1]);
-  if (missing > MAX_MISSING_ARC) return null;
+  let missingArc = angles[0] + 2 * Math.PI - angles[angles.length - 1];
+  for (let k = 1; k < angles.length; k++) missingArc = Math.max(missingArc, angles[k] - angles[k - 1]);
+  if (missingArc > SHORT_ARC) return null;
   // A clump of cells along the edge can have a round hull, but leaves much of it empty.
   if (c.area < MIN_FILL * circleAreaInFrame(circle, width, height)) return null;
   // The hull runs through the outermost pixel centres, which matches the whole cells' area-equivalent diameter.
-  return 2 * circle.r;
+  return { diameter: 2 * circle.r, missingArc };
 }
 
 /** Pixels of the circle that lie inside the image. */
