@@ -28,9 +28,12 @@ function errors(actual: E.Tensor, reference: E.Tensor): { l2: number; max: numbe
 
 // bf16 keeps 8 significant bits: inputs round by up to 2^-9 relative, products accumulate in fp32. Over K-term
 // dot products of random data that gives an L2 error near 3e-3; 1e-2 leaves room, and an fp16-like or
-// wrong-layout bug (errors of order 1) cannot pass.
-const L2_TOLERANCE = 1e-2;
-const MAX_TOLERANCE = 3e-2;
+// wrong-layout bug (errors of order 1) cannot pass. CPUs without native bf16 (neither AMX nor AVX-512-BF16) take
+// libtorch's fallback GEMM, whose running sums are rounded to bf16: the error grows with the square root of K, to
+// about 2e-2 at K = 256. hemato runs fp32 there by default.
+const { amx, avx512bf16 } = E.cpuFeatures();
+const L2_TOLERANCE = amx || avx512bf16 ? 1e-2 : 4e-2;
+const MAX_TOLERANCE = amx || avx512bf16 ? 3e-2 : 8e-2;
 
 function assertBf16Close(actual: E.Tensor, reference: E.Tensor, what: string): void {
   const { l2, max } = errors(actual, reference);
