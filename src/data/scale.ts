@@ -95,17 +95,15 @@ function measureAtFullSize(image: RgbImage): CellMeasures {
   // Whole red cells measure best; cells cut by the edge count only where too few whole ones are in view.
   const { whole, cut, noneInside } = roundCellDiameters(cellMask, nucleus, width, height);
   const fitted = (maxMissingArc: number) => cut().flatMap((fit) => (fit.missingArc <= maxMissingArc ? [fit.diameter] : []));
-  const diameters = enoughRedCells(whole) ? whole : [...whole, ...fitted(MAX_MISSING_ARC)];
-  const rbcDiameter = robustMedian(diameters);
-  const redCells = rbcDiameter === null ? 0 : countNear(diameters, rbcDiameter);
-  const arcs = redCells < MIN_RED_CELLS && noneInside ? fitted(SHORT_ARC) : [];
-  const arcDiameter = enoughRedCells(arcs) ? robustMedian(arcs) : null;
+  const wholeOnly = redCellEstimate(whole);
+  const { diameter, count: redCells } = wholeOnly.count >= MIN_RED_CELLS ? wholeOnly : redCellEstimate([...whole, ...fitted(MAX_MISSING_ARC)]);
+  const arcs = redCells < MIN_RED_CELLS && noneInside ? redCellEstimate(fitted(SHORT_ARC)) : null;
 
   const { extent, blobs } = nucleusExtent(nucleus, width, height);
   return {
-    rbcDiameter: redCells >= MIN_RED_CELLS ? rbcDiameter : null,
+    rbcDiameter: redCells >= MIN_RED_CELLS ? diameter : null,
     redCells,
-    arcDiameter,
+    arcDiameter: arcs && arcs.count >= MIN_RED_CELLS ? arcs.diameter : null,
     nucleusExtent: extent,
     nuclei: blobs,
     tightCrop: extent !== null && extent >= TIGHT_CROP * Math.min(width, height),
@@ -140,9 +138,10 @@ function withoutFlatMargins(image: RgbImage): RgbImage {
   return { width: right - left, height: bottom - top, data: out };
 }
 
-function enoughRedCells(diameters: readonly number[]): boolean {
-  const median = robustMedian(diameters);
-  return median !== null && countNear(diameters, median) >= MIN_RED_CELLS;
+/** The robust median of the diameters, and how many red cells it rests on. */
+function redCellEstimate(diameters: readonly number[]): { diameter: number | null; count: number } {
+  const diameter = robustMedian(diameters);
+  return { diameter, count: diameter === null ? 0 : countNear(diameters, diameter) };
 }
 
 /** How many diameters lie within 20 % of the median: the red cells the estimate rests on. */
@@ -331,9 +330,9 @@ function boxShrink(image: RgbImage, step: number): RgbImage {
 /**
  * Diameters of the round, isolated cells without nucleus pixels: red cells. A whole cell gives its equivalent
  * diameter; touching or overlapping cells make elongated or hollow-cornered blobs and are left out. A cell cut by
- * the image's edge gives the circle through its visible outline (how much of it is visible is for the caller to
- * judge): in an enlarged field few red cells lie whole inside the frame. Those fits cost the most, so they run only when asked,
- * and once. `noneInside`: no red cell, alone or in a clump, lies inside the frame.
+ * the image's edge gives the circle through its visible outline (how much of it must be visible is for the caller
+ * to judge): in an enlarged field few red cells lie whole inside the frame. Those fits cost the most, so they run
+ * only when asked, and once. `noneInside`: no red cell, alone or in a clump, lies inside the frame.
  */
 function roundCellDiameters(
   mask: Uint8Array,
