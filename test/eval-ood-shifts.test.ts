@@ -124,8 +124,19 @@ test('robust augmentation: zooming out fills with the background colour (no refl
     const at = c * size * size + centre;
     assert.ok(paler[at] > pixels[at] && darker[at] < pixels[at], `channel ${c}: ${paler[at]} > ${pixels[at]} > ${darker[at]}`);
   }
-  // shiftShare: the images left out of the zoom, stain, temperature, blur and noise changes stay as they were.
-  const shifts = { ...NO_AUGMENT, scale: [0.5, 0.6] as [number, number], stain: 0.5, temperature: 0.1, blur: 2, noise: 0.05 };
+  // shiftShare: the images left out of the zoom, stain, temperature, hue, saturation, resolution, blur and noise
+  // changes stay as they were.
+  const shifts = {
+    ...NO_AUGMENT,
+    scale: [0.5, 0.6] as [number, number],
+    stain: 0.5,
+    temperature: 0.1,
+    hue: 0.1,
+    saturation: 0.3,
+    resolution: 0.5,
+    blur: 2,
+    noise: 0.05,
+  };
   const batch = E.cat(Array.from({ length: 16 }, () => x));
   const none = augmentBatch(batch, { ...shifts, shiftShare: 0 }, seededRandom(5));
   assert.deepEqual(none.data(), batch.data());
@@ -134,4 +145,24 @@ test('robust augmentation: zooming out fills with the background colour (no refl
   const kept = Array.from({ length: 16 }, (_, i) => some.subarray(i * image, (i + 1) * image).every((v, k) => v === pixels[k])).filter(Boolean).length;
   assert.ok(kept >= 3 && kept <= 13, `about half of 16 images kept as they were: ${kept}`);
   E.dispose([x, zoomedOut, unchanged, batch, none]);
+});
+
+test('robust augmentation: lower resolution smooths fine detail and keeps flat areas; a factor of 1 changes nothing', () => {
+  const size = 32;
+  // Stripes one pixel wide on the left half, flat grey on the right.
+  const pixels = new Float32Array(3 * size * size);
+  for (let c = 0; c < 3; c++) for (let y = 0; y < size; y++) for (let x = 0; x < size; x++) pixels[(c * size + y) * size + x] = x < 16 ? x % 2 : 0.6;
+  const x = E.tensor(pixels, [1, 3, size, size]);
+  const same = augmentBatch(x, { ...NO_AUGMENT, resolution: 1 }, seededRandom(1));
+  assert.deepEqual(same.data(), x.data());
+  const lowered = augmentBatch(x, { ...NO_AUGMENT, resolution: 0.5 }, seededRandom(1)).data() as Float32Array;
+  const row = 10 * size;
+  const swing = (from: number, to: number, data: Float32Array) => {
+    let [lo, hi] = [Infinity, -Infinity];
+    for (let k = from; k < to; k++) [lo, hi] = [Math.min(lo, data[row + k]), Math.max(hi, data[row + k])];
+    return hi - lo;
+  };
+  assert.ok(swing(4, 12, lowered) < 0.5, `the stripes blur towards their mean: swing ${swing(4, 12, lowered)}`);
+  assert.ok(swing(20, 28, lowered) < 1e-4 && Math.abs(lowered[row + 24] - 0.6) < 1e-4, 'the flat half stays as it was');
+  E.dispose([x, same]);
 });

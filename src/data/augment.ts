@@ -4,7 +4,8 @@
 // Geometry (flips, 90° rotations, random resized crops, zoom) is one affine map per image and one grid-sample
 // call, filling what lies outside with the image's background colour as scale normalisation does; colour
 // (brightness, saturation, hue) is one 3×3 matrix per image, then contrast about each image's mean grey. What other
-// labs' images differ in follows: stain strength in haematoxylin–eosin space, colour temperature, blur and noise.
+// labs' images differ in follows: stain strength in haematoxylin–eosin space, colour temperature, resolution, blur
+// and noise.
 import * as E from '../engine/index.js';
 
 export interface AugmentConfig {
@@ -30,12 +31,17 @@ export interface AugmentConfig {
   temperature?: number;
   /** Maximum Gaussian blur sigma, in model pixels, applied to half of the images. */
   blur?: number;
+  /**
+   * The lowest resolution: an image is resampled down to a factor of its side drawn from [x, 1], then back up, as a
+   * camera with fewer pixels per cell or a weaker objective shows it (absent or 1: never).
+   */
+  resolution?: number;
   /** Maximum standard deviation of additive Gaussian noise (intensity in [0, 1]). */
   noise?: number;
   /**
-   * The share of images that get the zoom, stain, temperature, blur and noise changes (absent: 1, all of them); the
-   * rest keep the training images' own scale and look, which a fine-tune towards robustness needs to keep its
-   * accuracy on them.
+   * The share of images that get the zoom, stain, temperature, hue, saturation, resolution, blur and noise changes
+   * (absent: 1, all of them); the rest keep the training images' own scale and look, which a fine-tune towards
+   * robustness needs to keep its accuracy on them.
    */
   shiftShare?: number;
   /** Mixup's Beta α (0 or absent: off). Whole batches are mixed, by the trainer, not image by image here. */
@@ -94,7 +100,8 @@ export function augmentBatch(x: E.Tensor, config: AugmentConfig, randomness: Aug
   return E.tidy(() => {
     let out = x;
     const background = config.scale || config.stain ? backgroundOf(x) : null;
-    // The zoom, stain, temperature, blur and noise changes reach only the share of images chosen for them.
+    // The zoom, stain, temperature, hue, saturation, resolution, blur and noise changes reach only the share of
+    // images chosen for them.
     const shifted = chooseShifted(config.shiftShare ?? 1, random);
     if (config.hflip || config.vflip || config.rot90 || config.crop || config.scale) out = augmentGeometry(out, config, random, shifted, background);
     const shiftedOnly = keepUnshifted(x.shape[0], shifted, deviceOf(x));
@@ -104,7 +111,7 @@ export function augmentBatch(x: E.Tensor, config: AugmentConfig, randomness: Aug
       if (config.temperature) changed = augmentTemperature(changed, config.temperature, random);
       out = shiftedOnly(out, changed);
     }
-    if (config.brightness || config.saturation || config.hue) out = augmentColour(out, config, random);
+    if (config.brightness || config.saturation || config.hue) out = augmentColour(out, config, random, shifted);
     if (config.contrast) {
       const n = out.shape[0];
       const factors = E.tensor(
@@ -115,8 +122,10 @@ export function augmentBatch(x: E.Tensor, config: AugmentConfig, randomness: Aug
       const meanGrey = greyscale(out).mean([1, 2, 3], true);
       out = out.sub(meanGrey).mul(factors).add(meanGrey);
     }
-    if (config.blur || config.noise) {
+    const lowered = config.resolution !== undefined && config.resolution < 1;
+    if (lowered || config.blur || config.noise) {
       let changed = out;
+      if (lowered) changed = augmentResolution(changed, config.resolution!, random);
       if (config.blur) changed = augmentBlur(changed, config.blur, random);
       if (config.noise) changed = augmentNoise(changed, config.noise, random);
       out = shiftedOnly(out, changed);
@@ -261,6 +270,19 @@ function augmentTemperature(x: E.Tensor, amount: number, draws: Draws): E.Tensor
   return x.mul(E.tensor(gains, [n, 3, 1, 1], { device: deviceOf(x) }));
 }
 
+/** Each image resampled down to a factor of its side drawn from [lowest, 1] (antialiased), then back up. */
+function augmentResolution(x: E.Tensor, lowest: number, draws: Draws): E.Tensor {
+  const [n, , h, w] = x.shape;
+  const images = Array.from({ length: n }, (_, i) => {
+    const factor = uniform(draws(i), lowest, 1);
+    const image = x.narrow(0, i, 1);
+    const size: [number, number] = [Math.max(2, Math.round(h * factor)), Math.max(2, Math.round(w * factor))];
+    if (size[0] === h && size[1] === w) return image;
+    return E.F.interpolate(E.F.interpolate(image, { size, antialias: true }), { size: [h, w] });
+  });
+  return E.cat(images);
+}
+
 /** Gaussian blur of half of the images, sigma drawn up to maxSigma; one grouped convolution for the batch. */
 function augmentBlur(x: E.Tensor, maxSigma: number, draws: Draws): E.Tensor {
   const [n, c, h, w] = x.shape;
@@ -296,14 +318,21 @@ function multiply3(p: number[], q: number[]): number[] {
   return out;
 }
 
-function augmentColour(x: E.Tensor, config: AugmentConfig, draws: Draws): E.Tensor {
+/** Brightness for every image; saturation and hue, which other stains and cameras change, for the shifted share. */
+function augmentColour(x: E.Tensor, config: AugmentConfig, draws: Draws, shifted: Shifted): E.Tensor {
   const [n, c, h, w] = x.shape;
   const matrices = new Float32Array(n * 9);
   for (let i = 0; i < n; i++) {
     const random = draws(i);
     const brightness = uniform(random, 1 - config.brightness, 1 + config.brightness);
-    const saturation = uniform(random, 1 - config.saturation, 1 + config.saturation);
-    const angle = uniform(random, -config.hue, config.hue) * 2 * Math.PI;
+    // Drawn for every image, so that which images are shifted does not change the draws that follow.
+    const [drawnSaturation, drawnHue] = [uniform(random, 1 - config.saturation, 1 + config.saturation), uniform(random, -config.hue, config.hue)];
+    if (!shifted(i)) {
+      // Brightness alone scales every channel alike: no round trip through YIQ to blur the identity.
+      matrices.set([brightness, 0, 0, 0, brightness, 0, 0, 0, brightness], i * 9);
+      continue;
+    }
+    const [saturation, angle] = [drawnSaturation, drawnHue * 2 * Math.PI];
     const [cos, sin] = [Math.cos(angle), Math.sin(angle)];
     const inYiq = [
       brightness,

@@ -210,6 +210,7 @@ const SCHEMA = group({
     stain: optional(either(fraction, range('stain factors', 3))),
     temperature: optional(fraction),
     blur: optional(number('a blur sigma from 0 to 4 model pixels', (n) => n >= 0 && n <= 4)),
+    resolution: optional(number('a resampling factor above 0 and at most 1', (n) => n > 0 && n <= 1)),
     noise: optional(fraction),
     shiftShare: optional(fraction),
     mixup: optional(number('a Beta α from 0 (off) to 10', (n) => n >= 0 && n <= 10)),
