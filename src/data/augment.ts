@@ -326,13 +326,13 @@ function augmentColour(x: E.Tensor, config: AugmentConfig, draws: Draws, shifted
     const random = draws(i);
     const brightness = uniform(random, 1 - config.brightness, 1 + config.brightness);
     // Drawn for every image, so that which images are shifted does not change the draws that follow.
-    const [drawnSaturation, drawnHue] = [uniform(random, 1 - config.saturation, 1 + config.saturation), uniform(random, -config.hue, config.hue)];
+    const saturation = uniform(random, 1 - config.saturation, 1 + config.saturation);
+    const angle = uniform(random, -config.hue, config.hue) * 2 * Math.PI;
     if (!shifted(i)) {
       // Brightness alone scales every channel alike: no round trip through YIQ to blur the identity.
       matrices.set([brightness, 0, 0, 0, brightness, 0, 0, 0, brightness], i * 9);
       continue;
     }
-    const [saturation, angle] = [drawnSaturation, drawnHue * 2 * Math.PI];
     const [cos, sin] = [Math.cos(angle), Math.sin(angle)];
     const inYiq = [
       brightness,
