@@ -1,12 +1,13 @@
 // `npm run bench:engine [-- --quick] [-- --rounds N]`: hemato's engine side by side with @tensorflow/tfjs (CPU
 // backend) and with PyTorch through Python on the same libtorch 1.13, at the same thread count; the block steps
-// alternate between the two N times (default 5). Progress goes to stderr; the last
-// line on stdout is one JSON document.
+// alternate between the two N times (default 5). bf16 is measured only where the CPU runs it natively (bench/cpu.ts).
+// Progress goes to stderr; the last line on stdout is one JSON document.
 import { execFileSync } from 'node:child_process';
 import { loadavg } from 'node:os';
 import path from 'node:path';
 import * as E from '../src/engine/index.js';
 import { type BlockShape, convnextBlock, param, type Params } from './blocks.js';
+import { cpu, cpuRecord, nativeBf16 } from './cpu.js';
 import { debianPython, ensureTorch, peerEnv, peersDir } from './torch-peer.js';
 
 const { F } = E;
@@ -260,7 +261,6 @@ const round = (value: number, digits = 3) => Number(value.toPrecision(digits));
 async function main(): Promise<void> {
   const started = performance.now();
   const loadAtStart = loadavg().map((l) => round(l));
-  const cpu = E.cpuFeatures();
   const info = E.libtorchInfo();
   log(
     `hemato bench:engine${quick ? ' --quick' : ''}: ${threads} threads, ${cpu.model}, AMX ${cpu.amx}, AVX-512-BF16 ${cpu.avx512bf16}, OpenBLAS core ${info.openblasCore || 'n/a'}`,
@@ -282,26 +282,30 @@ async function main(): Promise<void> {
       F.conv2d(image, kernel, undefined, { padding: 1 });
     }),
   );
-  const matmulBf16Ms = timed(() =>
-    E.tidy(() => {
-      E.autocast(() => a.matmul(b));
-    }),
-  );
+  const matmulBf16Ms = nativeBf16
+    ? timed(() =>
+        E.tidy(() => {
+          E.autocast(() => a.matmul(b));
+        }),
+      )
+    : undefined;
   E.dispose([a, b, image, kernel]);
-  log(`hemato matmul ${matmulSize}²: ${matmulMs.toFixed(1)} ms fp32, ${matmulBf16Ms.toFixed(1)} ms bf16; conv2d: ${convMs.toFixed(1)} ms`);
+  const bf16Note = matmulBf16Ms === undefined ? 'bf16 not measured (emulated on this CPU)' : `${matmulBf16Ms.toFixed(1)} ms bf16`;
+  log(`hemato matmul ${matmulSize}²: ${matmulMs.toFixed(1)} ms fp32, ${bf16Note}; conv2d: ${convMs.toFixed(1)} ms`);
 
   // Block steps.
-  const cases = {
+  type Case = { block: 'convnext' | 'swin'; shape: BlockShape; bf16: boolean };
+  const allCases: Record<string, Case> = {
     convnext_fp32: { block: 'convnext', shape: convnextShape, bf16: false },
     convnext_bf16: { block: 'convnext', shape: convnextShape, bf16: true },
     swin_fp32: { block: 'swin', shape: swinShape, bf16: false },
     swin_bf16: { block: 'swin', shape: swinShape, bf16: true },
     convnext_tfjs_shape: { block: 'convnext', shape: tfjsBlockShape, bf16: false },
-  } as const;
+  };
+  const cases = Object.fromEntries(Object.entries(allCases).filter(([, spec]) => nativeBf16 || !spec.bf16));
   // Rounds alternate hemato and PyTorch, so that a slow spell of the machine falls on both sides.
   const ourRounds: Record<string, number>[] = [];
   const torchRounds: (TorchResult | string)[] = [];
-  const torchCases = cases as unknown as Record<string, { block: string; shape: BlockShape; bf16: boolean }>;
   for (let r = 0; r < rounds; r++) {
     const ours: Record<string, number> = {};
     for (const [name, spec] of Object.entries(cases)) {
@@ -309,7 +313,7 @@ async function main(): Promise<void> {
       log(`round ${r + 1}/${rounds}: hemato ${name} ${ours[name].toFixed(1)} ms`);
     }
     ourRounds.push(ours);
-    torchRounds.push(runTorch(torchCases, 0, r > 0));
+    torchRounds.push(runTorch(cases, 0, r > 0));
   }
   // The per-call rounds come after the steps: their hundreds of thousands of dropped tensors would otherwise slow the
   // next round's steps through the garbage collector.
@@ -363,7 +367,7 @@ async function main(): Promise<void> {
     threads,
     rounds,
     load_average: { start: loadAtStart, end: loadavg().map((l) => round(l)) },
-    cpu: { model: cpu.model, amx_bf16: cpu.amx, avx512_bf16: cpu.avx512bf16 },
+    cpu: cpuRecord,
     openblas_core: info.openblasCore || null,
     openblas_threads: info.openblasThreads >= 0 ? info.openblasThreads : null,
     libtorch: info.torchVersion,
@@ -380,7 +384,7 @@ async function main(): Promise<void> {
     },
     gflops: {
       hemato_matmul: round(gflops(matmulFlop(matmulSize), matmulMs)),
-      hemato_matmul_bf16: round(gflops(matmulFlop(matmulSize), matmulBf16Ms)),
+      hemato_matmul_bf16: matmulBf16Ms === undefined ? null : round(gflops(matmulFlop(matmulSize), matmulBf16Ms)),
       hemato_conv2d: round(gflops(convFlop(conv), convMs)),
       pytorch_matmul: pt ? round(gflops(matmulFlop(matmulSize), pt.matmul_ms)) : null,
       pytorch_conv2d: pt ? round(gflops(convFlop(conv), pt.conv_ms)) : null,
@@ -397,8 +401,8 @@ async function main(): Promise<void> {
     speedup_vs_tfjs: tfjs ? round(tfjs.block_ms / ours.convnext_tfjs_shape) : null,
     ratio_vs_pytorch: ratio('convnext_fp32'),
     ratio_vs_pytorch_bf16: bf16Ratios.length ? Math.max(...bf16Ratios) : null,
-    bf16_speedup: round(ours.swin_fp32 / ours.swin_bf16),
-    bf16_speedup_convnext: round(ours.convnext_fp32 / ours.convnext_bf16),
+    bf16_speedup: nativeBf16 ? round(ours.swin_fp32 / ours.swin_bf16) : null,
+    bf16_speedup_convnext: nativeBf16 ? round(ours.convnext_fp32 / ours.convnext_bf16) : null,
     per_call_ratio_vs_pytorch: callRatiosByRound.length ? round(median(callRatiosByRound)) : null,
     seconds: round((performance.now() - started) / 1000),
   };

@@ -12,6 +12,7 @@ import * as E from '../src/engine/index.js';
 import { createModel, type ImageClassifier } from '../src/models/index.js';
 import { loadModel } from '../src/models/io.js';
 import { weightDecayGroups } from '../src/nn/index.js';
+import { cpuRecord, PRECISIONS } from './cpu.js';
 import { debianPython, ensureTorch, peerEnv, peersDir } from './torch-peer.js';
 
 const quick = process.argv.includes('--quick');
@@ -30,11 +31,6 @@ const CASES: Case[] = [
   { model: 'dualpath-atto', inputSize: 128, batch: 16, warmup: 1, reps: quick ? 3 : 5 },
   ...(quick ? [] : [{ model: 'dualpath-tiny', inputSize: 224, batch: 16, warmup: 1, reps: 2 }]),
 ];
-type Precision = 'fp32' | 'bf16';
-const cpu = E.cpuFeatures();
-// Without AVX-512-BF16 or AMX, libtorch emulates bf16 far slower than fp32 (a whole forward pass of the bundled
-// model, over 40 times), and the precision table runs fp32 there: bf16 is measured only where a CPU has it.
-const PRECISIONS: readonly Precision[] = E.cpuKind(cpu) === 'plain' ? ['fp32'] : ['fp32', 'bf16'];
 
 function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
@@ -55,7 +51,7 @@ function timed(fn: () => void, warmup: number, reps: number): { medianMs: number
   return { medianMs: median(times), bestMs: Math.min(...times) };
 }
 
-function withPrecision<T>(precision: Precision, fn: () => T): T {
+function withPrecision<T>(precision: E.Precision, fn: () => T): T {
   return precision === 'bf16' ? E.autocast(fn, { device: 'cpu', dtype: 'bfloat16' }) : fn();
 }
 
@@ -63,7 +59,7 @@ interface Result {
   model: string;
   inputSize: number;
   batch: number;
-  precision: Precision;
+  precision: E.Precision;
   /** Milliseconds per batch, median and fastest. */
   forwardMs: { median: number; best: number };
   trainStepMs: { median: number; best: number };
@@ -85,7 +81,7 @@ function trainingInputs(model: ImageClassifier, batch: number, size: number): { 
   return { optimizer, x, target };
 }
 
-function measure(c: Case, precision: Precision): Result {
+function measure(c: Case, precision: E.Precision): Result {
   E.manualSeed(0);
   const model = createModel(c.model, { numClasses: 8, inputSize: c.inputSize });
   const { optimizer, x, target } = trainingInputs(model, c.batch, c.inputSize);
@@ -130,11 +126,11 @@ function measure(c: Case, precision: Precision): Result {
 const PEER = { batch: 64, inputSize: 128, warmup: 1, reps: quick ? 5 : 7 };
 const PEER_CASES = ['forward', 'train'].flatMap((kind) => PRECISIONS.map((precision) => ({ kind, precision }))) as {
   kind: 'forward' | 'train';
-  precision: Precision;
+  precision: E.Precision;
 }[];
 
 interface PeerCase {
-  precision: Precision;
+  precision: E.Precision;
   hemato_ms: number;
   /** PyTorch running the same ops as hemato, channels-last. */
   pytorch_ms: number;
@@ -181,12 +177,12 @@ async function comparePeer(): Promise<Record<string, unknown>> {
   const params = model.parameters().reduce((n, p) => n + p.numel, 0);
   const { optimizer, x, target } = trainingInputs(model, PEER.batch, PEER.inputSize);
   const ours = {
-    forward: (precision: Precision) => {
+    forward: (precision: E.Precision) => {
       model.eval();
       E.noGrad(() => withPrecision(precision, () => model.forward(x).dispose()));
     },
     // As the trainer does: the labels are checked where the batch is made, not on every step.
-    train: (precision: Precision) => {
+    train: (precision: E.Precision) => {
       model.train();
       const loss = withPrecision(precision, () => E.tidy(() => E.F.crossEntropy(model.forward(x), target, { labelSmoothing: 0.1, checkTargets: false })));
       loss.backward();
@@ -273,7 +269,7 @@ process.stdout.write(
     bench: 'model',
     quick,
     device: 'cpu',
-    cpu: { model: cpu.model, kind: E.cpuKind(cpu), amx: cpu.amx, avx512_bf16: cpu.avx512bf16 },
+    cpu: cpuRecord,
     precisions: PRECISIONS,
     threads: E.numThreads(),
     // The PyTorch peer runs with the same count (peerEnv).

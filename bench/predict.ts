@@ -12,6 +12,7 @@ import * as E from '../src/engine/index.js';
 import { createModel } from '../src/models/index.js';
 import { saveModel } from '../src/models/io.js';
 import { BUNDLED_MODEL, defaultPrecision, loadClassifier } from '../src/api/classifier.js';
+import { cpuRecord, nativeBf16 } from './cpu.js';
 import { endToEnd, median } from './end-to-end.js';
 import { DEFAULT_AUGMENT } from '../src/data/augment.js';
 import { decodeImage } from '../src/data/image.js';
@@ -28,7 +29,6 @@ const precision = defaultPrecision('cpu', 'dualpath-atto');
 
 async function main(): Promise<void> {
   const loadAtStart = loadavg().map((l) => +l.toFixed(2));
-  const cpu = E.cpuFeatures();
   const dir = mkdtempSync(path.join(tmpdir(), 'hemato-bench-'));
   const modelFile = path.join(dir, 'dualpath-atto.safetensors');
   E.manualSeed(0);
@@ -69,8 +69,7 @@ async function main(): Promise<void> {
   const bundled = { ...(await endToEnd(bundledClassifier, buffers, quick)), detector: bundledClassifier.ood?.pooling ?? null };
   bundledClassifier.dispose();
 
-  // Each model in both precisions, end to end, where the CPU runs bf16 natively (elsewhere it would be emulated).
-  const nativeBf16 = cpu.amx || cpu.avx512bf16;
+  // Each model in both precisions, end to end, where the CPU runs bf16 natively.
   const figures = (f: { singleMs: number; batchImgS: number }) => ({ single_image_ms: +f.singleMs.toFixed(1), batch_img_s: +f.batchImgS.toFixed(1) });
   const bothPrecisions = async (file: string, usual: E.Precision, atUsual: { singleMs: number; batchImgS: number }) => {
     const other: E.Precision = usual === 'bf16' ? 'fp32' : 'bf16';
@@ -158,7 +157,7 @@ async function main(): Promise<void> {
       input_size: size,
       threads: E.numThreads(),
       precision,
-      cpu: { model: cpu.model, kind: E.cpuKind(cpu), amx: cpu.amx, avx512_bf16: cpu.avx512bf16 },
+      cpu: cpuRecord,
       load_average: { start: loadAtStart, end: loadavg().map((l) => +l.toFixed(2)) },
       prepare_ms: +plainMs.toFixed(2),
       prepare_scale_normalised_ms: +normalisedMs.toFixed(2),

@@ -4,6 +4,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
 import { addonPath, builtAddonPath, located } from './located.js';
+import { cpuFeatures, openblasCoreFor } from './cpu.js';
 
 /**
  * A native at::Tensor, named by a number: a slot of the addon's tensor table and that slot's generation, so a
@@ -209,6 +210,9 @@ export function loadAddon(): NativeAddon {
   if (loaded) return loaded;
   // Checked before libtorch sees it: a huge count makes libgomp abort, a large one hangs.
   if (threadSetting) checkThreadCount(threadSetting, 'HEMATO_NUM_THREADS');
+  // OpenBLAS reads its core when libtorch loads it, so it is named before; a user's OPENBLAS_CORETYPE wins.
+  const core = process.env.OPENBLAS_CORETYPE ? undefined : openblasCoreFor(cpuFeatures());
+  if (core) process.env.OPENBLAS_CORETYPE = core;
   // Node-API fills the exports object one property at a time, which leaves V8 a slow dictionary object; a copy has
   // fast properties, and every op looks one up.
   const addon = { ...requireAddon() };

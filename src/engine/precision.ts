@@ -1,7 +1,7 @@
 // The default precision, in one table: by device, CPU kind, model family and purpose, each entry with its evidence.
 // docs/benchmarks.md ("Default precision") holds the measurements the AVX-512-BF16 entries rest on.
 import { autocast } from './autocast.js';
-import { cpuFeatures, type CpuFeatures } from './runtime.js';
+import { cpuFeatures, type CpuFeatures } from './cpu.js';
 import type { Device } from './tensor.js';
 
 export type Precision = 'fp32' | 'bf16';

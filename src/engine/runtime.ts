@@ -1,9 +1,9 @@
 // Process-level controls: threads, seeds, devices and what libtorch this is.
-import { readFileSync } from 'node:fs';
 import { checkThreadCount, native, type NativeInfo } from './native.js';
 import type { Device } from './tensor.js';
 
 export { AddonLoadError, checkThreadCount, defaultThreads, loadAddon, maxThreads } from './native.js';
+export { cpuFeatures, type CpuFeatures, openblasCoreFor } from './cpu.js';
 
 /** Sets libtorch's intra-op CPU thread count (defaults to the number of cores, or HEMATO_NUM_THREADS), 1..maxThreads(). */
 export function setNumThreads(n: number): void {
@@ -72,28 +72,6 @@ export function resolveDevice(requested: Device | 'auto' = 'auto'): Device {
     throw new Error(`device '${requested}' was requested, but this libtorch sees no CUDA device (run 'hemato doctor' for details)`);
   }
   return requested;
-}
-
-export interface CpuFeatures {
-  model: string;
-  amx: boolean;
-  avx512bf16: boolean;
-}
-
-/** The CPU flags that decide whether bf16 autocast pays off: AMX-BF16 and AVX-512-BF16. */
-export function cpuFeatures(): CpuFeatures {
-  let text = '';
-  try {
-    text = readFileSync('/proc/cpuinfo', 'utf8');
-  } catch {
-    // not Linux: report no special features
-  }
-  const flags = new Set((/^flags\s*:\s*(.*)$/m.exec(text)?.[1] ?? '').split(/\s+/));
-  return {
-    model: /^model name\s*:\s*(.*)$/m.exec(text)?.[1]?.trim() ?? 'unknown',
-    amx: flags.has('amx_bf16'),
-    avx512bf16: flags.has('avx512_bf16'),
-  };
 }
 
 export function libtorchInfo(): NativeInfo {

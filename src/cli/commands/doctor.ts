@@ -73,7 +73,8 @@ function checkLibtorch(checks: Check[], report: Record<string, unknown>, device:
   checks.push(versionCheck(info.torchVersion));
   checks.push(threadsCheck());
   const cpuRun = roundTrip('cpu');
-  const cpuDetail = `${cpu.model}; AMX-BF16 ${cpu.amx ? 'yes' : 'no'}, AVX-512-BF16 ${cpu.avx512bf16 ? 'yes' : 'no'}`;
+  const blas = info.openblasCore ? `; OpenBLAS kernels ${info.openblasCore}` : '';
+  const cpuDetail = `${cpu.model}; AMX-BF16 ${cpu.amx ? 'yes' : 'no'}, AVX-512-BF16 ${cpu.avx512bf16 ? 'yes' : 'no'}${blas}`;
   checks.push({ name: 'cpu', ok: cpuRun.ok, detail: cpuRun.ok ? cpuDetail : cpuRun.detail, fixes: [REBUILD] });
   const cuda = cudaChecks(info, device);
   checks.push(...cuda);
