@@ -7,7 +7,7 @@ import path from 'node:path';
 import * as E from '../src/engine/index.js';
 import { NonFiniteLossError, train } from '../src/train/trainer.js';
 import { NonFiniteModelError } from '../src/eval/finite.js';
-import { config, tinyModel, tinySet, trainTiny } from './train-fixtures.js';
+import { config, tinyModel, tinyRun, tinySet, trainTiny } from './train-fixtures.js';
 
 test('a run interrupted mid-epoch and resumed ends with bitwise-identical weights', async () => {
   const before = E.liveTensors();
@@ -80,4 +80,26 @@ test('weights that turn NaN at the last step of an epoch are never kept as the b
   assert.deepEqual(bestEpochs, [0], 'only the first epoch was the best');
   assert.deepEqual(checkpoints, [1], 'the checkpoint stays at the end of the first epoch');
   model.dispose();
+});
+
+test('a stop requested from the event loop (a signal handler, a timer) lands after the step under way, inline or with workers', async () => {
+  for (const workers of [0, 1]) {
+    const model = tinyModel();
+    let stop = false;
+    let steps = 0;
+    const outcome = await train(
+      tinyRun(model, {
+        config: { ...config, batchSize: 2 }, // 9 steps per epoch
+        workers,
+        shouldStop: () => stop,
+        onEvent: (event) => {
+          if (event.type === 'step' && ++steps === 1) setTimeout(() => (stop = true), 0);
+        },
+      }),
+    );
+    assert.equal(outcome.interrupted, true);
+    assert.ok(steps <= 2, `with ${workers} workers, the stop landed after ${steps} steps of the epoch's 9`);
+    assert.deepEqual([outcome.loop.epoch, outcome.loop.batch], [0, steps]);
+    model.dispose();
+  }
 });

@@ -274,6 +274,9 @@ async function trainEpoch(context: TrainingContext, loop: LoopState): Promise<{ 
         lr,
         imagesPerSecond: batches[trained].length / ((performance.now() - started) / 1000),
       });
+      // A step and a prefetched batch can follow one another without the event loop turning, and a signal is
+      // delivered only when it does: yielding here lets a stop request (SIGINT, SIGTERM) land after this step.
+      await new Promise(setImmediate);
       if (parallel ? stop : run.shouldStop?.()) {
         readLosses();
         await save(context, loop);
