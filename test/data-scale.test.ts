@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import { resizeRgb } from '../src/data/geometry.js';
 import { type RgbImage, readImageFile } from '../src/data/image.js';
 import { chooseScale, type InputRecipe, prepareImage, type Rgb, SCALE_RANGE, scaleChannels, whiteBalance } from '../src/data/prepare.js';
-import { type CellMeasures, measureCells, showsOneCell } from '../src/data/scale.js';
+import { boxShrink, type CellMeasures, measureCells, showsOneCell } from '../src/data/scale.js';
 import { magnify } from '../src/eval/shifts.js';
 
 const PBC = path.resolve('../shared/data/pbc');
@@ -270,5 +270,20 @@ test('flat margins are left out of the measurement: red cells cut by padding are
     const { rbcDiameter: full } = measureCells(original);
     const { rbcDiameter: half } = measureCells(await magnify(original, 0.5));
     assert.ok(full && half && Math.abs(half / full / 0.5 - 1) < 0.03, `${file}: ${half} px at half size against ${full} px`);
+  }
+});
+
+test('images are measured on a copy shrunk by box averages, rounded, with any odd last row and column dropped', () => {
+  const image: RgbImage = { width: 13, height: 9, data: Uint8Array.from({ length: 13 * 9 * 3 }, (_, i) => (i * 7919) % 256) };
+  for (const step of [2, 3, 4]) {
+    const small = boxShrink(image, step);
+    assert.deepEqual([small.width, small.height], [Math.floor(13 / step), Math.floor(9 / step)]);
+    for (let y = 0; y < small.height; y++)
+      for (let x = 0; x < small.width; x++)
+        for (let c = 0; c < 3; c++) {
+          let sum = 0;
+          for (let dy = 0; dy < step; dy++) for (let dx = 0; dx < step; dx++) sum += image.data[((y * step + dy) * 13 + x * step + dx) * 3 + c];
+          assert.equal(small.data[(y * small.width + x) * 3 + c], Math.round(sum / step ** 2), `step ${step} at (${x}, ${y}) channel ${c}`);
+        }
   }
 });
