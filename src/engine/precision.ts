@@ -35,7 +35,15 @@ const TABLE: Record<'cuda' | CpuKind, Entries> = {
     training: everyFamily(bf16('CUDA runs bf16 GEMMs on tensor cores: a ConvNeXt block trains at about 50 TFLOP/s on an H100 (design notes)')),
   },
   amx: {
-    inference: everyFamily(AMX_INFERENCE),
+    inference: {
+      convnext: bf16(
+        'measured on PBC validation with the bundled model: 100 % top-1 agreement with fp32, uncertain rate −0.09 points, 1.4× the forward speed in batches (docs/benchmarks.md)',
+      ),
+      swin: AMX_INFERENCE,
+      dualpath: bf16(
+        'measured on PBC validation with a trained dualpath-atto: 100 % top-1 agreement with fp32, uncertain rate +0.05 points, 2.5× the forward speed (docs/benchmarks.md)',
+      ),
+    },
     training: {
       convnext: fp32('convnext_atto alone trains slower under bf16 on AMX, 46–65 → 34–44 img/s: its convolutions already run in oneDNN (design notes)'),
       swin: bf16('Swin (embed 32) trains at 100–125 img/s under bf16 on AMX, 13 in fp32 (design notes)'),
