@@ -41,7 +41,7 @@ const TABLE: Record<'cuda' | CpuKind, Entries> = {
       ),
       swin: AMX_INFERENCE,
       dualpath: bf16(
-        'measured on PBC validation with a trained dualpath-atto: 100 % top-1 agreement with fp32, uncertain rate +0.05 points, 2.5× the forward speed (docs/benchmarks.md)',
+        'measured on PBC validation with a trained dualpath-atto: 100 % top-1 agreement with fp32, uncertain rate +0.04 points, 2.5× the forward speed (docs/benchmarks.md)',
       ),
     },
     training: {
