@@ -1,5 +1,6 @@
 // The default precision, in one table: by device, CPU kind, model family and purpose, each entry with its evidence.
-// docs/benchmarks.md ("Default precision") holds the measurements the AVX-512-BF16 entries rest on.
+// docs/benchmarks.md ("Default precision") holds the measurements the AVX-512-BF16 entries and the AMX inference
+// entries for ConvNeXt and the dual path rest on.
 import { autocast } from './autocast.js';
 import { cpuFeatures, type CpuFeatures } from './cpu.js';
 import type { Device } from './tensor.js';
