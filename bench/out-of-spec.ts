@@ -87,8 +87,8 @@ async function main(): Promise<void> {
   const outcome = new Map<Kind, { n: number; flagged: number; correct: number; handled: number; distances: number[] }>();
   for (let start = 0; start < cases.length; start += 32) {
     const batch = cases.slice(start, start + 32);
-    const prepared = await Promise.all(batch.map((c) => classifier.prepare(c.image)));
-    const { logits, distances } = classifier.score(prepared.map((p) => p.image));
+    // Read as classification reads them, second look included.
+    const { logits, distances, prepared } = await classifier.read(await Promise.all(batch.map((c) => classifier.prepare(c.image))), (i) => batch[i].image);
     const k = classifier.classes.length;
     const probs = softmaxRows(logits, batch.length, k, classifier.temperature);
     batch.forEach((c, i) => {

@@ -10,6 +10,9 @@ import { fitDetector } from '../src/api/detector.js';
 import { IMAGENET_NORMALIZATION } from '../src/data/batches.js';
 import { PBC_CLASSES } from '../src/data/dataset.js';
 import { readImageFile, type RgbImage } from '../src/data/image.js';
+import type { StainRange } from '../src/data/stain.js';
+import { scoreItems } from '../src/api/evaluate.js';
+import { stain } from '../src/eval/shifts.js';
 import { loadModel, type OodInfo, saveModel } from '../src/models/io.js';
 import { createModel } from '../src/models/index.js';
 
@@ -17,11 +20,14 @@ const dir = mkdtempSync(path.join(tmpdir(), 'hemato-reasons-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
 const PBC = path.resolve('../shared/data/pbc');
 
-async function modelFile(ood: { threshold: number } | OodInfo | null): Promise<string> {
+/** PBC's stain range as the bundled model records it, with the typical (median) strengths the second look raises to. */
+const STAIN: StainRange = { haematoxylin: [0.94, 2.4], eosin: [0.46, 1.74], typical: [2.24, 1.35] };
+
+async function modelFile(ood: { threshold: number } | OodInfo | null, stain: StainRange | null = null): Promise<string> {
   E.manualSeed(0);
   const model = createModel('convnext-only', { numClasses: 8, inputSize: 64 });
   const features = 320;
-  const file = path.join(dir, `model-${ood ? ood.threshold : 'plain'}.safetensors`);
+  const file = path.join(dir, `model-${ood ? ood.threshold : 'plain'}${stain ? `-stain-${stain.typical ?? 'range'}` : ''}.safetensors`);
   await saveModel(file, model, {
     classes: [...PBC_CLASSES],
     normalization: IMAGENET_NORMALIZATION,
@@ -31,6 +37,7 @@ async function modelFile(ood: { threshold: number } | OodInfo | null): Promise<s
       mpm: null,
       scale: { rbcDiameter: 73, rbcDiameterUm: 7.5, nucleusExtent: 114 },
       background: [255, 229, 202],
+      stain,
     },
     ood: ood && {
       kind: 'mahalanobis',
@@ -119,4 +126,36 @@ test('fitDetector: statistics from training images, a threshold that flags the c
   // The image at the threshold may fall either side by rounding.
   assert.ok(Math.abs(flagged - ood.validationFlagged) <= 1 / results.length, `${flagged} vs ${ood.validationFlagged}`);
   fitted.dispose();
+});
+
+test('second look: an out-of-distribution image paler than the typical training stain is read again with the stain raised', async () => {
+  const file = path.join(PBC, 'neutrophil/BNE_101082.jpg');
+  const image = await readImageFile(file);
+  const [pale, darker] = [stain(image, 0.4), stain(image, 1.3)];
+  const flagsAll = await loadClassifier(await modelFile({ threshold: 1e-9 }, STAIN), { device: 'cpu', precision: 'fp32' });
+  const answers = (await flagsAll.classifyBatch([pale, darker])).map(classified);
+  for (const [i, input] of [pale, darker].entries()) {
+    const [asGiven, raised] = [await flagsAll.prepare(input), await flagsAll.prepare(input, { raisePaleStain: true })];
+    const changed = Buffer.compare(asGiven.image.data, raised.image.data) !== 0;
+    // A stain paler than the typical one is raised; a stronger one leaves nothing to raise.
+    assert.equal(changed, input === pale);
+    const [first, second] = [flagsAll.score([asGiven.image]), flagsAll.score([raised.image])];
+    // The raised reading is taken where the detector finds the raised image closer to the training images.
+    const taken = changed && second.distances![0] < first.distances![0];
+    assert.equal(answers[i].stain, taken ? 'raised' : 'recipe');
+    const { logits } = await flagsAll.read([asGiven], () => input);
+    assert.deepEqual(Array.from(logits), Array.from((taken ? second : first).logits));
+    // The second look changes the label, never the flag: the image as given was unlike the training images.
+    assert.ok(answers[i].reasons.includes('out-of-distribution'));
+  }
+  assert.equal(answers[0].stain, 'raised', 'this seeded model finds the raised pale image closer');
+  // Evaluation reads images as classification does.
+  const item = { path: file, file: 'neutrophil/BNE_101082.jpg', label: 'neutrophil' };
+  const scored = await scoreItems(flagsAll, [item], { transform: async (x) => stain(x, 0.4) });
+  assert.deepEqual(scored.stains, ['raised']);
+  // No second look where the detector passes the image, or the model records no typical stain (older files).
+  const passesAll = await loadClassifier(await modelFile({ threshold: 1e9 }, STAIN), { device: 'cpu', precision: 'fp32' });
+  const older = await loadClassifier(await modelFile({ threshold: 1e-9 }, { ...STAIN, typical: undefined }), { device: 'cpu', precision: 'fp32' });
+  for (const classifier of [passesAll, older]) assert.equal(classified((await classifier.classifyBatch([pale]))[0]).stain, 'recipe');
+  for (const classifier of [flagsAll, passesAll, older]) classifier.dispose();
 });

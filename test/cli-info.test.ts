@@ -28,7 +28,7 @@ const RECIPE = {
   mpm: null,
   scale: { rbcDiameter: 73, rbcDiameterUm: 7.5, nucleusExtent: 114 },
   background: [250, 230, 200],
-  stain: { haematoxylin: [0.9, 2.4], eosin: [0.4, 1.7] },
+  stain: { haematoxylin: [0.9, 2.4], eosin: [0.4, 1.7], typical: [2.2, 1.3] },
 };
 
 /** A tiny calibrated model with a detector and provenance, and one with none of them. */
@@ -109,7 +109,10 @@ test('info prints the card for people, and says what a model lacks', async () =>
   assert.match(run.stdout, /^input +64 px from a centred 300 px field$/m);
   assert.match(run.stdout, /^scale +.*red cell 73\.0 px \(7\.5 µm\), nucleus 114\.0 px$/m);
   assert.match(run.stdout, /^background +white-balanced to rgb\(250, 230, 200\)$/m);
-  assert.match(run.stdout, /^stain +strength brought into the training range: haematoxylin 0\.90–2\.40, eosin 0\.40–1\.70$/m);
+  assert.match(
+    run.stdout,
+    /^stain +strength brought into the training range: haematoxylin 0\.90–2\.40, eosin 0\.40–1\.70; out-of-distribution images paler than 2\.20 \/ 1\.30 get a second look$/m,
+  );
   assert.match(run.stdout, /^out-of-distribution +mahalanobis detector on stage-std features, threshold 123\.50 \(flags 5\.0 % of validation images\)$/m);
   assert.match(run.stdout, new RegExp(`^sha256 +${sha256(full)}$`, 'm'));
   assert.match(run.stdout, /^ {2}validation +\{"accuracy":0\.97\}$/m);

@@ -25,8 +25,8 @@ test('predict reports the scale used: estimated from red cells by default, given
   const coarse = JSON.parse((await hemato('predict', cell, '--pixel-size', '0.4', '--json')).stdout).results[0];
   assert.ok(coarse.reasons.includes('scale-out-of-range') && coarse.uncertain, JSON.stringify(coarse));
   const csv = (await hemato('predict', cell, '--csv')).stdout.split('\n');
-  assert.match(csv[0], /,reasons,scale_source,um_per_px,scale_factor,model,model_sha256,hemato_version$/);
-  assert.match(csv[1], /,red-cells,0\.\d+,1\.0000,hemato-convnext-atto\.safetensors,[0-9a-f]{64},\d+\.\d+\.\d+$/);
+  assert.match(csv[0], /,reasons,scale_source,um_per_px,scale_factor,stain,model,model_sha256,hemato_version$/);
+  assert.match(csv[1], /,red-cells,0\.\d+,1\.0000,recipe,hemato-convnext-atto\.safetensors,[0-9a-f]{64},\d+\.\d+\.\d+$/);
 });
 
 test('--pixel-size with --field, or out of range, is a usage error', async () => {

@@ -6,8 +6,9 @@ import { test } from 'node:test';
 import { resizeRgb } from '../src/data/geometry.js';
 import { type RgbImage, readImageFile } from '../src/data/image.js';
 import { chooseScale, type InputRecipe, prepareImage, type Rgb, SCALE_RANGE, scaleChannels, whiteBalance } from '../src/data/prepare.js';
-import { boxShrink, type CellMeasures, measureCells, showsOneCell } from '../src/data/scale.js';
-import { magnify } from '../src/eval/shifts.js';
+import { backgroundColour, boxShrink, type CellMeasures, measureCells, showsOneCell } from '../src/data/scale.js';
+import { stainRangeOf, stainStrengths } from '../src/data/stain.js';
+import { magnify, stain } from '../src/eval/shifts.js';
 
 const PBC = path.resolve('../shared/data/pbc');
 const median = (values: number[]) => [...values].sort((a, b) => a - b)[values.length >> 1];
@@ -123,6 +124,20 @@ test('images with no red cells or only background get a clear scale source, neve
   // Without a recorded scale (older models) nothing is estimated or resized.
   assert.deepEqual(chooseScale(null, null), { source: 'none', um_per_px: null, factor: 1 });
   assert.ok(SCALE_RANGE[0] < 1 && SCALE_RANGE[1] > 1);
+});
+
+test('a much paler stain hides the nucleus from the measurement; with the training stain range it is measured as before', async () => {
+  const files = ['neutrophil/BNE_101082.jpg', 'lymphocyte/LY_10361.jpg', 'eosinophil/EO_101772.jpg', 'basophil/BA_100102.jpg'];
+  const images = await Promise.all(files.map((f) => readImageFile(path.join(PBC, f))));
+  const range = stainRangeOf(images.map((image) => stainStrengths(image, backgroundColour(image))));
+  for (const [i, image] of images.entries()) {
+    const original = measureCells(image).nucleusExtent!;
+    const pale = stain(image, 0.25);
+    assert.equal(measureCells(pale).nucleusExtent, null, `${files[i]}: the pale nucleus passes for background`);
+    const restored = measureCells(pale, range).nucleusExtent;
+    assert.ok(restored !== null && Math.abs(restored / original - 1) < 0.1, `${files[i]}: nucleus ${original} px, ${restored} px after the stain step`);
+    assert.equal(measureCells(image, range).nucleusExtent !== null, true);
+  }
 });
 
 test('without red cells the nucleus sets the scale only in a tight crop or when larger than nearly any at the training scale', () => {

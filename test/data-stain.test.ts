@@ -7,7 +7,7 @@ import { resizeRgb } from '../src/data/geometry.js';
 import { type RgbImage, readImageFile } from '../src/data/image.js';
 import { type InputRecipe, validateInputRecipe } from '../src/data/prepare.js';
 import { backgroundColour } from '../src/data/scale.js';
-import { normaliseStain, type StainRange, stainRangeOf, stainStrengths } from '../src/data/stain.js';
+import { normaliseStain, raisedToTypical, type StainRange, stainRangeOf, stainStrengths } from '../src/data/stain.js';
 import { stain } from '../src/eval/shifts.js';
 
 const PBC = path.resolve('../shared/data/pbc');
@@ -49,6 +49,16 @@ test('an image inside the range, or with nothing stained, is left exactly as it 
   const blank: RgbImage = { width: 32, height: 32, data: new Uint8Array(32 * 32 * 3).fill(230) };
   assert.deepEqual(strengths(blank), [0, 0]);
   assert.equal(normaliseStain(blank, backgroundColour(blank), wide), blank);
+});
+
+test('the range runs from the 2nd to the 98th percentile of the training strengths; the median is the typical strength', () => {
+  const strengths = Array.from({ length: 101 }, (_, i): [number, number] => [i / 50, i / 100]);
+  const range = stainRangeOf(strengths);
+  assert.deepEqual(range, { haematoxylin: [0.04, 1.96], eosin: [0.02, 0.98], typical: [1, 0.5] });
+  // Raised to the typical strength: a paler stain is brought up to it, the darkest edge stays.
+  assert.deepEqual(raisedToTypical(range), { haematoxylin: [1, 1.96], eosin: [0.5, 0.98], typical: [1, 0.5] });
+  const older: StainRange = { haematoxylin: [0.04, 1.96], eosin: [0.02, 0.98] };
+  assert.equal(raisedToTypical(older), older);
 });
 
 test('a model recipe with a malformed stain range is refused with what was found', () => {

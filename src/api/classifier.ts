@@ -16,7 +16,16 @@ import {
   withPixelBudget,
 } from '../data/image.js';
 import { DEFAULT_GEOMETRY } from '../data/geometry.js';
-import { backgroundColours, type InputRecipe, prepareImage, type PreparedImage, SCALE_RANGE, type ScaleReport, validateInputRecipe } from '../data/prepare.js';
+import {
+  backgroundColours,
+  type InputRecipe,
+  prepareImage,
+  type PreparedImage,
+  SCALE_RANGE,
+  type ScaleReport,
+  type StainTreatment,
+  validateInputRecipe,
+} from '../data/prepare.js';
 import { DIHEDRAL, makeBatch } from '../data/batches.js';
 import { mapLimit } from '../data/pool.js';
 import { showsOneCell } from '../data/scale.js';
@@ -45,6 +54,11 @@ export interface Classification {
   reasons: UncertainReason[];
   /** The physical scale used to bring the image to the model's. */
   scale: ScaleReport;
+  /**
+   * 'recipe': the stain was treated as the model's recipe says; 'raised': the image was out of distribution and paler
+   * than the training images' typical stain, and this answer comes from a second look with the stain raised to it.
+   */
+  stain: StainTreatment;
 }
 
 /** Stable codes of a per-image failure: the DecodeError codes, and scores that are not finite numbers. */
@@ -80,9 +94,18 @@ export type ClassifierOverrides = Pick<ClassifierOptions, 'uncertaintyThreshold'
 /** A file path, a file's bytes, or decoded pixels (with decodeImage's warnings, where it gave any). */
 export type ImageInput = string | Uint8Array | DecodedImage;
 
-/** A prepared image and what the decoder warned about its file. */
+/** A prepared image, how its stain was treated, and what the decoder warned about its file. */
 export interface PreparedInput extends PreparedImage {
+  stain: StainTreatment;
   warnings: string[];
+}
+
+/** Scores of prepared images (Classifier.score) after the second look, and the preparations they come from. */
+export interface Reading {
+  logits: Float32Array;
+  features: Float32Array;
+  distances: Float64Array | null;
+  prepared: PreparedInput[];
 }
 
 /** Images decoded and prepared at once: enough to keep the cores busy, few enough to bound memory. */
@@ -207,14 +230,64 @@ export class Classifier {
     this.recipe = overrides.field === undefined ? recipe : { ...recipe, scale: null, geometry: { ...recipe.geometry, field: overrides.field } };
   }
 
-  /** Decodes (when needed) and brings one image to the model's input, exactly as training did. */
-  async prepare(input: ImageInput): Promise<PreparedInput> {
+  /**
+   * Decodes (when needed) and brings one image to the model's input, exactly as training did; or, with
+   * `raisePaleStain`, as the second look does.
+   */
+  async prepare(input: ImageInput, options: { raisePaleStain?: boolean } = {}): Promise<PreparedInput> {
     checkInput(input);
     const decoding = { maxPixels: this.maxPixels };
     const image: DecodedImage =
       typeof input === 'string' ? await readImageFile(input, decoding) : input instanceof Uint8Array ? await decodeImage(input, decoding) : input;
-    const prepared = await withPixelBudget(image.width * image.height, () => prepareImage(image, this.recipe, { pixelSize: this.pixelSize, measure: true }));
-    return { ...prepared, warnings: image.warnings ?? [] };
+    const { raisePaleStain = false } = options;
+    const prepared = await withPixelBudget(image.width * image.height, () =>
+      prepareImage(image, this.recipe, { pixelSize: this.pixelSize, measure: true, raisePaleStain }),
+    );
+    return { ...prepared, stain: raisePaleStain ? 'raised' : 'recipe', warnings: image.warnings ?? [] };
+  }
+
+  /**
+   * Scores prepared images, then takes a second look at each one the detector flags as out of distribution whose
+   * stain is paler than the training images' typical one: prepared again from `input(i)` with the stain raised to
+   * it and scored again; where the detector finds it closer to the training images, its logits replace the first.
+   * Another lab's paler stain hides nuclei from the scale estimate and makes white cells look like the training
+   * set's palest classes; raising every pale image instead would darken PBC's own platelets, which the detector
+   * passes (docs/other-scanners.md). Models without a detector or a typical stain take one look.
+   */
+  async read(prepared: PreparedInput[], input: (i: number) => ImageInput | Promise<ImageInput>, options: { pooling?: OodPooling } = {}): Promise<Reading> {
+    const first = this.score(
+      prepared.map((p) => p.image),
+      options,
+    );
+    const { ood } = this;
+    if (!ood || !first.distances || !this.recipe.stain?.typical) return { ...first, prepared };
+    const flagged = prepared.flatMap((_, i) => (first.distances![i] > ood.threshold ? [i] : []));
+    const looks = (
+      await mapLimit(flagged, PREPARE_CONCURRENCY, async (i) => {
+        const again = await Promise.resolve(input(i)).then(
+          (image) => this.prepare(image, { raisePaleStain: true }),
+          () => null,
+        );
+        // An image the raise leaves as it was (its stain not paler than the typical one) keeps its first reading.
+        return again && !sameImage(again.image, prepared[i].image) ? [{ i, again }] : [];
+      })
+    ).flat();
+    if (looks.length === 0) return { ...first, prepared };
+    const second = this.score(
+      looks.map((l) => l.again.image),
+      options,
+    );
+    // The raised image is read only where it looks more like the training images than the image as given. The
+    // second look changes the label and the scale it was read at, never what flags the image as given: its
+    // distance, features and cell count stay (raised, a field of red cells alone can pass for a white cell).
+    const k = this.classes.length;
+    const reading = { ...first, logits: first.logits.slice(), prepared: [...prepared] };
+    looks.forEach(({ i, again }, row) => {
+      if (!(second.distances![row] < first.distances![i])) return;
+      reading.logits.set(second.logits.subarray(row * k, (row + 1) * k), i * k);
+      reading.prepared[i] = { ...again, measures: prepared[i].measures };
+    });
+    return reading;
   }
 
   /** Raw logits [n × classes] for images already prepared (before temperature scaling). */
@@ -311,8 +384,15 @@ export class Classifier {
           (error: Error) => failure(input, error),
         ),
       );
-      const good = prepared.flatMap((p, i) => ('p' in p ? [{ p: p.p, i }] : []));
-      const { logits, distances } = good.length ? this.score(good.map((g) => g.p.image)) : { logits: new Float32Array(0), distances: null };
+      const firstLook = prepared.flatMap((p, i) => ('p' in p ? [{ p: p.p, i }] : []));
+      const reading = firstLook.length
+        ? await this.read(
+            firstLook.map((g) => g.p),
+            (row) => chunk[firstLook[row].i],
+          )
+        : null;
+      const good = firstLook.map(({ i }, row) => ({ i, p: reading!.prepared[row] }));
+      const { logits, distances } = reading ?? { logits: new Float32Array(0), distances: null };
       const probs = softmaxRows(logits, good.length, this.classes.length, this.temperature);
       prepared.forEach((p, i) => {
         if ('error' in p) results[start + i] = p;
@@ -330,7 +410,7 @@ export class Classifier {
           .slice(0, topK);
         const reasons = this.reasons(predictions[0].score, p.scale, distances?.[row], p.measures ? showsOneCell(p.measures) : undefined);
         if (p.warnings.length > 0) reasons.push('decode-warning');
-        results[start + i] = { predictions, uncertain: reasons.length > 0, reasons, scale: p.scale };
+        results[start + i] = { predictions, uncertain: reasons.length > 0, reasons, scale: p.scale, stain: p.stain };
       });
     }
     return results;
@@ -357,6 +437,10 @@ export class Classifier {
   dispose(): void {
     this.model.dispose();
   }
+}
+
+function sameImage(a: RgbImage, b: RgbImage): boolean {
+  return a.width === b.width && a.height === b.height && Buffer.compare(a.data, b.data) === 0;
 }
 
 const NON_FINITE = 'the model gave scores that are not finite numbers (NaN or infinity), so there is no label; its weights may be damaged';

@@ -1,12 +1,12 @@
 // Scoring labelled images with a classifier, as they are or under the shift suite's shifts.
 import type { DatasetItem } from '../data/dataset.js';
 import { type RgbImage, readImageFile } from '../data/image.js';
-import type { ScaleReport } from '../data/prepare.js';
+import type { ScaleReport, StainTreatment } from '../data/prepare.js';
 import { showsOneCell } from '../data/scale.js';
 import { evaluateScores, type ScoredItems, type ShiftResult } from '../eval/evaluation.js';
 import type { Shift } from '../eval/shifts.js';
 import type { OodPooling } from '../models/io.js';
-import type { Classifier } from './classifier.js';
+import type { Classifier, PreparedInput } from './classifier.js';
 
 export { evaluateScores, type Evaluation, type ImagePrediction, imagePredictions, type ScoredItems, shiftTable, writeReport } from '../eval/evaluation.js';
 
@@ -27,6 +27,7 @@ export async function scoreItems(classifier: Classifier, items: DatasetItem[], o
   const labels: number[] = [];
   const files: string[] = [];
   const scales: ScaleReport[] = [];
+  const stains: StainTreatment[] = [];
   const distances: number[] = [];
   const oneCell: (boolean | undefined)[] = [];
   const features: Float32Array[] = [];
@@ -45,17 +46,22 @@ export async function scoreItems(classifier: Classifier, items: DatasetItem[], o
           ),
       ),
     );
-    const good = prepared.filter((p): p is { item: DatasetItem; image: Awaited<ReturnType<Classifier['prepare']>> } => 'image' in p);
+    const firstLook = prepared.filter((p): p is { item: DatasetItem; image: PreparedInput } => 'image' in p);
     for (const p of prepared) if ('error' in p) failed.push({ path: p.item.path, reason: (p.error as Error).message });
-    if (good.length) {
-      const {
-        logits: batch,
-        distances: batchDistances,
-        features: batchFeatures,
-      } = classifier.score(
-        good.map((g) => g.image.image),
-        { pooling: options.features },
-      );
+    if (firstLook.length) {
+      // Features for fitting the detector are of the images as they are; everything else reads as a user's answer does.
+      const images = firstLook.map((g) => g.image);
+      const reading = options.features
+        ? {
+            ...classifier.score(
+              images.map((p) => p.image),
+              { pooling: options.features },
+            ),
+            prepared: images,
+          }
+        : await classifier.read(images, (row) => input(firstLook[row].item));
+      const good = firstLook.map(({ item }, row) => ({ item, image: reading.prepared[row] }));
+      const { logits: batch, distances: batchDistances, features: batchFeatures } = reading;
       if (batchDistances) distances.push(...batchDistances);
       if (options.features) features.push(batchFeatures);
       for (let i = 0; i < batch.length; i++) logits.push(batch[i]);
@@ -66,6 +72,7 @@ export async function scoreItems(classifier: Classifier, items: DatasetItem[], o
         files.push(item.file);
       }
       scales.push(...good.map((g) => g.image.scale));
+      stains.push(...good.map((g) => g.image.stain));
       oneCell.push(...good.map((g) => (g.image.measures ? showsOneCell(g.image.measures) : undefined)));
     }
     options.onProgress?.(Math.min(items.length, start + batchSize), items.length);
@@ -76,6 +83,7 @@ export async function scoreItems(classifier: Classifier, items: DatasetItem[], o
     labels: Int32Array.from(labels),
     files,
     scales,
+    stains,
     oneCell,
     distances: classifier.ood ? Float64Array.from(distances) : undefined,
     features: options.features ? concatenate(features) : undefined,

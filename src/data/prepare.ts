@@ -11,7 +11,7 @@ import { cropToField, type GeometryConfig, resizeRgb, validateGeometry } from '.
 import { type RgbImage, readImageFile } from './image.js';
 import { seededRandom } from './random.js';
 import { backgroundColour, type CellMeasures, measureCells, RBC_DIAMETER_UM, type ScaleSource } from './scale.js';
-import { normaliseStain, type StainRange, stainRangeOf, stainStrengths } from './stain.js';
+import { normaliseStain, raisedToTypical, type StainRange, stainRangeOf, stainStrengths } from './stain.js';
 
 /** How a pack stores each image: lossless (webp-lossless, png) or lossy at a quality (webp, jpeg). */
 export type BlobCodec = 'webp-lossless' | 'webp' | 'jpeg' | 'png';
@@ -59,6 +59,9 @@ export const SCALE_RANGE: readonly [number, number] = [0.4, 2.5];
 /** The factor is clamped here, so that a wild estimate cannot allocate a huge field. */
 const FACTOR_LIMITS: readonly [number, number] = [0.1, 10];
 
+/** How an image's stain was treated: as the recipe says, or raised to the training images' typical strength. */
+export type StainTreatment = 'recipe' | 'raised';
+
 export interface PreparedImage {
   image: RgbImage;
   scale: ScaleReport;
@@ -73,6 +76,11 @@ export interface PrepareOptions {
   mpm?: Mpm | null;
   /** Measure the cells even where the recipe needs no scale or colour: the classifier counts the nuclei. */
   measure?: boolean;
+  /**
+   * Bring a stain paler than the training images' typical one up to it (recipes that record it), for the cell
+   * measurements and the model alike: the classifier's second look at an out-of-distribution image.
+   */
+  raisePaleStain?: boolean;
 }
 
 /** Validates a recipe read from a model file or a pack, with one message per problem. */
@@ -87,8 +95,11 @@ export function validateInputRecipe(recipe: InputRecipe): InputRecipe {
     throw new RangeError(`input recipe: background must be a list of colours, each three numbers in (0, 255], got ${JSON.stringify(recipe.background)}`);
   }
   const isRange = (r: unknown) => Array.isArray(r) && r.length === 2 && positive(r[0]) && positive(r[1]) && r[0] <= r[1];
-  if (recipe.stain !== null && !(isRange(recipe.stain?.haematoxylin) && isRange(recipe.stain?.eosin))) {
-    throw new RangeError(`input recipe: stain needs haematoxylin and eosin ranges [low, high] of positive numbers, got ${JSON.stringify(recipe.stain)}`);
+  const isTypical = (t: unknown) => t === undefined || (Array.isArray(t) && t.length === 2 && positive(t[0]) && positive(t[1]));
+  if (recipe.stain !== null && !(isRange(recipe.stain?.haematoxylin) && isRange(recipe.stain?.eosin) && isTypical(recipe.stain?.typical))) {
+    throw new RangeError(
+      `input recipe: stain needs haematoxylin and eosin ranges [low, high] of positive numbers (and, where given, two positive typical strengths), got ${JSON.stringify(recipe.stain)}`,
+    );
   }
   return recipe;
 }
@@ -148,13 +159,17 @@ export function chooseScale(reference: ReferenceScale | null, measures: CellMeas
  * strength brought into the training range → MPM.
  */
 export async function prepareImage(image: RgbImage, recipe: InputRecipe, options: PrepareOptions = {}): Promise<PreparedImage> {
-  const measures = options.measure || recipe.scale !== null || recipe.background !== null ? measureCells(image) : null;
+  // Under raisePaleStain the cell measurements see the raised stain too: they find the nucleus by its darkness.
+  // Otherwise they see the image as it is: brought up to the range's lower edge, red cells alone show a nucleus.
+  const raised = options.raisePaleStain && recipe.stain?.typical ? raisedToTypical(recipe.stain) : null;
+  const stain = raised ?? recipe.stain;
+  const measures = options.measure || recipe.scale !== null || recipe.background !== null ? measureCells(image, raised) : null;
   const scale = chooseScale(recipe.scale, measures, options.pixelSize);
   const fill = measures?.background ?? [255, 255, 255];
   const field = recipe.geometry.field === null ? null : Math.max(1, Math.round(recipe.geometry.field / scale.factor));
   let prepared = await resizeRgb(cropToField(image, field, fill), recipe.geometry.size);
   if (recipe.background && measures) prepared = whiteBalance(prepared, measures.background, recipe.background);
-  if (recipe.stain) prepared = normaliseStain(prepared, backgroundColour(prepared), recipe.stain);
+  if (stain) prepared = normaliseStain(prepared, backgroundColour(prepared), stain);
   if (recipe.mpm) prepared = (options.mpm ?? (await Mpm.create(recipe.mpm))).apply(prepared);
   return { image: prepared, scale, measures };
 }

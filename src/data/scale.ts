@@ -2,6 +2,7 @@
 // smear, so the median diameter of the isolated ones gives µm per pixel; where none can be measured (a tight crop),
 // the white cell's nucleus gives a rougher estimate. Plain typed-array passes: a few ms for a PBC-size image.
 import type { RgbImage } from './image.js';
+import { normaliseStain, type StainRange } from './stain.js';
 
 /** The mean diameter of a normal red blood cell, in µm. */
 export const RBC_DIAMETER_UM = 7.5;
@@ -47,19 +48,24 @@ const TIGHT_CROP = 0.7;
 /** Images larger than this (on the longer side) are measured on a box-filtered copy, then scaled back. */
 const MEASURE_SIDE = 256;
 
-/** Measures red cells, the white cell and the background of one image. */
-export function measureCells(image: RgbImage): CellMeasures {
-  const measures = measureShrunk(image);
+/**
+ * Measures red cells, the white cell and the background of one image. With a stain range, the copy measured first
+ * has its stain strengths brought into it: the nucleus is told by its darkness, which a much paler stain than the
+ * training slides' hides.
+ */
+export function measureCells(image: RgbImage, stain: StainRange | null = null): CellMeasures {
+  const measures = measureShrunk(image, stain);
   const content = withoutFlatMargins(image);
   if (content === image) return measures;
   // Red cells cut by a flat margin (padding, letterboxing) are cut by the picture's true edge: measure them inside it.
-  const { rbcDiameter, redCells, arcDiameter } = measureShrunk(content);
+  const { rbcDiameter, redCells, arcDiameter } = measureShrunk(content, stain);
   return { ...measures, rbcDiameter, redCells, arcDiameter };
 }
 
-function measureShrunk(image: RgbImage): CellMeasures {
+function measureShrunk(image: RgbImage, stain: StainRange | null): CellMeasures {
   const step = Math.max(1, Math.ceil(Math.max(image.width, image.height) / MEASURE_SIDE));
-  const small = step > 1 ? boxShrink(image, step) : image;
+  let small = step > 1 ? boxShrink(image, step) : image;
+  if (stain) small = normaliseStain(small, backgroundColour(small), stain);
   const measures = measureAtFullSize(small);
   return step > 1
     ? {

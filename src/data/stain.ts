@@ -10,6 +10,8 @@ import type { RgbImage } from './image.js';
 export interface StainRange {
   haematoxylin: [number, number];
   eosin: [number, number];
+  /** The median haematoxylin and eosin strengths of the training images; absent in model files made before it. */
+  typical?: [number, number];
 }
 
 /** Pixels whose optical density (summed over RGB) is below this are background, and do not count. */
@@ -61,13 +63,26 @@ export function stainStrengths(image: RgbImage, background: readonly number[]): 
   }) as [number, number];
 }
 
-/** The range of strengths over a sample of training images: the 2nd to the 98th percentile of each stain's. */
+/**
+ * The range of strengths over a sample of training images: the 2nd to the 98th percentile of each stain's, and its
+ * median, the typical training slide's strength (a second look at a pale out-of-distribution image raises it there).
+ */
 export function stainRangeOf(strengths: readonly (readonly [number, number])[]): StainRange {
-  const range = (k: number): [number, number] => {
-    const sorted = strengths.map((s) => s[k]).sort((a, b) => a - b);
-    return [sorted[Math.floor(0.02 * (sorted.length - 1))], sorted[Math.ceil(0.98 * (sorted.length - 1))]];
-  };
-  return { haematoxylin: range(0), eosin: range(1) };
+  const sorted = [0, 1].map((k) => strengths.map((s) => s[k]).sort((a, b) => a - b));
+  const range = (k: number): [number, number] => [sorted[k][Math.floor(0.02 * (sorted[k].length - 1))], sorted[k][Math.ceil(0.98 * (sorted[k].length - 1))]];
+  const median = (k: number) => sorted[k][Math.floor(0.5 * (sorted[k].length - 1))];
+  return { haematoxylin: range(0), eosin: range(1), typical: [median(0), median(1)] };
+}
+
+/**
+ * The range with its lower edges raised to the typical strengths: a paler stain is brought up to the typical
+ * training slide's. A range without them (older model files) stays as it is.
+ */
+export function raisedToTypical(range: StainRange): StainRange {
+  const { typical } = range;
+  if (!typical) return range;
+  const raise = ([low, high]: [number, number], to: number): [number, number] => [Math.min(Math.max(low, to), high), high];
+  return { haematoxylin: raise(range.haematoxylin, typical[0]), eosin: raise(range.eosin, typical[1]), typical };
 }
 
 /** Scales each stain's density so that its strength falls inside the training range; the background stays. */
@@ -85,18 +100,15 @@ export function normaliseStain(image: RgbImage, background: readonly number[], r
 export function scaleStains(image: RgbImage, background: readonly number[], gains: readonly [number, number]): RgbImage {
   const [m, inv] = [RGB_FROM_HED, HED_FROM_RGB];
   const out = new Uint8Array(image.data.length);
-  const tables = densityTables(background);
-  const od = [0, 0, 0];
+  const [r, g, b] = densityTables(background);
+  const { data } = image;
+  // Row vectors: hed = od · inv; H and E scaled; od' = hed · m. Written out per pixel: it runs on every image.
   for (let p = 0; p < out.length; p += 3) {
-    for (let c = 0; c < 3; c++) od[c] = tables[c][image.data[p + c]];
-    // Row vectors: hed = od · inv; H and E scaled; od' = hed · m.
-    const hed = [0, 1, 2].map((k) => od[0] * inv[k] + od[1] * inv[3 + k] + od[2] * inv[6 + k]);
-    hed[0] *= gains[0];
-    hed[1] *= gains[1];
-    for (let c = 0; c < 3; c++) {
-      const density = hed[0] * m[c] + hed[1] * m[3 + c] + hed[2] * m[6 + c];
-      out[p + c] = Math.max(0, Math.min(255, Math.round(background[c] * Math.exp(-density))));
-    }
+    const [odR, odG, odB] = [r[data[p]], g[data[p + 1]], b[data[p + 2]]];
+    const h = (odR * inv[0] + odG * inv[3] + odB * inv[6]) * gains[0];
+    const e = (odR * inv[1] + odG * inv[4] + odB * inv[7]) * gains[1];
+    const d = odR * inv[2] + odG * inv[5] + odB * inv[8];
+    for (let c = 0; c < 3; c++) out[p + c] = Math.max(0, Math.min(255, Math.round(background[c] * Math.exp(-(h * m[c] + e * m[3 + c] + d * m[6 + c])))));
   }
   return { width: image.width, height: image.height, data: out };
 }

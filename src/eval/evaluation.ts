@@ -2,7 +2,7 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import sharp from 'sharp';
-import type { ScaleReport } from '../data/prepare.js';
+import type { ScaleReport, StainTreatment } from '../data/prepare.js';
 import type { RgbImage } from '../preprocess/image.js';
 import { softmaxRows } from './calibration.js';
 import { computeMetrics, type Metrics, expectedCalibrationError, reliabilityBins } from './metrics.js';
@@ -15,6 +15,8 @@ export interface ScoredItems {
   files: string[];
   /** The scale each readable image was brought to, where known. */
   scales?: ScaleReport[];
+  /** How each readable image's stain was treated, where known. */
+  stains?: StainTreatment[];
   /** Each readable image's out-of-distribution distance, where the model has a detector. */
   distances?: Float64Array;
   /** Whether each readable image shows one white cell (showsOneCell), where measured. */
@@ -65,6 +67,8 @@ export interface Evaluation extends Metrics {
   uncertain_reasons: Record<string, number>;
   /** Accuracy of the answers not flagged uncertain; null when every answer is. */
   unflagged_accuracy: number | null;
+  /** The share of images answered from a second look with the stain raised; null where not recorded. */
+  stain_raised_fraction: number | null;
   reliability: ReturnType<typeof reliabilityBins>;
   /** The same bins before temperature scaling. */
   reliability_uncalibrated: ReturnType<typeof reliabilityBins>;
@@ -89,6 +93,8 @@ export interface ImagePrediction {
   probability: number;
   uncertain: boolean;
   reasons: string[];
+  /** 'raised': the answer comes from the classifier's second look, with a pale stain raised (api/classifier.ts). */
+  stain?: StainTreatment;
 }
 
 export function imagePredictions(scored: ScoredItems, judge: Judge): ImagePrediction[] {
@@ -99,7 +105,16 @@ export function imagePredictions(scored: ScoredItems, judge: Judge): ImagePredic
     for (let c = 1; c < k; c++) if (probs[i * k + c] > probs[i * k + best]) best = c;
     const probability = probs[i * k + best];
     const reasons = judge.reasons(probability, scored.scales?.[i], scored.distances?.[i], scored.oneCell?.[i]);
-    return { file: scored.files[i], label: judge.classes[label], predicted: judge.classes[best], probability, uncertain: reasons.length > 0, reasons };
+    const stain = scored.stains?.[i];
+    return {
+      file: scored.files[i],
+      label: judge.classes[label],
+      predicted: judge.classes[best],
+      probability,
+      uncertain: reasons.length > 0,
+      reasons,
+      ...(stain ? { stain } : {}),
+    };
   });
 }
 
@@ -120,6 +135,7 @@ export function evaluateScores(scored: ScoredItems, judge: Judge, predictions = 
     uncertainty_threshold: judge.uncertaintyThreshold,
     uncertain_reasons: reasons,
     unflagged_accuracy: unflagged.length ? unflagged.filter((p) => p.predicted === p.label).length / unflagged.length : null,
+    stain_raised_fraction: scored.stains ? scored.stains.filter((s) => s === 'raised').length / n : null,
     reliability: reliabilityBins(probs, scored.labels, n, k),
     reliability_uncalibrated: reliabilityBins(uncalibrated, scored.labels, n, k),
     by_subtype: errorsBySubtype(scored.files, scored.labels, probs, judge.classes),

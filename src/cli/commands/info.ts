@@ -49,7 +49,9 @@ function printCard(card: Card): void {
     [
       'stain',
       p.stain
-        ? `strength brought into the training range: haematoxylin ${p.stain.haematoxylin.map((v) => v.toFixed(2)).join('–')}, eosin ${p.stain.eosin.map((v) => v.toFixed(2)).join('–')}`
+        ? `strength brought into the training range: haematoxylin ${p.stain.haematoxylin.map((v) => v.toFixed(2)).join('–')}, eosin ${p.stain.eosin.map((v) => v.toFixed(2)).join('–')}${
+            p.stain.typical ? `; out-of-distribution images paler than ${p.stain.typical.map((v) => v.toFixed(2)).join(' / ')} get a second look` : ''
+          }`
         : 'none: stain strength as it is',
     ],
     ['MPM', p.mpm ? 'on' : 'off'],

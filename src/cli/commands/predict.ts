@@ -112,19 +112,19 @@ export function registerPredict(program: Command): void {
       const info = await modelInfo(options.model ?? BUNDLED_MODEL);
       const model = `${csvField(info.name)},${info.sha256},${info.hemato_version}`;
       if (shard.index === 1)
-        process.stdout.write(`file,label,score,uncertain,top_k,error,reasons,scale_source,um_per_px,scale_factor,model,model_sha256,hemato_version\n`);
+        process.stdout.write(`file,label,score,uncertain,top_k,error,reasons,scale_source,um_per_px,scale_factor,stain,model,model_sha256,hemato_version\n`);
       for (const r of rows) {
         if ('error' in r) {
-          process.stdout.write(`${csvField(r.file)},,,,,${csvField(r.error)},,,,,${model}\n`);
+          process.stdout.write(`${csvField(r.file)},,,,,${csvField(r.error)},,,,,,${model}\n`);
           continue;
         }
         const top = r.predictions.map((p) => `${p.label}:${p.score.toFixed(4)}`).join(' ');
-        const scale = `${r.scale.source},${r.scale.um_per_px?.toFixed(4) ?? ''},${r.scale.factor.toFixed(4)}`;
+        const scale = `${r.scale.source},${r.scale.um_per_px?.toFixed(4) ?? ''},${r.scale.factor.toFixed(4)},${r.stain}`;
         process.stdout.write(
           `${csvField(r.file)},${r.predictions[0].label},${r.predictions[0].score.toFixed(4)},${r.uncertain},${csvField(top)},,${r.reasons.join(' ')},${scale},${model}\n`,
         );
       }
-      for (const s of skipped) process.stdout.write(`${csvField(s.file)},,,,,${csvField(`skipped: ${s.error}`)},,,,,${model}\n`);
+      for (const s of skipped) process.stdout.write(`${csvField(s.file)},,,,,${csvField(`skipped: ${s.error}`)},,,,,,${model}\n`);
     } else {
       const shown = files.map(escapeControl);
       const width = Math.min(60, Math.max(4, ...shown.map((f) => f.length)));
@@ -133,7 +133,7 @@ export function registerPredict(program: Command): void {
         if ('error' in r) process.stdout.write(`${name}  ERROR ${escapeControl(r.error)}\n`);
         else
           process.stdout.write(
-            `${name}  ${r.predictions.map((p) => `${p.label} ${(100 * p.score).toFixed(1)}%`).join('  ')}${r.uncertain ? `  [uncertain: ${r.reasons.join(', ')}]` : ''}\n`,
+            `${name}  ${r.predictions.map((p) => `${p.label} ${(100 * p.score).toFixed(1)}%`).join('  ')}${r.stain === 'raised' ? '  (pale stain raised)' : ''}${r.uncertain ? `  [uncertain: ${r.reasons.join(', ')}]` : ''}\n`,
           );
       }
     }

@@ -560,7 +560,7 @@ function renderDetail() {
     ? `${final} · ${final === cell.predicted ? 'confirmed' : 'changed'} ${new Date(decision.decided_at).toLocaleString()}`
     : `${final} · not reviewed`;
   $('detail-flags').textContent = result.uncertain ? `uncertain: ${result.reasons.map(reasonText).join(', ') || 'yes'}` : 'none';
-  $('detail-scale').textContent = scaleText(result.scale);
+  $('detail-scale').textContent = [scaleText(result.scale), ...(result.stain === 'raised' ? ['pale stain raised (second look)'] : [])].join(' · ');
   bars.replaceChildren(
     ...result.predictions.map((p) => {
       const item = document.createElement('li');
