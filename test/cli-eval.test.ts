@@ -155,7 +155,8 @@ test('eval --report writes a readable report with its plots, free of machine pat
   const result = JSON.parse(run.stdout) as Report & { per_image: ImageAnswer[]; uncertainty_threshold: number; uncertain_fraction: number };
   assert.equal(result.per_image.length, 4);
   for (const answer of result.per_image) {
-    assert.deepEqual(Object.keys(answer).sort(), ['file', 'label', 'predicted', 'probability', 'reasons', 'uncertain']);
+    assert.deepEqual(Object.keys(answer).sort(), ['file', 'label', 'predicted', 'probability', 'reasons', 'stain', 'uncertain']);
+    assert.ok(['recipe', 'raised'].includes(answer.stain!), answer.stain);
     assert.match(answer.file, /^(eosinophil|neutrophil)\/BloodImage_\d+_\d+\.jpg$/, 'relative to the data set');
     assert.equal(answer.file.split('/')[0], answer.label);
     assert.ok(PBC_CLASSES.includes(answer.predicted));
@@ -176,6 +177,11 @@ test('eval --report writes a readable report with its plots, free of machine pat
   assert.equal(readFileSync(path.join(out, 'errors.svg'), 'utf8').match(/<image /g)?.length, errors, 'each error is pictured');
   assert.match(report, /^# Evaluation of tiny\.safetensors on bccd$/m);
   assert.match(report, /\| uncertainty threshold \| 0\.500 /, 'the threshold is stated');
+  const raised = result.per_image.filter((a) => a.stain === 'raised').length;
+  assert.ok(
+    report.includes(`| answered from a second look, with a pale stain raised | ${((100 * raised) / 4).toFixed(2)} % |`),
+    'the second-look share is stated',
+  );
   const flagged = result.per_image.filter((a) => a.uncertain).length;
   assert.ok(report.includes(`| uncertain | ${(100 * result.uncertain_fraction).toFixed(2)} % (${flagged} of 4) |`), 'the uncertain rate is stated');
   for (const answer of result.per_image.filter((a) => a.predicted !== a.label)) assert.ok(report.includes(`| ${answer.file} |`), `${answer.file} is listed`);

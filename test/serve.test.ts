@@ -63,7 +63,7 @@ test('POST /v1/classify answers like one entry of predict --json, from a raw bod
   assert.equal(answer.sha256, createHash('sha256').update(basophil.bytes).digest('hex'));
   assert.equal(answer.model_info.architecture, 'convnext_only_atto');
   assert.match(answer.model_info.sha256, /^[0-9a-f]{64}$/);
-  assert.deepEqual(Object.keys(answer.result), ['file', 'predictions', 'uncertain', 'reasons', 'scale']);
+  assert.deepEqual(Object.keys(answer.result), ['file', 'predictions', 'uncertain', 'reasons', 'scale', 'stain']);
   assert.deepEqual(Object.keys(answer), ['model', 'model_info', 'sha256', 'result']);
   assert.equal(answer.result.file, 'cell.jpg');
   assert.equal(answer.result.predictions.length, 2);

@@ -253,6 +253,7 @@ export async function writeReport(dir: string, title: string, evaluation: Evalua
     flagged: options.predictions.filter((p) => p.uncertain).length,
     reasons: evaluation.uncertain_reasons,
     unflagged_accuracy: evaluation.unflagged_accuracy,
+    stain_raised_fraction: evaluation.stain_raised_fraction,
   };
   const file = path.join(dir, 'report.md');
   const extra = [...subtypes, ...(options.extra ?? [])];

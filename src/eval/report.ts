@@ -366,7 +366,14 @@ export interface ReportSections {
   /** Plot files next to report.md; curves and errors only where drawn. */
   plots: { confusion: string; reliability: string; curves?: string; errors?: string };
   /** Uncertain answers: the threshold, the count by reason. */
-  uncertainty: { threshold: number; flagged: number; reasons: Record<string, number>; unflagged_accuracy: number | null };
+  uncertainty: {
+    threshold: number;
+    flagged: number;
+    reasons: Record<string, number>;
+    unflagged_accuracy: number | null;
+    /** The share answered from the classifier's second look at a pale stain, where recorded. */
+    stain_raised_fraction?: number | null;
+  };
   /** Below the training curves. */
   curvesNote?: string[];
   /** Below the grid of errors: its table. */
@@ -406,6 +413,7 @@ export function markdownReport(title: string, metrics: Metrics & { ece_uncalibra
     `| uncertain | ${pct(u.flagged / metrics.n)} (${u.flagged} of ${metrics.n}) |`,
     `| uncertainty threshold | ${u.threshold.toFixed(3)} (calibrated top probability) |`,
     `| accuracy of the answers not flagged | ${u.unflagged_accuracy === null ? 'n/a (all flagged)' : `${pct(u.unflagged_accuracy)} (${metrics.n - u.flagged} images)`} |`,
+    ...(typeof u.stain_raised_fraction === 'number' ? [`| answered from a second look, with a pale stain raised | ${pct(u.stain_raised_fraction)} |`] : []),
     '',
     '## Uncertain answers',
     '',
