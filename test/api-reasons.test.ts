@@ -145,6 +145,10 @@ test('second look: an out-of-distribution image paler than the typical training 
     assert.equal(answers[i].stain, taken ? 'raised' : 'recipe');
     const { logits } = await flagsAll.read([asGiven], () => input);
     assert.deepEqual(Array.from(logits), Array.from((taken ? second : first).logits));
+    // An image that cannot be read again keeps its first reading.
+    const unreadable = await flagsAll.read([asGiven], () => new Uint8Array([1, 2, 3]));
+    assert.deepEqual(Array.from(unreadable.logits), Array.from(first.logits));
+    assert.equal(unreadable.prepared[0].stain, 'recipe');
     // The second look changes the label, never the flag: the image as given was unlike the training images.
     assert.ok(answers[i].reasons.includes('out-of-distribution'));
   }

@@ -264,10 +264,10 @@ export class Classifier {
     const flagged = prepared.flatMap((_, i) => (first.distances![i] > ood.threshold ? [i] : []));
     const looks = (
       await mapLimit(flagged, PREPARE_CONCURRENCY, async (i) => {
-        const again = await Promise.resolve(input(i)).then(
-          (image) => this.prepare(image, { raisePaleStain: true }),
-          () => null,
-        );
+        // An image that cannot be read again (a file removed meanwhile) keeps its first reading.
+        const again = await Promise.resolve(input(i))
+          .then((image) => this.prepare(image, { raisePaleStain: true }))
+          .catch(() => null);
         // An image the raise leaves as it was (its stain not paler than the typical one) keeps its first reading.
         return again && !sameImage(again.image, prepared[i].image) ? [{ i, again }] : [];
       })
