@@ -94,9 +94,8 @@ export type ClassifierOverrides = Pick<ClassifierOptions, 'uncertaintyThreshold'
 /** A file path, a file's bytes, or decoded pixels (with decodeImage's warnings, where it gave any). */
 export type ImageInput = string | Uint8Array | DecodedImage;
 
-/** A prepared image, how its stain was treated, and what the decoder warned about its file. */
+/** A prepared image and what the decoder warned about its file. */
 export interface PreparedInput extends PreparedImage {
-  stain: StainTreatment;
   warnings: string[];
 }
 
@@ -239,11 +238,10 @@ export class Classifier {
     const decoding = { maxPixels: this.maxPixels };
     const image: DecodedImage =
       typeof input === 'string' ? await readImageFile(input, decoding) : input instanceof Uint8Array ? await decodeImage(input, decoding) : input;
-    const { raisePaleStain = false } = options;
     const prepared = await withPixelBudget(image.width * image.height, () =>
-      prepareImage(image, this.recipe, { pixelSize: this.pixelSize, measure: true, raisePaleStain }),
+      prepareImage(image, this.recipe, { pixelSize: this.pixelSize, measure: true, raisePaleStain: options.raisePaleStain }),
     );
-    return { ...prepared, stain: raisePaleStain ? 'raised' : 'recipe', warnings: image.warnings ?? [] };
+    return { ...prepared, warnings: image.warnings ?? [] };
   }
 
   /**

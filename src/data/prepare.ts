@@ -65,6 +65,8 @@ export type StainTreatment = 'recipe' | 'raised';
 export interface PreparedImage {
   image: RgbImage;
   scale: ScaleReport;
+  /** 'raised' where raisePaleStain applied the recipe's typical strengths; else 'recipe'. */
+  stain: StainTreatment;
   /** What the cell measurements found; null where the recipe needs none. */
   measures: CellMeasures | null;
 }
@@ -171,7 +173,7 @@ export async function prepareImage(image: RgbImage, recipe: InputRecipe, options
   if (recipe.background && measures) prepared = whiteBalance(prepared, measures.background, recipe.background);
   if (stain) prepared = normaliseStain(prepared, backgroundColour(prepared), stain);
   if (recipe.mpm) prepared = (options.mpm ?? (await Mpm.create(recipe.mpm))).apply(prepared);
-  return { image: prepared, scale, measures };
+  return { image: prepared, scale, stain: raised ? 'raised' : 'recipe', measures };
 }
 
 /** How far (log colour, Euclidean) a background may lie from a training one and still count as that one. */

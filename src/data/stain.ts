@@ -102,7 +102,7 @@ export function scaleStains(image: RgbImage, background: readonly number[], gain
   const out = new Uint8Array(image.data.length);
   const [r, g, b] = densityTables(background);
   const { data } = image;
-  // Row vectors: hed = od · inv; H and E scaled; od' = hed · m. Written out per pixel: it runs on every image.
+  // Row vectors: hed = od · inv; H and E scaled; od' = hed · m. Written out per pixel: every restained image pays it.
   for (let p = 0; p < out.length; p += 3) {
     const [odR, odG, odB] = [r[data[p]], g[data[p + 1]], b[data[p + 2]]];
     const h = (odR * inv[0] + odG * inv[3] + odB * inv[6]) * gains[0];
