@@ -269,6 +269,20 @@ test('a PBC field magnified 1.5 times, where few red cells lie whole in the fram
 
 const pick = ({ rbcDiameter, redCells }: CellMeasures) => ({ rbcDiameter, redCells });
 
+test('a recipe without a scale leaves the red cells unmeasured; the white cell and the background are measured as before', async () => {
+  const noScale: InputRecipe = { ...recipe, scale: null, background: null };
+  for (const file of ['basophil/BA_111710.jpg', 'neutrophil/BNE_100878.jpg']) {
+    const image = await readImageFile(path.join(PBC, file));
+    const all = measureCells(image);
+    assert.ok(all.rbcDiameter && all.redCells >= 2, `${file}: red cells measured by default`);
+    assert.deepEqual(measureCells(image, null, { redCells: false }), { ...all, rbcDiameter: null, redCells: 0, arcDiameter: null });
+    const prepared = await prepareImage(image, noScale, { measure: true });
+    assert.equal(prepared.measures?.rbcDiameter, null);
+    assert.equal(prepared.measures?.nucleusExtent, all.nucleusExtent);
+    assert.deepEqual(prepared.scale, { source: 'none', um_per_px: null, factor: 1 });
+  }
+});
+
 test('flat margins are left out of the measurement: red cells cut by padding are measured as cut by the edge', async () => {
   const image = await readImageFile(path.join(PBC, 'basophil/BA_111710.jpg'));
   // A margin of one flat colour (padding, letterboxing) does not change the red cells' measure.

@@ -67,7 +67,7 @@ export interface PreparedImage {
   scale: ScaleReport;
   /** 'raised' where raisePaleStain applied the recipe's typical strengths; else 'recipe'. */
   stain: StainTreatment;
-  /** What the cell measurements found; null where the recipe needs none. */
+  /** What the cell measurements found (the red cells only where the recipe has a scale); null where none were taken. */
   measures: CellMeasures | null;
 }
 
@@ -165,7 +165,8 @@ export async function prepareImage(image: RgbImage, recipe: InputRecipe, options
   // Otherwise they see the image as it is: brought up to the range's lower edge, red cells alone show a nucleus.
   const raised = options.raisePaleStain && recipe.stain?.typical ? raisedToTypical(recipe.stain) : null;
   const stain = raised ?? recipe.stain;
-  const measures = options.measure || recipe.scale !== null || recipe.background !== null ? measureCells(image, raised) : null;
+  const measures =
+    options.measure || recipe.scale !== null || recipe.background !== null ? measureCells(image, raised, { redCells: recipe.scale !== null }) : null;
   const scale = chooseScale(recipe.scale, measures, options.pixelSize);
   const fill = measures?.background ?? [255, 255, 255];
   const field = recipe.geometry.field === null ? null : Math.max(1, Math.round(recipe.geometry.field / scale.factor));
