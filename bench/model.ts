@@ -1,8 +1,9 @@
 // `npm run bench:model [-- --quick]`: forward and training-step throughput on the CPU, in fp32 and under bf16
 // autocast. First the bundled model, side by side with the same weights in plain PyTorch (bench/peers/torch_model.py,
 // Debian's PyTorch 1.13 on the same libtorch), run two ways: op for op as hemato runs it, and as timm writes it (NCHW);
-// the three interleave. Then the dual-path network, hemato alone. --quick measures dualpath-atto at 128 px only; the
-// full run adds dualpath-tiny at 224 px. Progress goes to stderr; the last line on stdout is one JSON document.
+// the three interleave, in batches of 64 and, forward only, for a single image. Then the dual-path network, hemato
+// alone. --quick measures dualpath-atto at 128 px only; the full run adds dualpath-tiny at 224 px. Progress goes to
+// stderr; the last line on stdout is one JSON document.
 import { spawn } from 'node:child_process';
 import { loadavg } from 'node:os';
 import path from 'node:path';
@@ -124,13 +125,18 @@ function measure(c: Case, precision: E.Precision): Result {
 // ---- the bundled model against the same network in PyTorch
 
 const PEER = { batch: 64, inputSize: 128, warmup: 1, reps: quick ? 5 : 7 };
-const PEER_CASES = ['forward', 'train'].flatMap((kind) => PRECISIONS.map((precision) => ({ kind, precision }))) as {
-  kind: 'forward' | 'train';
-  precision: E.Precision;
-}[];
+/**
+ * Batches of 64, forward and training step; and a single image's forward pass, what one classification waits for,
+ * where fixed costs per layer rather than arithmetic set the time.
+ */
+const PEER_CASES = [
+  ...['forward', 'train'].flatMap((kind) => PRECISIONS.map((precision) => ({ kind, precision, batch: PEER.batch }))),
+  ...PRECISIONS.map((precision) => ({ kind: 'forward', precision, batch: 1 })),
+] as { kind: 'forward' | 'train'; precision: E.Precision; batch: number }[];
 
 interface PeerCase {
   precision: E.Precision;
+  batch: number;
   hemato_ms: number;
   /** PyTorch running the same ops as hemato, channels-last. */
   pytorch_ms: number;
@@ -147,8 +153,9 @@ interface PeerCase {
 /** PyTorch in a child process that times one forward pass or training step per command, so that the two interleave. */
 async function startPeer(
   params: number,
+  batch: number,
 ): Promise<{ run: (command: string) => Promise<number>; info: { version: string; threads: number }; close: () => void }> {
-  const config = { threads: E.numThreads(), batch: PEER.batch, input_size: PEER.inputSize, num_classes: 8, weights: bundledModel, params };
+  const config = { threads: E.numThreads(), batch, input_size: PEER.inputSize, num_classes: 8, weights: bundledModel, params };
   const child = spawn(debianPython, [path.join(peersDir, 'torch_model.py'), JSON.stringify(config)], {
     stdio: ['pipe', 'pipe', 'inherit'],
     env: peerEnv(E.libtorchInfo().openblasThreads),
@@ -176,10 +183,11 @@ async function comparePeer(): Promise<Record<string, unknown>> {
   const { model } = await loadModel(bundledModel);
   const params = model.parameters().reduce((n, p) => n + p.numel, 0);
   const { optimizer, x, target } = trainingInputs(model, PEER.batch, PEER.inputSize);
+  const single = x.slice(0, 0, 1);
   const ours = {
-    forward: (precision: E.Precision) => {
+    forward: (precision: E.Precision, batch: number) => {
       model.eval();
-      E.noGrad(() => withPrecision(precision, () => model.forward(x).dispose()));
+      E.noGrad(() => withPrecision(precision, () => model.forward(batch === 1 ? single : x).dispose()));
     },
     // As the trainer does: the labels are checked where the batch is made, not on every step.
     train: (precision: E.Precision) => {
@@ -191,20 +199,22 @@ async function comparePeer(): Promise<Record<string, unknown>> {
       optimizer.zeroGrad();
     },
   };
-  let peer: Awaited<ReturnType<typeof startPeer>> | undefined;
+  // One PyTorch process per batch size: each holds its own fixed input.
+  const peers = new Map<number, Awaited<ReturnType<typeof startPeer>>>();
   try {
-    peer = await startPeer(params);
     const cases: Record<string, PeerCase> = {};
-    for (const { kind, precision } of PEER_CASES) {
+    for (const { kind, precision, batch } of PEER_CASES) {
+      if (!peers.has(batch)) peers.set(batch, await startPeer(params, batch));
+      const peer = peers.get(batch)!;
       const command = `${kind} ${precision}`;
       const sides = {
         hemato: async () => {
           const start = performance.now();
-          ours[kind](precision);
+          ours[kind](precision, batch);
           return performance.now() - start;
         },
-        pytorch: () => peer!.run(`${command} hemato`),
-        pytorch_nchw: () => peer!.run(`${command} nchw`),
+        pytorch: () => peer.run(`${command} hemato`),
+        pytorch_nchw: () => peer.run(`${command} nchw`),
       };
       const order = Object.keys(sides) as (keyof typeof sides)[];
       const times: Record<keyof typeof sides, number[]> = { hemato: [], pytorch: [], pytorch_nchw: [] };
@@ -217,10 +227,11 @@ async function comparePeer(): Promise<Record<string, unknown>> {
         }
       }
       const ms = (side: keyof typeof sides) => median(times[side]);
-      const perSecond = (value: number) => round((PEER.batch / value) * 1000);
+      const perSecond = (value: number) => round((batch / value) * 1000);
       const ratio = (side: 'pytorch' | 'pytorch_nchw') => round(median(times.hemato.map((value, i) => value / times[side][i])));
       const result: PeerCase = {
         precision,
+        batch,
         hemato_ms: round(ms('hemato')),
         pytorch_ms: round(ms('pytorch')),
         pytorch_nchw_ms: round(ms('pytorch_nchw')),
@@ -230,9 +241,9 @@ async function comparePeer(): Promise<Record<string, unknown>> {
         ratio_vs_pytorch: ratio('pytorch'),
         ratio_vs_pytorch_nchw: ratio('pytorch_nchw'),
       };
-      cases[`${kind}_${precision}`] = result;
+      cases[`${kind}_${precision}${batch === PEER.batch ? '' : `_batch${batch}`}`] = result;
       log(
-        `bundled model ${command}: hemato ${result.hemato_ms} ms, PyTorch ${result.pytorch_ms} ms (ratio ${result.ratio_vs_pytorch}), PyTorch NCHW ${result.pytorch_nchw_ms} ms (ratio ${result.ratio_vs_pytorch_nchw})`,
+        `bundled model ${command}, batch ${batch}: hemato ${result.hemato_ms} ms, PyTorch ${result.pytorch_ms} ms (ratio ${result.ratio_vs_pytorch}), PyTorch NCHW ${result.pytorch_nchw_ms} ms (ratio ${result.ratio_vs_pytorch_nchw})`,
       );
     }
     return {
@@ -242,16 +253,16 @@ async function comparePeer(): Promise<Record<string, unknown>> {
       batch: PEER.batch,
       input_size: PEER.inputSize,
       reps: PEER.reps,
-      pytorch: peer.info,
+      pytorch: peers.get(PEER.batch)!.info,
       cases,
     };
   } catch (error) {
     return { error: `the PyTorch peer failed: ${(error as Error).message.split('\n')[0]}` };
   } finally {
-    peer?.close();
+    for (const peer of peers.values()) peer.close();
     optimizer.dispose();
     model.dispose();
-    E.dispose([x, target]);
+    E.dispose([x, single, target]);
   }
 }
 
