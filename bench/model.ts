@@ -127,12 +127,14 @@ function measure(c: Case, precision: E.Precision): Result {
 const PEER = { batch: 64, inputSize: 128, warmup: 1, reps: quick ? 5 : 7 };
 /**
  * Batches of 64, forward and training step; and a single image's forward pass, what one classification waits for,
- * where fixed costs per layer rather than arithmetic set the time.
+ * where fixed costs per layer rather than arithmetic set the time. A single image's pass settles only after tens of
+ * repetitions (about 12 ms after 20 here, 8.5 after 200): it warms up longer and is repeated more.
  */
+const SINGLE = { batch: 1, warmup: 30, reps: quick ? 15 : 31 };
 const PEER_CASES = [
-  ...['forward', 'train'].flatMap((kind) => PRECISIONS.map((precision) => ({ kind, precision, batch: PEER.batch }))),
-  ...PRECISIONS.map((precision) => ({ kind: 'forward', precision, batch: 1 })),
-] as { kind: 'forward' | 'train'; precision: E.Precision; batch: number }[];
+  ...['forward', 'train'].flatMap((kind) => PRECISIONS.map((precision) => ({ kind, precision, ...PEER }))),
+  ...PRECISIONS.map((precision) => ({ kind: 'forward', precision, ...SINGLE })),
+] as { kind: 'forward' | 'train'; precision: E.Precision; batch: number; warmup: number; reps: number }[];
 
 interface PeerCase {
   precision: E.Precision;
@@ -203,7 +205,7 @@ async function comparePeer(): Promise<Record<string, unknown>> {
   const peers = new Map<number, Awaited<ReturnType<typeof startPeer>>>();
   try {
     const cases: Record<string, PeerCase> = {};
-    for (const { kind, precision, batch } of PEER_CASES) {
+    for (const { kind, precision, batch, warmup, reps } of PEER_CASES) {
       if (!peers.has(batch)) peers.set(batch, await startPeer(params, batch));
       const peer = peers.get(batch)!;
       const command = `${kind} ${precision}`;
@@ -218,8 +220,8 @@ async function comparePeer(): Promise<Record<string, unknown>> {
       };
       const order = Object.keys(sides) as (keyof typeof sides)[];
       const times: Record<keyof typeof sides, number[]> = { hemato: [], pytorch: [], pytorch_nchw: [] };
-      for (let i = 0; i < PEER.warmup; i++) for (const side of order) await sides[side]();
-      for (let rep = 0; rep < PEER.reps; rep++) {
+      for (let i = 0; i < warmup; i++) for (const side of order) await sides[side]();
+      for (let rep = 0; rep < reps; rep++) {
         // Rotate which side goes first, so that none always inherits another's cache state.
         for (let k = 0; k < order.length; k++) {
           const side = order[(rep + k) % order.length];
