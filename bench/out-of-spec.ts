@@ -3,8 +3,9 @@
 //   negatives (must be flagged): 3×3 montages, empty background, red-cell-only corners, rendered text, uniform noise;
 //   rescaled cells (×0.33 and ×3): must be classified correctly or flagged.
 // Reports the flagged-or-correct share, the flag rate per kind, the uncertain rate on the unaltered images and the
-// detector's AUROC between unaltered images and negatives, all together and kind by kind. The last line on stdout
-// is one JSON document.
+// detector's AUROC between unaltered images and negatives, all together and kind by kind; and the same for the
+// out-of-spec score the flag acts on: the detector's distance, or the highest score where the image fails the
+// one-cell check (flagged `no-single-cell` whatever its distance). The last line on stdout is one JSON document.
 import path from 'node:path';
 import sharp from 'sharp';
 import { loadClassifier } from '../src/api/classifier.js';
@@ -84,7 +85,7 @@ async function main(): Promise<void> {
     cases.push({ kind: 'rescaled-3', image: await resizeRgb(image, image.width * 3, image.height * 3), label: chosen[i].label });
   }
   log(`${cases.length} cases from ${originals.length} validation images`);
-  const outcome = new Map<Kind, { n: number; flagged: number; correct: number; handled: number; distances: number[] }>();
+  const outcome = new Map<Kind, { n: number; flagged: number; correct: number; handled: number; distances: number[]; scores: number[] }>();
   for (let start = 0; start < cases.length; start += 32) {
     const batch = cases.slice(start, start + 32);
     // Read as classification reads them, second look included.
@@ -94,15 +95,19 @@ async function main(): Promise<void> {
     batch.forEach((c, i) => {
       const row = Array.from(probs.subarray(i * k, (i + 1) * k));
       const best = row.indexOf(Math.max(...row));
-      const reasons = classifier.reasons(row[best], prepared[i].scale, distances?.[i], prepared[i].measures ? showsOneCell(prepared[i].measures) : undefined);
-      const entry = outcome.get(c.kind) ?? { n: 0, flagged: 0, correct: 0, handled: 0, distances: [] };
+      const oneCell = prepared[i].measures ? showsOneCell(prepared[i].measures) : undefined;
+      const reasons = classifier.reasons(row[best], prepared[i].scale, distances?.[i], oneCell);
+      const entry = outcome.get(c.kind) ?? { n: 0, flagged: 0, correct: 0, handled: 0, distances: [], scores: [] };
       entry.n++;
       if (reasons.length) entry.flagged++;
       const correct = c.label !== null && classifier.classes[best] === c.label;
       if (correct) entry.correct++;
       // A negative is handled when flagged; a rescaled cell when flagged or classified correctly.
       if (reasons.length || (correct && !NEGATIVES.includes(c.kind))) entry.handled++;
-      if (distances) entry.distances.push(distances[i]);
+      if (distances) {
+        entry.distances.push(distances[i]);
+        entry.scores.push(oneCell === false ? Number.MAX_VALUE : distances[i]);
+      }
       outcome.set(c.kind, entry);
     });
     log(`${Math.min(cases.length, start + 32)}/${cases.length}`);
@@ -113,8 +118,17 @@ async function main(): Promise<void> {
   const altered = [...outcome].filter(([kind]) => kind !== 'original').map(([, e]) => e);
   const good = altered.reduce((sum, e) => sum + e.handled, 0);
   const total = altered.reduce((sum, e) => sum + e.n, 0);
-  const inliers = outcome.get('original')!.distances;
-  const outliers = NEGATIVES.flatMap((kind) => outcome.get(kind)!.distances);
+  const separation = (values: 'distances' | 'scores') => {
+    const inliers = outcome.get('original')![values];
+    return {
+      all: auroc(
+        inliers,
+        NEGATIVES.flatMap((kind) => outcome.get(kind)![values]),
+      ),
+      byKind: Object.fromEntries(NEGATIVES.map((kind) => [kind, auroc(inliers, outcome.get(kind)![values])])),
+    };
+  };
+  const [detector, outOfSpec] = classifier.ood ? [separation('distances'), separation('scores')] : [null, null];
   console.log(
     JSON.stringify({
       bench: 'out-of-spec',
@@ -124,8 +138,10 @@ async function main(): Promise<void> {
       flagged_or_correct: good / total,
       uncertain_original: byKind.original.flagged,
       accuracy_original: byKind.original.accuracy,
-      ood_auroc: classifier.ood ? auroc(inliers, outliers) : null,
-      ood_auroc_by_kind: classifier.ood ? Object.fromEntries(NEGATIVES.map((kind) => [kind, auroc(inliers, outcome.get(kind)!.distances)])) : null,
+      ood_auroc: detector?.all ?? null,
+      ood_auroc_by_kind: detector?.byKind ?? null,
+      out_of_spec_auroc: outOfSpec?.all ?? null,
+      out_of_spec_auroc_by_kind: outOfSpec?.byKind ?? null,
       by_kind: byKind,
     }),
   );
