@@ -140,7 +140,7 @@ test('a much paler stain hides the nucleus from the measurement; with the traini
   }
 });
 
-test('without red cells the nucleus sets the scale only in a tight crop or when larger than nearly any at the training scale', () => {
+test('without red cells, arcs of cut ones set the scale where the nucleus is enlarged, the nucleus itself only in a tight crop or when larger than nearly any at the training scale', () => {
   const measures = (nucleusExtent: number | null, tightCrop = false): CellMeasures => ({
     rbcDiameter: null,
     redCells: 0,
@@ -159,12 +159,18 @@ test('without red cells the nucleus sets the scale only in a tight crop or when 
   assert.equal(enlarged.factor, 0.5);
   assert.ok(Math.abs(enlarged.um_per_px! - (7.5 / 73) * 0.5) < 1e-12);
   assert.equal(chooseScale(reference, measures(180, true)).source, 'white-cell', 'a tight crop');
-  // Red cells, where there are some, always win; short arcs of them only over the nucleus, which needs the cell type.
+  // Red cells, where there are some, always win; short arcs of them over the nucleus, which needs the cell type.
   assert.equal(chooseScale(reference, { ...measures(228), rbcDiameter: 146, redCells: 3 }).source, 'red-cells');
   const arcs = chooseScale(reference, { ...measures(228), arcDiameter: 219 });
   assert.equal(arcs.source, 'red-cells');
   assert.ok(Math.abs(arcs.factor - 73 / 219) < 1e-12, `factor ${arcs.factor}`);
   assert.deepEqual(chooseScale(reference, { ...measures(120), arcDiameter: 219 }), { source: 'none', um_per_px: null, factor: 1 }, 'arcs alone');
+  // A field enlarged 1.5 times: its nucleus (1.3 times the reference's) is not past what PBC shows, but enough to
+  // trust the arcs; no nucleus, no arcs.
+  const arcsAtOneAndAHalf = chooseScale(reference, { ...measures(150), arcDiameter: 110 });
+  assert.equal(arcsAtOneAndAHalf.source, 'red-cells');
+  assert.ok(Math.abs(arcsAtOneAndAHalf.factor - 73 / 110) < 1e-12, `factor ${arcsAtOneAndAHalf.factor}`);
+  assert.deepEqual(chooseScale(reference, { ...measures(null), arcDiameter: 110 }), { source: 'none', um_per_px: null, factor: 1 }, 'no nucleus');
 });
 
 test('one white cell: a nucleus near the centre passes; none, one cut off at the edge, or many do not', () => {
