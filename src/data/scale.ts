@@ -85,7 +85,7 @@ function measureAtFullSize(image: RgbImage, measureRedCells: boolean): CellMeasu
   const background = backgroundColour(image);
   const bgLum = Math.max(1, luma(background[0], background[1], background[2]));
   // Darkness relative to the background: 0 on the background, about 0.2–0.4 on red cells, over 0.45 on nuclei.
-  const darkness = new Float32Array(n);
+  const darkness = measureRedCells ? new Float32Array(n) : null;
   // Nuclei absorb most in green and are bluer than red cells: a purple/blue, dark pixel.
   const nucleus = new Uint8Array(n);
   const bgGreen = Math.max(1, background[1]);
@@ -93,12 +93,12 @@ function measureAtFullSize(image: RgbImage, measureRedCells: boolean): CellMeasu
     const r = data[p];
     const g = data[p + 1];
     const b = data[p + 2];
-    darkness[i] = 1 - luma(r, g, b) / bgLum;
+    if (darkness) darkness[i] = 1 - luma(r, g, b) / bgLum;
     nucleus[i] = 1 - g / bgGreen > 0.45 && b > r * 0.9 ? 1 : 0;
   }
   const { extent, blobs } = nucleusExtent(nucleus, width, height);
   return {
-    ...(measureRedCells ? redCellMeasures(darkness, nucleus, width, height) : { rbcDiameter: null, redCells: 0, arcDiameter: null }),
+    ...(darkness ? redCellMeasures(darkness, nucleus, width, height) : { rbcDiameter: null, redCells: 0, arcDiameter: null }),
     nucleusExtent: extent,
     nuclei: blobs,
     tightCrop: extent !== null && extent >= TIGHT_CROP * Math.min(width, height),
@@ -229,10 +229,7 @@ interface Component {
   pixels: Int32Array;
 }
 
-/**
- * 4-connected components of a binary mask, by a stack-based flood fill. Each stacked pixel carries its coordinates
- * with it: deriving them from the index costs two divisions per pixel, most of the fill's time.
- */
+/** 4-connected components of a binary mask, by a stack-based flood fill whose pixels carry their coordinates. */
 function components(mask: Uint8Array, width: number, height: number): Component[] {
   const label = new Int32Array(mask.length);
   const stack = new Int32Array(mask.length);
