@@ -124,11 +124,12 @@ test('robust augmentation: zooming out fills with the background colour (no refl
     const at = c * size * size + centre;
     assert.ok(paler[at] > pixels[at] && darker[at] < pixels[at], `channel ${c}: ${paler[at]} > ${pixels[at]} > ${darker[at]}`);
   }
-  // shiftShare: the images left out of the zoom, stain, temperature, hue, saturation, resolution, blur and noise
+  // shiftShare: the images left out of the zoom, frame, stain, temperature, hue, saturation, resolution, blur and noise
   // changes stay as they were.
   const shifts = {
     ...NO_AUGMENT,
     scale: [0.5, 0.6] as [number, number],
+    frame: [0.4, 0.6] as [number, number],
     stain: 0.5,
     temperature: 0.1,
     hue: 0.1,
@@ -145,6 +146,44 @@ test('robust augmentation: zooming out fills with the background colour (no refl
   const kept = Array.from({ length: 16 }, (_, i) => some.subarray(i * image, (i + 1) * image).every((v, k) => v === pixels[k])).filter(Boolean).length;
   assert.ok(kept >= 3 && kept <= 13, `about half of 16 images kept as they were: ${kept}`);
   E.dispose([x, zoomedOut, unchanged, batch, none]);
+});
+
+test('robust augmentation: a frame fills all but a centred square with the background; a side of 1 changes nothing', () => {
+  const size = 32;
+  // A cream background, a dark cell in the middle and dark specks near the corners (red cells, say).
+  const cream = [0.9, 0.8, 0.7];
+  const pixels = new Float32Array(3 * size * size);
+  for (let c = 0; c < 3; c++)
+    for (let y = 0; y < size; y++)
+      for (let x = 0; x < size; x++) {
+        const cell = Math.hypot(x - 15.5, y - 15.5) < 6;
+        const speck = (x < 4 || x >= 28) && (y < 4 || y >= 28);
+        pixels[(c * size + y) * size + x] = cell || speck ? 0.3 : cream[c];
+      }
+  const x = E.tensor(pixels, [1, 3, size, size]);
+  const whole = augmentBatch(x, { ...NO_AUGMENT, frame: [1, 1.5] }, seededRandom(1));
+  assert.deepEqual(whole.data(), x.data());
+  const framed = augmentBatch(x, { ...NO_AUGMENT, frame: [0.5, 0.5] }, seededRandom(1)).data() as Float32Array;
+  for (let c = 0; c < 3; c++) {
+    const at = (y: number, x: number) => (c * size + y) * size + x;
+    // The square's side is half the field: rows and columns 8 to 23 stay as they were, the rest is background.
+    for (const [y, x] of [
+      [8, 8],
+      [15, 15],
+      [23, 23],
+      [8, 23],
+    ])
+      assert.equal(framed[at(y, x)], pixels[at(y, x)], `inside (${y}, ${x})`);
+    for (const [y, x] of [
+      [0, 0],
+      [2, 30],
+      [31, 31],
+      [15, 7],
+      [24, 15],
+    ])
+      assert.ok(Math.abs(framed[at(y, x)] - cream[c]) < 1e-5, `outside (${y}, ${x}): ${framed[at(y, x)]}`);
+  }
+  E.dispose([x, whole]);
 });
 
 test('robust augmentation: lower resolution smooths fine detail and keeps flat areas; a factor of 1 changes nothing', () => {

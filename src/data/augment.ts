@@ -4,8 +4,8 @@
 // Geometry (flips, 90° rotations, random resized crops, zoom) is one affine map per image and one grid-sample
 // call, filling what lies outside with the image's background colour as scale normalisation does; colour
 // (brightness, saturation, hue) is one 3×3 matrix per image, then contrast about each image's mean grey. What other
-// labs' images differ in follows: stain strength in haematoxylin–eosin space, colour temperature, resolution, blur
-// and noise.
+// labs' images differ in follows: a tight frame about the cell, stain strength in haematoxylin–eosin space, colour
+// temperature, resolution, blur and noise.
 import * as E from '../engine/index.js';
 
 export interface AugmentConfig {
@@ -23,6 +23,12 @@ export interface AugmentConfig {
   /** Zoom about the centre, drawn log-uniformly from [lo, hi] (below 1 the cell shrinks in its background); null: none. */
   scale?: [number, number] | null;
   /**
+   * A tight frame: all but a centred square, its side drawn uniformly from [lo, hi] as a fraction of the field, is
+   * filled with the background colour, as a tight crop or an enlarged field brought back to scale shows the cell (a
+   * side of 1 or more leaves the field whole); null or absent: none.
+   */
+  frame?: [number, number] | null;
+  /**
    * HED jitter of each stain's optical density (haematoxylin, eosin): x draws each factor from [1 − x, 1 + x],
    * [lo, hi] from that range (a stain step that caps the darkest stains at inference makes the paler side the one to cover).
    */
@@ -39,7 +45,7 @@ export interface AugmentConfig {
   /** Maximum standard deviation of additive Gaussian noise (intensity in [0, 1]). */
   noise?: number;
   /**
-   * The share of images that get the zoom, stain, temperature, hue, saturation, resolution, blur and noise changes
+   * The share of images that get the zoom, frame, stain, temperature, hue, saturation, resolution, blur and noise changes
    * (absent: 1, all of them); the rest keep the training images' own scale and look, which a fine-tune towards
    * robustness needs to keep its accuracy on them.
    */
@@ -71,6 +77,7 @@ export const NO_AUGMENT: AugmentConfig = {
   saturation: 0,
   hue: 0,
   scale: null,
+  frame: null,
   stain: 0,
   temperature: 0,
   blur: 0,
@@ -99,11 +106,12 @@ export function augmentBatch(x: E.Tensor, config: AugmentConfig, randomness: Aug
   const random = drawsOf(randomness, x.shape[0]);
   return E.tidy(() => {
     let out = x;
-    const background = config.scale || config.stain ? backgroundOf(x) : null;
-    // The zoom, stain, temperature, hue, saturation, resolution, blur and noise changes reach only the share of
+    const background = config.scale || config.frame || config.stain ? backgroundOf(x) : null;
+    // The zoom, frame, stain, temperature, hue, saturation, resolution, blur and noise changes reach only the share of
     // images chosen for them.
     const shifted = chooseShifted(config.shiftShare ?? 1, random);
     if (config.hflip || config.vflip || config.rot90 || config.crop || config.scale) out = augmentGeometry(out, config, random, shifted, background);
+    if (config.frame) out = augmentFrame(out, config.frame, random, shifted, background!);
     const shiftedOnly = keepUnshifted(x.shape[0], shifted, deviceOf(x));
     if (config.stain || config.temperature) {
       let changed = out;
@@ -205,6 +213,32 @@ function augmentGeometry(x: E.Tensor, config: AugmentConfig, draws: Draws, shift
   if (!background) return E.F.gridSample(x, grid, { padding: 'reflection' });
   // Sampled about the background, zeros outside: what lies beyond the image becomes the background colour.
   return E.F.gridSample(x.sub(background), grid, { padding: 'zeros' }).add(background);
+}
+
+/** The background colour outside a centred square of each shifted image, its side a fraction drawn from [lo, hi]. */
+function augmentFrame(x: E.Tensor, [lo, hi]: [number, number], draws: Draws, shifted: Shifted, background: E.Tensor): E.Tensor {
+  const [n, , h, w] = x.shape;
+  // Inside the square: the outer product of a row and a column mask per image.
+  const rows = new Float32Array(n * h).fill(1);
+  const columns = new Float32Array(n * w).fill(1);
+  const inside = (mask: Float32Array, i: number, length: number, side: number) => {
+    const first = Math.round((length * (1 - side)) / 2);
+    for (let k = 0; k < length; k++) mask[i * length + k] = k >= first && k < length - first ? 1 : 0;
+  };
+  for (let i = 0; i < n; i++) {
+    if (!shifted(i)) continue;
+    const side = uniform(draws(i), lo, hi);
+    if (side >= 1) continue;
+    inside(rows, i, h, side);
+    inside(columns, i, w, side);
+  }
+  const device = deviceOf(x);
+  const outside = E.tensor(rows, [n, 1, h, 1], { device })
+    .mul(E.tensor(columns, [n, 1, 1, w], { device }))
+    .neg()
+    .add(1);
+  // Added where outside is 1 and nothing elsewhere, so that the rest of the image stays exactly as it was.
+  return x.add(background.sub(x).mul(outside));
 }
 
 // Ruifrok & Johnston's optical-density vectors of haematoxylin, eosin and DAB (rows), and their inverse.

@@ -207,6 +207,7 @@ const SCHEMA = group({
     saturation: fraction,
     hue: number('a number from 0 to 0.5 (a fraction of a full turn)', (n) => n >= 0 && n <= 0.5),
     scale: optional(orNull(range('zoom factors', 4))),
+    frame: optional(orNull(range('frame sides (fractions of the field)', 2))),
     stain: optional(either(fraction, range('stain factors', 3))),
     temperature: optional(fraction),
     blur: optional(number('a blur sigma from 0 to 4 model pixels', (n) => n >= 0 && n <= 4)),
