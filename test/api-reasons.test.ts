@@ -12,7 +12,7 @@ import { PBC_CLASSES } from '../src/data/dataset.js';
 import { readImageFile, type RgbImage } from '../src/data/image.js';
 import type { StainRange } from '../src/data/stain.js';
 import { scoreItems } from '../src/api/evaluate.js';
-import { stain } from '../src/eval/shifts.js';
+import { magnify, stain } from '../src/eval/shifts.js';
 import { loadModel, type OodInfo, saveModel } from '../src/models/io.js';
 import { createModel } from '../src/models/index.js';
 
@@ -164,6 +164,43 @@ test('second look: a pale image read as a platelet field is read again where the
     assert.ok(!answer.reasons.includes('out-of-distribution'));
     const { logits } = await classifier.read([asGiven], () => pale);
     assert.deepEqual(Array.from(logits), Array.from(classifier.score([taken ? raised.image : asGiven.image]).logits));
+    classifier.dispose();
+  }
+});
+
+test('second look: a platelet reading of an image without a scale, not pale, is read with its undersized nucleus setting the scale, if closer', async () => {
+  // A darker-stained basophil shown at half its size, without a red cell to measure: nothing to raise, and a
+  // nucleus about half the reference's.
+  const halved = await magnify(stain(await readImageFile(path.join(PBC, 'basophil/BA_661119.jpg')), 1.3), 0.5);
+  const options = { device: 'cpu', precision: 'fp32' } as const;
+  const probe = await loadClassifier(await modelFile({ threshold: 1e9 }, STAIN, 'platelet'), options);
+  const [asGiven, raised, rescaled] = [
+    await probe.prepare(halved),
+    await probe.prepare(halved, { raisePaleStain: true }),
+    await probe.prepare(halved, { undersizedNucleusScale: true }),
+  ];
+  assert.equal(asGiven.scale.source, 'none');
+  assert.deepEqual(raised.image.data, asGiven.image.data, 'not paler than the typical stain');
+  assert.equal(rescaled.scale.source, 'white-cell');
+  assert.ok(rescaled.scale.factor > 1.6, `factor ${rescaled.scale.factor}`);
+  const [first, second] = [probe.score([asGiven.image]), probe.score([rescaled.image])];
+  probe.dispose();
+  // The detector centred a fraction t of the way from the first reading's features to the second's: the second is
+  // closer by ((1 − t) / t)², 0.67 at t = 0.55 and 1.49 (farther) at t = 0.45.
+  const between = (t: number) => first.features.map((v, i) => v + t * (second.features[i] - v));
+  const cases = [
+    { readsAs: 'platelet', centre: between(1), taken: true },
+    { readsAs: 'platelet', centre: between(0.55), taken: true },
+    { readsAs: 'platelet', centre: between(0.45), taken: false },
+    { readsAs: 'basophil', centre: between(1), taken: false },
+  ];
+  for (const { readsAs, centre, taken } of cases) {
+    const means = new Float32Array(8 * centre.length);
+    for (let c = 0; c < 8; c++) means.set(centre, c * centre.length);
+    const classifier = await loadClassifier(await modelFile({ threshold: 1e9, means }, STAIN, readsAs), options);
+    const answer = classified((await classifier.classifyBatch([halved]))[0]);
+    assert.equal(answer.scale.source, taken ? 'white-cell' : 'none', `read as ${readsAs}, the rescaled reading ${taken ? 'taken' : 'not taken'}`);
+    assert.equal(answer.stain, 'recipe');
     classifier.dispose();
   }
 });

@@ -171,6 +171,17 @@ test('without red cells, arcs of cut ones set the scale where the nucleus is enl
   assert.equal(arcsAtOneAndAHalf.source, 'red-cells');
   assert.ok(Math.abs(arcsAtOneAndAHalf.factor - 73 / 110) < 1e-12, `factor ${arcsAtOneAndAHalf.factor}`);
   assert.deepEqual(chooseScale(reference, { ...measures(null), arcDiameter: 110 }), { source: 'none', um_per_px: null, factor: 1 }, 'no nucleus');
+  // A field shown at half size: its nucleus (half the reference's) sets the scale only when asked (the classifier's
+  // second look at a platelet reading), since an erythroblast's or a platelet field's can be as small.
+  assert.deepEqual(chooseScale(reference, measures(57)), { source: 'none', um_per_px: null, factor: 1 });
+  const halved = chooseScale(reference, measures(57), undefined, { undersizedNucleus: true });
+  assert.equal(halved.source, 'white-cell');
+  assert.equal(halved.factor, 2);
+  assert.deepEqual(
+    chooseScale(reference, measures(80), undefined, { undersizedNucleus: true }),
+    { source: 'none', um_per_px: null, factor: 1 },
+    'above the bar',
+  );
 });
 
 test('one white cell: a nucleus near the centre passes; none, one cut off at the edge, or many do not', () => {

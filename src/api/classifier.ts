@@ -243,13 +243,13 @@ export class Classifier {
    * Decodes (when needed) and brings one image to the model's input, exactly as training did; or, with
    * `raisePaleStain`, as the second look does.
    */
-  async prepare(input: ImageInput, options: { raisePaleStain?: boolean } = {}): Promise<PreparedInput> {
+  async prepare(input: ImageInput, options: { raisePaleStain?: boolean; undersizedNucleusScale?: boolean } = {}): Promise<PreparedInput> {
     checkInput(input);
     const decoding = { maxPixels: this.maxPixels };
     const image: DecodedImage =
       typeof input === 'string' ? await readImageFile(input, decoding) : input instanceof Uint8Array ? await decodeImage(input, decoding) : input;
     const prepared = await withPixelBudget(image.width * image.height, () =>
-      prepareImage(image, this.recipe, { pixelSize: this.pixelSize, measure: true, raisePaleStain: options.raisePaleStain }),
+      prepareImage(image, this.recipe, { pixelSize: this.pixelSize, measure: true, ...options }),
     );
     return { ...prepared, warnings: image.warnings ?? [] };
   }
@@ -261,7 +261,9 @@ export class Classifier {
    * closer to the training images (for a nucleus-free reading, by NUCLEUS_FREE_CLOSER), its logits replace the
    * first. Another lab's paler stain hides nuclei from the scale estimate and makes white cells look like the
    * training set's palest classes; raising every pale image instead would darken PBC's own platelets, which the
-   * detector passes (docs/other-scanners.md). Models without a detector or a typical stain take one look.
+   * detector passes (docs/other-scanners.md). A nucleus-free reading of an image without a scale is also read with
+   * an undersized nucleus setting the scale, taken where the detector finds it closer; of two second readings under
+   * their bars, the closer. Models without a detector or a typical stain take one look.
    */
   async read(prepared: PreparedInput[], input: (i: number) => ImageInput | Promise<ImageInput>, options: { pooling?: OodPooling } = {}): Promise<Reading> {
     const first = this.score(
@@ -283,11 +285,20 @@ export class Classifier {
     const looks = (
       await mapLimit(candidates, PREPARE_CONCURRENCY, async (i) => {
         // An image that cannot be read again (a file removed meanwhile) keeps its first reading.
-        const again = await Promise.resolve(input(i))
-          .then((image) => this.prepare(image, { raisePaleStain: true }))
-          .catch(() => null);
-        // An image the raise leaves as it was (its stain not paler than the typical one) keeps its first reading.
-        return again && !sameImage(again.image, prepared[i].image) ? [{ i, again }] : [];
+        const again = (how: { raisePaleStain?: boolean; undersizedNucleusScale?: boolean }) =>
+          Promise.resolve(input(i))
+            .then((image) => this.prepare(image, how))
+            .catch(() => null);
+        const changed = (look: PreparedInput | null): look is PreparedInput => look !== null && !sameImage(look.image, prepared[i].image);
+        const raised = await again({ raisePaleStain: true });
+        const found = changed(raised) ? [{ i, again: raised, bar: bar(i)! }] : [];
+        // A platelet reading without a scale may be a white cell shown at half its size, which an undersized
+        // nucleus reveals; read at the nucleus's scale, it must simply be closer.
+        if (nucleusFree.includes(readAs[i]) && prepared[i].scale.source === 'none') {
+          const rescaled = await again({ undersizedNucleusScale: true });
+          if (changed(rescaled)) found.push({ i, again: rescaled, bar: first.distances![i] });
+        }
+        return found;
       })
     ).flat();
     if (looks.length === 0) return { ...first, prepared };
@@ -295,15 +306,21 @@ export class Classifier {
       looks.map((l) => l.again.image),
       options,
     );
-    // The raised image is read only where it looks more like the training images than the image as given. The
+    // The second image is read only where it looks more like the training images than the image as given. The
     // second look changes the label and the scale it was read at, never what flags the image as given: its
     // distance, features and cell count stay (raised, a field of red cells alone can pass for a white cell).
-    const reading = { ...first, logits: first.logits.slice(), prepared: [...prepared] };
-    looks.forEach(({ i, again }, row) => {
-      if (!(second.distances![row] < bar(i)!)) return;
-      reading.logits.set(second.logits.subarray(row * k, (row + 1) * k), i * k);
-      reading.prepared[i] = { ...again, measures: prepared[i].measures };
+    // Of an image's second readings under their bars, the closest is taken.
+    const taken = new Map<number, number>();
+    looks.forEach(({ i, bar }, row) => {
+      const distance = second.distances![row];
+      const best = taken.get(i);
+      if (distance < bar && (best === undefined || distance < second.distances![best])) taken.set(i, row);
     });
+    const reading = { ...first, logits: first.logits.slice(), prepared: [...prepared] };
+    for (const [i, row] of taken) {
+      reading.logits.set(second.logits.subarray(row * k, (row + 1) * k), i * k);
+      reading.prepared[i] = { ...looks[row].again, measures: prepared[i].measures };
+    }
     return reading;
   }
 

@@ -83,6 +83,11 @@ export interface PrepareOptions {
    * measurements and the model alike: the classifier's second look at an out-of-distribution image.
    */
   raisePaleStain?: boolean;
+  /**
+   * Let an undersized nucleus set the scale where no red cell does: the classifier's second look at an image read
+   * as a platelet field, which a white cell shown at half its size resembles.
+   */
+  undersizedNucleusScale?: boolean;
 }
 
 /** Validates a recipe read from a model file or a pack, with one message per problem. */
@@ -133,13 +138,25 @@ const OVERSIZED_NUCLEUS = 1.65;
  * 10 %; with no bar, tight crops lost 79 (their corners' arcs misjudge the scale), with this one 3.
  */
 const ENLARGED_NUCLEUS = 1.2;
+/**
+ * A nucleus narrower than this many times the training images' median is smaller than nearly any white cell's at
+ * their scale, but not than every erythroblast's or a platelet field's (PBC *select*: 5th percentiles 0.73 for
+ * neutrophils and 0.67 for lymphocytes, against 0.44 for erythroblasts; platelet fields' median 0.42). So it sets
+ * the scale only when asked (PrepareOptions.undersizedNucleusScale).
+ */
+const UNDERSIZED_NUCLEUS = 0.6;
 
 /**
  * The scale to apply: the user's pixel size, else the red cells, else (in a tight crop, or where the nucleus is
- * enlarged) short arcs of red cells cut by the edge, else (in a tight crop, or where the nucleus is oversized) the
- * white cell's nucleus, else none.
+ * enlarged) short arcs of red cells cut by the edge, else (in a tight crop, or where the nucleus is oversized, or
+ * undersized when `undersizedNucleus` says so) the white cell's nucleus, else none.
  */
-export function chooseScale(reference: ReferenceScale | null, measures: CellMeasures | null, pixelSize?: number): ScaleReport {
+export function chooseScale(
+  reference: ReferenceScale | null,
+  measures: CellMeasures | null,
+  pixelSize?: number,
+  { undersizedNucleus = false } = {},
+): ScaleReport {
   if (!reference) return { source: 'none', um_per_px: pixelSize ?? null, factor: 1 };
   const referenceUm = reference.rbcDiameterUm / reference.rbcDiameter;
   const clamp = (f: number) => Math.min(FACTOR_LIMITS[1], Math.max(FACTOR_LIMITS[0], f));
@@ -153,11 +170,13 @@ export function chooseScale(reference: ReferenceScale | null, measures: CellMeas
   // Short arcs of red cells misjudge crowded fields and the corners of tight crops, so they are trusted only where
   // the nucleus, too, says the field is enlarged or cropped. The nucleus's own size depends on the cell type, so it
   // stands in for red cells only where nothing else can: in a tight crop, or where it is larger than nearly any at
-  // the training scale. Elsewhere a missing red-cell estimate leaves the file's scale as it is.
+  // the training scale, or (when asked) smaller. Elsewhere a missing red-cell estimate leaves the file's scale as it
+  // is.
   const extent = measures?.nucleusExtent;
   if (!extent) return { source: 'none', um_per_px: null, factor: 1 };
   if (measures.arcDiameter && (measures.tightCrop || extent > ENLARGED_NUCLEUS * reference.nucleusExtent)) return fromRedCells(measures.arcDiameter);
-  if (measures.tightCrop || extent > OVERSIZED_NUCLEUS * reference.nucleusExtent) {
+  const undersized = undersizedNucleus && extent < UNDERSIZED_NUCLEUS * reference.nucleusExtent;
+  if (measures.tightCrop || extent > OVERSIZED_NUCLEUS * reference.nucleusExtent || undersized) {
     const factor = clamp(reference.nucleusExtent / extent);
     return { source: 'white-cell', um_per_px: referenceUm * factor, factor };
   }
@@ -176,7 +195,7 @@ export async function prepareImage(image: RgbImage, recipe: InputRecipe, options
   const stain = raised ?? recipe.stain;
   const measures =
     options.measure || recipe.scale !== null || recipe.background !== null ? measureCells(image, raised, { redCells: recipe.scale !== null }) : null;
-  const scale = chooseScale(recipe.scale, measures, options.pixelSize);
+  const scale = chooseScale(recipe.scale, measures, options.pixelSize, { undersizedNucleus: options.undersizedNucleusScale });
   const fill = measures?.background ?? [255, 255, 255];
   const field = recipe.geometry.field === null ? null : Math.max(1, Math.round(recipe.geometry.field / scale.factor));
   let prepared = await resizeRgb(cropToField(image, field, fill), recipe.geometry.size);
