@@ -140,25 +140,35 @@ test('fitDetector: statistics from training images, a threshold that flags the c
   fitted.dispose();
 });
 
+const FP32 = { device: 'cpu', precision: 'fp32' } as const;
+
+/**
+ * Features part of the way (t) from one reading's to another's: a detector centred there passes both, and finds the
+ * second closer than the first by ((1 − t) / t)².
+ */
+const between = (from: Float32Array, to: Float32Array, t: number) => from.map((v, i) => v + t * (to[i] - v));
+
+/** A classifier that reads every image as `readsAs`, with a detector centred on `centre` that passes everything. */
+async function centredClassifier(centre: Float32Array, readsAs: string) {
+  const means = new Float32Array(8 * centre.length);
+  for (let c = 0; c < 8; c++) means.set(centre, c * centre.length);
+  return loadClassifier(await modelFile({ threshold: 1e9, means }, STAIN, readsAs), FP32);
+}
+
 test('second look: a pale image read as a platelet field is read again where the detector passes it, if the raised image is twice as close', async () => {
   const pale = stain(await readImageFile(path.join(PBC, 'neutrophil/BNE_101082.jpg')), 0.4);
-  const options = { device: 'cpu', precision: 'fp32' } as const;
-  const probe = await loadClassifier(await modelFile({ threshold: 1e9 }, STAIN, 'platelet'), options);
+  const probe = await loadClassifier(await modelFile({ threshold: 1e9 }, STAIN, 'platelet'), FP32);
   const [asGiven, raised] = [await probe.prepare(pale), await probe.prepare(pale, { raisePaleStain: true })];
   const [first, second] = [probe.score([asGiven.image]), probe.score([raised.image])];
   probe.dispose();
-  // A detector centred between the two readings' features, a fraction t of the way to the raised one, passes both
-  // and finds the raised one closer by a factor ((1 − t) / t)²: 0 at t = 1, 0.67 at t = 0.55.
-  const between = (t: number) => first.features.map((v, i) => v + t * (second.features[i] - v));
+  // The raised reading closer by a factor 0 (t = 1) or 0.67 (t = 0.55).
   const cases = [
-    { readsAs: 'platelet', centre: between(1), taken: true },
-    { readsAs: 'platelet', centre: between(0.55), taken: false },
-    { readsAs: 'lymphocyte', centre: between(1), taken: false },
+    { readsAs: 'platelet', t: 1, taken: true },
+    { readsAs: 'platelet', t: 0.55, taken: false },
+    { readsAs: 'lymphocyte', t: 1, taken: false },
   ];
-  for (const { readsAs, centre, taken } of cases) {
-    const means = new Float32Array(8 * centre.length);
-    for (let c = 0; c < 8; c++) means.set(centre, c * centre.length);
-    const classifier = await loadClassifier(await modelFile({ threshold: 1e9, means }, STAIN, readsAs), options);
+  for (const { readsAs, t, taken } of cases) {
+    const classifier = await centredClassifier(between(first.features, second.features, t), readsAs);
     const answer = classified((await classifier.classifyBatch([pale]))[0]);
     assert.equal(answer.stain, taken ? 'raised' : 'recipe', `read as ${readsAs}, the raised reading ${taken ? 'taken' : 'not taken'}`);
     assert.ok(!answer.reasons.includes('out-of-distribution'));
@@ -172,8 +182,7 @@ test('second look: a platelet reading of an image without a scale, not pale, is 
   // A darker-stained basophil shown at half its size, without a red cell to measure: nothing to raise, and a
   // nucleus about half the reference's.
   const halved = await magnify(stain(await readImageFile(path.join(PBC, 'basophil/BA_661119.jpg')), 1.3), 0.5);
-  const options = { device: 'cpu', precision: 'fp32' } as const;
-  const probe = await loadClassifier(await modelFile({ threshold: 1e9 }, STAIN, 'platelet'), options);
+  const probe = await loadClassifier(await modelFile({ threshold: 1e9 }, STAIN, 'platelet'), FP32);
   const [asGiven, raised, rescaled] = [
     await probe.prepare(halved),
     await probe.prepare(halved, { raisePaleStain: true }),
@@ -185,19 +194,15 @@ test('second look: a platelet reading of an image without a scale, not pale, is 
   assert.ok(rescaled.scale.factor > 1.6, `factor ${rescaled.scale.factor}`);
   const [first, second] = [probe.score([asGiven.image]), probe.score([rescaled.image])];
   probe.dispose();
-  // The detector centred a fraction t of the way from the first reading's features to the second's: the second is
-  // closer by ((1 − t) / t)², 0.67 at t = 0.55 and 1.49 (farther) at t = 0.45.
-  const between = (t: number) => first.features.map((v, i) => v + t * (second.features[i] - v));
+  // The rescaled reading closer by a factor 0 (t = 1) or 0.67 (t = 0.55), or farther by 1.49 (t = 0.45).
   const cases = [
-    { readsAs: 'platelet', centre: between(1), taken: true },
-    { readsAs: 'platelet', centre: between(0.55), taken: true },
-    { readsAs: 'platelet', centre: between(0.45), taken: false },
-    { readsAs: 'basophil', centre: between(1), taken: false },
+    { readsAs: 'platelet', t: 1, taken: true },
+    { readsAs: 'platelet', t: 0.55, taken: true },
+    { readsAs: 'platelet', t: 0.45, taken: false },
+    { readsAs: 'basophil', t: 1, taken: false },
   ];
-  for (const { readsAs, centre, taken } of cases) {
-    const means = new Float32Array(8 * centre.length);
-    for (let c = 0; c < 8; c++) means.set(centre, c * centre.length);
-    const classifier = await loadClassifier(await modelFile({ threshold: 1e9, means }, STAIN, readsAs), options);
+  for (const { readsAs, t, taken } of cases) {
+    const classifier = await centredClassifier(between(first.features, second.features, t), readsAs);
     const answer = classified((await classifier.classifyBatch([halved]))[0]);
     assert.equal(answer.scale.source, taken ? 'white-cell' : 'none', `read as ${readsAs}, the rescaled reading ${taken ? 'taken' : 'not taken'}`);
     assert.equal(answer.stain, 'recipe');
