@@ -210,6 +210,34 @@ test('second look: a platelet reading of an image without a scale, not pale, is 
   }
 });
 
+test('second look: an image read without a scale is read at the scale of the red-cell arcs cut by its edge, if closer', async () => {
+  // An erythroblast's field enlarged twice: no whole red cell is left to measure, and its nucleus is not enlarged
+  // beyond the training range, but the red cells cut by the edge show the scale.
+  const enlarged = await magnify(await readImageFile(path.join(PBC, 'erythroblast/ERB_147344.jpg')), 2);
+  const probe = await loadClassifier(await modelFile({ threshold: 1e9 }, STAIN, 'basophil'), FP32);
+  const [asGiven, atArcs] = [await probe.prepare(enlarged), await probe.prepare(enlarged, { arcScale: true })];
+  assert.equal(asGiven.scale.source, 'none');
+  assert.ok(asGiven.measures?.arcDiameter, 'arcs measured');
+  assert.equal(atArcs.scale.source, 'red-cells');
+  assert.ok(atArcs.scale.factor > 0.4 && atArcs.scale.factor < 0.65, `factor ${atArcs.scale.factor}`);
+  const [first, second] = [probe.score([asGiven.image]), probe.score([atArcs.image])];
+  probe.dispose();
+  // The arcs' reading closer by a factor 0 (t = 1) or 0.67 (t = 0.55), or farther by 1.49 (t = 0.45); any reading.
+  const cases = [
+    { readsAs: 'basophil', t: 1, taken: true },
+    { readsAs: 'basophil', t: 0.55, taken: true },
+    { readsAs: 'basophil', t: 0.45, taken: false },
+  ];
+  for (const { readsAs, t, taken } of cases) {
+    const classifier = await centredClassifier(between(first.features, second.features, t), readsAs);
+    const answer = classified((await classifier.classifyBatch([enlarged]))[0]);
+    assert.equal(answer.scale.source, taken ? 'red-cells' : 'none', `t = ${t}: the arcs' reading ${taken ? 'taken' : 'not taken'}`);
+    const { logits } = await classifier.read([asGiven], () => enlarged);
+    assert.deepEqual(Array.from(logits), Array.from(classifier.score([taken ? atArcs.image : asGiven.image]).logits));
+    classifier.dispose();
+  }
+});
+
 test('second look: an out-of-distribution image paler than the typical training stain is read again with the stain raised', async () => {
   const file = path.join(PBC, 'neutrophil/BNE_101082.jpg');
   const image = await readImageFile(file);

@@ -140,7 +140,7 @@ test('a much paler stain hides the nucleus from the measurement; with the traini
   }
 });
 
-test('without red cells, arcs of cut ones set the scale where the nucleus is enlarged, the nucleus itself only in a tight crop or when larger than nearly any at the training scale', () => {
+test('without red cells, arcs of cut ones set the scale where the nucleus is enlarged or when asked, the nucleus itself only in a tight crop or when larger than nearly any at the training scale', () => {
   const measures = (nucleusExtent: number | null, tightCrop = false): CellMeasures => ({
     rbcDiameter: null,
     redCells: 0,
@@ -182,6 +182,13 @@ test('without red cells, arcs of cut ones set the scale where the nucleus is enl
     { source: 'none', um_per_px: null, factor: 1 },
     'above the bar',
   );
+  // Arcs beside an ordinary nucleus, or with none, set the scale only when asked (the classifier's second look at an
+  // image read without a scale, which the detector judges).
+  for (const extent of [120, null]) {
+    const fromArcs = chooseScale(reference, { ...measures(extent), arcDiameter: 146 }, undefined, { arcs: true });
+    assert.equal(fromArcs.source, 'red-cells', `nucleus ${extent}`);
+    assert.equal(fromArcs.factor, 0.5);
+  }
 });
 
 test('one white cell: a nucleus near the centre passes; none, one cut off at the edge, or many do not', () => {

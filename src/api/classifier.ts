@@ -21,6 +21,7 @@ import {
   type InputRecipe,
   prepareImage,
   type PreparedImage,
+  type PrepareOptions,
   SCALE_RANGE,
   type ScaleReport,
   type StainTreatment,
@@ -100,7 +101,10 @@ export interface PreparedInput extends PreparedImage {
   warnings: string[];
 }
 
-/** Scores of prepared images (Classifier.score) after the second look, and the preparations they come from. */
+/** How a second look prepares an image again (PrepareOptions). */
+type SecondLook = Pick<PrepareOptions, 'raisePaleStain' | 'undersizedNucleusScale' | 'arcScale'>;
+
+/** Scores of prepared images (Classifier.score) after the second looks, and the preparations they come from. */
 export interface Reading {
   logits: Float32Array;
   features: Float32Array;
@@ -243,27 +247,33 @@ export class Classifier {
    * Decodes (when needed) and brings one image to the model's input, exactly as training did; or, with
    * `raisePaleStain`, as the second look does.
    */
-  async prepare(input: ImageInput, options: { raisePaleStain?: boolean; undersizedNucleusScale?: boolean } = {}): Promise<PreparedInput> {
-    checkInput(input);
-    const decoding = { maxPixels: this.maxPixels };
-    const image: DecodedImage =
-      typeof input === 'string' ? await readImageFile(input, decoding) : input instanceof Uint8Array ? await decodeImage(input, decoding) : input;
+  async prepare(input: ImageInput, options: SecondLook = {}): Promise<PreparedInput> {
+    const image = await this.decode(input);
     const prepared = await withPixelBudget(image.width * image.height, () =>
       prepareImage(image, this.recipe, { pixelSize: this.pixelSize, measure: true, ...options }),
     );
     return { ...prepared, warnings: image.warnings ?? [] };
   }
 
+  private async decode(input: ImageInput): Promise<DecodedImage> {
+    checkInput(input);
+    const decoding = { maxPixels: this.maxPixels };
+    return typeof input === 'string' ? readImageFile(input, decoding) : input instanceof Uint8Array ? decodeImage(input, decoding) : input;
+  }
+
   /**
-   * Scores prepared images, then takes a second look at each one the detector flags as out of distribution, or
-   * reads as a class without a nucleus (a platelet field), whose stain is paler than the training images' typical
-   * one: prepared again from `input(i)` with the stain raised to it and scored again; where the detector finds it
-   * closer to the training images (for a nucleus-free reading, by NUCLEUS_FREE_CLOSER), its logits replace the
-   * first. Another lab's paler stain hides nuclei from the scale estimate and makes white cells look like the
-   * training set's palest classes; raising every pale image instead would darken PBC's own platelets, which the
-   * detector passes (docs/other-scanners.md). A nucleus-free reading of an image without a scale is also read with
-   * an undersized nucleus setting the scale, taken where the detector finds it closer; of two second readings under
-   * their bars, the closer. Models without a detector or a typical stain take one look.
+   * Scores prepared images, then takes second looks where the first reading may come from a preparation that failed
+   * the image, and keeps the one the detector finds closest to the training images, where it comes under its bar:
+   * - an image the detector flags as out of distribution, or reads as a class without a nucleus (a platelet field),
+   *   is prepared again from `input(i)` with a stain paler than the training images' typical one raised to it; its
+   *   bar is the first distance (for a nucleus-free reading, NUCLEUS_FREE_CLOSER times it). Another lab's paler
+   *   stain hides nuclei from the scale estimate and makes white cells look like the training set's palest classes;
+   *   raising every pale image instead would darken PBC's own platelets, which the detector passes
+   *   (docs/other-scanners.md);
+   * - an image read without a scale is read at the scale that short arcs of red cells cut by its edge give, where it
+   *   has them (an enlarged field keeps few whole red cells), and, read as a nucleus-free class, at the scale its
+   *   nucleus gives where that is undersized (a white cell shown at half its size); the bar is the first distance.
+   * Models without a detector take one look.
    */
   async read(prepared: PreparedInput[], input: (i: number) => ImageInput | Promise<ImageInput>, options: { pooling?: OodPooling } = {}): Promise<Reading> {
     const first = this.score(
@@ -271,32 +281,35 @@ export class Classifier {
       options,
     );
     const { ood } = this;
-    if (!ood || !first.distances || !this.recipe.stain?.typical) return { ...first, prepared };
+    if (!ood || !first.distances) return { ...first, prepared };
     const k = this.classes.length;
     const readAs = argmaxRows(first.logits, prepared.length, k);
     const nucleusFree = NUCLEUS_FREE_CLASSES.map((c) => this.classes.indexOf(c));
-    // The distance a raised reading must come under to replace the first; null: no second look.
-    const bar = (i: number) => {
+    const secondLooks = (i: number): { how: SecondLook; bar: number }[] => {
       const distance = first.distances![i];
-      if (distance > ood.threshold) return distance;
-      return nucleusFree.includes(readAs[i]) ? NUCLEUS_FREE_CLOSER * distance : null;
+      const nucleusFreeReading = nucleusFree.includes(readAs[i]);
+      const looks: { how: SecondLook; bar: number }[] = [];
+      if (this.recipe.stain?.typical && (distance > ood.threshold || nucleusFreeReading))
+        looks.push({ how: { raisePaleStain: true }, bar: distance > ood.threshold ? distance : NUCLEUS_FREE_CLOSER * distance });
+      if (prepared[i].scale.source === 'none') {
+        if (prepared[i].measures?.arcDiameter) looks.push({ how: { arcScale: true }, bar: distance });
+        if (nucleusFreeReading) looks.push({ how: { undersizedNucleusScale: true }, bar: distance });
+      }
+      return looks;
     };
-    const candidates = prepared.flatMap((_, i) => (bar(i) === null ? [] : [i]));
+    const candidates = prepared.flatMap((_, i) => (secondLooks(i).length > 0 ? [i] : []));
     const looks = (
       await mapLimit(candidates, PREPARE_CONCURRENCY, async (i) => {
-        // An image that cannot be read again (a file removed meanwhile) keeps its first reading.
-        const again = (how: { raisePaleStain?: boolean; undersizedNucleusScale?: boolean }) =>
-          Promise.resolve(input(i))
-            .then((image) => this.prepare(image, how))
-            .catch(() => null);
-        const changed = (look: PreparedInput | null): look is PreparedInput => look !== null && !sameImage(look.image, prepared[i].image);
-        const raised = await again({ raisePaleStain: true });
-        const found = changed(raised) ? [{ i, again: raised, bar: bar(i)! }] : [];
-        // A platelet reading without a scale may be a white cell shown at half its size, which an undersized
-        // nucleus reveals; read at the nucleus's scale, it must simply be closer.
-        if (nucleusFree.includes(readAs[i]) && prepared[i].scale.source === 'none') {
-          const rescaled = await again({ undersizedNucleusScale: true });
-          if (changed(rescaled)) found.push({ i, again: rescaled, bar: first.distances![i] });
+        // An image that cannot be read again (a file removed meanwhile) keeps its first reading. It is decoded once
+        // for all of its second looks.
+        const source = await Promise.resolve(input(i))
+          .then((image) => this.decode(image))
+          .catch(() => null);
+        if (source === null) return [];
+        const found: { i: number; again: PreparedInput; bar: number }[] = [];
+        for (const { how, bar } of secondLooks(i)) {
+          const again = await this.prepare(source, how).catch(() => null);
+          if (again !== null && !sameImage(again.image, prepared[i].image)) found.push({ i, again, bar });
         }
         return found;
       })

@@ -88,6 +88,11 @@ export interface PrepareOptions {
    * as a platelet field, which a white cell shown at half its size resembles.
    */
   undersizedNucleusScale?: boolean;
+  /**
+   * Let short arcs of red cells cut by the edge set the scale where nothing else does, whatever the nucleus's size:
+   * the classifier's second look at an image read without a scale, which an enlarged field resembles.
+   */
+  arcScale?: boolean;
 }
 
 /** Validates a recipe read from a model file or a pack, with one message per problem. */
@@ -148,14 +153,14 @@ const UNDERSIZED_NUCLEUS = 0.6;
 
 /**
  * The scale to apply: the user's pixel size, else the red cells, else (in a tight crop, or where the nucleus is
- * enlarged) short arcs of red cells cut by the edge, else (in a tight crop, or where the nucleus is oversized, or
- * undersized when `undersizedNucleus` says so) the white cell's nucleus, else none.
+ * enlarged, or always when `arcs` says so) short arcs of red cells cut by the edge, else (in a tight crop, or where
+ * the nucleus is oversized, or undersized when `undersizedNucleus` says so) the white cell's nucleus, else none.
  */
 export function chooseScale(
   reference: ReferenceScale | null,
   measures: CellMeasures | null,
   pixelSize?: number,
-  { undersizedNucleus = false } = {},
+  { undersizedNucleus = false, arcs = false } = {},
 ): ScaleReport {
   if (!reference) return { source: 'none', um_per_px: pixelSize ?? null, factor: 1 };
   const referenceUm = reference.rbcDiameterUm / reference.rbcDiameter;
@@ -168,13 +173,15 @@ export function chooseScale(
   });
   if (measures?.rbcDiameter) return fromRedCells(measures.rbcDiameter);
   // Short arcs of red cells misjudge crowded fields and the corners of tight crops, so they are trusted only where
-  // the nucleus, too, says the field is enlarged or cropped. The nucleus's own size depends on the cell type, so it
+  // the nucleus, too, says the field is enlarged or cropped, or when asked (a second look, which the classifier's
+  // detector judges). The nucleus's own size depends on the cell type, so it
   // stands in for red cells only where nothing else can: in a tight crop, or where it is larger than nearly any at
   // the training scale, or (when asked) smaller. Elsewhere a missing red-cell estimate leaves the file's scale as it
   // is.
   const extent = measures?.nucleusExtent;
+  const enlarged = !!extent && (measures.tightCrop || extent > ENLARGED_NUCLEUS * reference.nucleusExtent);
+  if (measures?.arcDiameter && (arcs || enlarged)) return fromRedCells(measures.arcDiameter);
   if (!extent) return { source: 'none', um_per_px: null, factor: 1 };
-  if (measures.arcDiameter && (measures.tightCrop || extent > ENLARGED_NUCLEUS * reference.nucleusExtent)) return fromRedCells(measures.arcDiameter);
   const undersized = undersizedNucleus && extent < UNDERSIZED_NUCLEUS * reference.nucleusExtent;
   if (measures.tightCrop || extent > OVERSIZED_NUCLEUS * reference.nucleusExtent || undersized) {
     const factor = clamp(reference.nucleusExtent / extent);
@@ -195,7 +202,7 @@ export async function prepareImage(image: RgbImage, recipe: InputRecipe, options
   const stain = raised ?? recipe.stain;
   const measures =
     options.measure || recipe.scale !== null || recipe.background !== null ? measureCells(image, raised, { redCells: recipe.scale !== null }) : null;
-  const scale = chooseScale(recipe.scale, measures, options.pixelSize, { undersizedNucleus: options.undersizedNucleusScale });
+  const scale = chooseScale(recipe.scale, measures, options.pixelSize, { undersizedNucleus: options.undersizedNucleusScale, arcs: options.arcScale });
   const fill = measures?.background ?? [255, 255, 255];
   const field = recipe.geometry.field === null ? null : Math.max(1, Math.round(recipe.geometry.field / scale.factor));
   let prepared = await resizeRgb(cropToField(image, field, fill), recipe.geometry.size);
