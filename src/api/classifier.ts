@@ -120,6 +120,12 @@ export interface Reading {
  */
 const NUCLEUS_FREE_CLASSES = ['platelet'];
 const NUCLEUS_FREE_CLOSER = 0.5;
+/**
+ * The fraction of the first distance a reading at the scale of red-cell arcs must come under. Arcs of crowded
+ * cells can say that a field at the training scale is enlarged, and a white cell shrunk to half its size reads as a
+ * platelet field; the widest margin at which no unaltered image of PBC's training part or *select* half changed.
+ */
+const ARC_SCALE_CLOSER = 0.6;
 
 /** Images decoded and prepared at once: enough to keep the cores busy, few enough to bound memory. */
 const PREPARE_CONCURRENCY = Math.min(4, availableParallelism());
@@ -271,8 +277,9 @@ export class Classifier {
    *   raising every pale image instead would darken PBC's own platelets, which the detector passes
    *   (docs/other-scanners.md);
    * - an image read without a scale is read at the scale that short arcs of red cells cut by its edge give, where it
-   *   has them (an enlarged field keeps few whole red cells), and, read as a nucleus-free class, at the scale its
-   *   nucleus gives where that is undersized (a white cell shown at half its size); the bar is the first distance.
+   *   has them (an enlarged field keeps few whole red cells), with a bar of ARC_SCALE_CLOSER times the first
+   *   distance; and, read as a nucleus-free class, at the scale its nucleus gives where that is undersized (a white
+   *   cell shown at half its size), with the first distance as the bar.
    * Models without a detector take one look.
    */
   async read(prepared: PreparedInput[], input: (i: number) => ImageInput | Promise<ImageInput>, options: { pooling?: OodPooling } = {}): Promise<Reading> {
@@ -292,7 +299,7 @@ export class Classifier {
       if (this.recipe.stain?.typical && (distance > ood.threshold || nucleusFreeReading))
         looks.push({ how: { raisePaleStain: true }, bar: distance > ood.threshold ? distance : NUCLEUS_FREE_CLOSER * distance });
       if (prepared[i].scale.source === 'none') {
-        if (prepared[i].measures?.arcDiameter) looks.push({ how: { arcScale: true }, bar: distance });
+        if (prepared[i].measures?.arcDiameter) looks.push({ how: { arcScale: true }, bar: ARC_SCALE_CLOSER * distance });
         if (nucleusFreeReading) looks.push({ how: { undersizedNucleusScale: true }, bar: distance });
       }
       return looks;
