@@ -211,9 +211,9 @@ test('second look: a platelet reading of an image without a scale, not pale, is 
 });
 
 test('second look: an image read without a scale is read at the scale of the red-cell arcs cut by its edge, if clearly closer', async () => {
-  // An erythroblast's field enlarged twice: no whole red cell is left to measure, and its nucleus is not enlarged
-  // beyond the training range, but the red cells cut by the edge show the scale.
-  const enlarged = await magnify(await readImageFile(path.join(PBC, 'erythroblast/ERB_147344.jpg')), 2);
+  // A platelet field enlarged twice: no whole red cell is left to measure, and its platelets stained like a nucleus
+  // are smaller than the reference's nucleus, but the red cells cut by the edge show the scale.
+  const enlarged = await magnify(await readImageFile(path.join(PBC, 'platelet/PLATELET_143278.jpg')), 2);
   const probe = await loadClassifier(await modelFile({ threshold: 1e9 }, STAIN, 'basophil'), FP32);
   const [asGiven, atArcs] = [await probe.prepare(enlarged), await probe.prepare(enlarged, { arcScale: true })];
   assert.equal(asGiven.scale.source, 'none');
@@ -234,6 +234,32 @@ test('second look: an image read without a scale is read at the scale of the red
     assert.equal(answer.scale.source, taken ? 'red-cells' : 'none', `t = ${t}: the arcs' reading ${taken ? 'taken' : 'not taken'}`);
     const { logits } = await classifier.read([asGiven], () => enlarged);
     assert.deepEqual(Array.from(logits), Array.from(classifier.score([taken ? atArcs.image : asGiven.image]).logits));
+    classifier.dispose();
+  }
+});
+
+test('second look: an image read without a scale, its nucleus large, is read at the nucleus scale, if clearly closer', async () => {
+  // A lymphocyte's field enlarged 1.5 times: no arc of a red cell to measure, and a nucleus over 1.4 times the
+  // reference's but not past what PBC shows at its own scale.
+  const enlarged = await magnify(await readImageFile(path.join(PBC, 'lymphocyte/LY_158006.jpg')), 1.5);
+  const probe = await loadClassifier(await modelFile({ threshold: 1e9 }, STAIN, 'basophil'), FP32);
+  const [asGiven, atNucleus] = [await probe.prepare(enlarged), await probe.prepare(enlarged, { largeNucleusScale: true })];
+  assert.equal(asGiven.scale.source, 'none');
+  assert.equal(asGiven.measures?.arcDiameter, null);
+  assert.equal(atNucleus.scale.source, 'white-cell');
+  assert.ok(atNucleus.scale.factor > 0.6 && atNucleus.scale.factor < 0.85, `factor ${atNucleus.scale.factor}`);
+  const [first, second] = [probe.score([asGiven.image]), probe.score([atNucleus.image])];
+  probe.dispose();
+  // The nucleus scale's reading closer by a factor 0 (t = 1), 0.44 (t = 0.6) or 0.67 (t = 0.55): it must be under 0.6.
+  const cases = [
+    { t: 1, taken: true },
+    { t: 0.6, taken: true },
+    { t: 0.55, taken: false },
+  ];
+  for (const { t, taken } of cases) {
+    const classifier = await centredClassifier(between(first.features, second.features, t), 'basophil');
+    const answer = classified((await classifier.classifyBatch([enlarged]))[0]);
+    assert.equal(answer.scale.source, taken ? 'white-cell' : 'none', `t = ${t}: the nucleus scale's reading ${taken ? 'taken' : 'not taken'}`);
     classifier.dispose();
   }
 });

@@ -189,6 +189,13 @@ test('without red cells, arcs of cut ones set the scale where the nucleus is enl
     assert.equal(fromArcs.source, 'red-cells', `nucleus ${extent}`);
     assert.equal(fromArcs.factor, 0.5);
   }
+  // A large nucleus (over 1.4 times the reference's) sets the scale only when asked (the classifier's second look at
+  // an image without one).
+  assert.deepEqual(chooseScale(reference, measures(171)), { source: 'none', um_per_px: null, factor: 1 });
+  const large = chooseScale(reference, measures(171), undefined, { largeNucleus: true });
+  assert.equal(large.source, 'white-cell');
+  assert.ok(Math.abs(large.factor - 114 / 171) < 1e-12, `factor ${large.factor}`);
+  assert.deepEqual(chooseScale(reference, measures(150), undefined, { largeNucleus: true }), { source: 'none', um_per_px: null, factor: 1 }, 'under the bar');
 });
 
 test('one white cell: a nucleus near the centre passes; none, one cut off at the edge, or many do not', () => {

@@ -18,6 +18,7 @@ import {
 import { DEFAULT_GEOMETRY } from '../data/geometry.js';
 import {
   backgroundColours,
+  chooseScale,
   type InputRecipe,
   prepareImage,
   type PreparedImage,
@@ -102,7 +103,7 @@ export interface PreparedInput extends PreparedImage {
 }
 
 /** How a second look prepares an image again (PrepareOptions). */
-type SecondLook = Pick<PrepareOptions, 'raisePaleStain' | 'undersizedNucleusScale' | 'arcScale'>;
+type SecondLook = Pick<PrepareOptions, 'raisePaleStain' | 'undersizedNucleusScale' | 'arcScale' | 'largeNucleusScale'>;
 
 /** Scores of prepared images (Classifier.score) after the second looks, and the preparations they come from. */
 export interface Reading {
@@ -126,6 +127,11 @@ const NUCLEUS_FREE_CLOSER = 0.5;
  * platelet field; the widest margin at which no unaltered image of PBC's training part or *select* half changed.
  */
 const ARC_SCALE_CLOSER = 0.6;
+/**
+ * The same for a reading with a large nucleus setting the scale: a large white cell at the training scale, shrunk,
+ * can look closer. Chosen with the bar for a large nucleus the same way (docs/results.md).
+ */
+const LARGE_NUCLEUS_CLOSER = 0.6;
 
 /** Images decoded and prepared at once: enough to keep the cores busy, few enough to bound memory. */
 const PREPARE_CONCURRENCY = Math.min(4, availableParallelism());
@@ -278,8 +284,10 @@ export class Classifier {
    *   (docs/other-scanners.md);
    * - an image read without a scale is read at the scale that short arcs of red cells cut by its edge give, where it
    *   has them (an enlarged field keeps few whole red cells), with a bar of ARC_SCALE_CLOSER times the first
-   *   distance; and, read as a nucleus-free class, at the scale its nucleus gives where that is undersized (a white
-   *   cell shown at half its size), with the first distance as the bar.
+   *   distance; at the scale its nucleus gives where that is large (a field enlarged too little for the
+   *   oversized-nucleus rule), with a bar of LARGE_NUCLEUS_CLOSER times it; and, read as a
+   *   nucleus-free class, at the scale its nucleus gives where that is undersized (a white cell shown at half its
+   *   size), with the first distance as the bar.
    * Models without a detector take one look.
    */
   async read(prepared: PreparedInput[], input: (i: number) => ImageInput | Promise<ImageInput>, options: { pooling?: OodPooling } = {}): Promise<Reading> {
@@ -299,8 +307,11 @@ export class Classifier {
       if (this.recipe.stain?.typical && (distance > ood.threshold || nucleusFreeReading))
         looks.push({ how: { raisePaleStain: true }, bar: distance > ood.threshold ? distance : NUCLEUS_FREE_CLOSER * distance });
       if (prepared[i].scale.source === 'none') {
-        if (prepared[i].measures?.arcDiameter) looks.push({ how: { arcScale: true }, bar: ARC_SCALE_CLOSER * distance });
-        if (nucleusFreeReading) looks.push({ how: { undersizedNucleusScale: true }, bar: distance });
+        // Only where the option gives the image a scale: elsewhere it would prepare the same image again.
+        const scales = (how: Parameters<typeof chooseScale>[3]) => chooseScale(this.recipe.scale, prepared[i].measures, undefined, how).source !== 'none';
+        if (scales({ arcs: true })) looks.push({ how: { arcScale: true }, bar: ARC_SCALE_CLOSER * distance });
+        if (scales({ largeNucleus: true })) looks.push({ how: { largeNucleusScale: true }, bar: LARGE_NUCLEUS_CLOSER * distance });
+        if (nucleusFreeReading && scales({ undersizedNucleus: true })) looks.push({ how: { undersizedNucleusScale: true }, bar: distance });
       }
       return looks;
     };

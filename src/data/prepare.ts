@@ -93,6 +93,11 @@ export interface PrepareOptions {
    * the classifier's second look at an image read without a scale, which an enlarged field resembles.
    */
   arcScale?: boolean;
+  /**
+   * Let a large nucleus (LARGE_NUCLEUS) set the scale where nothing else does: the classifier's second look at an
+   * image read without a scale, which a field enlarged too little for an oversized nucleus resembles.
+   */
+  largeNucleusScale?: boolean;
 }
 
 /** Validates a recipe read from a model file or a pack, with one message per problem. */
@@ -150,17 +155,25 @@ const ENLARGED_NUCLEUS = 1.2;
  * the scale only when asked (PrepareOptions.undersizedNucleusScale).
  */
 const UNDERSIZED_NUCLEUS = 0.6;
+/**
+ * A nucleus wider than this many times the training images' median is larger than most of PBC's at their scale,
+ * but not than every large cell's, so it sets the scale only when asked (PrepareOptions.largeNucleusScale). Chosen
+ * with the classifier's bar for that reading: the lowest at which no unaltered image of PBC's training part or
+ * *select* half changed (docs/results.md).
+ */
+const LARGE_NUCLEUS = 1.4;
 
 /**
  * The scale to apply: the user's pixel size, else the red cells, else (in a tight crop, or where the nucleus is
  * enlarged, or always when `arcs` says so) short arcs of red cells cut by the edge, else (in a tight crop, or where
- * the nucleus is oversized, or undersized when `undersizedNucleus` says so) the white cell's nucleus, else none.
+ * the nucleus is oversized, or undersized when `undersizedNucleus` says so, or large when `largeNucleus` says so)
+ * the white cell's nucleus, else none.
  */
 export function chooseScale(
   reference: ReferenceScale | null,
   measures: CellMeasures | null,
   pixelSize?: number,
-  { undersizedNucleus = false, arcs = false } = {},
+  { undersizedNucleus = false, arcs = false, largeNucleus = false } = {},
 ): ScaleReport {
   if (!reference) return { source: 'none', um_per_px: pixelSize ?? null, factor: 1 };
   const referenceUm = reference.rbcDiameterUm / reference.rbcDiameter;
@@ -183,7 +196,8 @@ export function chooseScale(
   if (measures?.arcDiameter && (arcs || enlarged)) return fromRedCells(measures.arcDiameter);
   if (!extent) return { source: 'none', um_per_px: null, factor: 1 };
   const undersized = undersizedNucleus && extent < UNDERSIZED_NUCLEUS * reference.nucleusExtent;
-  if (measures.tightCrop || extent > OVERSIZED_NUCLEUS * reference.nucleusExtent || undersized) {
+  const large = largeNucleus && extent > LARGE_NUCLEUS * reference.nucleusExtent;
+  if (measures.tightCrop || extent > OVERSIZED_NUCLEUS * reference.nucleusExtent || undersized || large) {
     const factor = clamp(reference.nucleusExtent / extent);
     return { source: 'white-cell', um_per_px: referenceUm * factor, factor };
   }
@@ -202,7 +216,11 @@ export async function prepareImage(image: RgbImage, recipe: InputRecipe, options
   const stain = raised ?? recipe.stain;
   const measures =
     options.measure || recipe.scale !== null || recipe.background !== null ? measureCells(image, raised, { redCells: recipe.scale !== null }) : null;
-  const scale = chooseScale(recipe.scale, measures, options.pixelSize, { undersizedNucleus: options.undersizedNucleusScale, arcs: options.arcScale });
+  const scale = chooseScale(recipe.scale, measures, options.pixelSize, {
+    undersizedNucleus: options.undersizedNucleusScale,
+    arcs: options.arcScale,
+    largeNucleus: options.largeNucleusScale,
+  });
   const fill = measures?.background ?? [255, 255, 255];
   const field = recipe.geometry.field === null ? null : Math.max(1, Math.round(recipe.geometry.field / scale.factor));
   let prepared = await resizeRgb(cropToField(image, field, fill), recipe.geometry.size);
