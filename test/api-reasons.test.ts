@@ -1,11 +1,12 @@
 // Why an answer is uncertain: each reason from its own cause, the detector's arrays through a model file, and fitting the detector.
 import assert from 'node:assert/strict';
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { isDeepStrictEqual } from 'node:util';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
 import * as E from '../src/engine/index.js';
-import { type Classification, loadClassifier } from '../src/api/classifier.js';
+import { type Classification, type Classifier, loadClassifier } from '../src/api/classifier.js';
 import { fitDetector } from '../src/api/detector.js';
 import { IMAGENET_NORMALIZATION } from '../src/data/batches.js';
 import { PBC_CLASSES } from '../src/data/dataset.js';
@@ -155,12 +156,34 @@ async function centredClassifier(centre: Float32Array, readsAs: string) {
   return loadClassifier(await modelFile({ threshold: 1e9, means }, STAIN, readsAs), FP32);
 }
 
+/**
+ * An image prepared as given and as one second look prepares it, by a model that reads every image as `readsAs`.
+ * `answer(t)` classifies the image with a detector centred part of the way (t) from the first reading's features to
+ * the second's, and says whether `read` returned the second reading (its logits exactly) or the first.
+ */
+async function twoReadings(image: RgbImage, how: Parameters<Classifier['prepare']>[1], readsAs: string) {
+  const probe = await loadClassifier(await modelFile({ threshold: 1e9 }, STAIN, readsAs), FP32);
+  const [asGiven, again] = [await probe.prepare(image), await probe.prepare(image, how)];
+  const [first, second] = [probe.score([asGiven.image]), probe.score([again.image])];
+  probe.dispose();
+  const answer = async (t: number, reader = readsAs) => {
+    const classifier = await centredClassifier(between(first.features, second.features, t), reader);
+    try {
+      const result = classified((await classifier.classifyBatch([image]))[0]);
+      const read = Array.from((await classifier.read([asGiven], () => image)).logits);
+      const [asFirst, asSecond] = [asGiven, again].map((p) => Array.from(classifier.score([p.image]).logits));
+      assert.ok(isDeepStrictEqual(read, asFirst) || isDeepStrictEqual(read, asSecond), 'read answers with one of the two readings');
+      return { result, second: isDeepStrictEqual(read, asSecond) };
+    } finally {
+      classifier.dispose();
+    }
+  };
+  return { asGiven, again, answer };
+}
+
 test('second look: a pale image read as a platelet field is read again where the detector passes it, if the raised image is twice as close', async () => {
   const pale = stain(await readImageFile(path.join(PBC, 'neutrophil/BNE_101082.jpg')), 0.4);
-  const probe = await loadClassifier(await modelFile({ threshold: 1e9 }, STAIN, 'platelet'), FP32);
-  const [asGiven, raised] = [await probe.prepare(pale), await probe.prepare(pale, { raisePaleStain: true })];
-  const [first, second] = [probe.score([asGiven.image]), probe.score([raised.image])];
-  probe.dispose();
+  const { answer } = await twoReadings(pale, { raisePaleStain: true }, 'platelet');
   // The raised reading closer by a factor 0 (t = 1) or 0.67 (t = 0.55).
   const cases = [
     { readsAs: 'platelet', t: 1, taken: true },
@@ -168,13 +191,10 @@ test('second look: a pale image read as a platelet field is read again where the
     { readsAs: 'lymphocyte', t: 1, taken: false },
   ];
   for (const { readsAs, t, taken } of cases) {
-    const classifier = await centredClassifier(between(first.features, second.features, t), readsAs);
-    const answer = classified((await classifier.classifyBatch([pale]))[0]);
-    assert.equal(answer.stain, taken ? 'raised' : 'recipe', `read as ${readsAs}, the raised reading ${taken ? 'taken' : 'not taken'}`);
-    assert.ok(!answer.reasons.includes('out-of-distribution'));
-    const { logits } = await classifier.read([asGiven], () => pale);
-    assert.deepEqual(Array.from(logits), Array.from(classifier.score([taken ? raised.image : asGiven.image]).logits));
-    classifier.dispose();
+    const { result, second } = await answer(t, readsAs);
+    assert.equal(result.stain, taken ? 'raised' : 'recipe', `read as ${readsAs}, the raised reading ${taken ? 'taken' : 'not taken'}`);
+    assert.equal(second, taken);
+    assert.ok(!result.reasons.includes('out-of-distribution'));
   }
 });
 
@@ -182,19 +202,12 @@ test('second look: a platelet reading of an image without a scale, not pale, is 
   // A darker-stained basophil shown at half its size, without a red cell to measure: nothing to raise, and a
   // nucleus about half the reference's.
   const halved = await magnify(stain(await readImageFile(path.join(PBC, 'basophil/BA_661119.jpg')), 1.3), 0.5);
-  const probe = await loadClassifier(await modelFile({ threshold: 1e9 }, STAIN, 'platelet'), FP32);
-  const [asGiven, raised, rescaled] = [
-    await probe.prepare(halved),
-    await probe.prepare(halved, { raisePaleStain: true }),
-    await probe.prepare(halved, { undersizedNucleusScale: true }),
-  ];
+  const { asGiven, again: rescaled, answer } = await twoReadings(halved, { undersizedNucleusScale: true }, 'platelet');
   assert.equal(asGiven.scale.source, 'none');
-  assert.deepEqual(raised.image.data, asGiven.image.data, 'not paler than the typical stain');
   assert.equal(rescaled.scale.source, 'white-cell');
   assert.ok(rescaled.scale.factor > 1.6, `factor ${rescaled.scale.factor}`);
-  const [first, second] = [probe.score([asGiven.image]), probe.score([rescaled.image])];
-  probe.dispose();
-  // The rescaled reading closer by a factor 0 (t = 1) or 0.67 (t = 0.55), or farther by 1.49 (t = 0.45).
+  // The rescaled reading closer by a factor 0 (t = 1) or 0.67 (t = 0.55), or farther by 1.49 (t = 0.45). The stain
+  // is not paler than the typical one, so there is nothing to raise.
   const cases = [
     { readsAs: 'platelet', t: 1, taken: true },
     { readsAs: 'platelet', t: 0.55, taken: true },
@@ -202,11 +215,10 @@ test('second look: a platelet reading of an image without a scale, not pale, is 
     { readsAs: 'basophil', t: 1, taken: false },
   ];
   for (const { readsAs, t, taken } of cases) {
-    const classifier = await centredClassifier(between(first.features, second.features, t), readsAs);
-    const answer = classified((await classifier.classifyBatch([halved]))[0]);
-    assert.equal(answer.scale.source, taken ? 'white-cell' : 'none', `read as ${readsAs}, the rescaled reading ${taken ? 'taken' : 'not taken'}`);
-    assert.equal(answer.stain, 'recipe');
-    classifier.dispose();
+    const { result, second } = await answer(t, readsAs);
+    assert.equal(result.scale.source, taken ? 'white-cell' : 'none', `read as ${readsAs}, the rescaled reading ${taken ? 'taken' : 'not taken'}`);
+    assert.equal(second, taken);
+    assert.equal(result.stain, 'recipe');
   }
 });
 
@@ -214,27 +226,20 @@ test('second look: an image read without a scale is read at the scale of the red
   // A platelet field enlarged twice: no whole red cell is left to measure, and its platelets stained like a nucleus
   // are smaller than the reference's nucleus, but the red cells cut by the edge show the scale.
   const enlarged = await magnify(await readImageFile(path.join(PBC, 'platelet/PLATELET_143278.jpg')), 2);
-  const probe = await loadClassifier(await modelFile({ threshold: 1e9 }, STAIN, 'basophil'), FP32);
-  const [asGiven, atArcs] = [await probe.prepare(enlarged), await probe.prepare(enlarged, { arcScale: true })];
+  const { asGiven, again: atArcs, answer } = await twoReadings(enlarged, { arcScale: true }, 'basophil');
   assert.equal(asGiven.scale.source, 'none');
   assert.ok(asGiven.measures?.arcDiameter, 'arcs measured');
   assert.equal(atArcs.scale.source, 'red-cells');
   assert.ok(atArcs.scale.factor > 0.4 && atArcs.scale.factor < 0.65, `factor ${atArcs.scale.factor}`);
-  const [first, second] = [probe.score([asGiven.image]), probe.score([atArcs.image])];
-  probe.dispose();
   // The arcs' reading closer by a factor 0 (t = 1), 0.44 (t = 0.6) or 0.67 (t = 0.55); it must be under 0.6.
-  const cases = [
-    { readsAs: 'basophil', t: 1, taken: true },
-    { readsAs: 'basophil', t: 0.6, taken: true },
-    { readsAs: 'basophil', t: 0.55, taken: false },
-  ];
-  for (const { readsAs, t, taken } of cases) {
-    const classifier = await centredClassifier(between(first.features, second.features, t), readsAs);
-    const answer = classified((await classifier.classifyBatch([enlarged]))[0]);
-    assert.equal(answer.scale.source, taken ? 'red-cells' : 'none', `t = ${t}: the arcs' reading ${taken ? 'taken' : 'not taken'}`);
-    const { logits } = await classifier.read([asGiven], () => enlarged);
-    assert.deepEqual(Array.from(logits), Array.from(classifier.score([taken ? atArcs.image : asGiven.image]).logits));
-    classifier.dispose();
+  for (const { t, taken } of [
+    { t: 1, taken: true },
+    { t: 0.6, taken: true },
+    { t: 0.55, taken: false },
+  ]) {
+    const { result, second } = await answer(t);
+    assert.equal(result.scale.source, taken ? 'red-cells' : 'none', `t = ${t}: the arcs' reading ${taken ? 'taken' : 'not taken'}`);
+    assert.equal(second, taken);
   }
 });
 
@@ -242,25 +247,20 @@ test('second look: an image read without a scale, its nucleus large, is read at 
   // A lymphocyte's field enlarged 1.5 times: no arc of a red cell to measure, and a nucleus over 1.4 times the
   // reference's but not past what PBC shows at its own scale.
   const enlarged = await magnify(await readImageFile(path.join(PBC, 'lymphocyte/LY_158006.jpg')), 1.5);
-  const probe = await loadClassifier(await modelFile({ threshold: 1e9 }, STAIN, 'basophil'), FP32);
-  const [asGiven, atNucleus] = [await probe.prepare(enlarged), await probe.prepare(enlarged, { largeNucleusScale: true })];
+  const { asGiven, again: atNucleus, answer } = await twoReadings(enlarged, { largeNucleusScale: true }, 'basophil');
   assert.equal(asGiven.scale.source, 'none');
   assert.equal(asGiven.measures?.arcDiameter, null);
   assert.equal(atNucleus.scale.source, 'white-cell');
   assert.ok(atNucleus.scale.factor > 0.6 && atNucleus.scale.factor < 0.85, `factor ${atNucleus.scale.factor}`);
-  const [first, second] = [probe.score([asGiven.image]), probe.score([atNucleus.image])];
-  probe.dispose();
   // The nucleus scale's reading closer by a factor 0 (t = 1), 0.44 (t = 0.6) or 0.67 (t = 0.55): it must be under 0.6.
-  const cases = [
+  for (const { t, taken } of [
     { t: 1, taken: true },
     { t: 0.6, taken: true },
     { t: 0.55, taken: false },
-  ];
-  for (const { t, taken } of cases) {
-    const classifier = await centredClassifier(between(first.features, second.features, t), 'basophil');
-    const answer = classified((await classifier.classifyBatch([enlarged]))[0]);
-    assert.equal(answer.scale.source, taken ? 'white-cell' : 'none', `t = ${t}: the nucleus scale's reading ${taken ? 'taken' : 'not taken'}`);
-    classifier.dispose();
+  ]) {
+    const { result, second } = await answer(t);
+    assert.equal(result.scale.source, taken ? 'white-cell' : 'none', `t = ${t}: the nucleus scale's reading ${taken ? 'taken' : 'not taken'}`);
+    assert.equal(second, taken);
   }
 });
 
