@@ -174,28 +174,32 @@ test('without red cells, arcs of cut ones set the scale where the nucleus is enl
   // A field shown at half size: its nucleus (half the reference's) sets the scale only when asked (the classifier's
   // second look at a platelet reading), since an erythroblast's or a platelet field's can be as small.
   assert.deepEqual(chooseScale(reference, measures(57)), { source: 'none', um_per_px: null, factor: 1 });
-  const halved = chooseScale(reference, measures(57), undefined, { undersizedNucleus: true });
+  const halved = chooseScale(reference, measures(57), undefined, { undersizedNucleusScale: true });
   assert.equal(halved.source, 'white-cell');
   assert.equal(halved.factor, 2);
   assert.deepEqual(
-    chooseScale(reference, measures(80), undefined, { undersizedNucleus: true }),
+    chooseScale(reference, measures(80), undefined, { undersizedNucleusScale: true }),
     { source: 'none', um_per_px: null, factor: 1 },
     'above the bar',
   );
   // Arcs beside an ordinary nucleus, or with none, set the scale only when asked (the classifier's second look at an
   // image read without a scale, which the detector judges).
   for (const extent of [120, null]) {
-    const fromArcs = chooseScale(reference, { ...measures(extent), arcDiameter: 146 }, undefined, { arcs: true });
+    const fromArcs = chooseScale(reference, { ...measures(extent), arcDiameter: 146 }, undefined, { arcScale: true });
     assert.equal(fromArcs.source, 'red-cells', `nucleus ${extent}`);
     assert.equal(fromArcs.factor, 0.5);
   }
   // A large nucleus (over 1.4 times the reference's) sets the scale only when asked (the classifier's second look at
   // an image without one).
   assert.deepEqual(chooseScale(reference, measures(171)), { source: 'none', um_per_px: null, factor: 1 });
-  const large = chooseScale(reference, measures(171), undefined, { largeNucleus: true });
+  const large = chooseScale(reference, measures(171), undefined, { largeNucleusScale: true });
   assert.equal(large.source, 'white-cell');
   assert.ok(Math.abs(large.factor - 114 / 171) < 1e-12, `factor ${large.factor}`);
-  assert.deepEqual(chooseScale(reference, measures(150), undefined, { largeNucleus: true }), { source: 'none', um_per_px: null, factor: 1 }, 'under the bar');
+  assert.deepEqual(
+    chooseScale(reference, measures(150), undefined, { largeNucleusScale: true }),
+    { source: 'none', um_per_px: null, factor: 1 },
+    'under the bar',
+  );
 });
 
 test('one white cell: a nucleus near the centre passes; none, one cut off at the edge, or many do not', () => {

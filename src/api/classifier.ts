@@ -23,6 +23,7 @@ import {
   prepareImage,
   type PreparedImage,
   type PrepareOptions,
+  type ScaleCues,
   SCALE_RANGE,
   type ScaleReport,
   type StainTreatment,
@@ -103,7 +104,7 @@ export interface PreparedInput extends PreparedImage {
 }
 
 /** How a second look prepares an image again (PrepareOptions). */
-type SecondLook = Pick<PrepareOptions, 'raisePaleStain' | 'undersizedNucleusScale' | 'arcScale' | 'largeNucleusScale'>;
+type SecondLook = Pick<PrepareOptions, 'raisePaleStain'> & ScaleCues;
 
 /** Scores of prepared images (Classifier.score) after the second looks, and the preparations they come from. */
 export interface Reading {
@@ -256,8 +257,8 @@ export class Classifier {
   }
 
   /**
-   * Decodes (when needed) and brings one image to the model's input, exactly as training did; or, with
-   * `raisePaleStain`, as the second look does.
+   * Decodes (when needed) and brings one image to the model's input, exactly as training did; or, with a second
+   * look's options, as that look does.
    */
   async prepare(input: ImageInput, options: SecondLook = {}): Promise<PreparedInput> {
     const image = await this.decode(input);
@@ -307,15 +308,18 @@ export class Classifier {
       if (this.recipe.stain?.typical && (distance > ood.threshold || nucleusFreeReading))
         looks.push({ how: { raisePaleStain: true }, bar: distance > ood.threshold ? distance : NUCLEUS_FREE_CLOSER * distance });
       if (prepared[i].scale.source === 'none') {
-        // Only where the option gives the image a scale: elsewhere it would prepare the same image again.
-        const scales = (how: Parameters<typeof chooseScale>[3]) => chooseScale(this.recipe.scale, prepared[i].measures, undefined, how).source !== 'none';
-        if (scales({ arcs: true })) looks.push({ how: { arcScale: true }, bar: ARC_SCALE_CLOSER * distance });
-        if (scales({ largeNucleus: true })) looks.push({ how: { largeNucleusScale: true }, bar: LARGE_NUCLEUS_CLOSER * distance });
-        if (nucleusFreeReading && scales({ undersizedNucleus: true })) looks.push({ how: { undersizedNucleusScale: true }, bar: distance });
+        // Only where the cue gives the image a scale: elsewhere it would prepare the same image again.
+        const rescale = (how: ScaleCues, bar: number) => {
+          if (chooseScale(this.recipe.scale, prepared[i].measures, undefined, how).source !== 'none') looks.push({ how, bar });
+        };
+        rescale({ arcScale: true }, ARC_SCALE_CLOSER * distance);
+        rescale({ largeNucleusScale: true }, LARGE_NUCLEUS_CLOSER * distance);
+        if (nucleusFreeReading) rescale({ undersizedNucleusScale: true }, distance);
       }
       return looks;
     };
-    const candidates = prepared.flatMap((_, i) => (secondLooks(i).length > 0 ? [i] : []));
+    const planned = prepared.map((_, i) => secondLooks(i));
+    const candidates = planned.flatMap((looks, i) => (looks.length > 0 ? [i] : []));
     const looks = (
       await mapLimit(candidates, PREPARE_CONCURRENCY, async (i) => {
         // An image that cannot be read again (a file removed meanwhile) keeps its first reading. It is decoded once
@@ -325,7 +329,7 @@ export class Classifier {
           .catch(() => null);
         if (source === null) return [];
         const found: { i: number; again: PreparedInput; bar: number }[] = [];
-        for (const { how, bar } of secondLooks(i)) {
+        for (const { how, bar } of planned[i]) {
           const again = await this.prepare(source, how).catch(() => null);
           if (again !== null && !sameImage(again.image, prepared[i].image)) found.push({ i, again, bar });
         }

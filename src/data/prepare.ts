@@ -163,17 +163,20 @@ const UNDERSIZED_NUCLEUS = 0.6;
  */
 const LARGE_NUCLEUS = 1.4;
 
+/** The options that let a weaker cue set the scale where the usual ones give none: a classifier's second look. */
+export type ScaleCues = Pick<PrepareOptions, 'arcScale' | 'largeNucleusScale' | 'undersizedNucleusScale'>;
+
 /**
  * The scale to apply: the user's pixel size, else the red cells, else (in a tight crop, or where the nucleus is
- * enlarged, or always when `arcs` says so) short arcs of red cells cut by the edge, else (in a tight crop, or where
- * the nucleus is oversized, or undersized when `undersizedNucleus` says so, or large when `largeNucleus` says so)
- * the white cell's nucleus, else none.
+ * enlarged, or always with `arcScale`) short arcs of red cells cut by the edge, else (in a tight crop, or where the
+ * nucleus is oversized, or large with `largeNucleusScale`, or undersized with `undersizedNucleusScale`) the white
+ * cell's nucleus, else none.
  */
 export function chooseScale(
   reference: ReferenceScale | null,
   measures: CellMeasures | null,
   pixelSize?: number,
-  { undersizedNucleus = false, arcs = false, largeNucleus = false } = {},
+  { arcScale = false, largeNucleusScale = false, undersizedNucleusScale = false }: ScaleCues = {},
 ): ScaleReport {
   if (!reference) return { source: 'none', um_per_px: pixelSize ?? null, factor: 1 };
   const referenceUm = reference.rbcDiameterUm / reference.rbcDiameter;
@@ -187,16 +190,15 @@ export function chooseScale(
   if (measures?.rbcDiameter) return fromRedCells(measures.rbcDiameter);
   // Short arcs of red cells misjudge crowded fields and the corners of tight crops, so they are trusted only where
   // the nucleus, too, says the field is enlarged or cropped, or when asked (a second look, which the classifier's
-  // detector judges). The nucleus's own size depends on the cell type, so it
-  // stands in for red cells only where nothing else can: in a tight crop, or where it is larger than nearly any at
-  // the training scale, or (when asked) smaller. Elsewhere a missing red-cell estimate leaves the file's scale as it
-  // is.
+  // detector judges). The nucleus's own size depends on the cell type, so it stands in for red cells only where
+  // nothing else can: in a tight crop, or where it is larger than nearly any at the training scale, or (when asked)
+  // large or small. Elsewhere a missing red-cell estimate leaves the file's scale as it is.
   const extent = measures?.nucleusExtent;
   const enlarged = !!extent && (measures.tightCrop || extent > ENLARGED_NUCLEUS * reference.nucleusExtent);
-  if (measures?.arcDiameter && (arcs || enlarged)) return fromRedCells(measures.arcDiameter);
+  if (measures?.arcDiameter && (arcScale || enlarged)) return fromRedCells(measures.arcDiameter);
   if (!extent) return { source: 'none', um_per_px: null, factor: 1 };
-  const undersized = undersizedNucleus && extent < UNDERSIZED_NUCLEUS * reference.nucleusExtent;
-  const large = largeNucleus && extent > LARGE_NUCLEUS * reference.nucleusExtent;
+  const undersized = undersizedNucleusScale && extent < UNDERSIZED_NUCLEUS * reference.nucleusExtent;
+  const large = largeNucleusScale && extent > LARGE_NUCLEUS * reference.nucleusExtent;
   if (measures.tightCrop || extent > OVERSIZED_NUCLEUS * reference.nucleusExtent || undersized || large) {
     const factor = clamp(reference.nucleusExtent / extent);
     return { source: 'white-cell', um_per_px: referenceUm * factor, factor };
@@ -216,11 +218,7 @@ export async function prepareImage(image: RgbImage, recipe: InputRecipe, options
   const stain = raised ?? recipe.stain;
   const measures =
     options.measure || recipe.scale !== null || recipe.background !== null ? measureCells(image, raised, { redCells: recipe.scale !== null }) : null;
-  const scale = chooseScale(recipe.scale, measures, options.pixelSize, {
-    undersizedNucleus: options.undersizedNucleusScale,
-    arcs: options.arcScale,
-    largeNucleus: options.largeNucleusScale,
-  });
+  const scale = chooseScale(recipe.scale, measures, options.pixelSize, options);
   const fill = measures?.background ?? [255, 255, 255];
   const field = recipe.geometry.field === null ? null : Math.max(1, Math.round(recipe.geometry.field / scale.factor));
   let prepared = await resizeRgb(cropToField(image, field, fill), recipe.geometry.size);
