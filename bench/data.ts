@@ -15,7 +15,7 @@ import { IMAGENET_NORMALIZATION, type ImageSet, makeBatch } from '../src/data/ba
 import { workerBatches } from '../src/data/prefetch.js';
 import { parseNpy } from '../src/data/npy.js';
 import { readPack, writePack } from '../src/data/pack.js';
-import { PreparePool } from '../src/data/prepare.js';
+import { PreparePool } from '../src/data/prepare-pool.js';
 import { Mpm, resolveMpmConfig } from '../src/preprocess/mpm.js';
 import { type GrayImage, loadImageOps } from '../src/preprocess/ops.js';
 

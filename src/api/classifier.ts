@@ -31,6 +31,7 @@ import {
 } from '../data/prepare.js';
 import { DIHEDRAL, makeBatch } from '../data/batches.js';
 import { mapLimit } from '../data/pool.js';
+import { type PrepareFailure, PreparePool } from '../data/prepare-pool.js';
 import { showsOneCell } from '../data/scale.js';
 import { oodDistances } from '../eval/ood.js';
 import { loadModel, type ModelMetadata, type OodInfo, type OodPooling } from '../models/io.js';
@@ -136,6 +137,12 @@ const LARGE_NUCLEUS_CLOSER = 0.6;
 
 /** Images decoded and prepared at once: enough to keep the cores busy, few enough to bound memory. */
 const PREPARE_CONCURRENCY = Math.min(4, availableParallelism());
+/**
+ * Images in one call from which they are prepared on worker threads, one per core: preparing an image takes a
+ * CPU longer than the model's forward pass, and on the main thread uses one core. Below it, starting the threads
+ * (once per classifier) would cost more than they save.
+ */
+const WORKERS_FROM = 16;
 
 const OPTION_NAMES = ['device', 'precision', 'uncertaintyThreshold', 'field', 'pixelSize', 'tta', 'maxPixels'];
 const PRECISIONS: readonly (E.Precision | 'auto')[] = ['auto', 'fp32', 'bf16'];
@@ -241,6 +248,8 @@ export class Classifier {
     readonly precision: E.Precision,
     readonly overrides: ClassifierOverrides = {},
     readonly ood: OodInfo | null = null,
+    /** The preparing threads, started when first needed and shared with the classifiers made by withOverrides. */
+    private readonly workers: { pool: Promise<PreparePool | null> | null } = { pool: null },
   ) {
     checkOverrides(overrides);
     this.maxPixels = overrides.maxPixels;
@@ -261,11 +270,57 @@ export class Classifier {
    * look's options, as that look does.
    */
   async prepare(input: ImageInput, options: SecondLook = {}): Promise<PreparedInput> {
-    const image = await this.decode(input);
-    const prepared = await withPixelBudget(image.width * image.height, () =>
-      prepareImage(image, this.recipe, { pixelSize: this.pixelSize, measure: true, ...options }),
-    );
-    return { ...prepared, warnings: image.warnings ?? [] };
+    const prepared = firstLook(await this.prepareLooks(input, [options], null));
+    if (prepared instanceof Error) throw prepared;
+    return prepared;
+  }
+
+  /**
+   * Prepares many images as prepare() does each, on worker threads where more than one core has them to share: from
+   * a call with WORKERS_FROM images or more on, for this classifier's life. An image that cannot be prepared gets the
+   * Error in its place.
+   */
+  async prepareMany(inputs: ImageInput[]): Promise<(PreparedInput | Error)[]> {
+    const pool = await this.pool(inputs.length >= WORKERS_FROM);
+    // Two per thread keep each busy while its next image is sent, and bound the copies of decoded inputs.
+    return mapLimit(inputs, pool ? 2 * pool.threads : PREPARE_CONCURRENCY, async (input) => firstLook(await this.prepareLooks(input, [{}], pool)));
+  }
+
+  /** The preparing threads: started on first use where `start` and there is more than one core; null where they cannot run. */
+  private async pool(start = false): Promise<PreparePool | null> {
+    if (start && this.workers.pool === null && availableParallelism() > 1) this.workers.pool = PreparePool.start(null).catch(() => null);
+    return this.workers.pool;
+  }
+
+  /**
+   * Decodes an input once and prepares it for each look, on the pool's threads or here; the Error where it cannot be
+   * decoded, and in a look's place where that look fails.
+   */
+  private async prepareLooks(
+    input: ImageInput,
+    looks: SecondLook[],
+    pool: PreparePool | null,
+  ): Promise<{ warnings: string[]; looks: (PreparedImage | Error)[] } | Error> {
+    const options = (look: SecondLook): PrepareOptions => ({ pixelSize: this.pixelSize, measure: true, ...look });
+    if (pool) {
+      checkInput(input);
+      // A thread that stopped (out of memory on a huge image, say) leaves its images to this one.
+      const result = await pool.looks({ input, recipe: this.recipe, maxPixels: this.maxPixels, looks: looks.map(options) }).catch(() => null);
+      if (result === null) return this.prepareLooks(input, looks, null);
+      if (!result.ok) return asError(result);
+      return { warnings: result.warnings, looks: result.looks.map((look) => ('image' in look ? look : asError(look))) };
+    }
+    let image: DecodedImage;
+    try {
+      image = await this.decode(input);
+    } catch (error) {
+      return error as Error;
+    }
+    const prepared: (PreparedImage | Error)[] = [];
+    for (const look of looks) {
+      prepared.push(await withPixelBudget(image.width * image.height, () => prepareImage(image, this.recipe, options(look))).catch((error: Error) => error));
+    }
+    return { warnings: image.warnings ?? [], looks: prepared };
   }
 
   private async decode(input: ImageInput): Promise<DecodedImage> {
@@ -320,20 +375,26 @@ export class Classifier {
     };
     const planned = prepared.map((_, i) => secondLooks(i));
     const candidates = planned.flatMap((looks, i) => (looks.length > 0 ? [i] : []));
+    const pool = await this.pool();
     const looks = (
-      await mapLimit(candidates, PREPARE_CONCURRENCY, async (i) => {
+      await mapLimit(candidates, pool ? 2 * pool.threads : PREPARE_CONCURRENCY, async (i) => {
         // An image that cannot be read again (a file removed meanwhile) keeps its first reading. It is decoded once
         // for all of its second looks.
-        const source = await Promise.resolve(input(i))
-          .then((image) => this.decode(image))
-          .catch(() => null);
-        if (source === null) return [];
-        const found: { i: number; again: PreparedInput; bar: number }[] = [];
-        for (const { how, bar } of planned[i]) {
-          const again = await this.prepare(source, how).catch(() => null);
-          if (again !== null && !sameImage(again.image, prepared[i].image)) found.push({ i, again, bar });
-        }
-        return found;
+        const source = await Promise.resolve(input(i)).catch(() => null);
+        const again =
+          source === null
+            ? null
+            : await this.prepareLooks(
+                source,
+                planned[i].map((look) => look.how),
+                pool,
+              );
+        if (again === null || again instanceof Error) return [];
+        return again.looks.flatMap((look, j) =>
+          look instanceof Error || sameImage(look.image, prepared[i].image)
+            ? []
+            : [{ i, again: { ...look, warnings: again.warnings }, bar: planned[i][j].bar }],
+        );
       })
     ).flat();
     if (looks.length === 0) return { ...first, prepared };
@@ -444,15 +505,10 @@ export class Classifier {
     if (!Number.isInteger(batchSize) || batchSize < 1 || batchSize > 4096)
       throw new RangeError(`batchSize must be an integer in 1..4096, got ${options.batchSize}`);
     const results: (Classification | ClassificationError)[] = new Array(inputs.length);
+    await this.pool(inputs.length >= WORKERS_FROM);
     for (let start = 0; start < inputs.length; start += batchSize) {
       const chunk = inputs.slice(start, start + batchSize);
-      // A few at a time: a 64-megapixel image decodes to about 200 MB, and a batch may hold dozens of them.
-      const prepared = await mapLimit(chunk, PREPARE_CONCURRENCY, (input) =>
-        this.prepare(input).then(
-          (p) => ({ p }),
-          (error: Error) => failure(input, error),
-        ),
-      );
+      const prepared = (await this.prepareMany(chunk)).map((p, i) => (p instanceof Error ? failure(chunk[i], p) : { p }));
       const firstLook = prepared.flatMap((p, i) => ('p' in p ? [{ p: p.p, i }] : []));
       const reading = firstLook.length
         ? await this.read(
@@ -500,11 +556,13 @@ export class Classifier {
    * classifier it came from is disposed.
    */
   withOverrides(overrides: ClassifierOverrides): Classifier {
-    return new Classifier(this.model, this.metadata, this.device, this.precision, { ...this.overrides, ...overrides }, this.ood);
+    return new Classifier(this.model, this.metadata, this.device, this.precision, { ...this.overrides, ...overrides }, this.ood, this.workers);
   }
 
   dispose(): void {
     this.model.dispose();
+    void this.workers.pool?.then((pool) => pool?.close());
+    this.workers.pool = null;
   }
 }
 
@@ -516,6 +574,18 @@ const NON_FINITE = 'the model gave scores that are not finite numbers (NaN or in
 
 function describe(input: ImageInput, message: string): string {
   return typeof input === 'string' ? `${input}: ${message}` : message;
+}
+
+/** A preparation's first look with its decoder warnings, or the Error in its place. */
+function firstLook(result: { warnings: string[]; looks: (PreparedImage | Error)[] } | Error): PreparedInput | Error {
+  if (result instanceof Error) return result;
+  const [look] = result.looks;
+  return look instanceof Error ? look : { ...look, warnings: result.warnings };
+}
+
+/** A failure from a preparing thread as the Error it was there. */
+function asError({ code, message }: PrepareFailure): Error {
+  return code ? new DecodeError(code, message) : new Error(message);
 }
 
 function failure(input: ImageInput, error: Error): ClassificationError {

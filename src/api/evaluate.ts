@@ -36,16 +36,14 @@ export async function scoreItems(classifier: Classifier, items: DatasetItem[], o
     const chunk = items.slice(start, start + batchSize);
     const { transform } = options;
     const input = (item: DatasetItem) => (transform ? readImageFile(item.path).then(transform) : Promise.resolve(item.path));
-    const prepared = await Promise.all(
-      chunk.map((item) =>
-        input(item)
-          .then((i) => classifier.prepare(i))
-          .then(
-            (image) => ({ item, image }),
-            (error: Error) => ({ item, error }),
-          ),
-      ),
-    );
+    const sources = await Promise.all(chunk.map((item) => input(item).catch((error: Error) => error)));
+    const readable = sources.flatMap((source) => (source instanceof Error ? [] : [source]));
+    const images = await classifier.prepareMany(readable);
+    let next = 0;
+    const prepared = chunk.map((item, i) => {
+      const image = sources[i] instanceof Error ? sources[i] : images[next++];
+      return image instanceof Error ? { item, error: image } : { item, image };
+    });
     const firstLook = prepared.filter((p): p is { item: DatasetItem; image: PreparedInput } => 'image' in p);
     for (const p of prepared) if ('error' in p) failed.push({ path: p.item.path, reason: (p.error as Error).message });
     if (firstLook.length) {

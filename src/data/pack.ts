@@ -9,7 +9,8 @@ import type { SkippedFile } from './dataset.js';
 import { inspectPath, writeFileAtomic } from './files.js';
 import { DEFAULT_GEOMETRY, type GeometryConfig } from './geometry.js';
 import { mapLimit } from './pool.js';
-import { type BlobCodec, measureReference, PreparePool, type Reference, type ReferenceScale, type Rgb } from './prepare.js';
+import { type BlobCodec, measureReference, type Reference, type ReferenceScale, type Rgb } from './prepare.js';
+import { PreparePool } from './prepare-pool.js';
 import type { Part } from './split.js';
 import type { StainRange } from './stain.js';
 

@@ -1,18 +1,45 @@
-// A PreparePool thread: loads OpenCV once, then prepares each path it is sent.
+// A PreparePool thread: decodes and prepares each image it is sent, loading OpenCV once per MPM setting.
 import { parentPort, workerData } from 'node:worker_threads';
-import { Mpm } from '../preprocess/mpm.js';
-import { type PrepareRecipe, type PrepareResult, prepareFile } from './prepare.js';
+import { type MpmConfig, Mpm } from '../preprocess/mpm.js';
+import { DecodeError } from './errors.js';
+import { decodeImage, readImageFile } from './image.js';
+import type { LooksJob, LooksResult, PoolTask, PrepareFailure } from './prepare-pool.js';
+import { type PrepareRecipe, type PrepareResult, prepareFile, prepareImage } from './prepare.js';
 
-const recipe = workerData as PrepareRecipe;
-const mpm = recipe.mpm ? await Mpm.create(recipe.mpm) : null;
-parentPort!.on('message', async (path: string) => {
-  let result: PrepareResult;
+const fileRecipe = workerData as PrepareRecipe | null;
+const mpms = new Map<string, Promise<Mpm>>();
+const mpmFor = (config: MpmConfig | null): Promise<Mpm | null> => {
+  if (!config) return Promise.resolve(null);
+  const key = JSON.stringify(config);
+  if (!mpms.has(key)) mpms.set(key, Mpm.create(config));
+  return mpms.get(key)!;
+};
+
+const failure = (error: unknown): PrepareFailure =>
+  error instanceof DecodeError ? { code: error.code, message: error.message } : { message: (error as Error).message ?? String(error) };
+
+async function prepareLooks({ input, recipe, maxPixels, looks }: LooksJob): Promise<LooksResult> {
+  let image;
   try {
-    result = await prepareFile(path, recipe, mpm);
+    image =
+      typeof input === 'string' ? await readImageFile(input, { maxPixels }) : input instanceof Uint8Array ? await decodeImage(input, { maxPixels }) : input;
   } catch (error) {
-    // Every path gets an answer, so the pool never waits forever.
+    return { ok: false, ...failure(error) };
+  }
+  const mpm = await mpmFor(recipe.mpm);
+  const prepared = [];
+  for (const look of looks) prepared.push(await prepareImage(image, recipe, { ...look, mpm }).catch(failure));
+  return { ok: true, warnings: image.warnings ?? [], looks: prepared };
+}
+
+parentPort!.on('message', async ({ id, task }: { id: number; task: PoolTask }) => {
+  let result: PrepareResult | LooksResult;
+  try {
+    result = task.kind === 'file' ? await prepareFile(task.path, fileRecipe!, await mpmFor(fileRecipe!.mpm)) : await prepareLooks(task);
+  } catch (error) {
+    // Every request gets an answer, so the pool never waits forever.
     result = { ok: false, code: 'unreadable', message: `failed to prepare: ${(error as Error).message}` };
   }
-  parentPort!.postMessage(result);
+  parentPort!.postMessage({ id, result });
 });
 parentPort!.postMessage('ready');

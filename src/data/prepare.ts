@@ -1,9 +1,6 @@
 // One image from file to model input, the same way for training, packs and classification (decode → physical
-// scale → centred field → resize → background white balance → optional MPM → optional encode), and a pool of
-// worker threads that does it in parallel: MPM and the cell measurements are JavaScript, so more cores need more
-// threads.
-import { availableParallelism } from 'node:os';
-import { Worker } from 'node:worker_threads';
+// scale → centred field → resize → background white balance → optional MPM → optional encode). PreparePool
+// (prepare-pool.ts) runs it on worker threads.
 import sharp from 'sharp';
 import { type MpmConfig, Mpm } from '../preprocess/mpm.js';
 import { DecodeError, type DecodeErrorCode } from './errors.js';
@@ -364,54 +361,4 @@ export async function encodeRgb(image: RgbImage, codec: BlobCodec, quality: numb
           : input.png({ compressionLevel: 9 });
   const buffer = await encoded.toBuffer();
   return new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.length);
-}
-
-/** Worker threads, each preparing one image at a time; results come back in input order. */
-export class PreparePool {
-  private constructor(private readonly workers: Worker[]) {}
-
-  static async start(recipe: PrepareRecipe, threads = availableParallelism()): Promise<PreparePool> {
-    const workers = Array.from({ length: Math.max(1, threads) }, () => new Worker(new URL('./prepare-worker.js', import.meta.url), { workerData: recipe }));
-    await Promise.all(
-      workers.map(
-        (w) =>
-          new Promise<void>((resolve, reject) => {
-            w.once('message', () => resolve());
-            w.once('error', reject);
-          }),
-      ),
-    );
-    return new PreparePool(workers);
-  }
-
-  async map(paths: readonly string[], onResult?: (done: number) => void): Promise<PrepareResult[]> {
-    const results = new Array<PrepareResult>(paths.length);
-    let next = 0;
-    let done = 0;
-    const drain = (worker: Worker) =>
-      new Promise<void>((resolve, reject) => {
-        const feed = () => {
-          if (next >= paths.length) {
-            worker.off('error', reject);
-            resolve();
-            return;
-          }
-          const index = next++;
-          worker.once('message', (result: PrepareResult) => {
-            results[index] = result;
-            onResult?.(++done);
-            feed();
-          });
-          worker.postMessage(paths[index]);
-        };
-        worker.on('error', reject);
-        feed();
-      });
-    await Promise.all(this.workers.map(drain));
-    return results;
-  }
-
-  async close(): Promise<void> {
-    await Promise.all(this.workers.map((w) => w.terminate()));
-  }
 }

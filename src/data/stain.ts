@@ -30,30 +30,24 @@ function densityTables(background: readonly number[]): Float64Array[] {
   });
 }
 
-/** Optical densities relative to the background, per pixel, never below 0. */
-function densities(image: RgbImage, background: readonly number[]): Float32Array {
-  const tables = densityTables(background).map((t) => t.map((d) => Math.max(0, d)));
-  const od = new Float32Array(image.data.length);
-  for (let p = 0; p < od.length; p += 3) {
-    od[p] = tables[0][image.data[p]];
-    od[p + 1] = tables[1][image.data[p + 1]];
-    od[p + 2] = tables[2][image.data[p + 2]];
-  }
-  return od;
-}
-
 /** Haematoxylin and eosin strengths of one image; 0 for a stain it does not show. */
 export function stainStrengths(image: RgbImage, background: readonly number[]): [number, number] {
-  const od = densities(image, background);
+  // Per channel and 8-bit value: the density (never below 0, held in single precision) and its share of each stain's
+  // density, so that a pixel costs three lookups per sum and no array of densities is made.
+  const od = densityTables(background).map((t) => t.map((d) => Math.fround(Math.max(0, d))));
+  const share = (k: number) => od.map((t, c) => t.map((d) => d * HED_FROM_RGB[3 * c + k]));
+  const [[hR, hG, hB], [eR, eG, eB]] = [share(0), share(1)];
+  const [odR, odG, odB] = od;
   const histograms = [new Uint32Array(BINS), new Uint32Array(BINS)];
+  const bin = (density: number) => Math.min(BINS - 1, Math.max(0, Math.floor((density / MAX_DENSITY) * BINS)));
+  const { data } = image;
   let stained = 0;
-  for (let p = 0; p < od.length; p += 3) {
-    if (od[p] + od[p + 1] + od[p + 2] < STAINED) continue;
+  for (let p = 0; p < data.length; p += 3) {
+    const [r, g, b] = [data[p], data[p + 1], data[p + 2]];
+    if (odR[r] + odG[g] + odB[b] < STAINED) continue;
     stained++;
-    for (let k = 0; k < 2; k++) {
-      const density = od[p] * HED_FROM_RGB[k] + od[p + 1] * HED_FROM_RGB[3 + k] + od[p + 2] * HED_FROM_RGB[6 + k];
-      histograms[k][Math.min(BINS - 1, Math.max(0, Math.floor((density / MAX_DENSITY) * BINS)))]++;
-    }
+    histograms[0][bin(hR[r] + hG[g] + hB[b])]++;
+    histograms[1][bin(eR[r] + eG[g] + eB[b])]++;
   }
   return histograms.map((h) => {
     if (stained === 0) return 0;
@@ -96,19 +90,33 @@ export function normaliseStain(image: RgbImage, background: readonly number[], r
   return gains[0] === 1 && gains[1] === 1 ? image : scaleStains(image, background, gains as [number, number]);
 }
 
-/** Each pixel's haematoxylin and eosin densities (relative to the background) times their gains; the rest stays. */
+/**
+ * Each pixel's haematoxylin and eosin densities (relative to the background) times their gains; the rest stays.
+ * With densities as row vectors, od' = od · HED_FROM_RGB · diag(gains, 1) · RGB_FROM_HED: linear in each channel's
+ * density, so each output channel is the background times a product of three per-channel factors, exp(−od · a), each
+ * read from a table of the 256 values: no exponential per pixel.
+ */
 export function scaleStains(image: RgbImage, background: readonly number[], gains: readonly [number, number]): RgbImage {
   const [m, inv] = [RGB_FROM_HED, HED_FROM_RGB];
-  const out = new Uint8Array(image.data.length);
-  const [r, g, b] = densityTables(background);
+  const scaled = [gains[0], gains[1], 1];
+  const od = densityTables(background);
+  // factors[c][j][v]: output channel c's factor from input channel j at value v (the background folded into j = 0).
+  const factors = [0, 1, 2].map((c) =>
+    od.map((table, j) => {
+      let a = 0;
+      for (let k = 0; k < 3; k++) a += inv[3 * j + k] * scaled[k] * m[3 * k + c];
+      return table.map((d) => (j === 0 ? background[c] : 1) * Math.exp(-d * a));
+    }),
+  );
+  const [[rR, rG, rB], [gR, gG, gB], [bR, bG, bB]] = factors;
   const { data } = image;
-  // Row vectors: hed = od · inv; H and E scaled; od' = hed · m. Written out per pixel: every restained image pays it.
+  const out = new Uint8Array(data.length);
+  const level = (v: number) => Math.max(0, Math.min(255, Math.round(v)));
   for (let p = 0; p < out.length; p += 3) {
-    const [odR, odG, odB] = [r[data[p]], g[data[p + 1]], b[data[p + 2]]];
-    const h = (odR * inv[0] + odG * inv[3] + odB * inv[6]) * gains[0];
-    const e = (odR * inv[1] + odG * inv[4] + odB * inv[7]) * gains[1];
-    const d = odR * inv[2] + odG * inv[5] + odB * inv[8];
-    for (let c = 0; c < 3; c++) out[p + c] = Math.max(0, Math.min(255, Math.round(background[c] * Math.exp(-(h * m[c] + e * m[3 + c] + d * m[6 + c])))));
+    const [r, g, b] = [data[p], data[p + 1], data[p + 2]];
+    out[p] = level(rR[r] * rG[g] * rB[b]);
+    out[p + 1] = level(gR[r] * gG[g] * gB[b]);
+    out[p + 2] = level(bR[r] * bG[g] * bB[b]);
   }
   return { width: image.width, height: image.height, data: out };
 }

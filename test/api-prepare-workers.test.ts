@@ -1,0 +1,104 @@
+// Many images at once are prepared on worker threads: the answers, the errors and the second looks must be exactly
+// those prepared on the main thread, and the threads must neither keep a process alive nor lose an image when they
+// stop.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { loadClassifier } from '../src/api/classifier.js';
+import { PBC_CLASSES } from '../src/data/dataset.js';
+import { readImageFile } from '../src/data/image.js';
+import { PreparePool } from '../src/data/prepare-pool.js';
+import { prepareImage } from '../src/data/prepare.js';
+import { SHARED } from './helpers.js';
+
+const PBC = path.join(SHARED, 'data/pbc');
+const BCCD = path.join(SHARED, 'data/external/bccd-wbc');
+const firstFiles = (dir: string, n: number) =>
+  readdirSync(dir)
+    .filter((f) => !f.startsWith('.'))
+    .sort()
+    .slice(0, n)
+    .map((f) => path.join(dir, f));
+const run = promisify(execFile);
+const parallel = availableParallelism() > 1;
+
+test('classifyBatch answers from worker threads exactly as from the main thread, errors and second looks included', { skip: !parallel }, async () => {
+  const pbc = PBC_CLASSES.flatMap((c) => firstFiles(path.join(PBC, c), 2));
+  // Pale images from another lab: their answers come from the second look at a raised stain.
+  const bccd = firstFiles(path.join(BCCD, 'neutrophil'), 4);
+  const jpeg = readFileSync(pbc[0]);
+  const truncated = jpeg.subarray(0, jpeg.length >> 1);
+  const inputs = [...pbc, ...bccd, jpeg, truncated, path.join(PBC, 'no-such-file.jpg'), await readImageFile(pbc[1])];
+  const pooled = await loadClassifier();
+  const single = await loadClassifier();
+  try {
+    const together = await pooled.classifyBatch(inputs, { batchSize: 8 });
+    const pool = await (pooled as unknown as { workers: { pool: Promise<PreparePool | null> } }).workers.pool;
+    assert.ok(pool && pool.threads > 1, 'the batch was prepared on worker threads');
+    // Calls with fewer images than start the threads, in the same batches (the forward pass's numbers depend on them).
+    const here = [];
+    for (let start = 0; start < inputs.length; start += 8) here.push(...(await single.classifyBatch(inputs.slice(start, start + 8), { batchSize: 8 })));
+    assert.equal(await (single as unknown as { workers: { pool: unknown } }).workers.pool, null);
+    assert.deepEqual(together, here);
+    assert.ok(
+      together.slice(pbc.length, pbc.length + bccd.length).some((r) => 'stain' in r && r.stain === 'raised'),
+      'a second look answered',
+    );
+    assert.deepEqual(
+      together.slice(-4).map((r) => ('error' in r ? r.code : 'answer')),
+      ['answer', 'truncated', 'unreadable', 'answer'],
+    );
+  } finally {
+    pooled.dispose();
+    single.dispose();
+  }
+});
+
+test('images whose preparing threads have stopped are prepared on the main thread, with the same answers', { skip: !parallel }, async () => {
+  const files = PBC_CLASSES.flatMap((c) => firstFiles(path.join(PBC, c), 2));
+  const classifier = await loadClassifier();
+  try {
+    const before = await classifier.classifyBatch(files);
+    const pool = await (classifier as unknown as { workers: { pool: Promise<PreparePool | null> } }).workers.pool;
+    assert.ok(pool);
+    await pool.close();
+    assert.deepEqual(await classifier.classifyBatch(files), before);
+  } finally {
+    classifier.dispose();
+  }
+});
+
+test('a pool prepares every look at an image exactly as the main thread does, and names a file it cannot decode', async () => {
+  const classifier = await loadClassifier();
+  const pool = await PreparePool.start(null, 2);
+  try {
+    const file = firstFiles(path.join(BCCD, 'eosinophil'), 1)[0];
+    const looks = [{ measure: true }, { measure: true, raisePaleStain: true }, { measure: true, arcScale: true }];
+    const result = await pool.looks({ input: file, recipe: classifier.recipe, looks });
+    assert.ok(result.ok);
+    const image = await readImageFile(file);
+    for (const [i, look] of looks.entries()) assert.deepEqual(result.looks[i], await prepareImage(image, classifier.recipe, look), `look ${i}`);
+    const bad = await pool.looks({ input: new Uint8Array([0xff, 0xd8, 0xff, 0xe0, 1, 2, 3]), recipe: classifier.recipe, looks });
+    assert.equal(bad.ok, false);
+    assert.ok(!bad.ok && (bad.code === 'truncated' || bad.code === 'corrupt'), JSON.stringify(bad));
+  } finally {
+    await pool.close();
+    classifier.dispose();
+  }
+  await assert.rejects(pool.looks({ input: 'x.jpg', recipe: classifier.recipe, looks: [{}] }), /preparing threads have stopped/);
+});
+
+test('a process that classified on worker threads exits by itself, without dispose', { skip: !parallel, timeout: 120_000 }, async () => {
+  const files = PBC_CLASSES.flatMap((c) => firstFiles(path.join(PBC, c), 2));
+  const script = `
+    const { loadClassifier } = await import(${JSON.stringify(path.resolve('dist/src/api/classifier.js'))});
+    const classifier = await loadClassifier();
+    const results = await classifier.classifyBatch(${JSON.stringify(files)});
+    console.log(results.filter((r) => 'predictions' in r).length);`;
+  const { stdout } = await run(process.execPath, ['--input-type=module', '-e', script], { timeout: 90_000 });
+  assert.equal(stdout.trim(), String(files.length));
+});
