@@ -1,6 +1,6 @@
-// Many images at once are prepared on worker threads: the answers, the errors and the second looks must be exactly
-// those prepared on the main thread, and the threads must neither keep a process alive nor lose an image when they
-// stop.
+// Many images at once are prepared on worker threads, the next batch while the model reads one: the answers, the
+// errors and the second looks must be exactly those prepared on the main thread, batch by batch, and the threads
+// must neither keep a process alive nor lose an image when they stop.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -36,7 +36,14 @@ test('classifyBatch answers from worker threads exactly as from the main thread,
   const pooled = await loadClassifier();
   const single = await loadClassifier();
   try {
-    const together = await pooled.classifyBatch(inputs, { batchSize: 8 });
+    const progress: [number, number][] = [];
+    const together = await pooled.classifyBatch(inputs, { batchSize: 8, onProgress: (done, total) => progress.push([done, total]) });
+    assert.deepEqual(progress, [
+      [8, inputs.length],
+      [16, inputs.length],
+      [24, inputs.length],
+    ]);
+    await assert.rejects(pooled.classifyBatch(inputs, { onProgress: 'bar' as never }), /onProgress must be a function, got 'bar'/);
     const pool = await (pooled as unknown as { workers: { pool: Promise<PreparePool | null> } }).workers.pool;
     assert.ok(pool && pool.threads > 1, 'the batch was prepared on worker threads');
     // Calls with fewer images than start the threads, in the same batches (the forward pass's numbers depend on them).

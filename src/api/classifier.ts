@@ -282,8 +282,11 @@ export class Classifier {
    */
   async prepareMany(inputs: ImageInput[]): Promise<(PreparedInput | Error)[]> {
     const pool = await this.pool(inputs.length >= WORKERS_FROM);
-    // Two per thread keep each busy while its next image is sent, and bound the copies of decoded inputs.
-    return mapLimit(inputs, pool ? 2 * pool.threads : PREPARE_CONCURRENCY, async (input) => firstLook(await this.prepareLooks(input, [{}], pool)));
+    // Paths and bytes are all sent at once, so that the threads go on while the main thread runs the model; decoded
+    // inputs two per thread, which bounds their copies.
+    const decoded = inputs.some((input) => typeof input !== 'string' && !(input instanceof Uint8Array));
+    const limit = pool ? (decoded ? 2 * pool.threads : inputs.length) : PREPARE_CONCURRENCY;
+    return mapLimit(inputs, limit, async (input) => firstLook(await this.prepareLooks(input, [{}], pool)));
   }
 
   /** The preparing threads: started on first use where `start` and there is more than one core; null where they cannot run. */
@@ -493,10 +496,16 @@ export class Classifier {
   /**
    * Classifies many images in batches; a bad image, or one the model gives non-finite scores, gets { error, code }
    * in its place and the rest go on. Inputs of the wrong kind are the caller's mistake and throw at once.
+   * `onProgress` hears after each batch how many images are done.
    */
-  async classifyBatch(inputs: ImageInput[], options: { topK?: number; batchSize?: number } = {}): Promise<(Classification | ClassificationError)[]> {
+  async classifyBatch(
+    inputs: ImageInput[],
+    options: { topK?: number; batchSize?: number; onProgress?: (done: number, total: number) => void } = {},
+  ): Promise<(Classification | ClassificationError)[]> {
     if (!Array.isArray(inputs)) throw new TypeError(`classifyBatch takes an array of inputs, got ${shown(inputs)}`);
     inputs.forEach((input, i) => checkInput(input, `inputs[${i}]`));
+    const { onProgress } = options;
+    if (onProgress !== undefined && typeof onProgress !== 'function') throw new TypeError(`onProgress must be a function, got ${shown(onProgress)}`);
     const requestedTopK = options.topK ?? 3;
     if (!Number.isInteger(requestedTopK) || requestedTopK < 1) throw new RangeError(`topK must be a positive integer, got ${options.topK}`);
     const topK = Math.min(requestedTopK, this.classes.length);
@@ -506,9 +515,13 @@ export class Classifier {
       throw new RangeError(`batchSize must be an integer in 1..4096, got ${options.batchSize}`);
     const results: (Classification | ClassificationError)[] = new Array(inputs.length);
     await this.pool(inputs.length >= WORKERS_FROM);
+    let preparing = this.prepareMany(inputs.slice(0, batchSize));
     for (let start = 0; start < inputs.length; start += batchSize) {
       const chunk = inputs.slice(start, start + batchSize);
-      const prepared = (await this.prepareMany(chunk)).map((p, i) => (p instanceof Error ? failure(chunk[i], p) : { p }));
+      const ready = await preparing;
+      // The next batch is prepared (on the threads, where they run) while this one is read.
+      if (start + batchSize < inputs.length) preparing = this.prepareMany(inputs.slice(start + batchSize, start + 2 * batchSize));
+      const prepared = ready.map((p, i) => (p instanceof Error ? failure(chunk[i], p) : { p }));
       const firstLook = prepared.flatMap((p, i) => ('p' in p ? [{ p: p.p, i }] : []));
       const reading = firstLook.length
         ? await this.read(
@@ -537,6 +550,7 @@ export class Classifier {
         if (p.warnings.length > 0) reasons.push('decode-warning');
         results[start + i] = { predictions, uncertain: reasons.length > 0, reasons, scale: p.scale, stain: p.stain };
       });
+      onProgress?.(start + chunk.length, inputs.length);
     }
     return results;
   }

@@ -32,18 +32,22 @@ export async function scoreItems(classifier: Classifier, items: DatasetItem[], o
   const oneCell: (boolean | undefined)[] = [];
   const features: Float32Array[] = [];
   const failed: ScoredItems['failed'] = [];
-  for (let start = 0; start < items.length; start += batchSize) {
-    const chunk = items.slice(start, start + batchSize);
-    const { transform } = options;
-    const input = (item: DatasetItem) => (transform ? readImageFile(item.path).then(transform) : Promise.resolve(item.path));
+  const { transform } = options;
+  const input = (item: DatasetItem) => (transform ? readImageFile(item.path).then(transform) : Promise.resolve(item.path));
+  const prepare = async (chunk: DatasetItem[]) => {
     const sources = await Promise.all(chunk.map((item) => input(item).catch((error: Error) => error)));
-    const readable = sources.flatMap((source) => (source instanceof Error ? [] : [source]));
-    const images = await classifier.prepareMany(readable);
+    const images = await classifier.prepareMany(sources.flatMap((source) => (source instanceof Error ? [] : [source])));
     let next = 0;
-    const prepared = chunk.map((item, i) => {
+    return chunk.map((item, i) => {
       const image = sources[i] instanceof Error ? sources[i] : images[next++];
       return image instanceof Error ? { item, error: image } : { item, image };
     });
+  };
+  let preparing = prepare(items.slice(0, batchSize));
+  for (let start = 0; start < items.length; start += batchSize) {
+    const prepared = await preparing;
+    // The next batch is prepared (on the classifier's threads, where they run) while this one is read.
+    if (start + batchSize < items.length) preparing = prepare(items.slice(start + batchSize, start + 2 * batchSize));
     const firstLook = prepared.filter((p): p is { item: DatasetItem; image: PreparedInput } => 'image' in p);
     for (const p of prepared) if ('error' in p) failed.push({ path: p.item.path, reason: (p.error as Error).message });
     if (firstLook.length) {

@@ -1,5 +1,5 @@
 import { type Command, InvalidArgumentError } from 'commander';
-import { BUNDLED_MODEL, type Classification, loadClassifier } from '../../api/classifier.js';
+import { BUNDLED_MODEL, loadClassifier } from '../../api/classifier.js';
 import { modelInfo } from '../../api/model-info.js';
 import { blockRange } from '../../data/batches.js';
 import { escapeControl, inspectPath, walkFolder } from '../../data/files.js';
@@ -85,11 +85,7 @@ export function registerPredict(program: Command): void {
     if (shard.count > 1) process.stderr.write(`hemato: shard ${shard.index}/${shard.count}: ${files.length} of ${expanded.files.length} files\n`);
     const classifier = await loadClassifier(options.model, classifierOptions(options));
     const bar = progressBar('classifying', files.length);
-    const results: (Classification | { error: string })[] = [];
-    for (let start = 0; start < files.length; start += options.batchSize) {
-      results.push(...(await classifier.classifyBatch(files.slice(start, start + options.batchSize), { topK: options.topK, batchSize: options.batchSize })));
-      bar.update(results.length);
-    }
+    const results = await classifier.classifyBatch(files, { topK: options.topK, batchSize: options.batchSize, onProgress: (done) => bar.update(done) });
     bar.stop();
     const rows = files.map((file, i) => ({ file, ...results[i] }));
     const failed = rows.filter((r) => 'error' in r).length;
