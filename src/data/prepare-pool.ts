@@ -50,15 +50,18 @@ export class PreparePool {
    */
   static async start(recipe: PrepareRecipe | null, threads = availableParallelism()): Promise<PreparePool> {
     const workers = Array.from({ length: Math.max(1, threads) }, () => new Worker(new URL('./prepare-worker.js', import.meta.url), { workerData: recipe }));
-    await Promise.all(
-      workers.map(
-        (w) =>
-          new Promise<void>((resolve, reject) => {
-            w.once('message', () => resolve());
-            w.once('error', reject);
-          }),
-      ),
-    );
+    const ready = (w: Worker) =>
+      new Promise<void>((resolve, reject) => {
+        w.once('message', () => resolve());
+        w.once('error', reject);
+      });
+    try {
+      await Promise.all(workers.map(ready));
+    } catch (error) {
+      // The threads that did start would otherwise keep the process alive.
+      await Promise.all(workers.map((w) => w.terminate()));
+      throw error;
+    }
     return new PreparePool(workers);
   }
 
