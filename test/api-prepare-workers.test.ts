@@ -65,6 +65,24 @@ test('classifyBatch answers from worker threads exactly as from the main thread,
   }
 });
 
+test("a classifier's options reach the threads: a pixel limit and a pixel size give the main thread's answers", { skip: !parallel }, async () => {
+  const files = PBC_CLASSES.flatMap((c) => firstFiles(path.join(PBC, c), 2));
+  for (const options of [{ maxPixels: 10_000 }, { pixelSize: 0.2 }]) {
+    const pooled = await loadClassifier(undefined, options);
+    const here = await loadClassifier(undefined, options);
+    try {
+      const together = await pooled.classifyBatch(files, { batchSize: 8 });
+      const apart = [...(await here.classifyBatch(files.slice(0, 8), { batchSize: 8 })), ...(await here.classifyBatch(files.slice(8), { batchSize: 8 }))];
+      assert.deepEqual(together, apart, JSON.stringify(options));
+      if ('maxPixels' in options) assert.ok(together.every((r) => 'code' in r && r.code === 'too-large'));
+      else assert.ok(together.every((r) => 'scale' in r && r.scale.source === 'given'));
+    } finally {
+      pooled.dispose();
+      here.dispose();
+    }
+  }
+});
+
 test('images whose preparing threads have stopped are prepared on the main thread, with the same answers', { skip: !parallel }, async () => {
   const files = PBC_CLASSES.flatMap((c) => firstFiles(path.join(PBC, c), 2));
   const classifier = await loadClassifier();
