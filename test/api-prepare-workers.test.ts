@@ -1,6 +1,6 @@
 // Many images at once are prepared on worker threads, the next batch while the model reads one: the answers, the
-// errors and the second looks must be exactly those prepared on the main thread, batch by batch, and the threads
-// must neither keep a process alive nor lose an image when they stop.
+// error codes and the second looks must be those of the main thread, batch by batch, and the threads must neither
+// keep a process alive nor lose an image when they stop.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -8,7 +8,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { loadClassifier } from '../src/api/classifier.js';
+import { type Classification, type ClassificationError, loadClassifier } from '../src/api/classifier.js';
 import { PBC_CLASSES } from '../src/data/dataset.js';
 import { readImageFile } from '../src/data/image.js';
 import { PreparePool } from '../src/data/prepare-pool.js';
@@ -24,9 +24,15 @@ const firstFiles = (dir: string, n: number) =>
     .slice(0, n)
     .map((f) => path.join(dir, f));
 const run = promisify(execFile);
+/**
+ * Results with each error's code and what failed (the message up to its first colon): libvips' own words for a
+ * damaged file vary from run to run when several fail at once, on any thread.
+ */
+const comparable = (results: (Classification | ClassificationError)[]) =>
+  results.map((r) => ('error' in r ? { code: r.code, failed: r.error.split(':')[0] } : r));
 const parallel = availableParallelism() > 1;
 
-test('classifyBatch answers from worker threads exactly as from the main thread, errors and second looks included', { skip: !parallel }, async () => {
+test('classifyBatch answers from worker threads as from the main thread: the same answers, error codes and second looks', { skip: !parallel }, async () => {
   const pbc = PBC_CLASSES.flatMap((c) => firstFiles(path.join(PBC, c), 2));
   // Pale images from another lab: their answers come from the second look at a raised stain.
   const bccd = firstFiles(path.join(BCCD, 'neutrophil'), 4);
@@ -50,7 +56,7 @@ test('classifyBatch answers from worker threads exactly as from the main thread,
     const here = [];
     for (let start = 0; start < inputs.length; start += 8) here.push(...(await single.classifyBatch(inputs.slice(start, start + 8), { batchSize: 8 })));
     assert.equal(await (single as unknown as { workers: { pool: unknown } }).workers.pool, null);
-    assert.deepEqual(together, here);
+    assert.deepEqual(comparable(together), comparable(here));
     assert.ok(
       together.slice(pbc.length, pbc.length + bccd.length).some((r) => 'stain' in r && r.stain === 'raised'),
       'a second look answered',
@@ -73,7 +79,7 @@ test("a classifier's options reach the threads: a pixel limit and a pixel size g
     try {
       const together = await pooled.classifyBatch(files, { batchSize: 8 });
       const apart = [...(await here.classifyBatch(files.slice(0, 8), { batchSize: 8 })), ...(await here.classifyBatch(files.slice(8), { batchSize: 8 }))];
-      assert.deepEqual(together, apart, JSON.stringify(options));
+      assert.deepEqual(comparable(together), comparable(apart), JSON.stringify(options));
       if ('maxPixels' in options) assert.ok(together.every((r) => 'code' in r && r.code === 'too-large'));
       else assert.ok(together.every((r) => 'scale' in r && r.scale.source === 'given'));
     } finally {
