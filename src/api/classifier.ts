@@ -5,22 +5,13 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { availableParallelism } from 'node:os';
 import * as E from '../engine/index.js';
-import {
-  DEFAULT_MAX_PIXELS,
-  type DecodedImage,
-  DecodeError,
-  type DecodeErrorCode,
-  decodeImage,
-  type RgbImage,
-  readImageFile,
-  withPixelBudget,
-} from '../data/image.js';
+import { DEFAULT_MAX_PIXELS, type DecodedImage, DecodeError, type DecodeErrorCode, type RgbImage } from '../data/image.js';
 import { DEFAULT_GEOMETRY } from '../data/geometry.js';
 import {
   backgroundColours,
   chooseScale,
+  decodeAndPrepare,
   type InputRecipe,
-  prepareImage,
   type PreparedImage,
   type PrepareOptions,
   type ScaleCues,
@@ -313,23 +304,12 @@ export class Classifier {
       if (!result.ok) return asError(result);
       return { warnings: result.warnings, looks: result.looks.map((look) => ('image' in look ? look : asError(look))) };
     }
-    let image: DecodedImage;
     try {
-      image = await this.decode(input);
+      checkInput(input);
+      return await decodeAndPrepare(input, this.recipe, looks.map(options), this.maxPixels);
     } catch (error) {
       return error as Error;
     }
-    const prepared: (PreparedImage | Error)[] = [];
-    for (const look of looks) {
-      prepared.push(await withPixelBudget(image.width * image.height, () => prepareImage(image, this.recipe, options(look))).catch((error: Error) => error));
-    }
-    return { warnings: image.warnings ?? [], looks: prepared };
-  }
-
-  private async decode(input: ImageInput): Promise<DecodedImage> {
-    checkInput(input);
-    const decoding = { maxPixels: this.maxPixels };
-    return typeof input === 'string' ? readImageFile(input, decoding) : input instanceof Uint8Array ? decodeImage(input, decoding) : input;
   }
 
   /**

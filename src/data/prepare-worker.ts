@@ -2,9 +2,8 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { type MpmConfig, Mpm } from '../preprocess/mpm.js';
 import { DecodeError } from './errors.js';
-import { decodeImage, readImageFile } from './image.js';
 import type { LooksJob, LooksResult, PoolTask, PrepareFailure } from './prepare-pool.js';
-import { type PrepareRecipe, type PrepareResult, prepareFile, prepareImage } from './prepare.js';
+import { decodeAndPrepare, type PrepareRecipe, type PrepareResult, prepareFile } from './prepare.js';
 
 const fileRecipe = workerData as PrepareRecipe | null;
 const mpms = new Map<string, Promise<Mpm>>();
@@ -19,17 +18,18 @@ const failure = (error: unknown): PrepareFailure =>
   error instanceof DecodeError ? { code: error.code, message: error.message } : { message: (error as Error).message ?? String(error) };
 
 async function prepareLooks({ input, recipe, maxPixels, looks }: LooksJob): Promise<LooksResult> {
-  let image;
+  const mpm = await mpmFor(recipe.mpm);
   try {
-    image =
-      typeof input === 'string' ? await readImageFile(input, { maxPixels }) : input instanceof Uint8Array ? await decodeImage(input, { maxPixels }) : input;
+    const prepared = await decodeAndPrepare(
+      input,
+      recipe,
+      looks.map((look) => ({ ...look, mpm })),
+      maxPixels,
+    );
+    return { ok: true, warnings: prepared.warnings, looks: prepared.looks.map((look) => (look instanceof Error ? failure(look) : look)) };
   } catch (error) {
     return { ok: false, ...failure(error) };
   }
-  const mpm = await mpmFor(recipe.mpm);
-  const prepared = [];
-  for (const look of looks) prepared.push(await prepareImage(image, recipe, { ...look, mpm }).catch(failure));
-  return { ok: true, warnings: image.warnings ?? [], looks: prepared };
 }
 
 parentPort!.on('message', async ({ id, task }: { id: number; task: PoolTask }) => {

@@ -5,7 +5,7 @@ import sharp from 'sharp';
 import { type MpmConfig, Mpm } from '../preprocess/mpm.js';
 import { DecodeError, type DecodeErrorCode } from './errors.js';
 import { cropToField, type GeometryConfig, resizeRgb, validateGeometry } from './geometry.js';
-import { type RgbImage, readImageFile } from './image.js';
+import { type DecodedImage, decodeImage, type RgbImage, readImageFile, withPixelBudget } from './image.js';
 import { seededRandom } from './random.js';
 import { backgroundColour, type CellMeasures, measureCells, RBC_DIAMETER_UM, type ScaleSource } from './scale.js';
 import { normaliseStain, raisedToTypical, type StainRange, stainRangeOf, stainStrengths } from './stain.js';
@@ -328,6 +328,25 @@ function seededSample<T>(items: readonly T[], n: number, seed: number): T[] {
     .slice(0, n)
     .sort((a, b) => a - b)
     .map((i) => items[i]);
+}
+
+/**
+ * Decodes one image once (a file's path, its bytes, or pixels, taken as they are) and prepares it for each look; a
+ * look that fails has its Error in its place, and a decoding failure throws.
+ */
+export async function decodeAndPrepare(
+  input: string | Uint8Array | DecodedImage,
+  recipe: InputRecipe,
+  looks: PrepareOptions[],
+  maxPixels?: number,
+): Promise<{ warnings: string[]; looks: (PreparedImage | Error)[] }> {
+  const image =
+    typeof input === 'string' ? await readImageFile(input, { maxPixels }) : input instanceof Uint8Array ? await decodeImage(input, { maxPixels }) : input;
+  const prepared: (PreparedImage | Error)[] = [];
+  for (const look of looks) {
+    prepared.push(await withPixelBudget(image.width * image.height, () => prepareImage(image, recipe, look)).catch((error: Error) => error));
+  }
+  return { warnings: image.warnings ?? [], looks: prepared };
 }
 
 export interface PrepareRecipe extends InputRecipe {
