@@ -181,6 +181,22 @@ async function twoReadings(image: RgbImage, how: Parameters<Classifier['prepare'
   return { asGiven, again, answer };
 }
 
+/**
+ * A second reading with a margin of 0.6 (ARC_SCALE_CLOSER, LARGE_NUCLEUS_CLOSER): closer by a factor 0 (t = 1) or
+ * 0.44 (t = 0.6) it is taken, at the scale `source` its look gives; by 0.67 (t = 0.55) it is not.
+ */
+async function assertTakenUnderSixTenths(answer: Awaited<ReturnType<typeof twoReadings>>['answer'], source: string, what: string) {
+  for (const { t, taken } of [
+    { t: 1, taken: true },
+    { t: 0.6, taken: true },
+    { t: 0.55, taken: false },
+  ]) {
+    const { result, second } = await answer(t);
+    assert.equal(result.scale.source, taken ? source : 'none', `t = ${t}: ${what} ${taken ? 'taken' : 'not taken'}`);
+    assert.equal(second, taken);
+  }
+}
+
 test('second look: a pale image read as a platelet field is read again where the detector passes it, if the raised image is twice as close', async () => {
   const pale = stain(await readImageFile(path.join(PBC, 'neutrophil/BNE_101082.jpg')), 0.4);
   const { answer } = await twoReadings(pale, { raisePaleStain: true }, 'platelet');
@@ -231,16 +247,7 @@ test('second look: an image read without a scale is read at the scale of the red
   assert.ok(asGiven.measures?.arcDiameter, 'arcs measured');
   assert.equal(atArcs.scale.source, 'red-cells');
   assert.ok(atArcs.scale.factor > 0.4 && atArcs.scale.factor < 0.65, `factor ${atArcs.scale.factor}`);
-  // The arcs' reading closer by a factor 0 (t = 1), 0.44 (t = 0.6) or 0.67 (t = 0.55); it must be under 0.6.
-  for (const { t, taken } of [
-    { t: 1, taken: true },
-    { t: 0.6, taken: true },
-    { t: 0.55, taken: false },
-  ]) {
-    const { result, second } = await answer(t);
-    assert.equal(result.scale.source, taken ? 'red-cells' : 'none', `t = ${t}: the arcs' reading ${taken ? 'taken' : 'not taken'}`);
-    assert.equal(second, taken);
-  }
+  await assertTakenUnderSixTenths(answer, 'red-cells', "the arcs' reading");
 });
 
 test('second look: an image read without a scale, its nucleus large, is read at the nucleus scale, if clearly closer', async () => {
@@ -252,16 +259,7 @@ test('second look: an image read without a scale, its nucleus large, is read at 
   assert.equal(asGiven.measures?.arcDiameter, null);
   assert.equal(atNucleus.scale.source, 'white-cell');
   assert.ok(atNucleus.scale.factor > 0.6 && atNucleus.scale.factor < 0.85, `factor ${atNucleus.scale.factor}`);
-  // The nucleus scale's reading closer by a factor 0 (t = 1), 0.44 (t = 0.6) or 0.67 (t = 0.55): it must be under 0.6.
-  for (const { t, taken } of [
-    { t: 1, taken: true },
-    { t: 0.6, taken: true },
-    { t: 0.55, taken: false },
-  ]) {
-    const { result, second } = await answer(t);
-    assert.equal(result.scale.source, taken ? 'white-cell' : 'none', `t = ${t}: the nucleus scale's reading ${taken ? 'taken' : 'not taken'}`);
-    assert.equal(second, taken);
-  }
+  await assertTakenUnderSixTenths(answer, 'white-cell', "the nucleus scale's reading");
 });
 
 test('second look: an out-of-distribution image paler than the typical training stain is read again with the stain raised', async () => {
