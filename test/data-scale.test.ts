@@ -351,3 +351,21 @@ test('images are measured on a copy shrunk by box averages, rounded, with any od
         }
   }
 });
+
+test('the background colour and channel gains read from tables give what the plain per-pixel arithmetic gives', () => {
+  // Pixels over the whole 8-bit cube, with many at half-way lumas, where rounding could differ.
+  const n = 20_000;
+  const data = Uint8Array.from({ length: n * 3 }, (_, i) => (i * 2654435761) >>> 24);
+  const image: RgbImage = { width: 200, height: 100, data };
+  const lumas = Array.from({ length: n }, (_, i) => Math.round(0.299 * data[3 * i] + 0.587 * data[3 * i + 1] + 0.114 * data[3 * i + 2]));
+  const cut = [...lumas].sort((a, b) => b - a)[Math.floor(n / 4) - 1];
+  const kept = lumas.flatMap((l, i) => (l >= cut ? [i] : []));
+  const medianOf = (c: number) => {
+    const values = kept.map((i) => data[3 * i + c]).sort((a, b) => a - b);
+    return values[Math.ceil(values.length / 2) - 1];
+  };
+  assert.deepEqual(backgroundColour(image), [0, 1, 2].map(medianOf));
+  const gains = [1.37, 0.5, 2];
+  const scaled = scaleChannels(image, gains);
+  for (let i = 0; i < data.length; i++) assert.equal(scaled.data[i], Math.min(255, Math.round(data[i] * gains[i % 3])), `value ${i}`);
+});

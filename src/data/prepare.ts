@@ -245,10 +245,16 @@ export function whiteBalance(image: RgbImage, background: readonly number[], ref
   );
 }
 
-/** Each channel times its gain, rounded and capped at 255. */
+/** Each channel times its gain, rounded and capped at 255 (read from a table per channel). */
 export function scaleChannels(image: RgbImage, gains: readonly number[]): RgbImage {
-  const out = new Uint8Array(image.data.length);
-  for (let i = 0; i < out.length; i++) out[i] = Math.min(255, Math.round(image.data[i] * gains[i % 3]));
+  const [red, green, blue] = gains.map((gain) => Uint8Array.from({ length: 256 }, (_, v) => Math.min(255, Math.round(v * gain))));
+  const { data } = image;
+  const out = new Uint8Array(data.length);
+  for (let p = 0; p < out.length; p += 3) {
+    out[p] = red[data[p]];
+    out[p + 1] = green[data[p + 1]];
+    out[p + 2] = blue[data[p + 2]];
+  }
   return { width: image.width, height: image.height, data: out };
 }
 
