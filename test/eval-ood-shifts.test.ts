@@ -68,6 +68,8 @@ test('block OOD statistics: each block weighted to a median training distance of
       );
     }
     assert.ok(Math.abs(fast[i] - best) < 1e-6 * Math.max(1, best), `${fast[i]} vs ${best}`);
+    // Rows are taken four at a time: a row's distance is the same, to the bit, alone as in a batch.
+    assert.equal(oodDistances(x.subarray(i * 10, (i + 1) * 10), stats)[0], fast[i]);
   }
   assert.throws(() => fitBlockOodStatistics(new Float32Array(50), a.labels.subarray(0, 6), 3, [4, 6]), /50 values for 6 rows of 10/);
 });
