@@ -7,14 +7,14 @@ import path from 'node:path';
 import { after, test } from 'node:test';
 import * as E from '../src/engine/index.js';
 import { type Classification, type Classifier, loadClassifier } from '../src/api/classifier.js';
-import { fitDetector } from '../src/api/detector.js';
+import { fitDetector, fitScaleFromFeatures } from '../src/api/detector.js';
 import { IMAGENET_NORMALIZATION } from '../src/data/batches.js';
 import { PBC_CLASSES } from '../src/data/dataset.js';
 import { readImageFile, type RgbImage } from '../src/data/image.js';
 import type { StainRange } from '../src/data/stain.js';
 import { scoreItems } from '../src/api/evaluate.js';
 import { magnify, stain } from '../src/eval/shifts.js';
-import { loadModel, type OodInfo, saveModel } from '../src/models/io.js';
+import { type FeatureScale, loadModel, type OodInfo, saveModel } from '../src/models/io.js';
 import { createModel } from '../src/models/index.js';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'hemato-reasons-'));
@@ -31,6 +31,7 @@ async function modelFile(
   ood: { threshold: number; means?: Float32Array } | OodInfo | null,
   stain: StainRange | null = null,
   readsAs?: string,
+  featureScale?: FeatureScale,
 ): Promise<string> {
   E.manualSeed(0);
   const model = createModel('convnext-only', { numClasses: 8, inputSize: 64 });
@@ -61,6 +62,7 @@ async function modelFile(
       precision: Float32Array.from({ length: features * features }, (_, i) => (i % (features + 1) === 0 ? 1 : 0)),
       ...ood,
     },
+    featureScale,
   });
   model.dispose();
   return file;
@@ -107,17 +109,19 @@ test('each reason from its cause: an empty field has no single cell, a stated pi
   strict.dispose();
 });
 
+/** `per` PBC images of each class, from the `offset`-th of each class folder's sorted listing. */
+const items = (per: number, offset: number) =>
+  PBC_CLASSES.flatMap((label) => {
+    const folder = path.join(PBC, label);
+    return readdirSync(folder)
+      .filter((f) => f.endsWith('.jpg'))
+      .sort()
+      .slice(offset, offset + per)
+      .map((file) => ({ file: `${label}/${file}`, path: path.join(folder, file), label }));
+  });
+
 test('fitDetector: statistics from training images, a threshold that flags the chosen share of validation images', async () => {
   const classifier = await loadClassifier(await modelFile(null), { device: 'cpu', precision: 'fp32' });
-  const items = (per: number, offset: number) =>
-    PBC_CLASSES.flatMap((label) => {
-      const folder = path.join(PBC, label);
-      return readdirSync(folder)
-        .filter((f) => f.endsWith('.jpg'))
-        .sort()
-        .slice(offset, offset + per)
-        .map((file) => ({ file: `${label}/${file}`, path: path.join(folder, file), label }));
-    });
   const preLogits = await fitDetector(classifier, items(3, 0), items(3, 3), { flagged: 0.25, pooling: 'pre-logits' });
   assert.equal(preLogits.features, 320);
   assert.equal(preLogits.means.length, 8 * 320);
@@ -141,6 +145,23 @@ test('fitDetector: statistics from training images, a threshold that flags the c
   fitted.dispose();
 });
 
+test("fitScaleFromFeatures: a regression on the stages' statistics of magnified training images, which classification applies", async () => {
+  const classifier = await loadClassifier(await modelFile(null), { device: 'cpu', precision: 'fp32' });
+  const fit = await fitScaleFromFeatures(classifier, items(2, 0));
+  classifier.dispose();
+  assert.equal(fit.pooling, 'stage-std');
+  assert.equal(fit.weights.length, 600);
+  assert.ok([fit.bias, ...fit.weights].every(Number.isFinite));
+  // Saved in the model file, it gives each image an estimate: the magnification its features say.
+  const fitted = await loadClassifier(await modelFile({ threshold: 1e9 }, null, undefined, fit), { device: 'cpu', precision: 'fp32' });
+  assert.deepEqual(fitted.metadata.featureScale, fit);
+  const image = await fitted.prepare(path.join(PBC, 'neutrophil/BNE_112944.jpg'));
+  const scores = fitted.score([image.image, image.image]);
+  assert.equal(scores.magnifications?.length, 2);
+  assert.ok(scores.magnifications!.every((m) => m > 0 && Number.isFinite(m)));
+  fitted.dispose();
+});
+
 const FP32 = { device: 'cpu', precision: 'fp32' } as const;
 
 /**
@@ -150,10 +171,10 @@ const FP32 = { device: 'cpu', precision: 'fp32' } as const;
 const between = (from: Float32Array, to: Float32Array, t: number) => from.map((v, i) => v + t * (to[i] - v));
 
 /** A classifier that reads every image as `readsAs`, with a detector centred on `centre` that passes everything. */
-async function centredClassifier(centre: Float32Array, readsAs: string) {
+async function centredClassifier(centre: Float32Array, readsAs: string, featureScale?: FeatureScale) {
   const means = new Float32Array(8 * centre.length);
   for (let c = 0; c < 8; c++) means.set(centre, c * centre.length);
-  return loadClassifier(await modelFile({ threshold: 1e9, means }, STAIN, readsAs), FP32);
+  return loadClassifier(await modelFile({ threshold: 1e9, means }, STAIN, readsAs, featureScale), FP32);
 }
 
 /**
@@ -161,13 +182,13 @@ async function centredClassifier(centre: Float32Array, readsAs: string) {
  * `answer(t)` classifies the image with a detector centred part of the way (t) from the first reading's features to
  * the second's, and says whether `read` returned the second reading (its logits exactly) or the first.
  */
-async function twoReadings(image: RgbImage, how: Parameters<Classifier['prepare']>[1], readsAs: string) {
-  const probe = await loadClassifier(await modelFile({ threshold: 1e9 }, STAIN, readsAs), FP32);
+async function twoReadings(image: RgbImage, how: Parameters<Classifier['prepare']>[1], readsAs: string, featureScale?: FeatureScale) {
+  const probe = await loadClassifier(await modelFile({ threshold: 1e9 }, STAIN, readsAs, featureScale), FP32);
   const [asGiven, again] = [await probe.prepare(image), await probe.prepare(image, how)];
   const [first, second] = [probe.score([asGiven.image]), probe.score([again.image])];
   probe.dispose();
   const answer = async (t: number, reader = readsAs) => {
-    const classifier = await centredClassifier(between(first.features, second.features, t), reader);
+    const classifier = await centredClassifier(between(first.features, second.features, t), reader, featureScale);
     try {
       const result = classified((await classifier.classifyBatch([image]))[0]);
       const read = Array.from((await classifier.read([asGiven], () => image)).logits);
@@ -260,6 +281,47 @@ test('second look: an image read without a scale, its nucleus large, is read at 
   assert.equal(atNucleus.scale.source, 'white-cell');
   assert.ok(atNucleus.scale.factor > 0.6 && atNucleus.scale.factor < 0.85, `factor ${atNucleus.scale.factor}`);
   await assertTakenUnderSixTenths(answer, 'white-cell', "the nucleus scale's reading");
+});
+
+test('second look: an image read without a scale is read at the scale its features estimate, where that is beyond the noise, if closer', async () => {
+  // A neutrophil's field without a red cell to measure, no arcs and an ordinary nucleus: nothing else gives it a
+  // scale. A scale estimate that calls every image 1.6 times enlarged reads it again shrunk by that much.
+  const image = await readImageFile(path.join(PBC, 'neutrophil/BNE_112944.jpg'));
+  const enlarged = (m: number): FeatureScale => ({ pooling: 'pre-logits', bias: Math.log(m), weights: new Array(320).fill(0) });
+  const { asGiven, again, answer } = await twoReadings(image, { appearanceFactor: 1 / 1.6 }, 'basophil', enlarged(1.6));
+  assert.equal(asGiven.scale.source, 'none');
+  assert.deepEqual(again.scale, { source: 'appearance', um_per_px: (7.5 / 73) * 0.625, factor: 0.625 });
+  // Closer by a factor 0 (t = 1) or 0.67 (t = 0.55) it is taken; by 0.82 (t = 0.525), short of the 0.7 margin, or
+  // farther by 1.49 (t = 0.45) it is not.
+  for (const { t, taken } of [
+    { t: 1, taken: true },
+    { t: 0.55, taken: true },
+    { t: 0.525, taken: false },
+    { t: 0.45, taken: false },
+  ]) {
+    const { result, second } = await answer(t);
+    assert.equal(result.scale.source, taken ? 'appearance' : 'none', `t = ${t}: the features' scale ${taken ? 'taken' : 'not taken'}`);
+    assert.equal(second, taken);
+  }
+  // An estimate within 20 % of the training scale takes no second look.
+  const near = await centredClassifier(new Float32Array(320), 'basophil', enlarged(1.15));
+  assert.equal(classified((await near.classifyBatch([image]))[0]).scale.source, 'none');
+  near.dispose();
+  // Nor is the reading taken where it sees a platelet field: shrunk into padding, a white cell from another lab
+  // looks like one, and closer to the training images whatever its cell. A detector centred on the reading itself.
+  const probe = await loadClassifier(await modelFile({ threshold: 1e9 }, null, 'platelet'), FP32);
+  const features = probe.score([again.image]).features;
+  probe.dispose();
+  for (const [readsAs, source] of [
+    ['platelet', 'none'],
+    ['basophil', 'appearance'],
+  ]) {
+    const means = new Float32Array(8 * 320);
+    for (let c = 0; c < 8; c++) means.set(features, c * 320);
+    const classifier = await loadClassifier(await modelFile({ threshold: 1e9, means }, null, readsAs, enlarged(1.6)), FP32);
+    assert.equal(classified((await classifier.classifyBatch([image]))[0]).scale.source, source, `read as ${readsAs}`);
+    classifier.dispose();
+  }
 });
 
 test('second look: an out-of-distribution image paler than the typical training stain is read again with the stain raised', async () => {

@@ -57,6 +57,7 @@ async function models(): Promise<{ full: string; bare: string }> {
       preprocessing: RECIPE,
       provenance: PROVENANCE,
       ood,
+      featureScale: { pooling: 'stage-std', bias: -0.5, weights: new Array(FEATURES).fill(0.01) },
     },
     { dtype: 'float16' },
   );
@@ -98,6 +99,7 @@ test('info --json prints the card: identity, input and preprocessing, calibratio
   assert.equal(card.temperature, 1.25);
   assert.equal(card.uncertainty_threshold, 0.8);
   assert.deepEqual(card.out_of_distribution, { kind: 'mahalanobis', pooling: 'stage-std', threshold: 123.5, validation_flagged: 0.05, features: FEATURES });
+  assert.deepEqual(card.feature_scale, { pooling: 'stage-std', features: FEATURES });
   assert.deepEqual(card.provenance, PROVENANCE);
 });
 
@@ -114,6 +116,7 @@ test('info prints the card for people, and says what a model lacks', async () =>
     /^stain +strength brought into the training range: haematoxylin 0\.90–2\.40, eosin 0\.40–1\.70; out-of-distribution images paler than 2\.20 \/ 1\.30 get a second look$/m,
   );
   assert.match(run.stdout, /^out-of-distribution +mahalanobis detector on stage-std features, threshold 123\.50 \(flags 5\.0 % of validation images\)$/m);
+  assert.match(run.stdout, new RegExp(`^scale from features +estimated from ${FEATURES} stage-std features where nothing measurable sets it`, 'm'));
   assert.match(run.stdout, new RegExp(`^sha256 +${sha256(full)}$`, 'm'));
   assert.match(run.stdout, /^ {2}validation +\{"accuracy":0\.97\}$/m);
 
@@ -125,6 +128,7 @@ test('info prints the card for people, and says what a model lacks', async () =>
     /^stain +none/m,
     /^temperature +none \(not calibrated\)$/m,
     /^out-of-distribution +no detector$/m,
+    /^scale from features +not fitted$/m,
   ])
     assert.match(plain.stdout, line);
 });

@@ -200,6 +200,16 @@ test('without red cells, arcs of cut ones set the scale where the nucleus is enl
     { source: 'none', um_per_px: null, factor: 1 },
     'under the bar',
   );
+  // The factor the network's features estimate stands in only where nothing measurable sets the scale (the
+  // classifier's second look at an image read without one).
+  for (const extent of [120, null]) {
+    const fromFeatures = chooseScale(reference, measures(extent), undefined, { appearanceFactor: 0.5 });
+    assert.equal(fromFeatures.source, 'appearance', `nucleus ${extent}`);
+    assert.equal(fromFeatures.factor, 0.5);
+    assert.ok(Math.abs(fromFeatures.um_per_px! - (7.5 / 73) * 0.5) < 1e-12);
+  }
+  assert.equal(chooseScale(reference, { ...measures(120), rbcDiameter: 146, redCells: 3 }, undefined, { appearanceFactor: 0.7 }).source, 'red-cells');
+  assert.equal(chooseScale(reference, measures(228), undefined, { appearanceFactor: 0.7 }).source, 'white-cell', 'an oversized nucleus');
 });
 
 test('one white cell: a nucleus near the centre passes; none, one cut off at the edge, or many do not', () => {

@@ -6,6 +6,7 @@ import * as E from '../src/engine/index.js';
 import { augmentBatch, backgroundOf, NO_AUGMENT, seededRandom } from '../src/data/augment.js';
 import { readImageFile } from '../src/data/image.js';
 import { fitBlockOodStatistics, fitOodStatistics, oodDistances, oodThreshold } from '../src/eval/ood.js';
+import { fitFeatureScale, magnificationsOf } from '../src/eval/feature-scale.js';
 import { magnify, selectShifts, SHIFTS, stain } from '../src/eval/shifts.js';
 
 const PBC = path.resolve('../shared/data/pbc');
@@ -206,4 +207,32 @@ test('robust augmentation: lower resolution smooths fine detail and keeps flat a
   assert.ok(swing(4, 12, lowered) < 0.5, `the stripes blur towards their mean: swing ${swing(4, 12, lowered)}`);
   assert.ok(swing(20, 28, lowered) < 1e-4 && Math.abs(lowered[row + 24] - 0.6) < 1e-4, 'the flat half stays as it was');
   E.dispose([x, same]);
+});
+
+test('the scale estimate from features: a ridge regression that recovers a log-linear magnification, and refuses what it cannot fit', () => {
+  // Features whose first two carry log m (with noise), the rest noise; magnifications from 0.5 to 3.
+  const n = 400;
+  const d = 12;
+  const random = seededRandom(5);
+  const magnifications = Array.from({ length: n }, () => Math.exp(Math.log(0.5) + random() * Math.log(6)));
+  const features = new Float32Array(n * d);
+  for (let i = 0; i < n; i++) {
+    const log = Math.log(magnifications[i]);
+    for (let j = 0; j < d; j++) features[i * d + j] = 5 + (j === 0 ? 3 * log : j === 1 ? -2 * log : 0) + 0.05 * (random() - 0.5);
+  }
+  const fit = fitFeatureScale(features, magnifications, 1e-4);
+  const estimated = magnificationsOf(features, fit);
+  for (let i = 0; i < n; i++) assert.ok(Math.abs(Math.log(estimated[i] / magnifications[i])) < 0.05, `image ${i}: ${estimated[i]} for ${magnifications[i]}`);
+  // A constant feature is left out rather than dividing by a zero spread.
+  const constant = Float32Array.from(features, (v, k) => (k % d === d - 1 ? 7 : v));
+  assert.ok(magnificationsOf(constant, fitFeatureScale(constant, magnifications, 1e-4)).every(Number.isFinite));
+  assert.throws(
+    () =>
+      fitFeatureScale(
+        features,
+        magnifications.map((m, i) => (i === 3 ? 0 : m)),
+      ),
+    /positive, got 0/,
+  );
+  assert.throws(() => fitFeatureScale(features.subarray(0, 13), [1]), /at least 2 images/);
 });

@@ -423,6 +423,20 @@ const MALFORMED: [string, (header: Header, meta: Header) => unknown, RegExp][] =
     /normalization.mean must be three finite numbers/,
   ],
   [
+    'feature scale without weights',
+    (_, m) => {
+      m.featureScale = { pooling: 'stage-std', bias: 0.1 };
+    },
+    /featureScale must hold a pooling \(stage-std or pre-logits\), a finite bias and 1 to 4096 finite weights/,
+  ],
+  [
+    'feature scale with a weight that is not a number',
+    (_, m) => {
+      m.featureScale = { pooling: 'stage-std', bias: 0.1, weights: [0.5, null] };
+    },
+    /featureScale must hold a pooling/,
+  ],
+  [
     'threshold above 1',
     (_, m) => {
       m.uncertaintyThreshold = 1.5;

@@ -25,6 +25,7 @@ import { mapLimit } from '../data/pool.js';
 import { type PrepareFailure, PreparePool } from '../data/prepare-pool.js';
 import { showsOneCell } from '../data/scale.js';
 import { oodDistances } from '../eval/ood.js';
+import { magnificationsOf } from '../eval/feature-scale.js';
 import { loadModel, type ModelMetadata, type OodInfo, type OodPooling } from '../models/io.js';
 import type { ImageClassifier } from '../models/classifier.js';
 import { softmaxRows } from '../eval/calibration.js';
@@ -99,11 +100,18 @@ export interface PreparedInput extends PreparedImage {
 type SecondLook = Pick<PrepareOptions, 'raisePaleStain'> & ScaleCues;
 
 /** Scores of prepared images (Classifier.score) after the second looks, and the preparations they come from. */
-export interface Reading {
+export interface Reading extends Scores {
+  prepared: PreparedInput[];
+}
+
+/** What Classifier.score gives for prepared images. */
+export interface Scores {
   logits: Float32Array;
   features: Float32Array;
+  /** Each image's out-of-distribution distance, where the model has a detector. */
   distances: Float64Array | null;
-  prepared: PreparedInput[];
+  /** Each image's magnification from the training scale as its features estimate it, where the model has that estimate. */
+  magnifications: Float64Array | null;
 }
 
 /**
@@ -125,6 +133,15 @@ const ARC_SCALE_CLOSER = 0.6;
  * can look closer. Chosen with the bar for a large nucleus the same way (docs/results.md).
  */
 const LARGE_NUCLEUS_CLOSER = 0.6;
+/**
+ * The same for a reading at the scale the network's features estimate, taken where nothing else gives one and the
+ * estimate is more than 20 % from the training scale (the spread of red-cell estimates on one scanner). A reading
+ * of a nucleus-free class is never taken: shrunk into padding, a white cell from another lab reads as a platelet
+ * field, closer to the training images whatever its cell (BCCD's crops did). Chosen on PBC's *select* half: at 1
+ * one unaltered image changed, at 0.7 none (docs/results.md).
+ */
+const APPEARANCE_CLOSER = 0.7;
+const APPEARANCE_NOISE = 1.2;
 
 /** Images decoded and prepared at once: enough to keep the cores busy, few enough to bound memory. */
 const PREPARE_CONCURRENCY = Math.min(4, availableParallelism());
@@ -326,7 +343,9 @@ export class Classifier {
    *   distance; at the scale its nucleus gives where that is large (a field enlarged too little for the
    *   oversized-nucleus rule), with a bar of LARGE_NUCLEUS_CLOSER times it; and, read as a
    *   nucleus-free class, at the scale its nucleus gives where that is undersized (a white cell shown at half its
-   *   size), with the first distance as the bar.
+   *   size), with the first distance as the bar; and at the scale its features estimate (the model's
+   *   featureScale) where that is beyond APPEARANCE_NOISE, with APPEARANCE_CLOSER times the first distance as the
+   *   bar, unless that reading is of a nucleus-free class.
    * Models without a detector take one look.
    */
   async read(prepared: PreparedInput[], input: (i: number) => ImageInput | Promise<ImageInput>, options: { pooling?: OodPooling } = {}): Promise<Reading> {
@@ -353,6 +372,9 @@ export class Classifier {
         rescale({ arcScale: true }, ARC_SCALE_CLOSER * distance);
         rescale({ largeNucleusScale: true }, LARGE_NUCLEUS_CLOSER * distance);
         if (nucleusFreeReading) rescale({ undersizedNucleusScale: true }, distance);
+        const magnification = first.magnifications?.[i];
+        if (magnification !== undefined && Math.abs(Math.log(magnification)) > Math.log(APPEARANCE_NOISE))
+          rescale({ appearanceFactor: 1 / magnification }, APPEARANCE_CLOSER * distance);
       }
       return looks;
     };
@@ -390,7 +412,10 @@ export class Classifier {
     // distance, features and cell count stay (raised, a field of red cells alone can pass for a white cell).
     // Of an image's second readings under their bars, the closest is taken.
     const taken = new Map<number, number>();
-    looks.forEach(({ i, bar }, row) => {
+    const secondAs = argmaxRows(second.logits, looks.length, k);
+    looks.forEach(({ i, bar, again }, row) => {
+      // At the features' scale, a nucleus-free reading is more likely a white cell shrunk into padding (APPEARANCE_CLOSER).
+      if (again.scale.source === 'appearance' && nucleusFree.includes(secondAs[row])) return;
       const distance = second.distances![row];
       const best = taken.get(i);
       if (distance < bar && (best === undefined || distance < second.distances![best])) taken.set(i, row);
@@ -412,9 +437,10 @@ export class Classifier {
    * Logits, each image's features pooled as `pooling` says (by default as the detector pools them), and, where the
    * model has a detector, each image's out-of-distribution distance.
    */
-  score(images: RgbImage[], options: { pooling?: OodPooling } = {}): { logits: Float32Array; features: Float32Array; distances: Float64Array | null } {
+  score(images: RgbImage[], options: { pooling?: OodPooling } = {}): Scores {
     const pooling = options.pooling ?? this.ood?.pooling ?? 'pre-logits';
-    const stageStd = pooling === 'stage-std' || this.ood?.pooling === 'stage-std';
+    const { featureScale } = this.metadata;
+    const stageStd = [pooling, this.ood?.pooling, featureScale?.pooling].includes('stage-std');
     const size = this.metadata.inputSize;
     const pixels = size * size * 3;
     const data = new Uint8Array(images.length * pixels);
@@ -452,7 +478,12 @@ export class Classifier {
         });
       }),
     );
-    return { logits, features: pooled[pooling]!, distances: this.ood ? oodDistances(pooled[this.ood.pooling]!, this.ood) : null };
+    return {
+      logits,
+      features: pooled[pooling]!,
+      distances: this.ood ? oodDistances(pooled[this.ood.pooling]!, this.ood) : null,
+      magnifications: featureScale ? magnificationsOf(pooled[featureScale.pooling]!, featureScale) : null,
+    };
   }
 
   /** Classifies one image; a failure throws an Error carrying the ClassificationErrorCode as `code`, where there is one. */

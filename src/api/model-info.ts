@@ -87,6 +87,7 @@ export function modelCard({ file, bytes, identity, metadata }: ModelFile) {
     out_of_distribution: ood
       ? { kind: ood.kind, pooling: ood.pooling, threshold: ood.threshold, validation_flagged: ood.validationFlagged, features: ood.features }
       : null,
+    feature_scale: metadata.featureScale ? { pooling: metadata.featureScale.pooling, features: metadata.featureScale.weights.length } : null,
     provenance: metadata.provenance ?? {},
   };
 }

@@ -95,6 +95,11 @@ export interface PrepareOptions {
    * image read without a scale, which a field enlarged too little for an oversized nucleus resembles.
    */
   largeNucleusScale?: boolean;
+  /**
+   * The factor to bring the image to the training scale where nothing measurable sets one, as the network's features
+   * estimate it: the classifier's second look at an image read without a scale.
+   */
+  appearanceFactor?: number;
 }
 
 /** Validates a recipe read from a model file or a pack, with one message per problem. */
@@ -161,19 +166,19 @@ const UNDERSIZED_NUCLEUS = 0.6;
 const LARGE_NUCLEUS = 1.4;
 
 /** The options that let a weaker cue set the scale where the usual ones give none: a classifier's second look. */
-export type ScaleCues = Pick<PrepareOptions, 'arcScale' | 'largeNucleusScale' | 'undersizedNucleusScale'>;
+export type ScaleCues = Pick<PrepareOptions, 'arcScale' | 'largeNucleusScale' | 'undersizedNucleusScale' | 'appearanceFactor'>;
 
 /**
  * The scale to apply: the user's pixel size, else the red cells, else (in a tight crop, or where the nucleus is
  * enlarged, or always with `arcScale`) short arcs of red cells cut by the edge, else (in a tight crop, or where the
  * nucleus is oversized, or large with `largeNucleusScale`, or undersized with `undersizedNucleusScale`) the white
- * cell's nucleus, else none.
+ * cell's nucleus, else the factor the network's features give (`appearanceFactor`), else none.
  */
 export function chooseScale(
   reference: ReferenceScale | null,
   measures: CellMeasures | null,
   pixelSize?: number,
-  { arcScale = false, largeNucleusScale = false, undersizedNucleusScale = false }: ScaleCues = {},
+  { arcScale = false, largeNucleusScale = false, undersizedNucleusScale = false, appearanceFactor }: ScaleCues = {},
 ): ScaleReport {
   if (!reference) return { source: 'none', um_per_px: pixelSize ?? null, factor: 1 };
   const referenceUm = reference.rbcDiameterUm / reference.rbcDiameter;
@@ -193,14 +198,18 @@ export function chooseScale(
   const extent = measures?.nucleusExtent;
   const enlarged = !!extent && (measures.tightCrop || extent > ENLARGED_NUCLEUS * reference.nucleusExtent);
   if (measures?.arcDiameter && (arcScale || enlarged)) return fromRedCells(measures.arcDiameter);
-  if (!extent) return { source: 'none', um_per_px: null, factor: 1 };
+  const unmeasured: ScaleReport =
+    appearanceFactor === undefined
+      ? { source: 'none', um_per_px: null, factor: 1 }
+      : { source: 'appearance', um_per_px: referenceUm * clamp(appearanceFactor), factor: clamp(appearanceFactor) };
+  if (!extent) return unmeasured;
   const undersized = undersizedNucleusScale && extent < UNDERSIZED_NUCLEUS * reference.nucleusExtent;
   const large = largeNucleusScale && extent > LARGE_NUCLEUS * reference.nucleusExtent;
   if (measures.tightCrop || extent > OVERSIZED_NUCLEUS * reference.nucleusExtent || undersized || large) {
     const factor = clamp(reference.nucleusExtent / extent);
     return { source: 'white-cell', um_per_px: referenceUm * factor, factor };
   }
-  return { source: 'none', um_per_px: null, factor: 1 };
+  return unmeasured;
 }
 
 /**

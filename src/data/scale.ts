@@ -7,7 +7,11 @@ import { normaliseStain, type StainRange } from './stain.js';
 /** The mean diameter of a normal red blood cell, in µm. */
 export const RBC_DIAMETER_UM = 7.5;
 
-export type ScaleSource = 'given' | 'red-cells' | 'white-cell' | 'none';
+/**
+ * Where an image's scale came from: the user, its red cells, its white cell's nucleus, the network's features (a
+ * classifier's second look at an image none of the others measures), or nowhere (the file's pixels as they are).
+ */
+export type ScaleSource = 'given' | 'red-cells' | 'white-cell' | 'appearance' | 'none';
 
 export interface CellMeasures {
   /** Median diameter of isolated red cells, in source pixels; null when fewer than MIN_RED_CELLS were found. */

@@ -179,7 +179,7 @@ export function oodThreshold(distances: ArrayLike<number>, flagged: number): num
 }
 
 /** The inverse of a symmetric positive-definite matrix, by Cholesky factorisation. */
-function invertSymmetric(matrix: Float64Array, d: number): Float64Array {
+export function invertSymmetric(matrix: Float64Array, d: number): Float64Array {
   const l = new Float64Array(d * d);
   for (let i = 0; i < d; i++) {
     for (let j = 0; j <= i; j++) {

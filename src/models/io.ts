@@ -35,6 +35,18 @@ export interface ModelInfo {
   ood?: OodInfo | null;
   /** Calibration for test-time augmentation (its averaged logits are less spread than a single view's). */
   tta?: TtaCalibration;
+  /** The scale estimate from the network's features, where one was fitted. */
+  featureScale?: FeatureScale | null;
+}
+
+/**
+ * A linear estimate of how far an image is magnified from the training scale, from its pooled features:
+ * log magnification = bias + Σ weights · features (eval/feature-scale.ts).
+ */
+export interface FeatureScale {
+  pooling: OodPooling;
+  bias: number;
+  weights: number[];
 }
 
 export interface TtaCalibration {
@@ -67,7 +79,7 @@ export interface OodInfo {
 const OOD_MEANS = 'hemato.ood.means';
 const OOD_PRECISION = 'hemato.ood.precision';
 
-export interface ModelMetadata extends Required<Omit<ModelInfo, 'temperature' | 'uncertaintyThreshold' | 'ood' | 'tta'>> {
+export interface ModelMetadata extends Required<Omit<ModelInfo, 'temperature' | 'uncertaintyThreshold' | 'ood' | 'tta' | 'featureScale'>> {
   format: typeof FORMAT;
   version: number;
   architecture: string;
@@ -80,6 +92,7 @@ export interface ModelMetadata extends Required<Omit<ModelInfo, 'temperature' | 
   /** The out-of-distribution detector's scalars; its arrays are tensors in the file. */
   outOfDistribution?: Omit<OodInfo, 'means' | 'precision' | 'pooling'> & { pooling?: OodPooling };
   tta?: TtaCalibration;
+  featureScale?: FeatureScale;
 }
 
 export interface SaveModelOptions {
@@ -115,6 +128,7 @@ export async function saveModel(file: string, model: ImageClassifier, info: Mode
     ...(info.temperature !== undefined ? { temperature: info.temperature } : {}),
     ...(info.uncertaintyThreshold !== undefined ? { uncertaintyThreshold: info.uncertaintyThreshold } : {}),
     ...(info.tta ? { tta: { temperature: info.tta.temperature, uncertaintyThreshold: info.tta.uncertaintyThreshold } } : {}),
+    ...(info.featureScale ? { featureScale: { pooling: info.featureScale.pooling, bias: info.featureScale.bias, weights: [...info.featureScale.weights] } } : {}),
     ...(info.ood ? { outOfDistribution: { kind: info.ood.kind, pooling: info.ood.pooling, threshold: info.ood.threshold, validationFlagged: info.ood.validationFlagged, features: info.ood.features } } : {}),
   };
   const state = model.stateDict();
@@ -317,6 +331,13 @@ function usageProblem(m: Json): string | null {
   const tta = m.tta;
   if (tta !== undefined && !(isObject(tta) && isNumber(tta.temperature) && tta.temperature > 0 && inRange(tta.uncertaintyThreshold, 0, 1))) {
     return `tta must hold a temperature above zero and an uncertaintyThreshold in [0, 1], got ${shown(tta)}`;
+  }
+  const scale = m.featureScale;
+  if (scale !== undefined) {
+    const ok = isObject(scale) && OOD_POOLINGS.includes(scale.pooling as OodPooling) && isNumber(scale.bias) && Array.isArray(scale.weights);
+    if (!ok || !isCount((scale.weights as unknown[]).length, MAX_WIDTH) || !(scale.weights as unknown[]).every(isNumber)) {
+      return `featureScale must hold a pooling (${OOD_POOLINGS.join(' or ')}), a finite bias and 1 to ${MAX_WIDTH} finite weights, got ${shown(scale)}`;
+    }
   }
   const ood = m.outOfDistribution;
   if (ood === undefined) return null;

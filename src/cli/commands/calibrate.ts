@@ -1,7 +1,7 @@
 import path from 'node:path';
 import type { Command } from 'commander';
 import { BUNDLED_MODEL, loadClassifier } from '../../api/classifier.js';
-import { DEFAULT_OOD_FLAGGED, fitDetector } from '../../api/detector.js';
+import { DEFAULT_OOD_FLAGGED, evenSample, FEATURE_SCALE_SAMPLE, fitDetector, fitScaleFromFeatures } from '../../api/detector.js';
 import { evaluateScores, scoreItems } from '../../api/evaluate.js';
 import { validationRecord } from '../../eval/evaluation.js';
 import { listDataset } from '../../data/dataset.js';
@@ -36,7 +36,7 @@ export function registerCalibrate(program: Command): void {
     )
     .option(
       '--ood',
-      "also fit the out-of-distribution detector: statistics on (a sample of) the split's training part, the threshold on its validation part; needs --split",
+      "also fit the out-of-distribution detector (statistics on a sample of the split's training part, the threshold on its validation part) and, for models with a physical scale, the scale estimate from features (on 400 training images, magnified); needs --split",
     )
     .option('--ood-sample <n>', 'training images the detector statistics are fitted on', parsePositiveInt, 3000)
     .option('--ood-flagged <p>', 'the share of validation images the detector threshold flags', parseFraction, DEFAULT_OOD_FLAGGED)
@@ -50,6 +50,7 @@ export function registerCalibrate(program: Command): void {
       throw new CliError('--ood needs --split: the detector is fitted on the training part and its threshold on the validation part', 2);
     let items;
     let ood = classifier.ood;
+    let featureScale = classifier.metadata.featureScale;
     let splitHash: string | null = null;
     if (options.part && !options.split) throw new CliError('--part needs --split', 2);
     if (options.split) {
@@ -62,7 +63,7 @@ export function registerCalibrate(program: Command): void {
       items = itemsOf(part);
       if (options.ood) {
         const train = itemsOf('train');
-        const sample = train.filter((_, i) => i % Math.max(1, Math.floor(train.length / options.oodSample)) === 0).slice(0, options.oodSample);
+        const sample = evenSample(train, options.oodSample);
         const detectorBar = progressBar('fitting the out-of-distribution detector', sample.length + items.length);
         ood = await fitDetector(classifier, sample, items, {
           batchSize: options.batchSize,
@@ -70,6 +71,14 @@ export function registerCalibrate(program: Command): void {
           onProgress: (stage, done) => detectorBar.update(stage === 'training' ? done : sample.length + done),
         });
         detectorBar.stop();
+        // Models that bring images to a physical scale also learn to estimate it from their features, for images
+        // in which nothing measurable sets it.
+        if (classifier.recipe.scale) {
+          const scaleSample = evenSample(train, FEATURE_SCALE_SAMPLE);
+          const scaleBar = progressBar('fitting the scale estimate from features', scaleSample.length);
+          featureScale = await fitScaleFromFeatures(classifier, scaleSample, { batchSize: options.batchSize, onProgress: (done) => scaleBar.update(done) });
+          scaleBar.stop();
+        }
       }
       if (items.length === 0) throw new CliError(`${options.split} has no ${part} part`);
     } else {
@@ -99,7 +108,12 @@ export function registerCalibrate(program: Command): void {
     // With --tta the fit belongs to the averaged views and is stored beside the single view's, which stays.
     const fitted = { temperature: fit.temperature, uncertaintyThreshold: fit.uncertaintyThreshold };
     const calibration = options.tta ? { tta: fitted } : { ...fitted, provenance };
-    await saveModel(out, classifier.model, { ...classifier.metadata, ...calibration, ood }, { dtype: options.dtype ?? classifier.metadata.dtype });
+    await saveModel(
+      out,
+      classifier.model,
+      { ...classifier.metadata, ...calibration, ood, featureScale },
+      { dtype: options.dtype ?? classifier.metadata.dtype },
+    );
     for (const warning of fit.warnings) process.stderr.write(`warning: ${warning}\n`);
     const summary = {
       model: out,
@@ -111,6 +125,7 @@ export function registerCalibrate(program: Command): void {
       ece_before: fit.eceBefore,
       ece_after: fit.eceAfter,
       ood: ood ? { threshold: ood.threshold, validation_flagged: ood.validationFlagged } : null,
+      feature_scale: featureScale ? { pooling: featureScale.pooling, features: featureScale.weights.length } : null,
       warnings: fit.warnings,
       failed: scored.failed,
     };

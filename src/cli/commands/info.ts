@@ -69,6 +69,12 @@ function printCard(card: Card): void {
         ? `${ood.kind} detector on ${ood.pooling} features, threshold ${ood.threshold.toFixed(2)} (flags ${(100 * ood.validation_flagged).toFixed(1)} % of validation images)`
         : 'no detector',
     ],
+    [
+      'scale from features',
+      card.feature_scale
+        ? `estimated from ${card.feature_scale.features} ${card.feature_scale.pooling} features where nothing measurable sets it (a second look)`
+        : 'not fitted',
+    ],
     ['size', `${(card.bytes / 2 ** 20).toFixed(1)} MiB (${card.bytes} bytes)`],
     ['sha256', card.model_info.sha256],
     ['created', card.model_info.created],

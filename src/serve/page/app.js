@@ -16,7 +16,13 @@ const REASONS = {
   'scale-out-of-range': 'scale out of range',
   'decode-warning': 'decode warning',
 };
-const SCALE_SOURCES = { 'red-cells': 'from the red cells', 'white-cell': 'from the white cell', given: 'pixel size as given', none: 'not measured' };
+const SCALE_SOURCES = {
+  'red-cells': 'from the red cells',
+  'white-cell': 'from the white cell',
+  appearance: "from the cell's appearance",
+  given: 'pixel size as given',
+  none: 'not measured',
+};
 
 const $ = (id) => document.getElementById(id);
 
