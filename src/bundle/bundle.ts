@@ -222,7 +222,15 @@ const SIGNALS = ['SIGINT', 'SIGTERM'] as const;
  */
 function removeOnSignal(paths: string[]): () => void {
   const onSignal = (signal: NodeJS.Signals) => {
-    for (const p of paths) rmSync(p, { recursive: true, force: true });
+    for (const p of paths) {
+      // Copies still in flight on libuv's threads can add files while the folder is removed (ENOTEMPTY): retry, and
+      // never let a failure here keep the signal from ending the process.
+      try {
+        rmSync(p, { recursive: true, force: true, maxRetries: 10 });
+      } catch (error) {
+        process.stderr.write(`could not remove ${p}: ${(error as Error).message}\n`);
+      }
+    }
     if (process.listenerCount(signal) > 1) return;
     detach();
     process.kill(process.pid, signal);
