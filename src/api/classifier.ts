@@ -141,6 +141,7 @@ const LARGE_NUCLEUS_CLOSER = 0.6;
  * one unaltered image changed, at 0.7 none (docs/results.md).
  */
 const APPEARANCE_CLOSER = 0.7;
+/** An estimate within this factor of the training scale is within the spread of red-cell estimates: no second look. */
 const APPEARANCE_NOISE = 1.2;
 
 /** Images decoded and prepared at once: enough to keep the cores busy, few enough to bound memory. */
@@ -435,7 +436,8 @@ export class Classifier {
 
   /**
    * Logits, each image's features pooled as `pooling` says (by default as the detector pools them), and, where the
-   * model has a detector, each image's out-of-distribution distance.
+   * model has a detector, each image's out-of-distribution distance; where it has a scale estimate from features,
+   * each image's magnification.
    */
   score(images: RgbImage[], options: { pooling?: OodPooling } = {}): Scores {
     const pooling = options.pooling ?? this.ood?.pooling ?? 'pre-logits';
