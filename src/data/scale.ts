@@ -87,7 +87,7 @@ function measureAtFullSize(image: RgbImage, measureRedCells: boolean): CellMeasu
   const { width, height, data } = image;
   const n = width * height;
   const background = backgroundColour(image);
-  const bgLum = Math.max(1, luma(background[0], background[1], background[2]));
+  const bgLum = Math.max(1, LUMA_R[background[0]] + LUMA_G[background[1]] + LUMA_B[background[2]]);
   // Darkness relative to the background: 0 on the background, about 0.2–0.4 on red cells, over 0.45 on nuclei.
   const darkness = measureRedCells ? new Float32Array(n) : null;
   // Nuclei absorb most in green and are bluer than red cells: a purple/blue, dark pixel.
@@ -174,11 +174,7 @@ function countNear(diameters: readonly number[], median: number): number {
   return diameters.filter((d) => Math.abs(d / median - 1) < 0.2).length;
 }
 
-function luma(r: number, g: number, b: number): number {
-  return 0.299 * r + 0.587 * g + 0.114 * b;
-}
-
-/** Each channel's term of luma() for every 8-bit value: a pixel's luma is LUMA_R[r] + LUMA_G[g] + LUMA_B[b], the same sum. */
+/** Each channel's term of BT.601 luma (0.299 r + 0.587 g + 0.114 b) for every 8-bit value: LUMA_R[r] + LUMA_G[g] + LUMA_B[b]. */
 const [LUMA_R, LUMA_G, LUMA_B] = [0.299, 0.587, 0.114].map((weight) => Float64Array.from({ length: 256 }, (_, v) => weight * v));
 
 /** The median colour of the brightest quarter of the pixels: the slide's background wherever cells leave some. */
