@@ -246,14 +246,23 @@ interface Component {
 }
 
 /**
- * 4-connected components of a binary mask, by a stack-based flood fill whose pixels carry their coordinates. A
- * pixel is marked when it is stacked, so the stack never holds more than the mask's pixels.
+ * The flood fills' work arrays, kept between calls (each thread has its own): allocating and collecting them for
+ * every mask cost more than the fills themselves. `marks` comes back zeroed.
+ */
+const fillScratch = { marks: new Uint8Array(0), stack: new Int32Array(0), stackX: new Int32Array(0), stackY: new Int32Array(0) };
+function scratchFor(n: number): typeof fillScratch {
+  if (fillScratch.stack.length < n)
+    Object.assign(fillScratch, { marks: new Uint8Array(n), stack: new Int32Array(n), stackX: new Int32Array(n), stackY: new Int32Array(n) });
+  else fillScratch.marks.fill(0, 0, n);
+  return fillScratch;
+}
+
+/**
+ * 4-connected components of a binary mask, by a stack-based flood fill. A pixel is marked when it is stacked, so
+ * the stack never holds more than the mask's pixels.
  */
 function components(mask: Uint8Array, width: number, height: number): Component[] {
-  const seen = new Uint8Array(mask.length);
-  const stack = new Int32Array(mask.length);
-  const stackX = new Int32Array(mask.length);
-  const stackY = new Int32Array(mask.length);
+  const { marks: seen, stack, stackX, stackY } = scratchFor(mask.length);
   // Every component's pixels, one after another: each component keeps a view of its own run.
   const order = new Int32Array(mask.length);
   let filled = 0;
@@ -554,8 +563,7 @@ function fitCircle(points: readonly [number, number][]): { cx: number; cy: numbe
 /** Fills the background pockets that do not reach the image's edge: a red cell's pale centre belongs to the cell. */
 function fillHoles(mask: Uint8Array, width: number, height: number): void {
   // Background reachable from the edge stays background; every other background pixel is a pocket.
-  const reached = new Uint8Array(mask.length);
-  const stack = new Int32Array(mask.length);
+  const { marks: reached, stack } = scratchFor(mask.length);
   let top = 0;
   const visit = (i: number) => {
     if (!mask[i] && !reached[i]) ((reached[i] = 1), (stack[top++] = i));
