@@ -99,6 +99,16 @@ export interface PreparedInput extends PreparedImage {
 /** How a second look prepares an image again (PrepareOptions). */
 type SecondLook = Pick<PrepareOptions, 'raisePaleStain'> & ScaleCues;
 
+/**
+ * A second look planned for one image: how it is prepared, the distance its reading must come under to be taken,
+ * and whether a reading of a nucleus-free class may be.
+ */
+interface PlannedLook {
+  how: SecondLook;
+  bar: number;
+  nucleusFree: boolean;
+}
+
 /** Scores of prepared images (Classifier.score) after the second looks, and the preparations they come from. */
 export interface Reading extends Scores {
   prepared: PreparedInput[];
@@ -359,23 +369,24 @@ export class Classifier {
     const k = this.classes.length;
     const readAs = argmaxRows(first.logits, prepared.length, k);
     const nucleusFree = NUCLEUS_FREE_CLASSES.map((c) => this.classes.indexOf(c));
-    const secondLooks = (i: number): { how: SecondLook; bar: number }[] => {
+    const secondLooks = (i: number): PlannedLook[] => {
       const distance = first.distances![i];
       const nucleusFreeReading = nucleusFree.includes(readAs[i]);
-      const looks: { how: SecondLook; bar: number }[] = [];
+      const looks: PlannedLook[] = [];
       if (this.recipe.stain?.typical && (distance > ood.threshold || nucleusFreeReading))
-        looks.push({ how: { raisePaleStain: true }, bar: distance > ood.threshold ? distance : NUCLEUS_FREE_CLOSER * distance });
+        looks.push({ how: { raisePaleStain: true }, bar: distance > ood.threshold ? distance : NUCLEUS_FREE_CLOSER * distance, nucleusFree: true });
       if (prepared[i].scale.source === 'none') {
         // Only where the cue gives the image a scale: elsewhere it would prepare the same image again.
-        const rescale = (how: ScaleCues, bar: number) => {
-          if (chooseScale(this.recipe.scale, prepared[i].measures, undefined, how).source !== 'none') looks.push({ how, bar });
+        const rescale = (how: ScaleCues, bar: number, nucleusFree = true) => {
+          if (chooseScale(this.recipe.scale, prepared[i].measures, undefined, how).source !== 'none') looks.push({ how, bar, nucleusFree });
         };
         rescale({ arcScale: true }, ARC_SCALE_CLOSER * distance);
         rescale({ largeNucleusScale: true }, LARGE_NUCLEUS_CLOSER * distance);
         if (nucleusFreeReading) rescale({ undersizedNucleusScale: true }, distance);
         const magnification = first.magnifications?.[i];
+        // Shrunk into padding, a white cell reads as a nucleus-free field (APPEARANCE_CLOSER): that reading is never taken.
         if (magnification !== undefined && Math.abs(Math.log(magnification)) > Math.log(APPEARANCE_NOISE))
-          rescale({ appearanceFactor: 1 / magnification }, APPEARANCE_CLOSER * distance);
+          rescale({ appearanceFactor: 1 / magnification }, APPEARANCE_CLOSER * distance, false);
       }
       return looks;
     };
@@ -399,7 +410,7 @@ export class Classifier {
         return again.looks.flatMap((look, j) =>
           look instanceof Error || sameImage(look.image, prepared[i].image)
             ? []
-            : [{ i, again: { ...look, warnings: again.warnings }, bar: planned[i][j].bar }],
+            : [{ i, again: { ...look, warnings: again.warnings }, planned: planned[i][j] }],
         );
       })
     ).flat();
@@ -414,12 +425,11 @@ export class Classifier {
     // Of an image's second readings under their bars, the closest is taken.
     const taken = new Map<number, number>();
     const secondAs = argmaxRows(second.logits, looks.length, k);
-    looks.forEach(({ i, bar, again }, row) => {
-      // At the features' scale, a nucleus-free reading is more likely a white cell shrunk into padding (APPEARANCE_CLOSER).
-      if (again.scale.source === 'appearance' && nucleusFree.includes(secondAs[row])) return;
+    looks.forEach(({ i, planned }, row) => {
+      if (!planned.nucleusFree && nucleusFree.includes(secondAs[row])) return;
       const distance = second.distances![row];
       const best = taken.get(i);
-      if (distance < bar && (best === undefined || distance < second.distances![best])) taken.set(i, row);
+      if (distance < planned.bar && (best === undefined || distance < second.distances![best])) taken.set(i, row);
     });
     const reading = { ...first, logits: first.logits.slice(), prepared: [...prepared] };
     for (const [i, row] of taken) {
