@@ -114,6 +114,10 @@ test('broken files: each gets its own clear error', async () => {
   await rejects(Buffer.from('GIF89a\x01\x00\x01\x00'), 'unsupported', /GIF/);
   const bmpBytes = bmp.encode({ data: Buffer.alloc(W * H * 4), width: W, height: H, bitPP: 24 }).data;
   await rejects(bmpBytes.subarray(0, 80), 'truncated', /truncated BMP/);
+  // A PNG that ends after its header: libvips' message for it ends in a colon with nothing after it.
+  const png = await raw(RED_BLUE, 3).png().toBuffer();
+  const headerOnly = Buffer.concat([png.subarray(0, png.indexOf('IDAT', 8, 'latin1') - 4), png.subarray(png.length - 12)]);
+  await rejects(headerOnly, 'corrupt', /^corrupt PNG: header: [^\n]*[^:\s]$/);
 });
 
 test('a huge declared size is refused from the header, before any pixel is allocated', async () => {

@@ -193,6 +193,7 @@ function endsEarly(format: ImageFormat, bytes: Uint8Array): boolean {
 }
 
 function sharpMessage(error: unknown): string {
-  const message = (error instanceof Error ? error.message : String(error)).split('\n')[0].trim();
-  return message === 'Unknown error' ? 'the decoder failed without saying why' : message;
+  // libvips ends a message with a colon where the detail that should follow is empty ("…has corrupt header:").
+  const message = (error instanceof Error ? error.message : String(error)).split('\n')[0].trim().replace(/:$/, '');
+  return message === 'Unknown error' || message === '' ? 'the decoder failed without saying why' : message;
 }
