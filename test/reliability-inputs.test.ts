@@ -22,13 +22,21 @@ interface Outcome {
   stderr: string;
 }
 
-/** Runs hemato; a run past its time limit (20 s unless given) is killed and shows as code null. */
+/**
+ * Runs hemato; a run past its time limit (20 s unless given) is killed and shows as code null. Killed outright: a
+ * command that stops gracefully on SIGTERM (train saves a checkpoint first) would otherwise wait on what hung it.
+ */
 function hemato(args: string[], options: { uid?: number; gid?: number; timeout?: number } = {}): Promise<Outcome> {
   return new Promise((resolve) => {
-    execFile(process.execPath, ['bin/hemato.js', ...args], { timeout: 20_000, maxBuffer: 64 * 2 ** 20, ...options }, (error, stdout, stderr) => {
-      const failure = error as (Error & { code?: number; signal?: string }) | null;
-      resolve({ code: failure ? (typeof failure.code === 'number' ? failure.code : null) : 0, signal: failure?.signal ?? null, stdout, stderr });
-    });
+    execFile(
+      process.execPath,
+      ['bin/hemato.js', ...args],
+      { timeout: 20_000, killSignal: 'SIGKILL', maxBuffer: 64 * 2 ** 20, ...options },
+      (error, stdout, stderr) => {
+        const failure = error as (Error & { code?: number; signal?: string }) | null;
+        resolve({ code: failure ? (typeof failure.code === 'number' ? failure.code : null) : 0, signal: failure?.signal ?? null, stdout, stderr });
+      },
+    );
   });
 }
 
@@ -206,6 +214,44 @@ test('scan, pack, eval and train skip a FIFO, a hidden FIFO and a huge file inst
   assert.equal(train.code, 0, train.stderr);
   assert.ok(existsSync(path.join(runDir, 'checkpoint.safetensors')));
   assert.ok(!existsSync(stale), 'the stale temporary is gone');
+});
+
+test('a named pipe given where one file is expected is refused at once, never waited on', { skip: !posix }, async () => {
+  const fifos = path.join(dir, 'fifos');
+  mkdirSync(fifos);
+  const fifo = (name: string) => {
+    const file = path.join(fifos, name);
+    execFileSync('mkfifo', [file]);
+    return file;
+  };
+  const image = path.join(fifos, 'cell.png');
+  await sharp({ create: { width: 64, height: 64, channels: 3, background: '#d0a0c0' } })
+    .png()
+    .toFile(image);
+  const model = fifo('model.safetensors');
+  const cases: [string[], RegExp][] = [
+    [['predict', image, '--model', model], /cannot read .*model\.safetensors: not a regular file: a named pipe/],
+    [['info', model], /cannot read .*model\.safetensors: not a regular file: a named pipe/],
+    [['train', fifos, '--init', model, '--out', path.join(fifos, 'run-init')], /--init: cannot read .*: not a regular file: a named pipe/],
+    [
+      ['train', fifos, '--config', fifo('settings.json'), '--out', path.join(fifos, 'run-config')],
+      /cannot read the settings file .*: not a regular file: a named pipe/,
+    ],
+    [['train', '--pack', fifo('data.pack'), '--out', path.join(fifos, 'run-pack')], /cannot read pack .*data\.pack: not a regular file: a named pipe/],
+    [['eval', '--images', fifos, '--labels', fifo('labels.csv')], /cannot read CSV .*labels\.csv: not a regular file: a named pipe/],
+    [['eval', fifos, '--split', fifo('split.csv')], /cannot read split .*split\.csv: not a regular file: a named pipe/],
+    [
+      ['preprocess', image, '--config', fifo('mpm.json'), '--out', path.join(fifos, 'sheets')],
+      /cannot read MPM config .*mpm\.json: not a regular file: a named pipe/,
+    ],
+  ];
+  const outcomes = await Promise.all(cases.map(([args]) => hemato(args)));
+  outcomes.forEach((outcome, i) => {
+    const [args, message] = cases[i];
+    assert.notEqual(outcome.code, null, `hemato ${args.join(' ')} waited on the pipe until it was killed`);
+    assert.notEqual(outcome.code, 0, `hemato ${args.join(' ')}`);
+    assert.match(outcome.stderr, message, `hemato ${args.join(' ')}`);
+  });
 });
 
 /** The pid of a process that has ended. */

@@ -37,7 +37,9 @@ export async function modelInfo(file: string): Promise<ModelIdentity> {
 
 /** A model file's size, identity and hemato metadata. Errors name the file and its defect. */
 export async function readModelFile(file: string): Promise<ModelFile> {
-  const [metadata, info, sha256] = await Promise.all([readModelMetadata(file), stat(file), hashFile(file)]);
+  // The metadata first: reading it refuses a named pipe, which the hash's stream would wait on for ever.
+  const metadata = await readModelMetadata(file);
+  const [info, sha256] = await Promise.all([stat(file), hashFile(file)]);
   const date = metadata.provenance?.date;
   const created = typeof date === 'string' && !Number.isNaN(Date.parse(date)) ? date : info.mtime.toISOString();
   return {

@@ -1,9 +1,8 @@
 // Listing a labelled data set from its two layouts: ImageFolder (one folder per class) or a CSV of file,label.
-import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseCsv } from './csv.js';
 import type { DecodeErrorCode } from './errors.js';
-import { fsReason, inspectPath, readFolder, walkFolder } from './files.js';
+import { fsReason, inspectPath, readFolder, readRegularFile, walkFolder } from './files.js';
 
 /** hemato's classes, in the index order every model and pack uses. */
 export const PBC_CLASSES: readonly string[] = ['basophil', 'eosinophil', 'erythroblast', 'ig', 'lymphocyte', 'monocyte', 'neutrophil', 'platelet'];
@@ -95,7 +94,7 @@ export async function listCsvDataset(csvPath: string, imagesDir: string, options
   const root = path.resolve(imagesDir);
   let rows: string[][];
   try {
-    rows = parseCsv(await readFile(csvPath, 'utf8')).filter((row) => row.some((cell) => cell.trim() !== ''));
+    rows = parseCsv((await readRegularFile(csvPath)).toString('utf8')).filter((row) => row.some((cell) => cell.trim() !== ''));
   } catch (error) {
     throw new Error(`cannot read CSV ${csvPath}: ${(error as Error).message}`);
   }

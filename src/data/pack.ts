@@ -1,12 +1,12 @@
 // A pack: a whole data set decoded, cut to the field, resized (and optionally MPM-processed) once, stored as one
 // file that travels with the code. Layout: 8-byte magic, u32 LE header length, the JSON header, then one encoded
 // image per entry (offsets in the header, relative to the end of the header).
-import { open, readFile } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
 import path from 'node:path';
 import sharp from 'sharp';
 import type { MpmConfig } from '../preprocess/mpm.js';
 import type { SkippedFile } from './dataset.js';
-import { inspectPath, writeFileAtomic } from './files.js';
+import { inspectPath, readFileHead, readRegularFile, writeFileAtomic } from './files.js';
 import { DEFAULT_GEOMETRY, type GeometryConfig } from './geometry.js';
 import { mapLimit } from './pool.js';
 import { type BlobCodec, measureReference, type Reference, type ReferenceScale, type Rgb } from './prepare.js';
@@ -182,28 +182,33 @@ export interface ReadPackOptions {
   concurrency?: number;
 }
 
+/** A pack's first `bytes` bytes, or all of it; a path that is not a readable regular file is an Error naming it. */
+async function readPackBytes(packPath: string, bytes?: number): Promise<Buffer> {
+  try {
+    if (bytes === undefined) return await readRegularFile(packPath, Number.MAX_SAFE_INTEGER);
+    const head = await readFileHead(packPath, bytes);
+    return Buffer.from(head.buffer, head.byteOffset, head.length);
+  } catch (error) {
+    throw new Error(`cannot read pack ${packPath}: ${(error as Error).message}`);
+  }
+}
+
 /** Reads the header without touching the images. */
 export async function readPackHeader(packPath: string): Promise<{ header: PackHeader; dataOffset: number }> {
-  const handle = await open(packPath);
-  try {
-    const prefix = Buffer.alloc(12);
-    await handle.read(prefix, 0, 12, 0);
-    checkMagic(prefix, packPath);
-    const length = prefix.readUInt32LE(8);
-    const json = Buffer.alloc(length);
-    const { bytesRead } = await handle.read(json, 0, length, 12);
-    if (bytesRead !== length) throw new Error(`${packPath}: truncated pack header; write the pack again with hemato pack`);
-    return { header: JSON.parse(json.toString('utf8')) as PackHeader, dataOffset: 12 + length };
-  } finally {
-    await handle.close();
-  }
+  const prefix = await readPackBytes(packPath, 12);
+  checkMagic(prefix, packPath);
+  const length = prefix.length === 12 ? prefix.readUInt32LE(8) : 0;
+  const head = await readPackBytes(packPath, 12 + length);
+  if (head.length !== 12 + length) throw new Error(`${packPath}: truncated pack header; write the pack again with hemato pack`);
+  return { header: JSON.parse(head.subarray(12).toString('utf8')) as PackHeader, dataOffset: 12 + length };
 }
 
 /** Decodes a whole pack (or some parts of it) into one contiguous buffer with its labels. */
 export async function readPack(packPath: string, options: ReadPackOptions = {}): Promise<PackData> {
-  const bytes = await readFile(packPath);
+  const bytes = await readPackBytes(packPath);
   checkMagic(bytes, packPath);
-  const headerLength = bytes.readUInt32LE(8);
+  const headerLength = bytes.length >= 12 ? bytes.readUInt32LE(8) : Infinity;
+  if (12 + headerLength > bytes.length) throw new Error(`${packPath}: truncated pack header; write the pack again with hemato pack`);
   const header = JSON.parse(bytes.subarray(12, 12 + headerLength).toString('utf8')) as PackHeader;
   const dataOffset = 12 + headerLength;
   const entries = selectEntries(header, options.parts);

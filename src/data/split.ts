@@ -1,9 +1,10 @@
 // Deterministic, seeded, stratified train/val(/test) splits, keyed on file content so that byte-identical files
 // (and, when asked, near-duplicates) always land in one part, and renaming or moving files changes nothing.
 import { createHash } from 'node:crypto';
-import { readFile, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import { formatCsv, parseCsv } from './csv.js';
 import { compareStrings } from './dataset.js';
+import { readRegularFile } from './files.js';
 import type { DuplicateGroup, NearDuplicates, ScannedImage } from './scan.js';
 
 export type Part = 'train' | 'val' | 'test';
@@ -162,7 +163,12 @@ export async function writeSplit(split: Split, csvPath: string, source?: string)
 
 /** Reads a split CSV back; the hash is recomputed from the bytes, so it names exactly this file's content. */
 export async function readSplit(csvPath: string): Promise<{ rows: SplitRow[]; hash: string }> {
-  const text = await readFile(csvPath, 'utf8');
+  const text = await readRegularFile(csvPath).then(
+    (bytes) => bytes.toString('utf8'),
+    (error: Error) => {
+      throw new Error(`cannot read split ${csvPath}: ${error.message}`);
+    },
+  );
   const [header, ...body] = parseCsv(text);
   if (header?.join(',') !== 'file,label,part')
     throw new Error(`${csvPath} is not a split CSV (its header must be file,label,part); make one with hemato split`);

@@ -8,6 +8,6 @@ export { tidy, keep, dispose, liveTensors, type Disposable } from './scope.js';
 export { noGrad, enableGrad, isGradEnabled } from './autograd.js';
 export { autocast, isAutocastEnabled, type AutocastOptions } from './autocast.js';
 export { AdamW, SGD, clipGradNorm, type ParamGroup, type OptimizerState } from './optim.js';
-export { loadSafetensors, saveSafetensors, parseSafetensors, serializeSafetensors, type SafetensorsFile } from './safetensors.js';
+export { loadSafetensors, readSafetensorsMetadata, saveSafetensors, parseSafetensors, serializeSafetensors, type SafetensorsFile } from './safetensors.js';
 export * from './runtime.js';
 export * from './precision.js';

@@ -1,6 +1,7 @@
 // safetensors: an 8-byte little-endian header length, a JSON header of {name: {dtype, shape, data_offsets}}
 // plus an optional __metadata__ map of strings, then the raw little-endian data.
-import { readFile, writeFile, rename } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { type FileHandle, open, writeFile, rename } from 'node:fs/promises';
 import { type DType, itemSize } from './dtype.js';
 import { tensor, type Tensor } from './tensor.js';
 import { dispose } from './scope.js';
@@ -30,12 +31,15 @@ interface HeaderEntry {
   end: number;
 }
 
+/** The most header a file may declare: far more than any model's, little enough to read before checking it. */
+const MAX_HEADER_BYTES = 100_000_000;
+
 /** Parses a safetensors buffer into CPU tensors. Errors name the file's defect. */
 export function parseSafetensors(bytes: Uint8Array, source = 'safetensors data'): SafetensorsFile {
   if (bytes.length < 8) throw new Error(`${source}: too short to be a safetensors file (${bytes.length} bytes)`);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const headerLength = Number(view.getBigUint64(0, true));
-  if (headerLength > bytes.length - 8 || headerLength > 100_000_000) throw new Error(`${source}: header length ${headerLength} exceeds the file`);
+  if (headerLength > bytes.length - 8 || headerLength > MAX_HEADER_BYTES) throw new Error(`${source}: header length ${headerLength} exceeds the file`);
   let header: unknown;
   try {
     header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + headerLength)));
@@ -146,13 +150,48 @@ export function serializeSafetensors(tensors: Map<string, Tensor> | Record<strin
 }
 
 export async function loadSafetensors(file: string): Promise<SafetensorsFile> {
-  let bytes: Buffer;
+  return parseSafetensors(await withFile(file, (handle) => handle.readFile()), file);
+}
+
+/** The `__metadata__` strings of a safetensors file, read from its header alone. */
+export async function readSafetensorsMetadata(file: string): Promise<Record<string, string> | undefined> {
+  const header = await withFile(file, async (handle, size) => {
+    const prefix = Buffer.alloc(8);
+    await handle.read(prefix, 0, 8, 0);
+    const length = Number(prefix.readBigUInt64LE(0));
+    if (size < 8 || length > size - 8 || length > MAX_HEADER_BYTES) throw new Error(`${file} is not a safetensors file (its header does not fit it)`);
+    const bytes = Buffer.alloc(length);
+    await handle.read(bytes, 0, length, 8);
+    return bytes;
+  });
   try {
-    bytes = await readFile(file);
-  } catch (error) {
-    throw new Error(`cannot read ${file}: ${(error as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (error as Error).message}`);
+    return (JSON.parse(header.toString('utf8')) as { __metadata__?: Record<string, string> }).__metadata__;
+  } catch {
+    throw new Error(`${file}: the safetensors header is not valid JSON; the file is damaged`);
   }
-  return parseSafetensors(bytes, file);
+}
+
+/**
+ * Runs `use` on a file opened for reading, if it is a regular file. It is opened without blocking: opening a named
+ * pipe would wait for a writer. A file that cannot be read is an Error naming it and saying why.
+ */
+async function withFile<T>(file: string, use: (handle: FileHandle, size: number) => Promise<T>): Promise<T> {
+  let handle: FileHandle;
+  try {
+    handle = await open(file, constants.O_RDONLY | (constants.O_NONBLOCK ?? 0));
+  } catch (error) {
+    const { code, message } = error as NodeJS.ErrnoException;
+    // The code stays for callers that word file-system failures their own way.
+    throw Object.assign(new Error(`cannot read ${file}: ${code === 'ENOENT' ? 'no such file' : message}`), { code });
+  }
+  try {
+    const info = await handle.stat();
+    if (!info.isFile())
+      throw new Error(`cannot read ${file}: not a regular file: ${info.isDirectory() ? 'a folder' : info.isFIFO() ? 'a named pipe (FIFO)' : 'a special file'}`);
+    return await use(handle, info.size);
+  } finally {
+    await handle.close();
+  }
 }
 
 /** Writes atomically: a crash leaves either the old file or the new one, never half of one. */

@@ -1,6 +1,5 @@
 // A whole model in one file: the state dict as safetensors, and in its metadata one JSON document that says how to
 // rebuild and use the model (architecture, options, classes, input size, normalisation, preprocessing, provenance).
-import { open } from 'node:fs/promises';
 import * as E from '../engine/index.js';
 import type { ImageClassifier } from './classifier.js';
 import { createModel, describeModelNames, listModels, type ModelOptions } from './registry.js';
@@ -226,38 +225,14 @@ const shown = (value: unknown): string => {
   return text.length > 80 ? `${text.slice(0, 77)}...` : text;
 };
 
-// The same bound the safetensors reader puts on a header.
-const MAX_HEADER_BYTES = 100_000_000;
-
 /** A model file's metadata, read from its header alone (no weights are loaded) and checked as loadModel checks it. */
 export async function readModelMetadata(file: string): Promise<ModelMetadata> {
-  return parseMetadata((await readHeaderMetadata(file))?.[METADATA_KEY], file);
+  return parseMetadata((await E.readSafetensorsMetadata(file))?.[METADATA_KEY], file);
 }
 
 /** Whether a safetensors file is a model saved by hemato (it carries hemato's metadata), as against a timm checkpoint. */
 export async function isHematoModelFile(file: string): Promise<boolean> {
-  return (await readHeaderMetadata(file))?.[METADATA_KEY] !== undefined;
-}
-
-/** The `__metadata__` strings of a safetensors file, read from its header alone. */
-async function readHeaderMetadata(file: string): Promise<Record<string, string> | undefined> {
-  const handle = await open(file, 'r');
-  try {
-    const { size } = await handle.stat();
-    const prefix = Buffer.alloc(8);
-    await handle.read(prefix, 0, 8, 0);
-    const length = Number(prefix.readBigUInt64LE(0));
-    if (size < 8 || length > size - 8 || length > MAX_HEADER_BYTES) throw new Error(`${file} is not a safetensors file (its header does not fit it)`);
-    const header = Buffer.alloc(length);
-    await handle.read(header, 0, length, 8);
-    try {
-      return (JSON.parse(header.toString('utf8')) as { __metadata__?: Record<string, string> }).__metadata__;
-    } catch {
-      throw new Error(`${file}: the safetensors header is not valid JSON; the file is damaged`);
-    }
-  } finally {
-    await handle.close();
-  }
+  return (await E.readSafetensorsMetadata(file))?.[METADATA_KEY] !== undefined;
 }
 
 /**

@@ -3,11 +3,12 @@
 // hemato models, each averaged over the 8 flips and 90° rotations of an image, so its labels hold for any of the
 // views the augmentation shows the student.
 import { existsSync } from 'node:fs';
-import { readFile, rename } from 'node:fs/promises';
+import { rename } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import path from 'node:path';
 import * as E from '../engine/index.js';
 import { DIHEDRAL, type ImageSet, type Normalization, makeBatch } from '../data/batches.js';
+import { readRegularFile } from '../data/files.js';
 import { loadModel } from '../models/io.js';
 import type { Mix } from './mix.js';
 import type { SoftLabels } from './step.js';
@@ -65,7 +66,7 @@ export async function computeTeacherTargets(
 /** What the stored targets were computed from: the teachers' bytes, the temperature and the images. */
 async function targetsKey(settings: DistillSettings, data: ImageSet, indices: Int32Array): Promise<string> {
   const hash = createHash('sha256');
-  for (const file of settings.teachers) hash.update(await readFile(file));
+  for (const file of settings.teachers) hash.update(await readRegularFile(file, Number.MAX_SAFE_INTEGER));
   hash.update(`${settings.temperature}:${data.size}:${data.classes.join()}`);
   hash.update(new Uint8Array(indices.buffer, indices.byteOffset, indices.byteLength));
   hash.update(data.images);

@@ -3,11 +3,12 @@
 // the training loop, and the final calibration and report. In a data-parallel run every rank runs this; rank 0
 // alone holds the lock and writes to the run folder, and calibrates the model once the ranks have parted.
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import * as E from '../engine/index.js';
 import { finishRun, type RunSummary } from './finish.js';
 import type { SkippedFile } from '../data/dataset.js';
+import { readRegularFile } from '../data/files.js';
 import { backgroundColours, type InputRecipe } from '../data/prepare.js';
 import { writeSplit } from '../data/split.js';
 import type { ImageClassifier } from '../models/classifier.js';
@@ -93,7 +94,7 @@ export type TrainingOutcome =
 
 async function readJson(file: string, what: string): Promise<unknown> {
   try {
-    return JSON.parse(await readFile(file, 'utf8'));
+    return JSON.parse((await readRegularFile(file)).toString('utf8'));
   } catch (error) {
     throw new RunConfigError(`cannot read ${what} ${file}: ${(error as Error).message}`);
   }
@@ -211,7 +212,8 @@ async function isHematoModel(file: string, flag: string): Promise<boolean> {
   try {
     return await isHematoModelFile(file);
   } catch (error) {
-    throw new RunConfigError(`${flag}: cannot read ${file}: ${(error as Error).message}`);
+    // The reader's message names the file and says why it cannot be read.
+    throw new RunConfigError(`${flag}: ${(error as Error).message}`);
   }
 }
 

@@ -1,4 +1,3 @@
-import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { BUNDLED_MODEL, loadClassifier } from '../../api/classifier.js';
@@ -7,6 +6,7 @@ import { evaluateScores, evaluateShifts, imagePredictions, scoreItems, shiftTabl
 import { selectShifts, SHIFTS } from '../../eval/shifts.js';
 import { parseCsv } from '../../data/csv.js';
 import { type DatasetListing, listCsvDataset, listDataset, type ListOptions } from '../../data/dataset.js';
+import { readRegularFile } from '../../data/files.js';
 import { readImageFile } from '../../data/image.js';
 import { type Part, readSplit } from '../../data/split.js';
 import { CliError, prepareOutputDir, printJson } from '../output.js';
@@ -173,7 +173,10 @@ async function listSplitPart(split: string, root: string, part: Part, listOption
 
 /** A split given as --labels would score every part, training images included: the figures would look far too good. */
 async function refuseSplitAsLabels(labels: string): Promise<void> {
-  const text = await readFile(labels, 'utf8').catch(() => undefined);
+  const text = await readRegularFile(labels).then(
+    (bytes) => bytes.toString('utf8'),
+    () => undefined,
+  );
   if (text === undefined) return; // listing the data set says why it cannot be read
   const header = (parseCsv(text.split(/\r?\n/, 1)[0])[0] ?? []).map((name) => name.trim().toLowerCase());
   if (header.includes('part')) {

@@ -1,9 +1,9 @@
-import { readFile, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { listDataset, PBC_CLASSES, type SkippedFile } from '../../data/dataset.js';
 import { DEFAULT_GEOMETRY } from '../../data/geometry.js';
-import { escapeControl } from '../../data/files.js';
+import { escapeControl, readRegularFile } from '../../data/files.js';
 import { type PackItem, writePack } from '../../data/pack.js';
 import { BLOB_CODECS, type BlobCodec, isLossy } from '../../data/prepare.js';
 import { progressReporter } from '../progress.js';
@@ -134,7 +134,7 @@ export function registerPack(program: Command): void {
 async function readMpmConfig(file: string | undefined): Promise<MpmConfigInput> {
   if (!file) return {};
   try {
-    return JSON.parse(await readFile(file, 'utf8')) as MpmConfigInput;
+    return JSON.parse((await readRegularFile(file)).toString('utf8')) as MpmConfigInput;
   } catch (error) {
     throw new CliError(`cannot read MPM config ${file}: ${(error as Error).message}`);
   }

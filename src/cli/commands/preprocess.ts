@@ -1,8 +1,8 @@
-import { readFile, stat, writeFile } from 'node:fs/promises';
+import { stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { DEFAULT_GEOMETRY, toModelGeometry, validateGeometry } from '../../data/geometry.js';
-import { escapeControl } from '../../data/files.js';
+import { escapeControl, readRegularFile } from '../../data/files.js';
 import { DecodeError, readImageFile } from '../../data/image.js';
 import { renderContactSheet } from '../../preprocess/contact-sheet.js';
 import { Mpm, type MpmConfigInput } from '../../preprocess/mpm.js';
@@ -83,7 +83,7 @@ export function parseGeometry(size: string, field: string) {
 async function readConfig(file: string | undefined): Promise<MpmConfigInput> {
   if (!file) return {};
   try {
-    return JSON.parse(await readFile(file, 'utf8')) as MpmConfigInput;
+    return JSON.parse((await readRegularFile(file)).toString('utf8')) as MpmConfigInput;
   } catch (error) {
     throw new CliError(`cannot read MPM config ${file}: ${(error as Error).message}`);
   }
