@@ -16,6 +16,8 @@ import { loadCheckpoint, saveCheckpoint } from '../src/train/checkpoint.js';
 import { parseFileSize, parseThreadCount } from '../src/cli/commands/shared.js';
 import { sheetNames } from '../src/cli/commands/preprocess.js';
 import { CliError, prepareOutputDir } from '../src/cli/output.js';
+import { PBC_CLASSES } from '../src/data/dataset.js';
+import { readModelMetadata } from '../src/models/io.js';
 import { saveUntrainedModel, SHARED } from './helpers.js';
 
 interface Outcome {
@@ -205,11 +207,45 @@ test('hemato pack over an existing pack replaces it whole and leaves nothing els
     const outcome = await hemato('pack', ds, '--out', out, '--size', size, '--field', 'none', '--threads', '1', '--json');
     assert.equal(outcome.code, 0, outcome.stderr);
     assert.equal(JSON.parse(outcome.stdout).size, Number(size));
+    assert.equal(JSON.parse(outcome.stdout).replaced, size === '64', 'the second pack says it replaced the first');
     assert.deepEqual(readdirSync(packs), ['ds.hpk']);
   }
   const folder = await hemato('pack', ds, '--out', packs);
   assert.equal(folder.code, 1);
   assert.match(folder.stderr, /is a folder/);
+});
+
+test('split and calibrate replace an existing output only once the new one is written, and say so; a folder there is refused before any work', async () => {
+  const { ds } = await ready;
+  const outputs = path.join(dir, 'replaced');
+  const split = path.join(outputs, 'split.csv');
+  const splitArgs = ['split', ds, '--classes', 'neutrophil,platelet', '--val', '0.5', '--out', split];
+  const first = await hemato(...splitArgs, '--json');
+  assert.equal(first.code, 0, first.stderr);
+  assert.equal(JSON.parse(first.stdout).replaced, false);
+  const again = await hemato(...splitArgs);
+  assert.equal(again.code, 0, again.stderr);
+  assert.match(again.stdout, /split\.csv {2}sha256 \w+ {2}\(replaced the earlier split\)/);
+  assert.deepEqual(readdirSync(outputs).sort(), ['split.csv', 'split.json'], 'no temporary left beside them');
+
+  const labelled = path.join(dir, 'calibration');
+  for (const [c, label] of PBC_CLASSES.entries()) for (let i = 0; i < 3; i++) await png(path.join(labelled, label, `${i}.png`), 25 * c + 5 * i);
+  const out = path.join(outputs, 'calibrated.safetensors');
+  writeFileSync(out, 'an earlier file');
+  const calibrated = await hemato('calibrate', labelled, '--model', modelFile, '--out', out, '--json');
+  assert.equal(calibrated.code, 0, calibrated.stderr);
+  assert.equal(JSON.parse(calibrated.stdout).replaced, true);
+  assert.equal((await readModelMetadata(out)).classes.length, 8);
+
+  for (const args of [
+    ['split', ds, '--classes', 'neutrophil,platelet', '--out', outputs],
+    ['calibrate', labelled, '--model', modelFile, '--out', outputs],
+  ]) {
+    const outcome = await hemato(...args);
+    assert.equal(outcome.code, 1, `hemato ${args[0]}: ${outcome.stderr}`);
+    assert.match(outcome.stderr, /--out .*replaced is a folder; give a file name/);
+    assert.doesNotMatch(outcome.stderr, /scan|scoring/, `hemato ${args[0]} refuses before its work`);
+  }
 });
 
 test('a checkpoint temporary left by a killed write is removed when the run resumes', async () => {

@@ -72,3 +72,15 @@ export async function prepareOutputDir(dir: string, what: string): Promise<strin
   }
   return target;
 }
+
+/**
+ * Checks a command's one output file before any work is done: its folder can be made (prepareOutputDir) and it is
+ * not a folder itself. Whether a file is there already: the command replaces it only once the new one is complete,
+ * and says so.
+ */
+export async function prepareOutputFile(file: string, flag = '--out'): Promise<{ replaces: boolean }> {
+  await prepareOutputDir(path.dirname(path.resolve(file)), `the folder of ${flag}`);
+  const info = await stat(file).catch(() => null);
+  if (info?.isDirectory()) throw new CliError(`${flag} ${file} is a folder; give a file name`);
+  return { replaces: info !== null };
+}

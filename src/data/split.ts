@@ -1,10 +1,9 @@
 // Deterministic, seeded, stratified train/val(/test) splits, keyed on file content so that byte-identical files
 // (and, when asked, near-duplicates) always land in one part, and renaming or moving files changes nothing.
 import { createHash } from 'node:crypto';
-import { writeFile } from 'node:fs/promises';
 import { formatCsv, parseCsv } from './csv.js';
 import { compareStrings } from './dataset.js';
-import { readRegularFile } from './files.js';
+import { readRegularFile, writeFileAtomic } from './files.js';
 import type { DuplicateGroup, NearDuplicates, ScannedImage } from './scan.js';
 
 export type Part = 'train' | 'val' | 'test';
@@ -152,12 +151,15 @@ export function sha256Text(text: string): string {
   return createHash('sha256').update(text, 'utf8').digest('hex');
 }
 
-/** Writes the CSV, and beside it `<name>.json` with the hash, the settings, the counts and what was excluded. */
+/**
+ * Writes the CSV, and beside it `<name>.json` with the hash, the settings, the counts and what was excluded; each
+ * whole or not at all.
+ */
 export async function writeSplit(split: Split, csvPath: string, source?: string): Promise<string> {
   const metaPath = csvPath.replace(/\.csv$/i, '') + '.json';
   const { rows: _rows, csv: _csv, ...meta } = split;
-  await writeFile(csvPath, split.csv);
-  await writeFile(metaPath, `${JSON.stringify({ csv: csvPath, source, ...meta }, null, 2)}\n`);
+  await writeFileAtomic(csvPath, [Buffer.from(split.csv)]);
+  await writeFileAtomic(metaPath, [Buffer.from(`${JSON.stringify({ csv: csvPath, source, ...meta }, null, 2)}\n`)]);
   return metaPath;
 }
 

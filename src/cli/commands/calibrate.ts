@@ -9,7 +9,7 @@ import { readSplit } from '../../data/split.js';
 import { saveModel } from '../../models/io.js';
 import { calibrate } from '../../eval/calibration.js';
 import { assertFiniteWeights } from '../../eval/finite.js';
-import { CliError, printJson } from '../output.js';
+import { CliError, prepareOutputFile, printJson } from '../output.js';
 import { progressBar } from '../progress.js';
 import { classifierOptions, datasetSource, modelOption, parseChoice, parseFraction, parsePositiveInt } from './shared.js';
 
@@ -26,7 +26,7 @@ export function registerCalibrate(program: Command): void {
     .option('--part <part>', 'the part of --split to calibrate on: train, val or test (default: val)', parseChoice(['train', 'val', 'test'] as const))
     .option(
       '-o, --out <file>',
-      'where to write the calibrated model (default: <model>.calibrated.safetensors, next to --model, or in the current folder for the bundled model)',
+      'where to write the calibrated model (default: <model>.calibrated.safetensors, next to --model, or in the current folder for the bundled model); a file there is replaced once the new one is written, and the output says so',
     )
     .option('--target-accuracy <p>', 'the accuracy that predictions above the uncertainty threshold must reach on this data', parseFraction, 0.995)
     .option(
@@ -46,6 +46,14 @@ export function registerCalibrate(program: Command): void {
     const modelFile: string = options.model ?? BUNDLED_MODEL;
     const classifier = await loadClassifier(modelFile, classifierOptions(options));
     assertFiniteWeights(classifier.model, modelFile);
+    // Never write into the installed package: the bundled model's calibration goes to the current folder.
+    const out: string =
+      options.out ??
+      (options.model
+        ? options.model.replace(/(\.safetensors)?$/, '.calibrated.safetensors')
+        : path.basename(BUNDLED_MODEL, '.safetensors') + '.calibrated.safetensors');
+    // Checked now, not after minutes of scoring.
+    const { replaces } = await prepareOutputFile(out);
     if (options.ood && !options.split)
       throw new CliError('--ood needs --split: the detector is fitted on the training part and its threshold on the validation part', 2);
     let items;
@@ -91,12 +99,6 @@ export function registerCalibrate(program: Command): void {
     const k = classifier.classes.length;
     if (n < 20) throw new CliError(`only ${n} images could be scored; calibration needs a real validation set (hundreds of images)`);
     const fit = calibrate(scored.logits, scored.labels, k, options.targetAccuracy);
-    // Never write into the installed package: the bundled model's calibration goes to the current folder.
-    const out =
-      options.out ??
-      (options.model
-        ? options.model.replace(/(\.safetensors)?$/, '.calibrated.safetensors')
-        : path.basename(BUNDLED_MODEL, '.safetensors') + '.calibrated.safetensors');
     const judge = {
       classes: classifier.classes,
       temperature: fit.temperature,
@@ -117,6 +119,7 @@ export function registerCalibrate(program: Command): void {
     for (const warning of fit.warnings) process.stderr.write(`warning: ${warning}\n`);
     const summary = {
       model: out,
+      replaced: replaces,
       n,
       temperature: fit.temperature,
       uncertainty_threshold: fit.uncertaintyThreshold,
@@ -132,7 +135,7 @@ export function registerCalibrate(program: Command): void {
     if (options.json) printJson(summary);
     else
       process.stdout.write(
-        `${out}: T = ${fit.temperature.toFixed(3)}, NLL ${fit.nllBefore.toFixed(4)} → ${fit.nllAfter.toFixed(4)}, ECE ${fit.eceBefore.toFixed(4)} → ${fit.eceAfter.toFixed(4)}, uncertainty threshold ${fit.uncertaintyThreshold.toFixed(3)} (on ${n} images)\n`,
+        `${out}: T = ${fit.temperature.toFixed(3)}, NLL ${fit.nllBefore.toFixed(4)} → ${fit.nllAfter.toFixed(4)}, ECE ${fit.eceBefore.toFixed(4)} → ${fit.eceAfter.toFixed(4)}, uncertainty threshold ${fit.uncertaintyThreshold.toFixed(3)} (on ${n} images)${replaces ? '; replaced the earlier file' : ''}\n`,
       );
     classifier.dispose();
   });

@@ -9,7 +9,7 @@ import { BLOB_CODECS, type BlobCodec, isLossy } from '../../data/prepare.js';
 import { progressReporter } from '../progress.js';
 import { readSplit } from '../../data/split.js';
 import { type MpmConfigInput, resolveMpmConfig } from '../../preprocess/mpm.js';
-import { CliError, prepareOutputDir, printJson } from '../output.js';
+import { CliError, prepareOutputFile, printJson } from '../output.js';
 import { parseGeometry } from './preprocess.js';
 import { addSourceOptions, resolveSource, type SourceOptions } from './scan.js';
 import { parseThreadCount } from './shared.js';
@@ -61,14 +61,7 @@ export function registerPack(program: Command): void {
         throw new CliError(`--quality must be an integer in 1..100, got "${options.quality}"`, 2);
       const mpm = options.mpm || options.mpmConfig ? resolveMpmConfig(await readMpmConfig(options.mpmConfig)) : null;
       // Checked now, not after minutes of decoding.
-      await prepareOutputDir(path.dirname(path.resolve(options.out)), 'the folder of --out');
-      if (
-        await stat(options.out).then(
-          (info) => info.isDirectory(),
-          () => false,
-        )
-      )
-        throw new CliError(`--out ${options.out} is a folder; give the pack's file name`);
+      const { replaces } = await prepareOutputFile(options.out);
       const classes = classOption ?? [...PBC_CLASSES];
 
       let items: PackItem[];
@@ -118,13 +111,14 @@ export function registerPack(program: Command): void {
         quality,
         mpm: header.mpm !== null,
         splitHash,
+        replaced: replaces,
         seconds: Math.round((performance.now() - started) / 100) / 10,
         skipped: header.skipped,
       };
       if (options.json) printJson(summary);
       else {
         process.stdout.write(
-          `${escapeControl(options.out)}: ${header.count} images at ${header.size} px, ${codec}${isLossy(codec) ? ` q${quality}` : ''}${mpm ? ', MPM' : ''}, ${summary.mib} MiB in ${summary.seconds} s\n`,
+          `${escapeControl(options.out)}: ${header.count} images at ${header.size} px, ${codec}${isLossy(codec) ? ` q${quality}` : ''}${mpm ? ', MPM' : ''}, ${summary.mib} MiB in ${summary.seconds} s${replaces ? ' (replaced the earlier pack)' : ''}\n`,
         );
         for (const s of header.skipped) process.stdout.write(`  skipped ${escapeControl(s.path)}  [${s.reason}] ${escapeControl(s.detail)}\n`);
       }

@@ -3,7 +3,7 @@ import { escapeControl } from '../../data/files.js';
 import { progressReporter } from '../progress.js';
 import { scanDataset } from '../../data/scan.js';
 import { makeSplit, type Part, writeSplit } from '../../data/split.js';
-import { CliError, printJson } from '../output.js';
+import { CliError, prepareOutputFile, printJson } from '../output.js';
 import { addSourceOptions, NEAR_THRESHOLD_HELP, parseNearThreshold, resolveSource, type SourceOptions } from './scan.js';
 
 interface SplitCommandOptions extends SourceOptions {
@@ -27,7 +27,10 @@ export function registerSplit(program: Command): void {
         'write a seeded, stratified train/val(/test) split as CSV (file,label,part) and report its sha256; duplicates (and with --near-duplicates, near-duplicates) stay in one part',
       ),
   )
-    .requiredOption('--out <file.csv>', 'where to write the split; <name>.json beside it records hash, settings and counts')
+    .requiredOption(
+      '--out <file.csv>',
+      'where to write the split; <name>.json beside it records hash, settings and counts (files there are replaced once the new ones are written, and the output says so)',
+    )
     .option('--seed <n>', 'seed; the same seed and files give the same split on any machine', '0')
     .option('--val <fraction>', 'fraction of each class for validation', '0.15')
     .option('--test <fraction>', 'fraction of each class for test', '0')
@@ -42,6 +45,8 @@ export function registerSplit(program: Command): void {
     .action(async (dir: string | undefined, options: SplitCommandOptions) => {
       if (options.nearThreshold !== undefined && !options.nearDuplicates) throw new CliError('--near-threshold applies only with --near-duplicates', 2);
       const { source, classes, maxPixels, maxFileBytes } = await resolveSource(dir, options);
+      // Checked now, not after the scan.
+      const { replaces } = await prepareOutputFile(options.out);
       const [seed, val, test] = [Number(options.seed), Number(options.val), Number(options.test)];
       const progress = progressReporter('scan');
       const report = await scanDataset(source, { classes, maxPixels, maxFileBytes, nearThreshold: options.nearThreshold, onProgress: progress.update }).finally(
@@ -63,11 +68,14 @@ export function registerSplit(program: Command): void {
       const meta = await writeSplit(split, options.out, report.root);
       const { rows: _rows, csv: _csv, ...summary } = split;
       if (options.json) {
-        printJson({ csv: options.out, meta, ...summary, skipped: report.skipped });
+        printJson({ csv: options.out, meta, replaced: replaces, ...summary, skipped: report.skipped });
         return;
       }
       const fractions = split.val_halved ? `val ${val}, halved into val and test` : `val ${val}, test ${test}`;
-      const lines = [`${escapeControl(options.out)}  sha256 ${split.hash}`, `seed ${seed}, ${fractions}; details in ${escapeControl(meta)}`];
+      const lines = [
+        `${escapeControl(options.out)}  sha256 ${split.hash}${replaces ? '  (replaced the earlier split)' : ''}`,
+        `seed ${seed}, ${fractions}; details in ${escapeControl(meta)}`,
+      ];
       for (const part of ['train', 'val', 'test'] as Part[]) {
         const counts = split.counts[part];
         const total = Object.values(counts).reduce((a, b) => a + b, 0);
