@@ -2,7 +2,7 @@
 // --resume refuses other settings and other data, one process per run folder, and a diverged model is never kept.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile, spawnSync } from 'node:child_process';
+import { execFile, spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import path from 'node:path';
@@ -10,6 +10,7 @@ import type { RunConfigInput } from '../src/train/config.js';
 import { LOCK_FILE, lockRunDir } from '../src/train/lock.js';
 import { runTraining, type TrainingRequest } from '../src/train/run.js';
 import { loadModel } from '../src/models/io.js';
+import { SHARED } from './helpers.js';
 import { TINY_RUN, writeNoisyImageFolder } from './train-fixtures.js';
 
 const root = mkdtempSync(path.join(tmpdir(), 'hemato-run-'));
@@ -118,6 +119,25 @@ test('one training process per run folder: a live holder is an error, a dead one
   );
   await lock.release();
   assert.ok(!existsSync(path.join(runDir, LOCK_FILE)));
+});
+
+test('a stop asked for while the data is still being read ends the run at once, and its lock goes with it', async (t) => {
+  // PBC takes tens of seconds to scan: long enough to be stopped in the middle of it.
+  const pbc = path.join(SHARED, 'data/pbc');
+  if (!existsSync(pbc)) return t.skip('../shared/data/pbc is not here');
+  const runDir = path.join(root, 'stopped-early');
+  const child = spawn(process.execPath, ['bin/hemato.js', 'train', pbc, '--out', runDir, '--epochs', '1']);
+  let stderr = '';
+  child.stderr.on('data', (chunk) => {
+    stderr += chunk;
+    if (/scanning/.test(stderr) && child.exitCode === null && !child.killed) child.kill('SIGINT');
+  });
+  const stopped = setTimeout(() => child.kill('SIGKILL'), 20_000);
+  const code = await new Promise<number | null>((resolve) => child.on('exit', (exitCode) => resolve(exitCode)));
+  clearTimeout(stopped);
+  assert.equal(code, 130, stderr);
+  assert.match(stderr, /interrupted before training began; nothing was trained/);
+  assert.ok(!existsSync(path.join(runDir, LOCK_FILE)), 'the lock is released');
 });
 
 test('a run that diverges in its first epoch keeps no model', async () => {

@@ -1,5 +1,6 @@
 // One training process per run folder: a lock file records the holder's PID and host. Two runs into one folder
 // would interleave configs, logs and models; a lock left by a process that died is taken over, with a note.
+import { readFileSync, rmSync } from 'node:fs';
 import { link, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -79,7 +80,7 @@ export async function lockRunDir(runDir: string, note: (message: string) => void
   const mine: Holder = { pid: process.pid, host: os.hostname(), since: new Date().toISOString() };
   const text = `${JSON.stringify(mine)}\n`;
   for (let attempt = 0; attempt < 5; attempt++) {
-    if (await tryCreate(file, text)) return { release: () => release(file, text) };
+    if (await tryCreate(file, text)) return held(file, text);
     const found = await readHolder(file);
     if (!found) continue;
     const { holder } = found;
@@ -95,6 +96,24 @@ export async function lockRunDir(runDir: string, note: (message: string) => void
     await takeOver(file, found.text);
   }
   throw new Error(`could not lock ${runDir}: ${file} keeps changing; is another training process starting there?`);
+}
+
+/** The lock, released when asked or, failing that, when the process exits (a second Ctrl-C, an abort). */
+function held(file: string, text: string): RunLock {
+  const onExit = () => {
+    try {
+      if (readFileSync(file, 'utf8') === text) rmSync(file, { force: true });
+    } catch {
+      // Gone already, or unreadable: a later run takes it over.
+    }
+  };
+  process.on('exit', onExit);
+  return {
+    release: async () => {
+      process.off('exit', onExit);
+      await release(file, text);
+    },
+  };
 }
 
 async function release(file: string, text: string): Promise<void> {

@@ -236,7 +236,13 @@ export function registerTrain(program: Command): void {
       }
       if (place) return trainRank(request, flags, place, timeoutMs);
       let stopRequested = false;
+      // Until the loop starts, a stop has no step to finish and nothing to save: reading the data can take minutes.
+      let started = false;
       const onSignal = () => {
+        if (!started) {
+          process.stderr.write('\ninterrupted before training began; nothing was trained. Run the same command to start again.\n');
+          process.exit(130);
+        }
         if (stopRequested) process.exit(130);
         stopRequested = true;
         process.stderr.write('\nstopping after this step and writing a checkpoint (Ctrl-C again to abort at once)…\n');
@@ -250,7 +256,10 @@ export function registerTrain(program: Command): void {
           runTraining({
             ...request,
             shouldStop: () => stopRequested,
-            onEvent: progress.onEvent,
+            onEvent: (event) => {
+              if (event.type === 'start') started = true;
+              progress.onEvent(event);
+            },
             onLoadProgress: (stage, done, total) => {
               if (!stages.has(stage)) stages.set(stage, progressReporter(stage));
               stages.get(stage)!.update(done, total);
