@@ -164,8 +164,16 @@ test('bundle: written, extracted outside the repository, checked, built and run'
     const archive = path.join(work, 'hemato.tar.xz');
     const made = spawnSync(process.execPath, [BIN, 'bundle', '--out', archive, '--xz-level', '0', '--json'], { cwd: ROOT, encoding: 'utf8', timeout: 280_000 });
     assert.equal(made.status, 0, made.stderr);
-    const result = JSON.parse(made.stdout) as { out: string; bytes: number; model: string; parts: Record<string, number>; node: { version: string } };
+    const result = JSON.parse(made.stdout) as {
+      out: string;
+      bytes: number;
+      model: string;
+      parts: Record<string, number>;
+      node: { version: string };
+      replaced: boolean;
+    };
     assert.equal(result.out, archive);
+    assert.equal(result.replaced, false);
     assert.equal(result.bytes, statSync(archive).size);
     assert.equal(result.node.version, process.version);
     assert.equal(result.model, 'app/models/hemato-convnext-atto.safetensors', 'the bundled model goes by default');

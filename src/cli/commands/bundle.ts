@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { BUNDLE_DIR, makeBundle, SIZE_TARGET, type BundleStage } from '../../bundle/bundle.js';
-import { CliError, printJson } from '../output.js';
+import { CliError, prepareOutputFile, printJson } from '../output.js';
 import { progressBar, type Progress } from '../progress.js';
 
 const MiB = 2 ** 20;
@@ -12,7 +12,10 @@ export function registerBundle(program: Command): void {
   program
     .command('bundle')
     .description('write one .tar.xz that runs hemato on an offline machine with g++ and PyTorch (node, JS, addon sources, run.sh, the bundled model)')
-    .requiredOption('--out <file>', 'the archive to write, e.g. hemato-bundle.tar.xz')
+    .requiredOption(
+      '--out <file>',
+      'the archive to write, e.g. hemato-bundle.tar.xz; a file there is replaced once the new one is complete, and the output says so',
+    )
     .option('--model <file>', 'the model file to carry instead of the bundled model (lands in app/models/)')
     .option('--no-model', 'carry no model: every command that classifies then needs a model file')
     .option('--pack <file>', 'a packed data set (file or directory) to carry (lands in data/)')
@@ -21,6 +24,7 @@ export function registerBundle(program: Command): void {
     .action(async (options: { out: string; model?: string | false; pack?: string; xzLevel: string; json?: boolean }) => {
       const xzLevel = Number(options.xzLevel);
       if (!/^\d$/.test(options.xzLevel)) throw new CliError(`--xz-level takes a digit 0-9, got '${options.xzLevel}'`, 2);
+      const { replaces } = await prepareOutputFile(options.out);
       let stage: BundleStage | undefined;
       let bar: Progress | undefined;
       let barTotal = 0;
@@ -51,10 +55,12 @@ export function registerBundle(program: Command): void {
         throw new CliError(`bundle: ${error instanceof Error ? error.message : String(error)}`);
       });
       finish();
-      process.stderr.write(`bundle: ${result.out}: ${mib(result.bytes)} (${result.bytes} bytes) in ${result.seconds} s\n`);
+      process.stderr.write(
+        `bundle: ${result.out}: ${mib(result.bytes)} (${result.bytes} bytes) in ${result.seconds} s${replaces ? '; replaced the earlier archive' : ''}\n`,
+      );
       if (!result.underSizeTarget) process.stderr.write(`bundle: warning: over ${mib(SIZE_TARGET)} without the model and data\n`);
       if (options.json) {
-        printJson(result);
+        printJson({ ...result, replaced: replaces });
       } else {
         process.stdout.write(`${result.out}  ${mib(result.bytes)}\n`);
         for (const [part, bytes] of Object.entries(result.parts))
