@@ -152,7 +152,12 @@ test('eval --report writes a readable report with its plots, free of machine pat
   const out = path.join(dir, 'report-bccd');
   const run = hemato([bccd, '--report', out, '--json', '--per-image']);
   assert.equal(run.status, 0, run.stderr);
-  const result = JSON.parse(run.stdout) as Report & { per_image: ImageAnswer[]; uncertainty_threshold: number; uncertain_fraction: number };
+  const result = JSON.parse(run.stdout) as Report & {
+    per_image: ImageAnswer[];
+    uncertainty_threshold: number;
+    uncertain_fraction: number;
+    report_replaced: boolean;
+  };
   assert.equal(result.per_image.length, 4);
   for (const answer of result.per_image) {
     assert.deepEqual(Object.keys(answer).sort(), ['file', 'label', 'predicted', 'probability', 'reasons', 'stain', 'uncertain']);
@@ -192,6 +197,13 @@ test('eval --report writes a readable report with its plots, free of machine pat
   const plain = hemato([bccd, '--per-image']);
   assert.equal(plain.status, 2);
   assert.match(plain.stderr, /--per-image needs --json/);
+
+  // A second report into the same folder replaces the first, and says so.
+  assert.equal(result.report_replaced, false);
+  const again = hemato([bccd, '--report', out]);
+  assert.equal(again.status, 0, again.stderr);
+  assert.match(again.stdout, /^report: .*report\.md \(replaced the earlier report\)$/m);
+  assert.deepEqual(readdirSync(out).sort(), ['confusion.svg', 'errors.svg', 'reliability.svg', 'report.md'], 'no temporary left');
 });
 
 test("eval --report on PBC's file names adds the table of errors by subtype", async () => {

@@ -8,7 +8,16 @@ import type { Shift } from '../eval/shifts.js';
 import type { OodPooling } from '../models/io.js';
 import type { Classifier, PreparedInput } from './classifier.js';
 
-export { evaluateScores, type Evaluation, type ImagePrediction, imagePredictions, type ScoredItems, shiftTable, writeReport } from '../eval/evaluation.js';
+export {
+  evaluateScores,
+  type Evaluation,
+  type ImagePrediction,
+  imagePredictions,
+  type ScoredItems,
+  REPORT_FILE,
+  shiftTable,
+  writeReport,
+} from '../eval/evaluation.js';
 
 export interface ScoreOptions {
   batchSize?: number;

@@ -1,7 +1,8 @@
 // The metrics an evaluation reports, from scores already computed, each image's answer, and the report that shows them.
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import sharp from 'sharp';
+import { writeFileAtomic } from '../data/files.js';
 import type { ScaleReport, StainTreatment } from '../data/prepare.js';
 import type { RgbImage } from '../preprocess/image.js';
 import { softmaxRows } from './calibration.js';
@@ -187,13 +188,19 @@ export interface ReportOptions {
   extra?: string[];
 }
 
+/** The report's page, beside its plots. */
+export const REPORT_FILE = 'report.md';
+
+/** Each of a report's files is written whole or not at all: an earlier report stays readable until it is replaced. */
+const writeText = (file: string, text: string) => writeFileAtomic(file, [Buffer.from(text)]);
+
 /** Writes report.md with its SVG plots into dir. */
 export async function writeReport(dir: string, title: string, evaluation: Evaluation, options: ReportOptions): Promise<string> {
   await mkdir(dir, { recursive: true });
   const plots: { confusion: string; reliability: string; curves?: string; errors?: string } = { confusion: 'confusion.svg', reliability: 'reliability.svg' };
-  await writeFile(path.join(dir, plots.confusion), confusionSvg(evaluation.confusion_matrix, evaluation.labels));
+  await writeText(path.join(dir, plots.confusion), confusionSvg(evaluation.confusion_matrix, evaluation.labels));
   const scaled = evaluation.temperature !== 1;
-  await writeFile(
+  await writeText(
     path.join(dir, plots.reliability),
     reliabilitySvg(
       {
@@ -206,7 +213,7 @@ export async function writeReport(dir: string, title: string, evaluation: Evalua
   let curvesNote: string[] | undefined;
   if (options.history?.length) {
     plots.curves = 'curves.svg';
-    await writeFile(path.join(dir, plots.curves), curvesSvg(options.history));
+    await writeText(path.join(dir, plots.curves), curvesSvg(options.history));
     const epochs = epochsOf(options.history);
     const best = bestEpoch(epochs)!;
     curvesNote = [
@@ -219,7 +226,7 @@ export async function writeReport(dir: string, title: string, evaluation: Evalua
     plots.errors = 'errors.svg';
     const tiles: ErrorTile[] = [];
     for (const e of shown) tiles.push({ ...e, picture: await options.image(e.index).then(thumbnail, () => null) });
-    await writeFile(path.join(dir, plots.errors), errorGridSvg(tiles));
+    await writeText(path.join(dir, plots.errors), errorGridSvg(tiles));
   }
   const errorLines = shown.length
     ? [
@@ -255,9 +262,9 @@ export async function writeReport(dir: string, title: string, evaluation: Evalua
     unflagged_accuracy: evaluation.unflagged_accuracy,
     stain_raised_fraction: evaluation.stain_raised_fraction,
   };
-  const file = path.join(dir, 'report.md');
+  const file = path.join(dir, REPORT_FILE);
   const extra = [...subtypes, ...(options.extra ?? [])];
-  await writeFile(file, markdownReport(title, evaluation, { data: options.data, plots, uncertainty, curvesNote, errors: errorLines, extra }));
+  await writeText(file, markdownReport(title, evaluation, { data: options.data, plots, uncertainty, curvesNote, errors: errorLines, extra }));
   return file;
 }
 

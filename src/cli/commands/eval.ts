@@ -1,8 +1,9 @@
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { BUNDLED_MODEL, loadClassifier } from '../../api/classifier.js';
 import { modelInfo } from '../../api/model-info.js';
-import { evaluateScores, evaluateShifts, imagePredictions, scoreItems, shiftTable, writeReport } from '../../api/evaluate.js';
+import { evaluateScores, evaluateShifts, imagePredictions, REPORT_FILE, scoreItems, shiftTable, writeReport } from '../../api/evaluate.js';
 import { selectShifts, SHIFTS } from '../../eval/shifts.js';
 import { parseCsv } from '../../data/csv.js';
 import { type DatasetListing, listCsvDataset, listDataset, type ListOptions } from '../../data/dataset.js';
@@ -81,7 +82,9 @@ export function registerEval(program: Command): void {
     const skipped = [...listing.skipped.map((s) => ({ path: s.path, reason: `${s.reason}: ${s.detail}` })), ...scored.failed];
     const model = await modelInfo(options.model ?? BUNDLED_MODEL);
     let reportFile;
+    let reportReplaced = false;
     if (options.report) {
+      reportReplaced = existsSync(path.join(options.report, REPORT_FILE));
       // The report names the data set and its files by their names under its root: nothing of this machine's paths.
       const paths = new Map(listing.items.map((item) => [item.file, item.path]));
       const dataName = path.basename(path.resolve(listing.root));
@@ -107,6 +110,7 @@ export function registerEval(program: Command): void {
         ...(options.perImage ? { per_image: predictions } : {}),
         skipped,
         report: reportFile,
+        ...(reportFile ? { report_replaced: reportReplaced } : {}),
       });
     } else {
       process.stdout.write(`model ${model.name} (${model.architecture}, sha256 ${model.sha256.slice(0, 12)}…, made ${model.created})\n`);
@@ -124,7 +128,7 @@ export function registerEval(program: Command): void {
       }
       if (shiftResults) for (const line of shiftTable(evaluation, shiftResults)) process.stdout.write(`${line}\n`);
       if (skipped.length) process.stdout.write(`skipped ${skipped.length} files (see --json)\n`);
-      if (reportFile) process.stdout.write(`report: ${reportFile}\n`);
+      if (reportFile) process.stdout.write(`report: ${reportFile}${reportReplaced ? ' (replaced the earlier report)' : ''}\n`);
     }
     if (notEvaluated > 0) {
       process.stderr.write(`hemato: ${notEvaluated} files could not be evaluated (see skipped in --json); the figures leave them out\n`);
