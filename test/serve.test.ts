@@ -379,4 +379,14 @@ test('hemato serve refuses bad flags with exit 2, and a missing model with its r
   const missing = await run('--model', path.join(work, 'none.safetensors'), '--port', '0');
   assert.equal(missing.code, 1);
   assert.match(missing.stderr, /none\.safetensors/);
+  // A port another program holds is named, with what to do.
+  const holder = net.createServer();
+  await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve));
+  try {
+    const taken = await run('--port', String((holder.address() as net.AddressInfo).port));
+    assert.equal(taken.code, 1);
+    assert.match(taken.stderr, /cannot listen on 127\.0\.0\.1:\d+: another program is listening on that port; choose another --port/);
+  } finally {
+    holder.close();
+  }
 });

@@ -238,7 +238,16 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
     await app.listen({ host: settings.host, port: settings.port });
   } catch (error) {
     await worker.close();
-    throw new Error(`cannot listen on ${settings.host}:${settings.port}: ${(error as Error).message}`);
+    const { code, message } = error as NodeJS.ErrnoException;
+    const why =
+      code === 'EADDRINUSE'
+        ? 'another program is listening on that port; choose another --port (0 takes any free one)'
+        : code === 'EADDRNOTAVAIL'
+          ? 'no network interface of this machine has that address; give one of its addresses as --host'
+          : code === 'EACCES'
+            ? 'ports below 1024 need privileges; choose a port from 1024 on'
+            : message;
+    throw new Error(`cannot listen on ${settings.host}:${settings.port}: ${why}`);
   }
   const address = app.server.address();
   const port = typeof address === 'object' && address ? address.port : settings.port;
