@@ -1,5 +1,6 @@
 // Physical scale from red cells, the padding rule, background white balance, and inputs with nothing to measure.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
@@ -378,4 +379,21 @@ test('the background colour and channel gains read from tables give what the pla
   const gains = [1.37, 0.5, 2];
   const scaled = scaleChannels(image, gains);
   for (let i = 0; i < data.length; i++) assert.equal(scaled.data[i], Math.min(255, Math.round(data[i] * gains[i % 3])), `value ${i}`);
+});
+
+test('an image with a side of a few pixels is measured, after any other image, without hanging', () => {
+  // In a child process with a time limit: a measurement that never ends must fail the test, not stall the suite.
+  const script = `
+    import { measureCells } from ${JSON.stringify(new URL('../src/data/scale.js', import.meta.url).href)};
+    const flat = (width, height, value) => ({ width, height, data: new Uint8Array(width * height * 3).fill(value) });
+    measureCells(flat(360, 363, 200));
+    for (const [width, height] of [[1, 5000], [5000, 2], [1, 1], [3, 3000]]) {
+      const measures = measureCells(flat(width, height, 180));
+      if (measures.nuclei !== 0 || measures.rbcDiameter !== null) throw new Error(width + '×' + height + ': cells found in a flat image');
+    }
+    console.log('measured');`;
+  const run = spawnSync(process.execPath, ['--input-type=module', '-e', script], { timeout: 30_000, killSignal: 'SIGKILL', encoding: 'utf8' });
+  assert.equal(run.signal, null, 'the measurement did not end');
+  assert.equal(run.status, 0, run.stderr);
+  assert.match(run.stdout, /measured/);
 });

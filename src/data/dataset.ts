@@ -2,7 +2,7 @@
 import path from 'node:path';
 import { parseCsv } from './csv.js';
 import type { DecodeErrorCode } from './errors.js';
-import { fsReason, inspectPath, readFolder, readRegularFile, walkFolder } from './files.js';
+import { fsReason, inspectPath, readFailure, readFolder, readRegularFile, walkFolder } from './files.js';
 
 /** hemato's classes, in the index order every model and pack uses. */
 export const PBC_CLASSES: readonly string[] = ['basophil', 'eosinophil', 'erythroblast', 'ig', 'lymphocyte', 'monocyte', 'neutrophil', 'platelet'];
@@ -96,7 +96,7 @@ export async function listCsvDataset(csvPath: string, imagesDir: string, options
   try {
     rows = parseCsv((await readRegularFile(csvPath)).toString('utf8')).filter((row) => row.some((cell) => cell.trim() !== ''));
   } catch (error) {
-    throw new Error(`cannot read CSV ${csvPath}: ${(error as Error).message}`);
+    throw new Error(`cannot read CSV ${csvPath}: ${readFailure(error)}`);
   }
   const header = (rows[0] ?? []).map((name) => name.trim().toLowerCase());
   const fileColumn = header.indexOf('file');

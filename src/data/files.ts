@@ -112,6 +112,11 @@ async function fsFailure(file: string, error: unknown): Promise<DecodeError> {
   return new DecodeError('unreadable', `cannot read: ${await fsReason(file, error)}`);
 }
 
+/** Why readRegularFile could not read a file, for a message that names the file itself. */
+export function readFailure(error: unknown): string {
+  return (error as Error).message.replace(/^cannot read: /, '');
+}
+
 /** Why a file-system call on `file` failed, in words: a dangling link, a link loop, a name too long, … */
 export async function fsReason(file: string, error: unknown): Promise<string> {
   const code = (error as NodeJS.ErrnoException).code;

@@ -6,7 +6,7 @@ import path from 'node:path';
 import sharp from 'sharp';
 import type { MpmConfig } from '../preprocess/mpm.js';
 import type { SkippedFile } from './dataset.js';
-import { inspectPath, readFileHead, readRegularFile, writeFileAtomic } from './files.js';
+import { inspectPath, readFailure, readFileHead, readRegularFile, writeFileAtomic } from './files.js';
 import { DEFAULT_GEOMETRY, type GeometryConfig } from './geometry.js';
 import { mapLimit } from './pool.js';
 import { type BlobCodec, measureReference, type Reference, type ReferenceScale, type Rgb } from './prepare.js';
@@ -189,7 +189,7 @@ async function readPackBytes(packPath: string, bytes?: number): Promise<Buffer> 
     const head = await readFileHead(packPath, bytes);
     return Buffer.from(head.buffer, head.byteOffset, head.length);
   } catch (error) {
-    throw new Error(`cannot read pack ${packPath}: ${(error as Error).message}`);
+    throw new Error(`cannot read pack ${packPath}: ${readFailure(error)}`);
   }
 }
 

@@ -69,7 +69,8 @@ export function measureCells(image: RgbImage, stain: StainRange | null = null, {
 }
 
 function measureShrunk(image: RgbImage, stain: StainRange | null, redCells: boolean): CellMeasures {
-  const step = Math.max(1, Math.ceil(Math.max(image.width, image.height) / MEASURE_SIDE));
+  // Never past the shorter side: a strip of an image must not shrink to nothing.
+  const step = Math.max(1, Math.min(Math.ceil(Math.max(image.width, image.height) / MEASURE_SIDE), image.width, image.height));
   let small = step > 1 ? boxShrink(image, step) : image;
   if (stain) small = normaliseStain(small, backgroundColour(small), stain);
   const measures = measureAtFullSize(small, redCells);

@@ -3,7 +3,7 @@
 import { createHash } from 'node:crypto';
 import { formatCsv, parseCsv } from './csv.js';
 import { compareStrings } from './dataset.js';
-import { readRegularFile, writeFileAtomic } from './files.js';
+import { readFailure, readRegularFile, writeFileAtomic } from './files.js';
 import type { DuplicateGroup, NearDuplicates, ScannedImage } from './scan.js';
 
 export type Part = 'train' | 'val' | 'test';
@@ -168,7 +168,7 @@ export async function readSplit(csvPath: string): Promise<{ rows: SplitRow[]; ha
   const text = await readRegularFile(csvPath).then(
     (bytes) => bytes.toString('utf8'),
     (error: Error) => {
-      throw new Error(`cannot read split ${csvPath}: ${error.message}`);
+      throw new Error(`cannot read split ${csvPath}: ${readFailure(error)}`);
     },
   );
   const [header, ...body] = parseCsv(text);

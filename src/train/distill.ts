@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import path from 'node:path';
 import * as E from '../engine/index.js';
 import { DIHEDRAL, type ImageSet, type Normalization, makeBatch } from '../data/batches.js';
-import { readRegularFile } from '../data/files.js';
+import { readFailure, readRegularFile } from '../data/files.js';
 import { loadModel } from '../models/io.js';
 import type { Mix } from './mix.js';
 import type { SoftLabels } from './step.js';
@@ -66,7 +66,12 @@ export async function computeTeacherTargets(
 /** What the stored targets were computed from: the teachers' bytes, the temperature and the images. */
 async function targetsKey(settings: DistillSettings, data: ImageSet, indices: Int32Array): Promise<string> {
   const hash = createHash('sha256');
-  for (const file of settings.teachers) hash.update(await readRegularFile(file, Number.MAX_SAFE_INTEGER));
+  for (const file of settings.teachers)
+    hash.update(
+      await readRegularFile(file, Number.MAX_SAFE_INTEGER).catch((error: Error) => {
+        throw new Error(`cannot read the teacher ${file}: ${readFailure(error)}`);
+      }),
+    );
   hash.update(`${settings.temperature}:${data.size}:${data.classes.join()}`);
   hash.update(new Uint8Array(indices.buffer, indices.byteOffset, indices.byteLength));
   hash.update(data.images);

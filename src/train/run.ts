@@ -8,7 +8,7 @@ import path from 'node:path';
 import * as E from '../engine/index.js';
 import { finishRun, type RunSummary } from './finish.js';
 import type { SkippedFile } from '../data/dataset.js';
-import { readRegularFile } from '../data/files.js';
+import { readFailure, readRegularFile } from '../data/files.js';
 import { backgroundColours, type InputRecipe } from '../data/prepare.js';
 import { writeSplit } from '../data/split.js';
 import type { ImageClassifier } from '../models/classifier.js';
@@ -96,7 +96,7 @@ async function readJson(file: string, what: string): Promise<unknown> {
   try {
     return JSON.parse((await readRegularFile(file)).toString('utf8'));
   } catch (error) {
-    throw new RunConfigError(`cannot read ${what} ${file}: ${(error as Error).message}`);
+    throw new RunConfigError(`cannot read ${what} ${file}: ${readFailure(error)}`);
   }
 }
 

@@ -3,7 +3,7 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { listDataset, PBC_CLASSES, type SkippedFile } from '../../data/dataset.js';
 import { DEFAULT_GEOMETRY } from '../../data/geometry.js';
-import { escapeControl, readRegularFile } from '../../data/files.js';
+import { escapeControl, readFailure, readRegularFile } from '../../data/files.js';
 import { type PackItem, writePack } from '../../data/pack.js';
 import { BLOB_CODECS, type BlobCodec, isLossy } from '../../data/prepare.js';
 import { progressReporter } from '../progress.js';
@@ -130,6 +130,6 @@ async function readMpmConfig(file: string | undefined): Promise<MpmConfigInput> 
   try {
     return JSON.parse((await readRegularFile(file)).toString('utf8')) as MpmConfigInput;
   } catch (error) {
-    throw new CliError(`cannot read MPM config ${file}: ${(error as Error).message}`);
+    throw new CliError(`cannot read MPM config ${file}: ${readFailure(error)}`);
   }
 }

@@ -2,7 +2,7 @@ import { stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { DEFAULT_GEOMETRY, toModelGeometry, validateGeometry } from '../../data/geometry.js';
-import { escapeControl, readRegularFile } from '../../data/files.js';
+import { escapeControl, readFailure, readRegularFile } from '../../data/files.js';
 import { DecodeError, readImageFile } from '../../data/image.js';
 import { renderContactSheet } from '../../preprocess/contact-sheet.js';
 import { Mpm, type MpmConfigInput } from '../../preprocess/mpm.js';
@@ -85,6 +85,6 @@ async function readConfig(file: string | undefined): Promise<MpmConfigInput> {
   try {
     return JSON.parse((await readRegularFile(file)).toString('utf8')) as MpmConfigInput;
   } catch (error) {
-    throw new CliError(`cannot read MPM config ${file}: ${(error as Error).message}`);
+    throw new CliError(`cannot read MPM config ${file}: ${readFailure(error)}`);
   }
 }
