@@ -82,6 +82,12 @@ test('hemato predict --json classifies good files and reports bad ones without s
   assert.match(report.results[5].error, /not an image|text/i);
   const whole = JSON.parse((await run(process.execPath, ['bin/hemato.js', 'predict', '--model', modelFile, '--json', '--field', 'none', good[0]])).stdout);
   assert.equal(whole.failed, 0);
+  // The pixel limit the too-large error points to is a flag of predict.
+  const limited = await run(process.execPath, ['bin/hemato.js', 'predict', '--model', modelFile, '--json', '--max-pixels', '100', good[0]]).catch((e) => e);
+  assert.equal(limited.code, 1);
+  assert.match(JSON.parse(limited.stdout).results[0].error, /exceeds the pixel limit of .*; raise maxPixels \(--max-pixels\) only if the file is trusted/);
+  const usage = await run(process.execPath, ['bin/hemato.js', 'predict', '--max-pixels', '0', good[0]]).catch((e) => e);
+  assert.equal(usage.code, 2);
 });
 
 test('hemato calibrate fits a temperature and a threshold and stores them in a new model file', async () => {

@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
 import { isIP } from 'node:net';
-import { DEFAULT_MAX_PIXELS } from '../../data/image.js';
 import { SERVE_DEFAULTS, type ServeOptions } from '../../serve/options.js';
 import { CliError } from '../output.js';
 import { classifierOptions, modelOption, parseFileSize, parseNonNegativeInt, parsePort, parsePositiveInt } from './shared.js';
@@ -18,7 +17,6 @@ export function registerServe(program: Command): void {
     .option('--batch-wait-ms <ms>', 'how long an image may wait for others to share its forward pass', parseNonNegativeInt, SERVE_DEFAULTS.batchWaitMs)
     .option('--max-body <size>', 'largest request body, in MiB or with a unit (B, K, M, G)', parseFileSize, SERVE_DEFAULTS.maxBody)
     .option('--max-parts <n>', 'images per batch request at most', parsePositiveInt, SERVE_DEFAULTS.maxParts)
-    .option('--max-pixels <n>', 'refuse images declaring more pixels than this', parsePositiveInt, DEFAULT_MAX_PIXELS)
     .option('--max-queue <n>', 'images waiting for the model at most; more get 503 with Retry-After', parsePositiveInt, SERVE_DEFAULTS.maxQueue)
     .option('--timeout <s>', 'seconds to receive a request, and again to answer it', parsePositiveInt, SERVE_DEFAULTS.timeoutMs / 1000)
     .option('--json', 'print {url, model} as one JSON line on stdout once listening');
@@ -26,7 +24,7 @@ export function registerServe(program: Command): void {
     const token: string | undefined = options.token ?? (process.env.HEMATO_TOKEN || undefined);
     const serveOptions: ServeOptions = {
       model: options.model,
-      classifier: { ...classifierOptions(options), maxPixels: options.maxPixels },
+      classifier: classifierOptions(options),
       folder,
       host: options.host,
       port: options.port,

@@ -4,6 +4,7 @@ import { type Command, InvalidArgumentError } from 'commander';
 import type { ClassifierOptions } from '../../api/classifier.js';
 import type { DatasetSource } from '../../data/dataset.js';
 import { DEFAULT_MAX_FILE_BYTES } from '../../data/files.js';
+import { DEFAULT_MAX_PIXELS } from '../../data/image.js';
 import { CliError } from '../output.js';
 
 export function parsePositiveInt(value: string): number {
@@ -92,7 +93,8 @@ export function modelOption(command: Command): Command {
       '--field <px|none>',
       "expert override of the model's centred field in source pixels, with no scale normalisation (none: the largest centred square)",
       parseField,
-    );
+    )
+    .option('--max-pixels <n>', 'refuse images declaring more pixels than this (decompression bombs)', parsePositiveInt, DEFAULT_MAX_PIXELS);
 }
 
 // 'none' stays a string here: commander stores a parser's null as ''.
@@ -116,6 +118,7 @@ export function classifierOptions(options: {
   field?: number | 'none';
   pixelSize?: number;
   tta?: boolean;
+  maxPixels?: number;
 }): ClassifierOptions {
   if (options.field !== undefined && options.pixelSize !== undefined)
     throw new CliError('give --pixel-size or --field, not both: --field turns scale normalisation off', 2);
@@ -125,6 +128,7 @@ export function classifierOptions(options: {
     uncertaintyThreshold: options.threshold,
     field: options.field === 'none' ? null : options.field,
     pixelSize: options.pixelSize,
+    maxPixels: options.maxPixels,
     ...(options.tta ? { tta: true } : {}),
   };
 }
