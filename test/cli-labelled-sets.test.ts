@@ -2,7 +2,7 @@
 // --images DIR --labels CSV; and --part wherever a split is given.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
@@ -69,4 +69,19 @@ test('a labelled set given twice, or half given, is a usage error that says what
     assert.equal(run.status, 2, `${args.join(' ')}: ${run.stderr}`);
     assert.match(run.stderr, message);
   }
+});
+
+test('a folder without class folders, a file given as the folder, or a missing one is named with what to give', () => {
+  const image = path.join(flat, readdirSync(flat)[0]);
+  for (const [args, message] of [
+    [['split', flat, '--out', path.join(work, 'none.csv')], /no labelled images found in .*flat \(skipped \d+\); give a folder with one folder per class/],
+    [['scan', image], /cannot list .*: not a folder/],
+    [['scan', path.join(image, 'x')], /cannot read .*: a part of the path is not a folder; give an existing data set folder/],
+    [['scan', path.join(work, 'missing')], /cannot read .*missing: no such file or folder; give an existing data set folder/],
+  ] as [string[], RegExp][]) {
+    const run = hemato(...args);
+    assert.equal(run.status, 1, `${args.join(' ')}: ${run.stderr}`);
+    assert.match(run.stderr, message);
+  }
+  assert.ok(!existsSync(path.join(work, 'none.csv')), 'no empty split is written');
 });

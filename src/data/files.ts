@@ -133,7 +133,13 @@ export async function fsReason(file: string, error: unknown): Promise<string> {
     case 'EPERM':
       return 'permission denied';
     case 'ENOTDIR':
-      return 'a part of the path is not a folder';
+      // Listing a file fails the same way as a path through one.
+      return (await stat(file).then(
+        (info) => !info.isDirectory(),
+        () => false,
+      ))
+        ? 'not a folder'
+        : 'a part of the path is not a folder';
     case 'EIO':
       return 'input/output error (a failing disk or an unreachable network share?)';
     default:

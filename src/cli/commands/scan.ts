@@ -1,6 +1,7 @@
 import { access } from 'node:fs/promises';
 import { type Command, InvalidArgumentError } from 'commander';
 import { type DatasetSource, PBC_CLASSES } from '../../data/dataset.js';
+import { fsReason } from '../../data/files.js';
 import { DEFAULT_MAX_PIXELS } from '../../data/image.js';
 import { DEFAULT_NEAR_THRESHOLD, PHASH_BITS } from '../../data/phash.js';
 import { progressReporter } from '../progress.js';
@@ -43,11 +44,12 @@ export async function resolveSource(dir: string | undefined, options: SourceOpti
   const root = dir ?? options.images;
   if (!root) throw new CliError('no data: give a folder of class folders, or --images DIR --labels CSV (file,label)', 2);
   if (options.images && !labels) throw new CliError('--images needs --labels CSV (file,label); a folder of class folders is given as the argument', 2);
-  try {
-    await access(root);
-    if (labels) await access(labels);
-  } catch (error) {
-    throw new CliError(`${(error as Error).message.replace(/^[A-Z]+: /, '')}; give an existing data set folder${labels ? ' and CSV' : ''}`);
+  for (const file of labels ? [root, labels] : [root]) {
+    const problem = await access(file).then(
+      () => null,
+      (error: unknown) => fsReason(file, error),
+    );
+    if (problem) throw new CliError(`cannot read ${file}: ${problem}; give an existing data set folder${labels ? ' and CSV' : ''}`);
   }
   const source: DatasetSource = labels ? { csv: labels, images: root } : { dir: root };
   const classes = options.classes
