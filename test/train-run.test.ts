@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import path from 'node:path';
 import type { RunConfigInput } from '../src/train/config.js';
@@ -138,6 +138,19 @@ test('a stop asked for while the data is still being read ends the run at once, 
   assert.equal(code, 130, stderr);
   assert.match(stderr, /interrupted before training began; nothing was trained/);
   assert.ok(!existsSync(path.join(runDir, LOCK_FILE)), 'the lock is released');
+});
+
+test('a data set without labelled images, or too small to give both parts, is refused with what to give', async () => {
+  const flat = path.join(root, 'flat');
+  mkdirSync(flat);
+  writeFileSync(path.join(flat, 'notes.txt'), 'no class folders here');
+  await assert.rejects(
+    runTraining(request(path.join(root, 'run-flat'), flat)),
+    /no labelled images found in .*flat \(skipped 1\); give a folder with one folder per class/,
+  );
+  const single = await writeNoisyImageFolder(path.join(root, 'single'), ['neutrophil'], 5);
+  for (const name of readdirSync(path.join(single, 'neutrophil')).slice(1)) rmSync(path.join(single, 'neutrophil', name));
+  await assert.rejects(runTraining(request(path.join(root, 'run-single'), single)), /the split gives 1 training and 0 validation images; training needs both/);
 });
 
 test('a run that diverges in its first epoch keeps no model', async () => {

@@ -38,6 +38,11 @@ export interface ListOptions {
   maxFileBytes?: number;
 }
 
+/** What to say of a data set in which no labelled image was found: where, how much was passed over, what to give. */
+export function noLabelledImages(root: string, skipped: number, classes: readonly string[]): string {
+  return `no labelled images found in ${root} (skipped ${skipped}); give a folder with one folder per class (${classes.join(', ')}), or --images DIR --labels CSV`;
+}
+
 /** Where a data set comes from: a folder of class folders, or a CSV with paths relative to an images folder. */
 export type DatasetSource = { dir: string } | { csv: string; images: string };
 

@@ -3,7 +3,7 @@
 import path from 'node:path';
 import { availableParallelism } from 'node:os';
 import type { ImageSet } from '../data/batches.js';
-import { type DatasetSource, listDataset, PBC_CLASSES, type SkippedFile } from '../data/dataset.js';
+import { type DatasetSource, listDataset, noLabelledImages, PBC_CLASSES, type SkippedFile } from '../data/dataset.js';
 import { DEFAULT_GEOMETRY, type GeometryConfig } from '../data/geometry.js';
 import { readPack } from '../data/pack.js';
 import { backgroundColours, type InputRecipe, measureReference, type ReferenceScale, type Rgb } from '../data/prepare.js';
@@ -67,6 +67,12 @@ export async function loadTrainingData(options: TrainingDataOptions, inputSize: 
   }
   const root = 'dir' in source ? source.dir : source.images;
   rows = rows.filter((r) => r.part === 'train' || r.part === 'val');
+  const inPart = (part: string) => rows.filter((r) => r.part === part).length;
+  if (rows.length === 0) throw new Error(noLabelledImages(path.resolve(root), skipped.length, classes));
+  if (inPart('train') === 0 || inPart('val') === 0)
+    throw new Error(
+      `the split gives ${inPart('train')} training and ${inPart('val')} validation images; training needs both (validation chooses the epoch kept): give more images, or a split with both parts (hemato split)`,
+    );
   const geometry: GeometryConfig = { field: options.field === undefined ? DEFAULT_GEOMETRY.field : options.field, size: inputSize };
   const mpm = options.mpm ? resolveMpmConfig(options.mpm === true ? {} : options.mpm) : null;
   const paths = rows.map((r) => path.join(root, r.file));

@@ -6,7 +6,7 @@ import { modelInfo } from '../../api/model-info.js';
 import { evaluateScores, evaluateShifts, imagePredictions, REPORT_FILE, scoreItems, shiftTable, writeReport } from '../../api/evaluate.js';
 import { selectShifts, SHIFTS } from '../../eval/shifts.js';
 import { parseCsv } from '../../data/csv.js';
-import { type DatasetListing, listCsvDataset, listDataset, type ListOptions } from '../../data/dataset.js';
+import { type DatasetListing, listCsvDataset, listDataset, type ListOptions, noLabelledImages } from '../../data/dataset.js';
 import { readRegularFile } from '../../data/files.js';
 import { readImageFile } from '../../data/image.js';
 import { type Part, readSplit } from '../../data/split.js';
@@ -57,10 +57,7 @@ export function registerEval(program: Command): void {
     const listImages = await imageSource(dir, options);
     const classifier = await loadClassifier(options.model, classifierOptions(options));
     const listing = await listImages({ classes: classifier.classes, maxFileBytes: options.maxFileSize });
-    if (listing.items.length === 0)
-      throw new CliError(
-        `no labelled images found in ${listing.root} (skipped ${listing.skipped.length}); labels must be among: ${classifier.classes.join(', ')}`,
-      );
+    if (listing.items.length === 0) throw new CliError(noLabelledImages(listing.root, listing.skipped.length, classifier.classes));
     const bar = progressBar('evaluating', listing.items.length);
     const scored = await scoreItems(classifier, listing.items, { batchSize: options.batchSize, onProgress: (done) => bar.update(done) });
     bar.stop();

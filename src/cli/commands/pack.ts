@@ -1,7 +1,7 @@
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { Command } from 'commander';
-import { listDataset, PBC_CLASSES, type SkippedFile } from '../../data/dataset.js';
+import { listDataset, noLabelledImages, PBC_CLASSES, type SkippedFile } from '../../data/dataset.js';
 import { DEFAULT_GEOMETRY } from '../../data/geometry.js';
 import { escapeControl, readFailure, readRegularFile } from '../../data/files.js';
 import { type PackItem, writePack } from '../../data/pack.js';
@@ -77,6 +77,7 @@ export function registerPack(program: Command): void {
         skipped = [];
       } else {
         const listing = await listDataset(source, { classes, maxFileBytes });
+        if (listing.items.length === 0) throw new CliError(noLabelledImages(listing.root, listing.skipped.length, classes));
         items = listing.items;
         skipped = listing.skipped;
       }

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { PBC_CLASSES } from '../../data/dataset.js';
+import { noLabelledImages, PBC_CLASSES } from '../../data/dataset.js';
 import { escapeControl } from '../../data/files.js';
 import { progressReporter } from '../progress.js';
 import { scanDataset } from '../../data/scan.js';
@@ -53,10 +53,7 @@ export function registerSplit(program: Command): void {
       const report = await scanDataset(source, { classes, maxPixels, maxFileBytes, nearThreshold: options.nearThreshold, onProgress: progress.update }).finally(
         () => progress.stop(),
       );
-      if (report.entries.length === 0)
-        throw new CliError(
-          `no labelled images found in ${report.root} (skipped ${report.skipped.length}); give a folder with one folder per class (${(classes ?? PBC_CLASSES).join(', ')}), or --images DIR --labels CSV`,
-        );
+      if (report.entries.length === 0) throw new CliError(noLabelledImages(report.root, report.skipped.length, classes ?? PBC_CLASSES));
       let split;
       try {
         split = makeSplit(report.entries, {
