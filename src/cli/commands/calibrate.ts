@@ -4,7 +4,7 @@ import { BUNDLED_MODEL, loadClassifier } from '../../api/classifier.js';
 import { DEFAULT_OOD_FLAGGED, evenSample, FEATURE_SCALE_SAMPLE, fitDetector, fitScaleFromFeatures } from '../../api/detector.js';
 import { evaluateScores, scoreItems } from '../../api/evaluate.js';
 import { validationRecord } from '../../eval/evaluation.js';
-import { listDataset } from '../../data/dataset.js';
+import { listDataset, noLabelledImages } from '../../data/dataset.js';
 import { readSplit } from '../../data/split.js';
 import { saveModel } from '../../models/io.js';
 import { calibrate } from '../../eval/calibration.js';
@@ -90,7 +90,9 @@ export function registerCalibrate(program: Command): void {
       }
       if (items.length === 0) throw new CliError(`${options.split} has no ${part} part`);
     } else {
-      items = (await listDataset(datasetSource(dir, options), { classes: classifier.classes })).items;
+      const listing = await listDataset(datasetSource(dir, options), { classes: classifier.classes });
+      if (listing.items.length === 0) throw new CliError(noLabelledImages(listing.root, listing.skipped.length, classifier.classes));
+      items = listing.items;
     }
     const bar = progressBar('scoring', items.length);
     const scored = await scoreItems(classifier, items, { batchSize: options.batchSize, onProgress: (done) => bar.update(done) });
