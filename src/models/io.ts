@@ -240,7 +240,10 @@ export async function isHematoModelFile(file: string): Promise<boolean> {
  * hand-edited file fails at load with one message naming the file and the field, never later with a wrong answer.
  */
 export function parseMetadata(json: string | undefined, file: string): ModelMetadata {
-  if (json === undefined) throw new Error(`${file} has no hemato metadata; it is not a model saved by hemato (a timm checkpoint? load it with importTimmCheckpoint)`);
+  if (json === undefined)
+    throw new Error(
+      `${file} has no hemato metadata; it is not a model saved by hemato (a timm checkpoint? train from it with hemato train --pretrained, or load it with importTimmCheckpoint)`,
+    );
   let metadata: unknown;
   try {
     metadata = JSON.parse(json);
