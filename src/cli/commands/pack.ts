@@ -3,14 +3,14 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { listDataset, noLabelledImages, PBC_CLASSES, type SkippedFile } from '../../data/dataset.js';
 import { DEFAULT_GEOMETRY } from '../../data/geometry.js';
-import { escapeControl, readFailure, readRegularFile } from '../../data/files.js';
+import { escapeControl } from '../../data/files.js';
 import { type PackItem, writePack } from '../../data/pack.js';
 import { BLOB_CODECS, type BlobCodec, isLossy } from '../../data/prepare.js';
 import { progressReporter } from '../progress.js';
 import { readSplit } from '../../data/split.js';
-import { type MpmConfigInput, resolveMpmConfig } from '../../preprocess/mpm.js';
+import { resolveMpmConfig } from '../../preprocess/mpm.js';
 import { CliError, prepareOutputFile, printJson } from '../output.js';
-import { parseGeometry } from './preprocess.js';
+import { parseGeometry, readMpmConfig } from './preprocess.js';
 import { addSourceOptions, resolveSource, type SourceOptions } from './scan.js';
 import { parseThreadCount } from './shared.js';
 
@@ -124,13 +124,4 @@ export function registerPack(program: Command): void {
         for (const s of header.skipped) process.stdout.write(`  skipped ${escapeControl(s.path)}  [${s.reason}] ${escapeControl(s.detail)}\n`);
       }
     });
-}
-
-async function readMpmConfig(file: string | undefined): Promise<MpmConfigInput> {
-  if (!file) return {};
-  try {
-    return JSON.parse((await readRegularFile(file)).toString('utf8')) as MpmConfigInput;
-  } catch (error) {
-    throw new CliError(`cannot read MPM config ${file}: ${readFailure(error)}`);
-  }
 }

@@ -31,7 +31,7 @@ export function registerPreprocess(program: Command): void {
     .option('--json', 'print one JSON document on stdout')
     .action(async (images: string[], options: PreprocessOptions) => {
       const geometry = parseGeometry(options.size, options.field);
-      const mpm = await Mpm.create(await readConfig(options.config));
+      const mpm = await Mpm.create(await readMpmConfig(options.config));
       await prepareOutputDir(options.out, '--out');
       const written: { image: string; sheet: string; replaced: boolean }[] = [];
       const failed: { image: string; error: string }[] = [];
@@ -80,7 +80,8 @@ export function parseGeometry(size: string, field: string) {
   }
 }
 
-async function readConfig(file: string | undefined): Promise<MpmConfigInput> {
+/** An MPM settings file (JSON), or none: the defaults. */
+export async function readMpmConfig(file: string | undefined): Promise<MpmConfigInput> {
   if (!file) return {};
   try {
     return JSON.parse((await readRegularFile(file)).toString('utf8')) as MpmConfigInput;
