@@ -84,7 +84,8 @@ const median = (values: Float64Array) => Float64Array.from(values).sort()[values
 /**
  * Each row's squared Mahalanobis distance to the nearest class mean. (x − μ)ᵀP(x − μ) = xᵀPx − 2 xᵀPμ + μᵀPμ, so
  * the d × d product is taken once per row, not once per class, and only over P's non-zero blocks. Rows go four at a
- * time, so that each element of P is read once for four rows; each row's sums run in the same order as alone.
+ * time, so that each element of P is read once for four rows, and the rest one by one (a single image is one row);
+ * each row's sums run in the same order either way.
  */
 export function oodDistances(features: Float32Array, stats: OodStatistics): Float64Array {
   const d = stats.features;
@@ -92,9 +93,9 @@ export function oodDistances(features: Float32Array, stats: OodStatistics): Floa
   const { precision, pm, mpm, from, to } = prepared(stats);
   const x = Float64Array.from(features);
   const xpx = new Float64Array(n);
-  for (let i = 0; i < n; i += 4) {
-    // Rows past the end repeat the last one; their sums are not kept.
-    const [r0, r1, r2, r3] = [i, i + 1, i + 2, i + 3].map((r) => Math.min(r, n - 1) * d);
+  let i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const [r0, r1, r2, r3] = [i, i + 1, i + 2, i + 3].map((r) => r * d);
     let [s0, s1, s2, s3] = [0, 0, 0, 0];
     for (let a = 0; a < d; a++) {
       let [t0, t1, t2, t3] = [0, 0, 0, 0];
@@ -110,9 +111,17 @@ export function oodDistances(features: Float32Array, stats: OodStatistics): Floa
       s2 += x[r2 + a] * t2;
       s3 += x[r3 + a] * t3;
     }
-    [s0, s1, s2, s3].forEach((sum, k) => {
-      if (i + k < n) xpx[i + k] = sum;
-    });
+    xpx.set([s0, s1, s2, s3], i);
+  }
+  for (; i < n; i++) {
+    const r = i * d;
+    let s = 0;
+    for (let a = 0; a < d; a++) {
+      let t = 0;
+      for (let b = from[a], p = a * d + b; b < to[a]; b++, p++) t += precision[p] * x[r + b];
+      s += x[r + a] * t;
+    }
+    xpx[i] = s;
   }
   const out = new Float64Array(n);
   for (let i = 0; i < n; i++) {
