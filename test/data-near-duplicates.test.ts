@@ -11,7 +11,7 @@ import sharp, { type Sharp } from 'sharp';
 import { decodeImage } from '../src/data/image.js';
 import { DEFAULT_NEAR_THRESHOLD, hammingDistance, hashPairs, perceptualHash, PHASH_BITS } from '../src/data/phash.js';
 import { seededRandom } from '../src/data/random.js';
-import { type NearDuplicates, type ScannedImage, scanDataset } from '../src/data/scan.js';
+import { findNearDuplicates, MAX_NEAR_PAIRS, type NearDuplicates, type ScannedImage, scanDataset } from '../src/data/scan.js';
 import { makeSplit, writeSplit } from '../src/data/split.js';
 import { SHARED } from './helpers.js';
 
@@ -195,6 +195,28 @@ test('hemato scan prints the near-duplicates and, with --split, what lies across
   assert.equal(run('--near-threshold', '300').status, 2);
 });
 
+test('near-duplicates: copies of one file make no pairs, and a set of look-alikes lists the first pairs and counts them all', () => {
+  const entry = (i: number, content: number): ScannedImage => ({
+    file: `${i % 2 ? 'basophil' : 'neutrophil'}/${String(i).padStart(5, '0')}.png`,
+    label: i % 2 ? 'basophil' : 'neutrophil',
+    sha256: createHash('sha256').update(`content ${content}`).digest('hex'),
+    phash: '0'.repeat(64),
+    width: 16,
+    height: 16,
+    format: 'png',
+    bytes: 100,
+  });
+  // 10,000 copies of one file: before, 50 million pairs were built and then dropped.
+  const copies = findNearDuplicates(Array.from({ length: 10_000 }, (_, i) => entry(i, 0)));
+  assert.deepEqual([copies.pairs.length, copies.total, copies.conflicts], [0, 0, 0]);
+  // 2,000 different files that look alike (empty fields, say), and copies of three of them.
+  const alike = findNearDuplicates([...Array.from({ length: 2000 }, (_, i) => entry(i, i)), ...[0, 1, 2].map((c) => entry(2000 + c, c))]);
+  assert.equal(alike.total, (2000 * 1999) / 2);
+  assert.equal(alike.pairs.length, MAX_NEAR_PAIRS);
+  assert.equal(alike.conflicts, 1000 * 1000);
+  assert.deepEqual(alike.pairs[0].paths, ['basophil/00001.png', 'basophil/00003.png']);
+});
+
 /** Entries whose content hashes are fixed strings, so that a split of them has one hash for ever. */
 function fixedEntries(): ScannedImage[] {
   const sha = (s: string) => createHash('sha256').update(s).digest('hex');
@@ -217,6 +239,7 @@ const nearPairs = (pairs: [string, string][]): NearDuplicates => ({
   bits: 256,
   threshold: T,
   pairs: pairs.map(([a, b]) => ({ paths: [a, b], labels: [path.dirname(a), path.dirname(b)], distance: 10 })),
+  total: pairs.length,
   conflicts: 0,
 });
 

@@ -97,6 +97,13 @@ test('a missing or broken addon fails the first use with the cause and its fixes
   );
   assert.match(missing.error!.message, /Possible fixes:\n {2}- point HEMATO_ADDON at a built hemato_native\.node/);
 
+  // A folder or another kind of file is not loaded at all: require() would look for a package, or run it as JavaScript.
+  writeFileSync(path.join(dir, 'script.js'), 'hi');
+  for (const other of [dir, path.join(dir, 'script.js')]) {
+    const wrong = firstUse({ HEMATO_ADDON: other });
+    assert.match(wrong.error!.reason!, /HEMATO_ADDON names something that is not a built addon \(a \.node file\)/, other);
+  }
+
   writeFileSync(path.join(dir, 'junk.node'), 'not an addon');
   const junk = firstUse({ HEMATO_ADDON: path.join(dir, 'junk.node') });
   assert.match(junk.error!.reason!, /not an addon built for this platform/);

@@ -254,6 +254,18 @@ test('explain: the top label by default, any label on request with its calibrate
   assert.equal(camValues(last).length, 128 * 128);
 });
 
+test('explain flags what classify flags: the same reasons for a cell, and an empty field is no single cell', async () => {
+  const { classifier, images } = await bundled;
+  const file = images.find((i) => i.label === 'lymphocyte')!.file;
+  const [explained, classified] = [await classifier.explain(file), await classifier.classify(file)];
+  assert.deepEqual([explained.uncertain, explained.reasons], [classified.uncertain, classified.reasons]);
+  const empty = { width: 200, height: 200, data: new Uint8Array(200 * 200 * 3).fill(235) };
+  const field = await classifier.explain(empty);
+  assert.equal(field.uncertain, true);
+  assert.ok(field.reasons.includes('no-single-cell'), field.reasons.join(', '));
+  assert.deepEqual(field.reasons, (await classifier.classify(empty)).reasons);
+});
+
 test("overlayPng: a PNG of the prepared image's size", async () => {
   const { explanations } = await bundled;
   const png = await overlayPng(explanations[0]);

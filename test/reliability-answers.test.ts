@@ -570,6 +570,35 @@ test('inputs that are not a path, file bytes or a consistent RgbImage are refuse
   classifier.dispose();
 });
 
+test("per-call options are checked like the classifier's, and a disposed classifier says so", async () => {
+  await ready;
+  const classifier = await loadClassifier(modelFile, { device: 'cpu' });
+  const good = { width: 70, height: 70, data: new Uint8Array(70 * 70 * 3).fill(180) };
+  const calls: [() => Promise<unknown>, ErrorConstructor, RegExp][] = [
+    [() => classifier.classify(good, null as never), TypeError, /classify options must be an object, got null/],
+    [() => classifier.classify(good, 'x' as never), TypeError, /classify options must be an object, got 'x'/],
+    [() => classifier.classify(good, { topk: 1 } as never), TypeError, /unknown classify option 'topk'; the options are topK/],
+    [() => classifier.classify(good, { topK: '3' } as never), TypeError, /topK must be a positive integer, got '3'/],
+    [() => classifier.classifyBatch([good], { batchSize: '2' } as never), TypeError, /batchSize must be an integer in 1\.\.4096, got '2'/],
+    [() => classifier.classifyBatch([good], { onProgres: () => {} } as never), TypeError, /unknown classifyBatch option 'onProgres'/],
+    // A sparse array's holes are inputs of the wrong kind too.
+    [() => classifier.classifyBatch(new Array(2) as never), TypeError, /inputs\[0\] must be a file path/],
+    [() => classifier.prepare(good, { pixelSize: -1 } as never), TypeError, /unknown prepare option 'pixelSize'/],
+    [() => classifier.prepare(good, { arcScale: 'yes' } as never), TypeError, /arcScale must be true or false, got 'yes'/],
+    [() => classifier.prepare(good, { appearanceFactor: 0 }), RangeError, /appearanceFactor must be a positive, finite number, got 0/],
+  ];
+  for (const [call, kind, message] of calls) await assert.rejects(call(), (e: unknown) => e instanceof kind && message.test(e.message), String(message));
+  const twin = classifier.withOverrides({ pixelSize: 0.1 });
+  classifier.dispose();
+  const disposed = /this classifier was disposed, and its weights freed; load the model again with loadClassifier\(\)/;
+  for (const c of [classifier, twin]) {
+    await assert.rejects(c.classify(good), disposed);
+    await assert.rejects(c.classifyBatch([good]), disposed);
+    await assert.rejects(c.prepare(good), disposed);
+    await assert.rejects(c.explain(good), disposed);
+  }
+});
+
 /** A BMP with a 40-byte info header: palette (RGB triples) and pixel rows, bottom row first unless topDown. */
 function bmp(o: {
   bpp: number;

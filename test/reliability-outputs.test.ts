@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, execFileSync, spawn } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
@@ -309,4 +309,86 @@ test('a reader that goes away (hemato … | head) ends the command quietly with 
   clearTimeout(timer);
   assert.equal(code, 141, stderr);
   assert.equal(stderr, '');
+});
+
+test('explain and preprocess replace a link at an output name itself, never the file it points to', async () => {
+  const { ds } = await ready;
+  const image = path.join(ds, 'neutrophil', '0.png');
+  const victim = path.join(dir, 'victim.txt');
+  writeFileSync(victim, 'keep me');
+  const overlays = path.join(dir, 'linked-overlays');
+  mkdirSync(overlays);
+  symlinkSync(victim, path.join(overlays, '0.cam.png'));
+  const explained = await hemato('explain', image, '--out', overlays, '--model', modelFile, '--overwrite');
+  assert.equal(explained.code, 0, explained.stderr);
+  const sheets = path.join(dir, 'linked-sheets');
+  mkdirSync(sheets);
+  symlinkSync(victim, path.join(sheets, '0.mpm.png'));
+  const sheet = await hemato('preprocess', image, '--out', sheets, '--size', '64', '--field', 'none');
+  assert.equal(sheet.code, 0, sheet.stderr);
+  assert.match(sheet.stdout, /replaced the earlier sheet/);
+  assert.equal(readFileSync(victim, 'utf8'), 'keep me');
+  for (const written of [path.join(overlays, '0.cam.png'), path.join(sheets, '0.mpm.png')]) {
+    assert.ok(lstatSync(written).isFile(), `${written} is a file of its own`);
+    assert.equal((await sharp(written).metadata()).format, 'png');
+  }
+  // Without --overwrite a dangling link counts as a file there: refused before the model loads, its target never made.
+  const dangling = path.join(dir, 'dangling-overlays');
+  mkdirSync(dangling);
+  symlinkSync(path.join(dir, 'made-through-a-link.png'), path.join(dangling, '0.cam.png'));
+  const refused = await hemato('explain', image, '--out', dangling, '--model', modelFile);
+  assert.equal(refused.code, 1, refused.stderr);
+  assert.match(refused.stderr, /--out already holds .*0\.cam\.png; pass --overwrite/);
+  assert.ok(!existsSync(path.join(dir, 'made-through-a-link.png')));
+});
+
+test('numbers out of range are usage errors that name their flag, before any work', async () => {
+  const { ds } = await ready;
+  const image = path.join(ds, 'neutrophil', '0.png');
+  const cases: [string[], RegExp][] = [
+    [['predict', image, '--batch-size', '4097'], /--batch-size.*expected an integer in 1\.\.4096/],
+    [['predict', image, '--top-k', '0x3'], /--top-k.*expected a positive integer/],
+    [['predict', image, '--field', '100000'], /--field.*expected a whole number of pixels in 8\.\.8000/],
+    [['predict', image, '--threshold', ''], /--threshold.*expected a number in \[0, 1\]/],
+    [['eval', ds, '--batch-size', '1e9'], /--batch-size.*expected a positive integer/],
+    [['preprocess', image, '--out', path.join(dir, 'never-sheets'), '--size', '4096'], /--size must be at most 1024 px/],
+    [['preprocess', image, '--out', path.join(dir, 'never-sheets'), '--field', '1000000000'], /geometry\.field must be an integer in 8\.\.8000/],
+    [['calibrate', ds, '--threshold', '0.5', '--out', path.join(dir, 'never-cal', 'm.safetensors')], /--threshold does not apply: calibrate fits/],
+    [['calibrate', ds, '--ood', '--out', path.join(dir, 'never-cal', 'm.safetensors')], /--ood needs --split/],
+  ];
+  for (const [args, message] of cases) {
+    const outcome = await hemato(...args);
+    assert.equal(outcome.code, 2, `${args.join(' ')}: ${outcome.stderr}`);
+    assert.match(outcome.stderr, message, args.join(' '));
+  }
+  assert.ok(!existsSync(path.join(dir, 'never-sheets')) && !existsSync(path.join(dir, 'never-cal')));
+});
+
+test('an MPM settings file of the wrong shape is refused, naming the file and the setting', async () => {
+  const { ds } = await ready;
+  const image = path.join(ds, 'neutrophil', '0.png');
+  const cases: [unknown, RegExp][] = [
+    [null, /expected an object with any of illumination, colour, contrast, morphology, got null/],
+    [[1, 2], /got an array/],
+    [{ contrast: { tile: 4 } }, /unknown setting contrast\.tile; contrast has enabled, clipLimit, tiles/],
+    [{ colour: { enabled: 'yes' } }, /colour\.enabled must be true or false/],
+  ];
+  for (const [config, message] of cases) {
+    const file = path.join(dir, 'mpm.json');
+    writeFileSync(file, JSON.stringify(config));
+    const outcome = await hemato('preprocess', image, '--out', path.join(dir, 'mpm-sheets'), '--config', file);
+    assert.equal(outcome.code, 2, outcome.stderr);
+    assert.ok(outcome.stderr.includes(file), outcome.stderr);
+    assert.match(outcome.stderr, message);
+  }
+});
+
+test('--version is the installed hemato version, whatever npm says of the project around it', async () => {
+  const { version } = JSON.parse(readFileSync('package.json', 'utf8')) as { version: string };
+  const outcome = await new Promise<Outcome>((resolve) =>
+    execFile(process.execPath, ['bin/hemato.js', '-V'], { env: { ...process.env, npm_package_version: '7.7.7' } }, (error, stdout, stderr) =>
+      resolve({ code: error ? 1 : 0, signal: null, stdout, stderr }),
+    ),
+  );
+  assert.equal(outcome.stdout.trim(), version);
 });

@@ -56,6 +56,21 @@ test('calibrate warns when the temperature sits at either end of its search', ()
   );
 });
 
+test('calibrate warns when every image was classified right, and when there are few images', () => {
+  // Right answers only: nothing bounds the temperature from below or the threshold from above.
+  const perfect = rows(150, 3, 150);
+  const fit = calibrate(perfect.logits, perfect.labels, 2, 0.995);
+  assert.ok(
+    fit.warnings.some((w) => /^all 150 images were classified right: with no mistakes to learn from/.test(w)),
+    fit.warnings.join('\n'),
+  );
+  const few = joined(rows(40, 2, 36), rows(20, 1, 20));
+  assert.ok(
+    calibrate(few.logits, few.labels, 2, 0.99).warnings.some((w) => /^only 60 images \(4 misclassified\)/.test(w)),
+    'few images',
+  );
+});
+
 test('calibrate is quiet on a reasonable fit, and refuses non-finite outputs', () => {
   // Labels drawn from the model's own probabilities: already calibrated, T near 1.
   let seed = 5;

@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { availableParallelism } from 'node:os';
 import * as E from '../engine/index.js';
 import { DEFAULT_MAX_PIXELS, type DecodedImage, DecodeError, type DecodeErrorCode, type RgbImage } from '../data/image.js';
-import { DEFAULT_GEOMETRY } from '../data/geometry.js';
+import { DEFAULT_GEOMETRY, MAX_FIELD, MIN_FIELD } from '../data/geometry.js';
 import {
   backgroundColours,
   chooseScale,
@@ -165,18 +165,12 @@ const WORKERS_FROM = 16;
 
 const OPTION_NAMES = ['device', 'precision', 'uncertaintyThreshold', 'field', 'pixelSize', 'tta', 'maxPixels'];
 const PRECISIONS: readonly (E.Precision | 'auto')[] = ['auto', 'fp32', 'bf16'];
-/** The smallest field a geometry takes (data/geometry.ts). */
-const MIN_FIELD = 8;
-/** A field is a padded square of this side at most: that of the largest image decoded (DEFAULT_MAX_PIXELS). */
-const MAX_FIELD = Math.floor(Math.sqrt(DEFAULT_MAX_PIXELS));
+/** Images in one forward pass at most: the bound keeps one batch in memory. */
+export const MAX_BATCH_SIZE = 4096;
 
 /** Checks every option before a model is loaded, with one TypeError or RangeError naming the option and what it takes. */
 export function validateClassifierOptions(options: ClassifierOptions): void {
-  if (typeof options !== 'object' || options === null || Array.isArray(options))
-    throw new TypeError(`classifier options must be an object, got ${shown(options)}`);
-  const unknown = Object.keys(options).find((key) => !OPTION_NAMES.includes(key));
-  if (unknown !== undefined) throw new TypeError(`unknown classifier option '${unknown}'; the options are ${OPTION_NAMES.join(', ')}`);
-  const { device, precision } = options;
+  const { device, precision } = callOptions(options, OPTION_NAMES, 'classifier');
   if (device !== undefined && !(typeof device === 'string' && /^(auto|cpu|cuda(:\d+)?)$/.test(device))) {
     throw invalid(device, `device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got ${shown(device)}`);
   }
@@ -190,7 +184,6 @@ function checkOverrides({ uncertaintyThreshold: threshold, field, pixelSize, max
   if (threshold !== undefined && !(typeof threshold === 'number' && threshold >= 0 && threshold <= 1)) {
     throw invalid(threshold, `uncertaintyThreshold must be a probability in [0, 1], got ${shown(threshold)}`);
   }
-  // A huge field would allocate its padded square (gigabytes) before anything else failed.
   if (field !== undefined && field !== null && !(Number.isInteger(field) && field >= MIN_FIELD && field <= MAX_FIELD)) {
     throw invalid(field, `field must be null (the largest centred square) or a whole number of pixels in ${MIN_FIELD}..${MAX_FIELD}, got ${shown(field)}`);
   }
@@ -225,6 +218,28 @@ export function checkInput(input: unknown, name = 'input'): asserts input is Ima
 }
 
 /** A RangeError for a number outside its range, a TypeError for a value of the wrong kind. */
+/** A call's options: undefined (none), or an object holding only the named options; a TypeError otherwise. */
+function callOptions<T extends object>(options: T | undefined, names: readonly string[], call: string): T {
+  if (options === undefined) return {} as T;
+  if (typeof options !== 'object' || options === null || Array.isArray(options))
+    throw new TypeError(`${call} options must be an object, got ${shown(options)}`);
+  const unknown = Object.keys(options).find((key) => !names.includes(key));
+  if (unknown !== undefined) throw new TypeError(`unknown ${call} option '${unknown}'; the options are ${names.join(', ')}`);
+  return options;
+}
+
+const SECOND_LOOK_FLAGS = ['raisePaleStain', 'arcScale', 'largeNucleusScale', 'undersizedNucleusScale'] as const;
+
+function checkSecondLook(options: SecondLook | undefined): SecondLook {
+  const look = callOptions(options, [...SECOND_LOOK_FLAGS, 'appearanceFactor'], 'prepare');
+  for (const flag of SECOND_LOOK_FLAGS)
+    if (look[flag] !== undefined && typeof look[flag] !== 'boolean') throw new TypeError(`${flag} must be true or false, got ${shown(look[flag])}`);
+  const factor = look.appearanceFactor;
+  if (factor !== undefined && !(typeof factor === 'number' && Number.isFinite(factor) && factor > 0))
+    throw invalid(factor, `appearanceFactor must be a positive, finite number, got ${shown(factor)}`);
+  return look;
+}
+
 const invalid = (value: unknown, message: string) => (typeof value === 'number' ? new RangeError(message) : new TypeError(message));
 
 function shown(value: unknown): string {
@@ -267,8 +282,11 @@ export class Classifier {
     readonly precision: E.Precision,
     readonly overrides: ClassifierOverrides = {},
     readonly ood: OodInfo | null = null,
-    /** The preparing threads, started when first needed and shared with the classifiers made by withOverrides. */
-    private readonly workers: { pool: Promise<PreparePool | null> | null } = { pool: null },
+    /**
+     * Shared with the classifiers made by withOverrides: the preparing threads, started when first needed, and
+     * whether the weights were disposed.
+     */
+    private readonly shared: { pool: Promise<PreparePool | null> | null; disposed: boolean } = { pool: null, disposed: false },
   ) {
     checkOverrides(overrides);
     this.maxPixels = overrides.maxPixels;
@@ -288,8 +306,9 @@ export class Classifier {
    * Decodes (when needed) and brings one image to the model's input, exactly as training did; or, with a second
    * look's options, as that look does.
    */
-  async prepare(input: ImageInput, options: SecondLook = {}): Promise<PreparedInput> {
-    const prepared = firstLook(await this.prepareLooks(input, [options], null));
+  async prepare(input: ImageInput, options?: SecondLook): Promise<PreparedInput> {
+    this.checkLive();
+    const prepared = firstLook(await this.prepareLooks(input, [checkSecondLook(options)], null));
     if (prepared instanceof Error) throw prepared;
     return prepared;
   }
@@ -300,6 +319,7 @@ export class Classifier {
    * Error in its place.
    */
   async prepareMany(inputs: ImageInput[]): Promise<(PreparedInput | Error)[]> {
+    this.checkLive();
     const pool = await this.pool(inputs.length >= WORKERS_FROM);
     // Paths and bytes are all sent at once, so that the threads go on while the main thread runs the model; decoded
     // inputs two per thread, which bounds their copies.
@@ -310,8 +330,8 @@ export class Classifier {
 
   /** The preparing threads: started on first use where `start` and there is more than one core; null where they cannot run. */
   private async pool(start = false): Promise<PreparePool | null> {
-    if (start && this.workers.pool === null && availableParallelism() > 1) this.workers.pool = PreparePool.start(null).catch(() => null);
-    return this.workers.pool;
+    if (start && this.shared.pool === null && availableParallelism() > 1) this.shared.pool = PreparePool.start(null).catch(() => null);
+    return this.shared.pool;
   }
 
   /**
@@ -450,6 +470,7 @@ export class Classifier {
    * each image's magnification.
    */
   score(images: RgbImage[], options: { pooling?: OodPooling } = {}): Scores {
+    this.checkLive();
     const pooling = options.pooling ?? this.ood?.pooling ?? 'pre-logits';
     const { featureScale } = this.metadata;
     const stageStd = [pooling, this.ood?.pooling, featureScale?.pooling].includes('stage-std');
@@ -499,9 +520,9 @@ export class Classifier {
   }
 
   /** Classifies one image; a failure throws an Error carrying the ClassificationErrorCode as `code`, where there is one. */
-  async classify(input: ImageInput, options: { topK?: number } = {}): Promise<Classification> {
+  async classify(input: ImageInput, options?: { topK?: number }): Promise<Classification> {
     checkInput(input);
-    const [result] = await this.classifyBatch([input], options);
+    const [result] = await this.classifyBatch([input], callOptions(options, ['topK'], 'classify'));
     if ('error' in result) throw Object.assign(new Error(result.error), result.code ? { code: result.code } : {});
     return result;
   }
@@ -512,6 +533,7 @@ export class Classifier {
    * prepared image it belongs to (api/explain.ts).
    */
   async explain(input: ImageInput, options: ExplainOptions = {}): Promise<Explanation> {
+    this.checkLive();
     checkInput(input);
     return explainImage(this, input, options);
   }
@@ -523,19 +545,19 @@ export class Classifier {
    */
   async classifyBatch(
     inputs: ImageInput[],
-    options: { topK?: number; batchSize?: number; onProgress?: (done: number, total: number) => void } = {},
+    options?: { topK?: number; batchSize?: number; onProgress?: (done: number, total: number) => void },
   ): Promise<(Classification | ClassificationError)[]> {
+    this.checkLive();
     if (!Array.isArray(inputs)) throw new TypeError(`classifyBatch takes an array of inputs, got ${shown(inputs)}`);
-    inputs.forEach((input, i) => checkInput(input, `inputs[${i}]`));
-    const { onProgress } = options;
+    // Every index, holes of a sparse array included.
+    for (let i = 0; i < inputs.length; i++) checkInput(inputs[i], `inputs[${i}]`);
+    const { onProgress, topK: requestedTopK = 3, batchSize = 32 } = callOptions(options, ['topK', 'batchSize', 'onProgress'], 'classifyBatch');
     if (onProgress !== undefined && typeof onProgress !== 'function') throw new TypeError(`onProgress must be a function, got ${shown(onProgress)}`);
-    const requestedTopK = options.topK ?? 3;
-    if (!Number.isInteger(requestedTopK) || requestedTopK < 1) throw new RangeError(`topK must be a positive integer, got ${options.topK}`);
+    if (!Number.isInteger(requestedTopK) || requestedTopK < 1) throw invalid(requestedTopK, `topK must be a positive integer, got ${shown(requestedTopK)}`);
     const topK = Math.min(requestedTopK, this.classes.length);
     // 0 or NaN would never advance the loop, a fraction would skip images; the bound keeps one batch in memory.
-    const batchSize = options.batchSize ?? 32;
-    if (!Number.isInteger(batchSize) || batchSize < 1 || batchSize > 4096)
-      throw new RangeError(`batchSize must be an integer in 1..4096, got ${options.batchSize}`);
+    if (!Number.isInteger(batchSize) || batchSize < 1 || batchSize > MAX_BATCH_SIZE)
+      throw invalid(batchSize, `batchSize must be an integer in 1..${MAX_BATCH_SIZE}, got ${shown(batchSize)}`);
     const results: (Classification | ClassificationError)[] = new Array(inputs.length);
     await this.pool(inputs.length >= WORKERS_FROM);
     let preparing = this.prepareMany(inputs.slice(0, batchSize));
@@ -569,13 +591,23 @@ export class Classifier {
           .map((score, c) => ({ label: this.classes[c], score }))
           .sort((a, b) => b.score - a.score)
           .slice(0, topK);
-        const reasons = this.reasons(predictions[0].score, p.scale, distances?.[row], p.measures ? showsOneCell(p.measures) : undefined);
-        if (p.warnings.length > 0) reasons.push('decode-warning');
+        const reasons = this.reasonsFor(p, predictions[0].score, distances?.[row]);
         results[start + i] = { predictions, uncertain: reasons.length > 0, reasons, scale: p.scale, stain: p.stain };
       });
       onProgress?.(start + chunk.length, inputs.length);
     }
     return results;
+  }
+
+  private checkLive(): void {
+    if (this.shared.disposed) throw new Error('this classifier was disposed, and its weights freed; load the model again with loadClassifier()');
+  }
+
+  /** Why an answer with this top probability, for this prepared image at this detector distance, cannot be trusted as it is. */
+  reasonsFor(prepared: PreparedInput, topScore: number, oodDistance?: number): UncertainReason[] {
+    const reasons = this.reasons(topScore, prepared.scale, oodDistance, prepared.measures ? showsOneCell(prepared.measures) : undefined);
+    if (prepared.warnings.length > 0) reasons.push('decode-warning');
+    return reasons;
   }
 
   /** Why an answer with this top probability, from an image prepared at this scale, cannot be trusted as it is. */
@@ -593,13 +625,15 @@ export class Classifier {
    * classifier it came from is disposed.
    */
   withOverrides(overrides: ClassifierOverrides): Classifier {
-    return new Classifier(this.model, this.metadata, this.device, this.precision, { ...this.overrides, ...overrides }, this.ood, this.workers);
+    return new Classifier(this.model, this.metadata, this.device, this.precision, { ...this.overrides, ...overrides }, this.ood, this.shared);
   }
 
+  /** Frees the weights and the preparing threads; the classifier and those made from it by withOverrides are then unusable. */
   dispose(): void {
+    this.shared.disposed = true;
     this.model.dispose();
-    void this.workers.pool?.then((pool) => pool?.close());
-    this.workers.pool = null;
+    void this.shared.pool?.then((pool) => pool?.close());
+    this.shared.pool = null;
   }
 }
 

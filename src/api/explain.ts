@@ -21,7 +21,7 @@ import type { ImageClassifier } from '../models/classifier.js';
 import { ConvNeXt } from '../models/convnext.js';
 import { DualPathNet, type PathMaps } from '../models/dualpath.js';
 import { SwinTransformer } from '../models/swin.js';
-import type { Classifier, ImageInput } from './classifier.js';
+import type { Classifier, ImageInput, UncertainReason } from './classifier.js';
 
 type Tensor = E.Tensor;
 
@@ -49,6 +49,12 @@ export interface Explanation {
   label: string;
   /** The calibrated probability of that label. */
   score: number;
+  /**
+   * Whether the image's classification should not be trusted as it is, and why, as classify() flags it (from this
+   * one view: an explanation takes no second look).
+   */
+  uncertain: boolean;
+  reasons: UncertainReason[];
   /** The map's rows and columns (the input size over the stage's stride). */
   grid: [number, number];
   /** rows × cols values in [0, 1], row-major; 1 at the strongest evidence, all 0 where there is none. */
@@ -227,7 +233,8 @@ function argmax(values: ArrayLike<number>): number {
  */
 export async function explainImage(classifier: Classifier, input: ImageInput, options: ExplainOptions = {}): Promise<Explanation> {
   const { classIndex, path, stage } = checkExplainOptions(classifier, options);
-  const { image } = await classifier.prepare(input);
+  const prepared = await classifier.prepare(input);
+  const { image } = prepared;
   const size = classifier.metadata.inputSize;
   const set = { images: image.data, size, labels: new Int32Array(1), classes: classifier.classes };
   const result = E.tidy(() => {
@@ -243,7 +250,20 @@ export async function explainImage(classifier: Classifier, input: ImageInput, op
   }
   // One view, so the single-view calibration applies even where the classifier averages TTA views.
   const probabilities = softmaxRows(result.logits, 1, classifier.classes.length, classifier.metadata.temperature ?? 1);
-  return { label: classifier.classes[result.classIndex], score: probabilities[result.classIndex], grid: result.grid, cam: result.cam, image, stage, path };
+  // The flags rest on the top class, whichever label is explained, and on the detector's distance, where there is one.
+  const distance = classifier.ood ? classifier.score([image]).distances![0] : undefined;
+  const reasons = classifier.reasonsFor(prepared, Math.max(...probabilities), distance);
+  return {
+    label: classifier.classes[result.classIndex],
+    score: probabilities[result.classIndex],
+    uncertain: reasons.length > 0,
+    reasons,
+    grid: result.grid,
+    cam: result.cam,
+    image,
+    stage,
+    path,
+  };
 }
 
 /**

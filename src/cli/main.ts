@@ -13,12 +13,13 @@ import { registerBundle } from './commands/bundle.js';
 import { registerInfo } from './commands/info.js';
 import { registerServe } from './commands/serve.js';
 import { CliError } from './output.js';
+import { HEMATO_VERSION } from '../api/model-info.js';
 
 /** Builds the `hemato` program. Each command lives in its own module under commands/. */
 export function buildProgram(): Command {
   const program = new Command('hemato')
     .description('Classify single blood-cell images (8 classes) with a dual-path ConvNeXt + Swin network on libtorch.')
-    .version(packageVersion(), '-V, --version')
+    .version(HEMATO_VERSION, '-V, --version')
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
   registerDoctor(program);
@@ -69,8 +70,4 @@ function stopWhenOutputCloses(): void {
     if (error.code === 'EPIPE') process.exit(141);
     throw error;
   });
-}
-
-function packageVersion(): string {
-  return process.env.npm_package_version ?? '0.1.0';
 }

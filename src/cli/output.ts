@@ -1,6 +1,7 @@
-import { lstat, mkdir, realpath, stat } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { access, lstat, mkdir, realpath, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { fsReason } from '../data/files.js';
+import { escapeControl, fsReason, writeFileAtomic } from '../data/files.js';
 
 /** An error meant for the user: its message says what went wrong and what to do. */
 export class CliError extends Error {
@@ -70,7 +71,25 @@ export async function prepareOutputDir(dir: string, what: string): Promise<strin
       }
     }
   }
+  // Before any work: a folder that exists but cannot be written to would fail only at the first file.
+  await access(target, constants.W_OK).catch(async (error) => {
+    throw fail(`cannot write into ${target}: ${await fsReason(target, error)}`);
+  });
   return target;
+}
+
+/**
+ * Writes one of a command's files into its --out folder. A file or link already at that name is replaced only where
+ * `replace`, and then whole: the new file is renamed over the name, so a link there is replaced itself, never
+ * written through to what it points at. A failure names the file and stops the command.
+ */
+export async function writeOutput(file: string, bytes: Uint8Array, replace: boolean): Promise<void> {
+  try {
+    // 'wx' refuses what appeared at the name since the command checked, a dangling link included.
+    await (replace ? writeFileAtomic(file, [bytes]) : writeFile(file, bytes, { flag: 'wx' }));
+  } catch (error) {
+    throw new CliError(`cannot write ${escapeControl(file)}: ${await fsReason(file, error)}; choose another --out`);
+  }
 }
 
 /**

@@ -2,7 +2,7 @@
 // PBC's image size varies with the class (360×363, 366×369, 360×360, …) at one magnification, so every image is
 // cut to the same physical field, centred, before it is resized: a border of any width changes nothing.
 import sharp from 'sharp';
-import type { RgbImage } from './image.js';
+import { DEFAULT_MAX_PIXELS, type RgbImage } from './image.js';
 
 export interface GeometryConfig {
   /** Side of the square field, in source pixels, cut from the centre; null cuts the largest centred square. */
@@ -14,10 +14,16 @@ export interface GeometryConfig {
 /** PBC (CellaVision DM96): every image holds a centred 360 px field; 128 px is the working size. */
 export const DEFAULT_GEOMETRY: GeometryConfig = { field: 360, size: 128 };
 
+/** The smallest field, and the largest: a padded square the side of the largest image decoded (DEFAULT_MAX_PIXELS). */
+export const MIN_FIELD = 8;
+export const MAX_FIELD = Math.floor(Math.sqrt(DEFAULT_MAX_PIXELS));
+
 export function validateGeometry(config: GeometryConfig): GeometryConfig {
   const { field, size } = config;
   if (!Number.isInteger(size) || size < 8 || size > 4096) throw new Error(`geometry.size must be an integer in 8..4096, got ${size}`);
-  if (field !== null && (!Number.isInteger(field) || field < 8)) throw new Error(`geometry.field must be an integer ≥ 8 or null, got ${field}`);
+  // A huge field would allocate its padded square (gigabytes) before anything else failed.
+  if (field !== null && !(Number.isInteger(field) && field >= MIN_FIELD && field <= MAX_FIELD))
+    throw new Error(`geometry.field must be an integer in ${MIN_FIELD}..${MAX_FIELD} or null, got ${field}`);
   return { field, size };
 }
 

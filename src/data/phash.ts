@@ -139,12 +139,18 @@ export interface HashPair {
  * slower still: PBC's hashes crowd into few band values.
  */
 export function hashPairs(hashes: readonly string[], threshold: number): HashPair[] {
+  const pairs: HashPair[] = [];
+  forEachHashPair(hashes, threshold, (pair) => pairs.push(pair));
+  return pairs;
+}
+
+/** hashPairs() one pair at a time, for callers that keep only some of them. */
+export function forEachHashPair(hashes: readonly string[], threshold: number, visit: (pair: HashPair) => void): void {
   if (!(Number.isInteger(threshold) && threshold >= 0 && threshold <= PHASH_BITS))
     throw new Error(`the threshold must be an integer from 0 to ${PHASH_BITS}, got ${threshold}`);
   const words = toWords(hashes);
   const n = hashes.length;
   const coarse = Math.ceil(threshold / 4);
-  const pairs: HashPair[] = [];
   for (let i = 0; i < n; i++) {
     const a0 = words[i * WORDS];
     const a1 = words[i * WORDS + 1];
@@ -153,8 +159,7 @@ export function hashPairs(hashes: readonly string[], threshold: number): HashPai
       if (popcount32(a0 ^ words[b]) + popcount32(a1 ^ words[b + 1]) > coarse) continue;
       let distance = 0;
       for (let w = 0; w < WORDS; w++) distance += popcount32(words[i * WORDS + w] ^ words[b + w]);
-      if (distance <= threshold) pairs.push({ i, j, distance });
+      if (distance <= threshold) visit({ i, j, distance });
     }
   }
-  return pairs;
 }

@@ -6,7 +6,7 @@ import { type DatasetListing, type DatasetSource, type ListOptions, type Skipped
 import { DecodeError } from './errors.js';
 import { escapeControl, readFileHead, readRegularFile } from './files.js';
 import { type DecodeOptions, decodeImage, describeNonImage, sniffFormat } from './image.js';
-import { DEFAULT_NEAR_THRESHOLD, hashPairs, PHASH_BITS, PHASH_METHOD, perceptualHash } from './phash.js';
+import { DEFAULT_NEAR_THRESHOLD, forEachHashPair, PHASH_BITS, PHASH_METHOD, perceptualHash } from './phash.js';
 import { mapLimit } from './pool.js';
 import type { Part, SplitRow } from './split.js';
 
@@ -40,8 +40,10 @@ export interface NearDuplicates {
   method: string;
   bits: number;
   threshold: number;
-  /** In file order. */
+  /** In file order: the first MAX_NEAR_PAIRS of them. */
   pairs: NearDuplicatePair[];
+  /** How many pairs there are, listed or not. */
+  total: number;
   /** How many of the pairs have different labels. */
   conflicts: number;
 }
@@ -149,16 +151,30 @@ export function summarise(
   };
 }
 
-/** Every pair of images within `threshold` bits of perceptual hash, leaving out byte-identical ones (duplicates). */
+/** Near-duplicate pairs kept at most: a set of many look-alike images (empty fields, say) has millions of pairs. */
+export const MAX_NEAR_PAIRS = 50_000;
+
+/**
+ * The pairs of images within `threshold` bits of perceptual hash, one pair per two contents: byte-identical copies
+ * are duplicates, and are represented by the first of them in file order. The first MAX_NEAR_PAIRS are kept; all
+ * are counted.
+ */
 export function findNearDuplicates(entries: readonly ScannedImage[], threshold = DEFAULT_NEAR_THRESHOLD): NearDuplicates {
-  const sorted = [...entries].sort((a, b) => compareStrings(a.file, b.file));
-  const pairs = hashPairs(
+  const contents = new Set<string>();
+  const sorted = [...entries].sort((a, b) => compareStrings(a.file, b.file)).filter((e) => !contents.has(e.sha256) && contents.add(e.sha256));
+  const pairs: NearDuplicatePair[] = [];
+  let total = 0;
+  let conflicts = 0;
+  forEachHashPair(
     sorted.map((e) => e.phash),
     threshold,
-  )
-    .filter(({ i, j }) => sorted[i].sha256 !== sorted[j].sha256)
-    .map(({ i, j, distance }): NearDuplicatePair => ({ paths: [sorted[i].file, sorted[j].file], labels: [sorted[i].label, sorted[j].label], distance }));
-  return { method: PHASH_METHOD, bits: PHASH_BITS, threshold, pairs, conflicts: pairs.filter((p) => p.labels[0] !== p.labels[1]).length };
+    ({ i, j, distance }) => {
+      total++;
+      if (sorted[i].label !== sorted[j].label) conflicts++;
+      if (pairs.length < MAX_NEAR_PAIRS) pairs.push({ paths: [sorted[i].file, sorted[j].file], labels: [sorted[i].label, sorted[j].label], distance });
+    },
+  );
+  return { method: PHASH_METHOD, bits: PHASH_BITS, threshold, pairs, total, conflicts };
 }
 
 export interface SplitLeaks {
@@ -232,17 +248,21 @@ export function formatScanReport(report: ScanReport, leaks?: SplitLeaks & { csv:
   const near = report.near_duplicates;
   const pairLine = (p: NearDuplicatePair, parts?: string[]) =>
     `  ${pad(p.distance, 3)}  ${p.paths.map((f, i) => `${show(f)} (${show(p.labels[i])}${parts ? `, ${parts[i]}` : ''})`).join('  ')}`;
-  const listPairs = (pairs: (NearDuplicatePair & { parts?: string[] })[]) => {
+  const listPairs = (pairs: (NearDuplicatePair & { parts?: string[] })[], total = pairs.length) => {
     for (const p of pairs.slice(0, LISTED_PAIRS)) lines.push(pairLine(p, p.parts));
-    if (pairs.length > LISTED_PAIRS) lines.push(`  … ${pairs.length - LISTED_PAIRS} more (--json lists them all)`);
+    const more = total - LISTED_PAIRS;
+    if (more > 0) lines.push(`  … ${more} more (--json lists ${total > MAX_NEAR_PAIRS ? `the first ${MAX_NEAR_PAIRS}` : 'them all'})`);
   };
   lines.push(
     '',
-    `near-duplicates: ${near.pairs.length} pairs of images that are not byte-identical but look alike (perceptual hash ${near.method}: distance ≤ ${near.threshold} of ${near.bits} bits)`,
+    `near-duplicates: ${near.total} pairs of images that are not byte-identical but look alike (perceptual hash ${near.method}: distance ≤ ${near.threshold} of ${near.bits} bits)`,
   );
-  listPairs(near.pairs);
+  listPairs(near.pairs, near.total);
   lines.push(`near-duplicate conflicts: ${near.conflicts} pairs whose labels differ`);
-  listPairs(near.pairs.filter((p) => p.labels[0] !== p.labels[1]));
+  listPairs(
+    near.pairs.filter((p) => p.labels[0] !== p.labels[1]),
+    near.conflicts,
+  );
   if (leaks) {
     const listed = leaks.duplicates.length + leaks.near_duplicates.length;
     lines.push('', `split ${show(leaks.csv)}: ${listed === 0 ? 'no' : listed} duplicates or near-duplicates across its parts`);

@@ -1,6 +1,6 @@
 // Loads the libtorch addon on first use and describes its surface. Everything above this file talks to libtorch
 // through it. Loading late lets commands that never touch a tensor (help, scan, split) run without libtorch.
-import { existsSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
 import { addonPath, builtAddonPath, located } from './located.js';
@@ -194,6 +194,12 @@ function requireAddon(): NativeAddon {
       BUILD,
     ]);
   }
+  // require() would run any other file as JavaScript, or look for a package in a folder.
+  if (process.env.HEMATO_ADDON && !(addonPath.endsWith('.node') && statSync(addonPath).isFile()))
+    throw new AddonLoadError('HEMATO_ADDON names something that is not a built addon (a .node file)', [
+      `point HEMATO_ADDON at a built hemato_native.node, or unset it to use ${builtAddonPath}`,
+      BUILD,
+    ]);
   try {
     return createRequire(import.meta.url)(addonPath) as NativeAddon;
   } catch (error) {

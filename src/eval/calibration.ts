@@ -1,7 +1,7 @@
 // Temperature scaling (Guo et al. 2017): one scalar T divides the logits so that validation NLL is lowest.
 // It changes confidence, never the ranking, so accuracy is untouched.
 import { assertFiniteOutputs } from './finite.js';
-import { expectedCalibrationError } from './metrics.js';
+import { argmaxRows, expectedCalibrationError } from './metrics.js';
 
 /** The range fitTemperature searches. */
 export const TEMPERATURE_RANGE = { min: 0.05, max: 20 } as const;
@@ -95,6 +95,13 @@ export interface Calibration {
   warnings: string[];
 }
 
+/** Below this many images a calibration is said to rest on few examples. */
+const FEW_IMAGES = 100;
+
+function countErrors(logits: ArrayLike<number>, labels: ArrayLike<number>, k: number): number {
+  return argmaxRows(logits, labels.length, k).filter((predicted, i) => predicted !== labels[i]).length;
+}
+
 /** The search stops at its limits; a fit there means the optimum lies beyond them. */
 const AT_LIMIT = 1.001;
 
@@ -120,6 +127,16 @@ export function calibrate(logits: ArrayLike<number>, labels: ArrayLike<number>, 
         : `lower limit (${TEMPERATURE_RANGE.min}): the model is far less confident`;
     warnings.push(
       `T = ${temperature.toFixed(3)} sits at the search's ${limit} than it is right on these images; are they like its training data (classes, stain, scanner)? The calibration is unreliable.`,
+    );
+  }
+  const errors = countErrors(logits, labels, k);
+  if (errors === 0) {
+    warnings.push(
+      `all ${n} images were classified right: with no mistakes to learn from, the fit only sharpens the scores (T = ${temperature.toFixed(3)}) and puts the uncertainty threshold at the least confident right answer (${result.uncertaintyThreshold.toFixed(3)}). Calibrate on a larger set that holds some of the model's mistakes (hundreds of images).`,
+    );
+  } else if (n < FEW_IMAGES) {
+    warnings.push(
+      `only ${n} images (${errors} misclassified): the temperature and threshold rest on few examples; calibrate on hundreds of images for figures to trust.`,
     );
   }
   if (result.eceAfter > result.eceBefore) {

@@ -210,7 +210,7 @@ function named<T>(file: string, step: () => T): T {
 
 const DTYPES = ['float32', 'float16', 'bfloat16'];
 /** Beyond any model hemato trains; the bounds keep a damaged file from building a network of gigabytes. */
-const MAX_INPUT_SIZE = 1024;
+export const MAX_INPUT_SIZE = 1024;
 const MAX_CLASSES = 10_000;
 const MAX_WIDTH = 4096;
 

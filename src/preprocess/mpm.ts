@@ -51,6 +51,7 @@ export type MpmConfigInput = { [K in keyof MpmConfig]?: Partial<MpmConfig[K]> };
 /** Fills defaults and checks every field, so a model's metadata always holds the complete, valid recipe. */
 export function resolveMpmConfig(input: MpmConfigInput = {}): MpmConfig {
   const d = DEFAULT_MPM_CONFIG;
+  checkMpmShape(input);
   const config: MpmConfig = {
     illumination: { ...d.illumination, ...input.illumination },
     colour: { ...d.colour, ...input.colour },
@@ -71,6 +72,36 @@ export function resolveMpmConfig(input: MpmConfigInput = {}): MpmConfig {
   if (morphology.weights.length !== morphology.scales.length)
     fail(`morphology.weights needs one weight per scale (${morphology.scales.length}), got ${morphology.weights.length}`);
   return structuredClone(config);
+}
+
+const isObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value);
+
+/** Only the stages and settings the MPM has, each of its kind: a misspelt setting would otherwise be left at its default unnoticed. */
+function checkMpmShape(input: unknown): void {
+  const fail = (message: string) => {
+    throw new Error(`invalid MPM config: ${message}`);
+  };
+  const stages = Object.keys(DEFAULT_MPM_CONFIG);
+  if (!isObject(input))
+    fail(`expected an object with any of ${stages.join(', ')}, got ${input === null ? 'null' : Array.isArray(input) ? 'an array' : typeof input}`);
+  for (const [stage, settings] of Object.entries(input as object)) {
+    if (!stages.includes(stage)) fail(`unknown stage '${stage}'; the stages are ${stages.join(', ')}`);
+    const defaults = DEFAULT_MPM_CONFIG[stage as keyof MpmConfig] as Record<string, unknown>;
+    if (!isObject(settings)) fail(`${stage} must be an object with any of ${Object.keys(defaults).join(', ')}`);
+    for (const [key, value] of Object.entries(settings as object)) {
+      if (!(key in defaults)) fail(`unknown setting ${stage}.${key}; ${stage} has ${Object.keys(defaults).join(', ')}`);
+      const expected = defaults[key];
+      const fits = Array.isArray(expected)
+        ? Array.isArray(value) && value.every((v) => typeof v === 'number')
+        : typeof expected === 'boolean'
+          ? typeof value === 'boolean'
+          : typeof value === 'number' || (value === null && key === 'white');
+      if (!fits)
+        fail(
+          `${stage}.${key} must be ${Array.isArray(expected) ? 'an array of numbers' : typeof expected === 'boolean' ? 'true or false' : 'a number'}, got ${JSON.stringify(value)}`,
+        );
+    }
+  }
 }
 
 /** The odd element size for a relative scale on an image whose shorter side is `side`. */

@@ -11,7 +11,7 @@ import { calibrate } from '../../eval/calibration.js';
 import { assertFiniteWeights } from '../../eval/finite.js';
 import { CliError, prepareOutputFile, printJson } from '../output.js';
 import { progressBar } from '../progress.js';
-import { classifierOptions, datasetSource, modelOption, parseChoice, parseFraction, parsePositiveInt } from './shared.js';
+import { classifierOptions, datasetSource, modelOption, notForCommand, parseBatchSize, parseChoice, parseFraction, parsePositiveInt } from './shared.js';
 
 export function registerCalibrate(program: Command): void {
   const command = program
@@ -40,9 +40,17 @@ export function registerCalibrate(program: Command): void {
     )
     .option('--ood-sample <n>', 'training images the detector statistics are fitted on', parsePositiveInt, 3000)
     .option('--ood-flagged <p>', 'the share of validation images the detector threshold flags', parseFraction, DEFAULT_OOD_FLAGGED)
-    .option('--batch-size <n>', 'images per forward pass', parsePositiveInt, 64)
+    .option('--batch-size <n>', 'images per forward pass', parseBatchSize, 64)
     .option('--json', 'print one JSON document on stdout');
-  modelOption(command).action(async (dir: string | undefined, options) => {
+  modelOption(command);
+  const refuseUnused = notForCommand(command, { threshold: '--threshold does not apply: calibrate fits the uncertainty threshold (see --target-accuracy)' });
+  command.action(async (dir: string | undefined, options) => {
+    refuseUnused();
+    // Checked before the model is loaded.
+    if (options.ood && !options.split)
+      throw new CliError('--ood needs --split: the detector is fitted on the training part and its threshold on the validation part', 2);
+    if (options.part && !options.split) throw new CliError('--part needs --split', 2);
+    if (options.split && !(dir ?? options.images)) throw new CliError('--split needs the data folder (as the argument or --images)', 2);
     const modelFile: string = options.model ?? BUNDLED_MODEL;
     const classifier = await loadClassifier(modelFile, classifierOptions(options));
     assertFiniteWeights(classifier.model, modelFile);
@@ -54,16 +62,12 @@ export function registerCalibrate(program: Command): void {
         : path.basename(BUNDLED_MODEL, '.safetensors') + '.calibrated.safetensors');
     // Checked now, not after minutes of scoring.
     const { replaces } = await prepareOutputFile(out);
-    if (options.ood && !options.split)
-      throw new CliError('--ood needs --split: the detector is fitted on the training part and its threshold on the validation part', 2);
     let items;
     let ood = classifier.ood;
     let featureScale = classifier.metadata.featureScale;
     let splitHash: string | null = null;
-    if (options.part && !options.split) throw new CliError('--part needs --split', 2);
     if (options.split) {
-      const root = dir ?? options.images;
-      if (!root) throw new CliError('--split needs the data folder (as the argument or --images)', 2);
+      const root = (dir ?? options.images) as string;
       const { rows, hash } = await readSplit(options.split);
       splitHash = hash;
       const itemsOf = (part: string) => rows.filter((r) => r.part === part).map((r) => ({ file: r.file, path: path.join(root, r.file), label: r.label }));

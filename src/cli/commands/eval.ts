@@ -12,7 +12,7 @@ import { readImageFile } from '../../data/image.js';
 import { type Part, readSplit } from '../../data/split.js';
 import { CliError, prepareOutputDir, printJson } from '../output.js';
 import { progressBar } from '../progress.js';
-import { classifierOptions, datasetSource, MAX_FILE_SIZE_HELP, modelOption, parseChoice, parseFileSize, parsePositiveInt } from './shared.js';
+import { classifierOptions, datasetSource, MAX_FILE_SIZE_HELP, modelOption, parseChoice, parseFileSize, parseBatchSize, parsePositiveInt } from './shared.js';
 
 const pct = (x: number) => `${(100 * x).toFixed(2)}%`;
 const range = ([lo, hi]: [number, number]) => `${(100 * lo).toFixed(1)}–${(100 * hi).toFixed(1)}%`;
@@ -31,7 +31,7 @@ export function registerEval(program: Command): void {
       '--shifts [names]',
       `also score each image under simulated scanner and stain shifts (all, or a comma-separated list of: ${SHIFTS.map((s) => s.name).join(', ')})`,
     )
-    .option('--batch-size <n>', 'images per forward pass', parsePositiveInt, 64)
+    .option('--batch-size <n>', 'images per forward pass', parseBatchSize, 64)
     .option('--max-file-size <size>', MAX_FILE_SIZE_HELP, parseFileSize)
     .option('--json', 'print one JSON document on stdout')
     .option('--per-image', "with --json: each image's answer too (file, label, predicted, probability, uncertain, reasons)");

@@ -1,22 +1,23 @@
-import { stat, writeFile } from 'node:fs/promises';
+import { lstat } from 'node:fs/promises';
 import path from 'node:path';
-import { type Command, InvalidArgumentError, type Option } from 'commander';
-import { BUNDLED_MODEL, loadClassifier } from '../../api/classifier.js';
+import { type Command, InvalidArgumentError } from 'commander';
+import { BUNDLED_MODEL, loadClassifier, type UncertainReason } from '../../api/classifier.js';
 import { checkExplainOptions, DEFAULT_EXPLAIN_STAGE, EXPLAIN_PATHS, type ExplainPath, overlayPng } from '../../api/explain.js';
 import { modelInfo } from '../../api/model-info.js';
 import { escapeControl } from '../../data/files.js';
 import { DecodeError } from '../../data/image.js';
-import { CliError, prepareOutputDir, printJson } from '../output.js';
+import { CliError, prepareOutputDir, printJson, writeOutput } from '../output.js';
 import { progressBar } from '../progress.js';
 import { expandInputs } from './predict.js';
-import { classifierOptions, MAX_FILE_SIZE_HELP, modelOption, parseChoice, parseFileSize } from './shared.js';
+import { classifierOptions, MAX_FILE_SIZE_HELP, modelOption, notForCommand, parseChoice, parseFileSize } from './shared.js';
 
-type Row = { file: string; label: string; score: number; overlay: string } | { file: string; error: string; code?: string };
+type Row =
+  | { file: string; label: string; score: number; uncertain: boolean; reasons: UncertainReason[]; overlay: string }
+  | { file: string; error: string; code?: string };
 
 /** Options of modelOption() that classification uses and an explanation does not: refused, and left out of --help. */
 const NOT_FOR_EXPLAIN: Record<string, string> = {
   precision: '--precision does not apply: explanations always run in fp32',
-  threshold: '--threshold does not apply: explanations flag nothing',
   tta: '--tta does not apply: an explanation is of one view',
 };
 
@@ -40,11 +41,9 @@ export function registerExplain(program: Command): void {
     .option('--json', 'print one JSON document on stdout')
     .option('--max-file-size <size>', MAX_FILE_SIZE_HELP, parseFileSize);
   modelOption(command);
-  for (const option of command.options as Option[]) if (option.attributeName() in NOT_FOR_EXPLAIN) option.hideHelp();
+  const refuseUnused = notForCommand(command, NOT_FOR_EXPLAIN);
   command.action(async (inputs: string[], options) => {
-    for (const [name, message] of Object.entries(NOT_FOR_EXPLAIN)) {
-      if (command.getOptionValueSource(name) === 'cli') throw new CliError(message, 2);
-    }
+    refuseUnused();
     const { files, skipped } = await expandInputs(inputs, { maxFileBytes: options.maxFileSize });
     for (const s of skipped) process.stderr.write(`hemato: skipped ${escapeControl(s.file)}: ${escapeControl(s.error)}\n`);
     if (files.length === 0) throw new CliError('no files to explain in the given inputs');
@@ -54,7 +53,7 @@ export function registerExplain(program: Command): void {
       const existing = (
         await Promise.all(
           targets.map((t) =>
-            stat(t).then(
+            lstat(t).then(
               () => t,
               () => null,
             ),
@@ -81,9 +80,9 @@ export function registerExplain(program: Command): void {
       for (const [i, file] of files.entries()) {
         try {
           const explanation = await classifier.explain(file, explainOptions);
-          // 'wx' fails rather than replace a file that appeared since the check above.
-          await writeFile(targets[i], await overlayPng(explanation), { flag: options.overwrite ? 'w' : 'wx' });
-          rows.push({ file, label: explanation.label, score: explanation.score, overlay: targets[i] });
+          await writeOutput(targets[i], await overlayPng(explanation), options.overwrite === true);
+          const { label, score, uncertain, reasons } = explanation;
+          rows.push({ file, label, score, uncertain, reasons, overlay: targets[i] });
         } catch (error) {
           const code = (error as { code?: string }).code;
           if (!(error instanceof DecodeError) && code !== 'non-finite-output') throw error;
@@ -109,7 +108,10 @@ export function registerExplain(program: Command): void {
         for (const [i, r] of rows.entries()) {
           const name = shown[i].length > width ? `…${shown[i].slice(-width + 1)}` : shown[i].padEnd(width);
           if ('error' in r) process.stdout.write(`${name}  ERROR ${escapeControl(r.error)}\n`);
-          else process.stdout.write(`${name}  ${r.label} ${(100 * r.score).toFixed(1)}%  → ${escapeControl(r.overlay)}\n`);
+          else
+            process.stdout.write(
+              `${name}  ${r.label} ${(100 * r.score).toFixed(1)}%${r.uncertain ? `  [uncertain: ${r.reasons.join(', ')}]` : ''}  → ${escapeControl(r.overlay)}\n`,
+            );
         }
       }
       if (failed + skipped.length > 0) {

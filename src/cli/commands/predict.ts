@@ -5,7 +5,7 @@ import { blockRange } from '../../data/batches.js';
 import { escapeControl, inspectPath, walkFolder } from '../../data/files.js';
 import { CliError, printJson } from '../output.js';
 import { progressBar } from '../progress.js';
-import { classifierOptions, MAX_FILE_SIZE_HELP, modelOption, parseFileSize, parsePositiveInt } from './shared.js';
+import { classifierOptions, MAX_FILE_SIZE_HELP, modelOption, parseFileSize, parseBatchSize, parsePositiveInt } from './shared.js';
 
 export interface ExpandedInputs {
   files: string[];
@@ -62,7 +62,7 @@ export function registerPredict(program: Command): void {
     .description('classify single-cell images (files or folders) with calibrated probabilities and an uncertainty flag')
     .argument('<inputs...>', 'image files or folders of them')
     .option('-k, --top-k <k>', 'labels to report per image', parsePositiveInt, 3)
-    .option('--batch-size <n>', 'images per forward pass', parsePositiveInt, 32)
+    .option('--batch-size <n>', 'images per forward pass', parseBatchSize, 32)
     .option('--json', 'print one JSON document on stdout')
     .option('--csv', 'print CSV on stdout')
     .option('--jsonl', 'print one JSON line per image on stdout (then one per entry skipped outright), so that shards concatenate')

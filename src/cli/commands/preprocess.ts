@@ -1,12 +1,13 @@
-import { stat, writeFile } from 'node:fs/promises';
+import { lstat } from 'node:fs/promises';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { DEFAULT_GEOMETRY, toModelGeometry, validateGeometry } from '../../data/geometry.js';
 import { escapeControl, readFailure, readRegularFile } from '../../data/files.js';
 import { DecodeError, readImageFile } from '../../data/image.js';
+import { MAX_INPUT_SIZE } from '../../models/io.js';
 import { renderContactSheet } from '../../preprocess/contact-sheet.js';
-import { Mpm, type MpmConfigInput } from '../../preprocess/mpm.js';
-import { CliError, prepareOutputDir, printJson } from '../output.js';
+import { Mpm, type MpmConfigInput, resolveMpmConfig } from '../../preprocess/mpm.js';
+import { CliError, prepareOutputDir, printJson, writeOutput } from '../output.js';
 import { MAX_FILE_SIZE_HELP, parseFileSize } from './shared.js';
 
 interface PreprocessOptions {
@@ -42,11 +43,11 @@ export function registerPreprocess(program: Command): void {
           const title = `${file}  (${geometry.field ?? 'square'} px field → ${geometry.size} px)`;
           const sheet = path.join(options.out, names[i]);
           // A sheet from an earlier run is replaced, and said so.
-          const replaced = await stat(sheet).then(
+          const replaced = await lstat(sheet).then(
             () => true,
             () => false,
           );
-          await writeFile(sheet, await renderContactSheet(mpm.stages(prepared), { title }));
+          await writeOutput(sheet, await renderContactSheet(mpm.stages(prepared), { title }), true);
           written.push({ image: file, sheet, replaced });
           if (!options.json) process.stdout.write(`${escapeControl(sheet)}${replaced ? '  (replaced the earlier sheet)' : ''}\n`);
         } catch (error) {
@@ -72,7 +73,9 @@ export function sheetNames(images: readonly string[]): string[] {
   });
 }
 
+/** --size and --field: a size no model takes would only cost minutes (the MPM at 4096 px). */
 export function parseGeometry(size: string, field: string) {
+  if (Number(size) > MAX_INPUT_SIZE) throw new CliError(`--size must be at most ${MAX_INPUT_SIZE} px, the largest input a hemato model takes`, 2);
   try {
     return validateGeometry({ size: Number(size), field: field === 'none' ? null : Number(field) });
   } catch (error) {
@@ -80,12 +83,19 @@ export function parseGeometry(size: string, field: string) {
   }
 }
 
-/** An MPM settings file (JSON), or none: the defaults. */
+/** An MPM settings file (JSON), or none: the defaults. Its settings are checked here, so a mistake names the file. */
 export async function readMpmConfig(file: string | undefined): Promise<MpmConfigInput> {
   if (!file) return {};
+  let config: MpmConfigInput;
   try {
-    return JSON.parse((await readRegularFile(file)).toString('utf8')) as MpmConfigInput;
+    config = JSON.parse((await readRegularFile(file)).toString('utf8')) as MpmConfigInput;
   } catch (error) {
     throw new CliError(`cannot read MPM config ${file}: ${readFailure(error)}`);
   }
+  try {
+    resolveMpmConfig(config);
+  } catch (error) {
+    throw new CliError(`${file}: ${(error as Error).message}`, 2);
+  }
+  return config;
 }

@@ -1,7 +1,8 @@
 // Options several commands share, parsed and validated once.
 import { availableParallelism } from 'node:os';
-import { type Command, InvalidArgumentError } from 'commander';
-import type { ClassifierOptions } from '../../api/classifier.js';
+import { type Command, InvalidArgumentError, type Option } from 'commander';
+import { type ClassifierOptions, MAX_BATCH_SIZE } from '../../api/classifier.js';
+import { MAX_FIELD, MIN_FIELD } from '../../data/geometry.js';
 import type { DatasetSource } from '../../data/dataset.js';
 import { DEFAULT_MAX_FILE_BYTES } from '../../data/files.js';
 import { DEFAULT_MAX_PIXELS } from '../../data/image.js';
@@ -9,7 +10,15 @@ import { CliError } from '../output.js';
 
 export function parsePositiveInt(value: string): number {
   const n = Number(value);
-  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('expected a positive integer');
+  // Digits only: Number() would also read '', '0x3' and '1e1'.
+  if (!/^\s*\d+\s*$/.test(value) || !Number.isSafeInteger(n) || n < 1) throw new InvalidArgumentError('expected a positive integer');
+  return n;
+}
+
+/** Images per forward pass: a bound keeps one batch in memory (the library's limit). */
+export function parseBatchSize(value: string): number {
+  const n = parsePositiveInt(value);
+  if (n > MAX_BATCH_SIZE) throw new InvalidArgumentError(`expected an integer in 1..${MAX_BATCH_SIZE}`);
   return n;
 }
 
@@ -64,7 +73,7 @@ export function parseNumber(value: string): number {
 
 export function parseFraction(value: string): number {
   const n = Number(value);
-  if (!(n >= 0 && n <= 1)) throw new InvalidArgumentError('expected a number in [0, 1]');
+  if (value.trim() === '' || !(n >= 0 && n <= 1)) throw new InvalidArgumentError('expected a number in [0, 1]');
   return n;
 }
 
@@ -72,6 +81,17 @@ export function parseChoice<T extends string>(choices: readonly T[]) {
   return (value: string): T => {
     if (!choices.includes(value as T)) throw new InvalidArgumentError(`expected one of ${choices.join(', ')}`);
     return value as T;
+  };
+}
+
+/**
+ * Options of modelOption() that a command has no use for: left out of its --help; the returned check, run first in
+ * its action, refuses each one given, with its reason.
+ */
+export function notForCommand(command: Command, reasons: Record<string, string>): () => void {
+  for (const option of command.options as Option[]) if (option.attributeName() in reasons) option.hideHelp();
+  return () => {
+    for (const [name, reason] of Object.entries(reasons)) if (command.getOptionValueSource(name) === 'cli') throw new CliError(reason, 2);
   };
 }
 
@@ -101,7 +121,8 @@ export function modelOption(command: Command): Command {
 function parseField(value: string): number | 'none' {
   if (value === 'none') return value;
   const n = Number(value);
-  if (!Number.isInteger(n) || n < 8) throw new InvalidArgumentError("expected a whole number of pixels (at least 8) or 'none'");
+  if (value.trim() === '' || !Number.isInteger(n) || n < MIN_FIELD || n > MAX_FIELD)
+    throw new InvalidArgumentError(`expected a whole number of pixels in ${MIN_FIELD}..${MAX_FIELD}, or 'none'`);
   return n;
 }
 

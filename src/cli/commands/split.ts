@@ -54,6 +54,11 @@ export function registerSplit(program: Command): void {
         () => progress.stop(),
       );
       if (report.entries.length === 0) throw new CliError(noLabelledImages(report.root, report.skipped.length, classes ?? PBC_CLASSES));
+      const near = report.near_duplicates;
+      if (options.nearDuplicates && near.total > near.pairs.length)
+        throw new CliError(
+          `${near.total} near-duplicate pairs: too many to keep together (at most ${near.pairs.length}); the data set is mostly look-alike images. Lower --near-threshold, or split without --near-duplicates`,
+        );
       let split;
       try {
         split = makeSplit(report.entries, {
@@ -88,10 +93,10 @@ export function registerSplit(program: Command): void {
               .join(', ')}`,
           );
       }
-      const near = split.near_duplicates;
-      if (near.grouped)
+      const grouping = split.near_duplicates;
+      if (grouping.grouped)
         lines.push(
-          `near-duplicates kept together: ${near.pairs} pairs (${near.method} distance ≤ ${near.threshold} of ${near.bits} bits) joined files into ${near.groups} groups`,
+          `near-duplicates kept together: ${grouping.pairs} pairs (${grouping.method} distance ≤ ${grouping.threshold} of ${grouping.bits} bits) joined files into ${grouping.groups} groups`,
         );
       for (const g of split.excluded)
         lines.push(`excluded (same bytes, different labels): ${g.paths.map((p, i) => `${escapeControl(p)} (${g.labels[i]})`).join(', ')}`);
