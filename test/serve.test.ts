@@ -38,6 +38,9 @@ before(async () => {
   mkdirSync(path.join(work, 'elsewhere'));
   writeFileSync(path.join(work, 'elsewhere', 'c.jpg'), basophil.bytes);
   symlinkSync(path.join(work, 'elsewhere'), path.join(cells, 'linked-folder'));
+  // Links to folders already listed: a loop to the folder itself, and a second way into sub/.
+  symlinkSync(cells, path.join(cells, 'self'));
+  symlinkSync(path.join(cells, 'sub'), path.join(cells, 'sublink'));
   server = await startServer({ folder: cells, port: 0, maxBody: 2 ** 20, maxParts: 4, maxQueue: 16 });
 });
 
@@ -193,13 +196,14 @@ test('a 100 MB body is refused from its declared length, and a body sent in chun
 test('a client that sends its request too slowly gets 408, and the next request succeeds', async () => {
   const strict = await startServer({ port: 0, timeoutMs: 1500 });
   try {
-    const { status } = await rawRequest(
+    const { status, body } = await rawRequest(
       'POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n',
       Buffer.alloc(10),
       10_000,
       strict.url,
     );
     assert.equal(status, 408);
+    assert.equal(JSON.parse(body).code, 'request-timeout');
     await healthy(strict.url);
   } finally {
     await strict.close();
@@ -247,7 +251,7 @@ test('POST /v1/explain gives the class-activation map as a PNG overlay, or its n
   assert.deepEqual({ status: bad.status, code: (await bad.json()).code }, { status: 422, code: 'not-image' });
 });
 
-test('the served folder lists its images and reads them, and nothing outside it is reachable', async () => {
+test('the served folder lists its images and reads them, and nothing it does not list is reachable', async () => {
   const listing = await (await fetch(`${server.url}/v1/folder`)).json();
   assert.equal(listing.name, 'cells');
   assert.deepEqual(
@@ -268,6 +272,9 @@ test('the served folder lists its images and reads them, and nothing outside it 
     'sub',
     'missing.jpg',
     `a.jpg%00`,
+    'self/a.jpg',
+    'self/self/sub/b.jpg',
+    'sublink/b.jpg',
   ];
   for (const rel of refused) {
     const response = await fetch(`${server.url}/v1/folder/file?path=${rel.includes('%') ? rel : encodeURIComponent(rel)}`);
@@ -275,6 +282,7 @@ test('the served folder lists its images and reads them, and nothing outside it 
   }
   const raw = await rawRequest('GET /v1/folder/file?path=../../../../etc/passwd HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n', Buffer.alloc(0));
   assert.equal(raw.status, 404);
+  assert.deepEqual(listing.skipped, [{ path: 'sublink', reason: 'repeated-folder' }], 'a folder reached again through a link is listed once, and said so');
 });
 
 test("GET /v1/model gives the card without the server's file paths; /healthz and the page answer", async () => {

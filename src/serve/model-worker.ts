@@ -15,6 +15,17 @@ export class ServeError extends Error {
   }
 }
 
+/**
+ * The HTTP status of an image's failure, the same on every route: an empty image is the client's mistake (400), one
+ * over the limits 413, the model's own failure 500, and an image that cannot be decoded 422.
+ */
+export function statusOf(code: string | undefined): number {
+  if (code === 'empty') return 400;
+  if (code === 'too-large') return 413;
+  if (code === 'non-finite-output' || code === undefined) return 500;
+  return 422;
+}
+
 type Pending = { resolve: (value: unknown) => void; reject: (error: Error) => void };
 
 /** Distributes a request's kind without its id, which ModelWorker assigns. */
@@ -31,7 +42,7 @@ export class ModelWorker {
       if (!waiting) return;
       this.pending.delete(reply.id);
       if (reply.ok) waiting.resolve(reply.value);
-      else waiting.reject(new ServeError(reply.error, reply.code ?? 'failed', reply.status ?? (reply.code ? 422 : 500)));
+      else waiting.reject(new ServeError(reply.error, reply.code ?? 'failed', reply.status ?? statusOf(reply.code)));
     });
     worker.on('exit', (code) => this.fail(`the model's worker thread stopped (exit code ${code})`));
     worker.on('error', (error) => this.fail(`the model's worker thread failed: ${error.message}`));

@@ -38,3 +38,26 @@ export const SERVE_DEFAULTS: Readonly<Limits> = {
   maxQueue: 256,
   timeoutMs: 30_000,
 };
+
+/** The range each numeric setting takes, inclusive. */
+export const SERVE_RANGES: Readonly<Record<Exclude<keyof Limits, 'host'>, readonly [number, number]>> = {
+  port: [0, 65535],
+  maxBatch: [1, 4096],
+  batchWaitMs: [0, 10_000],
+  maxBody: [1, 2 ** 31],
+  maxParts: [1, 4096],
+  maxQueue: [1, 1_000_000],
+  timeoutMs: [1, 3_600_000],
+};
+
+/** A byte count as people write it: '100 KiB', '32 MiB', '1.5 GiB', '900 B'. */
+export function sizeText(bytes: number): string {
+  for (const [unit, size] of [
+    ['GiB', 2 ** 30],
+    ['MiB', 2 ** 20],
+    ['KiB', 2 ** 10],
+  ] as const) {
+    if (bytes >= size) return `${Number((bytes / size).toFixed(1))} ${unit}`;
+  }
+  return `${bytes} B`;
+}

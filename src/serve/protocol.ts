@@ -17,6 +17,8 @@ export interface ExplainJob {
   bytes: Uint8Array;
   label?: string;
   format: 'png' | 'json';
+  /** Date.now() after which the request has been answered 503 already: the worker skips the work. */
+  deadline: number;
 }
 
 export type WorkerRequest = { id: number; kind: 'classify'; images: ImageJob[] } | { id: number; kind: 'explain'; job: ExplainJob };

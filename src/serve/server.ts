@@ -2,7 +2,8 @@
 // that answer with a clear 4xx, Prometheus metrics, an optional bearer token and the review page.
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
-import { isIP } from 'node:net';
+import { type IncomingMessage, maxHeaderSize, type ServerResponse, STATUS_CODES } from 'node:http';
+import { isIP, type Socket } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
@@ -13,9 +14,9 @@ import { modelCard, type ModelIdentity, readModelFile } from '../api/model-info.
 import { Batcher } from './batcher.js';
 import { ServedFolder } from './folder.js';
 import { createMetrics } from './metrics.js';
-import { ModelWorker, ServeError } from './model-worker.js';
-import { type Limits, SERVE_DEFAULTS, type ServeOptions } from './options.js';
-import type { ExplainResult, ImageJob, JobResult } from './protocol.js';
+import { ModelWorker, ServeError, statusOf } from './model-worker.js';
+import { type Limits, SERVE_DEFAULTS, SERVE_RANGES, type ServeOptions, sizeText } from './options.js';
+import type { ExplainJob, ExplainResult, ImageJob, JobResult } from './protocol.js';
 
 export { SERVE_DEFAULTS, type ServeOptions } from './options.js';
 
@@ -40,6 +41,8 @@ const PAGE_POLICY =
   "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 /** Seconds a client is asked to wait when the queue is full. */
 const RETRY_AFTER_S = 1;
+/** Text fields a multipart request may hold besides its images (the server reads none of them). */
+const MAX_FIELDS = 16;
 
 interface ClassifyQuery {
   topK: number;
@@ -72,30 +75,84 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
   const metrics = createMetrics(() => batcher.queued + worker.inFlight);
   const answer = { model: card.architecture, model_info: card.model_info };
 
+  /** Every error answer: JSON {error, code}, counted, with Retry-After on a 503. */
+  const refuse = (error: Error & { statusCode?: number; code?: string }, reply: FastifyReply) => {
+    const { status, code, message } = describeError(error, settings);
+    metrics.errors.inc({ code });
+    if (status === 503) reply.header('retry-after', String(RETRY_AFTER_S));
+    // The rest of a refused body would be read as the next request: close the connection instead.
+    if (code === 'body-too-large') reply.header('connection', 'close');
+    return reply.code(status).send({ error: message, code });
+  };
+
   // A client that sends its request too slowly gets 408; Node checks for them every connectionsCheckingInterval.
   const app = Fastify({
     bodyLimit: settings.maxBody,
     requestTimeout: settings.timeoutMs,
-    return503OnClosing: true,
-    http: { connectionsCheckingInterval: Math.min(1000, settings.timeoutMs) },
+    // Requests that come while closing get the usual JSON 503 from the first hook below.
+    return503OnClosing: false,
+    // A request without Host is refused by the first hook below, in JSON, rather than by Node with an empty 400.
+    http: { connectionsCheckingInterval: Math.min(1000, settings.timeoutMs), requireHostHeader: false },
+    frameworkErrors: (error, _request, reply) => refuse(error, reply),
+    // What Node's HTTP parser refuses (a malformed request, headers too large, a request too slow) never reaches a
+    // route: it is answered on the socket, in the same JSON shape.
+    clientErrorHandler: (error: NodeJS.ErrnoException & { reason?: string }, socket: Socket) => {
+      const response = (socket as Socket & { _httpMessage?: ServerResponse })._httpMessage;
+      if (error.code === 'ECONNRESET' || socket.destroyed) return;
+      if (socket.writable && !response?.headersSent) {
+        const { status, code, message } = clientError(error, settings.timeoutMs);
+        metrics.errors.inc({ code });
+        const body = JSON.stringify({ error: message, code });
+        socket.write(
+          `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+        );
+      }
+      socket.destroy(error);
+    },
   });
   app.server.headersTimeout = settings.timeoutMs;
+  // Node answers an Expect other than 100-continue itself, with an empty 417, unless asked to here.
+  app.server.on('checkExpectation', (request: IncomingMessage, response: ServerResponse) => {
+    const body = JSON.stringify({ error: `Expect: ${request.headers.expect} is not supported; send the request without it`, code: 'expectation-failed' });
+    metrics.errors.inc({ code: 'expectation-failed' });
+    response.writeHead(417, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body), connection: 'close' }).end(body);
+  });
+  // Before any route is added: each route keeps the error handler set when it was added.
+  app.setErrorHandler(async (error: Error & { statusCode?: number; code?: string }, _request, reply) => refuse(error, reply));
   app.removeAllContentTypeParsers();
   await app.register(multipart, {
     preservePath: true,
-    limits: { fileSize: settings.maxBody, files: settings.maxParts, fields: 16, parts: settings.maxParts + 16 },
+    limits: { fileSize: settings.maxBody, files: settings.maxParts, fields: MAX_FIELDS, parts: settings.maxParts + MAX_FIELDS },
   });
   app.addContentTypeParser('*', { parseAs: 'buffer', bodyLimit: settings.maxBody }, (_request, body, done) => done(null, body));
+
+  let closing: Promise<void> | null = null;
+  // Before CORS's own hook, so that a malformed preflight is refused in JSON too.
+  app.addHook('onRequest', async (request) => {
+    if (closing) throw new ServeError('the server is shutting down; retry once it is back', 'unavailable', 503);
+    if (request.raw.httpVersion === '1.1' && request.headers.host === undefined) throw badRequest('an HTTP/1.1 request needs a Host header');
+    const declared = Number(request.headers['content-length']);
+    if (declared > settings.maxBody) throw tooLarge(settings.maxBody);
+    const encoding = request.headers['content-encoding']?.trim().toLowerCase();
+    if (encoding && encoding !== 'identity') {
+      throw new ServeError(
+        `hemato does not decompress request bodies (Content-Encoding: ${encoding}): send the image's bytes as they are, without Content-Encoding`,
+        'unsupported-media-type',
+        415,
+      );
+    }
+    if (options.cors && request.method === 'OPTIONS' && !(request.headers.origin && request.headers['access-control-request-method']))
+      throw badRequest('OPTIONS is answered as a CORS preflight only: send Origin and Access-Control-Request-Method');
+  });
   if (options.cors) await app.register(cors, { origin: options.cors, methods: ['GET', 'POST'], allowedHeaders: ['authorization', 'content-type'] });
 
   const token = options.token ? createHash('sha256').update(options.token).digest() : null;
   app.addHook('onRequest', async (request, reply) => {
-    const declared = Number(request.headers['content-length']);
-    if (declared > settings.maxBody) throw tooLarge(settings.maxBody);
     // By the route matched, not the raw URL: '/%761/model' is routed to '/v1/model' too.
     const route = request.routeOptions.url ?? '';
     if (!token || request.method === 'OPTIONS' || !(route.startsWith('/v1/') || route === '/metrics')) return;
-    const given = /^Bearer (.+)$/.exec(request.headers.authorization ?? '')?.[1];
+    // The scheme is case-insensitive (RFC 7235); the token is not.
+    const given = /^bearer +(.+)$/i.exec(request.headers.authorization ?? '')?.[1];
     if (!given || !timingSafeEqual(createHash('sha256').update(given).digest(), token)) {
       reply.header('www-authenticate', 'Bearer');
       throw new ServeError('this server needs its token: send the header Authorization: Bearer TOKEN', 'unauthorized', 401);
@@ -106,39 +163,40 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
     metrics.requests.inc({ route, status: reply.statusCode });
     metrics.latency.observe({ route }, reply.elapsedTime / 1000);
   });
-  app.setErrorHandler(async (error: Error & { statusCode?: number; code?: string }, _request, reply) => {
-    const { status, code, message } = describeError(error, settings);
-    metrics.errors.inc({ code });
-    if (status === 503) reply.header('retry-after', String(RETRY_AFTER_S));
-    // The rest of a refused body would be read as the next request: close the connection instead.
-    if (code === 'body-too-large') reply.header('connection', 'close');
-    return reply.code(status).send({ error: message, code });
-  });
   // Once closing, each answer closes its connection: a kept-alive one would hold the shutdown for its idle time-out.
-  let closing: Promise<void> | null = null;
   app.addHook('onSend', async (_request, reply) => {
     if (closing) reply.header('connection', 'close');
   });
-  app.setNotFoundHandler(async (request, reply) =>
-    reply.code(404).send({ error: `no route ${request.method} ${request.url.split('?')[0]}`, code: 'not-found' }),
-  );
+  // A path that exists with other methods is 405 with the methods it takes; any other is 404.
+  app.setNotFoundHandler(async (request, reply) => {
+    const where = request.url.split('?')[0];
+    const allowed = ['GET', 'HEAD', 'POST', 'OPTIONS'].filter((method) => method !== request.method && app.findRoute({ method, url: where }));
+    if (allowed.some((method) => method !== 'OPTIONS')) {
+      reply.header('allow', allowed.join(', '));
+      return refuse(new ServeError(`${where} does not take ${request.method}; it takes ${allowed.join(', ')}`, 'method-not-allowed', 405), reply);
+    }
+    return refuse(new ServeError(`no route ${request.method} ${where}`, 'not-found', 404), reply);
+  });
 
-  /** Queues images and waits for their answers, within the time-out; images still waiting then are withdrawn. */
-  const classify = async (jobs: ImageJob[]): Promise<JobResult[]> => {
-    const pending = batcher.submit(jobs);
+  /** Waits for `work` within the time-out, then answers 503 `timeout`; `withdraw` takes back what still waits. */
+  const inTime = async <T>(work: Promise<T>, what: string, withdraw = () => {}): Promise<T> => {
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {
-        batcher.withdraw(jobs);
-        reject(new ServeError(`the images were not classified within ${settings.timeoutMs / 1000} s; the server is overloaded, retry later`, 'timeout', 503));
+        withdraw();
+        reject(new ServeError(`${what} within ${settings.timeoutMs / 1000} s (--timeout); the server is overloaded, retry later`, 'timeout', 503));
       }, settings.timeoutMs);
     });
     try {
-      return await Promise.race([Promise.all(pending), deadline]);
+      return await Promise.race([work, deadline]);
     } finally {
       clearTimeout(timer);
     }
   };
+
+  /** Queues images and waits for their answers, within the time-out; images still waiting then are withdrawn. */
+  const classify = (jobs: ImageJob[]): Promise<JobResult[]> =>
+    inTime(Promise.all(batcher.submit(jobs)), 'the images were not classified', () => batcher.withdraw(jobs));
 
   const parseQuery = (query: unknown): ClassifyQuery => {
     const q = checkQuery(query, ['top_k', 'pixel_size', 'tta', 'name']);
@@ -192,9 +250,8 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
       throw badRequest(`label must be one of the model's classes (${classes.join(', ')}), got '${q.label}'`);
     const [upload] = await readImages(request, 1, settings.maxBody);
     if (worker.inFlight + batcher.queued >= settings.maxQueue) throw new ServeError('the server is busy; retry shortly', 'queue-full', 503);
-    const result = await worker.call<ExplainResult>({ kind: 'explain', job: { bytes: upload.bytes, label: q.label, format } }, [
-      upload.bytes.buffer as ArrayBuffer,
-    ]);
+    const job: ExplainJob = { bytes: upload.bytes, label: q.label, format, deadline: Date.now() + settings.timeoutMs };
+    const result = await inTime(worker.call<ExplainResult>({ kind: 'explain', job }, [upload.bytes.buffer as ArrayBuffer]), 'the image was not explained');
     if (format === 'png')
       return reply.type('image/png').header('x-hemato-label', result.label).header('x-hemato-score', result.score.toFixed(6)).send(Buffer.from(result.png!));
     return { ...answer, label: result.label, score: result.score, size: result.size, grid: result.grid, stage: result.stage, cam: result.cam };
@@ -311,14 +368,21 @@ async function readImages(request: FastifyRequest, maxParts: number, maxBody: nu
   return uploads;
 }
 
-const tooLarge = (maxBody: number) => new ServeError(`the request body is over the limit of ${maxBody / 2 ** 20} MiB (--max-body)`, 'body-too-large', 413);
+const tooLarge = (maxBody: number) =>
+  new ServeError(`the request body is over the limit of ${sizeText(maxBody)} (--max-body); send a smaller image, or fewer at once`, 'body-too-large', 413);
 const badRequest = (message: string) => new ServeError(message, 'bad-request', 400);
 
-/** The HTTP status of a per-image failure: a file too large for the limits is 413, the model's own failure 500. */
-function statusOf(code: string | undefined): number {
-  if (code === 'too-large') return 413;
-  if (code === 'non-finite-output' || code === undefined) return 500;
-  return 422;
+/** What Node's HTTP parser refused, before any route saw the request. */
+function clientError(error: NodeJS.ErrnoException & { reason?: string }, timeoutMs: number): { status: number; code: string; message: string } {
+  if (error.code === 'ERR_HTTP_REQUEST_TIMEOUT')
+    return { status: 408, code: 'request-timeout', message: `the request was not received within ${timeoutMs / 1000} s (--timeout); send it whole, faster` };
+  if (error.code === 'HPE_HEADER_OVERFLOW')
+    return {
+      status: 431,
+      code: 'headers-too-large',
+      message: `the request line and headers are over ${sizeText(maxHeaderSize)}; shorten the URL or the headers`,
+    };
+  return { status: 400, code: 'bad-request', message: `the request is not well-formed HTTP/1.1 (${error.reason ?? error.code ?? error.message})` };
 }
 
 /** Fastify's, multipart's and our own errors as a status, a stable code and a message that says what to do. */
@@ -334,6 +398,14 @@ function describeError(
     case 'FST_FILES_LIMIT':
     case 'FST_PARTS_LIMIT':
       return { status: 413, code: 'too-many-parts', message: `a batch holds at most ${settings.maxParts} images (--max-parts)` };
+    case 'FST_FIELDS_LIMIT':
+      return {
+        status: 413,
+        code: 'too-many-parts',
+        message: `a multipart body holds at most ${MAX_FIELDS} text fields besides its images; send the images as file parts and options in the query string`,
+      };
+    case 'FST_ERR_BAD_URL':
+      return { status: 400, code: 'bad-request', message: `the URL's path is not valid percent-encoding: ${error.message}` };
     case 'FST_ERR_CTP_EMPTY_JSON_BODY':
     case 'FST_ERR_CTP_EMPTY_BODY':
       return { status: 400, code: 'empty', message: 'the request body is empty: send an image' };
@@ -358,15 +430,16 @@ function checkQuery(query: unknown, names: string[]): Record<string, string | un
   return q as Record<string, string | undefined>;
 }
 
+// Plain decimals only: Number() would also read '0x3', '1e1', ' 1' and ''.
 function integerIn(value: string, name: string, min: number, max: number): number {
   const n = Number(value);
-  if (!Number.isInteger(n) || n < min || n > max) throw badRequest(`${name} must be an integer in ${min}..${max}, got '${value}'`);
+  if (!/^\d+$/.test(value) || n < min || n > max) throw badRequest(`${name} must be an integer in ${min}..${max}, got '${value}'`);
   return n;
 }
 
 function numberIn(value: string, name: string, min: number, max: number): number {
   const n = Number(value);
-  if (value.trim() === '' || !(n >= min && n <= max)) throw badRequest(`${name} must be a number from ${min} to ${max}, got '${value}'`);
+  if (!/^\d+(\.\d+)?$/.test(value) || !(n >= min && n <= max)) throw badRequest(`${name} must be a decimal number from ${min} to ${max}, got '${value}'`);
   return n;
 }
 
@@ -393,16 +466,7 @@ function definedOnly<T extends object>(options: T): Partial<T> {
 }
 
 function checkSettings(s: Limits): void {
-  const checks: [Exclude<keyof Limits, 'host'>, number, number][] = [
-    ['port', 0, 65535],
-    ['maxBatch', 1, 4096],
-    ['batchWaitMs', 0, 10_000],
-    ['maxBody', 1, 2 ** 31],
-    ['maxParts', 1, 4096],
-    ['maxQueue', 1, 1_000_000],
-    ['timeoutMs', 1, 3_600_000],
-  ];
-  for (const [key, min, max] of checks) {
+  for (const [key, [min, max]] of Object.entries(SERVE_RANGES) as [keyof typeof SERVE_RANGES, readonly [number, number]][]) {
     const value = s[key];
     if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max)
       throw new RangeError(`${key} must be an integer in ${min}..${max}, got ${String(value)}`);

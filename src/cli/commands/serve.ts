@@ -1,8 +1,11 @@
-import type { Command } from 'commander';
+import { type Command, InvalidArgumentError } from 'commander';
 import { isIP } from 'node:net';
-import { SERVE_DEFAULTS, type ServeOptions } from '../../serve/options.js';
+import { SERVE_DEFAULTS, SERVE_RANGES, type ServeOptions, sizeText } from '../../serve/options.js';
 import { CliError } from '../output.js';
-import { classifierOptions, modelOption, parseFileSize, parseNonNegativeInt, parsePort, parsePositiveInt } from './shared.js';
+import { classifierOptions, modelOption, parseFileSize, parsePort } from './shared.js';
+
+// The server's ranges in the flags' own units, so that a refusal names the flag and what it takes.
+const { maxBatch, batchWaitMs, maxBody, maxParts, maxQueue, timeoutMs } = SERVE_RANGES;
 
 export function registerServe(program: Command): void {
   const command = program
@@ -13,15 +16,36 @@ export function registerServe(program: Command): void {
     .option('--port <port>', 'port to listen on (0: a free one)', parsePort(0), SERVE_DEFAULTS.port)
     .option('--token <token>', 'require Authorization: Bearer TOKEN on /v1/* and /metrics (default: $HEMATO_TOKEN)')
     .option('--cors <origin>', 'allow browser calls from this origin (default: none)')
-    .option('--max-batch <n>', 'images per forward pass at most', parsePositiveInt, SERVE_DEFAULTS.maxBatch)
-    .option('--batch-wait-ms <ms>', 'how long an image may wait for others to share its forward pass', parseNonNegativeInt, SERVE_DEFAULTS.batchWaitMs)
-    .option('--max-body <size>', 'largest request body, in MiB or with a unit (B, K, M, G)', parseFileSize, SERVE_DEFAULTS.maxBody)
-    .option('--max-parts <n>', 'images per batch request at most', parsePositiveInt, SERVE_DEFAULTS.maxParts)
-    .option('--max-queue <n>', 'images waiting for the model at most; more get 503 with Retry-After', parsePositiveInt, SERVE_DEFAULTS.maxQueue)
-    .option('--timeout <s>', 'seconds to receive a request, and again to answer it', parsePositiveInt, SERVE_DEFAULTS.timeoutMs / 1000)
+    .option('--max-batch <n>', 'images per forward pass at most', wholeIn(maxBatch[0], maxBatch[1]), SERVE_DEFAULTS.maxBatch)
+    .option(
+      '--batch-wait-ms <ms>',
+      'how long an image may wait for others to share its forward pass',
+      wholeIn(batchWaitMs[0], batchWaitMs[1], 'milliseconds'),
+      SERVE_DEFAULTS.batchWaitMs,
+    )
+    .option('--max-body <size>', 'largest request body, in MiB or with a unit (B, K, M, G)', parseBodySize, SERVE_DEFAULTS.maxBody)
+    .option('--max-parts <n>', 'images per batch request at most', wholeIn(maxParts[0], maxParts[1]), SERVE_DEFAULTS.maxParts)
+    .option(
+      '--max-queue <n>',
+      'images waiting for the model at most; more get 503 with Retry-After',
+      wholeIn(maxQueue[0], maxQueue[1]),
+      SERVE_DEFAULTS.maxQueue,
+    )
+    .option(
+      '--timeout <s>',
+      'seconds to receive a request, and again to answer it',
+      wholeIn(1, timeoutMs[1] / 1000, 'seconds'),
+      SERVE_DEFAULTS.timeoutMs / 1000,
+    )
     .option('--json', 'print {url, model} as one JSON line on stdout once listening');
   modelOption(command).action(async (folder: string | undefined, options) => {
     const token: string | undefined = options.token ?? (process.env.HEMATO_TOKEN || undefined);
+    if (options.maxQueue < options.maxParts) {
+      throw new CliError(
+        `--max-queue (${options.maxQueue}) must be at least --max-parts (${options.maxParts}), so that one full batch request fits in the queue`,
+        2,
+      );
+    }
     const serveOptions: ServeOptions = {
       model: options.model,
       classifier: classifierOptions(options),
@@ -64,6 +88,22 @@ export function registerServe(program: Command): void {
       process.once('SIGINT', () => stop('SIGINT'));
     });
   });
+}
+
+/** A whole number (of `unit`) in min..max. */
+function wholeIn(min: number, max: number, unit?: string): (value: string) => number {
+  return (value: string) => {
+    const n = Number(value);
+    if (!/^\s*\d+\s*$/.test(value) || n < min || n > max)
+      throw new InvalidArgumentError(`expected a whole number${unit ? ` of ${unit}` : ''} in ${min}..${max}`);
+    return n;
+  };
+}
+
+function parseBodySize(value: string): number {
+  const bytes = parseFileSize(value);
+  if (bytes > maxBody[1]) throw new InvalidArgumentError(`expected a size of at most ${sizeText(maxBody[1])}`);
+  return bytes;
 }
 
 function isLoopback(host: string): boolean {

@@ -218,7 +218,9 @@ async function classify(cell) {
     if (!alive(cell)) return;
     cell.url = URL.createObjectURL(cell.blob);
     const topK = Math.max(8, state.classes.length);
-    const res = await api(`/v1/classify?top_k=${topK}&name=${encodeURIComponent(cell.name)}`, {
+    // No ?name=: the page keys cells by their own path, and the server would refuse names it cannot echo (a
+    // backslash, a newline) that a folder may still hold.
+    const res = await api(`/v1/classify?top_k=${topK}`, {
       method: 'POST',
       headers: { 'Content-Type': 'application/octet-stream' },
       body: cell.blob,
