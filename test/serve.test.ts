@@ -239,11 +239,16 @@ test('POST /v1/explain gives the class-activation map as a PNG overlay, or its n
   assert.equal(png.status, 200);
   assert.equal(png.headers.get('content-type'), 'image/png');
   assert.equal(png.headers.get('x-hemato-label'), 'basophil');
+  const classified = (await (await post('/v1/classify', basophil.bytes)).json()).result;
+  assert.equal(png.headers.get('x-hemato-uncertain'), String(classified.uncertain));
+  assert.equal(png.headers.get('x-hemato-reasons'), classified.reasons.join(', '));
   const bytes = Buffer.from(await png.arrayBuffer());
   assert.deepEqual([...bytes.subarray(1, 4)], [...Buffer.from('PNG')]);
   const json = await (await post('/v1/explain?format=json&label=ig', basophil.bytes)).json();
   assert.equal(json.label, 'ig');
   assert.ok(json.score < 0.5);
+  // The flags are the image's, whichever label is explained.
+  assert.deepEqual([json.uncertain, json.reasons], [classified.uncertain, classified.reasons]);
   assert.equal(json.cam.length, json.grid[0] * json.grid[1]);
   assert.equal(json.size, 128);
   assert.ok(json.cam.every((v: number) => v >= 0 && v <= 1));

@@ -1,5 +1,5 @@
 // The messages between the HTTP server and the worker thread that holds the model.
-import type { Classification, ClassificationError, ClassifierOptions } from '../api/classifier.js';
+import type { Classification, ClassificationError, ClassifierOptions, UncertainReason } from '../api/classifier.js';
 
 export interface WorkerSetup {
   model: string;
@@ -29,6 +29,9 @@ export type JobResult = Classification | ClassificationError;
 export interface ExplainResult {
   label: string;
   score: number;
+  /** Whether the image's classification should not be trusted as it is, and why (Explanation). */
+  uncertain: boolean;
+  reasons: UncertainReason[];
   /** The overlay PNG, or the map's numbers. */
   png?: Uint8Array;
   grid?: [number, number];

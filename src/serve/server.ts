@@ -253,8 +253,15 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
     const job: ExplainJob = { bytes: upload.bytes, label: q.label, format, deadline: Date.now() + settings.timeoutMs };
     const result = await inTime(worker.call<ExplainResult>({ kind: 'explain', job }, [upload.bytes.buffer as ArrayBuffer]), 'the image was not explained');
     if (format === 'png')
-      return reply.type('image/png').header('x-hemato-label', result.label).header('x-hemato-score', result.score.toFixed(6)).send(Buffer.from(result.png!));
-    return { ...answer, label: result.label, score: result.score, size: result.size, grid: result.grid, stage: result.stage, cam: result.cam };
+      return reply
+        .type('image/png')
+        .header('x-hemato-label', result.label)
+        .header('x-hemato-score', result.score.toFixed(6))
+        .header('x-hemato-uncertain', String(result.uncertain))
+        .header('x-hemato-reasons', result.reasons.join(', '))
+        .send(Buffer.from(result.png!));
+    const { label, score, uncertain, reasons, size, grid, stage, cam } = result;
+    return { ...answer, label, score, uncertain, reasons, size, grid, stage, cam };
   });
 
   app.get('/v1/model', async () => ({ ...answer, card }));

@@ -89,7 +89,7 @@ async function classify(images: ImageJob[]): Promise<JobResult[]> {
 async function explain({ job }: Extract<WorkerRequest, { kind: 'explain' }>): Promise<ExplainResult> {
   if (Date.now() > job.deadline) throw Object.assign(new Error('the request was answered 503 before its turn came'), { code: 'timeout', status: 503 });
   const explanation = await classifier.explain(job.bytes, job.label === undefined ? {} : { label: job.label });
-  const { label, score, grid, stage } = explanation;
-  if (job.format === 'png') return { label, score, png: await overlayPng(explanation) };
-  return { label, score, grid, stage, size: explanation.image.width, cam: Array.from(explanation.cam) };
+  const { label, score, uncertain, reasons, grid, stage } = explanation;
+  if (job.format === 'png') return { label, score, uncertain, reasons, png: await overlayPng(explanation) };
+  return { label, score, uncertain, reasons, grid, stage, size: explanation.image.width, cam: Array.from(explanation.cam) };
 }
