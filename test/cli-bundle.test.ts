@@ -133,6 +133,26 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   });
 }
 
+test('a --model that is not a hemato model, and an --out that is a pipe, are refused before any work', () => {
+  const work = mkdtempSync(path.join(os.tmpdir(), 'hemato-bundle-refused-'));
+  try {
+    const text = path.join(work, 'notes.safetensors');
+    writeFileSync(text, 'not a model');
+    const fifo = path.join(work, 'pipe.tar.xz');
+    spawnSync('mkfifo', [fifo]);
+    const run = (...args: string[]) => spawnSync(process.execPath, [BIN, 'bundle', ...args], { cwd: ROOT, encoding: 'utf8', timeout: 60_000 });
+    const model = run('--model', text, '--out', path.join(work, 'never.tar.xz'));
+    assert.equal(model.status, 2, model.stderr);
+    assert.match(model.stderr, /--model: .*notes\.safetensors is not a safetensors file/);
+    const pipe = run('--no-model', '--out', fifo);
+    assert.equal(pipe.status, 1, pipe.stderr);
+    assert.match(pipe.stderr, /--out .*pipe\.tar\.xz is a named pipe \(FIFO\), not a file; give a file name/);
+    assert.ok(lstatSync(fifo).isFIFO() && !existsSync(path.join(work, 'never.tar.xz')));
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
+});
+
 test('a bundle that fails part-way removes its staging folder', { timeout: 120_000 }, () => {
   const work = mkdtempSync(path.join(os.tmpdir(), 'hemato-bundle-fail-'));
   try {

@@ -2,7 +2,7 @@
 // resized bias tables, and the one error that lists every key that does not fit.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as E from '../src/engine/index.js';
@@ -20,7 +20,8 @@ import {
   type ImageClassifier,
   type ModelInfo,
 } from '../src/models/index.js';
-import { SHARED, maxAbsDiff } from './helpers.js';
+import { CHECKPOINT_FORMAT, isHematoModelFile, readModelMetadata } from '../src/models/io.js';
+import { SHARED, maxAbsDiff, saveUntrainedModel } from './helpers.js';
 
 const FIXTURES = path.join(SHARED, 'fixtures/timm');
 const fixture = (name: string) => path.join(FIXTURES, `${name}.safetensors`);
@@ -242,4 +243,25 @@ test("the registry's timm variants have exactly the keys and shapes of timm's Im
     assert.deepEqual(actual, shapes, name);
     model.dispose();
   }
+});
+
+test('a training checkpoint and a model file cut short are refused from the header, saying what to do', async () => {
+  const checkpoint = path.join(workdir, 'run', 'checkpoint.safetensors');
+  mkdirSync(path.dirname(checkpoint), { recursive: true });
+  writeFileSync(checkpoint, E.serializeSafetensors(new Map([['model.w', E.zeros([2])]]), { format: CHECKPOINT_FORMAT, loop: '{}' }));
+  const advice =
+    /checkpoint\.safetensors is a training checkpoint, not a model: continue its run with hemato train --resume --out .*run, or use the run's best\.safetensors/;
+  await assert.rejects(readModelMetadata(checkpoint), advice);
+  await assert.rejects(isHematoModelFile(checkpoint), advice);
+  await assert.rejects(loadModel(checkpoint), advice);
+  const whole = path.join(workdir, 'whole.safetensors');
+  await saveUntrainedModel(whole);
+  const cut = path.join(workdir, 'cut.safetensors');
+  const bytes = readFileSync(whole);
+  writeFileSync(cut, bytes.subarray(0, bytes.length - 1000));
+  await assert.rejects(
+    readModelMetadata(cut),
+    /cut\.safetensors holds \d+ bytes of tensor data where its header describes \d+; the file is cut short or damaged: copy it again/,
+  );
+  assert.equal((await readModelMetadata(whole)).classes.length, 8);
 });

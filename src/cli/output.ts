@@ -1,7 +1,7 @@
 import { constants } from 'node:fs';
 import { access, lstat, mkdir, realpath, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { escapeControl, fsReason, writeFileAtomic } from '../data/files.js';
+import { escapeControl, fsReason, specialKind, writeFileAtomic } from '../data/files.js';
 
 /** An error meant for the user: its message says what went wrong and what to do. */
 export class CliError extends Error {
@@ -101,5 +101,7 @@ export async function prepareOutputFile(file: string, flag = '--out'): Promise<{
   await prepareOutputDir(path.dirname(path.resolve(file)), `the folder of ${flag}`);
   const info = await stat(file).catch(() => null);
   if (info?.isDirectory()) throw new CliError(`${flag} ${file} is a folder; give a file name`);
+  // A pipe or a device there would be replaced by a file, not written to.
+  if (info && !info.isFile()) throw new CliError(`${flag} ${file} is ${specialKind(info)}, not a file; give a file name`);
   return { replaces: info !== null };
 }

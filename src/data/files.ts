@@ -92,7 +92,8 @@ function checkFile(info: Stats, maxBytes: number): DecodeError | null {
   return null;
 }
 
-function specialKind(info: Stats): string {
+/** What a file that is neither a regular file nor a folder is, in words. */
+export function specialKind(info: Stats): string {
   if (info.isFIFO()) return 'a named pipe (FIFO)';
   if (info.isCharacterDevice()) return 'a character device';
   if (info.isBlockDevice()) return 'a block device';

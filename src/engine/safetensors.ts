@@ -155,20 +155,29 @@ export async function loadSafetensors(file: string): Promise<SafetensorsFile> {
 
 /** The `__metadata__` strings of a safetensors file, read from its header alone. */
 export async function readSafetensorsMetadata(file: string): Promise<Record<string, string> | undefined> {
-  const header = await withFile(file, async (handle, size) => {
+  const { header, dataLength } = await withFile(file, async (handle, size) => {
     const prefix = Buffer.alloc(8);
     await handle.read(prefix, 0, 8, 0);
     const length = Number(prefix.readBigUInt64LE(0));
     if (size < 8 || length > size - 8 || length > MAX_HEADER_BYTES) throw new Error(`${file} is not a safetensors file (its header does not fit it)`);
     const bytes = Buffer.alloc(length);
     await handle.read(bytes, 0, length, 8);
-    return bytes;
+    return { header: bytes, dataLength: size - 8 - length };
   });
+  let parsed: Record<string, { data_offsets?: unknown }> & { __metadata__?: Record<string, string> };
   try {
-    return (JSON.parse(header.toString('utf8')) as { __metadata__?: Record<string, string> }).__metadata__;
+    parsed = JSON.parse(header.toString('utf8'));
   } catch {
     throw new Error(`${file}: the safetensors header is not valid JSON; the file is damaged`);
   }
+  // The tensors' bytes are not read, but they must be there: a copy cut short would otherwise pass for a model.
+  const end = Object.values(parsed ?? {}).reduce(
+    (last, entry) => Math.max(last, Array.isArray(entry?.data_offsets) ? Number(entry.data_offsets[1]) || 0 : 0),
+    0,
+  );
+  if (end > dataLength)
+    throw new Error(`${file} holds ${dataLength} bytes of tensor data where its header describes ${end}; the file is cut short or damaged: copy it again`);
+  return parsed?.__metadata__;
 }
 
 /**

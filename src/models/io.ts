@@ -1,5 +1,6 @@
 // A whole model in one file: the state dict as safetensors, and in its metadata one JSON document that says how to
 // rebuild and use the model (architecture, options, classes, input size, normalisation, preprocessing, provenance).
+import path from 'node:path';
 import * as E from '../engine/index.js';
 import type { ImageClassifier } from './classifier.js';
 import { createModel, describeModelNames, listModels, type ModelOptions } from './registry.js';
@@ -11,6 +12,8 @@ import './dualpath.js';
 /** The metadata key that holds hemato's JSON document. */
 const METADATA_KEY = 'hemato';
 const FORMAT = 'hemato-model';
+/** The format a training checkpoint's metadata names (train/checkpoint.ts): weights, optimiser and loop, not a model. */
+export const CHECKPOINT_FORMAT = 'hemato-checkpoint';
 const VERSION = 1;
 
 export interface Normalization {
@@ -157,7 +160,7 @@ export interface LoadedModel {
 export async function loadModel(file: string, options: { device?: E.Device } = {}): Promise<LoadedModel> {
   const { tensors, metadata: raw } = await E.loadSafetensors(file);
   try {
-    const metadata = parseMetadata(raw[METADATA_KEY], file);
+    const metadata = parseMetadata(modelDocument(raw, file), file);
     const ood = readOod(tensors, metadata, file);
     const model = named(file, () => createModel(metadata.architecture, { ...metadata.options }));
     try {
@@ -227,12 +230,24 @@ const shown = (value: unknown): string => {
 
 /** A model file's metadata, read from its header alone (no weights are loaded) and checked as loadModel checks it. */
 export async function readModelMetadata(file: string): Promise<ModelMetadata> {
-  return parseMetadata((await E.readSafetensorsMetadata(file))?.[METADATA_KEY], file);
+  return parseMetadata(modelDocument(await E.readSafetensorsMetadata(file), file), file);
 }
 
-/** Whether a safetensors file is a model saved by hemato (it carries hemato's metadata), as against a timm checkpoint. */
+/**
+ * Whether a safetensors file is a model saved by hemato (it carries hemato's metadata), as against a timm checkpoint;
+ * a training checkpoint, which is neither, is an Error that says what to do with it.
+ */
 export async function isHematoModelFile(file: string): Promise<boolean> {
-  return (await E.readSafetensorsMetadata(file))?.[METADATA_KEY] !== undefined;
+  return modelDocument(await E.readSafetensorsMetadata(file), file) !== undefined;
+}
+
+/** A file's hemato metadata document; a training checkpoint is refused here, with where its run's models are. */
+function modelDocument(metadata: Record<string, string> | undefined, file: string): string | undefined {
+  if (metadata?.format === CHECKPOINT_FORMAT)
+    throw new Error(
+      `${file} is a training checkpoint, not a model: continue its run with hemato train --resume --out ${path.dirname(file)}, or use the run's best.safetensors or model.safetensors`,
+    );
+  return metadata?.[METADATA_KEY];
 }
 
 /**

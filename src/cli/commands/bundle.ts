@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { BUNDLE_DIR, makeBundle, SIZE_TARGET, type BundleStage } from '../../bundle/bundle.js';
+import { readModelMetadata } from '../../models/io.js';
 import { CliError, prepareOutputFile, printJson } from '../output.js';
 import { progressBar, type Progress } from '../progress.js';
 
@@ -24,6 +25,11 @@ export function registerBundle(program: Command): void {
     .action(async (options: { out: string; model?: string | false; pack?: string; xzLevel: string; json?: boolean }) => {
       const xzLevel = Number(options.xzLevel);
       if (!/^\d$/.test(options.xzLevel)) throw new CliError(`--xz-level takes a digit 0-9, got '${options.xzLevel}'`, 2);
+      // A file that is not a hemato model would only fail on the offline machine.
+      if (typeof options.model === 'string')
+        await readModelMetadata(options.model).catch((error: Error) => {
+          throw new CliError(`--model: ${error.message}`, 2);
+        });
       const { replaces } = await prepareOutputFile(options.out);
       let stage: BundleStage | undefined;
       let bar: Progress | undefined;
