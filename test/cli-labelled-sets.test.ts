@@ -2,7 +2,7 @@
 // --images DIR --labels CSV; and --part wherever a split is given.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
@@ -64,20 +64,70 @@ test('a labelled set given twice, or half given, is a usage error that says what
     [['scan'], /no data: give a folder of class folders, or --images DIR --labels CSV/],
     [['split', flat, '--csv', labels, '--labels', labels, '--out', path.join(work, 'x.csv')], /--labels or --csv/],
     [['calibrate', folders, '--part', 'test'], /--part needs --split/],
+    [['split', '--images', flat, '--labels', labels, '--out', labels], /--out .*labels\.csv is the --labels file this command reads, and would replace it/],
+    [['pack', '--images', flat, '--labels', labels, '--out', labels], /--out .*labels\.csv is the --labels file this command reads/],
   ] as [string[], RegExp][]) {
     const run = hemato(...args);
     assert.equal(run.status, 2, `${args.join(' ')}: ${run.stderr}`);
     assert.match(run.stderr, message);
   }
+  assert.equal(readFileSync(labels, 'utf8'), `file,label\n${rows.join('\n')}\n`, 'the labels are left as they were');
+});
+
+test('split checks --seed, --val and --test as it reads them, before any folder is looked at', () => {
+  const missing = path.join(work, 'not-there');
+  for (const [args, message] of [
+    [['--val', ''], /'--val <fraction>' argument '' is invalid\. expected a decimal fraction/],
+    [['--val', '1e-1'], /'--val <fraction>' argument '1e-1' is invalid/],
+    [['--test', '1'], /'--test <fraction>' argument '1' is invalid/],
+    [['--seed', ''], /'--seed <n>' argument '' is invalid\. expected a whole number in 0\.\.4294967295/],
+    [['--seed', '0x10'], /'--seed <n>' argument '0x10' is invalid/],
+    [['--seed', '99999999999999999999'], /'--seed <n>' argument '99999999999999999999' is invalid/],
+    [['--seed', '-1'], /'--seed <n>' argument '-1' is invalid/],
+    [['--seed', '1.5'], /'--seed <n>' argument '1\.5' is invalid/],
+    [['--val', '0.6', '--test', '0.5'], /sum to less than 1, got 0\.6 and 0\.5/],
+    [['--test', '0.1', '--halve-val'], /leave the test fraction at 0/],
+  ] as [string[], RegExp][]) {
+    const run = hemato('split', missing, '--out', path.join(work, 'never.csv'), ...args);
+    assert.equal(run.status, 2, `${args.join(' ')}: ${run.stderr}`);
+    assert.match(run.stderr, message);
+  }
+  assert.ok(!existsSync(path.join(work, 'never.csv')));
+});
+
+test('split warns when a part it was asked to fill comes out empty, and says what it replaced', () => {
+  const out = path.join(work, 'notes.csv');
+  writeFileSync(out, 'some notes\n');
+  const classes = ['--classes', 'basophil,neutrophil'];
+  const all = hemato('split', folders, ...classes, '--val', '0.99', '--out', out);
+  assert.equal(all.status, 0, all.stderr);
+  assert.match(all.stderr, /^warning: the train part is empty: with --val 0\.99 no image is left for it; training needs it/m);
+  assert.match(all.stdout, /notes\.csv {2}sha256 \w+ {2}\(replaced the earlier file\)/);
+  const none = hemato('split', folders, ...classes, '--val', '0.05', '--out', out, '--json');
+  assert.equal(none.status, 0, none.stderr);
+  assert.match(none.stderr, /warning: the val part is empty: no class has enough images for --val 0\.05 to draw one/);
+  const report = JSON.parse(none.stdout);
+  assert.equal(report.replaced, true);
+  assert.deepEqual(report.warnings, [/^warning: (.*)$/m.exec(none.stderr)?.[1]]);
+  const both = hemato('split', folders, ...classes, '--val', '0.5', '--out', out);
+  assert.doesNotMatch(both.stderr, /warning/);
+  assert.match(both.stdout, /\(replaced the earlier split\)/);
 });
 
 test('a folder without class folders, a file given as the folder, or a missing one is named with what to give', () => {
   const image = path.join(flat, readdirSync(flat)[0]);
+  const headerOnly = path.join(work, 'header-only.csv');
+  writeFileSync(headerOnly, 'file,label\n');
   for (const [args, message] of [
     [['split', flat, '--out', path.join(work, 'none.csv')], /no labelled images found in .*flat \(skipped \d+\); give a folder with one folder per class/],
     [['scan', image], /cannot list .*: not a folder/],
     [['scan', path.join(image, 'x')], /cannot read .*: a part of the path is not a folder; give an existing data set folder/],
     [['scan', path.join(work, 'missing')], /cannot read .*missing: no such file or folder; give an existing data set folder/],
+    [['scan', '--images', image, '--labels', labels], /images folder .*: a file, not a folder; give the folder the paths in .*labels\.csv are relative to/],
+    [
+      ['split', '--images', flat, '--labels', headerOnly, '--out', path.join(work, 'none.csv')],
+      /header-only\.csv has a header but no rows; add one row per image/,
+    ],
   ] as [string[], RegExp][]) {
     const run = hemato(...args);
     assert.equal(run.status, 1, `${args.join(' ')}: ${run.stderr}`);

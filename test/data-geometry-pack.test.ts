@@ -1,5 +1,6 @@
 // No size leak through geometry, and packs that read back exactly what was packed.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -147,4 +148,87 @@ test('pack with WebP and MPM: compact, close to its source, config and parts rec
   const blobBytes = header.entries.reduce((n, e) => n + e.length, 0) / header.count;
   assert.ok(blobBytes < 12_000, `mean blob ${blobBytes} bytes`);
   await assert.rejects(readPack(path.join(root, 'basophil/BA_100102.jpg')), /not a hemato pack/);
+});
+
+test('a damaged pack is refused when it is opened or decoded, naming the pack and the damage', async () => {
+  const root = await makeFolder();
+  const listing = await listImageFolder(root);
+  const good = path.join(root, 'good.pack');
+  await writePack(listing.items, good, { classes: listing.classes, geometry: { field: 360, size: 32 }, codec: 'png', threads: 1 });
+  const bytes = readFileSync(good);
+  const headerLength = bytes.readUInt32LE(8);
+  const header = JSON.parse(bytes.subarray(12, 12 + headerLength).toString('utf8'));
+  const data = bytes.subarray(12 + headerLength);
+  const damaged = path.join(root, 'damaged.pack');
+  const withHeader = (json: string, blobs: Uint8Array = data) => {
+    const length = Buffer.alloc(4);
+    length.writeUInt32LE(Buffer.byteLength(json));
+    writeFileSync(damaged, Buffer.concat([bytes.subarray(0, 8), length, Buffer.from(json), blobs]));
+  };
+  const edited = (edit: (h: typeof header) => void) => {
+    const copy = structuredClone(header);
+    edit(copy);
+    withHeader(JSON.stringify(copy));
+  };
+  const refused = async (message: RegExp, readers: (() => Promise<unknown>)[] = [() => readPack(damaged), () => readPackHeader(damaged)]) => {
+    for (const read of readers)
+      await assert.rejects(read(), (error: Error) => {
+        assert.match(error.message, /^.*damaged\.pack/);
+        assert.match(error.message, message);
+        return true;
+      });
+  };
+  const decoding = [() => readPack(damaged), () => streamPack(damaged).next()];
+
+  // Random bytes over an image entry, and an entry whose offset points into the middle of another.
+  const scrambled = Buffer.from(data);
+  for (let i = 0; i < 64; i++) scrambled[header.entries[1].offset + i] = (i * 97 + 13) % 256;
+  withHeader(JSON.stringify(header), scrambled);
+  await refused(/damaged pack \(entry basophil\/BA_127671\.jpg does not decode: .+\); make the pack again with hemato pack$/, decoding);
+  edited((h) => (h.entries[2].offset += 5));
+  await refused(/damaged pack \(entry lymphocyte\/LY_100275\.jpg does not decode/, decoding);
+
+  withHeader(JSON.stringify(header).replace(',', ';'));
+  await refused(/damaged pack \(the header is not JSON: .+\); make the pack again with hemato pack$/);
+  edited((h) => (h.entries[0].label = 99));
+  await refused(/damaged pack \(entry 0 \(basophil\/BA_100102\.jpg\): label 99 is not a class index in 0\.\.7\)/);
+  edited((h) => (h.classes[1] = h.classes[0]));
+  await refused(/class "basophil" is named twice/);
+  edited((h) => (h.entries[3].offset = data.length));
+  await refused(/entry 3 \(platelet\/PLATELET_100161\.jpg\): bytes \d+ \+ \d+ do not lie within the \d+ bytes of images/);
+  edited((h) => (h.count = 7));
+  await refused(/count 7 but 4 entries/);
+  edited((h) => {
+    h.entries = [];
+    h.count = 0;
+  });
+  await refused(/damaged\.pack holds no images; make the pack again with hemato pack/);
+  // What was written whole reads back.
+  assert.equal((await readPack(good)).n, 4);
+});
+
+test('pack refuses a size no model trains at and an --out that is its own --split; it says whether it replaced a pack', async () => {
+  const root = await makeFolder();
+  const hemato = (...args: string[]) => spawnSync(process.execPath, ['bin/hemato.js', 'pack', root, '--threads', '1', ...args], { encoding: 'utf8' });
+  for (const size of ['33', '48']) {
+    const run = hemato('--size', size, '--out', path.join(root, 'odd.pack'));
+    assert.equal(run.status, 2, run.stderr);
+    assert.match(run.stderr, new RegExp(`--size must be a multiple of 32 .*got ${size}`));
+  }
+  const split = path.join(root, 'mine.csv');
+  const csv = 'file,label,part\nbasophil/BA_100102.jpg,basophil,train\nbasophil/BA_127671.jpg,basophil,val\nbasophil/gone.jpg,basophil,train\n';
+  writeFileSync(split, csv);
+  const onItself = hemato('--split', split, '--size', '32', '--out', split);
+  assert.equal(onItself.status, 2, onItself.stderr);
+  assert.match(onItself.stderr, /--out .*mine\.csv is the --split file this command reads, and would replace it; give another --out/);
+  assert.equal(readFileSync(split, 'utf8'), csv);
+
+  const out = path.join(root, 'notes.txt');
+  writeFileSync(out, 'some notes');
+  for (const earlier of ['file', 'pack']) {
+    const run = hemato('--split', split, '--size', '32', '--out', out);
+    assert.equal(run.status, 0, run.stderr);
+    assert.match(run.stdout, new RegExp(`notes\\.txt: 2 images at 32 px.*\\(replaced the earlier ${earlier}\\)`));
+    assert.match(run.stdout, /skipped basophil\/gone\.jpg {2}\[missing\] no such file/);
+  }
 });

@@ -177,3 +177,55 @@ test('split: written CSV reads back with the same hash, and the sidecar records 
   // The split CSV is itself a CSV data set (its part column is an extra column).
   assert.equal((await listCsvDataset(out, root, { classes: CLASSES })).items.length, split.rows.length);
 });
+
+test('readSplit passes over blank lines, and refuses a file in two rows or a path outside the images folder, naming the rows', async () => {
+  const root = await datasetReady;
+  const csv = path.join(root, 'rows.csv');
+  const read = (rows: string[]) => {
+    writeFileSync(csv, `file,label,part\n${rows.join('\n')}`);
+    return readSplit(csv);
+  };
+  const blank = await read(['basophil/basophil_0.jpg,basophil,train', 'basophil/basophil_1.jpg,basophil,val', '', '', '']);
+  assert.deepEqual(
+    blank.rows.map((r) => r.part),
+    ['train', 'val'],
+  );
+  await assert.rejects(
+    read(['basophil/basophil_0.jpg,basophil,train', 'eosinophil/eosinophil_0.jpg,eosinophil,train', 'basophil/basophil_0.jpg,basophil,val']),
+    /rows\.csv: "basophil\/basophil_0\.jpg" is listed twice \(rows 2 and 4\); each file belongs to one row/,
+  );
+  await assert.rejects(read(['basophil/basophil_0.jpg,basophil,train', './basophil//basophil_0.jpg,basophil,train']), /listed twice \(rows 2 and 3\)/);
+  for (const [file, why] of [
+    ['../../../../etc/passwd', /climbs out through \.\./],
+    ['basophil/../../neutrophil/neutrophil_0.jpg', /climbs out through \.\./],
+    ['/etc/passwd', /an absolute path/],
+    ['C:\\data\\x.jpg', /an absolute path/],
+  ] as [string, RegExp][]) {
+    await assert.rejects(read(['basophil/basophil_0.jpg,basophil,train', `${file},basophil,train`]), (error: Error) => {
+      assert.match(error.message, /rows\.csv:3: ".*" is outside the images folder/);
+      assert.match(error.message, why);
+      return true;
+    });
+  }
+  // Inside the folder once normalised: kept as written.
+  assert.equal((await read(['basophil/../basophil/basophil_0.jpg,basophil,train'])).rows[0].file, 'basophil/../basophil/basophil_0.jpg');
+  await assert.rejects(read(['basophil/basophil_0.jpg,basophil']), /rows\.csv:2: part must be train, val or test, got nothing/);
+});
+
+test('CSV layout: a path outside the images folder or a file in two rows is refused; a CSV without rows or an images "folder" that is a file says so', async () => {
+  const root = await datasetReady;
+  const csv = path.join(root, 'listed.csv');
+  writeFileSync(csv, 'file,label\nbasophil/basophil_0.jpg,basophil\n../../../../etc/passwd,basophil\n');
+  await assert.rejects(listCsvDataset(csv, root, { classes: CLASSES }), /listed\.csv:3: "\.\.\/\.\.\/\.\.\/\.\.\/etc\/passwd" is outside the images folder/);
+  writeFileSync(csv, `file,label\n${path.join(root, 'basophil/basophil_0.jpg')},basophil\n`);
+  await assert.rejects(listCsvDataset(csv, root, { classes: CLASSES }), /listed\.csv:2: .* is outside the images folder \(an absolute path\)/);
+  writeFileSync(csv, 'file,label\nbasophil/basophil_0.jpg,basophil\n\nbasophil\\basophil_0.jpg,eosinophil\n');
+  await assert.rejects(listCsvDataset(csv, root, { classes: CLASSES }), /"basophil\/basophil_0\.jpg" is listed twice \(rows 2 and 4\)/);
+  writeFileSync(csv, 'file,label\n\n');
+  await assert.rejects(listCsvDataset(csv, root, { classes: CLASSES }), /listed\.csv has a header but no rows; add one row per image/);
+  writeFileSync(csv, 'file,label\nbasophil_0.jpg,basophil\n');
+  await assert.rejects(
+    listCsvDataset(csv, path.join(root, 'README.txt'), { classes: CLASSES }),
+    /images folder .*README\.txt: a file, not a folder; give the folder the paths in .*listed\.csv are relative to/,
+  );
+});

@@ -2,7 +2,7 @@
 import path from 'node:path';
 import { parseCsv } from './csv.js';
 import type { DecodeErrorCode } from './errors.js';
-import { fsReason, inspectPath, readFailure, readFolder, readRegularFile, walkFolder } from './files.js';
+import { escapeControl, fsReason, inspectPath, readFailure, readFolder, readRegularFile, walkFolder } from './files.js';
 
 /** hemato's classes, in the index order every model and pack uses. */
 export const PBC_CLASSES: readonly string[] = ['basophil', 'eosinophil', 'erythroblast', 'ig', 'lymphocyte', 'monocyte', 'neutrophil', 'platelet'];
@@ -92,36 +92,49 @@ export async function listImageFolder(root: string, options: ListOptions = {}): 
 
 /**
  * A CSV with a header naming `file` and `label` columns (other columns are ignored); paths are relative to `imagesDir`.
- * Labels are matched after trimming and lower-casing. Bad rows are reported one by one; the rest are listed.
+ * Labels are matched after trimming and lower-casing. Bad rows are reported one by one; the rest are listed. A row
+ * whose path leaves the images folder, or that names a file an earlier row named, is an Error: it is a mistake in the
+ * CSV, not an image to pass over.
  */
 export async function listCsvDataset(csvPath: string, imagesDir: string, options: ListOptions = {}): Promise<DatasetListing> {
   const classes = [...(options.classes ?? PBC_CLASSES)];
   const root = path.resolve(imagesDir);
-  let rows: string[][];
+  let rows: { cells: string[]; line: number }[];
   try {
-    rows = parseCsv((await readRegularFile(csvPath)).toString('utf8')).filter((row) => row.some((cell) => cell.trim() !== ''));
+    rows = parseCsv((await readRegularFile(csvPath)).toString('utf8'))
+      .map((cells, i) => ({ cells, line: i + 1 }))
+      .filter(({ cells }) => cells.some((cell) => cell.trim() !== ''));
   } catch (error) {
     throw new Error(`cannot read CSV ${csvPath}: ${readFailure(error)}`);
   }
-  const header = (rows[0] ?? []).map((name) => name.trim().toLowerCase());
+  const header = (rows[0]?.cells ?? []).map((name) => name.trim().toLowerCase());
   const fileColumn = header.indexOf('file');
   const labelColumn = header.indexOf('label');
   if (fileColumn < 0 || labelColumn < 0) {
     throw new Error(`CSV ${csvPath} needs a header row naming the columns "file" and "label" (found: ${header.join(', ') || 'nothing'})`);
   }
+  if (rows.length === 1) throw new Error(`CSV ${csvPath} has a header but no rows; add one row per image (file,label)`);
+  const folder = await inspectPath(root);
+  if (folder.kind !== 'folder') {
+    const reason = folder.kind === 'file' ? 'a file, not a folder' : readFailure(folder.error);
+    throw new Error(`images folder ${root}: ${reason}; give the folder the paths in ${csvPath} are relative to`);
+  }
   const items: DatasetItem[] = [];
   const skipped: SkippedFile[] = [];
-  for (let r = 1; r < rows.length; r++) {
-    const line = r + 1;
-    const file = (rows[r][fileColumn] ?? '').trim().replace(/\\/g, '/');
-    const label = (rows[r][labelColumn] ?? '').trim().toLowerCase();
+  const rowOf = new Map<string, number>();
+  for (const { cells, line } of rows.slice(1)) {
+    const file = (cells[fileColumn] ?? '').trim().replace(/\\/g, '/');
+    const label = (cells[labelColumn] ?? '').trim().toLowerCase();
     if (file === '') {
       skipped.push({ path: `${path.basename(csvPath)}:${line}`, reason: 'missing', detail: `row ${line} has no file` });
-    } else if (!classes.includes(label)) {
+      continue;
+    }
+    checkRowPath(csvPath, line, file, rowOf);
+    if (!classes.includes(label)) {
       skipped.push({
         path: file,
         reason: 'unknown-label',
-        detail: `row ${line}: unknown label "${rows[r][labelColumn] ?? ''}" (known: ${classes.join(', ')})`,
+        detail: `row ${line}: unknown label "${cells[labelColumn] ?? ''}" (known: ${classes.join(', ')})`,
       });
     } else {
       const info = await inspectPath(path.resolve(root, file), options.maxFileBytes);
@@ -133,6 +146,37 @@ export async function listCsvDataset(csvPath: string, imagesDir: string, options
   }
   items.sort((a, b) => compareStrings(a.file, b.file));
   return { root, layout: 'csv', classes, items, skipped };
+}
+
+/**
+ * Refuses a CSV row whose path is absolute or leads out of the images folder once normalised (`a/../../b`; `a/../b`
+ * stays inside), and one naming a file an earlier row named (`rowOf`: each normalised path and its row). Backslashes
+ * count as separators, as they do on Windows.
+ */
+export function checkRowPath(csvPath: string, line: number, file: string, rowOf: Map<string, number>): void {
+  const posix = file.replace(/\\/g, '/');
+  const normal = path.posix.normalize(posix);
+  const shown = escapeControl(file);
+  const absolute = path.posix.isAbsolute(posix) || path.win32.isAbsolute(file);
+  if (absolute || normal === '..' || normal.startsWith('../'))
+    throw new Error(
+      `${csvPath}:${line}: "${shown}" is outside the images folder (${absolute ? 'an absolute path' : 'it climbs out through ..'}); paths are relative to that folder and stay inside it: fix the row`,
+    );
+  const first = rowOf.get(normal);
+  if (first !== undefined)
+    throw new Error(`${csvPath}: "${shown}" is listed twice (rows ${first} and ${line}); each file belongs to one row: remove the repeated row`);
+  rowOf.set(normal, line);
+}
+
+/**
+ * Whether a file named by a split or a CSV can be read as one; null, or the skip that says why not. Nothing is opened.
+ */
+export async function unusableFile(file: string, absPath: string, maxBytes?: number): Promise<SkippedFile | null> {
+  const info = await inspectPath(absPath, maxBytes);
+  if (info.kind === 'file') return null;
+  if (info.kind === 'folder') return { path: file, reason: 'not-a-file', detail: 'a folder, not a file' };
+  if (info.missing) return { path: file, reason: 'missing', detail: `no such file: ${absPath}` };
+  return { path: file, reason: info.error.code, detail: info.error.message };
 }
 
 /** Code-unit order, the same on every machine and locale. */

@@ -1,15 +1,15 @@
 // A pack: a whole data set decoded, cut to the field, resized (and optionally MPM-processed) once, stored as one
 // file that travels with the code. Layout: 8-byte magic, u32 LE header length, the JSON header, then one encoded
 // image per entry (offsets in the header, relative to the end of the header).
-import { open } from 'node:fs/promises';
+import { open, stat } from 'node:fs/promises';
 import path from 'node:path';
 import sharp from 'sharp';
 import type { MpmConfig } from '../preprocess/mpm.js';
-import type { SkippedFile } from './dataset.js';
-import { inspectPath, readFailure, readFileHead, readRegularFile, writeFileAtomic } from './files.js';
+import { type SkippedFile, unusableFile } from './dataset.js';
+import { readFailure, readFileHead, readRegularFile, writeFileAtomic } from './files.js';
 import { DEFAULT_GEOMETRY, type GeometryConfig } from './geometry.js';
 import { mapLimit } from './pool.js';
-import { type BlobCodec, measureReference, type Reference, type ReferenceScale, type Rgb } from './prepare.js';
+import { BLOB_CODECS, type BlobCodec, measureReference, type Reference, type ReferenceScale, type Rgb } from './prepare.js';
 import { PreparePool } from './prepare-pool.js';
 import type { Part } from './split.js';
 import type { StainRange } from './stain.js';
@@ -91,10 +91,9 @@ export async function writePack(allItems: readonly PackItem[], outPath: string, 
   // Items from a split were never listed: special files and files over the limit are skipped here, unopened.
   const items: PackItem[] = [];
   for (const item of allItems) {
-    const info = await inspectPath(item.path, options.maxFileBytes);
-    if (info.kind === 'file') items.push(item);
-    else if (info.kind === 'skip') skipped.push({ path: item.file, reason: info.error.code, detail: info.error.message });
-    else skipped.push({ path: item.file, reason: 'not-a-file', detail: 'not a regular file: a folder' });
+    const unusable = await unusableFile(item.file, item.path, options.maxFileBytes);
+    if (unusable) skipped.push(unusable);
+    else items.push(item);
   }
   const geometry = options.geometry ?? DEFAULT_GEOMETRY;
   const codec = options.codec ?? 'webp-lossless';
@@ -138,6 +137,13 @@ export async function writePack(allItems: readonly PackItem[], outPath: string, 
     blobs.push(result.data);
     offset += result.data.length;
   });
+  // A pack without images is no data set; readers would refuse it.
+  if (entries.length === 0) {
+    const first = skipped[options.skipped?.length ?? 0];
+    throw new Error(
+      `none of the ${allItems.length} files could be packed${first ? ` (the first: ${first.path} [${first.reason}] ${first.detail})` : ''}; nothing was written`,
+    );
+  }
   const header: PackHeader = {
     format: 'hemato-pack',
     version: 1,
@@ -193,14 +199,15 @@ async function readPackBytes(packPath: string, bytes?: number): Promise<Buffer> 
   }
 }
 
-/** Reads the header without touching the images. */
+/** Reads the header without touching the images; a header that does not describe this file is an Error naming it. */
 export async function readPackHeader(packPath: string): Promise<{ header: PackHeader; dataOffset: number }> {
   const prefix = await readPackBytes(packPath, 12);
   checkMagic(prefix, packPath);
   const length = prefix.length === 12 ? prefix.readUInt32LE(8) : 0;
   const head = await readPackBytes(packPath, 12 + length);
-  if (head.length !== 12 + length) throw new Error(`${packPath}: truncated pack header; write the pack again with hemato pack`);
-  return { header: JSON.parse(head.subarray(12).toString('utf8')) as PackHeader, dataOffset: 12 + length };
+  if (head.length !== 12 + length) throw damaged(packPath, 'the header is cut short');
+  const fileBytes = (await stat(packPath)).size;
+  return { header: parseHeader(head.subarray(12), packPath, fileBytes - 12 - length), dataOffset: 12 + length };
 }
 
 /** Decodes a whole pack (or some parts of it) into one contiguous buffer with its labels. */
@@ -208,16 +215,15 @@ export async function readPack(packPath: string, options: ReadPackOptions = {}):
   const bytes = await readPackBytes(packPath);
   checkMagic(bytes, packPath);
   const headerLength = bytes.length >= 12 ? bytes.readUInt32LE(8) : Infinity;
-  if (12 + headerLength > bytes.length) throw new Error(`${packPath}: truncated pack header; write the pack again with hemato pack`);
-  const header = JSON.parse(bytes.subarray(12, 12 + headerLength).toString('utf8')) as PackHeader;
+  if (12 + headerLength > bytes.length) throw damaged(packPath, 'the header is cut short');
   const dataOffset = 12 + headerLength;
+  const header = parseHeader(bytes.subarray(12, dataOffset), packPath, bytes.length - dataOffset);
   const entries = selectEntries(header, options.parts);
   const pixels = header.size * header.size * 3;
   const images = new Uint8Array(entries.length * pixels);
   await mapLimit(entries, options.concurrency ?? 8, async (entry, i) => {
     const start = dataOffset + entry.offset;
-    if (start + entry.length > bytes.length) throw new Error(`${packPath}: truncated pack (entry ${entry.file} ends past the file); write it again`);
-    images.set(await decodeBlob(bytes.subarray(start, start + entry.length), header.size, entry.file), i * pixels);
+    images.set(await decodeBlob(bytes.subarray(start, start + entry.length), header.size, entry.file, packPath), i * pixels);
   });
   return {
     images,
@@ -229,6 +235,60 @@ export async function readPack(packPath: string, options: ReadPackOptions = {}):
     parts: entries.map((e) => e.part),
     header,
   };
+}
+
+/** A pack that cannot be used as it is: what is wrong, and what to do. */
+function damaged(packPath: string, detail: string): Error {
+  return new Error(`${packPath}: damaged pack (${detail}); make the pack again with hemato pack`);
+}
+
+/**
+ * The JSON header, checked against what readers rely on: each entry's label names a class, its bytes lie inside the
+ * `dataBytes` after the header, the class names are distinct. A damaged header fails here, naming the pack, not later
+ * in a batch worker or when the model is saved.
+ */
+function parseHeader(json: Uint8Array, packPath: string, dataBytes: number): PackHeader {
+  let header: PackHeader;
+  try {
+    header = JSON.parse(Buffer.from(json).toString('utf8')) as PackHeader;
+  } catch (error) {
+    throw damaged(packPath, `the header is not JSON: ${(error as Error).message}`);
+  }
+  const problem = headerProblem(header, dataBytes);
+  if (problem) throw damaged(packPath, problem);
+  if (header.entries.length === 0) throw new Error(`${packPath} holds no images; make the pack again with hemato pack from a data set with images`);
+  return header;
+}
+
+const isCount = (value: unknown) => Number.isSafeInteger(value) && (value as number) >= 0;
+const isObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value);
+
+function headerProblem(header: unknown, dataBytes: number): string | null {
+  if (!isObject(header)) return 'the header is not a JSON object';
+  if (header.format !== 'hemato-pack' || header.version !== 1)
+    return `format ${JSON.stringify(header.format)} version ${JSON.stringify(header.version)}, not hemato-pack 1`;
+  const { size, classes, entries, count } = header;
+  if (!(Number.isInteger(size) && (size as number) >= 8 && (size as number) <= 4096)) return `size ${JSON.stringify(size)} is not a side in 8..4096`;
+  if (!isObject(header.geometry) || header.geometry.size !== size) return 'the geometry does not match the size';
+  if (!BLOB_CODECS.includes(header.codec as BlobCodec)) return `codec ${JSON.stringify(header.codec)} is not one of ${BLOB_CODECS.join(', ')}`;
+  if (!(header.mpm === null || isObject(header.mpm))) return 'mpm is neither null nor a settings object';
+  if (!Array.isArray(classes) || classes.length === 0 || !classes.every((c) => typeof c === 'string' && c !== '')) return 'classes is not a list of names';
+  const repeated = classes.find((c, i) => classes.indexOf(c) !== i);
+  if (repeated !== undefined) return `class "${repeated}" is named twice`;
+  if (!Array.isArray(entries)) return 'entries is not a list';
+  if (count !== entries.length) return `count ${JSON.stringify(count)} but ${entries.length} entries`;
+  if (!Array.isArray(header.skipped)) return 'skipped is not a list';
+  for (const [i, entry] of entries.entries()) {
+    const at = `entry ${i}`;
+    if (!isObject(entry) || typeof entry.file !== 'string' || entry.file === '') return `${at} names no file`;
+    if (!(Number.isInteger(entry.label) && (entry.label as number) >= 0 && (entry.label as number) < classes.length))
+      return `${at} (${entry.file}): label ${JSON.stringify(entry.label)} is not a class index in 0..${classes.length - 1}`;
+    if (!(entry.part === null || entry.part === 'train' || entry.part === 'val' || entry.part === 'test'))
+      return `${at} (${entry.file}): part ${JSON.stringify(entry.part)} is not train, val, test or null`;
+    if (!(isCount(entry.offset) && isCount(entry.length) && (entry.length as number) > 0 && (entry.offset as number) + (entry.length as number) <= dataBytes))
+      return `${at} (${entry.file}): bytes ${JSON.stringify(entry.offset)} + ${JSON.stringify(entry.length)} do not lie within the ${dataBytes} bytes of images (a truncated copy?)`;
+  }
+  return null;
 }
 
 export interface PackBatch {
@@ -254,12 +314,12 @@ export async function* streamPack(packPath: string, options: ReadPackOptions & {
         batch.map(async (entry) => {
           const blob = Buffer.alloc(entry.length);
           const { bytesRead } = await handle.read(blob, 0, entry.length, dataOffset + entry.offset);
-          if (bytesRead !== entry.length) throw new Error(`${packPath}: truncated pack (entry ${entry.file}); write it again`);
+          if (bytesRead !== entry.length) throw damaged(packPath, `entry ${entry.file} is cut short`);
           return blob;
         }),
       );
       const images = new Uint8Array(batch.length * pixels);
-      await mapLimit(blobs, options.concurrency ?? 8, async (blob, i) => images.set(await decodeBlob(blob, header.size, batch[i].file), i * pixels));
+      await mapLimit(blobs, options.concurrency ?? 8, async (blob, i) => images.set(await decodeBlob(blob, header.size, batch[i].file, packPath), i * pixels));
       yield { start, n: batch.length, images, labels: Int32Array.from(batch, (e) => e.label), files: batch.map((e) => e.file) };
     }
   } finally {
@@ -271,12 +331,24 @@ function selectEntries(header: PackHeader, parts: Part[] | undefined): PackEntry
   return parts ? header.entries.filter((e) => e.part !== null && parts.includes(e.part)) : header.entries;
 }
 
-async function decodeBlob(blob: Uint8Array, size: number, file: string): Promise<Uint8Array> {
-  const { data, info } = await sharp(blob).raw().toBuffer({ resolveWithObject: true });
-  if (info.width !== size || info.height !== size || info.channels !== 3) {
-    throw new Error(`pack entry ${file} decodes to ${info.width}×${info.height}×${info.channels}, expected ${size}×${size}×3; the pack is damaged`);
+/** One entry's pixels; bytes that do not decode, or decode to another shape, are a damaged pack. */
+async function decodeBlob(blob: Uint8Array, size: number, file: string, packPath: string): Promise<Uint8Array> {
+  let decoded;
+  try {
+    decoded = await sharp(blob).raw().toBuffer({ resolveWithObject: true });
+  } catch (error) {
+    throw damaged(packPath, `entry ${file} does not decode: ${(error as Error).message}`);
   }
+  const { data, info } = decoded;
+  if (info.width !== size || info.height !== size || info.channels !== 3)
+    throw damaged(packPath, `entry ${file} decodes to ${info.width}×${info.height}×${info.channels}, not ${size}×${size}×3`);
   return data;
+}
+
+/** Whether a file is a pack, by its magic; for saying what an output replaced. Nothing but its start is read. */
+export async function isPackFile(file: string): Promise<boolean> {
+  const head = await readFileHead(file, MAGIC.length).catch(() => null);
+  return head !== null && Buffer.from(head).toString('ascii') === MAGIC;
 }
 
 function checkMagic(bytes: Uint8Array, packPath: string): void {

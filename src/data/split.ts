@@ -2,8 +2,8 @@
 // (and, when asked, near-duplicates) always land in one part, and renaming or moving files changes nothing.
 import { createHash } from 'node:crypto';
 import { formatCsv, parseCsv } from './csv.js';
-import { compareStrings } from './dataset.js';
-import { readFailure, readRegularFile, writeFileAtomic } from './files.js';
+import { checkRowPath, compareStrings } from './dataset.js';
+import { escapeControl, readFailure, readFileHead, readRegularFile, writeFileAtomic } from './files.js';
 import type { DuplicateGroup, NearDuplicates, ScannedImage } from './scan.js';
 
 export type Part = 'train' | 'val' | 'test';
@@ -57,13 +57,19 @@ export interface Split {
   near_duplicates: NearDuplicateGrouping;
 }
 
-export function makeSplit(entries: readonly ScannedImage[], options: SplitOptions = {}): Split {
-  const seed = options.seed ?? 0;
-  const val = options.val ?? 0.15;
-  const test = options.test ?? 0;
+/** Refuses settings no split can be drawn with; makeSplit checks them, and callers may check them before a scan. */
+export function checkSplitOptions(options: SplitOptions): void {
+  const { seed = 0, val = 0.15, test = 0 } = options;
   if (!Number.isInteger(seed)) throw new Error(`seed must be an integer, got ${seed}`);
   if (!(val >= 0 && test >= 0 && val + test < 1)) throw new Error(`val and test fractions must be ≥ 0 and sum to less than 1, got ${val} and ${test}`);
   if (options.halveVal && test > 0) throw new Error('halving the validation part makes the test part: leave the test fraction at 0');
+}
+
+export function makeSplit(entries: readonly ScannedImage[], options: SplitOptions = {}): Split {
+  checkSplitOptions(options);
+  const seed = options.seed ?? 0;
+  const val = options.val ?? 0.15;
+  const test = options.test ?? 0;
 
   const groups = new Map<string, ScannedImage[]>();
   for (const entry of entries) groups.set(entry.sha256, [...(groups.get(entry.sha256) ?? []), entry]);
@@ -151,19 +157,28 @@ export function sha256Text(text: string): string {
   return createHash('sha256').update(text, 'utf8').digest('hex');
 }
 
+/** Where writeSplit records a split's details: `<name>.json` beside its CSV. */
+export function splitMetaPath(csvPath: string): string {
+  return csvPath.replace(/\.csv$/i, '') + '.json';
+}
+
 /**
  * Writes the CSV, and beside it `<name>.json` with the hash, the settings, the counts and what was excluded; each
  * whole or not at all.
  */
 export async function writeSplit(split: Split, csvPath: string, source?: string): Promise<string> {
-  const metaPath = csvPath.replace(/\.csv$/i, '') + '.json';
+  const metaPath = splitMetaPath(csvPath);
   const { rows: _rows, csv: _csv, ...meta } = split;
   await writeFileAtomic(csvPath, [Buffer.from(split.csv)]);
   await writeFileAtomic(metaPath, [Buffer.from(`${JSON.stringify({ csv: csvPath, source, ...meta }, null, 2)}\n`)]);
   return metaPath;
 }
 
-/** Reads a split CSV back; the hash is recomputed from the bytes, so it names exactly this file's content. */
+/**
+ * Reads a split CSV back; the hash is recomputed from the bytes, so it names exactly this file's content. Blank lines
+ * are passed over. A row with a part other than train, val or test, a path that leaves the images folder, or a file
+ * an earlier row named (it would be trained and validated on, or counted twice) is an Error naming the row.
+ */
 export async function readSplit(csvPath: string): Promise<{ rows: SplitRow[]; hash: string }> {
   const text = await readRegularFile(csvPath).then(
     (bytes) => bytes.toString('utf8'),
@@ -174,10 +189,23 @@ export async function readSplit(csvPath: string): Promise<{ rows: SplitRow[]; ha
   const [header, ...body] = parseCsv(text);
   if (header?.join(',') !== 'file,label,part')
     throw new Error(`${csvPath} is not a split CSV (its header must be file,label,part); make one with hemato split`);
-  const rows = body.map((cells, i): SplitRow => {
-    const [file, label, part] = cells;
-    if (part !== 'train' && part !== 'val' && part !== 'test') throw new Error(`${csvPath}:${i + 2}: part must be train, val or test, got "${part}"`);
-    return { file, label, part };
+  const rows: SplitRow[] = [];
+  const rowOf = new Map<string, number>();
+  body.forEach((cells, i) => {
+    const line = i + 2;
+    if (cells.every((cell) => cell.trim() === '')) return;
+    const [file = '', label = '', part] = cells;
+    if (part !== 'train' && part !== 'val' && part !== 'test')
+      throw new Error(`${csvPath}:${line}: part must be train, val or test, got ${part === undefined ? 'nothing' : `"${escapeControl(part)}"`}`);
+    if (file === '') throw new Error(`${csvPath}:${line}: the row names no file; give each row a path relative to the images folder`);
+    checkRowPath(csvPath, line, file, rowOf);
+    rows.push({ file, label, part });
   });
   return { rows, hash: sha256Text(text) };
+}
+
+/** Whether a file is a split CSV, by its header; for saying what an output replaced. Nothing but its start is read. */
+export async function isSplitFile(file: string): Promise<boolean> {
+  const head = await readFileHead(file, 64).catch(() => null);
+  return head !== null && /^file,label,part\r?\n/.test(Buffer.from(head).toString('utf8'));
 }

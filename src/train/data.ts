@@ -3,9 +3,9 @@
 import path from 'node:path';
 import { availableParallelism } from 'node:os';
 import type { ImageSet } from '../data/batches.js';
-import { type DatasetSource, listDataset, noLabelledImages, PBC_CLASSES, type SkippedFile } from '../data/dataset.js';
+import { type DatasetSource, listDataset, noLabelledImages, PBC_CLASSES, type SkippedFile, unusableFile } from '../data/dataset.js';
 import { DEFAULT_GEOMETRY, type GeometryConfig } from '../data/geometry.js';
-import { readPack } from '../data/pack.js';
+import { readPack, readPackHeader } from '../data/pack.js';
 import { backgroundColours, type InputRecipe, measureReference, type ReferenceScale, type Rgb } from '../data/prepare.js';
 import { PreparePool } from '../data/prepare-pool.js';
 import { scanDataset } from '../data/scan.js';
@@ -50,29 +50,36 @@ export interface LoadProgress {
 }
 
 export async function loadTrainingData(options: TrainingDataOptions, inputSize: number, onProgress?: LoadProgress): Promise<TrainingData> {
-  if ('pack' in options.source) return fromPack(options.source.pack, inputSize, Boolean(options.mpm));
+  if ('pack' in options.source) return fromPack(options.source.pack, inputSize, options);
   const source = options.source;
   const classes = (await listDataset(source, { classes: PBC_CLASSES })).classes;
   let rows: SplitRow[];
   let splitHash: string;
   let madeSplit: Split | null = null;
   let skipped: SkippedFile[] = [];
+  const root = 'dir' in source ? source.dir : source.images;
   if (options.split) {
     ({ rows, hash: splitHash } = await readSplit(options.split));
+    // Checked now, as a labels CSV is listed: not after minutes of decoding.
+    const usable: SplitRow[] = [];
+    for (const row of rows.filter((r) => r.part === 'train' || r.part === 'val')) {
+      const unusable = classes.includes(row.label)
+        ? await unusableFile(row.file, path.join(root, row.file))
+        : { path: row.file, reason: 'unknown-label' as const, detail: `unknown label "${row.label}" (known: ${classes.join(', ')})` };
+      if (unusable) skipped.push(unusable);
+      else usable.push(row);
+    }
+    rows = usable;
   } else {
     const scan = await scanDataset(source, { classes, onProgress: (done, total) => onProgress?.('scanning', done, total) });
     madeSplit = makeSplit(scan.entries, { seed: options.seed, val: options.valFraction ?? 0.15 });
     ({ rows, hash: splitHash } = madeSplit);
     skipped = scan.skipped;
   }
-  const root = 'dir' in source ? source.dir : source.images;
   rows = rows.filter((r) => r.part === 'train' || r.part === 'val');
-  const inPart = (part: string) => rows.filter((r) => r.part === part).length;
   if (rows.length === 0) throw new Error(noLabelledImages(path.resolve(root), skipped.length, classes));
-  if (inPart('train') === 0 || inPart('val') === 0)
-    throw new Error(
-      `the split gives ${inPart('train')} training and ${inPart('val')} validation images; training needs both (validation chooses the epoch kept): give more images, or a split with both parts (hemato split)`,
-    );
+  const inPart = (part: string) => rows.filter((r) => r.part === part).length;
+  needBothParts('the split gives', inPart('train'), inPart('val'), 'give more images, or a split with both parts (hemato split)');
   const geometry: GeometryConfig = { field: options.field === undefined ? DEFAULT_GEOMETRY.field : options.field, size: inputSize };
   const mpm = options.mpm ? resolveMpmConfig(options.mpm === true ? {} : options.mpm) : null;
   const paths = rows.map((r) => path.join(root, r.file));
@@ -108,17 +115,15 @@ export async function loadTrainingData(options: TrainingDataOptions, inputSize: 
   });
   const images = new Uint8Array(kept.length * pixels);
   kept.forEach(({ data }, i) => images.set(data, i * pixels));
-  const labels = Int32Array.from(kept, ({ row }) => {
-    const label = classes.indexOf(row.label);
-    if (label < 0) throw new Error(`${row.file}: label '${row.label}' is not one of ${classes.join(', ')}`);
-    return label;
-  });
+  const labels = Int32Array.from(kept, ({ row }) => classes.indexOf(row.label));
   const indicesOf = (part: string) => Int32Array.from(kept.flatMap(({ row }, i) => (row.part === part ? [i] : [])));
+  const [train, val] = [indicesOf('train'), indicesOf('val')];
+  needBothParts('of the images that decode, the split gives', train.length, val.length, 'see the skipped files, or give a split with more images in each part');
   return {
     set: { images, size: inputSize, labels, classes },
     files: kept.map(({ row }) => row.file),
-    train: indicesOf('train'),
-    val: indicesOf('val'),
+    train,
+    val,
     splitHash,
     madeSplit,
     preprocessing,
@@ -126,31 +131,53 @@ export async function loadTrainingData(options: TrainingDataOptions, inputSize: 
   };
 }
 
-async function fromPack(file: string, inputSize: number, mpm: boolean): Promise<TrainingData> {
-  const pack = await readPack(file);
-  if (pack.size !== inputSize)
+/** Training fits on one part and keeps the epoch that does best on the other: it cannot go on without either. */
+function needBothParts(source: string, train: number, val: number, remedy: string): void {
+  if (train === 0 || val === 0)
+    throw new Error(`${source} ${train} training and ${val} validation images; training needs both (validation chooses the epoch kept): ${remedy}`);
+}
+
+async function fromPack(file: string, inputSize: number, options: TrainingDataOptions): Promise<TrainingData> {
+  // A pack fixed its split and preparation when it was made: settings for them here would be recorded, not applied.
+  if (options.split)
+    throw new Error(`${file} is a pack, and its split was fixed when it was made (hemato pack --split); train from it without --split ${options.split}`);
+  // Everything that can refuse the pack is checked on its header, before its images are decoded.
+  const { header } = await readPackHeader(file);
+  if (header.size !== inputSize)
     throw new Error(
-      `${file} holds ${pack.size} px images, but the run asks for ${inputSize} px; pack again with --size ${inputSize} or train with --size ${pack.size}`,
+      `${file} holds ${header.size} px images, but the run asks for ${inputSize} px; pack again with --size ${inputSize} or train with --size ${header.size}`,
     );
   // A pack's images are preprocessed already; MPM asked of the run cannot be applied to them.
-  if (mpm && !pack.header.mpm) throw new Error(`${file} was packed without MPM, but the run asks for it; pack with --mpm, or train without it`);
-  if (!pack.header.splitHash) throw new Error(`${file} was packed without a split; make one with 'hemato split' and pack with --split`);
+  if (options.mpm && !header.mpm) throw new Error(`${file} was packed without MPM, but the run asks for it; pack with --mpm, or train without it`);
+  const ignored = [
+    options.normalizeScale === false && header.scale && '--no-scale (data.normalizeScale: false)',
+    options.whiteBalance === false && header.background && 'data.whiteBalance: false',
+    options.normalizeStain === false && header.stain && 'data.normalizeStain: false',
+  ].filter(Boolean);
+  if (ignored.length > 0)
+    throw new Error(
+      `${file} is a pack whose images were brought to the training scale, background and stain when it was made, so ${ignored.join(' and ')} cannot apply to them; leave that out, or train from a pack made with hemato pack --no-scale, or from the images`,
+    );
+  if (!header.splitHash) throw new Error(`${file} was packed without a split; make one with 'hemato split' and pack with --split`);
+  const count = (part: string) => header.entries.filter((e) => e.part === part).length;
+  needBothParts(`${file} holds`, count('train'), count('val'), 'make a split with both parts (hemato split) and pack again with --split');
+  const pack = await readPack(file);
   const indicesOf = (part: string) => Int32Array.from(pack.parts.flatMap((p, i) => (p === part ? [i] : [])));
   return {
     set: { images: pack.images, size: pack.size, labels: pack.labels, classes: pack.classes },
     files: pack.files,
     train: indicesOf('train'),
     val: indicesOf('val'),
-    splitHash: pack.header.splitHash,
+    splitHash: header.splitHash,
     madeSplit: null,
     preprocessing: {
-      geometry: pack.header.geometry,
-      mpm: pack.header.mpm,
-      scale: pack.header.scale ?? null,
-      background: backgroundColours(pack.header.background),
-      stain: pack.header.stain ?? null,
+      geometry: header.geometry,
+      mpm: header.mpm,
+      scale: header.scale ?? null,
+      background: backgroundColours(header.background),
+      stain: header.stain ?? null,
     },
-    skipped: pack.header.skipped,
+    skipped: header.skipped,
   };
 }
 

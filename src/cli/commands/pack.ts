@@ -4,7 +4,7 @@ import type { Command } from 'commander';
 import { listDataset, noLabelledImages, PBC_CLASSES, type SkippedFile } from '../../data/dataset.js';
 import { DEFAULT_GEOMETRY } from '../../data/geometry.js';
 import { escapeControl } from '../../data/files.js';
-import { type PackItem, writePack } from '../../data/pack.js';
+import { isPackFile, type PackItem, writePack } from '../../data/pack.js';
 import { BLOB_CODECS, type BlobCodec, isLossy } from '../../data/prepare.js';
 import { progressReporter } from '../progress.js';
 import { readSplit } from '../../data/split.js';
@@ -13,6 +13,7 @@ import { CliError, prepareOutputFile, printJson } from '../output.js';
 import { parseGeometry, readMpmConfig } from './preprocess.js';
 import { addSourceOptions, resolveSource, type SourceOptions } from './scan.js';
 import { parseThreadCount } from './shared.js';
+import { refuseOutputOverInput } from './split.js';
 
 interface PackOptions extends SourceOptions {
   out: string;
@@ -38,7 +39,7 @@ export function registerPack(program: Command): void {
   )
     .requiredOption('--out <file>', 'the pack file to write; an existing one is replaced only once the new one is complete')
     .option('--split <file.csv>', 'a split from hemato split: its files, labels and parts, and its hash, go into the pack')
-    .option('--size <px>', 'side of the square images in the pack', String(DEFAULT_GEOMETRY.size))
+    .option('--size <px>', 'side of the square images in the pack, a multiple of 32', String(DEFAULT_GEOMETRY.size))
     .option('--field <px|none>', 'centred square field cut before resizing; "none" takes the largest centred square', String(DEFAULT_GEOMETRY.field))
     .option('--mpm', 'apply the Multi-scale Preprocessing Module before encoding')
     .option('--no-scale', "take the files' pixels as they are, instead of bringing every image to the training part's red-cell scale and background colour")
@@ -54,6 +55,8 @@ export function registerPack(program: Command): void {
     .action(async (dir: string | undefined, options: PackOptions) => {
       const { source, root: dataRoot, classes: classOption, maxPixels, maxFileBytes } = await resolveSource(dir, options);
       const geometry = parseGeometry(options.size, options.field);
+      // A pack is for training, and the models take only multiples of 32 (both paths reach stride 32).
+      if (geometry.size % 32 !== 0) throw new CliError(`--size must be a multiple of 32 (the sizes a model trains at), got ${options.size}`, 2);
       const codec = options.codec as BlobCodec;
       if (!BLOB_CODECS.includes(codec)) throw new CliError(`--codec must be one of ${BLOB_CODECS.join(', ')}, got "${options.codec}"`, 2);
       const quality = Number(options.quality);
@@ -61,7 +64,10 @@ export function registerPack(program: Command): void {
         throw new CliError(`--quality must be an integer in 1..100, got "${options.quality}"`, 2);
       const mpm = options.mpm || options.mpmConfig ? resolveMpmConfig(await readMpmConfig(options.mpmConfig)) : null;
       // Checked now, not after minutes of decoding.
+      const labels: [string, string | undefined] = [options.labels ? '--labels' : '--csv', options.labels ?? options.csv];
+      await refuseOutputOverInput('--out', options.out, [options.out], [['--split', options.split], labels, ['--mpm-config', options.mpmConfig]]);
       const { replaces } = await prepareOutputFile(options.out);
+      const earlier = replaces && ((await isPackFile(options.out)) ? 'pack' : 'file');
       const classes = classOption ?? [...PBC_CLASSES];
 
       let items: PackItem[];
@@ -119,7 +125,7 @@ export function registerPack(program: Command): void {
       if (options.json) printJson(summary);
       else {
         process.stdout.write(
-          `${escapeControl(options.out)}: ${header.count} images at ${header.size} px, ${codec}${isLossy(codec) ? ` q${quality}` : ''}${mpm ? ', MPM' : ''}, ${summary.mib} MiB in ${summary.seconds} s${replaces ? ' (replaced the earlier pack)' : ''}\n`,
+          `${escapeControl(options.out)}: ${header.count} images at ${header.size} px, ${codec}${isLossy(codec) ? ` q${quality}` : ''}${mpm ? ', MPM' : ''}, ${summary.mib} MiB in ${summary.seconds} s${earlier ? ` (replaced the earlier ${earlier})` : ''}\n`,
         );
         for (const s of header.skipped) process.stdout.write(`  skipped ${escapeControl(s.path)}  [${s.reason}] ${escapeControl(s.detail)}\n`);
       }

@@ -1,22 +1,78 @@
-import type { Command } from 'commander';
+import { stat } from 'node:fs/promises';
+import { type Command, InvalidArgumentError } from 'commander';
 import { noLabelledImages, PBC_CLASSES } from '../../data/dataset.js';
 import { escapeControl } from '../../data/files.js';
 import { progressReporter } from '../progress.js';
 import { scanDataset } from '../../data/scan.js';
-import { makeSplit, type Part, writeSplit } from '../../data/split.js';
+import { checkSplitOptions, isSplitFile, makeSplit, type Part, type Split, splitMetaPath, writeSplit } from '../../data/split.js';
 import { CliError, prepareOutputFile, printJson } from '../output.js';
 import { addSourceOptions, NEAR_THRESHOLD_HELP, parseNearThreshold, resolveSource, type SourceOptions } from './scan.js';
 
 interface SplitCommandOptions extends SourceOptions {
   out: string;
-  seed: string;
-  val: string;
-  test: string;
+  seed: number;
+  val: number;
+  test: number;
   keepConflicts?: boolean;
   nearDuplicates?: boolean;
   nearThreshold?: number;
   halveVal?: boolean;
   json?: boolean;
+}
+
+/** The seeds train accepts, so that any split can be remade by the run that trains on it. */
+const MAX_SEED = 2 ** 32 - 1;
+
+function parseSeed(value: string): number {
+  // Digits only: Number() would also read '', '0x10', '1e3' and round 20-digit numbers.
+  if (!/^\d+$/.test(value) || Number(value) > MAX_SEED) throw new InvalidArgumentError(`expected a whole number in 0..${MAX_SEED}`);
+  return Number(value);
+}
+
+function parseSplitFraction(value: string): number {
+  if (!/^(\d+(\.\d*)?|\.\d+)$/.test(value) || Number(value) >= 1)
+    throw new InvalidArgumentError('expected a decimal fraction from 0 up to (not including) 1, such as 0.15');
+  return Number(value);
+}
+
+/**
+ * Refuses, before any work, an output that would replace one of the command's inputs. Compared as files (device and
+ * inode, links followed), so another path to the same file is caught too; an output not there yet is no input.
+ */
+export async function refuseOutputOverInput(
+  flag: string,
+  out: string,
+  outputs: readonly string[],
+  inputs: readonly [string, string | undefined][],
+): Promise<void> {
+  for (const output of outputs) {
+    const target = await stat(output).catch(() => null);
+    if (!target) continue;
+    for (const [inputFlag, input] of inputs) {
+      const source = input === undefined ? null : await stat(input).catch(() => null);
+      if (source && source.dev === target.dev && source.ino === target.ino)
+        throw new CliError(
+          `${flag} ${escapeControl(out)} ${output === out ? 'is' : `writes ${escapeControl(output)}, which is`} the ${inputFlag} file this command reads, and would replace it; give another ${flag}`,
+          2,
+        );
+    }
+  }
+}
+
+/** The parts the split was asked to fill that came out empty, each with what to change. */
+function emptyParts(split: Split, halveVal: boolean): string[] {
+  const empty = (part: Part) => Object.values(split.counts[part]).every((n) => n === 0);
+  const fractions = `--val ${split.val}${split.test > 0 ? ` and --test ${split.test}` : ''}`;
+  const warnings: string[] = [];
+  if (empty('train'))
+    warnings.push(`the train part is empty: with ${fractions} no image is left for it; training needs it: lower the fractions, or give more images`);
+  if (split.val > 0 && empty('val'))
+    warnings.push(`the val part is empty: no class has enough images for --val ${split.val} to draw one; training needs it: raise --val, or give more images`);
+  if (halveVal && split.val > 0 && empty('test'))
+    warnings.push('the test part is empty: no class has enough validation images for --halve-val to move one to test; raise --val, or give more images');
+  if (split.test > 0 && empty('test'))
+    warnings.push(`the test part is empty: no class has enough images for --test ${split.test} to draw one; raise --test, or give more images`);
+  return warnings;
 }
 
 export function registerSplit(program: Command): void {
@@ -32,9 +88,9 @@ export function registerSplit(program: Command): void {
       '--out <file.csv>',
       'where to write the split; <name>.json beside it records hash, settings and counts (files there are replaced once the new ones are written, and the output says so)',
     )
-    .option('--seed <n>', 'seed; the same seed and files give the same split on any machine', '0')
-    .option('--val <fraction>', 'fraction of each class for validation', '0.15')
-    .option('--test <fraction>', 'fraction of each class for test', '0')
+    .option('--seed <n>', `seed, a whole number in 0..${MAX_SEED}; the same seed and files give the same split on any machine`, parseSeed, 0)
+    .option('--val <fraction>', 'fraction of each class for validation', parseSplitFraction, 0.15)
+    .option('--test <fraction>', 'fraction of each class for test', parseSplitFraction, 0)
     .option(
       '--halve-val',
       'divide the validation part into two seeded halves: val, to choose epochs, temperature and thresholds on, and test, to quote figures on; the training part is unchanged',
@@ -45,10 +101,22 @@ export function registerSplit(program: Command): void {
     .option('--json', 'print one JSON document on stdout')
     .action(async (dir: string | undefined, options: SplitCommandOptions) => {
       if (options.nearThreshold !== undefined && !options.nearDuplicates) throw new CliError('--near-threshold applies only with --near-duplicates', 2);
+      const { seed, val, test } = options;
+      try {
+        checkSplitOptions({ seed, val, test, halveVal: options.halveVal });
+      } catch (error) {
+        throw new CliError(`${(error as Error).message} (--seed, --val, --test${options.halveVal ? ', --halve-val' : ''})`, 2);
+      }
       const { source, classes, maxPixels, maxFileBytes } = await resolveSource(dir, options);
+      await refuseOutputOverInput(
+        '--out',
+        options.out,
+        [options.out, splitMetaPath(options.out)],
+        [[options.labels ? '--labels' : '--csv', options.labels ?? options.csv]],
+      );
       // Checked now, not after the scan.
       const { replaces } = await prepareOutputFile(options.out);
-      const [seed, val, test] = [Number(options.seed), Number(options.val), Number(options.test)];
+      const earlier = replaces && ((await isSplitFile(options.out)) ? 'split' : 'file');
       const progress = progressReporter('scan');
       const report = await scanDataset(source, { classes, maxPixels, maxFileBytes, nearThreshold: options.nearThreshold, onProgress: progress.update }).finally(
         () => progress.stop(),
@@ -59,28 +127,25 @@ export function registerSplit(program: Command): void {
         throw new CliError(
           `${near.total} near-duplicate pairs: too many to keep together (at most ${near.pairs.length}); the data set is mostly look-alike images. Lower --near-threshold, or split without --near-duplicates`,
         );
-      let split;
-      try {
-        split = makeSplit(report.entries, {
-          seed,
-          val,
-          test,
-          conflicts: options.keepConflicts ? 'keep' : 'exclude',
-          nearDuplicates: options.nearDuplicates ? report.near_duplicates : undefined,
-          halveVal: options.halveVal,
-        });
-      } catch (error) {
-        throw new CliError(`${(error as Error).message} (--seed, --val, --test${options.halveVal ? ', --halve-val' : ''})`, 2);
-      }
+      const split = makeSplit(report.entries, {
+        seed,
+        val,
+        test,
+        conflicts: options.keepConflicts ? 'keep' : 'exclude',
+        nearDuplicates: options.nearDuplicates ? report.near_duplicates : undefined,
+        halveVal: options.halveVal,
+      });
       const meta = await writeSplit(split, options.out, report.root);
+      const warnings = emptyParts(split, Boolean(options.halveVal));
+      for (const warning of warnings) process.stderr.write(`warning: ${warning}\n`);
       const { rows: _rows, csv: _csv, ...summary } = split;
       if (options.json) {
-        printJson({ csv: options.out, meta, replaced: replaces, ...summary, skipped: report.skipped });
+        printJson({ csv: options.out, meta, replaced: replaces, ...summary, skipped: report.skipped, warnings });
         return;
       }
       const fractions = split.val_halved ? `val ${val}, halved into val and test` : `val ${val}, test ${test}`;
       const lines = [
-        `${escapeControl(options.out)}  sha256 ${split.hash}${replaces ? '  (replaced the earlier split)' : ''}`,
+        `${escapeControl(options.out)}  sha256 ${split.hash}${earlier ? `  (replaced the earlier ${earlier})` : ''}`,
         `seed ${seed}, ${fractions}; details in ${escapeControl(meta)}`,
       ];
       for (const part of ['train', 'val', 'test'] as Part[]) {
