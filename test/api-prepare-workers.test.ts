@@ -50,12 +50,12 @@ test('classifyBatch answers from worker threads as from the main thread: the sam
       [24, inputs.length],
     ]);
     await assert.rejects(pooled.classifyBatch(inputs, { onProgress: 'bar' as never }), /onProgress must be a function, got 'bar'/);
-    const pool = await (pooled as unknown as { workers: { pool: Promise<PreparePool | null> } }).workers.pool;
+    const pool = await (pooled as unknown as { shared: { pool: Promise<PreparePool | null> } }).shared.pool;
     assert.ok(pool && pool.threads > 1, 'the batch was prepared on worker threads');
     // Calls with fewer images than start the threads, in the same batches (the forward pass's numbers depend on them).
     const here = [];
     for (let start = 0; start < inputs.length; start += 8) here.push(...(await single.classifyBatch(inputs.slice(start, start + 8), { batchSize: 8 })));
-    assert.equal(await (single as unknown as { workers: { pool: unknown } }).workers.pool, null);
+    assert.equal(await (single as unknown as { shared: { pool: unknown } }).shared.pool, null);
     assert.deepEqual(comparable(together), comparable(here));
     assert.ok(
       together.slice(pbc.length, pbc.length + bccd.length).some((r) => 'stain' in r && r.stain === 'raised'),
@@ -94,7 +94,7 @@ test('images whose preparing threads have stopped are prepared on the main threa
   const classifier = await loadClassifier();
   try {
     const before = await classifier.classifyBatch(files);
-    const pool = await (classifier as unknown as { workers: { pool: Promise<PreparePool | null> } }).workers.pool;
+    const pool = await (classifier as unknown as { shared: { pool: Promise<PreparePool | null> } }).shared.pool;
     assert.ok(pool);
     await pool.close();
     assert.deepEqual(await classifier.classifyBatch(files), before);
