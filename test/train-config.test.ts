@@ -2,11 +2,15 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import * as E from '../src/engine/index.js';
 import { DEFAULT_AUGMENT } from '../src/data/augment.js';
+import { IMAGENET_NORMALIZATION } from '../src/data/batches.js';
+import { createModel } from '../src/models/index.js';
+import { saveModel } from '../src/models/io.js';
 import { DEFAULT_RUN, RunConfigError, resolveRunSettings, settingsChanges } from '../src/train/config.js';
 
 const run = promisify(execFile);
@@ -52,6 +56,22 @@ test('unknown settings are errors naming the source and the nearest known key', 
     /unknown setting 'data\.mpm\.contrast\.clipLimt'; did you mean 'clipLimit'\?/,
   );
   assert.throws(() => resolve(data, { augment: { flip: true } }), /layer1\.json: unknown setting 'augment\.flip'/);
+});
+
+test("settings named like Object's own properties are unknown settings, not a crash", () => {
+  for (const [text, key] of [
+    ['{"constructor": {}}', 'constructor'],
+    ['{"__proto__": {"epochs": 2}}', '__proto__'],
+    ['{"toString": 1}', 'toString'],
+    ['{"augment": {"toString": 1}}', 'augment\\.toString'],
+    ['{"data": {"hasOwnProperty": true}}', 'data\\.hasOwnProperty'],
+  ]) {
+    assert.throws(
+      () => resolve(data, JSON.parse(text)),
+      (e: Error) => e instanceof RunConfigError && new RegExp(`layer1\\.json: unknown setting '${key}'`).test(e.message),
+      text,
+    );
+  }
 });
 
 test('types and ranges are checked', () => {
@@ -150,4 +170,35 @@ test('hemato train: --pretrained takes one file or one per path, and --drop-path
     assert.match(outcome.stderr, message);
   }
   assert.equal(JSON.parse((await print()).stdout).pretrained, null);
+});
+
+test('hemato train: usage errors are found before the run folder is made, and leave nothing behind', async () => {
+  const other = path.join(dir, 'femto.safetensors');
+  const femto = createModel('convnext_femto', { numClasses: 2, inputSize: 32 });
+  await saveModel(other, femto, { classes: ['a', 'b'], normalization: IMAGENET_NORMALIZATION });
+  femto.dispose();
+  const cases: [string[], RegExp][] = [
+    [['--lr', '-1'], /lr must be a finite number above 0, not -1/],
+    [['--config', configFile('proto.json', { constructor: {} })], /unknown setting 'constructor'/],
+    [['--config', configFile('augment-proto.json', { augment: { toString: 1 } })], /unknown setting 'augment\.toString'/],
+    [['--resume'], /--resume: no checkpoint at .*; start without --resume/],
+    [['--nproc-per-node', '1000'], /--nproc-per-node must be an integer in 1\.\.\d+ \(up to 4 × the \d+ cores\)/],
+    [
+      ['--arch', 'convnext_atto', '--init', other],
+      /--init .*femto\.safetensors is a convnext_femto model; this run trains convnext_atto: pass --arch convnext_femto/,
+    ],
+  ];
+  if (!E.cudaAvailable()) cases.push([['--device', 'cuda'], /sees no CUDA device.*--device cpu/]);
+  for (const [i, [args, message]] of cases.entries()) {
+    const out = path.join(dir, `never-${i}`, 'a', 'b');
+    const outcome = await hemato('train', path.join(dir, 'no-cells'), ...args, '--out', out);
+    assert.equal(outcome.code, 2, `${args.join(' ')}: ${outcome.stderr}`);
+    assert.match(outcome.stderr, message);
+    assert.ok(!existsSync(path.join(dir, `never-${i}`)), `${args.join(' ')} made its --out folder`);
+  }
+  // A pack fixed its split when it was made: a --split beside it is refused from the settings alone.
+  const packed = await hemato('train', '--pack', path.join(dir, 'cells.pack'), '--split', 'split.csv', '--out', path.join(dir, 'never-pack', 'a'));
+  assert.equal(packed.code, 2, packed.stderr);
+  assert.match(packed.stderr, /cells\.pack is a pack, and its split was fixed when it was made/);
+  assert.ok(!existsSync(path.join(dir, 'never-pack')));
 });

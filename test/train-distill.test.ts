@@ -1,14 +1,20 @@
 // Distillation: the loss is least where the student matches the soft labels, a teacher's labels do not depend on
-// which flip or rotation of an image it saw, and a run computes them once, keeps them and reuses them on --resume.
+// which flip or rotation of an image it saw, and a run computes them once, keeps them and reuses them on --resume. A
+// teacher that is no hemato model, or one with NaN outputs, is named, and none of its labels are kept.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as E from '../src/engine/index.js';
 import { IMAGENET_NORMALIZATION, type ImageSet } from '../src/data/batches.js';
 import { PBC_CLASSES } from '../src/data/dataset.js';
-import { computeTeacherTargets, distillationLoss, TEACHER_FILE } from '../src/train/distill.js';
+import { NonFiniteModelError } from '../src/eval/finite.js';
+import { createModel } from '../src/models/index.js';
+import { saveModel } from '../src/models/io.js';
+import { RunConfigError } from '../src/train/config.js';
+import { computeTeacherTargets, distillationLoss, TEACHER_FILE, teacherTargets } from '../src/train/distill.js';
 import { runTraining } from '../src/train/run.js';
 import { saveUntrainedModel } from './helpers.js';
 import { TINY_RUN, writeNoisyImageFolder } from './train-fixtures.js';
@@ -91,4 +97,59 @@ test('a run distils from its teachers, keeps their labels in the run folder and 
     }),
     /none\.safetensors/,
   );
+});
+
+test('a teacher is checked before the data is read: a file missing, empty, a FIFO, a folder or no hemato model', async () => {
+  const dir = path.join(root, 'teachers');
+  mkdirSync(dir);
+  const empty = path.join(dir, 'empty.safetensors');
+  writeFileSync(empty, '');
+  const fifo = path.join(dir, 'pipe.safetensors');
+  execFileSync('mkfifo', [fifo]);
+  const timm = path.join(dir, 'timm.safetensors');
+  const weights = E.tensor(new Float32Array(2), [2]);
+  await E.saveSafetensors(timm, { weight: weights });
+  weights.dispose();
+  const cases: [string, RegExp][] = [
+    [path.join(dir, 'none.safetensors'), /^--teacher: cannot read .*none\.safetensors: no such file/],
+    [empty, /^--teacher: .*empty\.safetensors is not a safetensors file/],
+    [fifo, /^--teacher: cannot read .*pipe\.safetensors: not a regular file: a named pipe/],
+    [dir, /^--teacher: cannot read .*teachers: not a regular file: a folder/],
+    [timm, /^--teacher takes a model saved by hemato, and .*timm\.safetensors has no hemato metadata/],
+  ];
+  const runDir = path.join(root, 'never-run');
+  // The data folder does not exist: each teacher must be refused before it is looked at.
+  const data = { ...TINY_RUN.data, source: { dir: path.join(root, 'no-cells') } };
+  for (const [teacher, message] of cases)
+    await assert.rejects(
+      runTraining({ runDir, overrides: { ...TINY_RUN, data, distill: { teachers: [teacher], weight: 0.5, temperature: 2 } }, note: () => {} }),
+      (e: Error) => e instanceof RunConfigError && message.test(e.message),
+    );
+  assert.ok(!existsSync(runDir));
+});
+
+test('a teacher whose outputs overflow to NaN is named, and none of its labels are kept', async () => {
+  const teacher = path.join(root, 'overflowing.safetensors');
+  const classes = ['neutrophil', 'platelet'];
+  E.manualSeed(0);
+  const model = createModel('convnext_atto', { numClasses: classes.length, inputSize: 32 });
+  // Finite weights whose logits are not: the check of the weights passes, the outputs are what is wrong.
+  E.noGrad(() => model.stateDict().get('head.fc.weight')!.fill_(3e38));
+  await saveModel(teacher, model, { classes, normalization: IMAGENET_NORMALIZATION });
+  model.dispose();
+  const size = 32;
+  const data: ImageSet = {
+    images: Uint8Array.from({ length: 2 * size * size * 3 }, (_, i) => (i * 37) % 251),
+    size,
+    labels: Int32Array.from([0, 1]),
+    classes,
+  };
+  const runDir = mkdtempSync(path.join(tmpdir(), 'hemato-teacher-'));
+  const options = { normalization: IMAGENET_NORMALIZATION, device: 'cpu' as const, precision: 'fp32' as const, batchSize: 2, write: true, note: () => {} };
+  await assert.rejects(
+    teacherTargets(runDir, { teachers: [teacher], weight: 0.5, temperature: 2 }, data, Int32Array.from([0, 1]), options),
+    (e: Error) =>
+      e instanceof NonFiniteModelError && /^the teacher .*overflowing\.safetensors gives NaN or infinite outputs on the training images/.test(e.message),
+  );
+  assert.ok(!existsSync(path.join(runDir, TEACHER_FILE)));
 });

@@ -1,15 +1,20 @@
-// runTraining on a tiny image folder: skipped files are reported, finished runs are not overwritten unasked,
-// --resume refuses other settings and other data, one process per run folder, and a diverged model is never kept.
+// runTraining on a tiny image folder: skipped files are reported, no file of an earlier run (nor a link) is replaced
+// unasked or written through, the models to start from are checked before the data is read, --resume refuses other
+// settings, other data, a damaged checkpoint and a finished run, one process per run folder, and a diverged model is
+// never kept.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import path from 'node:path';
-import type { RunConfigInput } from '../src/train/config.js';
+import * as E from '../src/engine/index.js';
+import { IMAGENET_NORMALIZATION } from '../src/data/batches.js';
+import { createModel } from '../src/models/index.js';
+import { type RunConfigInput, RunConfigError } from '../src/train/config.js';
 import { LOCK_FILE, lockRunDir } from '../src/train/lock.js';
 import { runTraining, type TrainingRequest } from '../src/train/run.js';
-import { loadModel } from '../src/models/io.js';
+import { loadModel, saveModel } from '../src/models/io.js';
 import { SHARED } from './helpers.js';
 import { TINY_RUN, writeNoisyImageFolder } from './train-fixtures.js';
 
@@ -66,14 +71,24 @@ test('a run reports skipped files, keeps finished results unless told to overwri
     runTraining(request(runDir, folder, { resume: true, settings: { epochs: 2, lr: 0.01 } })),
     (e: Error) => /differ from .*config\.json/.test(e.message) && /epochs: 1 → 2/.test(e.message) && /lr: 0\.001 → 0\.01/.test(e.message),
   );
-
-  // An image that became unreadable changes the data: refused, unless allowed, and then said.
-  writeFileSync(path.join(folder, 'platelet', 'platelet_0.png'), 'truncated');
+  // A finished run has nothing to resume: it says so and how to train further, and rewrites nothing.
+  const finished = readFileSync(path.join(runDir, 'model.safetensors'));
   await assert.rejects(
     runTraining(request(runDir, folder, { resume: true })),
+    /the run in .*run is finished \(it trained its 1 epoch, and its model is .*model\.safetensors\); there is nothing to resume\. To train it further, start a new run from its model: --init /,
+  );
+  assert.deepEqual(readFileSync(path.join(runDir, 'model.safetensors')), finished);
+  assert.equal(readFileSync(path.join(runDir, 'report.md'), 'utf8'), report);
+
+  // An image that became unreadable changes the data of an unfinished run: refused, unless allowed, and then said.
+  const partDir = path.join(root, 'run-part');
+  assert.equal((await runTraining(request(partDir, folder, { shouldStop: () => true }))).interrupted, true);
+  writeFileSync(path.join(folder, 'platelet', 'platelet_0.png'), 'truncated');
+  await assert.rejects(
+    runTraining(request(partDir, folder, { resume: true })),
     /training data differ from the run's[^]*1 removed: platelet\/platelet_0\.png[^]*--allow-changed-data/,
   );
-  const allowed = request(runDir, folder, { resume: true, allowChangedData: true, settings: { workers: 1 } });
+  const allowed = request(partDir, folder, { resume: true, allowChangedData: true, settings: { workers: 1 } });
   assert.equal((await runTraining(allowed)).interrupted, false);
   assert.ok(
     allowed.notes.some((n) => n.startsWith('--allow-changed-data') && n.includes('platelet/platelet_0.png')),
@@ -84,12 +99,133 @@ test('a run reports skipped files, keeps finished results unless told to overwri
   rmSync(path.join(runDir, 'checkpoint.safetensors'));
   await assert.rejects(
     runTraining(request(runDir, folder)),
-    /holds a finished run's model \(best\.safetensors, model\.safetensors, log\.jsonl\); choose another --out, or pass --overwrite/,
+    /holds a finished run's model \(best\.safetensors, model\.safetensors, log\.jsonl and 10 other files\); choose another --out, or pass --overwrite/,
   );
   const again = request(runDir, folder, { overwrite: true, settings: { seed: 5 } });
   await runTraining(again);
   assert.equal(lines(path.join(runDir, 'log.jsonl')).length, 1, "nothing of the old run's log is left");
   assert.equal(JSON.parse(readFileSync(path.join(runDir, 'config.json'), 'utf8')).seed, 5);
+});
+
+test('a new run replaces no file it writes unasked, nor a file it reads, and never writes through a link', async () => {
+  const folder = await imageFolder('cells-outputs');
+  const first = path.join(root, 'outputs-first');
+  await runTraining(request(first, folder));
+
+  // A split made beforehand (hemato split) is an earlier file where the run makes its own, and an input where given.
+  const splitDir = path.join(root, 'with-split');
+  mkdirSync(splitDir);
+  for (const name of ['split.csv', 'split.json']) copyFileSync(path.join(first, name), path.join(splitDir, name));
+  const split = readFileSync(path.join(splitDir, 'split.csv'));
+  await assert.rejects(
+    runTraining(request(splitDir, folder)),
+    /with-split holds files this run writes \(split\.csv, split\.json\); train on its split with --split .*split\.csv, choose another --out, or pass --overwrite to replace them/,
+  );
+  assert.ok(!existsSync(path.join(splitDir, 'config.json')));
+  await runTraining(request(splitDir, folder, { settings: { data: { split: path.join(splitDir, 'split.csv') } } }));
+  assert.deepEqual(readFileSync(path.join(splitDir, 'split.csv')), split);
+
+  // A model the run starts or distils from may not be one it replaces: --overwrite would delete it unread.
+  const inputs: [string, RunConfigInput][] = [
+    ['--init', { init: path.join(first, 'model.safetensors') }],
+    ['--teacher', { distill: { teachers: [path.join(first, 'best.safetensors')], weight: 0.5, temperature: 2 } }],
+  ];
+  for (const [flag, settings] of inputs) {
+    await assert.rejects(
+      runTraining(request(first, folder, { overwrite: true, settings })),
+      (e: Error) =>
+        e instanceof RunConfigError &&
+        new RegExp(`^${flag} .*outputs-first/(model|best)\\.safetensors is in --out .*outputs-first, where this run writes its own`).test(e.message),
+    );
+  }
+  assert.ok(
+    ['model.safetensors', 'best.safetensors', 'log.jsonl'].every((name) => existsSync(path.join(first, name))),
+    'nothing was removed',
+  );
+
+  // A link at one of its names, even a dangling one, is an earlier file; --overwrite removes the link, not its target.
+  const keep = path.join(root, 'keep.txt');
+  writeFileSync(keep, 'keep');
+  const linked = path.join(root, 'linked');
+  mkdirSync(linked);
+  symlinkSync(keep, path.join(linked, 'provenance.json'));
+  symlinkSync(path.join(root, 'gone.txt'), path.join(linked, 'config.json'));
+  await assert.rejects(runTraining(request(linked, folder)), /linked holds files this run writes \(config\.json, provenance\.json\)/);
+  assert.equal(readFileSync(keep, 'utf8'), 'keep');
+  await runTraining(request(linked, folder, { overwrite: true }));
+  assert.equal(readFileSync(keep, 'utf8'), 'keep');
+  assert.ok(!existsSync(path.join(root, 'gone.txt')));
+
+  // A resumed run writes its files whole under their names: a link there is replaced, never written through.
+  const resumed = path.join(root, 'linked-resume');
+  assert.equal((await runTraining(request(resumed, folder, { shouldStop: () => true }))).interrupted, true);
+  rmSync(path.join(resumed, 'provenance.json'));
+  symlinkSync(keep, path.join(resumed, 'provenance.json'));
+  assert.equal((await runTraining(request(resumed, folder, { resume: true }))).interrupted, false);
+  assert.equal(readFileSync(keep, 'utf8'), 'keep');
+  assert.ok(lstatSync(path.join(resumed, 'provenance.json')).isFile());
+});
+
+test('a model to start or distil from is checked before the data is read: its architecture and its weights', async () => {
+  const save = async (name: string, architecture: string, damaged = false) => {
+    const file = path.join(root, `${name}.safetensors`);
+    E.manualSeed(0);
+    const model = createModel(architecture, { numClasses: CLASSES.length, inputSize: 32 });
+    if (damaged) E.noGrad(() => model.stateDict().get('head.fc.weight')!.fill_(Number.NaN));
+    await saveModel(file, model, { classes: CLASSES, normalization: IMAGENET_NORMALIZATION });
+    model.dispose();
+    return file;
+  };
+  const femto = await save('femto', 'convnext_femto');
+  const nan = await save('nan', 'convnext_atto', true);
+  const cases: [RunConfigInput, RegExp][] = [
+    [{ init: femto }, /^--init .*femto\.safetensors is a convnext_femto model; this run trains convnext_atto: pass --arch convnext_femto, or another --init$/],
+    [{ init: nan }, /^--init .*nan\.safetensors has NaN or infinite weights \(head\.fc\.weight\); the file is damaged: start from another model$/],
+    [
+      { distill: { teachers: [nan], weight: 0.5, temperature: 2 } },
+      /^--teacher .*nan\.safetensors has NaN or infinite weights \(head\.fc\.weight\); the file is damaged: use another teacher$/,
+    ],
+  ];
+  // The data folder does not exist: each case must be refused before it is looked at.
+  for (const [settings, message] of cases)
+    await assert.rejects(
+      runTraining(request(path.join(root, 'never-run'), path.join(root, 'no-cells'), { settings })),
+      (e: Error) => e instanceof RunConfigError && message.test(e.message),
+    );
+  assert.ok(!existsSync(path.join(root, 'never-run')));
+});
+
+test('on --resume, a damaged checkpoint or one of another architecture is refused with the ways on', async () => {
+  const folder = await imageFolder('cells-damaged');
+  const runDir = path.join(root, 'damaged');
+  assert.equal((await runTraining(request(runDir, folder, { shouldStop: () => true }))).interrupted, true);
+  const checkpoint = path.join(runDir, 'checkpoint.safetensors');
+  const intact = readFileSync(checkpoint);
+  const header = (config: unknown) =>
+    E.serializeSafetensors(new Map(), {
+      format: 'hemato-checkpoint',
+      loop: JSON.stringify({ epoch: 0, batch: 1, globalStep: 1, bestScore: -1, bestEpoch: -1, history: [] }),
+      optimizer: '{}',
+      config: JSON.stringify(config),
+    });
+  const config = JSON.parse(readFileSync(path.join(runDir, 'config.json'), 'utf8'));
+  const cases: [Uint8Array, RegExp][] = [
+    [intact.subarray(0, intact.length >> 1), /checkpoint\.safetensors holds \d+ bytes of tensor data where its header describes \d+/],
+    [Buffer.from('not a checkpoint'), /checkpoint\.safetensors is not a safetensors file/],
+    [
+      header({ ...config, model: 'convnext_femto' }),
+      /checkpoint\.safetensors is a checkpoint of a convnext_femto run, and .*config\.json trains convnext_atto/,
+    ],
+    // Its header is sound, its weights missing: found as it is loaded, after the data.
+    [header(config), /checkpoint\.safetensors: .*model/],
+  ];
+  for (const [bytes, damage] of cases) {
+    writeFileSync(checkpoint, bytes);
+    await assert.rejects(
+      runTraining(request(runDir, folder, { resume: true })),
+      (e: Error) => damage.test(e.message) && /; the run cannot continue from it: start it again with --overwrite/.test(e.message),
+    );
+  }
 });
 
 test('one training process per run folder: a live holder is an error, a dead one is taken over', async () => {

@@ -12,7 +12,7 @@ import './dualpath.js';
 /** The metadata key that holds hemato's JSON document. */
 const METADATA_KEY = 'hemato';
 const FORMAT = 'hemato-model';
-/** The format a training checkpoint's metadata names (train/checkpoint.ts): weights, optimiser and loop, not a model. */
+/** The format a training checkpoint's metadata names: weights, optimiser state and loop position, not a model. */
 export const CHECKPOINT_FORMAT = 'hemato-checkpoint';
 const VERSION = 1;
 

@@ -7,6 +7,7 @@ import { removeStaleTemporaries, writeFileAtomic } from '../data/files.js';
 import * as E from '../engine/index.js';
 import { NonFiniteModelError } from '../eval/finite.js';
 import type { Module } from '../nn/index.js';
+import { CHECKPOINT_FORMAT } from '../models/io.js';
 import { RESTART_ADVICE } from './step.js';
 
 export const CHECKPOINT_FILE = 'checkpoint.safetensors';
@@ -36,7 +37,7 @@ export async function saveCheckpoint(file: string, parts: TrainingParts, loop: L
   for (const [key, t] of parts.ema ?? []) tensors.set(`ema.${key}`, t);
   await writeFileAtomic(file, [
     E.serializeSafetensors(tensors, {
-      format: 'hemato-checkpoint',
+      format: CHECKPOINT_FORMAT,
       loop: JSON.stringify(loop),
       optimizer: JSON.stringify(optimizerState.json),
       config: JSON.stringify(config),
@@ -49,20 +50,64 @@ export interface LoadedCheckpoint {
   config: unknown;
 }
 
+/**
+ * A checkpoint that cannot be resumed from: the damage, and the two ways on (the run's best model, where it has one,
+ * survives a damaged checkpoint).
+ */
+export function unusableCheckpoint(file: string, problem: string): Error {
+  const best = path.join(path.dirname(file), 'best.safetensors');
+  const fineTune = existsSync(best) ? `, or fine-tune its best model in a new run (--init ${best} --out NEW)` : '';
+  return new Error(`${problem}; the run cannot continue from it: start it again with --overwrite${fineTune}`);
+}
+
+/** Runs a step of reading a checkpoint; whatever it throws becomes unusableCheckpoint's error. */
+async function asCheckpoint<T>(file: string, step: () => Promise<T>): Promise<T> {
+  try {
+    return await step();
+  } catch (error) {
+    const message = (error as Error).message;
+    throw unusableCheckpoint(file, message.includes(file) ? message : `${file}: ${message}`);
+  }
+}
+
+/** A checkpoint's loop position and settings, read from its header alone (nothing is loaded). */
+export async function readCheckpointHeader(file: string): Promise<LoadedCheckpoint> {
+  return asCheckpoint(file, async () => {
+    const metadata = await E.readSafetensorsMetadata(file);
+    return parseHeader(file, metadata ?? {});
+  });
+}
+
+function parseHeader(file: string, metadata: Record<string, string>): LoadedCheckpoint {
+  if (metadata.format !== CHECKPOINT_FORMAT) throw new Error(`${file} is not a hemato training checkpoint`);
+  let header: LoadedCheckpoint;
+  try {
+    header = { loop: JSON.parse(metadata.loop) as LoopState, config: JSON.parse(metadata.config) };
+  } catch {
+    throw new Error(`${file}: the loop position or settings in its header are not valid JSON; the file is damaged`);
+  }
+  const { epoch, batch, bestEpoch } = (header.loop ?? {}) as Partial<LoopState>;
+  if (![epoch, batch, bestEpoch].every((n) => Number.isInteger(n) && n! >= -1))
+    throw new Error(`${file}: the loop position in its header is ${JSON.stringify(header.loop)?.slice(0, 80)}; the file is damaged`);
+  return header;
+}
+
 /** Restores a checkpoint into the given model, optimizer and EMA; their tensors keep their identities. */
 export async function loadCheckpoint(file: string, parts: TrainingParts): Promise<LoadedCheckpoint> {
   await removeStaleTemporaries(file);
-  const { tensors, metadata } = await E.loadSafetensors(file);
+  const { tensors, metadata } = await asCheckpoint(file, () => E.loadSafetensors(file));
   try {
-    if (metadata.format !== 'hemato-checkpoint') throw new Error(`${file} is not a hemato training checkpoint`);
-    const section = (prefix: string) => new Map([...tensors].filter(([k]) => k.startsWith(prefix)).map(([k, t]) => [k.slice(prefix.length), t]));
-    parts.model.loadStateDict(section('model.'));
-    parts.optimizer.loadStateDict({ tensors: section('optimizer.'), json: JSON.parse(metadata.optimizer) });
-    if (parts.ema)
-      E.noGrad(() => {
-        for (const [key, t] of section('ema.')) parts.ema!.get(key)?.copy_(t);
-      });
-    return { loop: JSON.parse(metadata.loop) as LoopState, config: JSON.parse(metadata.config) };
+    return await asCheckpoint(file, async () => {
+      const header = parseHeader(file, metadata);
+      const section = (prefix: string) => new Map([...tensors].filter(([k]) => k.startsWith(prefix)).map(([k, t]) => [k.slice(prefix.length), t]));
+      parts.model.loadStateDict(section('model.'));
+      parts.optimizer.loadStateDict({ tensors: section('optimizer.'), json: JSON.parse(metadata.optimizer) });
+      if (parts.ema)
+        E.noGrad(() => {
+          for (const [key, t] of section('ema.')) parts.ema!.get(key)?.copy_(t);
+        });
+      return header;
+    });
   } finally {
     E.dispose(tensors);
   }

@@ -259,13 +259,14 @@ function check(value: unknown, field: Field, at: string, source: string, complet
   if (!field.accepts(value)) throw new RunConfigError(`${source}: ${at || 'the settings'} must be ${field.expect}, not ${show(value)}`);
   if (!field.fields || !isObject(value)) return;
   for (const [key, v] of Object.entries(value)) {
+    // Own keys only: 'constructor' or '__proto__' in a file must be unknown settings, not Object's properties.
+    if (!Object.hasOwn(field.fields, key)) throw unknownKey(source, at, key, Object.keys(field.fields));
     const sub = field.fields[key];
-    if (!sub) throw unknownKey(source, at, key, Object.keys(field.fields));
     check(v, sub, join(at, key), source, complete);
   }
   if (!complete || field.partial) return;
   const missing = Object.entries(field.fields)
-    .filter(([key, sub]) => !sub.optional && !(key in value))
+    .filter(([key, sub]) => !sub.optional && !Object.hasOwn(value, key))
     .map(([key]) => key);
   if (missing.length > 0) throw new RunConfigError(`${source}: ${at ? `${at} needs` : 'the settings need'} ${missing.map((k) => `'${k}'`).join(', ')}`);
 }
@@ -277,15 +278,15 @@ function merge(base: unknown, over: unknown, field: Field | undefined): unknown 
   if (over === true && isObject(base) && field?.fields) return base;
   if (!field?.fields || !isObject(base) || !isObject(over)) return structuredClone(over);
   const out: Record<string, unknown> = { ...base };
-  for (const [key, v] of Object.entries(over)) out[key] = merge(base[key], v, field.fields[key]);
+  for (const [key, v] of Object.entries(over)) out[key] = merge(base[key], v, Object.hasOwn(field.fields, key) ? field.fields[key] : undefined);
   return out;
 }
 
 /** A layer's settings with `arch` given as `model`, the key a run records. */
 function archAsModel(settings: Record<string, unknown>, source: string): Record<string, unknown> {
-  if (!('arch' in settings)) return settings;
+  if (!Object.hasOwn(settings, 'arch')) return settings;
   const { arch, ...rest } = settings;
-  if ('model' in rest && rest.model !== arch)
+  if (Object.hasOwn(rest, 'model') && rest.model !== arch)
     throw new RunConfigError(`${source}: arch ${show(arch)} and model ${show(rest.model)} are one setting; give one of them`);
   return { ...rest, model: arch };
 }

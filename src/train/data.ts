@@ -5,7 +5,7 @@ import { availableParallelism } from 'node:os';
 import type { ImageSet } from '../data/batches.js';
 import { type DatasetSource, listDataset, noLabelledImages, PBC_CLASSES, type SkippedFile, unusableFile } from '../data/dataset.js';
 import { DEFAULT_GEOMETRY, type GeometryConfig } from '../data/geometry.js';
-import { readPack, readPackHeader } from '../data/pack.js';
+import { type PackHeader, readPack, readPackHeader } from '../data/pack.js';
 import { backgroundColours, type InputRecipe, measureReference, type ReferenceScale, type Rgb } from '../data/prepare.js';
 import { PreparePool } from '../data/prepare-pool.js';
 import { scanDataset } from '../data/scan.js';
@@ -137,7 +137,15 @@ function needBothParts(source: string, train: number, val: number, remedy: strin
     throw new Error(`${source} ${train} training and ${val} validation images; training needs both (validation chooses the epoch kept): ${remedy}`);
 }
 
-async function fromPack(file: string, inputSize: number, options: TrainingDataOptions): Promise<TrainingData> {
+/**
+ * Checks a pack against the run's settings on its header alone, before anything is decoded (or a run folder made):
+ * its size, preparation and parts must be what the run can train from.
+ */
+export async function checkPackSource(
+  file: string,
+  inputSize: number,
+  options: Omit<TrainingDataOptions, 'source'>,
+): Promise<PackHeader & { splitHash: string }> {
   // A pack fixed its split and preparation when it was made: settings for them here would be recorded, not applied.
   if (options.split)
     throw new Error(`${file} is a pack, and its split was fixed when it was made (hemato pack --split); train from it without --split ${options.split}`);
@@ -158,9 +166,15 @@ async function fromPack(file: string, inputSize: number, options: TrainingDataOp
     throw new Error(
       `${file} is a pack whose images were brought to the training scale, background and stain when it was made, so ${ignored.join(' and ')} cannot apply to them; leave that out, or train from a pack made with hemato pack --no-scale, or from the images`,
     );
-  if (!header.splitHash) throw new Error(`${file} was packed without a split; make one with 'hemato split' and pack with --split`);
+  const { splitHash } = header;
+  if (!splitHash) throw new Error(`${file} was packed without a split; make one with 'hemato split' and pack with --split`);
   const count = (part: string) => header.entries.filter((e) => e.part === part).length;
   needBothParts(`${file} holds`, count('train'), count('val'), 'make a split with both parts (hemato split) and pack again with --split');
+  return { ...header, splitHash };
+}
+
+async function fromPack(file: string, inputSize: number, options: TrainingDataOptions): Promise<TrainingData> {
+  const header = await checkPackSource(file, inputSize, options);
   const pack = await readPack(file);
   const indicesOf = (part: string) => Int32Array.from(pack.parts.flatMap((p, i) => (p === part ? [i] : [])));
   return {

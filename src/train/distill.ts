@@ -3,12 +3,12 @@
 // hemato models, each averaged over the 8 flips and 90° rotations of an image, so its labels hold for any of the
 // views the augmentation shows the student.
 import { existsSync } from 'node:fs';
-import { rename } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import path from 'node:path';
 import * as E from '../engine/index.js';
 import { DIHEDRAL, type ImageSet, type Normalization, makeBatch } from '../data/batches.js';
-import { readFailure, readRegularFile } from '../data/files.js';
+import { readFailure, readRegularFile, writeFileAtomic } from '../data/files.js';
+import { countNonFinite, NonFiniteModelError } from '../eval/finite.js';
 import { loadModel } from '../models/io.js';
 import type { Mix } from './mix.js';
 import type { SoftLabels } from './step.js';
@@ -26,7 +26,8 @@ export const TEACHER_FILE = 'teacher-targets.safetensors';
 
 /**
  * The teachers' averaged probabilities at the temperature [n × classes], row i for image i of the set (rows of images
- * outside `indices` stay zero). Each teacher must have the set's classes.
+ * outside `indices` stay zero). Each teacher must have the set's classes, and give finite outputs: NaN labels would
+ * only make the student's loss NaN.
  */
 export async function computeTeacherTargets(
   settings: DistillSettings,
@@ -51,6 +52,10 @@ export async function computeTeacherTargets(
             return E.F.softmax(E.stack(views).mean([0]).div(settings.temperature), 1).data() as Float32Array;
           }),
         );
+        if (countNonFinite(probabilities) > 0)
+          throw new NonFiniteModelError(
+            `the teacher ${file} gives NaN or infinite outputs on the training images (at ${options.precision}); its labels are not kept: the file is damaged or its outputs overflow, so leave it out or use another teacher`,
+          );
         batch.forEach((image, row) => {
           for (let c = 0; c < k; c++) sum[image * k + c] += probabilities[row * k + c] / settings.teachers.length;
         });
@@ -94,9 +99,11 @@ export async function teacherTargets(
   if (existsSync(file)) {
     const { tensors, metadata } = await E.loadSafetensors(file);
     try {
-      if (metadata.key === key) {
+      const stored = metadata.key === key ? (tensors.get('targets')?.data() as Float32Array | undefined) : undefined;
+      // Stored labels that are not all finite are not used: computed again, the teacher that gives them is named.
+      if (stored && countNonFinite(stored) === 0) {
         options.note(`distillation: the teachers' labels from ${file}`);
-        return tensors.get('targets')!.data() as Float32Array;
+        return stored;
       }
     } finally {
       E.dispose([...tensors.values()]);
@@ -107,8 +114,7 @@ export async function teacherTargets(
   if (options.write) {
     const tensor = E.tensor(targets, [data.labels.length, data.classes.length]);
     try {
-      await E.saveSafetensors(`${file}.partial`, { targets: tensor }, { key });
-      await rename(`${file}.partial`, file);
+      await writeFileAtomic(file, [E.serializeSafetensors({ targets: tensor }, { key })]);
     } finally {
       tensor.dispose();
     }

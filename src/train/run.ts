@@ -1,19 +1,22 @@
 // One training run, from settings to a calibrated model: checked settings, a locked run folder that never
 // overwrites earlier results unasked, the data (skipped files reported, identity recorded and checked on --resume),
-// the training loop, and the final calibration and report. In a data-parallel run every rank runs this; rank 0
-// alone holds the lock and writes to the run folder, and calibrates the model once the ranks have parted.
-import { existsSync } from 'node:fs';
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+// the training loop, and the final calibration and report. Everything that can be checked before the data is read
+// (the settings, the device, the files to start or distil from, the state of the run folder) is checked first, by
+// checkTrainingRequest. In a data-parallel run every rank runs this; rank 0 alone holds the lock and writes to the
+// run folder, and calibrates the model once the ranks have parted.
+import { existsSync, lstatSync, realpathSync } from 'node:fs';
+import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import * as E from '../engine/index.js';
 import { finishRun, type RunSummary } from './finish.js';
 import type { SkippedFile } from '../data/dataset.js';
-import { readFailure, readRegularFile } from '../data/files.js';
+import { readFailure, readRegularFile, writeFileAtomic } from '../data/files.js';
+import { nonFiniteWeights } from '../eval/finite.js';
 import { backgroundColours, type InputRecipe } from '../data/prepare.js';
 import { writeSplit } from '../data/split.js';
 import type { ImageClassifier } from '../models/classifier.js';
 import { isHematoModelFile, loadModel, readModelMetadata, saveModel } from '../models/io.js';
-import { createModel, importPretrained, type PretrainedWeights } from '../models/index.js';
+import { createModel, importPretrained, type PretrainedWeights, resolveModelName } from '../models/index.js';
 import {
   type ConfigLayer,
   type RunConfig,
@@ -24,11 +27,20 @@ import {
   resolveRunSettings,
   settingsChanges,
 } from './config.js';
-import { type DataManifest, dataManifest, type LoadProgress, loadTrainingData, manifestChanges, type TrainingData, type TrainingDataOptions } from './data.js';
+import {
+  checkPackSource,
+  type DataManifest,
+  dataManifest,
+  type LoadProgress,
+  loadTrainingData,
+  manifestChanges,
+  type TrainingData,
+  type TrainingDataOptions,
+} from './data.js';
 import { TEACHER_FILE, teacherTargets } from './distill.js';
 import { lockRunDir } from './lock.js';
 import { provenance } from './provenance.js';
-import { CHECKPOINT_FILE, checkRunDir } from './checkpoint.js';
+import { CHECKPOINT_FILE, readCheckpointHeader, unusableCheckpoint } from './checkpoint.js';
 import { LOG_FILE, type TrainEvent, train } from './trainer.js';
 import type { DataParallel } from './data-parallel.js';
 
@@ -38,17 +50,21 @@ export const SKIPPED_FILE = 'skipped.json';
 const BEST_FILE = 'best.safetensors';
 const MODEL_FILE = 'model.safetensors';
 
-/** Files that hold a run's results: a new run refuses to start over any of them unless told to overwrite. */
+/** Files that hold a run's results. */
 const RESULTS = [CHECKPOINT_FILE, BEST_FILE, MODEL_FILE, LOG_FILE];
-/** Everything a run writes, removed before an overwriting run so that nothing of the old run is left to mix in. */
+/** Written where the run makes its split; a split given to it may be these files of its folder. */
+const SPLIT_FILES = ['split.csv', 'split.json'];
+/**
+ * Everything a run writes: a new run refuses to start over any of them unless told to overwrite, and then removes
+ * them first, so that nothing of the old run is left to mix in.
+ */
 const OUTPUTS = [
   ...RESULTS,
   CONFIG_FILE,
   DATA_FILE,
   SKIPPED_FILE,
   'provenance.json',
-  'split.csv',
-  'split.json',
+  ...SPLIT_FILES,
   TEACHER_FILE,
   'curves.svg',
   'report.md',
@@ -85,6 +101,8 @@ export interface TrainingRequest {
    * global batch and must divide evenly by the world size. Ranks other than 0 write nothing and get no summary.
    */
   parallel?: DataParallel;
+  /** The settings checkTrainingRequest() returned for this request, where the caller has checked it already. */
+  checked?: RunConfig;
 }
 
 export type TrainingOutcome =
@@ -100,12 +118,26 @@ async function readJson(file: string, what: string): Promise<unknown> {
   }
 }
 
+/** Writes one of the run's JSON files whole, renamed over its name: a link there is replaced, never written through. */
+async function writeJson(file: string, value: unknown, indent?: number): Promise<void> {
+  await writeFileAtomic(file, [Buffer.from(`${JSON.stringify(value, null, indent)}\n`)]);
+}
+
+/** The device the settings ask for; asking for CUDA where there is none is a usage error. */
+function deviceOf(settings: Pick<RunSettings, 'device'>): E.Device {
+  try {
+    return E.resolveDevice(settings.device);
+  } catch (error) {
+    throw new RunConfigError(`${(error as Error).message}; train on the CPU with --device cpu`);
+  }
+}
+
 function fixPrecision(settings: RunSettings): RunConfig {
   return {
     ...settings,
     precision:
       settings.precision === 'auto'
-        ? E.precisionFor({ device: E.resolveDevice(settings.device), family: E.modelFamily(settings.model), purpose: 'training' }).precision
+        ? E.precisionFor({ device: deviceOf(settings), family: E.modelFamily(settings.model), purpose: 'training' }).precision
         : settings.precision,
   };
 }
@@ -129,7 +161,8 @@ export async function resolveTrainingConfig(request: TrainingRequest): Promise<R
   if (request.overrides) layers.push({ source: 'the command line', settings: request.overrides });
   if (!request.resume) return fixPrecision(resolveRunSettings(layers));
   const runDir = path.resolve(request.runDir);
-  checkRunDir(runDir, true);
+  const checkpoint = path.join(runDir, CHECKPOINT_FILE);
+  if (!existsSync(checkpoint)) throw new RunConfigError(`--resume: no checkpoint at ${checkpoint}, so no run to continue; start without --resume`);
   const stored = await storedLayer(runDir);
   const before = fixPrecision(resolveRunSettings([stored]));
   const after = fixPrecision(resolveRunSettings([stored, ...layers]));
@@ -144,37 +177,151 @@ export async function resolveTrainingConfig(request: TrainingRequest): Promise<R
 }
 
 /**
- * A new run must not start over an earlier run's results unless asked to; throws if it would. Returns the results
- * found (which --overwrite replaces).
+ * Checks everything about a request that needs no data, before anything is written: the settings, the device, the
+ * files to start or distil from (their kind, architecture and weights), and the run folder (a new run must not
+ * replace an earlier run's files unasked, nor its own inputs; a resumed one needs an unfinished run). `root` is
+ * false for the processes of a data-parallel run that do not write to the folder. Returns the settings.
  */
-export function refuseEarlierResults(runDir: string, request: Pick<TrainingRequest, 'resume' | 'overwrite'>): string[] {
+export async function checkTrainingRequest(request: TrainingRequest, root = !request.parallel || request.parallel.isRoot): Promise<RunConfig> {
+  const runDir = path.resolve(request.runDir);
+  const config = await resolveTrainingConfig(request);
+  deviceOf(config);
+  if (request.resume) await checkResume(runDir, config);
+  else {
+    refuseInputsAmongOutputs(request.runDir, config);
+    if (root) refuseEarlierResults(runDir, config, request);
+    await checkStartingPoints(config);
+    const { pack } = config.data.source as { pack?: string };
+    if (pack)
+      await checkPackSource(pack, config.inputSize, { ...config.data, seed: config.seed }).catch((error: Error) => {
+        throw new RunConfigError(error.message);
+      });
+  }
+  for (const teacher of config.distill?.teachers ?? [])
+    await checkModelFile(teacher, '--teacher', 'distil from models trained by hemato train', 'use another teacher');
+  return config;
+}
+
+/** Whether anything is at a path, a link included (even one whose target is gone). */
+function present(file: string): boolean {
+  try {
+    lstatSync(file);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** A path with its folder's links resolved, so that two ways to one name in one folder compare equal. */
+function location(file: string): string {
+  const absolute = path.resolve(file);
+  try {
+    return path.join(realpathSync(path.dirname(absolute)), path.basename(absolute));
+  } catch {
+    return absolute;
+  }
+}
+
+/** The split files a new run reads: a split given to it, with the record beside it (hemato split writes both). */
+function splitInputs(config: RunConfig): Set<string> {
+  const split = config.data.split;
+  return new Set(split ? [location(split), location(`${split.replace(/\.csv$/i, '')}.json`)] : []);
+}
+
+/** The names a run writes in its folder; the split's only where it makes the split. */
+const writtenBy = (config: RunConfig): string[] => OUTPUTS.filter((name) => !(config.data.split && SPLIT_FILES.includes(name)));
+
+/**
+ * A file a new run reads must not be one it replaces in --out: --overwrite would delete it before it is read, and a
+ * model it starts or distils from would no longer be what the run records.
+ */
+function refuseInputsAmongOutputs(runDir: string, config: RunConfig): void {
+  if (!existsSync(runDir)) return;
+  const folder = realpathSync(path.resolve(runDir));
+  const { csv, pack } = config.data.source as { csv?: string; pack?: string };
+  const inputs: [string, string | null | undefined][] = [
+    ['--init', config.init],
+    ...pretrainedFiles(config.pretrained).map((file): [string, string] => ['--pretrained', file]),
+    ...(config.distill?.teachers ?? []).map((file): [string, string] => ['--teacher', file]),
+    ['--labels', csv],
+    ['--pack', pack],
+  ];
+  const written = writtenBy(config);
+  for (const [flag, file] of inputs) {
+    if (!file) continue;
+    const at = location(file);
+    if (path.dirname(at) === folder && written.includes(path.basename(at)))
+      throw new RunConfigError(
+        `${flag} ${file} is in --out ${runDir}, where this run writes its own ${path.basename(at)}: copy it out of ${runDir} first, or choose another --out`,
+      );
+  }
+}
+
+/**
+ * A new run must not start over an earlier run's files (or any file it would write) unless asked to; throws if it
+ * would. Returns the files found (which --overwrite replaces); a split the run reads from the folder is not one.
+ */
+export function refuseEarlierResults(runDir: string, config: RunConfig, request: Pick<TrainingRequest, 'resume' | 'overwrite'>): string[] {
   if (request.resume) return [];
-  const found = RESULTS.filter((file) => existsSync(path.join(runDir, file)));
+  const inputs = splitInputs(config);
+  const found = OUTPUTS.filter((name) => present(path.join(runDir, name)) && !inputs.has(location(path.join(runDir, name))));
   if (found.length > 0 && !request.overwrite) {
+    const results = found.filter((name) => RESULTS.includes(name));
     const finished = found.includes(MODEL_FILE);
-    const what = finished ? "a finished run's model" : found.includes(CHECKPOINT_FILE) ? 'an unfinished run' : "an earlier run's results";
+    const what = finished
+      ? "a finished run's model"
+      : found.includes(CHECKPOINT_FILE)
+        ? 'an unfinished run'
+        : results.length > 0
+          ? "an earlier run's results"
+          : 'files this run writes';
+    const others = found.length - results.length;
+    const listed = results.length === 0 ? found.join(', ') : `${results.join(', ')}${others > 0 ? ` and ${others} other file${others === 1 ? '' : 's'}` : ''}`;
     const resume = !finished && found.includes(CHECKPOINT_FILE) ? 'continue it with --resume, ' : '';
-    throw new Error(`${runDir} holds ${what} (${found.join(', ')}); ${resume}choose another --out, or pass --overwrite to replace it`);
+    const split = results.length === 0 && found.includes('split.csv') ? `train on its split with --split ${path.join(runDir, 'split.csv')}, ` : '';
+    throw new Error(
+      `${runDir} holds ${what} (${listed}); ${resume}${split}choose another --out, or pass --overwrite to replace ${found.length === 1 ? 'it' : 'them'}`,
+    );
   }
   return found;
 }
 
 /** A new run must not start over an earlier run's results, unless asked to, and then nothing of them is left. */
 async function prepareRunDir(runDir: string, config: RunConfig, request: TrainingRequest): Promise<void> {
-  if (refuseEarlierResults(runDir, request).length === 0) return;
-  // A split the new run reads from this folder is its input, not an old output.
-  const input = config.data.split && path.resolve(config.data.split);
-  await Promise.all(
-    OUTPUTS.map((file) => path.join(runDir, file))
-      .filter((file) => file !== input)
-      .map((file) => rm(file, { force: true })),
-  );
+  const found = refuseEarlierResults(runDir, config, request);
+  // rm removes a link itself, never what it points to.
+  await Promise.all(found.map((name) => rm(path.join(runDir, name), { force: true })));
+}
+
+/**
+ * On --resume: the checkpoint's header must be readable and of the run's architecture, and the run unfinished.
+ * Returns whether its training is complete while its calibration is not (it stopped before its model was written).
+ */
+async function checkResume(runDir: string, config: RunConfig): Promise<boolean> {
+  const file = path.join(runDir, CHECKPOINT_FILE);
+  const { loop, config: saved } = await readCheckpointHeader(file);
+  const architecture = (saved as { model?: unknown } | null)?.model;
+  if (typeof architecture === 'string' && architecture !== config.model)
+    throw unusableCheckpoint(file, `${file} is a checkpoint of a ${architecture} run, and ${path.join(runDir, CONFIG_FILE)} trains ${config.model}`);
+  const stoppedEarly = config.patience !== null && loop.epoch - 1 - loop.bestEpoch >= config.patience;
+  const complete = loop.batch === 0 && (loop.epoch >= config.epochs || stoppedEarly);
+  const model = path.join(runDir, MODEL_FILE);
+  if (complete && present(model)) {
+    const epochs = (n: number) => `${n} epoch${n === 1 ? '' : 's'}`;
+    const how =
+      loop.epoch >= config.epochs ? `trained its ${epochs(config.epochs)}` : `stopped early after ${epochs(loop.epoch)} without a better validation macro-F1`;
+    throw new Error(
+      `--resume: the run in ${runDir} is finished (it ${how}, and its model is ${model}); there is nothing to resume. ` +
+        `To train it further, start a new run from its model: --init ${model} with another --out (and --epochs for how long)`,
+    );
+  }
+  return complete;
 }
 
 async function reportSkipped(runDir: string, skipped: SkippedFile[], note: (message: string) => void): Promise<void> {
   const file = path.join(runDir, SKIPPED_FILE);
   if (skipped.length === 0) return rm(file, { force: true });
-  await writeFile(file, `${JSON.stringify(skipped, null, 2)}\n`);
+  await writeJson(file, skipped, 2);
   const shown = skipped.slice(0, SKIPPED_SHOWN).map((s) => `  ${s.path}: ${s.detail}`);
   if (skipped.length > SKIPPED_SHOWN) shown.push(`  … and ${skipped.length - SKIPPED_SHOWN} more`);
   note(`skipped ${skipped.length} file${skipped.length === 1 ? '' : 's'} that cannot be used:\n${shown.join('\n')}\nthe full list is in ${file}`);
@@ -198,7 +345,7 @@ async function checkData(runDir: string, data: TrainingData, request: TrainingRe
       note(`--allow-changed-data: continuing on training data that differ from the run's:\n  ${changes}`);
     }
   }
-  await writeFile(file, `${JSON.stringify(now)}\n`);
+  await writeJson(file, now);
 }
 
 /** The scale, background and stain range a model file was trained at, where it records them. */
@@ -217,14 +364,40 @@ async function isHematoModel(file: string, flag: string): Promise<boolean> {
   }
 }
 
+/**
+ * A trained model to start or distil from: a model saved by hemato (else `otherwise` says what to do), that loads,
+ * with finite weights (else `instead`): training from NaN weights could only diverge.
+ */
+async function checkModelFile(file: string, flag: string, otherwise: string, instead: string, architecture?: string): Promise<void> {
+  if (!(await isHematoModel(file, flag))) throw new RunConfigError(`${flag} takes a model saved by hemato, and ${file} has no hemato metadata; ${otherwise}`);
+  const named = <T>(read: Promise<T>) =>
+    read.catch((error: Error) => {
+      throw new RunConfigError(`${flag}: ${error.message}`);
+    });
+  const metadata = await named(readModelMetadata(file));
+  const its = resolveModelName(metadata.architecture);
+  // Said before the weights are loaded into the wrong network, where it would be a list of every tensor's shape.
+  if (architecture !== undefined && its !== architecture)
+    throw new RunConfigError(`${flag} ${file} is a ${its} model; this run trains ${architecture}: pass --arch ${its}, or another ${flag}`);
+  const { model } = await named(loadModel(file));
+  try {
+    const bad = nonFiniteWeights(model);
+    if (bad.length > 0)
+      throw new RunConfigError(
+        `${flag} ${file} has NaN or infinite weights (${bad.slice(0, 3).join(', ')}${bad.length > 3 ? ` and ${bad.length - 3} more` : ''}); the file is damaged: ${instead}`,
+      );
+  } finally {
+    model.dispose();
+  }
+}
+
 const pretrainedFiles = (weights: PretrainedWeights | null): string[] =>
   weights === null ? [] : typeof weights === 'string' ? [weights] : Object.values(weights).filter((f) => f !== undefined);
 
 /** --init takes a model saved by hemato and --pretrained timm checkpoints; the wrong kind of file names the other flag. */
 async function checkStartingPoints(config: RunConfig): Promise<void> {
   if (config.init && config.pretrained) throw new RunConfigError('--init and --pretrained are two starting points: give one of them');
-  if (config.init && !(await isHematoModel(config.init, '--init')))
-    throw new RunConfigError(`--init takes a model saved by hemato, and ${config.init} has no hemato metadata; start from a timm checkpoint with --pretrained`);
+  if (config.init) await checkModelFile(config.init, '--init', 'start from a timm checkpoint with --pretrained', 'start from another model', config.model);
   for (const file of pretrainedFiles(config.pretrained))
     if (await isHematoModel(file, '--pretrained'))
       throw new RunConfigError(`--pretrained takes a timm checkpoint, and ${file} is a model saved by hemato; start from it with --init`);
@@ -247,18 +420,19 @@ async function initialiseFrom(model: ImageClassifier, file: string, classes: str
 export async function runTraining(request: TrainingRequest): Promise<TrainingOutcome> {
   const note = request.note ?? ((message: string) => process.stderr.write(`${message}\n`));
   const runDir = path.resolve(request.runDir);
-  const config = await resolveTrainingConfig(request);
-  if (!request.resume) await checkStartingPoints(config);
+  const config = request.checked ?? (await checkTrainingRequest(request));
+  // Read again (its header alone): a run whose training is complete is only calibrated.
+  const complete = request.resume ? await checkResume(runDir, config) : false;
   const { parallel } = request;
   if (parallel) {
     checkGlobalBatch(config.batchSize, parallel.worldSize);
-    if (!parallel.isRoot) return await trainLocked(runDir, config, request, note);
+    if (!parallel.isRoot) return await trainLocked(runDir, config, request, complete, note);
   }
   await mkdir(runDir, { recursive: true });
   const lock = await lockRunDir(runDir, note);
   try {
     await prepareRunDir(runDir, config, request);
-    return await trainLocked(runDir, config, request, note);
+    return await trainLocked(runDir, config, request, complete, note);
   } finally {
     await lock.release();
   }
@@ -273,7 +447,13 @@ export function checkGlobalBatch(batchSize: number, worldSize: number): void {
 }
 
 /** Trains with the run folder locked (by rank 0, in a data-parallel run; the other ranks only read it). */
-async function trainLocked(runDir: string, config: RunConfig, request: TrainingRequest, note: (message: string) => void): Promise<TrainingOutcome> {
+async function trainLocked(
+  runDir: string,
+  config: RunConfig,
+  request: TrainingRequest,
+  complete: boolean,
+  note: (message: string) => void,
+): Promise<TrainingOutcome> {
   const resume = Boolean(request.resume);
   const { parallel } = request;
   const root = !parallel || parallel.isRoot;
@@ -293,8 +473,8 @@ async function trainLocked(runDir: string, config: RunConfig, request: TrainingR
     config.data.split = path.join(runDir, 'split.csv');
     if (root) await writeSplit(data.madeSplit, config.data.split, JSON.stringify(config.data.source));
   }
-  if (root && !resume) await writeFile(path.join(runDir, CONFIG_FILE), `${JSON.stringify(config, null, 2)}\n`);
-  return trainModel(runDir, config, request, data, note);
+  if (root && !resume) await writeJson(path.join(runDir, CONFIG_FILE), config, 2);
+  return trainModel(runDir, config, request, data, complete, note);
 }
 
 /** Creates the model and trains it; rank 0 (or the only process) then calibrates it and writes the report. */
@@ -303,6 +483,7 @@ async function trainModel(
   config: RunConfig,
   request: TrainingRequest,
   data: TrainingData,
+  complete: boolean,
   note: (message: string) => void,
 ): Promise<TrainingOutcome> {
   const resume = Boolean(request.resume);
@@ -326,43 +507,48 @@ async function trainModel(
     const worldSize = parallel?.worldSize ?? 1;
     const runProvenance = { ...provenance(device), split_hash: data.splitHash, precision: config.precision, model: config.model, world_size: worldSize };
     if (root) {
-      await writeFile(path.join(runDir, 'provenance.json'), `${JSON.stringify(runProvenance, null, 2)}\n`);
+      await writeJson(path.join(runDir, 'provenance.json'), runProvenance, 2);
       const processes = worldSize > 1 ? ` in ${worldSize} processes (${config.batchSize / worldSize} images each per step)` : '';
       note(
-        `training ${config.model} at ${config.inputSize} px on ${device} (${config.precision})${processes}; ${data.train.length} train / ${data.val.length} validation images; split ${data.splitHash.slice(0, 12)}`,
+        complete
+          ? `the run's training had ended, but its model was not yet calibrated: calibrating its best model`
+          : `training ${config.model} at ${config.inputSize} px on ${device} (${config.precision})${processes}; ${data.train.length} train / ${data.val.length} validation images; split ${data.splitHash.slice(0, 12)}`,
       );
     }
-    const distillation = config.distill && {
-      ...config.distill,
-      targets: await teacherTargets(runDir, config.distill, data.set, data.train, {
-        normalization: config.normalization,
-        device,
-        precision: config.precision,
-        batchSize: config.evalBatchSize,
-        write: root,
-        note: root ? note : () => {},
-        onProgress: (done, total) => request.onLoadProgress?.('teachers', done, total),
-      }),
-    };
+    const distillation = async () =>
+      config.distill && {
+        ...config.distill,
+        targets: await teacherTargets(runDir, config.distill, data.set, data.train, {
+          normalization: config.normalization,
+          device,
+          precision: config.precision,
+          batchSize: config.evalBatchSize,
+          write: root,
+          note: root ? note : () => {},
+          onProgress: (done, total) => request.onLoadProgress?.('teachers', done, total),
+        }),
+      };
     const info = { classes: data.set.classes, normalization: config.normalization, preprocessing: data.preprocessing };
-    const outcome = await train({
-      model,
-      data: data.set,
-      trainIndices: data.train,
-      valIndices: data.val,
-      runDir,
-      config,
-      device,
-      resume,
-      workers: config.workers,
-      shouldStop: request.shouldStop,
-      onEvent: request.onEvent,
-      onBest: async (best) => {
-        await saveModel(path.join(runDir, BEST_FILE), best, { ...info, provenance: runProvenance });
-      },
-      parallel,
-      distillation: distillation || undefined,
-    });
+    const outcome = complete
+      ? { interrupted: false }
+      : await train({
+          model,
+          data: data.set,
+          trainIndices: data.train,
+          valIndices: data.val,
+          runDir,
+          config,
+          device,
+          resume,
+          workers: config.workers,
+          shouldStop: request.shouldStop,
+          onEvent: request.onEvent,
+          onBest: async (best) => {
+            await saveModel(path.join(runDir, BEST_FILE), best, { ...info, provenance: runProvenance });
+          },
+          parallel,
+          distillation: (await distillation()) || undefined,
+        });
     // The ranks part as soon as training ends; calibration is rank 0's alone. A rank that failed does not wait for
     // the others: its process ends, and with it its connections, which fails the others' next collective at once.
     await parallel?.destroy();

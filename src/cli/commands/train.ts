@@ -6,7 +6,7 @@ import { listModels, modelAliases, type PretrainedWeights } from '../../models/i
 import { NO_AUGMENT } from '../../data/augment.js';
 import type { DatasetSource } from '../../data/dataset.js';
 import { DEFAULT_DISTILL, DEFAULT_RUN, RunConfigError, type RunConfigInput } from '../../train/config.js';
-import { checkGlobalBatch, refuseEarlierResults, resolveTrainingConfig, runTraining, type TrainingRequest } from '../../train/run.js';
+import { checkGlobalBatch, checkTrainingRequest, resolveTrainingConfig, runTraining, type TrainingRequest } from '../../train/run.js';
 import { joinGroup } from '../../train/data-parallel.js';
 import { CHECKPOINT_FILE } from '../../train/checkpoint.js';
 import type { RunSummary } from '../../train/finish.js';
@@ -180,7 +180,11 @@ export function registerTrain(program: Command): void {
     .option('--distill-weight <w>', `the soft labels' share of the loss (default ${DEFAULT_DISTILL.weight})`, parseFraction)
     .option('--distill-temperature <t>', `the softmax temperature of distillation (default ${DEFAULT_DISTILL.temperature})`, parseNumber)
     .option('--json', 'print one JSON document with the outcome on stdout')
-    .option('--nproc-per-node <n>', 'data-parallel training: start this many processes on this machine (see docs/distributed.md)', parsePositiveInt)
+    .option(
+      '--nproc-per-node <n>',
+      'data-parallel training: start this many processes on this machine, at most 4 × the cores (see docs/distributed.md)',
+      parseThreadCount('--nproc-per-node'),
+    )
     .option('--nnodes <n>', 'machines taking part, each started with the same flags and its own --node-rank (default 1)', parsePositiveInt)
     .option('--node-rank <r>', "this machine's place among --nnodes, from 0; the processes of machine 0 hold ranks 0…", parseNonNegativeInt)
     .option('--master-addr <host>', 'the address of machine 0 as the others reach it (default 127.0.0.1 on one machine)')
@@ -219,22 +223,25 @@ export function registerTrain(program: Command): void {
       }
       const plan = launchPlan(flags);
       const place = placeFromEnvironment();
+      if (plan) {
+        const info = E.distributed.distributedInfo();
+        if (!info.available) throw new CliError(`${new E.distributed.DistributedUnavailableError(info.reason!, info.fixes!).message}`);
+      }
+      // Everything that needs no data is checked before the run folder is made, so that a mistake leaves nothing
+      // behind; with --nproc-per-node, before any worker starts.
+      const writes = plan ? plan.nodeRank === 0 : !place || place.rank === 0;
+      const checked = await usage(checkTrainingRequest(request, writes));
+      if (plan) await usage(Promise.resolve().then(() => checkGlobalBatch(checked.batchSize, plan.nprocPerNode * plan.nnodes)));
       // Checked here: a recursive mkdir under /proc never returns.
       if (!place || place.rank === 0) await prepareOutputDir(flags.out, '--out');
       const timeoutMs = flags.distTimeout * 1000;
       if (plan) {
-        const info = E.distributed.distributedInfo();
-        if (!info.available) throw new CliError(`${new E.distributed.DistributedUnavailableError(info.reason!, info.fixes!).message}`);
-        const config = await usage(resolveTrainingConfig(request));
-        await usage(Promise.resolve().then(() => checkGlobalBatch(config.batchSize, plan.nprocPerNode * plan.nnodes)));
-        // Refused here, before any worker starts, rather than by rank 0 alone while the others wait for it.
-        if (plan.nodeRank === 0) refuseEarlierResults(path.resolve(flags.out), request);
         const note = (message: string) => process.stderr.write(`hemato: ${message}\n`);
         // Workers that outlive the others by this much are stuck beyond their own time-outs.
         process.exitCode = await launchWorkers(plan, withoutLaunchFlags(process.argv.slice(2)), timeoutMs + 30_000, note);
         return;
       }
-      if (place) return trainRank(request, flags, place, timeoutMs);
+      if (place) return trainRank({ ...request, checked }, flags, place, timeoutMs);
       let stopRequested = false;
       // Until the loop starts, a stop has no step to finish and nothing to save: reading the data can take minutes.
       let started = false;
@@ -255,6 +262,7 @@ export function registerTrain(program: Command): void {
         const outcome = await usage(
           runTraining({
             ...request,
+            checked,
             shouldStop: () => stopRequested,
             onEvent: (event) => {
               if (event.type === 'start') started = true;
