@@ -105,3 +105,27 @@ export async function prepareOutputFile(file: string, flag = '--out'): Promise<{
   if (info && !info.isFile()) throw new CliError(`${flag} ${file} is ${specialKind(info)}, not a file; give a file name`);
   return { replaces: info !== null };
 }
+
+/**
+ * Refuses, before any work, an output that would replace one of the command's inputs. Compared as files (device and
+ * inode, links followed), so another path to the same file is caught too; an output not there yet is no input.
+ */
+export async function refuseOutputOverInput(
+  flag: string,
+  out: string,
+  outputs: readonly string[],
+  inputs: readonly [string, string | undefined][],
+): Promise<void> {
+  for (const output of outputs) {
+    const target = await stat(output).catch(() => null);
+    if (!target) continue;
+    for (const [inputFlag, input] of inputs) {
+      const source = input === undefined ? null : await stat(input).catch(() => null);
+      if (source && source.dev === target.dev && source.ino === target.ino)
+        throw new CliError(
+          `${flag} ${escapeControl(out)} ${output === out ? 'is' : `writes ${escapeControl(output)}, which is`} the ${inputFlag} file this command reads, and would replace it; give another ${flag}`,
+          2,
+        );
+    }
+  }
+}

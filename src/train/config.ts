@@ -5,6 +5,7 @@ import { availableParallelism } from 'node:os';
 import { DEFAULT_AUGMENT } from '../data/augment.js';
 import { IMAGENET_NORMALIZATION } from '../data/batches.js';
 import { DEFAULT_GEOMETRY } from '../data/geometry.js';
+import { MAX_SEED } from '../data/split.js';
 import { describeModelNames, listModels, type PretrainedWeights, resolveModelName } from '../models/index.js';
 import { resolveMpmConfig } from '../preprocess/mpm.js';
 import type { TrainingDataOptions } from './data.js';
@@ -189,7 +190,7 @@ const SCHEMA = group({
   emaDecay: orNull(openFraction),
   precision: choice('auto', 'fp32', 'bf16'),
   clipGrad: orNull(positive),
-  seed: integer(0, 2 ** 32 - 1),
+  seed: integer(0, MAX_SEED),
   patience: orNull(integer(1, 100_000)),
   checkpointMinutes: positive,
   augment: group({

@@ -9,11 +9,10 @@ import { BLOB_CODECS, type BlobCodec, isLossy } from '../../data/prepare.js';
 import { progressReporter } from '../progress.js';
 import { readSplit } from '../../data/split.js';
 import { resolveMpmConfig } from '../../preprocess/mpm.js';
-import { CliError, prepareOutputFile, printJson } from '../output.js';
+import { CliError, prepareOutputFile, printJson, refuseOutputOverInput } from '../output.js';
 import { parseGeometry, readMpmConfig } from './preprocess.js';
 import { addSourceOptions, resolveSource, type SourceOptions } from './scan.js';
 import { parseThreadCount } from './shared.js';
-import { refuseOutputOverInput } from './split.js';
 
 interface PackOptions extends SourceOptions {
   out: string;

@@ -1,11 +1,10 @@
-import { stat } from 'node:fs/promises';
 import { type Command, InvalidArgumentError } from 'commander';
 import { noLabelledImages, PBC_CLASSES } from '../../data/dataset.js';
 import { escapeControl } from '../../data/files.js';
 import { progressReporter } from '../progress.js';
 import { scanDataset } from '../../data/scan.js';
-import { checkSplitOptions, isSplitFile, makeSplit, type Part, type Split, splitMetaPath, writeSplit } from '../../data/split.js';
-import { CliError, prepareOutputFile, printJson } from '../output.js';
+import { checkSplitOptions, isSplitFile, MAX_SEED, makeSplit, type Part, type Split, splitMetaPath, writeSplit } from '../../data/split.js';
+import { CliError, prepareOutputFile, printJson, refuseOutputOverInput } from '../output.js';
 import { addSourceOptions, NEAR_THRESHOLD_HELP, parseNearThreshold, resolveSource, type SourceOptions } from './scan.js';
 
 interface SplitCommandOptions extends SourceOptions {
@@ -20,9 +19,6 @@ interface SplitCommandOptions extends SourceOptions {
   json?: boolean;
 }
 
-/** The seeds train accepts, so that any split can be remade by the run that trains on it. */
-const MAX_SEED = 2 ** 32 - 1;
-
 function parseSeed(value: string): number {
   // Digits only: Number() would also read '', '0x10', '1e3' and round 20-digit numbers.
   if (!/^\d+$/.test(value) || Number(value) > MAX_SEED) throw new InvalidArgumentError(`expected a whole number in 0..${MAX_SEED}`);
@@ -33,30 +29,6 @@ function parseSplitFraction(value: string): number {
   if (!/^(\d+(\.\d*)?|\.\d+)$/.test(value) || Number(value) >= 1)
     throw new InvalidArgumentError('expected a decimal fraction from 0 up to (not including) 1, such as 0.15');
   return Number(value);
-}
-
-/**
- * Refuses, before any work, an output that would replace one of the command's inputs. Compared as files (device and
- * inode, links followed), so another path to the same file is caught too; an output not there yet is no input.
- */
-export async function refuseOutputOverInput(
-  flag: string,
-  out: string,
-  outputs: readonly string[],
-  inputs: readonly [string, string | undefined][],
-): Promise<void> {
-  for (const output of outputs) {
-    const target = await stat(output).catch(() => null);
-    if (!target) continue;
-    for (const [inputFlag, input] of inputs) {
-      const source = input === undefined ? null : await stat(input).catch(() => null);
-      if (source && source.dev === target.dev && source.ino === target.ino)
-        throw new CliError(
-          `${flag} ${escapeControl(out)} ${output === out ? 'is' : `writes ${escapeControl(output)}, which is`} the ${inputFlag} file this command reads, and would replace it; give another ${flag}`,
-          2,
-        );
-    }
-  }
 }
 
 /** The parts the split was asked to fill that came out empty, each with what to change. */
