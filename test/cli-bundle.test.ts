@@ -77,6 +77,7 @@ test('links are staged as the files they point to, and counted at their size', a
     mkdirSync(pack);
     symlinkSync(weights, path.join(pack, 'part.bin'));
     const staging = path.join(work, 'staging');
+    mkdirSync(staging);
     const parts = await stage(
       [
         { part: 'model', from: link, to: `${BUNDLE_DIR}/app/models/model.safetensors` },

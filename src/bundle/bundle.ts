@@ -3,7 +3,7 @@
 // addon's sources with the N-API headers to build them with g++ alone, run.sh, the bundled model (or another, or
 // none) and optionally a data set.
 import { spawn, spawnSync } from 'node:child_process';
-import { createReadStream, createWriteStream, existsSync, readdirSync, readFileSync, realpathSync, rmSync, statSync } from 'node:fs';
+import { createReadStream, createWriteStream, existsSync, openSync, readdirSync, readFileSync, realpathSync, rmSync, statSync } from 'node:fs';
 import { chmod, cp, mkdir, mkdtemp, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -100,7 +100,7 @@ export async function makeBundle(options: BundleOptions): Promise<BundleResult> 
     checkPortable(nodeFrom);
     const nodeBytes = statSync(nodeFrom).size;
     const nodeXz = path.join(top, 'node/node.xz');
-    await mkdir(path.dirname(nodeXz), { recursive: true });
+    await mkdirUnder(staging, path.relative(staging, path.dirname(nodeXz)));
     await xzFile(nodeFrom, nodeXz, level, (done) => progress('node', done, nodeBytes));
     const xzBytes = (await stat(nodeXz)).size;
     parts.node = xzBytes;
@@ -198,19 +198,51 @@ export function bundleJobs(root: string, what: { napiDir: string; modules: strin
 }
 
 /**
- * Copies the jobs under `staging` and returns the bytes staged per part. Links are resolved: the archive must hold
+ * Copies the jobs under the folder `staging`, which must exist, and returns the bytes staged per part. Links are resolved: the archive must hold
  * the files themselves, since a link's target does not travel with it.
  */
 export async function stage(jobs: BundleJob[], staging: string, onJob: (done: number) => void = () => {}): Promise<Record<string, number>> {
   const parts: Record<string, number> = {};
   for (const [i, { part, from, to }] of jobs.entries()) {
     const target = path.join(staging, to);
-    await mkdir(path.dirname(target), { recursive: true });
+    await mkdirUnder(staging, path.dirname(to));
     await cp(from, target, { recursive: true, dereference: true, filter: (src) => keep(src, from) });
     parts[part] = (parts[part] ?? 0) + (await sizeOf(target));
     onJob(i + 1);
   }
   return parts;
+}
+
+/**
+ * Makes `dir` (relative) and the folders above it under `root`, one by one and never `root` itself. A recursive
+ * mkdir still in flight on libuv's threads when an interrupted bundle removes its staging folder would make the
+ * whole chain again, the staging folder included; one folder at a time needs its parent, so nothing can.
+ */
+async function mkdirUnder(root: string, dir: string): Promise<void> {
+  let at = root;
+  for (const name of dir.split(path.sep).filter(Boolean)) {
+    at = path.join(at, name);
+    await mkdir(at).catch((error: NodeJS.ErrnoException) => {
+      if (error.code !== 'EEXIST') throw error;
+    });
+  }
+}
+
+/**
+ * Removes `p` and all it holds while copies in flight on libuv's threads may still add a file (ENOTEMPTY). rmSync's
+ * own retries repeat only the final rmdir, which then fails for good; the whole removal is repeated instead.
+ */
+function removeAll(p: string): void {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      rmSync(p, { recursive: true, force: true });
+      return;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOTEMPTY' || attempt === 20) throw error;
+      // Let the copies in flight finish: none can start while this handler holds the main thread.
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10 * attempt);
+    }
+  }
 }
 
 const SIGNALS = ['SIGINT', 'SIGTERM'] as const;
@@ -223,10 +255,9 @@ const SIGNALS = ['SIGINT', 'SIGTERM'] as const;
 function removeOnSignal(paths: string[]): () => void {
   const onSignal = (signal: NodeJS.Signals) => {
     for (const p of paths) {
-      // Copies still in flight on libuv's threads can add files while the folder is removed (ENOTEMPTY): retry, and
-      // never let a failure here keep the signal from ending the process.
+      // Never let a failure here keep the signal from ending the process.
       try {
-        rmSync(p, { recursive: true, force: true, maxRetries: 10 });
+        removeAll(p);
       } catch (error) {
         process.stderr.write(`could not remove ${p}: ${(error as Error).message}\n`);
       }
@@ -394,8 +425,10 @@ async function xzFile(from: string, to: string, level: number, onBytes: (done: n
 }
 
 async function tarXz(cwd: string, dir: string, to: string, level: number, onBytes: (done: number) => void): Promise<void> {
+  // Opened here, not on libuv's threads: an open in flight when a signal removes `to` would make it again.
+  const output = createWriteStream(to, { fd: openSync(to, 'w') });
   const tar = spawn('tar', ['-C', cwd, '--owner=0', '--group=0', '--numeric-owner', '-cf', '-', dir], { stdio: ['ignore', 'pipe', 'pipe'] });
   const xz = spawn('xz', ['-T0', `-${level}`, '-c'], { stdio: ['pipe', 'pipe', 'pipe'] });
   const done = Promise.all([finished(tar, 'tar'), finished(xz, 'xz')]);
-  await Promise.all([pipeline(tar.stdout!, counter(onBytes), xz.stdin!), pipeline(xz.stdout!, createWriteStream(to)), done]);
+  await Promise.all([pipeline(tar.stdout!, counter(onBytes), xz.stdin!), pipeline(xz.stdout!, output), done]);
 }
