@@ -86,7 +86,7 @@ function checkFile(info: Stats, maxBytes: number): DecodeError | null {
   if (info.size > maxBytes) {
     return new DecodeError(
       'too-large',
-      `file ${formatBytes(info.size)} is over the ${formatBytes(maxBytes)} limit; raise --max-file-size only if the file is trusted`,
+      `file ${sizeText(info.size)} is over the ${sizeText(maxBytes)} limit; raise --max-file-size only if the file is trusted`,
     );
   }
   return null;
@@ -101,11 +101,16 @@ export function specialKind(info: Stats): string {
   return 'a special file';
 }
 
-function formatBytes(bytes: number): string {
-  if (bytes < 2 ** 10) return `${bytes} B`;
-  if (bytes < 2 ** 20) return `${(bytes / 2 ** 10).toFixed(1)} KiB`;
-  if (bytes < 2 ** 30) return `${(bytes / 2 ** 20).toFixed(1)} MiB`;
-  return `${(bytes / 2 ** 30).toFixed(1)} GiB`;
+/** A byte count as people write it: '100 KiB', '32 MiB', '1.5 GiB', '900 B'. */
+export function sizeText(bytes: number): string {
+  for (const [unit, size] of [
+    ['GiB', 2 ** 30],
+    ['MiB', 2 ** 20],
+    ['KiB', 2 ** 10],
+  ] as const) {
+    if (bytes >= size) return `${Number((bytes / size).toFixed(1))} ${unit}`;
+  }
+  return `${bytes} B`;
 }
 
 /** The real reason a path could not be looked at, as a DecodeError('unreadable'). */

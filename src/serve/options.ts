@@ -49,15 +49,3 @@ export const SERVE_RANGES: Readonly<Record<Exclude<keyof Limits, 'host'>, readon
   maxQueue: [1, 1_000_000],
   timeoutMs: [1, 3_600_000],
 };
-
-/** A byte count as people write it: '100 KiB', '32 MiB', '1.5 GiB', '900 B'. */
-export function sizeText(bytes: number): string {
-  for (const [unit, size] of [
-    ['GiB', 2 ** 30],
-    ['MiB', 2 ** 20],
-    ['KiB', 2 ** 10],
-  ] as const) {
-    if (bytes >= size) return `${Number((bytes / size).toFixed(1))} ${unit}`;
-  }
-  return `${bytes} B`;
-}

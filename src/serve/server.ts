@@ -11,11 +11,12 @@ import cors from '@fastify/cors';
 import multipart from '@fastify/multipart';
 import { BUNDLED_MODEL } from '../api/classifier.js';
 import { modelCard, type ModelIdentity, readModelFile } from '../api/model-info.js';
+import { sizeText } from '../data/files.js';
 import { Batcher } from './batcher.js';
 import { ServedFolder } from './folder.js';
 import { createMetrics } from './metrics.js';
 import { ModelWorker, ServeError, statusOf } from './model-worker.js';
-import { type Limits, SERVE_DEFAULTS, SERVE_RANGES, type ServeOptions, sizeText } from './options.js';
+import { type Limits, SERVE_DEFAULTS, SERVE_RANGES, type ServeOptions } from './options.js';
 import type { ExplainJob, ExplainResult, ImageJob, JobResult } from './protocol.js';
 
 export { SERVE_DEFAULTS, type ServeOptions } from './options.js';

@@ -1,6 +1,7 @@
 import { type Command, InvalidArgumentError } from 'commander';
 import { isIP } from 'node:net';
-import { SERVE_DEFAULTS, SERVE_RANGES, type ServeOptions, sizeText } from '../../serve/options.js';
+import { sizeText } from '../../data/files.js';
+import { SERVE_DEFAULTS, SERVE_RANGES, type ServeOptions } from '../../serve/options.js';
 import { CliError } from '../output.js';
 import { classifierOptions, modelOption, parseFileSize, parsePort } from './shared.js';
 
