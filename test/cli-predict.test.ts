@@ -90,6 +90,57 @@ test('hemato predict --json classifies good files and reports bad ones without s
   assert.equal(usage.code, 2);
 });
 
+test('hemato predict prints its document on stdout when every input is skipped, and still fails', async () => {
+  const { good } = await ready;
+  const missing = path.join(dir, 'no-such-image.png');
+  // Both inputs are skipped before classification: one is not there, the other is over --max-file-size.
+  const predict = (format: string) =>
+    run(process.execPath, ['bin/hemato.js', 'predict', '--model', modelFile, format, '--max-file-size', '10B', missing, good[0]]).catch((e) => e);
+  const stderrSays = /no files to classify in the given inputs: 2 skipped \(reasons above\); give image files, or folders that contain them/;
+
+  const json = await predict('--json');
+  assert.equal(json.code, 1);
+  assert.match(json.stderr, stderrSays);
+  const report = JSON.parse(json.stdout);
+  assert.deepEqual(report.results, []);
+  assert.equal(report.failed, 0);
+  assert.equal(report.model, 'convnext_only_atto');
+  assert.equal(report.model_info.name, 'model.safetensors');
+  assert.equal(report.uncertainty_threshold, 0.9);
+  assert.deepEqual(
+    report.skipped.map((s: { file: string }) => s.file),
+    [missing, good[0]],
+  );
+  assert.match(report.skipped[0].error, /no such file/);
+  assert.match(report.skipped[1].error, /over the 10 B limit/);
+
+  // The CSV keeps its header, with one row per skipped input; JSON lines give one line each.
+  const csv = await predict('--csv');
+  assert.equal(csv.code, 1);
+  assert.match(csv.stderr, stderrSays);
+  const lines = csv.stdout.trimEnd().split('\n');
+  assert.equal(lines.length, 3);
+  assert.match(lines[0], /^file,label,score,/);
+  assert.ok(lines[1].startsWith(`${missing},,,,,skipped: `), lines[1]);
+  const jsonl = await predict('--jsonl');
+  assert.equal(jsonl.code, 1);
+  assert.deepEqual(
+    jsonl.stdout
+      .trimEnd()
+      .split('\n')
+      .map((line: string) => JSON.parse(line).file),
+    [missing, good[0]],
+  );
+
+  // An empty folder: nothing skipped, an empty list all the same.
+  const empty = path.join(dir, 'empty-folder');
+  mkdirSync(empty, { recursive: true });
+  const none = await run(process.execPath, ['bin/hemato.js', 'predict', '--model', modelFile, '--json', empty]).catch((e) => e);
+  assert.equal(none.code, 1);
+  assert.match(none.stderr, /no files to classify in the given inputs; give image files/);
+  assert.deepEqual([JSON.parse(none.stdout).results, JSON.parse(none.stdout).skipped], [[], []]);
+});
+
 test('hemato calibrate fits a temperature and a threshold and stores them in a new model file', async () => {
   const { folder } = await ready;
   const calibration = path.join(dir, 'calibration');

@@ -6,7 +6,7 @@ import { chooseUncertaintyThreshold, fitTemperature, nllAt, softmaxRows } from '
 
 const close = (a: number, b: number, tol = 1e-9) => assert.ok(Math.abs(a - b) <= tol, `${a} ≠ ${b}`);
 
-test('bootstrap intervals: around the estimate, the same every time, narrower with more images, wide for a rare class', () => {
+test('intervals (Wilson for the accuracy, bootstrap for the balanced accuracy): around the estimate, the same every time, narrower with more images, wide for a rare class', () => {
   const classes = ['a', 'b'];
   // 90 % correct; class b has 3 images, one of them wrong.
   const case_ = (n: number) => {
@@ -24,7 +24,7 @@ test('bootstrap intervals: around the estimate, the same every time, narrower wi
     assert.ok(m.accuracy_interval[0] <= m.accuracy && m.accuracy <= m.accuracy_interval[1], JSON.stringify(m.accuracy_interval));
     assert.ok(m.balanced_accuracy_interval[0] <= m.balanced_accuracy && m.balanced_accuracy <= m.balanced_accuracy_interval[1]);
   }
-  assert.deepEqual(case_(100).accuracy_interval, small.accuracy_interval, 'seeded');
+  assert.deepEqual(case_(100).accuracy_interval, small.accuracy_interval, 'the same every time');
   const width = ([lo, hi]: [number, number]) => hi - lo;
   assert.ok(width(large.accuracy_interval) < width(small.accuracy_interval) / 2, 'about 1/√10 as wide with 10× the images');
   assert.ok(width(large.balanced_accuracy_interval) > 3 * width(large.accuracy_interval), 'three images of b make the balanced accuracy uncertain');

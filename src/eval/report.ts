@@ -399,7 +399,7 @@ export function markdownReport(title: string, metrics: Metrics & { ece_uncalibra
     `| metric | value |`,
     `|---|---|`,
     `| images | ${metrics.n} |`,
-    `| accuracy (95 % bootstrap interval) | ${pct(metrics.accuracy)} (${pct(metrics.accuracy_interval[0])}–${pct(metrics.accuracy_interval[1])}) |`,
+    `| accuracy (95 % Wilson interval) | ${pct(metrics.accuracy)} (${pct(metrics.accuracy_interval[0])}–${pct(metrics.accuracy_interval[1])}) |`,
     `| balanced accuracy (95 % bootstrap interval) | ${pct(metrics.balanced_accuracy)} (${pct(metrics.balanced_accuracy_interval[0])}–${pct(metrics.balanced_accuracy_interval[1])}) |`,
     `| macro-F1 | ${pct(metrics.macro_f1)} |`,
     `| macro ROC-AUC | ${metrics.macro_roc_auc === null ? 'n/a' : metrics.macro_roc_auc.toFixed(4)} |`,

@@ -81,7 +81,9 @@ export function registerPredict(program: Command): void {
     // Entries skipped outright are the last shard's to report, as one process reports them after the rest.
     const skipped = shard.index === shard.count ? expanded.skipped : [];
     for (const s of skipped) process.stderr.write(`hemato: skipped ${escapeControl(s.file)}: ${escapeControl(s.error)}\n`);
-    if (expanded.files.length === 0) throw new CliError('no files to classify in the given inputs');
+    // With nothing to classify the chosen format still prints its document (no results, the skipped inputs), so
+    // that scripts parsing stdout need no special case; the error and the exit status come after it.
+    const nothing = expanded.files.length === 0;
     if (shard.count > 1) process.stderr.write(`hemato: shard ${shard.index}/${shard.count}: ${files.length} of ${expanded.files.length} files\n`);
     const classifier = await loadClassifier(options.model, classifierOptions(options));
     const bar = progressBar('classifying', files.length);
@@ -133,10 +135,14 @@ export function registerPredict(program: Command): void {
           );
       }
     }
+    classifier.dispose();
+    if (nothing) {
+      const why = expanded.skipped.length > 0 ? `: ${expanded.skipped.length} skipped${skipped.length > 0 ? ' (reasons above)' : ''}` : '';
+      throw new CliError(`no files to classify in the given inputs${why}; give image files, or folders that contain them`);
+    }
     if (failed + skipped.length > 0) {
       process.stderr.write(`hemato: ${failed + skipped.length} of ${files.length + skipped.length} files could not be classified (see their errors)\n`);
       process.exitCode = 1;
     }
-    classifier.dispose();
   });
 }
