@@ -1,6 +1,7 @@
 // Distillation: the loss is least where the student matches the soft labels, a teacher's labels do not depend on
 // which flip or rotation of an image it saw, and a run computes them once, keeps them and reuses them on --resume. A
-// teacher that is no hemato model, or one with NaN outputs, is named, and none of its labels are kept.
+// teacher that is no hemato model, or has other classes than the run's, is refused before the data is read; one with
+// NaN outputs is named, and none of its labels are kept.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -99,7 +100,7 @@ test('a run distils from its teachers, keeps their labels in the run folder and 
   );
 });
 
-test('a teacher is checked before the data is read: a file missing, empty, a FIFO, a folder or no hemato model', async () => {
+test('a teacher is checked before the data is read: a file missing, empty, a FIFO, a folder, no hemato model, or other classes', async () => {
   const dir = path.join(root, 'teachers');
   mkdirSync(dir);
   const empty = path.join(dir, 'empty.safetensors');
@@ -110,12 +111,24 @@ test('a teacher is checked before the data is read: a file missing, empty, a FIF
   const weights = E.tensor(new Float32Array(2), [2]);
   await E.saveSafetensors(timm, { weight: weights });
   weights.dispose();
+  const twoClasses = path.join(dir, 'two-classes.safetensors');
+  E.manualSeed(0);
+  const model = createModel('convnext_atto', { numClasses: 2, inputSize: 32 });
+  await saveModel(twoClasses, model, { classes: ['neutrophil', 'platelet'], normalization: IMAGENET_NORMALIZATION });
+  model.dispose();
   const cases: [string, RegExp][] = [
     [path.join(dir, 'none.safetensors'), /^--teacher: cannot read .*none\.safetensors: no such file/],
     [empty, /^--teacher: .*empty\.safetensors is not a safetensors file/],
     [fifo, /^--teacher: cannot read .*pipe\.safetensors: not a regular file: a named pipe/],
     [dir, /^--teacher: cannot read .*teachers: not a regular file: a folder/],
     [timm, /^--teacher takes a model saved by hemato, and .*timm\.safetensors has no hemato metadata/],
+    [
+      twoClasses,
+      new RegExp(
+        `^--teacher .*two-classes\\.safetensors has the classes neutrophil, platelet, and this run trains on ${PBC_CLASSES.join(', ')} ` +
+          "\\(hemato's classes, which a data folder or labels CSV is read against\\); .*: use a model trained on these classes, or leave --teacher .*two-classes\\.safetensors out$",
+      ),
+    ],
   ];
   const runDir = path.join(root, 'never-run');
   // The data folder does not exist: each teacher must be refused before it is looked at.

@@ -1,11 +1,12 @@
-// Training: an interrupted and resumed run ends with weights bitwise identical to an uninterrupted one.
+// Training: an interrupted and resumed run ends with weights bitwise identical to an uninterrupted one, and the log
+// it appends to is never written through a link.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as E from '../src/engine/index.js';
-import { NonFiniteLossError, train } from '../src/train/trainer.js';
+import { LOG_FILE, NonFiniteLossError, train } from '../src/train/trainer.js';
 import { NonFiniteModelError } from '../src/eval/finite.js';
 import { config, tinyModel, tinyRun, tinySet, trainTiny } from './train-fixtures.js';
 
@@ -102,4 +103,31 @@ test('a stop requested from the event loop (a signal handler, a timer) lands aft
     assert.deepEqual([outcome.loop.epoch, outcome.loop.batch], [0, steps]);
     model.dispose();
   }
+});
+
+test('the log is never appended through a link at its name: one there at the start, or one placed while the run trains', async () => {
+  const outside = path.join(mkdtempSync(path.join(tmpdir(), 'hemato-outside-')), 'elsewhere.jsonl');
+  writeFileSync(outside, 'not the run log\n');
+  const linked = /log\.jsonl is a symbolic link, where the run appends its log to a file of its own: remove it/;
+  // Placed after the run began: the first epoch's entry is refused, not written through the link.
+  const model = tinyModel();
+  const run = tinyRun(model);
+  await assert.rejects(
+    train({
+      ...run,
+      onEvent: (event) => {
+        if (event.type === 'step' && event.epoch === 0 && event.batch === 0) symlinkSync(outside, path.join(run.runDir, LOG_FILE));
+      },
+    }),
+    linked,
+  );
+  // There before a resumed run starts: refused before its first step.
+  const stopped = tinyRun(model, { shouldStop: () => true });
+  assert.equal((await train(stopped)).interrupted, true);
+  symlinkSync(outside, path.join(stopped.runDir, LOG_FILE));
+  const events: string[] = [];
+  await assert.rejects(train({ ...stopped, resume: true, shouldStop: undefined, onEvent: (event) => events.push(event.type) }), linked);
+  assert.deepEqual(events, []);
+  assert.equal(readFileSync(outside, 'utf8'), 'not the run log\n');
+  model.dispose();
 });

@@ -10,6 +10,7 @@ import { hostname, tmpdir } from 'node:os';
 import path from 'node:path';
 import * as E from '../src/engine/index.js';
 import { IMAGENET_NORMALIZATION } from '../src/data/batches.js';
+import { PBC_CLASSES } from '../src/data/dataset.js';
 import { createModel } from '../src/models/index.js';
 import { type RunConfigInput, RunConfigError } from '../src/train/config.js';
 import { LOCK_FILE, lockRunDir } from '../src/train/lock.js';
@@ -164,26 +165,43 @@ test('a new run replaces no file it writes unasked, nor a file it reads, and nev
   assert.equal((await runTraining(request(resumed, folder, { resume: true }))).interrupted, false);
   assert.equal(readFileSync(keep, 'utf8'), 'keep');
   assert.ok(lstatSync(path.join(resumed, 'provenance.json')).isFile());
+
+  // The log is appended to, not rewritten: a link at its name is refused on --resume before the data is read.
+  const logged = path.join(root, 'linked-log');
+  assert.equal((await runTraining(request(logged, folder, { shouldStop: () => true }))).interrupted, true);
+  symlinkSync(keep, path.join(logged, 'log.jsonl'));
+  const events: string[] = [];
+  await assert.rejects(
+    runTraining(request(logged, folder, { resume: true, onEvent: (e) => events.push(e.type), onLoadProgress: (stage) => events.push(stage) })),
+    /linked-log\/log\.jsonl is a symbolic link, where the run appends its log to a file of its own: remove it \(or put the run's own log\.jsonl in its place\) and run again$/,
+  );
+  assert.deepEqual(events, [], 'nothing was read or trained');
+  assert.equal(readFileSync(keep, 'utf8'), 'keep');
+  rmSync(path.join(logged, 'log.jsonl'));
+  assert.equal((await runTraining(request(logged, folder, { resume: true }))).interrupted, false);
+  assert.equal(lines(path.join(logged, 'log.jsonl')).length, 1);
 });
 
 test('a model to start or distil from is checked before the data is read: its architecture and its weights', async () => {
-  const save = async (name: string, architecture: string, damaged = false) => {
+  const save = async (name: string, architecture: string, damaged = false, classes: readonly string[] = CLASSES) => {
     const file = path.join(root, `${name}.safetensors`);
     E.manualSeed(0);
-    const model = createModel(architecture, { numClasses: CLASSES.length, inputSize: 32 });
+    const model = createModel(architecture, { numClasses: classes.length, inputSize: 32 });
     if (damaged) E.noGrad(() => model.stateDict().get('head.fc.weight')!.fill_(Number.NaN));
-    await saveModel(file, model, { classes: CLASSES, normalization: IMAGENET_NORMALIZATION });
+    await saveModel(file, model, { classes: [...classes], normalization: IMAGENET_NORMALIZATION });
     model.dispose();
     return file;
   };
   const femto = await save('femto', 'convnext_femto');
   const nan = await save('nan', 'convnext_atto', true);
+  // A teacher must have the run's classes (a folder is read against hemato's): this one fails on its weights alone.
+  const nanTeacher = await save('nan-teacher', 'convnext_atto', true, PBC_CLASSES);
   const cases: [RunConfigInput, RegExp][] = [
     [{ init: femto }, /^--init .*femto\.safetensors is a convnext_femto model; this run trains convnext_atto: pass --arch convnext_femto, or another --init$/],
     [{ init: nan }, /^--init .*nan\.safetensors has NaN or infinite weights \(head\.fc\.weight\); the file is damaged: start from another model$/],
     [
-      { distill: { teachers: [nan], weight: 0.5, temperature: 2 } },
-      /^--teacher .*nan\.safetensors has NaN or infinite weights \(head\.fc\.weight\); the file is damaged: use another teacher$/,
+      { distill: { teachers: [nanTeacher], weight: 0.5, temperature: 2 } },
+      /^--teacher .*nan-teacher\.safetensors has NaN or infinite weights \(head\.fc\.weight\); the file is damaged: use another teacher$/,
     ],
   ];
   // The data folder does not exist: each case must be refused before it is looked at.

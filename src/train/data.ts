@@ -52,7 +52,7 @@ export interface LoadProgress {
 export async function loadTrainingData(options: TrainingDataOptions, inputSize: number, onProgress?: LoadProgress): Promise<TrainingData> {
   if ('pack' in options.source) return fromPack(options.source.pack, inputSize, options);
   const source = options.source;
-  const classes = (await listDataset(source, { classes: PBC_CLASSES })).classes;
+  const classes = (await listDataset(source, { classes: await trainingClasses(source) })).classes;
   let rows: SplitRow[];
   let splitHash: string;
   let madeSplit: Split | null = null;
@@ -129,6 +129,14 @@ export async function loadTrainingData(options: TrainingDataOptions, inputSize: 
     preprocessing,
     skipped,
   };
+}
+
+/**
+ * The classes a run trains on, in index order, known before any image is read: a pack's, from its header; for a
+ * folder or a labels CSV, hemato's classes, which they are listed against (all of them, whether present or not).
+ */
+export async function trainingClasses(source: TrainingDataOptions['source']): Promise<string[]> {
+  return 'pack' in source ? (await readPackHeader(source.pack)).header.classes : [...PBC_CLASSES];
 }
 
 /** Training fits on one part and keeps the epoch that does best on the other: it cannot go on without either. */

@@ -34,6 +34,7 @@ import {
   type LoadProgress,
   loadTrainingData,
   manifestChanges,
+  trainingClasses,
   type TrainingData,
   type TrainingDataOptions,
 } from './data.js';
@@ -41,7 +42,7 @@ import { TEACHER_FILE, teacherTargets } from './distill.js';
 import { lockRunDir } from './lock.js';
 import { provenance } from './provenance.js';
 import { CHECKPOINT_FILE, readCheckpointHeader, unusableCheckpoint } from './checkpoint.js';
-import { LOG_FILE, type TrainEvent, train } from './trainer.js';
+import { checkRunLog, LOG_FILE, type TrainEvent, train } from './trainer.js';
 import type { DataParallel } from './data-parallel.js';
 
 export const CONFIG_FILE = 'config.json';
@@ -156,10 +157,15 @@ async function storedLayer(runDir: string): Promise<ConfigLayer> {
  * is an error that lists the differences, since a resumed run must compute what the interrupted one would have.
  */
 export async function resolveTrainingConfig(request: TrainingRequest): Promise<RunConfig> {
+  return (await resolveRequest(request)).config;
+}
+
+/** The settings a request runs with, and the layers they were given in (which tell a setting given from a default). */
+async function resolveRequest(request: TrainingRequest): Promise<{ config: RunConfig; layers: ConfigLayer[] }> {
   const layers: ConfigLayer[] = [];
   if (request.configFile) layers.push({ source: request.configFile, settings: await readJson(request.configFile, 'the settings file') });
   if (request.overrides) layers.push({ source: 'the command line', settings: request.overrides });
-  if (!request.resume) return fixPrecision(resolveRunSettings(layers));
+  if (!request.resume) return { config: fixPrecision(resolveRunSettings(layers)), layers };
   const runDir = path.resolve(request.runDir);
   const checkpoint = path.join(runDir, CHECKPOINT_FILE);
   if (!existsSync(checkpoint)) throw new RunConfigError(`--resume: no checkpoint at ${checkpoint}, so no run to continue; start without --resume`);
@@ -173,33 +179,81 @@ export async function resolveTrainingConfig(request: TrainingRequest): Promise<R
         'Leave them out to resume, or start a new run (another --out, or --overwrite).',
     );
   }
-  return after;
+  return { config: after, layers };
 }
 
 /**
  * Checks everything about a request that needs no data, before anything is written: the settings, the device, the
- * files to start or distil from (their kind, architecture and weights), and the run folder (a new run must not
- * replace an earlier run's files unasked, nor its own inputs; a resumed one needs an unfinished run). `root` is
- * false for the processes of a data-parallel run that do not write to the folder. Returns the settings.
+ * files to start or distil from (their kind, architecture and weights, and a teacher's classes), a pack's header, and
+ * the run folder (a new run must not replace an earlier run's files unasked, nor its own inputs; a resumed one needs
+ * an unfinished run, and a log it can append to). `root` is false for the processes of a data-parallel run that do
+ * not write to the folder. Returns the settings, with what a pack fixed in place of what it replaces.
  */
 export async function checkTrainingRequest(request: TrainingRequest, root = !request.parallel || request.parallel.isRoot): Promise<RunConfig> {
   const runDir = path.resolve(request.runDir);
-  const config = await resolveTrainingConfig(request);
+  const { config, layers } = await resolveRequest(request);
   deviceOf(config);
+  const { pack } = config.data.source as { pack?: string };
+  let packClasses: string[] | undefined;
   if (request.resume) await checkResume(runDir, config);
   else {
     refuseInputsAmongOutputs(request.runDir, config);
     if (root) refuseEarlierResults(runDir, config, request);
     await checkStartingPoints(config);
-    const { pack } = config.data.source as { pack?: string };
-    if (pack)
-      await checkPackSource(pack, config.inputSize, { ...config.data, seed: config.seed }).catch((error: Error) => {
-        throw new RunConfigError(error.message);
-      });
+    if (pack) {
+      const header = await asUsageError(checkPackSource(pack, config.inputSize, { ...config.data, seed: config.seed }));
+      refusePackFixed(pack, header.geometry.field, layers);
+      // The run records what the pack used: its field, and no validation share (the pack's split chose the images).
+      config.data.field = header.geometry.field;
+      delete config.data.valFraction;
+      packClasses = header.classes;
+    }
   }
-  for (const teacher of config.distill?.teachers ?? [])
-    await checkModelFile(teacher, '--teacher', 'distil from models trained by hemato train', 'use another teacher');
+  const teachers = config.distill?.teachers ?? [];
+  if (teachers.length > 0) {
+    // Known without reading an image: a pack's header names its classes, and a folder or a labels CSV is read
+    // against hemato's classes.
+    const classes = {
+      names: packClasses ?? (await asUsageError(trainingClasses(config.data.source))),
+      of: pack ? `the classes of the pack ${pack}` : "hemato's classes, which a data folder or labels CSV is read against",
+    };
+    for (const teacher of teachers)
+      await checkModelFile(teacher, '--teacher', { otherwise: 'distil from models trained by hemato train', instead: 'use another teacher' }, { classes });
+  }
   return config;
+}
+
+/** A problem with the files a request names, found before anything is written, is a usage error. */
+function asUsageError<T>(promise: Promise<T>): Promise<T> {
+  return promise.catch((error: Error) => {
+    throw new RunConfigError(error.message);
+  });
+}
+
+/**
+ * A pack fixed its field and split when it was made: a field or validation share given for the run would be recorded
+ * but not applied. A field equal to the pack's (as a pack run's config.json records it) is no conflict.
+ */
+function refusePackFixed(pack: string, field: number | null, layers: readonly ConfigLayer[]): void {
+  // The last layer to give a data setting is the one it came from (the layers passed the schema already).
+  const given = (key: 'field' | 'valFraction') => {
+    for (const { source, settings } of [...layers].reverse()) {
+      const data = (settings as RunConfigInput).data;
+      if (data && Object.hasOwn(data, key)) return { source, value: data[key] };
+    }
+    return undefined;
+  };
+  const valFraction = given('valFraction');
+  if (valFraction)
+    throw new RunConfigError(
+      `${valFraction.source} sets data.valFraction, but ${pack} is a pack, and its split was fixed when it was made (hemato pack --split); leave data.valFraction out (for another validation share, make a split with hemato split --val and pack again with --split)`,
+    );
+  const asked = given('field');
+  const flag = (value: unknown) => `--field ${value ?? 'none'}`;
+  if (asked && asked.value !== field)
+    throw new RunConfigError(
+      `${asked.source} sets data.field ${JSON.stringify(asked.value)}, but ${pack} was packed with ${flag(field)}, and its images were cut then; leave data.field out, or make the pack again with ${flag(asked.value)}`,
+    );
 }
 
 /** Whether anything is at a path, a link included (even one whose target is gone). */
@@ -294,10 +348,12 @@ async function prepareRunDir(runDir: string, config: RunConfig, request: Trainin
 }
 
 /**
- * On --resume: the checkpoint's header must be readable and of the run's architecture, and the run unfinished.
- * Returns whether its training is complete while its calibration is not (it stopped before its model was written).
+ * On --resume: the checkpoint's header must be readable and of the run's architecture, the run unfinished, and its
+ * log a file of its own (said now, not after the data is read). Returns whether its training is complete while its
+ * calibration is not (it stopped before its model was written).
  */
 async function checkResume(runDir: string, config: RunConfig): Promise<boolean> {
+  await checkRunLog(runDir);
   const file = path.join(runDir, CHECKPOINT_FILE);
   const { loop, config: saved } = await readCheckpointHeader(file);
   const architecture = (saved as { model?: unknown } | null)?.model;
@@ -368,8 +424,14 @@ async function isHematoModel(file: string, flag: string): Promise<boolean> {
  * A trained model to start or distil from: a model saved by hemato (else `otherwise` says what to do), that loads,
  * with finite weights (else `instead`): training from NaN weights could only diverge.
  */
-async function checkModelFile(file: string, flag: string, otherwise: string, instead: string, architecture?: string): Promise<void> {
-  if (!(await isHematoModel(file, flag))) throw new RunConfigError(`${flag} takes a model saved by hemato, and ${file} has no hemato metadata; ${otherwise}`);
+async function checkModelFile(
+  file: string,
+  flag: string,
+  advice: { otherwise: string; instead: string },
+  expect: { architecture?: string; classes?: { names: readonly string[]; of: string } } = {},
+): Promise<void> {
+  if (!(await isHematoModel(file, flag)))
+    throw new RunConfigError(`${flag} takes a model saved by hemato, and ${file} has no hemato metadata; ${advice.otherwise}`);
   const named = <T>(read: Promise<T>) =>
     read.catch((error: Error) => {
       throw new RunConfigError(`${flag}: ${error.message}`);
@@ -377,14 +439,20 @@ async function checkModelFile(file: string, flag: string, otherwise: string, ins
   const metadata = await named(readModelMetadata(file));
   const its = resolveModelName(metadata.architecture);
   // Said before the weights are loaded into the wrong network, where it would be a list of every tensor's shape.
-  if (architecture !== undefined && its !== architecture)
-    throw new RunConfigError(`${flag} ${file} is a ${its} model; this run trains ${architecture}: pass --arch ${its}, or another ${flag}`);
+  if (expect.architecture !== undefined && its !== expect.architecture)
+    throw new RunConfigError(`${flag} ${file} is a ${its} model; this run trains ${expect.architecture}: pass --arch ${its}, or another ${flag}`);
+  const { classes } = expect;
+  if (classes && metadata.classes.join() !== classes.names.join())
+    throw new RunConfigError(
+      `${flag} ${file} has the classes ${metadata.classes.join(', ')}, and this run trains on ${classes.names.join(', ')} (${classes.of}); ` +
+        `its labels must be for the run's classes, in their order: use a model trained on these classes, or leave ${flag} ${file} out`,
+    );
   const { model } = await named(loadModel(file));
   try {
     const bad = nonFiniteWeights(model);
     if (bad.length > 0)
       throw new RunConfigError(
-        `${flag} ${file} has NaN or infinite weights (${bad.slice(0, 3).join(', ')}${bad.length > 3 ? ` and ${bad.length - 3} more` : ''}); the file is damaged: ${instead}`,
+        `${flag} ${file} has NaN or infinite weights (${bad.slice(0, 3).join(', ')}${bad.length > 3 ? ` and ${bad.length - 3} more` : ''}); the file is damaged: ${advice.instead}`,
       );
   } finally {
     model.dispose();
@@ -397,7 +465,13 @@ const pretrainedFiles = (weights: PretrainedWeights | null): string[] =>
 /** --init takes a model saved by hemato and --pretrained timm checkpoints; the wrong kind of file names the other flag. */
 async function checkStartingPoints(config: RunConfig): Promise<void> {
   if (config.init && config.pretrained) throw new RunConfigError('--init and --pretrained are two starting points: give one of them');
-  if (config.init) await checkModelFile(config.init, '--init', 'start from a timm checkpoint with --pretrained', 'start from another model', config.model);
+  if (config.init)
+    await checkModelFile(
+      config.init,
+      '--init',
+      { otherwise: 'start from a timm checkpoint with --pretrained', instead: 'start from another model' },
+      { architecture: config.model },
+    );
   for (const file of pretrainedFiles(config.pretrained))
     if (await isHematoModel(file, '--pretrained'))
       throw new RunConfigError(`--pretrained takes a timm checkpoint, and ${file} is a model saved by hemato; start from it with --init`);

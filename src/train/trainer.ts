@@ -3,7 +3,8 @@
 // beside it: the step and its losses (step.ts), validation (validate.ts), the EMA (ema.ts) and checkpoints
 // (checkpoint.ts); train() runs them in order. With a DataParallel group (data-parallel.ts), each process trains on
 // its share of every global batch and rank 0 alone writes checkpoints and logs.
-import { appendFile, mkdir } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { lstat, mkdir, open } from 'node:fs/promises';
 import path from 'node:path';
 import * as E from '../engine/index.js';
 import { weightDecayGroups, withBatchShard } from '../nn/index.js';
@@ -100,6 +101,39 @@ export interface TrainRun {
 
 export const LOG_FILE = 'log.jsonl';
 
+/**
+ * The log is the one run file appended to rather than written whole and renamed: it is opened without following a
+ * link, so that a link placed at its name (between a stop and --resume) cannot have the run write outside its folder.
+ */
+const LOG_FLAGS = constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW;
+
+function unusableLog(file: string, what: string): Error {
+  return new Error(
+    `${file} is ${what}, where the run appends its log to a file of its own: remove it (or put the run's own log.jsonl in its place) and run again`,
+  );
+}
+
+/** Refuses a run log that is a link, a folder or any other thing but a file, before the run trains a step. */
+export async function checkRunLog(runDir: string): Promise<void> {
+  const file = path.join(runDir, LOG_FILE);
+  const info = await lstat(file).catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT') return null;
+    throw error;
+  });
+  if (info && !info.isFile()) throw unusableLog(file, info.isSymbolicLink() ? 'a symbolic link' : info.isDirectory() ? 'a folder' : 'not a regular file');
+}
+
+async function appendLog(file: string, line: string): Promise<void> {
+  const handle = await open(file, LOG_FLAGS).catch((error: NodeJS.ErrnoException) => {
+    throw error.code === 'ELOOP' ? unusableLog(file, 'a symbolic link') : error;
+  });
+  try {
+    await handle.appendFile(line);
+  } finally {
+    await handle.close();
+  }
+}
+
 /** How many batches are prepared ahead of the one being trained on. */
 const PREFETCH_DEPTH = 2;
 
@@ -154,7 +188,10 @@ export async function train(run: TrainRun): Promise<{ loop: LoopState; stoppedEa
     throw new RangeError(`the batch size ${config.batchSize} cannot be split evenly across ${parallel.worldSize} processes`);
   if (parallel) refuseBatchStatistics(model);
   const root = !parallel || parallel.isRoot;
-  if (root) await mkdir(runDir, { recursive: true });
+  if (root) {
+    await mkdir(runDir, { recursive: true });
+    await checkRunLog(runDir);
+  }
   // Before the EMA copies the weights: every rank starts from rank 0's.
   if (parallel) await parallel.broadcastModule(model);
   const groups = weightDecayGroups(model, config.weightDecay);
@@ -356,7 +393,7 @@ async function endEpoch(context: TrainingContext, loop: LoopState, losses: numbe
   };
   loop.history.push(entry);
   if (val) {
-    await appendFile(path.join(run.runDir, LOG_FILE), `${JSON.stringify({ time: new Date().toISOString(), ...entry })}\n`);
+    await appendLog(path.join(run.runDir, LOG_FILE), `${JSON.stringify({ time: new Date().toISOString(), ...entry })}\n`);
     emit({ type: 'epoch', epoch: loop.epoch, trainLoss: entry.train_loss, lr: entry.lr, seconds: entry.seconds, val, best });
   }
   loop.epoch++;
