@@ -69,7 +69,7 @@ export function registerPredict(program: Command): void {
     .option(
       '--shard <I/N>',
       "classify only the I-th of N contiguous blocks of the file list (inputs in the order given, each folder's files sorted by name); " +
-        'the --csv or --jsonl outputs of shards 1…N, concatenated in order, are those of one process (the CSV header comes with shard 1; entries skipped outright, such as special files or files over --max-file-size, with shard N)',
+        'the --csv or --jsonl outputs of shards 1…N, concatenated in order, are those of one process (the CSV header comes with shard 1; entries skipped outright, such as special files or files over --max-file-size, with shard N; --jsonl scores can differ in their last digits, since the shards batch the images differently)',
       parseShard,
     )
     .option('--max-file-size <size>', MAX_FILE_SIZE_HELP, parseFileSize);

@@ -1,4 +1,4 @@
-import { type Command, InvalidArgumentError } from 'commander';
+import { type Command, InvalidArgumentError, Option } from 'commander';
 import { isIP } from 'node:net';
 import { sizeText } from '../../data/files.js';
 import { SERVE_DEFAULTS, SERVE_RANGES, type ServeOptions } from '../../serve/options.js';
@@ -24,7 +24,11 @@ export function registerServe(program: Command): void {
       wholeIn(batchWaitMs[0], batchWaitMs[1], 'milliseconds'),
       SERVE_DEFAULTS.batchWaitMs,
     )
-    .option('--max-body <size>', 'largest request body, in MiB or with a unit (B, K, M, G)', parseBodySize, SERVE_DEFAULTS.maxBody)
+    .addOption(
+      new Option('--max-body <size>', 'largest request body, in MiB or with a unit (B, K, M, G)')
+        .argParser(parseBodySize)
+        .default(SERVE_DEFAULTS.maxBody, sizeText(SERVE_DEFAULTS.maxBody)),
+    )
     .option('--max-parts <n>', 'images per batch request at most', wholeIn(maxParts[0], maxParts[1]), SERVE_DEFAULTS.maxParts)
     .option(
       '--max-queue <n>',
