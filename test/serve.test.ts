@@ -287,7 +287,16 @@ test('the served folder lists its images and reads them, and nothing it does not
   }
   const raw = await rawRequest('GET /v1/folder/file?path=../../../../etc/passwd HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n', Buffer.alloc(0));
   assert.equal(raw.status, 404);
-  assert.deepEqual(listing.skipped, [{ path: 'sublink', reason: 'repeated-folder' }], 'a folder reached again through a link is listed once, and said so');
+  assert.deepEqual(
+    listing.skipped,
+    [
+      { path: 'link-out.jpg', reason: 'outside-folder' },
+      { path: 'linked-folder', reason: 'outside-folder' },
+      { path: 'self', reason: 'repeated-folder' },
+      { path: 'sublink', reason: 'repeated-folder' },
+    ],
+    'links leading outside are named as such, unfollowed; a folder reached again through a link is listed once, and said so',
+  );
 });
 
 test("GET /v1/model gives the card without the server's file paths; /healthz and the page answer", async () => {

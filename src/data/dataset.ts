@@ -1,8 +1,7 @@
 // Listing a labelled data set from its two layouts: ImageFolder (one folder per class) or a CSV of file,label.
 import path from 'node:path';
 import { parseCsv } from './csv.js';
-import type { DecodeErrorCode } from './errors.js';
-import { escapeControl, fsReason, inspectPath, readFailure, readFolder, readRegularFile, walkFolder } from './files.js';
+import { escapeControl, fsReason, inspectPath, readFailure, readFolder, readRegularFile, walkFolder, type WalkedSkip } from './files.js';
 
 /** hemato's classes, in the index order every model and pack uses. */
 export const PBC_CLASSES: readonly string[] = ['basophil', 'eosinophil', 'erythroblast', 'ig', 'lymphocyte', 'monocyte', 'neutrophil', 'platelet'];
@@ -15,7 +14,8 @@ export interface DatasetItem {
   label: string;
 }
 
-export type SkipReason = 'hidden' | 'unknown-label' | 'missing' | 'no-class-folder' | 'repeated-folder' | DecodeErrorCode;
+/** Why a listing skipped an entry: a walk's reasons (docs/reliability.md), or a label that does not fit. */
+export type SkipReason = 'unknown-label' | 'missing' | 'no-class-folder' | WalkedSkip['code'];
 
 export interface SkippedFile {
   path: string;

@@ -161,7 +161,7 @@ export interface WalkedFile {
 }
 
 export interface WalkedSkip extends WalkedFile {
-  code: DecodeErrorCode | 'hidden' | 'repeated-folder';
+  code: DecodeErrorCode | 'hidden' | 'repeated-folder' | 'outside-folder';
   detail: string;
 }
 
@@ -176,7 +176,7 @@ export interface WalkOptions {
   reportHidden?: boolean;
   /** Folders already listed (by device and inode), shared across walks so a link cannot list one twice. */
   seen?: Set<string>;
-  /** A folder (its real path) that links may not lead out of: entries resolving outside it are passed over. */
+  /** A folder (its real path) that links may not lead out of: links resolving outside it are skipped, unfollowed. */
   within?: string;
 }
 
@@ -208,7 +208,10 @@ export async function walkFolder(dir: string, rel: string, options: WalkOptions 
     }
     if (options.within !== undefined && entry.isSymbolicLink()) {
       const target = await realpath(child.path).catch(() => null);
-      if (target !== null && !target.startsWith(options.within + path.sep)) continue;
+      if (target !== null && target !== options.within && !target.startsWith(options.within + path.sep)) {
+        result.skipped.push({ ...child, code: 'outside-folder', detail: 'a symbolic link that leads outside the folder' });
+        continue;
+      }
     }
     const info = await inspectPath(child.path, options.maxBytes);
     if (info.kind === 'file') result.files.push(child);
