@@ -1,5 +1,5 @@
 // The metrics an evaluation reports, from scores already computed, each image's answer, and the report that shows them.
-import { mkdir } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import sharp from 'sharp';
 import { writeFileAtomic } from '../data/files.js';
@@ -191,6 +191,9 @@ export interface ReportOptions {
 /** The report's page, beside its plots. */
 export const REPORT_FILE = 'report.md';
 
+/** The plots a report draws only where it has something to show. */
+const OPTIONAL_PLOTS = ['curves.svg', 'errors.svg'];
+
 /** Each of a report's files is written whole or not at all: an earlier report stays readable until it is replaced. */
 const writeText = (file: string, text: string) => writeFileAtomic(file, [Buffer.from(text)]);
 
@@ -265,6 +268,10 @@ export async function writeReport(dir: string, title: string, evaluation: Evalua
   const file = path.join(dir, REPORT_FILE);
   const extra = [...subtypes, ...(options.extra ?? [])];
   await writeText(file, markdownReport(title, evaluation, { data: options.data, plots, uncertainty, curvesNote, errors: errorLines, extra }));
+  // An earlier report's plot that this one has not (its errors, where this evaluation has none) would be taken for
+  // this evaluation's.
+  const written = new Set(Object.values(plots));
+  for (const plot of OPTIONAL_PLOTS) if (!written.has(plot)) await rm(path.join(dir, plot), { force: true });
   return file;
 }
 

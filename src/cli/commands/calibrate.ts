@@ -4,14 +4,15 @@ import { BUNDLED_MODEL, loadClassifier } from '../../api/classifier.js';
 import { DEFAULT_OOD_FLAGGED, evenSample, FEATURE_SCALE_SAMPLE, fitDetector, fitScaleFromFeatures } from '../../api/detector.js';
 import { evaluateScores, scoreItems } from '../../api/evaluate.js';
 import { validationRecord } from '../../eval/evaluation.js';
-import { listDataset, noLabelledImages } from '../../data/dataset.js';
+import { noLabelledImages } from '../../data/dataset.js';
 import { readSplit } from '../../data/split.js';
 import { saveModel } from '../../models/io.js';
 import { calibrate } from '../../eval/calibration.js';
 import { assertFiniteWeights } from '../../eval/finite.js';
-import { CliError, prepareOutputFile, printJson } from '../output.js';
+import { CliError, prepareOutputFile, printJson, refuseOutputOverInput } from '../output.js';
+import { failureList, imageSource, listSplitPart } from './labelled.js';
 import { progressBar } from '../progress.js';
-import { classifierOptions, datasetSource, modelOption, notForCommand, parseBatchSize, parseChoice, parseFraction, parsePositiveInt } from './shared.js';
+import { classifierOptions, modelOption, notForCommand, parseBatchSize, parseChoice, parseFraction, parsePositiveInt, refuseEmptyPaths } from './shared.js';
 
 export function registerCalibrate(program: Command): void {
   const command = program
@@ -26,7 +27,7 @@ export function registerCalibrate(program: Command): void {
     .option('--part <part>', 'the part of --split to calibrate on: train, val or test (default: val)', parseChoice(['train', 'val', 'test'] as const))
     .option(
       '-o, --out <file>',
-      'where to write the calibrated model (default: <model>.calibrated.safetensors, next to --model, or in the current folder for the bundled model); a file there is replaced once the new one is written, and the output says so',
+      'where to write the calibrated model (default: <model>.calibrated.safetensors, next to --model, or in the current folder for the bundled model); a file there is replaced once the new one is written, and the output says so; never the --model, --split or --labels it reads',
     )
     .option('--target-accuracy <p>', 'the accuracy that predictions above the uncertainty threshold must reach on this data', parseFraction, 0.995)
     .option(
@@ -46,35 +47,49 @@ export function registerCalibrate(program: Command): void {
   const refuseUnused = notForCommand(command, { threshold: '--threshold does not apply: calibrate fits the uncertainty threshold (see --target-accuracy)' });
   command.action(async (dir: string | undefined, options) => {
     refuseUnused();
+    refuseEmptyPaths(options, ['model', 'out', 'images', 'labels', 'split']);
     // Checked before the model is loaded.
     if (options.ood && !options.split)
       throw new CliError('--ood needs --split: the detector is fitted on the training part and its threshold on the validation part', 2);
-    if (options.part && !options.split) throw new CliError('--part needs --split', 2);
-    if (options.split && !(dir ?? options.images)) throw new CliError('--split needs the data folder (as the argument or --images)', 2);
+    // The same sources, checks and skipped rows as eval's: a row eval would score is calibrated on, and no other.
+    const listImages = await imageSource(dir, options);
     const modelFile: string = options.model ?? BUNDLED_MODEL;
-    const classifier = await loadClassifier(modelFile, classifierOptions(options));
-    assertFiniteWeights(classifier.model, modelFile);
     // Never write into the installed package: the bundled model's calibration goes to the current folder.
     const out: string =
       options.out ??
       (options.model
         ? options.model.replace(/(\.safetensors)?$/, '.calibrated.safetensors')
         : path.basename(BUNDLED_MODEL, '.safetensors') + '.calibrated.safetensors');
+    // The model it reads would lose its calibration, the images' CSV would become a model file.
+    await refuseOutputOverInput(
+      '--out',
+      out,
+      [out],
+      [
+        ['--model', modelFile],
+        ['--split', options.split],
+        ['--labels', options.labels],
+      ],
+    );
     // Checked now, not after minutes of scoring.
     const { replaces } = await prepareOutputFile(out);
-    let items;
+    const classifier = await loadClassifier(modelFile, classifierOptions(options));
+    assertFiniteWeights(classifier.model, modelFile);
+    const listing = await listImages({ classes: classifier.classes });
+    if (listing.items.length === 0) throw new CliError(noLabelledImages(listing.root, listing.skipped.length, classifier.classes));
+    const items = listing.items;
     let ood = classifier.ood;
     let featureScale = classifier.metadata.featureScale;
     let splitHash: string | null = null;
     if (options.split) {
-      const root = (dir ?? options.images) as string;
-      const { rows, hash } = await readSplit(options.split);
-      splitHash = hash;
-      const itemsOf = (part: string) => rows.filter((r) => r.part === part).map((r) => ({ file: r.file, path: path.join(root, r.file), label: r.label }));
-      const part = options.part ?? 'val';
-      items = itemsOf(part);
+      splitHash = (await readSplit(options.split)).hash;
       if (options.ood) {
-        const train = itemsOf('train');
+        const trainListing = await listSplitPart(options.split, listing.root, 'train', { classes: classifier.classes });
+        const train = trainListing.items;
+        if (train.length === 0) {
+          const why = failureList(trainListing.skipped.map((s) => ({ path: s.path, reason: `${s.reason}: ${s.detail}` })));
+          throw new CliError(`--ood fits the detector on the train part of ${options.split}, and none of its rows names an image to use: ${why}`);
+        }
         const sample = evenSample(train, options.oodSample);
         const detectorBar = progressBar('fitting the out-of-distribution detector', sample.length + items.length);
         ood = await fitDetector(classifier, sample, items, {
@@ -92,11 +107,6 @@ export function registerCalibrate(program: Command): void {
           scaleBar.stop();
         }
       }
-      if (items.length === 0) throw new CliError(`${options.split} has no ${part} part`);
-    } else {
-      const listing = await listDataset(datasetSource(dir, options), { classes: classifier.classes });
-      if (listing.items.length === 0) throw new CliError(noLabelledImages(listing.root, listing.skipped.length, classifier.classes));
-      items = listing.items;
     }
     const bar = progressBar('scoring', items.length);
     const scored = await scoreItems(classifier, items, { batchSize: options.batchSize, onProgress: (done) => bar.update(done) });
@@ -123,6 +133,11 @@ export function registerCalibrate(program: Command): void {
       { dtype: options.dtype ?? classifier.metadata.dtype },
     );
     for (const warning of fit.warnings) process.stderr.write(`warning: ${warning}\n`);
+    // Hidden entries are passed over on purpose, as eval does; anything else left out is said, not dropped unseen.
+    const failed = [
+      ...listing.skipped.filter((s) => s.reason !== 'hidden').map((s) => ({ path: s.path, reason: `${s.reason}: ${s.detail}` })),
+      ...scored.failed,
+    ];
     const summary = {
       model: out,
       replaced: replaces,
@@ -136,13 +151,17 @@ export function registerCalibrate(program: Command): void {
       ood: ood ? { threshold: ood.threshold, validation_flagged: ood.validationFlagged } : null,
       feature_scale: featureScale ? { pooling: featureScale.pooling, features: featureScale.weights.length } : null,
       warnings: fit.warnings,
-      failed: scored.failed,
+      failed,
     };
     if (options.json) printJson(summary);
     else
       process.stdout.write(
         `${out}: T = ${fit.temperature.toFixed(3)}, NLL ${fit.nllBefore.toFixed(4)} → ${fit.nllAfter.toFixed(4)}, ECE ${fit.eceBefore.toFixed(4)} → ${fit.eceAfter.toFixed(4)}, uncertainty threshold ${fit.uncertaintyThreshold.toFixed(3)} (on ${n} images)${replaces ? '; replaced the earlier file' : ''}\n`,
       );
+    if (failed.length > 0) {
+      process.stderr.write(`hemato: ${failed.length} files could not be scored (see failed in --json); the calibration leaves them out\n`);
+      process.exitCode = 1;
+    }
     classifier.dispose();
   });
 }

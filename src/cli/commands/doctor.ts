@@ -136,7 +136,8 @@ function precisionCheck(device: E.Device, entries: ReturnType<typeof E.precision
   }
   const heading = `defaults on ${device === 'cpu' ? `a CPU with ${CPU_KINDS[E.cpuKind(E.cpuFeatures())]}` : device}:`;
   const run = usesBf16 ? roundTrip(device, true) : { ok: true, detail: 'ok' };
-  const detail = run.ok ? [heading, ...lines].join('\n                  ') : `bf16 autocast: ${run.detail}`;
+  // One line each; the printout for people indents them, --json keeps them bare.
+  const detail = run.ok ? [heading, ...lines].join('\n') : `bf16 autocast: ${run.detail}`;
   return { name: 'precision', ok: run.ok, detail, fixes: ['--precision fp32   (on predict, eval and train, until the addon works under autocast)', REBUILD] };
 }
 
@@ -218,7 +219,7 @@ export function registerDoctor(program: Command): void {
         printJson({ ok, ...report, checks });
       } else {
         for (const check of checks) {
-          process.stdout.write(`${check.ok ? '✓' : '✗'} ${check.name.padEnd(15)} ${check.detail}\n`);
+          process.stdout.write(`${check.ok ? '✓' : '✗'} ${check.name.padEnd(15)} ${check.detail.replaceAll('\n', `\n${' '.repeat(18)}`)}\n`);
           if (!check.ok) check.fixes?.forEach((fix, i) => process.stdout.write(`  ${i === 0 ? 'fix:' : 'or: '} ${fix}\n`));
         }
       }

@@ -5,14 +5,12 @@ import { BUNDLED_MODEL, loadClassifier } from '../../api/classifier.js';
 import { modelInfo } from '../../api/model-info.js';
 import { evaluateScores, evaluateShifts, imagePredictions, REPORT_FILE, scoreItems, shiftTable, writeReport } from '../../api/evaluate.js';
 import { selectShifts, SHIFTS } from '../../eval/shifts.js';
-import { parseCsv } from '../../data/csv.js';
-import { type DatasetListing, listCsvDataset, listDataset, type ListOptions, noLabelledImages } from '../../data/dataset.js';
-import { readRegularFile } from '../../data/files.js';
+import { noLabelledImages } from '../../data/dataset.js';
 import { readImageFile } from '../../data/image.js';
-import { type Part, readSplit } from '../../data/split.js';
 import { CliError, prepareOutputDir, printJson } from '../output.js';
 import { progressBar } from '../progress.js';
-import { classifierOptions, datasetSource, MAX_FILE_SIZE_HELP, modelOption, parseChoice, parseFileSize, parseBatchSize, parsePositiveInt } from './shared.js';
+import { failureList, imageSource } from './labelled.js';
+import { classifierOptions, MAX_FILE_SIZE_HELP, modelOption, parseChoice, parseFileSize, parseBatchSize, refuseEmptyPaths } from './shared.js';
 
 const pct = (x: number) => `${(100 * x).toFixed(2)}%`;
 const range = ([lo, hi]: [number, number]) => `${(100 * lo).toFixed(1)}–${(100 * hi).toFixed(1)}%`;
@@ -38,19 +36,13 @@ export function registerEval(program: Command): void {
   modelOption(command).action(async (dir: string | undefined, options) => {
     // Checked before the model loads and the images are scored, not after.
     if (options.perImage && !options.json) throw new CliError('--per-image needs --json', 2);
+    refuseEmptyPaths(options, ['model', 'report', 'images', 'labels', 'split']);
     if (options.report) await prepareOutputDir(options.report, '--report');
     let shifts;
     try {
-      shifts =
-        options.shifts === undefined
-          ? []
-          : selectShifts(
-              options.shifts === true
-                ? true
-                : String(options.shifts)
-                    .split(',')
-                    .map((s) => s.trim()),
-            );
+      // A shift named twice is scored once.
+      const names = typeof options.shifts === 'string' ? [...new Set(options.shifts.split(',').map((s: string) => s.trim()))] : options.shifts;
+      shifts = names === undefined ? [] : selectShifts(names);
     } catch (error) {
       throw new CliError((error as Error).message, 2);
     }
@@ -61,16 +53,19 @@ export function registerEval(program: Command): void {
     const bar = progressBar('evaluating', listing.items.length);
     const scored = await scoreItems(classifier, listing.items, { batchSize: options.batchSize, onProgress: (done) => bar.update(done) });
     bar.stop();
-    if (scored.labels.length === 0) throw new CliError('none of the images could be read; see the skipped list with --json');
+    if (scored.labels.length === 0) throw new CliError(`none of the images could be read: ${failureList(scored.failed)}`);
     const predictions = imagePredictions(scored, classifier);
     const evaluation = evaluateScores(scored, classifier, predictions);
     let shiftResults;
     if (shifts.length) {
-      const shiftBar = progressBar('shifts', shifts.length * listing.items.length);
+      // The images the figures above rest on, and no others: each shift's row is compared with them.
+      const scoredFiles = new Set(scored.files);
+      const shiftItems = listing.items.filter((item) => scoredFiles.has(item.file));
+      const shiftBar = progressBar('shifts', shifts.length * shiftItems.length);
       const names = shifts.map((s) => s.name);
-      shiftResults = await evaluateShifts(classifier, listing.items, shifts, {
+      shiftResults = await evaluateShifts(classifier, shiftItems, shifts, {
         batchSize: options.batchSize,
-        onProgress: (name, done) => shiftBar.update(names.indexOf(name) * listing.items.length + done),
+        onProgress: (name, done) => shiftBar.update(names.indexOf(name) * shiftItems.length + done),
       });
       shiftBar.stop();
     }
@@ -133,57 +128,4 @@ export function registerEval(program: Command): void {
     }
     classifier.dispose();
   });
-}
-
-interface SourceOptions {
-  images?: string;
-  labels?: string;
-  split?: string;
-  part?: Part;
-}
-
-type Lister = (listOptions: ListOptions) => Promise<DatasetListing>;
-
-/**
- * Where the labelled images come from: an ImageFolder, --images with --labels, or one part of a split. The flags
- * are checked here, before the model loads; the listing needs the model's classes.
- */
-async function imageSource(dir: string | undefined, options: SourceOptions): Promise<Lister> {
-  if (options.part && !options.split) throw new CliError('--part needs --split', 2);
-  if (!options.split) {
-    const source = datasetSource(dir, options);
-    if (options.labels) await refuseSplitAsLabels(options.labels);
-    return (listOptions) => listDataset(source, listOptions);
-  }
-  const split = options.split;
-  if (options.labels) throw new CliError('give --labels or --split, not both', 2);
-  if (dir && options.images) throw new CliError('give the data folder as the argument or as --images, not both', 2);
-  const root = dir ?? options.images;
-  if (!root) throw new CliError('--split needs the data folder its paths are relative to (as the argument or --images)', 2);
-  return (listOptions) => listSplitPart(split, root, options.part ?? 'val', listOptions);
-}
-
-/** The rows of one part of a split, checked as any labels CSV is; the other parts' rows are not reported. */
-async function listSplitPart(split: string, root: string, part: Part, listOptions: ListOptions): Promise<DatasetListing> {
-  const { rows } = await readSplit(split);
-  const chosen = new Set(rows.filter((r) => r.part === part).map((r) => r.file));
-  if (chosen.size === 0) throw new CliError(`${split} has no ${part} part`);
-  const listing = await listCsvDataset(split, root, listOptions);
-  return { ...listing, items: listing.items.filter((i) => chosen.has(i.file)), skipped: listing.skipped.filter((s) => chosen.has(s.path)) };
-}
-
-/** A split given as --labels would score every part, training images included: the figures would look far too good. */
-async function refuseSplitAsLabels(labels: string): Promise<void> {
-  const text = await readRegularFile(labels).then(
-    (bytes) => bytes.toString('utf8'),
-    () => undefined,
-  );
-  if (text === undefined) return; // listing the data set says why it cannot be read
-  const header = (parseCsv(text.split(/\r?\n/, 1)[0])[0] ?? []).map((name) => name.trim().toLowerCase());
-  if (header.includes('part')) {
-    throw new CliError(
-      `--labels ${labels} is a split (it has a part column), and its training images would be scored too: give it as --split ${labels} --part val (or test, or train)`,
-      2,
-    );
-  }
 }

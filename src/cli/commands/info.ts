@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { BUNDLED_MODEL } from '../../api/classifier.js';
 import { type ModelCard, modelCard, type ModelFile, readModelFile } from '../../api/model-info.js';
-import { fsReason } from '../../data/files.js';
+import { escapeControl, fsReason } from '../../data/files.js';
 import type { Rgb } from '../../data/prepare.js';
 import { CliError, printJson } from '../output.js';
 
@@ -79,10 +79,12 @@ function printCard(card: Card): void {
     ['sha256', card.model_info.sha256],
     ['created', card.model_info.created],
   ];
-  for (const [key, value] of lines) process.stdout.write(`${key.padEnd(20)} ${value}\n`);
+  // The file's own words (class names, provenance) are escaped: control characters in them would drive the terminal.
+  for (const [key, value] of lines) process.stdout.write(`${key.padEnd(20)} ${escapeControl(value)}\n`);
   const provenance = Object.entries(card.provenance);
   process.stdout.write(`provenance${provenance.length ? '' : '           none recorded'}\n`);
-  for (const [key, value] of provenance) process.stdout.write(`  ${key.padEnd(18)} ${typeof value === 'string' ? value : JSON.stringify(value)}\n`);
+  for (const [key, value] of provenance)
+    process.stdout.write(`  ${escapeControl(key).padEnd(18)} ${escapeControl(typeof value === 'string' ? value : JSON.stringify(value))}\n`);
 }
 
 function backgroundLine(colours: readonly Rgb[] | null): string {

@@ -161,3 +161,13 @@ export function datasetSource(dir: string | undefined, options: { images?: strin
   if (options.images && options.labels) return { csv: options.labels, images: options.images };
   throw new CliError('no data: give a folder of class folders (ImageFolder), or --images DIR --labels CSV (file,label)', 2);
 }
+
+/**
+ * Refuses a path option given as an empty string (`--report=`): it would be read as not given (no report written)
+ * or as the current folder.
+ */
+export function refuseEmptyPaths(options: Record<string, unknown>, names: readonly string[]): void {
+  for (const name of names) {
+    if (options[name] === '') throw new CliError(`--${name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} needs a path, got an empty one`, 2);
+  }
+}
