@@ -16,6 +16,9 @@ import { saveModel } from '../src/models/io.js';
 import { createModel } from '../src/models/index.js';
 import { evaluateScores, imagePredictions, writeReport } from '../src/eval/evaluation.js';
 import { saveUntrainedModel } from './helpers.js';
+import { loadClassifier } from '../src/api/classifier.js';
+import { scoreItems } from '../src/api/evaluate.js';
+import type { RgbImage } from '../src/data/image.js';
 
 const BIN = path.resolve('bin/hemato.js');
 const dir = mkdtempSync(path.join(tmpdir(), 'hemato-eval-inputs-'));
@@ -104,6 +107,25 @@ test('eval --shifts scores the images the baseline scored, each shift once', asy
   assert.equal(result.n, 2);
   assert.deepEqual(Object.keys(result.shifts), ['blur-1']);
   assert.equal(result.shifts['blur-1'].n, 2);
+});
+
+test("files read again for a shift are read under the classifier's pixel limit and the listing's size limit", async () => {
+  await ready;
+  const mixed = path.join(dir, 'mixed'); // written by the test above
+  const items = ['small-1.png', 'large.png'].map((name) => ({ file: `eosinophil/${name}`, path: path.join(mixed, 'eosinophil', name), label: 'eosinophil' }));
+  const classifier = await loadClassifier(modelFile, { maxPixels: 5000 });
+  try {
+    const same = async (image: RgbImage) => image;
+    const byPixels = await scoreItems(classifier, items, { transform: same });
+    assert.deepEqual(byPixels.files, ['eosinophil/small-1.png']);
+    assert.equal(byPixels.failed.length, 1);
+    assert.match(byPixels.failed[0].reason, /120×120 .* exceeds the pixel limit of 5000 pixels/);
+    const bySize = await scoreItems(classifier, items, { transform: same, maxFileBytes: 10 });
+    assert.deepEqual(bySize.files, []);
+    assert.equal(bySize.failed.length, 2);
+  } finally {
+    classifier.dispose();
+  }
 });
 
 test("a report with no errors removes an earlier report's grid of errors", async () => {

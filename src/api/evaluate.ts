@@ -22,6 +22,8 @@ export {
 export interface ScoreOptions {
   batchSize?: number;
   onProgress?: (done: number, total: number) => void;
+  /** The listing's file-size limit, for files read again to be transformed (default: 256 MiB). */
+  maxFileBytes?: number;
   /** Applied to each decoded image before the classifier prepares it (the shift suite). */
   transform?: (image: RgbImage) => Promise<RgbImage>;
   /** Keep each image's features too, pooled this way (fitting the out-of-distribution detector). */
@@ -42,7 +44,9 @@ export async function scoreItems(classifier: Classifier, items: DatasetItem[], o
   const features: Float32Array[] = [];
   const failed: ScoredItems['failed'] = [];
   const { transform } = options;
-  const input = (item: DatasetItem) => (transform ? readImageFile(item.path).then(transform) : Promise.resolve(item.path));
+  // Read again under the same limits as the untransformed images, so that a shift scores the same files.
+  const limits = { maxPixels: classifier.maxPixels, maxFileBytes: options.maxFileBytes };
+  const input = (item: DatasetItem) => (transform ? readImageFile(item.path, limits).then(transform) : Promise.resolve(item.path));
   const prepare = async (chunk: DatasetItem[]) => {
     const sources = await Promise.all(chunk.map((item) => input(item).catch((error: Error) => error)));
     const images = await classifier.prepareMany(sources.flatMap((source) => (source instanceof Error ? [] : [source])));
@@ -117,12 +121,13 @@ export async function evaluateShifts(
   classifier: Classifier,
   items: DatasetItem[],
   shifts: readonly Shift[],
-  options: { batchSize?: number; onProgress?: (shift: string, done: number, total: number) => void } = {},
+  options: { batchSize?: number; maxFileBytes?: number; onProgress?: (shift: string, done: number, total: number) => void } = {},
 ): Promise<Record<string, ShiftResult>> {
   const results: Record<string, ShiftResult> = {};
   for (const shift of shifts) {
     const scored = await scoreItems(classifier, items, {
       batchSize: options.batchSize,
+      maxFileBytes: options.maxFileBytes,
       transform: shift.apply,
       onProgress: (done, total) => options.onProgress?.(shift.name, done, total),
     });

@@ -65,6 +65,7 @@ export function registerEval(program: Command): void {
       const names = shifts.map((s) => s.name);
       shiftResults = await evaluateShifts(classifier, shiftItems, shifts, {
         batchSize: options.batchSize,
+        maxFileBytes: options.maxFileSize,
         onProgress: (name, done) => shiftBar.update(names.indexOf(name) * shiftItems.length + done),
       });
       shiftBar.stop();
@@ -88,7 +89,7 @@ export function registerEval(program: Command): void {
       reportFile = await writeReport(options.report, `Evaluation of ${model.name} on ${dataName}`, evaluation, {
         data: `${evaluation.n} labelled images of ${dataName}${source ? ` (${source})` : ''}${notEvaluated ? `; ${notEvaluated} files could not be evaluated` : ''}.`,
         predictions,
-        image: (i) => readImageFile(paths.get(scored.files[i])!, { maxFileBytes: options.maxFileSize }),
+        image: (i) => readImageFile(paths.get(scored.files[i])!, { maxFileBytes: options.maxFileSize, maxPixels: classifier.maxPixels }),
         extra: shiftResults ? shiftTable(evaluation, shiftResults) : [],
       });
     }
