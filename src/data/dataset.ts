@@ -123,7 +123,7 @@ export async function listCsvDataset(csvPath: string, imagesDir: string, options
   const skipped: SkippedFile[] = [];
   const rowOf = new Map<string, number>();
   for (const { cells, line } of rows.slice(1)) {
-    const file = (cells[fileColumn] ?? '').trim().replace(/\\/g, '/');
+    const file = rowFile(cells[fileColumn] ?? '');
     const label = (cells[labelColumn] ?? '').trim().toLowerCase();
     if (file === '') {
       skipped.push({ path: `${path.basename(csvPath)}:${line}`, reason: 'missing', detail: `row ${line} has no file` });
@@ -147,6 +147,9 @@ export async function listCsvDataset(csvPath: string, imagesDir: string, options
   items.sort((a, b) => compareStrings(a.file, b.file));
   return { root, layout: 'csv', classes, items, skipped };
 }
+
+/** A CSV row's file as listings name it: trimmed, with Windows separators as '/'. */
+export const rowFile = (cell: string): string => cell.trim().replace(/\\/g, '/');
 
 /**
  * Refuses a CSV row whose path is absolute or leads out of the images folder once normalised (`a/../../b`; `a/../b`

@@ -57,10 +57,10 @@ export interface Split {
   near_duplicates: NearDuplicateGrouping;
 }
 
-/** Refuses settings no split can be drawn with; makeSplit checks them, and callers may check them before a scan. */
 /** The largest seed: the seeds a training run accepts, so that any split can be remade by the run that trains on it. */
 export const MAX_SEED = 2 ** 32 - 1;
 
+/** Refuses settings no split can be drawn with; makeSplit checks them, and callers may check them before a scan. */
 export function checkSplitOptions(options: SplitOptions): void {
   const { seed = 0, val = 0.15, test = 0 } = options;
   if (!Number.isInteger(seed)) throw new Error(`seed must be an integer, got ${seed}`);

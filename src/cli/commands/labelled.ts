@@ -1,7 +1,7 @@
 // Where the labelled images that eval and calibrate score come from: an ImageFolder, --images with --labels, or one
 // part of a split, each checked before the model loads.
 import { parseCsv } from '../../data/csv.js';
-import { type DatasetListing, listCsvDataset, listDataset, type ListOptions } from '../../data/dataset.js';
+import { type DatasetListing, listCsvDataset, listDataset, type ListOptions, rowFile } from '../../data/dataset.js';
 import { escapeControl, readRegularFile } from '../../data/files.js';
 import { type Part, readSplit } from '../../data/split.js';
 import { CliError } from '../output.js';
@@ -38,8 +38,8 @@ export async function imageSource(dir: string | undefined, options: SourceOption
 /** The rows of one part of a split, checked as any labels CSV is; the other parts' rows are not reported. */
 export async function listSplitPart(split: string, root: string, part: Part, listOptions: ListOptions): Promise<DatasetListing> {
   const { rows } = await readSplit(split);
-  // Named as the listing names them: trimmed, with Windows separators as '/'; else such rows would drop out unseen.
-  const chosen = new Set(rows.filter((r) => r.part === part).map((r) => r.file.trim().replace(/\\/g, '/')));
+  // Named as the listing names them, else rows written `class\file.png` or with padded cells would drop out unseen.
+  const chosen = new Set(rows.filter((r) => r.part === part).map((r) => rowFile(r.file)));
   if (chosen.size === 0) throw new CliError(`${split} has no ${part} part`);
   const listing = await listCsvDataset(split, root, listOptions);
   return { ...listing, items: listing.items.filter((i) => chosen.has(i.file)), skipped: listing.skipped.filter((s) => chosen.has(s.path)) };
