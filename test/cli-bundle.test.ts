@@ -134,7 +134,7 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   });
 }
 
-test('a --model that is not a hemato model, and an --out that is a pipe, are refused before any work', () => {
+test('a --model that is not a hemato model, an --out that is a pipe or names another kind of archive, are refused before any work', () => {
   const work = mkdtempSync(path.join(os.tmpdir(), 'hemato-bundle-refused-'));
   try {
     const text = path.join(work, 'notes.safetensors');
@@ -149,6 +149,12 @@ test('a --model that is not a hemato model, and an --out that is a pipe, are ref
     assert.equal(pipe.status, 1, pipe.stderr);
     assert.match(pipe.stderr, /--out .*pipe\.tar\.xz is a named pipe \(FIFO\), not a file; give a file name/);
     assert.ok(lstatSync(fifo).isFIFO() && !existsSync(path.join(work, 'never.tar.xz')));
+    for (const name of ['hemato.tar', 'hemato.tgz', 'hemato.zip']) {
+      const misnamed = run('--no-model', '--out', path.join(work, name));
+      assert.equal(misnamed.status, 2, misnamed.stderr);
+      assert.match(misnamed.stderr, /--out .* writes an xz-compressed tar: name it .*hemato\.tar\.xz/);
+      assert.ok(!existsSync(path.join(work, name)));
+    }
   } finally {
     rmSync(work, { recursive: true, force: true });
   }

@@ -1,7 +1,7 @@
 // safetensors: round trips in every dtype, metadata, and the files timm wrote.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as E from '../src/engine/index.js';
@@ -21,6 +21,22 @@ test('every dtype round-trips with its metadata', async () => {
     assert.deepEqual(copy.toArray(), original.toArray(), name);
   }
   E.dispose([originals, loaded.tensors]);
+});
+
+test('a save is whole or nothing: a failed one leaves no temporary, and one left by a killed writer is removed', async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'hemato-st-'));
+  const weights = { w: E.arange(4, undefined, 1, { dtype: 'float32' }) };
+  const folder = path.join(dir, 'model.safetensors');
+  mkdirSync(folder); // a folder where the file should go: the rename fails
+  await assert.rejects(E.saveSafetensors(folder, weights));
+  assert.deepEqual(readdirSync(dir), ['model.safetensors']);
+  const file = path.join(dir, 'kept.safetensors');
+  writeFileSync(`${file}.999999999.tmp`, 'half of a model'); // no process has this id
+  await E.saveSafetensors(file, weights);
+  assert.deepEqual(readdirSync(dir).sort(), ['kept.safetensors', 'model.safetensors']);
+  const loaded = await E.loadSafetensors(file);
+  assert.deepEqual(loaded.tensors.get('w')!.toArray(), [0, 1, 2, 3]);
+  E.dispose([weights, loaded.tensors]);
 });
 
 test('the timm fixtures load with every key, shape and value', async () => {

@@ -11,7 +11,7 @@ import path from 'node:path';
 import sharp from 'sharp';
 import * as E from '../src/engine/index.js';
 import { ConvNeXt } from '../src/models/convnext.js';
-import { writeFileAtomic } from '../src/data/files.js';
+import { writeFileAtomic } from '../src/engine/atomic-write.js';
 import { loadCheckpoint, saveCheckpoint } from '../src/train/checkpoint.js';
 import { parseFileSize, parseThreadCount } from '../src/cli/commands/shared.js';
 import { sheetNames } from '../src/cli/commands/preprocess.js';
@@ -174,7 +174,7 @@ test('a write stopped by SIGTERM or SIGINT leaves the old file and no temporary;
   mkdirSync(path.dirname(file));
   writeFileSync(file, 'old');
   const writer = (signal: string) => `
-    import { writeFileAtomic } from './dist/src/data/files.js';
+    import { writeFileAtomic } from './dist/src/engine/atomic-write.js';
     async function* chunks() {
       yield Buffer.from('half of the new');
       process.kill(process.pid, '${signal}');

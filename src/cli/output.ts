@@ -1,7 +1,8 @@
 import { constants } from 'node:fs';
 import { access, lstat, mkdir, realpath, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { escapeControl, fsReason, specialKind, writeFileAtomic } from '../data/files.js';
+import { escapeControl, fsReason, specialKind } from '../data/files.js';
+import { writeFileAtomic } from '../engine/atomic-write.js';
 
 /** An error meant for the user: its message says what went wrong and what to do. */
 export class CliError extends Error {

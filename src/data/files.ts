@@ -1,9 +1,9 @@
 // The one rule for touching input files: only regular files of bounded size, checked before they are opened
 // (opening a FIFO blocks; /dev/zero never ends) and read with a bounded read; folder walks where one bad entry
 // (a link loop, a dangling link, an unreadable folder, a path too long) is reported with its real reason, never
-// fatal; and whole-or-nothing writes that leave no temporary behind.
-import { constants, type Dirent, rmSync, type Stats } from 'node:fs';
-import { lstat, open, readdir, readlink, realpath, rename, rm, stat } from 'node:fs/promises';
+// fatal. Whole-or-nothing writes are the engine's (engine/atomic-write.ts), which model files share.
+import { constants, type Dirent, type Stats } from 'node:fs';
+import { lstat, open, readdir, readlink, realpath, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { DecodeError, type DecodeErrorCode } from './errors.js';
 
@@ -228,70 +228,6 @@ export async function readFolder(dir: string): Promise<Dirent[]> {
 
 function asSkip(error: DecodeError): { code: DecodeErrorCode; detail: string } {
   return { code: error.code, detail: error.message };
-}
-
-/**
- * Writes `file` whole or not at all: into a temporary beside it, renamed over it on success. The temporary is
- * removed on failure, at exit, and on SIGINT/SIGTERM when nothing else handles them; those left by writers that
- * were killed outright are removed before writing.
- */
-export async function writeFileAtomic(file: string, chunks: Iterable<Uint8Array> | AsyncIterable<Uint8Array>): Promise<void> {
-  await removeStaleTemporaries(file);
-  const temporary = temporaryName(file, process.pid);
-  const remove = () => rmSync(temporary, { force: true });
-  const onSignal = (signal: NodeJS.Signals) => {
-    // With another listener (train's graceful stop), that listener decides; alone, do what the default would.
-    if (process.listenerCount(signal) > 1) return;
-    remove();
-    detach();
-    process.kill(process.pid, signal);
-  };
-  const detach = () => {
-    process.off('exit', remove);
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
-  };
-  process.on('exit', remove);
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
-  try {
-    const handle = await open(temporary, 'w');
-    try {
-      for await (const chunk of chunks) await handle.write(chunk);
-    } finally {
-      await handle.close();
-    }
-    await rename(temporary, file);
-  } catch (error) {
-    await rm(temporary, { force: true });
-    throw error;
-  } finally {
-    detach();
-  }
-}
-
-const temporaryName = (file: string, pid: number) => `${file}.${pid}.tmp`;
-
-/** Removes `<file>.<pid>.tmp` left by writers that no longer run (killed mid-write). */
-export async function removeStaleTemporaries(file: string): Promise<void> {
-  const dir = path.dirname(file);
-  const prefix = `${path.basename(file)}.`;
-  const names = await readdir(dir).catch(() => [] as string[]);
-  for (const name of names) {
-    if (!name.startsWith(prefix)) continue;
-    const match = /^(\d+)\.tmp$/.exec(name.slice(prefix.length));
-    if (match && !isRunning(Number(match[1]))) await rm(path.join(dir, name), { force: true });
-  }
-}
-
-function isRunning(pid: number): boolean {
-  if (pid === process.pid) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 /** File names as a terminal may show them: control characters (newlines, escape sequences) written as escapes. */

@@ -4,9 +4,10 @@
 import { open, stat } from 'node:fs/promises';
 import path from 'node:path';
 import sharp from 'sharp';
+import { writeFileAtomic } from '../engine/atomic-write.js';
 import type { MpmConfig } from '../preprocess/mpm.js';
 import { type SkippedFile, unusableFile } from './dataset.js';
-import { readFailure, readFileHead, readRegularFile, writeFileAtomic } from './files.js';
+import { readFailure, readFileHead, readRegularFile } from './files.js';
 import { DEFAULT_GEOMETRY, type GeometryConfig } from './geometry.js';
 import { mapLimit } from './pool.js';
 import { BLOB_CODECS, type BlobCodec, measureReference, type Reference, type ReferenceScale, type Rgb } from './prepare.js';

@@ -1,9 +1,10 @@
 // Deterministic, seeded, stratified train/val(/test) splits, keyed on file content so that byte-identical files
 // (and, when asked, near-duplicates) always land in one part, and renaming or moving files changes nothing.
 import { createHash } from 'node:crypto';
+import { writeFileAtomic } from '../engine/atomic-write.js';
 import { formatCsv, parseCsv } from './csv.js';
 import { checkRowPath, compareStrings } from './dataset.js';
-import { escapeControl, readFailure, readFileHead, readRegularFile, writeFileAtomic } from './files.js';
+import { escapeControl, readFailure, readFileHead, readRegularFile } from './files.js';
 import type { DuplicateGroup, NearDuplicates, ScannedImage } from './scan.js';
 
 export type Part = 'train' | 'val' | 'test';

@@ -1,7 +1,8 @@
 // safetensors: an 8-byte little-endian header length, a JSON header of {name: {dtype, shape, data_offsets}}
 // plus an optional __metadata__ map of strings, then the raw little-endian data.
 import { constants } from 'node:fs';
-import { type FileHandle, open, writeFile, rename } from 'node:fs/promises';
+import { type FileHandle, open } from 'node:fs/promises';
+import { writeFileAtomic } from './atomic-write.js';
 import { type DType, itemSize } from './dtype.js';
 import { tensor, type Tensor } from './tensor.js';
 import { dispose } from './scope.js';
@@ -203,13 +204,11 @@ async function withFile<T>(file: string, use: (handle: FileHandle, size: number)
   }
 }
 
-/** Writes atomically: a crash leaves either the old file or the new one, never half of one. */
+/** Writes whole or not at all: a crash or an interrupt leaves either the old file or the new one, and no temporary. */
 export async function saveSafetensors(
   file: string,
   tensors: Map<string, Tensor> | Record<string, Tensor>,
   metadata: Record<string, string> = {},
 ): Promise<void> {
-  const temporary = `${file}.${process.pid}.tmp`;
-  await writeFile(temporary, serializeSafetensors(tensors, metadata));
-  await rename(temporary, file);
+  await writeFileAtomic(file, [serializeSafetensors(tensors, metadata)]);
 }

@@ -2,7 +2,7 @@
 import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import sharp from 'sharp';
-import { writeFileAtomic } from '../data/files.js';
+import { writeFileAtomic } from '../engine/atomic-write.js';
 import type { ScaleReport, StainTreatment } from '../data/prepare.js';
 import type { RgbImage } from '../preprocess/image.js';
 import { softmaxRows } from './calibration.js';

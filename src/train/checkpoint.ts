@@ -3,7 +3,7 @@
 // temporary: one from a write that was killed outright is removed at the next load or save.
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { removeStaleTemporaries, writeFileAtomic } from '../data/files.js';
+import { removeStaleTemporaries, writeFileAtomic } from '../engine/atomic-write.js';
 import * as E from '../engine/index.js';
 import { NonFiniteModelError } from '../eval/finite.js';
 import type { Module } from '../nn/index.js';

@@ -7,6 +7,9 @@ import { progressBar, type Progress } from '../progress.js';
 const MiB = 2 ** 20;
 const mib = (bytes: number) => `${(bytes / MiB).toFixed(1)} MiB`;
 
+// The archive is always an xz-compressed tar: a name that says otherwise would mislead whoever unpacks it.
+const OTHER_ARCHIVE = /\.(tar|tgz|tar\.gz|gz|tbz2?|tar\.bz2|bz2|tzst|tar\.zst|zst|zip|7z)$/i;
+
 const LABELS: Record<BundleStage, string> = { copy: 'copying files ', node: 'compressing node', archive: 'writing archive' };
 
 export function registerBundle(program: Command): void {
@@ -15,7 +18,7 @@ export function registerBundle(program: Command): void {
     .description('write one .tar.xz that runs hemato on an offline machine with g++ and PyTorch (node, JS, addon sources, run.sh, the bundled model)')
     .requiredOption(
       '--out <file>',
-      'the archive to write, e.g. hemato-bundle.tar.xz; a file there is replaced once the new one is complete, and the output says so',
+      'the archive to write, an xz-compressed tar: e.g. hemato-bundle.tar.xz; a file there is replaced once the new one is complete, and the output says so',
     )
     .option('--model <file>', 'the model file to carry instead of the bundled model (lands in app/models/)')
     .option('--no-model', 'carry no model: every command that classifies then needs a model file')
@@ -23,6 +26,8 @@ export function registerBundle(program: Command): void {
     .option('--xz-level <n>', 'xz preset 0-9 for node and the archive (0 is fastest)', '6')
     .option('--json', 'print one JSON document on stdout')
     .action(async (options: { out: string; model?: string | false; pack?: string; xzLevel: string; json?: boolean }) => {
+      if (OTHER_ARCHIVE.test(options.out))
+        throw new CliError(`--out ${options.out}: hemato bundle writes an xz-compressed tar: name it ${options.out.replace(OTHER_ARCHIVE, '.tar.xz')}`, 2);
       const xzLevel = Number(options.xzLevel);
       if (!/^\d$/.test(options.xzLevel)) throw new CliError(`--xz-level takes a digit 0-9, got '${options.xzLevel}'`, 2);
       // A file that is not a hemato model would only fail on the offline machine.
