@@ -12,6 +12,7 @@ import sharp from 'sharp';
 import * as E from '../src/engine/index.js';
 import { ConvNeXt } from '../src/models/convnext.js';
 import { writeFileAtomic } from '../src/engine/atomic-write.js';
+import { nameColumn } from '../src/cli/output.js';
 import { loadCheckpoint, saveCheckpoint } from '../src/train/checkpoint.js';
 import { parseFileSize, parseThreadCount } from '../src/cli/commands/shared.js';
 import { sheetNames } from '../src/cli/commands/preprocess.js';
@@ -150,6 +151,20 @@ test('classifyBatch rejects a batchSize or topK that is not a usable positive in
   assert.equal(halfK, 'RangeError: topK must be a positive integer, got 0.5');
   assert.equal(bigFractionK, 'RangeError: topK must be a positive integer, got 9.5');
   assert.equal(fine, 8); // topK beyond the classes gives them all
+});
+
+test("the table's name column fits any number of files: padded to the longest, long names shown by their end", () => {
+  assert.deepEqual(nameColumn(['a.png', 'bb.png']), ['a.png ', 'bb.png']);
+  assert.deepEqual(nameColumn(['x']), ['x   ']);
+  const long = `${'d/'.repeat(40)}cell.png`;
+  const [cut] = nameColumn([long]);
+  assert.equal(cut.length, 60);
+  assert.ok(cut.startsWith('…') && long.endsWith(cut.slice(1)));
+  assert.equal(nameColumn(['line\nbreak.png'])[0], 'line\\nbreak.png');
+  const many = Array.from({ length: 300_000 }, (_, i) => `cells/${i}.png`); // a large lab folder
+  const column = nameColumn(many);
+  assert.equal(column.length, many.length);
+  assert.equal(column[0], 'cells/0.png'.padEnd('cells/299999.png'.length));
 });
 
 test('writeFileAtomic replaces a file only when the new one is complete, and removes its temporary on failure', async () => {

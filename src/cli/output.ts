@@ -20,6 +20,17 @@ export function printJson(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
 }
 
+/**
+ * File names as a table's first column: escaped, padded to the longest (4 to 60 characters), longer ones shown by
+ * their end. Measured with a loop: spreading the lengths into Math.max overflows the stack past ~120,000 files.
+ */
+export function nameColumn(files: readonly string[]): string[] {
+  const shown = files.map(escapeControl);
+  let width = 4;
+  for (const name of shown) width = Math.max(width, Math.min(60, name.length));
+  return shown.map((name) => (name.length > width ? `…${name.slice(-width + 1)}` : name.padEnd(width)));
+}
+
 // Kernel file systems, not places for output: Node's recursive mkdir loops forever under /proc. /dev/shm is tmpfs.
 const SYSTEM_FOLDERS = ['/proc', '/sys', '/dev'];
 const SYSTEM_EXCEPTIONS = ['/dev/shm'];

@@ -6,7 +6,7 @@ import { checkExplainOptions, DEFAULT_EXPLAIN_STAGE, EXPLAIN_PATHS, type Explain
 import { modelInfo } from '../../api/model-info.js';
 import { escapeControl } from '../../data/files.js';
 import { DecodeError } from '../../data/image.js';
-import { CliError, prepareOutputDir, printJson, writeOutput } from '../output.js';
+import { CliError, nameColumn, prepareOutputDir, printJson, writeOutput } from '../output.js';
 import { progressBar } from '../progress.js';
 import { expandInputs } from './predict.js';
 import { classifierOptions, MAX_FILE_SIZE_HELP, modelOption, notForCommand, parseChoice, parseFileSize } from './shared.js';
@@ -103,10 +103,9 @@ export function registerExplain(program: Command): void {
           skipped,
         });
       } else {
-        const shown = files.map(escapeControl);
-        const width = Math.min(60, Math.max(4, ...shown.map((f) => f.length)));
+        const names = nameColumn(files);
         for (const [i, r] of rows.entries()) {
-          const name = shown[i].length > width ? `…${shown[i].slice(-width + 1)}` : shown[i].padEnd(width);
+          const name = names[i];
           if ('error' in r) process.stdout.write(`${name}  ERROR ${escapeControl(r.error)}\n`);
           else
             process.stdout.write(

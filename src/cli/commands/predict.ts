@@ -3,7 +3,7 @@ import { BUNDLED_MODEL, loadClassifier } from '../../api/classifier.js';
 import { modelInfo } from '../../api/model-info.js';
 import { blockRange } from '../../data/batches.js';
 import { escapeControl, inspectPath, walkFolder } from '../../data/files.js';
-import { CliError, printJson } from '../output.js';
+import { CliError, nameColumn, printJson } from '../output.js';
 import { progressBar } from '../progress.js';
 import { classifierOptions, MAX_FILE_SIZE_HELP, modelOption, parseFileSize, parseBatchSize, parsePositiveInt } from './shared.js';
 
@@ -124,10 +124,9 @@ export function registerPredict(program: Command): void {
       }
       for (const s of skipped) process.stdout.write(`${csvField(s.file)},,,,,${csvField(`skipped: ${s.error}`)},,,,,,${model}\n`);
     } else {
-      const shown = files.map(escapeControl);
-      const width = Math.min(60, Math.max(4, ...shown.map((f) => f.length)));
+      const names = nameColumn(files);
       for (const [i, r] of rows.entries()) {
-        const name = shown[i].length > width ? `…${shown[i].slice(-width + 1)}` : shown[i].padEnd(width);
+        const name = names[i];
         if ('error' in r) process.stdout.write(`${name}  ERROR ${escapeControl(r.error)}\n`);
         else
           process.stdout.write(
