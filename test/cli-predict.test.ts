@@ -141,6 +141,18 @@ test('hemato predict prints its document on stdout when every input is skipped, 
   assert.deepEqual([JSON.parse(none.stdout).results, JSON.parse(none.stdout).skipped], [[], []]);
 });
 
+test('hemato predict --precision bf16 warns where bf16 would be emulated, and only there', async () => {
+  const { good } = await ready;
+  const asked = await run(process.execPath, ['bin/hemato.js', 'predict', '--model', modelFile, '--precision', 'bf16', '--device', 'cpu', '--json', good[0]]);
+  assert.equal(JSON.parse(asked.stdout).results.length, 1);
+  const warning = /warning: bf16 is emulated on this CPU .*--precision auto chooses fp32 here/;
+  if (E.bf16Emulated('cpu')) assert.match(asked.stderr, warning);
+  else assert.doesNotMatch(asked.stderr, warning);
+  const chosen = await run(process.execPath, ['bin/hemato.js', 'predict', '--model', modelFile, '--json', good[0]]);
+  assert.equal(JSON.parse(chosen.stdout).results.length, 1);
+  assert.doesNotMatch(chosen.stderr, warning);
+});
+
 test('hemato calibrate fits a temperature and a threshold and stores them in a new model file', async () => {
   const { folder } = await ready;
   const calibration = path.join(dir, 'calibration');

@@ -23,6 +23,13 @@ test('CPUs without bf16 hardware use fp32 for everything; CUDA uses bf16 for eve
   }
 });
 
+test('bf16 is emulated only on a CPU with neither AMX-BF16 nor AVX-512-BF16, never on CUDA', () => {
+  assert.equal(E.bf16Emulated('cpu', PLAIN), true);
+  assert.equal(E.bf16Emulated('cpu', AVX512), false);
+  assert.equal(E.bf16Emulated('cpu', AMX), false);
+  assert.equal(E.bf16Emulated('cuda:0', PLAIN), false);
+});
+
 test('AMX: bf16 inference; training in bf16 except ConvNeXt alone, whose convolutions are faster in fp32', () => {
   for (const family of E.MODEL_FAMILIES) assert.equal(precision(AMX, 'inference', family), 'bf16');
   assert.equal(precision(AMX, 'training', 'convnext'), 'fp32');

@@ -108,6 +108,14 @@ test('a run reports skipped files, keeps finished results unless told to overwri
   assert.equal(JSON.parse(readFileSync(path.join(runDir, 'config.json'), 'utf8')).seed, 5);
 });
 
+test('a run asked for bf16 where bf16 is emulated says so, and runs', async () => {
+  const folder = await imageFolder('bf16-cells');
+  const asked = request(path.join(root, 'bf16-run'), folder, { settings: { precision: 'bf16' } });
+  assert.equal((await runTraining(asked)).interrupted, false);
+  const warned = asked.notes.some((n) => /^warning: bf16 is emulated on this CPU/.test(n));
+  assert.equal(warned, E.bf16Emulated('cpu'), asked.notes.join('\n'));
+});
+
 test('a new run replaces no file it writes unasked, nor a file it reads, and never writes through a link', async () => {
   const folder = await imageFolder('cells-outputs');
   const first = path.join(root, 'outputs-first');

@@ -106,6 +106,17 @@ export function precisionFor(query: PrecisionQuery): PrecisionChoice {
   return fp32(`the families differ here (${split}); without the model's family, fp32`);
 }
 
+/**
+ * Whether bf16 on this device is emulated: a CPU without AMX-BF16 or AVX-512-BF16 runs it in software, many times
+ * slower than fp32 (docs/benchmarks.md) and with running sums rounded to bf16.
+ */
+export function bf16Emulated(device: string, cpu: Pick<CpuFeatures, 'amx' | 'avx512bf16'> = cpuFeatures()): boolean {
+  return !device.startsWith('cuda') && cpuKind(cpu) === 'plain';
+}
+
+export const EMULATED_BF16_WARNING =
+  'bf16 is emulated on this CPU (it has neither AMX-BF16 nor AVX-512-BF16): many times slower than fp32, and less accurate; --precision auto chooses fp32 here';
+
 /** Runs fn under bf16 autocast on the device's kind (CPU or CUDA) when precision is bf16, as it is otherwise. */
 export function withPrecision<T>(precision: Precision, device: Device, fn: () => T): T {
   return precision === 'bf16' ? autocast(fn, { device: device.startsWith('cuda') ? 'cuda' : 'cpu', dtype: 'bfloat16' }) : fn();

@@ -589,6 +589,7 @@ async function trainModel(
           ? `the run's training had ended, but its model was not yet calibrated: calibrating its best model`
           : `training ${config.model} at ${config.inputSize} px on ${device} (${config.precision})${processes}; ${data.train.length} train / ${data.val.length} validation images; split ${data.splitHash.slice(0, 12)}`,
       );
+      if (!complete && config.precision === 'bf16' && E.bf16Emulated(device)) note(`warning: ${E.EMULATED_BF16_WARNING}`);
     }
     const distillation = async () =>
       config.distill && {

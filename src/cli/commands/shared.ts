@@ -6,6 +6,7 @@ import { MAX_FIELD, MIN_FIELD } from '../../data/geometry.js';
 import type { DatasetSource } from '../../data/dataset.js';
 import { DEFAULT_MAX_FILE_BYTES } from '../../data/files.js';
 import { DEFAULT_MAX_PIXELS } from '../../data/image.js';
+import * as E from '../../engine/index.js';
 import { CliError } from '../output.js';
 
 export function parsePositiveInt(value: string): number {
@@ -143,6 +144,8 @@ export function classifierOptions(options: {
 }): ClassifierOptions {
   if (options.field !== undefined && options.pixelSize !== undefined)
     throw new CliError('give --pixel-size or --field, not both: --field turns scale normalisation off', 2);
+  if (options.precision === 'bf16' && options.device !== 'cuda' && !(options.device === 'auto' && E.cudaAvailable()) && E.bf16Emulated('cpu'))
+    process.stderr.write(`hemato: warning: ${E.EMULATED_BF16_WARNING}\n`);
   return {
     device: options.device,
     precision: options.precision,
