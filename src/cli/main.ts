@@ -18,7 +18,9 @@ import { HEMATO_VERSION } from '../api/model-info.js';
 /** Builds the `hemato` program. Each command lives in its own module under commands/. */
 export function buildProgram(): Command {
   const program = new Command('hemato')
-    .description('Classify single blood-cell images (8 classes) on libtorch, with the bundled ConvNeXt model or one you train (ConvNeXt, Swin or both in the dual-path network).')
+    .description(
+      'Classify single blood-cell images (8 classes) on libtorch, with the bundled ConvNeXt model or one you train (ConvNeXt, Swin or both in the dual-path network).',
+    )
     .version(HEMATO_VERSION, '-V, --version')
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();

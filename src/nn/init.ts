@@ -43,7 +43,3 @@ export function zeros_(t: E.Tensor): E.Tensor {
 export function ones_(t: E.Tensor): E.Tensor {
   return E.noGrad(() => t.fill_(1));
 }
-
-export function constant_(t: E.Tensor, value: number): E.Tensor {
-  return E.noGrad(() => t.fill_(value));
-}

@@ -264,15 +264,6 @@ export function reductionFactor(sigma: number, width: number, height: number): n
   return factor;
 }
 
-let shared: { key: string; mpm: Promise<Mpm> } | undefined;
-
-/** One-call MPM for a single image; reuses the loaded module while the config stays the same. */
-export async function applyMpm(image: RgbImage, config: MpmConfigInput = {}): Promise<RgbImage> {
-  const key = JSON.stringify(resolveMpmConfig(config));
-  if (shared?.key !== key) shared = { key, mpm: Mpm.create(config) };
-  return (await shared.mpm).apply(image);
-}
-
 function clampByte(value: number): number {
   return value <= 0 ? 0 : value >= 255 ? 255 : Math.round(value);
 }
