@@ -5,9 +5,22 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, execFileSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
-import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  renameSync,
+  rmSync,
+  symlinkSync,
+  truncateSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import sharp from 'sharp';
 import { listCsvDataset } from '../src/data/dataset.js';
 import { DecodeError } from '../src/data/errors.js';
@@ -284,6 +297,27 @@ test('readRegularFile and readImageFile refuse special files and files over the 
     'cannot read: dangling symbolic link (its target nowhere.png does not exist)',
     false,
   ]);
+});
+
+test('a folder of many files is listed for predict and scanned whole: no list is spread into one call', { skip: !posix }, async () => {
+  // Past about 120,000 arguments, f(...list) overflows the default stack, and a lab's archive can hold that many
+  // files. With the stack at a fifth, 30,000 files overflow it where a list is spread, and cost a few seconds.
+  const root = mkdtempSync(path.join(tmpdir(), 'hemato-many-'));
+  try {
+    const count = 30_000;
+    mkdirSync(path.join(root, 'neutrophil'));
+    for (let i = 0; i < count; i++) writeFileSync(path.join(root, 'neutrophil', `${i}.png`), '');
+    const script = `
+      const { expandInputs } = await import(${JSON.stringify(path.resolve('dist/src/cli/commands/predict.js'))});
+      const { scanDataset } = await import(${JSON.stringify(path.resolve('dist/src/data/scan.js'))});
+      const listed = await expandInputs([${JSON.stringify(root)}]);
+      const scanned = await scanDataset({ dir: ${JSON.stringify(root)} });
+      console.log(JSON.stringify({ listed: listed.files.length, skipped: scanned.skipped.length, reasons: [...new Set(scanned.skipped.map((s) => s.reason))] }));`;
+    const { stdout } = await promisify(execFile)(process.execPath, ['--stack-size=200', '--input-type=module', '-e', script], { timeout: 60_000 });
+    assert.deepEqual(JSON.parse(stdout), { listed: count, skipped: count, reasons: ['empty'] });
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
 });
 
 test('a CSV listing names a FIFO, a folder, a dangling link and a missing file for what they are', { skip: !posix }, async () => {

@@ -105,7 +105,7 @@ export async function scanDataset(source: DatasetSource, options: ScanOptions = 
     }
   });
   const entries = results.filter((r): r is ScannedImage => 'sha256' in r);
-  skipped.push(...results.filter((r): r is SkippedFile => 'reason' in r));
+  for (const result of results) if ('reason' in result) skipped.push(result); // not push(...): a set can hold 120,000 or more
   skipped.sort((a, b) => compareStrings(a.path, b.path));
   return summarise(listing, entries, skipped, options.nearThreshold);
 }

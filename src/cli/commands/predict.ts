@@ -26,8 +26,9 @@ export async function expandInputs(inputs: string[], options: { maxFileBytes?: n
     else if (info.kind === 'skip') expanded.skipped.push({ file: input, error: info.error.message });
     else {
       const found = await walkFolder(input, input, { maxBytes: options.maxFileBytes });
-      expanded.files.push(...found.files.map((f) => f.path));
-      expanded.skipped.push(...found.skipped.map((s) => ({ file: s.path, error: s.detail })));
+      // One push per entry: spreading a folder of 120,000 or more into push() overflows the stack.
+      for (const file of found.files) expanded.files.push(file.path);
+      for (const skip of found.skipped) expanded.skipped.push({ file: skip.path, error: skip.detail });
     }
   }
   return expanded;
