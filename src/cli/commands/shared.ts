@@ -144,7 +144,8 @@ export function classifierOptions(options: {
 }): ClassifierOptions {
   if (options.field !== undefined && options.pixelSize !== undefined)
     throw new CliError('give --pixel-size or --field, not both: --field turns scale normalisation off', 2);
-  if (options.precision === 'bf16' && options.device !== 'cuda' && !(options.device === 'auto' && E.cudaAvailable()) && E.bf16Emulated('cpu'))
+  // The CPU's features come from /proc/cpuinfo; libtorch is asked about CUDA only where that decides.
+  if (options.precision === 'bf16' && E.bf16Emulated('cpu') && options.device !== 'cuda' && !(options.device === 'auto' && E.cudaAvailable()))
     process.stderr.write(`hemato: warning: ${E.EMULATED_BF16_WARNING}\n`);
   return {
     device: options.device,
