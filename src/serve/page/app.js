@@ -748,8 +748,9 @@ async function fromDrop(dataTransfer) {
       if (file) items.push({ source: 'drop', path: file.name, blob: file });
     }
   }
-  if (entries.length === 0) items.push(...fromFiles(dataTransfer.files));
-  for (const folder of folders) items.push(...(await walkEntry(folder)));
+  // Added one by one: push(...list) overflows the stack for a folder of 120,000 images or more.
+  if (entries.length === 0) for (const item of fromFiles(dataTransfer.files)) items.push(item);
+  for (const folder of folders) for (const item of await walkEntry(folder)) items.push(item);
   return items;
 }
 
@@ -761,7 +762,7 @@ async function walkEntry(dir) {
     if (batch.length === 0) break;
     for (const entry of batch) {
       if (entry.name.startsWith('.')) continue;
-      if (entry.isDirectory) found.push(...(await walkEntry(entry)));
+      if (entry.isDirectory) for (const inner of await walkEntry(entry)) found.push(inner);
       else if (IMAGE_NAME.test(entry.name)) {
         const file = await new Promise((resolve, reject) => entry.file(resolve, reject));
         found.push({ source: 'drop', path: entry.fullPath.replace(/^\//, ''), blob: file });
