@@ -12,11 +12,10 @@ import sharp from 'sharp';
 import * as E from '../src/engine/index.js';
 import { ConvNeXt } from '../src/models/convnext.js';
 import { writeFileAtomic } from '../src/engine/atomic-write.js';
-import { nameColumn } from '../src/cli/output.js';
 import { loadCheckpoint, saveCheckpoint } from '../src/train/checkpoint.js';
 import { parseFileSize, parseThreadCount } from '../src/cli/commands/shared.js';
 import { sheetNames } from '../src/cli/commands/preprocess.js';
-import { CliError, prepareOutputDir } from '../src/cli/output.js';
+import { CliError, jsonPieces, nameColumn, prepareOutputDir } from '../src/cli/output.js';
 import { PBC_CLASSES } from '../src/data/dataset.js';
 import { readModelMetadata } from '../src/models/io.js';
 import { saveUntrainedModel, SHARED } from './helpers.js';
@@ -165,6 +164,44 @@ test("the table's name column fits any number of files: padded to the longest, l
   const column = nameColumn(many);
   assert.equal(column.length, many.length);
   assert.equal(column[0], 'cells/0.png'.padEnd('cells/299999.png'.length));
+});
+
+test('a --json document is written in pieces, as JSON.stringify(value, null, 2) writes it whole', () => {
+  const documents: unknown[] = [
+    { model: 'm', results: [{ file: 'a.png', predictions: [{ label: 'basophil', score: 0.5 }], reasons: [] }, null, undefined, 'x\ny'], skipped: [] },
+    { a: undefined, b: () => 1, c: NaN, d: {}, e: [], f: { g: [1, { h: [2] }] }, i: new Date(0), j: [[1, 2], []] },
+    {},
+    { only: undefined },
+    [1, { a: 2 }],
+    'text',
+    null,
+  ];
+  for (const value of documents) assert.equal([...jsonPieces(value)].join(''), `${JSON.stringify(value, null, 2)}\n`, JSON.stringify(value));
+  const many = { results: Array.from({ length: 40_000 }, (_, i) => ({ file: `cells/${i}.png`, score: i / 40_000 })) };
+  const pieces = [...jsonPieces(many)];
+  assert.ok(pieces.length > 1, `${pieces.length} piece`);
+  assert.equal(pieces.join(''), `${JSON.stringify(many, null, 2)}\n`);
+});
+
+test('a --json document longer than the longest string V8 can hold is printed whole', async () => {
+  // 520 results of 1 MiB each: 545 MB of JSON, past V8's limit of about 512 MiB for one string.
+  const script = `
+    const { printJson } = await import(${JSON.stringify(path.resolve('dist/src/cli/output.js'))});
+    printJson({ results: new Array(520).fill({ file: 'x'.repeat(2 ** 20) }) });`;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let bytes = 0;
+  let tail = '';
+  let stderr = '';
+  child.stdout.on('data', (chunk: Buffer) => {
+    bytes += chunk.length;
+    tail = (tail + chunk.toString('latin1')).slice(-16);
+  });
+  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk));
+  const code = await new Promise((resolve) => child.on('close', resolve));
+  assert.equal(code, 0, stderr);
+  const element = `    {\n      "file": "${'x'.repeat(2 ** 20)}"\n    }`.length;
+  assert.equal(bytes, '{\n  "results": [\n'.length + 520 * element + 519 * ',\n'.length + '\n  ]\n}\n'.length);
+  assert.equal(tail.slice(-8), '"\n    }\n  ]\n}\n'.slice(-8));
 });
 
 test('writeFileAtomic replaces a file only when the new one is complete, and removes its temporary on failure', async () => {

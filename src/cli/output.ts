@@ -17,7 +17,45 @@ export class CliError extends Error {
 
 /** Prints one JSON document on stdout, the contract of every `--json` flag. */
 export function printJson(value: unknown): void {
-  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+  for (const piece of jsonPieces(value)) process.stdout.write(piece);
+}
+
+const PIECE_CHARS = 2 ** 20;
+
+/**
+ * The text of JSON.stringify(value, null, 2) and a newline, in pieces of about a MiB. The top level's arrays are
+ * turned into text an element at a time: whole, a million images' results outgrow V8's longest string (about
+ * 512 MiB), and the document would be lost after every image was classified.
+ */
+export function* jsonPieces(value: unknown): Generator<string> {
+  if (value === null || typeof value !== 'object' || Array.isArray(value) || typeof (value as { toJSON?: unknown }).toJSON === 'function') {
+    yield `${JSON.stringify(value, null, 2)}\n`;
+    return;
+  }
+  const nested = (item: unknown, indent: string) => (JSON.stringify(item, null, 2) ?? 'null').replace(/\n/g, `\n${indent}`);
+  // As JSON.stringify does, keys whose values have no JSON are left out.
+  const entries = Object.entries(value).filter(([, v]) => v !== undefined && typeof v !== 'function' && typeof v !== 'symbol');
+  if (entries.length === 0) {
+    yield '{}\n';
+    return;
+  }
+  let text = '{';
+  for (const [i, [key, item]] of entries.entries()) {
+    text += `${i === 0 ? '' : ','}\n  ${JSON.stringify(key)}: `;
+    if (!Array.isArray(item) || item.length === 0) text += nested(item, '  ');
+    else {
+      text += '[';
+      for (const [j, element] of item.entries()) {
+        text += `${j === 0 ? '' : ','}\n    ${nested(element, '    ')}`;
+        if (text.length >= PIECE_CHARS) {
+          yield text;
+          text = '';
+        }
+      }
+      text += '\n  ]';
+    }
+  }
+  yield `${text}\n}\n`;
 }
 
 /**
