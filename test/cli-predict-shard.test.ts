@@ -2,7 +2,7 @@
 // shard specifications are usage errors.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile, execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -69,6 +69,36 @@ test('the CSV and JSONL outputs of three shards concatenate to the unsharded out
     assert.match(lines.at(-1)!, /pipe\.png.*skipped/);
     assert.match(shards[1].stderr, /shard 2\/3: 6 of 17 files/);
     assert.doesNotMatch(shards[0].stderr + shards[1].stderr, /pipe\.png/);
+  }
+});
+
+test('--jsonl and --csv write the rows of each batch while the rest are still being classified', async () => {
+  const inputs = Array.from({ length: 8 }, () => folder); // 136 files, one per batch
+  const total = 8 * 17;
+  for (const format of ['--jsonl', '--csv']) {
+    const child = spawn(process.execPath, ['bin/hemato.js', 'predict', '--model', modelFile, '--batch-size', '1', format, ...inputs], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let [stdout, stderr] = ['', ''];
+    const firstRow = new Promise<void>((resolve) =>
+      child.stdout.on('data', (chunk: Buffer) => {
+        stdout += chunk;
+        if (stdout.split('\n').length > (format === '--csv' ? 2 : 1)) resolve();
+      }),
+    );
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk));
+    const ended = new Promise((resolve) => child.on('close', resolve));
+    await firstRow;
+    child.kill('SIGSTOP'); // frozen: what it wrote so far is in the pipes
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    child.kill('SIGKILL');
+    await ended;
+    assert.doesNotMatch(stderr, new RegExp(`classifying ${total}/${total}`), `${format}: rows came only after every image was classified`);
+    const lines = stdout.split('\n').filter((line) => line !== '');
+    const rows = format === '--csv' ? lines.slice(1) : lines;
+    assert.ok(rows.length >= 1 && rows.length < total, `${format}: ${rows.length} rows`);
+    const files = rows.map((row) => (format === '--csv' ? row.split(',')[0] : JSON.parse(row).file));
+    assert.ok(files[0].startsWith(path.join(folder, 'neutrophil')) && files.every((file) => file.startsWith(folder)), files.join('\n'));
   }
 });
 

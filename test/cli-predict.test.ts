@@ -70,6 +70,32 @@ test('loadClassifier().classify returns top-k labels with probabilities and an u
   classifier.dispose();
 });
 
+test("classifyBatch's onResults hears each batch's results in order, each before the next batch is read", async () => {
+  const { good, bad } = await ready;
+  const inputs = [...good, ...bad]; // 6: two batches of 4 and 2
+  const classifier = await loadClassifier(modelFile);
+  try {
+    const heard: { start: number; count: number; doneBefore: number }[] = [];
+    let done = 0;
+    const results = await classifier.classifyBatch(inputs, {
+      batchSize: 4,
+      onProgress: (n) => (done = n),
+      onResults: (batch, start) => heard.push({ start, count: batch.length, doneBefore: done }),
+    });
+    assert.deepEqual(heard, [
+      { start: 0, count: 4, doneBefore: 0 },
+      { start: 4, count: 2, doneBefore: 4 },
+    ]);
+    const again: unknown[] = [];
+    await classifier.classifyBatch(inputs, { batchSize: 4, onResults: (batch) => again.push(...batch) });
+    assert.deepEqual(again, results);
+    assert.ok('error' in results[5]);
+    await assert.rejects(classifier.classifyBatch(inputs, { onResults: 'print' as never }), /onResults must be a function, got 'print'/);
+  } finally {
+    classifier.dispose();
+  }
+});
+
 test('hemato predict --json classifies good files and reports bad ones without stopping', async () => {
   const { good, bad } = await ready;
   const outcome = await run(process.execPath, ['bin/hemato.js', 'predict', '--model', modelFile, '--json', ...good, ...bad]).catch((e) => e);

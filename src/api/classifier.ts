@@ -541,18 +541,30 @@ export class Classifier {
   /**
    * Classifies many images in batches; a bad image, or one the model gives non-finite scores, gets { error, code }
    * in its place and the rest go on. Inputs of the wrong kind are the caller's mistake and throw at once.
-   * `onProgress` hears after each batch how many images are done.
+   * `onProgress` hears after each batch how many images are done; `onResults` hears each batch's results as soon as
+   * they are known, with the index of the first, so that a caller can write them out before the rest are done.
    */
   async classifyBatch(
     inputs: ImageInput[],
-    options?: { topK?: number; batchSize?: number; onProgress?: (done: number, total: number) => void },
+    options?: {
+      topK?: number;
+      batchSize?: number;
+      onProgress?: (done: number, total: number) => void;
+      onResults?: (results: (Classification | ClassificationError)[], start: number) => void;
+    },
   ): Promise<(Classification | ClassificationError)[]> {
     this.checkLive();
     if (!Array.isArray(inputs)) throw new TypeError(`classifyBatch takes an array of inputs, got ${shown(inputs)}`);
     // Every index, holes of a sparse array included.
     for (let i = 0; i < inputs.length; i++) checkInput(inputs[i], `inputs[${i}]`);
-    const { onProgress, topK: requestedTopK = 3, batchSize = 32 } = callOptions(options, ['topK', 'batchSize', 'onProgress'], 'classifyBatch');
-    if (onProgress !== undefined && typeof onProgress !== 'function') throw new TypeError(`onProgress must be a function, got ${shown(onProgress)}`);
+    const {
+      onProgress,
+      onResults,
+      topK: requestedTopK = 3,
+      batchSize = 32,
+    } = callOptions(options, ['topK', 'batchSize', 'onProgress', 'onResults'], 'classifyBatch');
+    for (const [name, hook] of Object.entries({ onProgress, onResults }))
+      if (hook !== undefined && typeof hook !== 'function') throw new TypeError(`${name} must be a function, got ${shown(hook)}`);
     if (!Number.isInteger(requestedTopK) || requestedTopK < 1) throw invalid(requestedTopK, `topK must be a positive integer, got ${shown(requestedTopK)}`);
     const topK = Math.min(requestedTopK, this.classes.length);
     // 0 or NaN would never advance the loop, a fraction would skip images; the bound keeps one batch in memory.
@@ -594,6 +606,7 @@ export class Classifier {
         const reasons = this.reasonsFor(p, predictions[0].score, distances?.[row]);
         results[start + i] = { predictions, uncertain: reasons.length > 0, reasons, scale: p.scale, stain: p.stain };
       });
+      onResults?.(results.slice(start, start + chunk.length), start);
       onProgress?.(start + chunk.length, inputs.length);
     }
     return results;

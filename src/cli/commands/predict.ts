@@ -1,6 +1,6 @@
 import { type Command, InvalidArgumentError } from 'commander';
-import { BUNDLED_MODEL, loadClassifier } from '../../api/classifier.js';
-import { modelInfo } from '../../api/model-info.js';
+import { BUNDLED_MODEL, type Classification, type ClassificationError, loadClassifier } from '../../api/classifier.js';
+import { type ModelIdentity, modelInfo } from '../../api/model-info.js';
 import { blockRange } from '../../data/batches.js';
 import { escapeControl, inspectPath, walkFolder } from '../../data/files.js';
 import { CliError, nameColumn, printJson } from '../output.js';
@@ -57,6 +57,40 @@ export function shardOf<T>(items: readonly T[], shard: Shard): T[] {
 // CSV and JSON keep names exactly (quoted); only the table for people escapes control characters.
 const csvField = (value: string) => (/[",\r\n]/.test(value) ? `"${value.replace(/"/g, '""')}"` : value);
 
+type Row = { file: string } & (Classification | ClassificationError);
+
+/** A line-per-image format: its header (or ''), an image's line, and an input's line skipped outright. */
+interface LineFormat {
+  header: string;
+  row: (r: Row) => string;
+  skipped: (s: { file: string; error: string }) => string;
+}
+
+/** One JSON document per line; each names the model that made it. */
+function jsonlLines(info: ModelIdentity): LineFormat {
+  const model = { model: info.name, model_sha256: info.sha256, hemato_version: info.hemato_version };
+  return {
+    header: '',
+    row: (r) => `${JSON.stringify({ ...r, ...model })}\n`,
+    skipped: (s) => `${JSON.stringify({ file: s.file, error: `skipped: ${s.error}`, ...model })}\n`,
+  };
+}
+
+/** CSV; each row names the model that made it, so that rows copied elsewhere keep their provenance. */
+function csvLines(info: ModelIdentity, withHeader: boolean): LineFormat {
+  const model = `${csvField(info.name)},${info.sha256},${info.hemato_version}`;
+  return {
+    header: withHeader ? 'file,label,score,uncertain,top_k,error,reasons,scale_source,um_per_px,scale_factor,stain,model,model_sha256,hemato_version\n' : '',
+    row: (r) => {
+      if ('error' in r) return `${csvField(r.file)},,,,,${csvField(r.error)},,,,,,${model}\n`;
+      const top = r.predictions.map((p) => `${p.label}:${p.score.toFixed(4)}`).join(' ');
+      const scale = `${r.scale.source},${r.scale.um_per_px?.toFixed(4) ?? ''},${r.scale.factor.toFixed(4)},${r.stain}`;
+      return `${csvField(r.file)},${r.predictions[0].label},${r.predictions[0].score.toFixed(4)},${r.uncertain},${csvField(top)},,${r.reasons.join(' ')},${scale},${model}\n`;
+    },
+    skipped: (s) => `${csvField(s.file)},,,,,${csvField(`skipped: ${s.error}`)},,,,,,${model}\n`,
+  };
+}
+
 export function registerPredict(program: Command): void {
   const command = program
     .command('predict')
@@ -65,8 +99,11 @@ export function registerPredict(program: Command): void {
     .option('-k, --top-k <k>', 'labels to report per image', parsePositiveInt, 3)
     .option('--batch-size <n>', 'images per forward pass', parseBatchSize, 32)
     .option('--json', 'print one JSON document on stdout')
-    .option('--csv', 'print CSV on stdout')
-    .option('--jsonl', 'print one JSON line per image on stdout (then one per entry skipped outright), so that shards concatenate')
+    .option('--csv', "print CSV on stdout, each batch's rows as soon as it is done")
+    .option(
+      '--jsonl',
+      "print one JSON line per image on stdout, each batch's as soon as it is done (then one per entry skipped outright), so that shards concatenate",
+    )
     .option(
       '--shard <I/N>',
       "classify only the I-th of N contiguous blocks of the file list (inputs in the order given, each folder's files sorted by name); " +
@@ -87,43 +124,31 @@ export function registerPredict(program: Command): void {
     const nothing = expanded.files.length === 0;
     if (shard.count > 1) process.stderr.write(`hemato: shard ${shard.index}/${shard.count}: ${files.length} of ${expanded.files.length} files\n`);
     const classifier = await loadClassifier(options.model, classifierOptions(options));
+    const info = options.json || options.jsonl || options.csv ? await modelInfo(options.model ?? BUNDLED_MODEL) : undefined;
+    // --jsonl and --csv rows are written as each batch is done: an interrupted run keeps what it classified.
+    const write = info && (options.jsonl ? jsonlLines(info) : options.csv ? csvLines(info, shard.index === 1) : undefined);
+    if (write) process.stdout.write(write.header);
     const bar = progressBar('classifying', files.length);
-    const results = await classifier.classifyBatch(files, { topK: options.topK, batchSize: options.batchSize, onProgress: (done) => bar.update(done) });
+    const results = await classifier.classifyBatch(files, {
+      topK: options.topK,
+      batchSize: options.batchSize,
+      onProgress: (done) => bar.update(done),
+      onResults: write ? (batch, start) => process.stdout.write(batch.map((r, i) => write.row({ file: files[start + i], ...r })).join('')) : undefined,
+    });
     bar.stop();
     const rows = files.map((file, i) => ({ file, ...results[i] }));
     const failed = rows.filter((r) => 'error' in r).length;
-    if (options.json) {
+    if (write) {
+      for (const s of skipped) process.stdout.write(write.skipped(s));
+    } else if (options.json) {
       printJson({
         model: classifier.metadata.architecture,
-        model_info: await modelInfo(options.model ?? BUNDLED_MODEL),
+        model_info: info,
         uncertainty_threshold: classifier.uncertaintyThreshold,
         results: rows,
         failed,
         skipped,
       });
-    } else if (options.jsonl) {
-      const info = await modelInfo(options.model ?? BUNDLED_MODEL);
-      const model = { model: info.name, model_sha256: info.sha256, hemato_version: info.hemato_version };
-      for (const r of rows) process.stdout.write(`${JSON.stringify({ ...r, ...model })}\n`);
-      for (const s of skipped) process.stdout.write(`${JSON.stringify({ file: s.file, error: `skipped: ${s.error}`, ...model })}\n`);
-    } else if (options.csv) {
-      // Each row names the model that made it, so that rows copied elsewhere keep their provenance.
-      const info = await modelInfo(options.model ?? BUNDLED_MODEL);
-      const model = `${csvField(info.name)},${info.sha256},${info.hemato_version}`;
-      if (shard.index === 1)
-        process.stdout.write(`file,label,score,uncertain,top_k,error,reasons,scale_source,um_per_px,scale_factor,stain,model,model_sha256,hemato_version\n`);
-      for (const r of rows) {
-        if ('error' in r) {
-          process.stdout.write(`${csvField(r.file)},,,,,${csvField(r.error)},,,,,,${model}\n`);
-          continue;
-        }
-        const top = r.predictions.map((p) => `${p.label}:${p.score.toFixed(4)}`).join(' ');
-        const scale = `${r.scale.source},${r.scale.um_per_px?.toFixed(4) ?? ''},${r.scale.factor.toFixed(4)},${r.stain}`;
-        process.stdout.write(
-          `${csvField(r.file)},${r.predictions[0].label},${r.predictions[0].score.toFixed(4)},${r.uncertain},${csvField(top)},,${r.reasons.join(' ')},${scale},${model}\n`,
-        );
-      }
-      for (const s of skipped) process.stdout.write(`${csvField(s.file)},,,,,${csvField(`skipped: ${s.error}`)},,,,,,${model}\n`);
     } else {
       const names = nameColumn(files);
       for (const [i, r] of rows.entries()) {
