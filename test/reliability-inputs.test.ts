@@ -299,6 +299,33 @@ test('readRegularFile and readImageFile refuse special files and files over the 
   ]);
 });
 
+test('a file whose name is not valid UTF-8 is skipped as such, not as missing; the rest are classified', { skip: process.platform !== 'linux' }, async () => {
+  const root = mkdtempSync(path.join(tmpdir(), 'hemato-names-'));
+  try {
+    const png = await sharp({ create: { width: 48, height: 48, channels: 3, background: { r: 200, g: 120, b: 160 } } })
+      .png()
+      .toBuffer();
+    const cells = path.join(root, 'cells');
+    mkdirSync(cells);
+    writeFileSync(Buffer.concat([Buffer.from(`${cells}/cell-`), Buffer.from([0xff]), Buffer.from('.png')]), png); // Latin-1 ÿ
+    writeFileSync(path.join(cells, 'plain.png'), png);
+    const model = path.join(root, 'model.safetensors');
+    await saveUntrainedModel(model);
+    const outcome = await hemato(['predict', '--model', model, '--json', cells]);
+    assert.equal(outcome.code, 1, outcome.stderr);
+    const document = JSON.parse(outcome.stdout);
+    assert.deepEqual(
+      document.results.map((r: { file: string }) => path.basename(r.file)),
+      ['plain.png'],
+    );
+    assert.equal(document.skipped.length, 1);
+    assert.equal(path.basename(document.skipped[0].file), 'cell-\uFFFD.png');
+    assert.match(document.skipped[0].error, /its name is not valid UTF-8 .*rename it in UTF-8/);
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
 test('a folder of many files is listed for predict and scanned whole: no list is spread into one call', { skip: !posix }, async () => {
   // Past about 120,000 arguments, f(...list) overflows the default stack, and a lab's archive can hold that many
   // files. With the stack at a fifth, 30,000 files overflow it where a list is spread, and cost a few seconds.

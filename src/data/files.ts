@@ -123,13 +123,27 @@ export function readFailure(error: unknown): string {
   return (error as Error).message.replace(/^cannot read: /, '');
 }
 
+/**
+ * Whether `file` is there under a name that is not valid UTF-8: Node.js lists such a name with U+FFFD in place of
+ * the bad bytes, and the name it gives then opens nothing.
+ */
+async function undecodableName(file: string): Promise<boolean> {
+  const name = path.basename(file);
+  if (!name.includes('\uFFFD')) return false;
+  const names = await readdir(path.dirname(file), { encoding: 'buffer' }).catch(() => [] as Buffer[]);
+  return names.some((raw) => raw.toString('utf8') === name && !raw.equals(Buffer.from(name)));
+}
+
 /** Why a file-system call on `file` failed, in words: a dangling link, a link loop, a name too long, … */
 export async function fsReason(file: string, error: unknown): Promise<string> {
   const code = (error as NodeJS.ErrnoException).code;
   switch (code) {
     case 'ENOENT': {
       const target = await readlink(file).catch(() => null);
-      return target === null ? 'no such file or folder' : `dangling symbolic link (its target ${target} does not exist)`;
+      if (target !== null) return `dangling symbolic link (its target ${target} does not exist)`;
+      return (await undecodableName(file))
+        ? 'its name is not valid UTF-8 (� marks the bytes that are not), and hemato cannot open a file by such a name: rename it in UTF-8'
+        : 'no such file or folder';
     }
     case 'ELOOP':
       return 'symbolic link loop (too many levels of links)';
