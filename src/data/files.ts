@@ -123,15 +123,15 @@ export function readFailure(error: unknown): string {
   return (error as Error).message.replace(/^cannot read: /, '');
 }
 
+const UNDECODABLE_NAME = 'its name is not valid UTF-8 (� marks the bytes that are not), and hemato cannot open a file by such a name: rename it in UTF-8';
+
 /**
- * Whether `file` is there under a name that is not valid UTF-8: Node.js lists such a name with U+FFFD in place of
- * the bad bytes, and the name it gives then opens nothing.
+ * The names in `dir` that are not valid UTF-8, as Node.js lists them: with U+FFFD in place of the bad bytes, a
+ * name that then opens nothing.
  */
-async function undecodableName(file: string): Promise<boolean> {
-  const name = path.basename(file);
-  if (!name.includes('\uFFFD')) return false;
-  const names = await readdir(path.dirname(file), { encoding: 'buffer' }).catch(() => [] as Buffer[]);
-  return names.some((raw) => raw.toString('utf8') === name && !raw.equals(Buffer.from(name)));
+async function undecodableNames(dir: string): Promise<Set<string>> {
+  const names = await readdir(dir, { encoding: 'buffer' }).catch(() => [] as Buffer[]);
+  return new Set(names.filter((raw) => !raw.equals(Buffer.from(raw.toString('utf8')))).map((raw) => raw.toString('utf8')));
 }
 
 /** Why a file-system call on `file` failed, in words: a dangling link, a link loop, a name too long, … */
@@ -141,9 +141,8 @@ export async function fsReason(file: string, error: unknown): Promise<string> {
     case 'ENOENT': {
       const target = await readlink(file).catch(() => null);
       if (target !== null) return `dangling symbolic link (its target ${target} does not exist)`;
-      return (await undecodableName(file))
-        ? 'its name is not valid UTF-8 (� marks the bytes that are not), and hemato cannot open a file by such a name: rename it in UTF-8'
-        : 'no such file or folder';
+      const name = path.basename(file);
+      return name.includes('\uFFFD') && (await undecodableNames(path.dirname(file))).has(name) ? UNDECODABLE_NAME : 'no such file or folder';
     }
     case 'ELOOP':
       return 'symbolic link loop (too many levels of links)';
@@ -214,10 +213,16 @@ export async function walkFolder(dir: string, rel: string, options: WalkOptions 
     result.skipped.push({ rel, path: dir, ...asSkip(await fsFailure(dir, error)) });
     return result;
   }
+  // One listing of the raw names finds every name that opens nothing, rather than one listing per such file.
+  const undecodable = entries.some((entry) => entry.name.includes('\uFFFD')) ? await undecodableNames(dir) : undefined;
   for (const entry of entries) {
     const child = { rel: `${rel}/${entry.name}`, path: path.join(dir, entry.name) };
     if (entry.name.startsWith('.')) {
       if (options.reportHidden) result.skipped.push({ ...child, code: 'hidden', detail: `hidden ${entry.isDirectory() ? 'folder' : 'file'}` });
+      continue;
+    }
+    if (undecodable?.has(entry.name)) {
+      result.skipped.push({ ...child, code: 'unreadable', detail: `cannot read: ${UNDECODABLE_NAME}` });
       continue;
     }
     if (options.within !== undefined && entry.isSymbolicLink()) {
