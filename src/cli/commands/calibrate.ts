@@ -10,7 +10,7 @@ import { saveModel } from '../../models/io.js';
 import { calibrate } from '../../eval/calibration.js';
 import { assertFiniteWeights } from '../../eval/finite.js';
 import { CliError, prepareOutputFile, printJson, refuseOutputOverInput } from '../output.js';
-import { failureList, imageSource, listSplitPart } from './labelled.js';
+import { asFailure, failureList, imageSource, listSplitPart } from './labelled.js';
 import { progressBar } from '../progress.js';
 import { classifierOptions, modelOption, notForCommand, parseBatchSize, parseChoice, parseFraction, parsePositiveInt, refuseEmptyPaths } from './shared.js';
 
@@ -87,7 +87,7 @@ export function registerCalibrate(program: Command): void {
         const trainListing = await listSplitPart(options.split, listing.root, 'train', { classes: classifier.classes });
         const train = trainListing.items;
         if (train.length === 0) {
-          const why = failureList(trainListing.skipped.map((s) => ({ path: s.path, reason: `${s.reason}: ${s.detail}` })));
+          const why = failureList(trainListing.skipped.map(asFailure));
           throw new CliError(`--ood fits the detector on the train part of ${options.split}, and none of its rows names an image to use: ${why}`);
         }
         const sample = evenSample(train, options.oodSample);
@@ -134,10 +134,7 @@ export function registerCalibrate(program: Command): void {
     );
     for (const warning of fit.warnings) process.stderr.write(`warning: ${warning}\n`);
     // Hidden entries are passed over on purpose, as eval does; anything else left out is said, not dropped unseen.
-    const failed = [
-      ...listing.skipped.filter((s) => s.reason !== 'hidden').map((s) => ({ path: s.path, reason: `${s.reason}: ${s.detail}` })),
-      ...scored.failed,
-    ];
+    const failed = [...listing.skipped.filter((s) => s.reason !== 'hidden').map(asFailure), ...scored.failed];
     const summary = {
       model: out,
       replaced: replaces,

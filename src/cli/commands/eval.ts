@@ -9,7 +9,7 @@ import { noLabelledImages } from '../../data/dataset.js';
 import { readImageFile } from '../../data/image.js';
 import { CliError, prepareOutputDir, printJson } from '../output.js';
 import { progressBar } from '../progress.js';
-import { failureList, imageSource } from './labelled.js';
+import { asFailure, failureList, imageSource } from './labelled.js';
 import { classifierOptions, MAX_FILE_SIZE_HELP, modelOption, parseChoice, parseFileSize, parseBatchSize, refuseEmptyPaths } from './shared.js';
 
 const pct = (x: number) => `${(100 * x).toFixed(2)}%`;
@@ -72,7 +72,7 @@ export function registerEval(program: Command): void {
     }
     // Hidden entries are passed over on purpose, as predict does; anything else left out is a file not evaluated.
     const notEvaluated = listing.skipped.filter((s) => s.reason !== 'hidden').length + scored.failed.length;
-    const skipped = [...listing.skipped.map((s) => ({ path: s.path, reason: `${s.reason}: ${s.detail}` })), ...scored.failed];
+    const skipped = [...listing.skipped.map(asFailure), ...scored.failed];
     const model = await modelInfo(options.model ?? BUNDLED_MODEL);
     let reportFile;
     let reportReplaced = false;

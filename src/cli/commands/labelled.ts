@@ -1,7 +1,7 @@
 // Where the labelled images that eval and calibrate score come from: an ImageFolder, --images with --labels, or one
 // part of a split, each checked before the model loads.
 import { parseCsv } from '../../data/csv.js';
-import { type DatasetListing, listCsvDataset, listDataset, type ListOptions, rowFile } from '../../data/dataset.js';
+import { type DatasetListing, listCsvDataset, listDataset, type ListOptions, rowFile, type SkippedFile } from '../../data/dataset.js';
 import { escapeControl, readRegularFile } from '../../data/files.js';
 import { type Part, readSplit } from '../../data/split.js';
 import { CliError } from '../output.js';
@@ -60,6 +60,9 @@ async function refuseSplitAsLabels(labels: string): Promise<void> {
     );
   }
 }
+
+/** A listing's skipped entry as a file that could not be used, with its reason's code and words. */
+export const asFailure = (s: SkippedFile): { path: string; reason: string } => ({ path: s.path, reason: `${s.reason}: ${s.detail}` });
 
 /** The first few files that could not be read, each with its reason. */
 export function failureList(failed: readonly { path: string; reason: string }[], shown = 5): string {
