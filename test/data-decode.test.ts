@@ -112,6 +112,16 @@ test('broken files: each gets its own clear error', async () => {
   await rejects(Buffer.from('label,file\nthis is not an image\n'), 'not-image', /not an image: text file/);
   await rejects(Buffer.from([0, 0, 0, 1, 0x42, 0x75, 0x64, 0x31, 0, 0]), 'not-image', /DS_Store/);
   await rejects(Buffer.from('GIF89a\x01\x00\x01\x00'), 'unsupported', /GIF/);
+  // Formats a lab may export that are images, but not ones hemato decodes: named, with the conversion to make.
+  const dicom = Buffer.concat([Buffer.alloc(128), Buffer.from('DICM\x02\x00\x00\x00')]);
+  await rejects(dicom, 'unsupported', /^unsupported image format: DICOM \(export the image .* as PNG or TIFF\)$/);
+  await rejects(Buffer.from([0, 0, 0, 0x0c, 0x6a, 0x50, 0x20, 0x20, 0x0d, 0x0a, 0x87, 0x0a]), 'unsupported', /JPEG 2000/);
+  await rejects(Buffer.from([0xff, 0x4f, 0xff, 0x51, 0, 0x2f]), 'unsupported', /JPEG 2000/);
+  await rejects(Buffer.from([0xff, 0x0a, 0xfa, 0x7f]), 'unsupported', /JPEG XL/);
+  await rejects(Buffer.from('8BPS\x00\x01\x00\x00'), 'unsupported', /Photoshop/);
+  const svg = '<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>';
+  await rejects(Buffer.from(svg), 'unsupported', /SVG drawing \(convert it to PNG\)/);
+  await rejects(Buffer.from('<html><body>an svg-free page</body></html>'), 'not-image', /not an image: text file/);
   const bmpBytes = bmp.encode({ data: Buffer.alloc(W * H * 4), width: W, height: H, bitPP: 24 }).data;
   await rejects(bmpBytes.subarray(0, 80), 'truncated', /truncated BMP/);
   // A PNG that ends after its header: libvips' message for it ends in a colon with nothing after it.

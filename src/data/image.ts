@@ -45,18 +45,47 @@ export function sniffFormat(bytes: Uint8Array): ImageFormat | null {
   return null;
 }
 
+/**
+ * Image formats a lab may export that hemato does not decode, by their magic bytes (each signature an offset, then
+ * the bytes there), so that the message names the format and how to convert it rather than "unknown content".
+ */
+const UNSUPPORTED_FORMATS: readonly { name: string; fix: string; signatures: readonly number[][] }[] = [
+  { name: 'GIF', fix: 'convert it to PNG', signatures: [[0, 0x47, 0x49, 0x46, 0x38]] },
+  { name: 'HEIF/AVIF or video container', fix: 'convert it to PNG or JPEG', signatures: [[4, 0x66, 0x74, 0x79, 0x70]] },
+  {
+    name: 'JPEG 2000',
+    fix: 'convert it to PNG or TIFF',
+    signatures: [
+      [0, 0x00, 0x00, 0x00, 0x0c, 0x6a, 0x50, 0x20, 0x20],
+      [0, 0xff, 0x4f, 0xff, 0x51],
+    ],
+  },
+  {
+    name: 'JPEG XL',
+    fix: 'convert it to PNG',
+    signatures: [
+      [0, 0x00, 0x00, 0x00, 0x0c, 0x4a, 0x58, 0x4c, 0x20],
+      [0, 0xff, 0x0a],
+    ],
+  },
+  { name: 'DICOM', fix: 'export the image from the DICOM file as PNG or TIFF', signatures: [[128, 0x44, 0x49, 0x43, 0x4d]] },
+  { name: 'Photoshop document', fix: 'export it as PNG or TIFF', signatures: [[0, 0x38, 0x42, 0x50, 0x53]] },
+];
+
 /** A short description of what a non-image file seems to be, for the skip reason. */
 export function describeNonImage(bytes: Uint8Array): string {
   const at = (offset: number, ...values: number[]) => values.every((v, i) => bytes[offset + i] === v);
   if (at(0, 0x00, 0x00, 0x00, 0x01, 0x42, 0x75, 0x64, 0x31)) return 'not an image: macOS .DS_Store folder metadata';
-  if (at(0, 0x47, 0x49, 0x46, 0x38)) return 'unsupported image format: GIF (convert it to PNG)';
-  if (at(4, 0x66, 0x74, 0x79, 0x70)) return 'unsupported image format: HEIF/AVIF or video container (convert it to PNG or JPEG)';
+  const unsupported = UNSUPPORTED_FORMATS.find((f) => f.signatures.some(([offset, ...values]) => at(offset, ...values)));
+  if (unsupported) return `unsupported image format: ${unsupported.name} (${unsupported.fix})`;
   if (at(0, 0x25, 0x50, 0x44, 0x46)) return 'not an image: PDF document';
   if (at(0, 0x50, 0x4b, 0x03, 0x04)) return 'not an image: ZIP archive';
   const head = bytes.subarray(0, 512);
   let printable = 0;
   for (const b of head) if (b === 9 || b === 10 || b === 13 || (b >= 32 && b < 127) || b >= 128) printable++;
-  if (head.length > 0 && printable === head.length) return 'not an image: text file';
+  if (head.length > 0 && printable === head.length) {
+    return /<svg[\s>]/i.test(Buffer.from(head).toString('latin1')) ? 'unsupported image format: SVG drawing (convert it to PNG)' : 'not an image: text file';
+  }
   const hex = [...bytes.subarray(0, 4)].map((b) => b.toString(16).padStart(2, '0')).join(' ');
   return `not an image: unknown content (first bytes ${hex})`;
 }
