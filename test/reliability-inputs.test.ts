@@ -24,7 +24,7 @@ import { promisify } from 'node:util';
 import sharp from 'sharp';
 import { listCsvDataset } from '../src/data/dataset.js';
 import { DecodeError } from '../src/data/errors.js';
-import { escapeControl, inspectPath, readRegularFile } from '../src/data/files.js';
+import { escapeControl, inspectPath, listFirst, readRegularFile } from '../src/data/files.js';
 import { readImageFile } from '../src/data/image.js';
 import { saveUntrainedModel, SHARED } from './helpers.js';
 
@@ -166,6 +166,14 @@ test('predict escapes control characters in names for people, and keeps them exa
   const json = JSON.parse((await hemato(['predict', '--model', modelFile, '--json', file])).stdout);
   assert.equal(json.results[0].file, file);
   assert.equal(escapeControl('a\tb\r\u009b\u202ez\\n'), 'a\\tb\\r\\x9b\\u202ez\\n');
+});
+
+test('messages name the first few of a long list and count the rest', () => {
+  const names = Array.from({ length: 200_000 }, (_, i) => `f${i}`);
+  assert.equal(listFirst(names), 'f0, f1, f2, and 199997 more');
+  assert.equal(listFirst(names.slice(0, 3)), 'f0, f1, f2');
+  assert.equal(listFirst(names.slice(0, 7), 5, '; '), 'f0; f1; f2; f3; f4; and 2 more');
+  assert.equal(listFirst([]), '');
 });
 
 test('an unreadable folder is reported as such and the other files are classified', { skip: !posix }, async () => {

@@ -259,3 +259,9 @@ export function escapeControl(text: string): string {
     return code < 0x100 ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u${code.toString(16).padStart(4, '0')}`;
   });
 }
+
+/** The first few of a list for a message, and how many more there are: "a, b, c, and 4 more". */
+export function listFirst(items: readonly string[], shown = 3, separator = ', '): string {
+  const first = items.slice(0, shown).join(separator);
+  return items.length > shown ? `${first}${separator.trimEnd()} and ${items.length - shown} more` : first;
+}

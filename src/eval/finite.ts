@@ -1,6 +1,7 @@
 // Guards against keeping a diverged model: NaN or infinite weights or outputs stop a save with a clear error.
 import * as E from '../engine/index.js';
 import type { Module } from '../nn/index.js';
+import { listFirst } from '../data/files.js';
 
 export class NonFiniteModelError extends Error {
   override name = 'NonFiniteModelError';
@@ -20,8 +21,7 @@ export function nonFiniteWeights(model: Module): string[] {
 export function assertFiniteWeights(model: Module, what: string): void {
   const bad = nonFiniteWeights(model);
   if (bad.length === 0) return;
-  const names = `${bad.slice(0, 3).join(', ')}${bad.length > 3 ? ` and ${bad.length - 3} more` : ''}`;
-  throw new NonFiniteModelError(`${what} has NaN or infinite weights (${names}); it is not saved`);
+  throw new NonFiniteModelError(`${what} has NaN or infinite weights (${listFirst(bad)}); it is not saved`);
 }
 
 export function assertFiniteOutputs(outputs: ArrayLike<number>, what: string): void {

@@ -10,7 +10,7 @@ import path from 'node:path';
 import * as E from '../engine/index.js';
 import { finishRun, type RunSummary } from './finish.js';
 import type { SkippedFile } from '../data/dataset.js';
-import { readFailure, readRegularFile } from '../data/files.js';
+import { listFirst, readFailure, readRegularFile } from '../data/files.js';
 import { writeFileAtomic } from '../engine/atomic-write.js';
 import { nonFiniteWeights } from '../eval/finite.js';
 import { backgroundColours, type InputRecipe } from '../data/prepare.js';
@@ -451,10 +451,7 @@ async function checkModelFile(
   const { model } = await named(loadModel(file));
   try {
     const bad = nonFiniteWeights(model);
-    if (bad.length > 0)
-      throw new RunConfigError(
-        `${flag} ${file} has NaN or infinite weights (${bad.slice(0, 3).join(', ')}${bad.length > 3 ? ` and ${bad.length - 3} more` : ''}); the file is damaged: ${advice.instead}`,
-      );
+    if (bad.length > 0) throw new RunConfigError(`${flag} ${file} has NaN or infinite weights (${listFirst(bad)}); the file is damaged: ${advice.instead}`);
   } finally {
     model.dispose();
   }

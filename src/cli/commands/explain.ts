@@ -4,7 +4,7 @@ import { type Command, InvalidArgumentError } from 'commander';
 import { BUNDLED_MODEL, loadClassifier, type UncertainReason } from '../../api/classifier.js';
 import { checkExplainOptions, DEFAULT_EXPLAIN_STAGE, EXPLAIN_PATHS, type ExplainPath, overlayPng } from '../../api/explain.js';
 import { modelInfo } from '../../api/model-info.js';
-import { escapeControl } from '../../data/files.js';
+import { escapeControl, listFirst } from '../../data/files.js';
 import { DecodeError } from '../../data/image.js';
 import { CliError, nameColumn, prepareOutputDir, printJson, writeOutput } from '../output.js';
 import { progressBar } from '../progress.js';
@@ -61,8 +61,7 @@ export function registerExplain(program: Command): void {
         )
       ).filter((t): t is string => t !== null);
       if (existing.length > 0) {
-        const shown = existing.slice(0, 3).map(escapeControl).join(', ') + (existing.length > 3 ? ` and ${existing.length - 3} more` : '');
-        throw new CliError(`--out already holds ${shown}; pass --overwrite to replace them, or choose another --out`);
+        throw new CliError(`--out already holds ${listFirst(existing.map(escapeControl))}; pass --overwrite to replace them, or choose another --out`);
       }
     }
     const classifier = await loadClassifier(options.model, { ...classifierOptions(options), precision: 'fp32' });

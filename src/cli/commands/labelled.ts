@@ -2,7 +2,7 @@
 // part of a split, each checked before the model loads.
 import { parseCsv } from '../../data/csv.js';
 import { type DatasetListing, listCsvDataset, listDataset, type ListOptions, rowFile, type SkippedFile } from '../../data/dataset.js';
-import { escapeControl, readRegularFile } from '../../data/files.js';
+import { escapeControl, listFirst, readRegularFile } from '../../data/files.js';
 import { type Part, readSplit } from '../../data/split.js';
 import { CliError } from '../output.js';
 import { datasetSource } from './shared.js';
@@ -66,9 +66,9 @@ export const asFailure = (s: SkippedFile): { path: string; reason: string } => (
 
 /** The first few files that could not be read, each with its reason. */
 export function failureList(failed: readonly { path: string; reason: string }[], shown = 5): string {
-  const list = failed
-    .slice(0, shown)
-    .map((f) => `${escapeControl(f.path)}: ${f.reason}`)
-    .join('; ');
-  return failed.length > shown ? `${list}; and ${failed.length - shown} more` : list;
+  return listFirst(
+    failed.map((f) => `${escapeControl(f.path)}: ${f.reason}`),
+    shown,
+    '; ',
+  );
 }
