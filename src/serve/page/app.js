@@ -4,6 +4,8 @@
 // Plain ES module; it talks to nothing but the server that serves it.
 
 const CONCURRENCY = 4;
+const WAITING_SHOWN = 48;
+const PROGRESS_INTERVAL_MS = 250;
 const TOKEN_KEY = 'hemato-token';
 const FOLDER_KEY = 'hemato-folder-open';
 const DB_NAME = 'hemato-review';
@@ -31,6 +33,7 @@ const state = {
   classes: [],
   cells: [], // in arrival order
   byId: new Map(),
+  byContent: new Map(), // `${sha256} ${name}` -> the classified cell showing that image under that name
   nextId: 1,
   decisions: new Map(), // sha256 -> decision
   persistent: true,
@@ -199,12 +202,13 @@ function pump() {
     classify(cell).finally(() => {
       state.active--;
       pump();
-      scheduleRender();
+      scheduleRender(PROGRESS_INTERVAL_MS);
     });
   }
 }
 
 const alive = (cell) => state.byId.get(cell.id) === cell;
+const contentKey = (cell) => `${cell.sha256} ${cell.name}`;
 
 async function classify(cell) {
   cell.status = 'working';
@@ -230,11 +234,12 @@ async function classify(cell) {
     if (!alive(cell)) return;
     // The server hashes what it received: decisions are keyed by it.
     cell.sha256 = body.sha256;
-    if (state.cells.some((other) => other !== cell && other.sha256 === cell.sha256 && other.name === cell.name)) {
+    if (state.byContent.has(contentKey(cell))) {
       state.progress.skipped++;
       removeCell(cell); // the same image under the same name is already in the gallery
       return;
     }
+    state.byContent.set(contentKey(cell), cell);
     cell.result = body.result;
     cell.modelInfo = body.model_info ?? state.model?.model_info ?? null;
     cell.predicted = body.result.predictions[0]?.label ?? null;
@@ -253,6 +258,7 @@ async function classify(cell) {
 
 function removeCell(cell) {
   state.byId.delete(cell.id);
+  if (cell.sha256 && state.byContent.get(contentKey(cell)) === cell) state.byContent.delete(contentKey(cell));
   state.cells = state.cells.filter((c) => c !== cell);
   if (cell.url) URL.revokeObjectURL(cell.url);
   if (state.selected === cell.id) state.selected = null;
@@ -264,6 +270,7 @@ function clearGallery() {
   for (const cell of state.cells) if (cell.url) URL.revokeObjectURL(cell.url);
   state.cells = [];
   state.byId.clear();
+  state.byContent.clear();
   state.undo = [];
   state.selected = null;
   state.progress = { total: 0, done: 0, failed: 0, skipped: 0 };
@@ -325,9 +332,20 @@ function markSha(sha) {
 // Rendering: the gallery, the differential, the progress and the detail pane.
 
 let renderQueued = false;
+let renderDelay = null;
 
-function scheduleRender() {
+/**
+ * Renders on the next frame, or with `delay` (ms) no sooner than that: finished images are shown a few times a
+ * second, each time in one layout, while what the reviewer does shows on the next frame.
+ */
+function scheduleRender(delay = 0) {
   if (renderQueued) return;
+  if (delay > 0) {
+    renderDelay ??= setTimeout(() => scheduleRender(), delay);
+    return;
+  }
+  clearTimeout(renderDelay);
+  renderDelay = null;
   renderQueued = true;
   requestAnimationFrame(() => {
     renderQueued = false;
@@ -352,45 +370,88 @@ function galleryOrder() {
     } else if (cell.status === 'error') failed.cells.push(cell);
     else waiting.cells.push(cell);
   }
+  // Only the next few waiting images get tiles: a folder of thousands would otherwise lay out thousands of
+  // placeholders on every frame. The heading counts them all.
+  waiting.total = waiting.cells.length;
+  waiting.cells = waiting.cells.slice(0, WAITING_SHOWN);
   for (const group of groups) {
     group.cells.sort((a, b) => Number(b.result.uncertain) - Number(a.result.uncertain) || topScore(a) - topScore(b) || a.id - b.id);
   }
   return [...groups, failed, waiting].filter((g) => g.cells.length > 0);
 }
 
+// The gallery is reconciled, not rebuilt: each frame moves only the tiles whose place changed, so a folder of
+// thousands of images costs per finished image what a handful does, not a relayout of every tile.
+const groupViews = new Map(); // group key -> { section, head, tiles }
+let selectedEl = null;
+
 function render() {
   const groups = galleryOrder();
   state.order = groups.flatMap((g) => g.cells);
   const gallery = $('gallery');
-  const nodes = groups.map((group) => {
+  const sections = groups.map((group) => {
+    const view = groupView(group);
+    const uncertain = group.cells.filter((c) => c.result?.uncertain).length;
+    const title = `${group.title} · ${group.total ?? group.cells.length}${uncertain ? ` (${uncertain} uncertain)` : ''}`;
+    if (view.head.textContent !== title) view.head.textContent = title;
+    for (const cell of group.cells) if (!cell.el || cell.dirty) updateTile(cell);
+    arrange(
+      view.tiles,
+      group.cells.map((cell) => cell.el),
+    );
+    return view.section;
+  });
+  arrange(gallery, sections);
+  for (const [key, view] of groupViews) if (!view.section.isConnected) groupViews.delete(key);
+  if (state.selected !== null && !state.byId.has(state.selected)) state.selected = null;
+  const selected = state.selected !== null ? state.byId.get(state.selected).el : null;
+  if (selectedEl !== selected) selectedEl?.setAttribute('aria-selected', 'false');
+  selected?.setAttribute('aria-selected', 'true');
+  selectedEl = selected;
+  gallery.setAttribute('aria-activedescendant', state.selected !== null ? `cell-${state.selected}` : '');
+  $('empty-note').hidden = state.cells.length > 0;
+  renderProgress();
+  renderDifferential();
+  renderDetail();
+}
+
+function groupView(group) {
+  let view = groupViews.get(group.key);
+  if (!view) {
     const section = document.createElement('div');
     section.className = `group group-${group.key}`;
     section.setAttribute('role', 'group');
     const head = document.createElement('div');
     head.className = 'group-head';
     head.id = `group-${group.key}`;
-    const uncertain = group.cells.filter((c) => c.result?.uncertain).length;
-    head.textContent = `${group.title} · ${group.cells.length}${uncertain ? ` (${uncertain} uncertain)` : ''}`;
     section.setAttribute('aria-labelledby', head.id);
     const tiles = document.createElement('div');
     tiles.className = 'tiles';
-    for (const cell of group.cells) {
-      if (!cell.el || cell.dirty) updateTile(cell);
-      tiles.append(cell.el);
-    }
     section.append(head, tiles);
-    return section;
-  });
-  const scroll = gallery.scrollTop;
-  gallery.replaceChildren(...nodes);
-  gallery.scrollTop = scroll;
-  if (state.selected !== null && !state.byId.has(state.selected)) state.selected = null;
-  for (const cell of state.order) cell.el.setAttribute('aria-selected', String(cell.id === state.selected));
-  gallery.setAttribute('aria-activedescendant', state.selected !== null ? `cell-${state.selected}` : '');
-  $('empty-note').hidden = state.cells.length > 0;
-  renderProgress();
-  renderDifferential();
-  renderDetail();
+    view = { section, head, tiles };
+    groupViews.set(group.key, view);
+  }
+  return view;
+}
+
+/** Makes `parent`'s children exactly `nodes`, in order, moving only those out of place. */
+function arrange(parent, nodes) {
+  const wanted = new Set(nodes);
+  let next = parent.firstChild;
+  for (const node of nodes) {
+    while (next && !wanted.has(next)) {
+      const after = next.nextSibling;
+      next.remove();
+      next = after;
+    }
+    if (node === next) next = next.nextSibling;
+    else parent.insertBefore(node, next);
+  }
+  while (next) {
+    const after = next.nextSibling;
+    next.remove();
+    next = after;
+  }
 }
 
 function updateTile(cell) {
@@ -399,6 +460,7 @@ function updateTile(cell) {
     const el = document.createElement('div');
     el.id = `cell-${cell.id}`;
     el.setAttribute('role', 'option');
+    el.setAttribute('aria-selected', 'false');
     el.addEventListener('click', () => {
       select(cell.id);
       $('gallery').focus({ preventScroll: true });
