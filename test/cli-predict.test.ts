@@ -1,8 +1,8 @@
 // predict and eval from the CLI with a small model: bad files get per-file errors and the rest are classified.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { execFile, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -114,6 +114,31 @@ test('hemato predict --json classifies good files and reports bad ones without s
   assert.match(JSON.parse(limited.stdout).results[0].error, /exceeds the pixel limit of .*; raise maxPixels \(--max-pixels\) only if the file is trusted/);
   const usage = await run(process.execPath, ['bin/hemato.js', 'predict', '--max-pixels', '0', good[0]]).catch((e) => e);
   assert.equal(usage.code, 2);
+});
+
+test('hemato predict - classifies the image on standard input, refused when given twice, oversized or empty', async () => {
+  const { good } = await ready;
+  const predict = (args: string[], input: Buffer) =>
+    spawnSync(process.execPath, ['bin/hemato.js', 'predict', '--model', modelFile, ...args], { input, encoding: 'utf8' });
+  const bytes = readFileSync(good[1]);
+  const piped = predict(['--json', '-', good[0]], bytes);
+  assert.equal(piped.status, 0, piped.stderr);
+  const report = JSON.parse(piped.stdout);
+  assert.deepEqual(
+    report.results.map((r: { file: string }) => r.file),
+    ['-', good[0]],
+  );
+  const direct = JSON.parse(predict(['--json', good[1], good[0]], Buffer.alloc(0)).stdout); // batched alike
+  assert.deepEqual(report.results[0].predictions, direct.results[0].predictions, 'the same image by path and on standard input');
+  const twice = predict(['-', '-'], bytes);
+  assert.equal(twice.status, 2);
+  assert.match(twice.stderr, /- \(standard input\) can be given once/);
+  const oversized = predict(['--max-file-size', '100B', '-'], bytes);
+  assert.equal(oversized.status, 1);
+  assert.match(oversized.stderr, /standard input is over the 100 B limit; raise --max-file-size only if the image is trusted/);
+  const empty = predict(['--csv', '-'], Buffer.alloc(0));
+  assert.equal(empty.status, 1);
+  assert.match(empty.stdout, /^-,,,,,empty file \(0 bytes\),/m);
 });
 
 test('hemato predict prints its document on stdout when every input is skipped, and still fails', async () => {

@@ -2,7 +2,7 @@ import { type Command, InvalidArgumentError } from 'commander';
 import { BUNDLED_MODEL, type Classification, type ClassificationError, loadClassifier } from '../../api/classifier.js';
 import { type ModelIdentity, modelInfo } from '../../api/model-info.js';
 import { blockRange } from '../../data/batches.js';
-import { escapeControl, inspectPath, walkFolder } from '../../data/files.js';
+import { DEFAULT_MAX_FILE_BYTES, escapeControl, inspectPath, sizeText, walkFolder } from '../../data/files.js';
 import { CliError, nameColumn, printJson } from '../output.js';
 import { progressBar } from '../progress.js';
 import { classifierOptions, MAX_FILE_SIZE_HELP, modelOption, parseFileSize, parseBatchSize, parsePositiveInt } from './shared.js';
@@ -13,14 +13,22 @@ export interface ExpandedInputs {
   skipped: { file: string; error: string }[];
 }
 
+/** The input that names standard input, as in most command-line tools (a file named "-" is ./-). */
+export const STANDARD_INPUT = '-';
+
 /**
- * Expands folders (recursively, links followed, hidden entries passed over) into regular files; files are kept as
- * given. An input or entry that cannot be used (missing, a FIFO or device, over the size limit, a dangling link, a
- * link loop, an unreadable folder, a path too long) is skipped with its reason, and the rest go on.
+ * Expands folders (recursively, links followed, hidden entries passed over) into regular files; files, and "-" for
+ * standard input, are kept as given. An input or entry that cannot be used (missing, a FIFO or device, over the size
+ * limit, a dangling link, a link loop, an unreadable folder, a path too long) is skipped with its reason, and the
+ * rest go on.
  */
 export async function expandInputs(inputs: string[], options: { maxFileBytes?: number } = {}): Promise<ExpandedInputs> {
   const expanded: ExpandedInputs = { files: [], skipped: [] };
   for (const input of inputs) {
+    if (input === STANDARD_INPUT) {
+      expanded.files.push(input);
+      continue;
+    }
     const info = await inspectPath(input, options.maxFileBytes);
     if (info.kind === 'file') expanded.files.push(input);
     else if (info.kind === 'skip') expanded.skipped.push({ file: input, error: info.error.message });
@@ -32,6 +40,23 @@ export async function expandInputs(inputs: string[], options: { maxFileBytes?: n
     }
   }
   return expanded;
+}
+
+/** All of standard input, refused past `maxBytes` as a file would be, and when it is a terminal rather than an image. */
+async function readStandardInput(maxBytes = DEFAULT_MAX_FILE_BYTES): Promise<Buffer> {
+  if (process.stdin.isTTY)
+    throw new CliError('- reads an image from standard input, which is a terminal here: pipe or redirect one, as in hemato predict - < cell.jpg', 2);
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of process.stdin as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > maxBytes) {
+      process.stdin.destroy();
+      throw new CliError(`standard input is over the ${sizeText(maxBytes)} limit; raise --max-file-size only if the image is trusted`);
+    }
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks);
 }
 
 /** One of N equal parts of a list: I counts from 1. */
@@ -95,7 +120,7 @@ export function registerPredict(program: Command): void {
   const command = program
     .command('predict')
     .description('classify single-cell images (files or folders) with calibrated probabilities and an uncertainty flag')
-    .argument('<inputs...>', 'image files or folders of them')
+    .argument('<inputs...>', 'image files or folders of them; - reads one image from standard input')
     .option('-k, --top-k <k>', 'labels to report per image', parsePositiveInt, 3)
     .option('--batch-size <n>', 'images per forward pass', parseBatchSize, 32)
     .option('--json', 'print one JSON document on stdout')
@@ -113,6 +138,7 @@ export function registerPredict(program: Command): void {
     .option('--max-file-size <size>', MAX_FILE_SIZE_HELP, parseFileSize);
   modelOption(command).action(async (inputs: string[], options) => {
     if ([options.json, options.csv, options.jsonl].filter(Boolean).length > 1) throw new CliError('choose one of --json, --csv and --jsonl', 2);
+    if (inputs.filter((input) => input === STANDARD_INPUT).length > 1) throw new CliError('- (standard input) can be given once', 2);
     const shard: Shard = options.shard ?? { index: 1, count: 1 };
     const expanded = await expandInputs(inputs, { maxFileBytes: options.maxFileSize });
     const files = shardOf(expanded.files, shard);
@@ -123,13 +149,15 @@ export function registerPredict(program: Command): void {
     // that scripts parsing stdout need no special case; the error and the exit status come after it.
     const nothing = expanded.files.length === 0;
     if (shard.count > 1) process.stderr.write(`hemato: shard ${shard.index}/${shard.count}: ${files.length} of ${expanded.files.length} files\n`);
+    // Read before the model loads, so that a terminal or an oversized input is refused at once.
+    const images = files.includes(STANDARD_INPUT) ? await withStandardInput(files, options.maxFileSize) : files;
     const classifier = await loadClassifier(options.model, classifierOptions(options));
     const info = options.json || options.jsonl || options.csv ? await modelInfo(options.model ?? BUNDLED_MODEL) : undefined;
     // --jsonl and --csv rows are written as each batch is done: an interrupted run keeps what it classified.
     const write = info && (options.jsonl ? jsonlLines(info) : options.csv ? csvLines(info, shard.index === 1) : undefined);
     if (write) process.stdout.write(write.header);
     const bar = progressBar('classifying', files.length);
-    const results = await classifier.classifyBatch(files, {
+    const results = await classifier.classifyBatch(images, {
       topK: options.topK,
       batchSize: options.batchSize,
       onProgress: (done) => bar.update(done),
@@ -170,4 +198,10 @@ export function registerPredict(program: Command): void {
       process.exitCode = 1;
     }
   });
+}
+
+/** The inputs to classify: each path as it is, and "-" replaced by the bytes of standard input. */
+async function withStandardInput(files: string[], maxBytes: number | undefined): Promise<(string | Uint8Array)[]> {
+  const bytes = await readStandardInput(maxBytes);
+  return files.map((file) => (file === STANDARD_INPUT ? bytes : file));
 }
