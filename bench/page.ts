@@ -10,14 +10,13 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { copyFileSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { chromium } from 'playwright-core';
+import { launchChromium } from '../test/browser.js';
 import { PBC_CLASSES } from '../src/data/dataset.js';
 
 const quick = process.argv.includes('--quick');
 const IMAGES = quick ? 300 : 1000;
 const CONCURRENCY = 4; // the page's requests in flight (src/serve/page/app.js)
 const MAX_SECONDS = 600;
-const CHROMIUM = process.env.HEMATO_CHROMIUM ?? '/usr/bin/chromium';
 const log = (message: string) => process.stderr.write(`${message}\n`);
 
 /** IMAGES PBC images, taken from every class in turn, copied flat into a new folder. */
@@ -77,7 +76,7 @@ interface PageState {
 }
 
 async function page(url: string) {
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
+  const browser = await launchChromium();
   try {
     const tab = await (await browser.newContext({ viewport: { width: 1280, height: 800 } })).newPage();
     await tab.goto(url);

@@ -2,24 +2,19 @@
 // serve-page.test.ts): the waiting images get a few tiles and a count, and finished images move into their group
 // without the gallery being rebuilt, so its cost per image does not grow with the folder.
 import assert from 'node:assert/strict';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
-import { type Browser, chromium } from 'playwright-core';
+import type { Browser } from 'playwright-core';
+import { launchChromium, SKIP_BROWSER } from './browser.js';
 import { startServer } from '../src/serve/server.js';
 import { SHARED } from './helpers.js';
 
-const CHROMIUM = process.env.HEMATO_CHROMIUM ?? '/usr/bin/chromium';
-const SKIP = process.env.HEMATO_SKIP_BROWSER === '1';
 const IMAGES = 150;
 const WAITING_SHOWN = 48; // as in src/serve/page/app.js
 
-test('the review page shows a folder of many images without rebuilding its gallery', { skip: SKIP && 'HEMATO_SKIP_BROWSER=1', timeout: 150_000 }, async () => {
-  assert.ok(
-    existsSync(CHROMIUM),
-    `${CHROMIUM} is missing: run \`bash scripts/setup.sh --test\` to install Chromium for the browser test (or set HEMATO_SKIP_BROWSER=1 to skip it)`,
-  );
+test('the review page shows a folder of many images without rebuilding its gallery', { skip: SKIP_BROWSER, timeout: 150_000 }, async () => {
   const root = mkdtempSync(path.join(tmpdir(), 'hemato-page-large-'));
   const cells = path.join(root, 'cells');
   mkdirSync(cells);
@@ -32,7 +27,7 @@ test('the review page shows a folder of many images without rebuilding its galle
   const server = await startServer({ folder: cells, port: 0 });
   let browser: Browser | undefined;
   try {
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
+    browser = await launchChromium();
     const page = await browser.newPage();
     await page.goto(server.url);
     await page.waitForFunction(() => document.querySelectorAll('#differential tbody tr').length > 0);

@@ -1,66 +1,57 @@
 // The review page classifies every image the server lists, whatever its name: a backslash, a newline or a tab in
 // a file name is no reason to fail it (Debian's Chromium driven by playwright-core, as in serve-page.test.ts).
 import assert from 'node:assert/strict';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
-import { type Browser, chromium } from 'playwright-core';
+import type { Browser } from 'playwright-core';
+import { launchChromium, SKIP_BROWSER } from './browser.js';
 import { startServer } from '../src/serve/server.js';
 import { SHARED } from './helpers.js';
 
-const CHROMIUM = process.env.HEMATO_CHROMIUM ?? '/usr/bin/chromium';
-const SKIP = process.env.HEMATO_SKIP_BROWSER === '1';
 const NAMES = ['back\\slash.jpg', 'new\nline.jpg', 'tab\there.jpg', 'plain.jpg'];
 
-test(
-  'the review page classifies served images whose names hold a backslash, a newline or a tab',
-  { skip: SKIP && 'HEMATO_SKIP_BROWSER=1', timeout: 90_000 },
-  async () => {
-    assert.ok(
-      existsSync(CHROMIUM),
-      `${CHROMIUM} is missing: run \`bash scripts/setup.sh --test\` to install Chromium for the browser test (or set HEMATO_SKIP_BROWSER=1 to skip it)`,
-    );
-    const root = mkdtempSync(path.join(tmpdir(), 'hemato-page-names-'));
-    const cells = path.join(root, 'cells');
-    mkdirSync(cells);
-    const source = path.join(SHARED, 'data/pbc/basophil');
-    const [image] = readdirSync(source)
-      .filter((name) => name.endsWith('.jpg') && !name.startsWith('.'))
-      .sort();
-    for (const name of NAMES) copyFileSync(path.join(source, image), path.join(cells, name));
-    const server = await startServer({ folder: cells, port: 0 });
-    let browser: Browser | undefined;
-    try {
-      browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
-      const page = await browser.newPage();
-      await page.goto(server.url);
-      await page.waitForFunction(() => document.querySelectorAll('#differential tbody tr').length > 0);
-      await page.click('#folder-button');
-      await page
-        .waitForFunction(
-          () => document.querySelector('#progress-text')?.getAttribute('data-busy') === 'false' && document.querySelectorAll('#gallery .tile').length > 0,
-          null,
-          {
-            timeout: 45_000,
-          },
-        )
-        .catch(() => {});
-      const tiles = await page
-        .locator('#gallery .tile')
-        .evaluateAll((els) =>
-          els.map((el) => ({ file: (el as HTMLElement).dataset.file, done: el.classList.contains('is-done'), label: el.getAttribute('aria-label') })),
-        );
-      assert.deepEqual(
-        tiles.filter((t) => !t.done),
-        [],
-        'every listed image is classified',
+test('the review page classifies served images whose names hold a backslash, a newline or a tab', { skip: SKIP_BROWSER, timeout: 90_000 }, async () => {
+  const root = mkdtempSync(path.join(tmpdir(), 'hemato-page-names-'));
+  const cells = path.join(root, 'cells');
+  mkdirSync(cells);
+  const source = path.join(SHARED, 'data/pbc/basophil');
+  const [image] = readdirSync(source)
+    .filter((name) => name.endsWith('.jpg') && !name.startsWith('.'))
+    .sort();
+  for (const name of NAMES) copyFileSync(path.join(source, image), path.join(cells, name));
+  const server = await startServer({ folder: cells, port: 0 });
+  let browser: Browser | undefined;
+  try {
+    browser = await launchChromium();
+    const page = await browser.newPage();
+    await page.goto(server.url);
+    await page.waitForFunction(() => document.querySelectorAll('#differential tbody tr').length > 0);
+    await page.click('#folder-button');
+    await page
+      .waitForFunction(
+        () => document.querySelector('#progress-text')?.getAttribute('data-busy') === 'false' && document.querySelectorAll('#gallery .tile').length > 0,
+        null,
+        {
+          timeout: 45_000,
+        },
+      )
+      .catch(() => {});
+    const tiles = await page
+      .locator('#gallery .tile')
+      .evaluateAll((els) =>
+        els.map((el) => ({ file: (el as HTMLElement).dataset.file, done: el.classList.contains('is-done'), label: el.getAttribute('aria-label') })),
       );
-      assert.deepEqual(tiles.map((t) => t.file).sort(), [...NAMES].sort());
-    } finally {
-      await browser?.close();
-      await server.close();
-      rmSync(root, { recursive: true, force: true });
-    }
-  },
-);
+    assert.deepEqual(
+      tiles.filter((t) => !t.done),
+      [],
+      'every listed image is classified',
+    );
+    assert.deepEqual(tiles.map((t) => t.file).sort(), [...NAMES].sort());
+  } finally {
+    await browser?.close();
+    await server.close();
+    rmSync(root, { recursive: true, force: true });
+  }
+});

@@ -4,18 +4,17 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcessByStdio } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
+import { launchChromium, SKIP_BROWSER } from './browser.js';
 import sharp from 'sharp';
 import { parseCsv } from '../src/data/csv.js';
 import { listCsvDataset } from '../src/data/dataset.js';
 import { SHARED } from './helpers.js';
 
-const CHROMIUM = process.env.HEMATO_CHROMIUM ?? '/usr/bin/chromium';
-const SKIP = process.env.HEMATO_SKIP_BROWSER === '1';
 const PBC = path.join(SHARED, 'data/pbc');
 const DROPPED_CLASSES = ['basophil', 'ig', 'monocyte', 'platelet'];
 const SERVED_CLASSES = ['basophil', 'platelet'];
@@ -154,19 +153,15 @@ function rowsByFile(csv: string): { header: string[]; rows: Map<string, Record<s
 
 test(
   'the review page classifies dropped images, takes keyboard decisions, exports them and keeps them over a reload',
-  { skip: SKIP && 'HEMATO_SKIP_BROWSER=1', timeout: 150_000 },
+  { skip: SKIP_BROWSER, timeout: 150_000 },
   async (t) => {
-    assert.ok(
-      existsSync(CHROMIUM),
-      `${CHROMIUM} is missing: run \`bash scripts/setup.sh --test\` to install Chromium for the browser test (or set HEMATO_SKIP_BROWSER=1 to skip it)`,
-    );
     const root = mkdtempSync(path.join(tmpdir(), 'hemato-page-'));
     const { dropDir, servedDir, dropped, served } = fixtures(root);
     const { server, url } = startServer(servedDir);
     let browser: Browser | undefined;
     try {
       const base = await url;
-      browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
+      browser = await launchChromium();
       const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, acceptDownloads: true });
       const page = await context.newPage();
       const pageErrors: string[] = [];
