@@ -10,7 +10,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { copyFileSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { launchChromium } from '../test/browser.js';
+import { launchChromium, openReviewPage } from '../test/browser.js';
 import { PBC_CLASSES } from '../src/data/dataset.js';
 
 const quick = process.argv.includes('--quick');
@@ -78,9 +78,7 @@ interface PageState {
 async function page(url: string) {
   const browser = await launchChromium();
   try {
-    const tab = await (await browser.newContext({ viewport: { width: 1280, height: 800 } })).newPage();
-    await tab.goto(url);
-    await tab.waitForFunction(() => document.querySelectorAll('#differential tbody tr').length > 0);
+    const tab = await openReviewPage(await browser.newContext({ viewport: { width: 1280, height: 800 } }), url);
     await tab.evaluate(() => {
       const w = window as unknown as { longTasks: number[] };
       w.longTasks = [];

@@ -1,7 +1,7 @@
 // Debian's Chromium, driven by playwright-core, for the review page's tests and benchmark.
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { type Browser, chromium } from 'playwright-core';
+import { type Browser, type BrowserContext, chromium, type Page } from 'playwright-core';
 
 /** The `skip` of a browser test: a reason where HEMATO_SKIP_BROWSER=1, else false. */
 export const SKIP_BROWSER = process.env.HEMATO_SKIP_BROWSER === '1' && 'HEMATO_SKIP_BROWSER=1';
@@ -14,4 +14,12 @@ export async function launchChromium(): Promise<Browser> {
     `${executablePath} is missing: run \`bash scripts/setup.sh --test\` to install Chromium for the browser test (or set HEMATO_SKIP_BROWSER=1 to skip it)`,
   );
   return chromium.launch({ executablePath, args: ['--no-sandbox'] });
+}
+
+/** Opens the review page at `url` in a new tab and waits until it has the model's classes. */
+export async function openReviewPage(browser: Browser | BrowserContext, url: string): Promise<Page> {
+  const page = await browser.newPage();
+  await page.goto(url);
+  await page.waitForFunction(() => document.querySelectorAll('#differential tbody tr').length > 0);
+  return page;
 }

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import type { Browser } from 'playwright-core';
-import { launchChromium, SKIP_BROWSER } from './browser.js';
+import { launchChromium, openReviewPage, SKIP_BROWSER } from './browser.js';
 import { startServer } from '../src/serve/server.js';
 import { SHARED } from './helpers.js';
 
@@ -28,9 +28,7 @@ test('the review page shows a folder of many images without rebuilding its galle
   let browser: Browser | undefined;
   try {
     browser = await launchChromium();
-    const page = await browser.newPage();
-    await page.goto(server.url);
-    await page.waitForFunction(() => document.querySelectorAll('#differential tbody tr').length > 0);
+    const page = await openReviewPage(browser, server.url);
     // Count every section the gallery gains or loses from now on.
     await page.evaluate(() => {
       const w = window as unknown as { sectionChanges: number };

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import type { Browser } from 'playwright-core';
-import { launchChromium, SKIP_BROWSER } from './browser.js';
+import { launchChromium, openReviewPage, SKIP_BROWSER } from './browser.js';
 import { startServer } from '../src/serve/server.js';
 import { SHARED } from './helpers.js';
 
@@ -25,9 +25,7 @@ test('the review page classifies served images whose names hold a backslash, a n
   let browser: Browser | undefined;
   try {
     browser = await launchChromium();
-    const page = await browser.newPage();
-    await page.goto(server.url);
-    await page.waitForFunction(() => document.querySelectorAll('#differential tbody tr').length > 0);
+    const page = await openReviewPage(browser, server.url);
     await page.click('#folder-button');
     await page
       .waitForFunction(
