@@ -190,6 +190,53 @@ test('calibrate says which files it left out and exits 1; a split row of an unkn
   assert.match(splitSummary.failed[0].reason, /^unknown-label: row 2: unknown label "blast"/);
 });
 
+test('calibrate --split --ood fits the detector on the train part and records the split it read', async () => {
+  await ready;
+  const out = path.join(dir, 'with-detector.safetensors');
+  const calibrate = (set: string, split: string) => hemato(['calibrate', set, '--split', split, '--ood', '--model', modelFile, '--out', out, '--json']);
+  const writeSplit = (file: string, labels: readonly string[], perClass: number, trainPerClass: number) =>
+    writeFileSync(
+      file,
+      [
+        'file,label,part',
+        ...labels.flatMap((label) => Array.from({ length: perClass }, (_, i) => `${label}/${i}.png,${label},${i < trainPerClass ? 'train' : 'val'}`)),
+      ].join('\n'),
+    );
+  // The detector needs every class among the training images, and two images per class; else nothing is written.
+  const twoClasses = path.join(dir, 'two-classes.csv');
+  writeSplit(twoClasses, LABELS, PER_CLASS, 9);
+  const missing = calibrate(data, twoClasses);
+  assert.equal(missing.status, 1, missing.stderr);
+  assert.match(
+    missing.stderr,
+    /--ood fits the detector on training images of every class, and the train part of .* has none of basophil, erythroblast, ig, lymphocyte, neutrophil, platelet;/,
+  );
+  const all = path.join(dir, 'all-classes');
+  for (const [c, label] of PBC_CLASSES.entries()) {
+    mkdirSync(path.join(all, label), { recursive: true });
+    for (let i = 0; i < 5; i++) {
+      await sharp({ create: { width: 70, height: 70, channels: 3, background: { r: 30 * c, g: 40 * i, b: 90 } } })
+        .png()
+        .toFile(path.join(all, label, `${i}.png`));
+    }
+  }
+  const split = path.join(dir, 'all-classes.csv');
+  writeSplit(split, PBC_CLASSES, 5, 1);
+  const few = calibrate(all, split);
+  assert.equal(few.status, 1, few.stderr);
+  assert.match(few.stderr, /--ood fits the detector on at least 16 training images \(two per class\), and the train part of .* has 8 it can use/);
+  assert.ok(!existsSync(out));
+
+  writeSplit(split, PBC_CLASSES, 5, 2); // 16 training images, 24 to calibrate on
+  const run = calibrate(all, split);
+  assert.equal(run.status, 0, run.stderr);
+  const summary = JSON.parse(run.stdout);
+  assert.equal(summary.n, 3 * PBC_CLASSES.length, 'calibrated on the val part');
+  assert.ok(summary.ood && Number.isFinite(summary.ood.threshold), JSON.stringify(summary.ood));
+  const info = JSON.parse(hemato(['info', out, '--json']).stdout);
+  assert.equal(info.provenance.validation.split, sha256(split), 'the validation record names the split by its hash');
+});
+
 test("info escapes control characters in the model's class names and provenance", async () => {
   const file = path.join(dir, 'control.safetensors');
   E.manualSeed(0);

@@ -5,7 +5,7 @@ import { DEFAULT_OOD_FLAGGED, evenSample, FEATURE_SCALE_SAMPLE, fitDetector, fit
 import { evaluateScores, scoreItems } from '../../api/evaluate.js';
 import { validationRecord } from '../../eval/evaluation.js';
 import { noLabelledImages } from '../../data/dataset.js';
-import { readSplit } from '../../data/split.js';
+import { listFirst } from '../../data/files.js';
 import { saveModel } from '../../models/io.js';
 import { calibrate } from '../../eval/calibration.js';
 import { assertFiniteWeights } from '../../eval/finite.js';
@@ -80,32 +80,43 @@ export function registerCalibrate(program: Command): void {
     const items = listing.items;
     let ood = classifier.ood;
     let featureScale = classifier.metadata.featureScale;
-    let splitHash: string | null = null;
-    if (options.split) {
-      splitHash = (await readSplit(options.split)).hash;
-      if (options.ood) {
-        const trainListing = await listSplitPart(options.split, listing.root, 'train', { classes: classifier.classes });
-        const train = trainListing.items;
-        if (train.length === 0) {
-          const why = failureList(trainListing.skipped.map(asFailure));
-          throw new CliError(`--ood fits the detector on the train part of ${options.split}, and none of its rows names an image to use: ${why}`);
-        }
-        const sample = evenSample(train, options.oodSample);
-        const detectorBar = progressBar('fitting the out-of-distribution detector', sample.length + items.length);
-        ood = await fitDetector(classifier, sample, items, {
-          batchSize: options.batchSize,
-          flagged: options.oodFlagged,
-          onProgress: (stage, done) => detectorBar.update(stage === 'training' ? done : sample.length + done),
-        });
-        detectorBar.stop();
-        // Models that bring images to a physical scale also learn to estimate it from their features, for images
-        // in which nothing measurable sets it.
-        if (classifier.recipe.scale) {
-          const scaleSample = evenSample(train, FEATURE_SCALE_SAMPLE);
-          const scaleBar = progressBar('fitting the scale estimate from features', scaleSample.length);
-          featureScale = await fitScaleFromFeatures(classifier, scaleSample, { batchSize: options.batchSize, onProgress: (done) => scaleBar.update(done) });
-          scaleBar.stop();
-        }
+    const splitHash = listing.splitHash ?? null;
+    if (options.split && options.ood) {
+      const trainListing = await listSplitPart(options.split, listing.root, 'train', { classes: classifier.classes });
+      // Both parts must come from one version of the split, which the model records by its hash.
+      if (trainListing.splitHash !== splitHash) throw new CliError(`${options.split} changed while calibrate read it; run calibrate again once it is written`);
+      const train = trainListing.items;
+      if (train.length === 0) {
+        const why = failureList(trainListing.skipped.map(asFailure));
+        throw new CliError(`--ood fits the detector on the train part of ${options.split}, and none of its rows names an image to use: ${why}`);
+      }
+      const sample = evenSample(train, options.oodSample);
+      // The detector's statistics are a mean per class and one covariance: every class, and two images per class.
+      const sampled = new Set(sample.map((item) => item.label));
+      const absent = classifier.classes.filter((label) => !sampled.has(label));
+      if (absent.length > 0)
+        throw new CliError(
+          `--ood fits the detector on training images of every class, and the train part of ${options.split} has none of ${listFirst(absent, 8)}; give a split with them, or leave --ood out`,
+        );
+      const needed = 2 * classifier.classes.length;
+      if (sample.length < needed)
+        throw new CliError(
+          `--ood fits the detector on at least ${needed} training images (two per class), and the train part of ${options.split} has ${train.length} it can use; give a split with more training images, or leave --ood out`,
+        );
+      const detectorBar = progressBar('fitting the out-of-distribution detector', sample.length + items.length);
+      ood = await fitDetector(classifier, sample, items, {
+        batchSize: options.batchSize,
+        flagged: options.oodFlagged,
+        onProgress: (stage, done) => detectorBar.update(stage === 'training' ? done : sample.length + done),
+      });
+      detectorBar.stop();
+      // Models that bring images to a physical scale also learn to estimate it from their features, for images
+      // in which nothing measurable sets it.
+      if (classifier.recipe.scale) {
+        const scaleSample = evenSample(train, FEATURE_SCALE_SAMPLE);
+        const scaleBar = progressBar('fitting the scale estimate from features', scaleSample.length);
+        featureScale = await fitScaleFromFeatures(classifier, scaleSample, { batchSize: options.batchSize, onProgress: (done) => scaleBar.update(done) });
+        scaleBar.stop();
       }
     }
     const bar = progressBar('scoring', items.length);

@@ -14,7 +14,9 @@ export interface SourceOptions {
   part?: Part;
 }
 
-type Lister = (listOptions: ListOptions) => Promise<DatasetListing>;
+/** A listing, and with a split the SHA-256 of the split file its rows came from. */
+type LabelledListing = DatasetListing & { splitHash?: string };
+type Lister = (listOptions: ListOptions) => Promise<LabelledListing>;
 
 /**
  * Where the labelled images come from: an ImageFolder, --images with --labels, or one part of a split. The flags
@@ -36,13 +38,18 @@ export async function imageSource(dir: string | undefined, options: SourceOption
 }
 
 /** The rows of one part of a split, checked as any labels CSV is; the other parts' rows are not reported. */
-export async function listSplitPart(split: string, root: string, part: Part, listOptions: ListOptions): Promise<DatasetListing> {
-  const { rows } = await readSplit(split);
+export async function listSplitPart(split: string, root: string, part: Part, listOptions: ListOptions): Promise<LabelledListing & { splitHash: string }> {
+  const { rows, hash } = await readSplit(split);
   // Named as the listing names them, else rows written `class\file.png` or with padded cells would drop out unseen.
   const chosen = new Set(rows.filter((r) => r.part === part).map((r) => rowFile(r.file)));
   if (chosen.size === 0) throw new CliError(`${split} has no ${part} part`);
   const listing = await listCsvDataset(split, root, listOptions);
-  return { ...listing, items: listing.items.filter((i) => chosen.has(i.file)), skipped: listing.skipped.filter((s) => chosen.has(s.path)) };
+  return {
+    ...listing,
+    items: listing.items.filter((i) => chosen.has(i.file)),
+    skipped: listing.skipped.filter((s) => chosen.has(s.path)),
+    splitHash: hash,
+  };
 }
 
 /** A split given as --labels would score every part, training images included: the figures would look far too good. */
