@@ -90,14 +90,14 @@ export function registerCalibrate(program: Command): void {
         const why = failureList(trainListing.skipped.map(asFailure));
         throw new CliError(`--ood fits the detector on the train part of ${options.split}, and none of its rows names an image to use: ${why}`);
       }
-      const sample = evenSample(train, options.oodSample);
       // The detector's statistics are a mean per class and one covariance: every class, and two images per class.
-      const sampled = new Set(sample.map((item) => item.label));
-      const absent = classifier.classes.filter((label) => !sampled.has(label));
+      const present = new Set(train.map((item) => item.label));
+      const absent = classifier.classes.filter((label) => !present.has(label));
       if (absent.length > 0)
         throw new CliError(
           `--ood fits the detector on training images of every class, and the train part of ${options.split} has none of ${listFirst(absent, 8)}; give a split with them, or leave --ood out`,
         );
+      const sample = evenSample(train, options.oodSample);
       const needed = 2 * classifier.classes.length;
       if (sample.length < needed)
         throw new CliError(
