@@ -228,6 +228,11 @@ test('calibrate --split --ood fits the detector on the train part and records th
   assert.ok(!existsSync(out));
 
   writeSplit(split, PBC_CLASSES, 5, 2); // 16 training images, 24 to calibrate on
+  // A sample smaller than the statistics need is the flag's fault, not the split's.
+  const small = hemato(['calibrate', all, '--split', split, '--ood', '--ood-sample', '10', '--model', modelFile, '--out', out]);
+  assert.equal(small.status, 2, small.stderr);
+  assert.match(small.stderr, /--ood-sample 10 is too few: the detector is fitted on at least 16 training images \(two per class\)/);
+  assert.ok(!existsSync(out));
   const run = calibrate(all, split);
   assert.equal(run.status, 0, run.stderr);
   const summary = JSON.parse(run.stdout);

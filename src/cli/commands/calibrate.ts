@@ -97,12 +97,14 @@ export function registerCalibrate(program: Command): void {
         throw new CliError(
           `--ood fits the detector on training images of every class, and the train part of ${options.split} has none of ${listFirst(absent, 8)}; give a split with them, or leave --ood out`,
         );
-      const sample = evenSample(train, options.oodSample);
       const needed = 2 * classifier.classes.length;
-      if (sample.length < needed)
+      if (train.length < needed)
         throw new CliError(
           `--ood fits the detector on at least ${needed} training images (two per class), and the train part of ${options.split} has ${train.length} it can use; give a split with more training images, or leave --ood out`,
         );
+      if (options.oodSample < needed)
+        throw new CliError(`--ood-sample ${options.oodSample} is too few: the detector is fitted on at least ${needed} training images (two per class)`, 2);
+      const sample = evenSample(train, options.oodSample);
       const detectorBar = progressBar('fitting the out-of-distribution detector', sample.length + items.length);
       ood = await fitDetector(classifier, sample, items, {
         batchSize: options.batchSize,
